@@ -1,0 +1,45 @@
+"""The loss zoo: cross entropy, focal, rooted (two forms), softmax gradient tampering, GAN terms, logit statistics.
+
+Every classification loss takes raw logits [..., C] (class dim last; image logits N×C and LM logits B×T×V alike)
+and integer targets with ``ignore_index`` (or probability targets where the math allows), and computes in float32
+with autocast off::
+
+    from losslab.objectives import create, list_objectives, rooted_loss
+
+    loss_fn = create("root", k=3.0, m=3.0)         # nn.Module; also "ce", "focal", "root_convex", "sgt", ...
+    loss = loss_fn(logits, target)
+    loss = rooted_loss(logits, target, k=3.0, m=3.0)  # the same, functional
+
+See docs/objectives.md and the objectives spec for formulas, numerics and the mapping from the seed codes' flags.
+"""
+
+from losslab.objectives.cross_entropy import CrossEntropyLoss, cross_entropy
+from losslab.objectives.focal import FocalLoss, focal_loss, focal_rlo_paper
+from losslab.objectives.gan import GanLosses, gan_losses
+from losslab.objectives.registry import OBJECTIVES, create, list_objectives, objective_kwargs
+from losslab.objectives.rooted import RootedLoss, RootedLossConvex, rooted_logistic, rooted_loss, rooted_loss_convex
+from losslab.objectives.sgt import SGTCrossEntropyLoss, SoftmaxGradientTampering, sgt_cross_entropy
+from losslab.objectives.statistics import logit_statistics
+
+__all__ = [
+    "OBJECTIVES",
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "GanLosses",
+    "RootedLoss",
+    "RootedLossConvex",
+    "SGTCrossEntropyLoss",
+    "SoftmaxGradientTampering",
+    "create",
+    "cross_entropy",
+    "focal_loss",
+    "focal_rlo_paper",
+    "gan_losses",
+    "list_objectives",
+    "logit_statistics",
+    "objective_kwargs",
+    "rooted_logistic",
+    "rooted_loss",
+    "rooted_loss_convex",
+    "sgt_cross_entropy",
+]
