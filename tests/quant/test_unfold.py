@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from losslab.quant.unfold import grouped_weight, layer_inputs, legacy_gpfq_patches, unfold_conv_input

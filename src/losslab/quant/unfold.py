@@ -78,7 +78,7 @@ def legacy_gpfq_patches(
     ux = unfold_conv_input(conv, x, stride=conv.kernel_size)
     ut = unfold_conv_input(conv, x_tilde, stride=conv.kernel_size)
     batch = x.shape[0]
-    groups, rows, d = ux.shape
+    rows = ux.shape[1]
     n_pos = rows // batch
     n_pick = int(0.25 * n_pos + 1)
     idx = torch.randint(n_pos, (batch, n_pick), generator=generator).to(x.device)
