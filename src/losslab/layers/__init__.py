@@ -1,0 +1,90 @@
+"""Factorized neural layers: low-rank Linear/Conv2d/Embedding, tensor-train convs, factorized attention.
+
+``specs/factorized.md``; Khodak et al., *Initialization and Regularization of Factorized Neural Layers* (ICLR
+2021)::
+
+    import timm, losslab.models
+    from losslab.layers import factorize, collapse
+    model = timm.create_model("cifar_resnet20")
+    report = factorize(model, rank_scale=0.111)      # spectral init; report.params_after == 63850
+    collapse(model)                                  # back to plain Conv2d/Linear, same function
+
+The Lightning callbacks of the normalization experiment (``RecordFrobNorms``, ``NormalizeToRecorded``,
+``factor_stats``) live in :mod:`losslab.layers.normalization` and are imported lazily from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from losslab.layers.attention import AttentionFrobeniusDecay, attention_modules, spectral_rebalance_attention
+from losslab.layers.factorize import (
+    FactorizeReport,
+    LayerFactorization,
+    collapse,
+    count_params_factorized,
+    factorize,
+    factorized_modules,
+    rank_scale_for_target,
+)
+from losslab.layers.lowrank import (
+    LowRankBase,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    conv_rank_for_scale,
+    matrix_rank_for_scale,
+)
+from losslab.layers.spectral import conv_kernel_to_matrix, factor_kaiming, matrix_to_conv_kernel, spectral_factors
+from losslab.layers.tensor_train import (
+    TensorTrainConv2d,
+    tensor_train_penalty,
+    tt_modes,
+    tt_param_count,
+    tt_ranks,
+    tt_svd,
+)
+
+_LAZY = {"RecordFrobNorms", "NormalizeToRecorded", "factor_stats", "rescale_to_norms", "product_frobenius_norms"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("losslab.layers.normalization"), name)
+    raise AttributeError(f"module 'losslab.layers' has no attribute {name!r}")
+
+
+__all__ = [
+    "AttentionFrobeniusDecay",
+    "FactorizeReport",
+    "LayerFactorization",
+    "LowRankBase",
+    "LowRankConv2d",
+    "LowRankEmbedding",
+    "LowRankLinear",
+    "NormalizeToRecorded",
+    "RecordFrobNorms",
+    "TensorTrainConv2d",
+    "attention_modules",
+    "collapse",
+    "conv_kernel_to_matrix",
+    "conv_rank_for_scale",
+    "count_params_factorized",
+    "factor_kaiming",
+    "factor_stats",
+    "factorize",
+    "factorized_modules",
+    "matrix_rank_for_scale",
+    "matrix_to_conv_kernel",
+    "product_frobenius_norms",
+    "rank_scale_for_target",
+    "rescale_to_norms",
+    "spectral_factors",
+    "spectral_rebalance_attention",
+    "tensor_train_penalty",
+    "tt_modes",
+    "tt_param_count",
+    "tt_ranks",
+    "tt_svd",
+]
