@@ -1,0 +1,59 @@
+"""Post-training weight quantization: grids, per-layer algorithms, the layer-wise engine and packed storage.
+
+One verb quantizes any network with Conv2d/Linear layers (fake quantization: dequantized floats written back)::
+
+    from losslab.quant import GPFQ, GPTQ, RTN, quantize, save_packed, load_packed
+    result = quantize(model, GPTQ(bits=4, act_order=True), calib_loader, overrides={"fc": RTN(bits=8)})
+    result.summary(); print(result.table())
+    save_packed(result, "model.4bit.safetensors"); model = load_packed("model.4bit.safetensors")
+
+The per-layer algorithms are pure tensor functions on an ``[out, in]`` weight (``rtn_weight``, ``pwlq_weight``,
+``gpfq_weight``, ``gptq_weight``, ``ldlq_weight``, ``incoherence_quantize``) returning a :class:`WeightQuant`.
+"""
+
+from losslab.quant.bn_fold import find_bn_pairs, fold_batchnorm
+from losslab.quant.engine import capture_input, quant_layers, quantize, quantize_many
+from losslab.quant.methods import (
+    GPFQ,
+    GPTQ,
+    LDLQ,
+    PWLQ,
+    QUANT_METHODS,
+    RTN,
+    Identity16,
+    QuantMethod,
+    method_from_name,
+)
+from losslab.quant.packed import load_packed, packed_size_bytes, read_packed_metadata, save_packed
+from losslab.quant.result import LayerReport, QuantResult
+from losslab.quant.rtn import rtn_weight
+from losslab.quant.unfold import layer_inputs, unfold_conv_input
+from losslab.quant.weight_quant import WeightQuant
+
+__all__ = [
+    "GPFQ",
+    "GPTQ",
+    "LDLQ",
+    "PWLQ",
+    "QUANT_METHODS",
+    "RTN",
+    "Identity16",
+    "LayerReport",
+    "QuantMethod",
+    "QuantResult",
+    "WeightQuant",
+    "capture_input",
+    "find_bn_pairs",
+    "fold_batchnorm",
+    "layer_inputs",
+    "load_packed",
+    "method_from_name",
+    "packed_size_bytes",
+    "quant_layers",
+    "quantize",
+    "quantize_many",
+    "read_packed_metadata",
+    "rtn_weight",
+    "save_packed",
+    "unfold_conv_input",
+]

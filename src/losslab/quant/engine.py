@@ -1,0 +1,401 @@
+"""The layer-wise quantization engine: quantize every Conv2d/Linear of any PyTorch network (spec §8).
+
+Layers are processed in registration order. For layer i the engine runs the cached calibration batches through
+the float network and through the partly quantized network (layers < i already quantized), grabbing layer i's
+input with a forward pre-hook that aborts the rest of the forward pass. Statistics are streamed batch by batch
+(no unfolded patches are kept): GPTQ/LDLQ accumulate H = (2/n)ΣX̃ᵀX̃ from the partly quantized network (as the
+sequential GPTQ driver does), GPFQ accumulates G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX. Convs are unfolded with their real
+stride, padding, dilation and groups (:mod:`losslab.quant.unfold`); grouped convs are quantized per group. The
+dequantized weight is written back (fake quantization); the user's model is never modified::
+
+    from losslab.quant import GPFQ, RTN, quantize, quantize_many
+    result = quantize(model, GPFQ(bits=4), calib_loader, overrides={"fc": RTN(bits=8)}, skip=["conv1"])
+    print(result.table()); result.summary()
+    results = quantize_many(model, [RTN(bits=b) for b in (8, 4, 3)], calib_loader)   # one calibration cache
+
+``calib`` is a DataLoader, any iterable of batches, or a list of tensors; a batch is an input tensor or a
+``(inputs, labels, ...)`` tuple/list (the first element is used). Cost: for layer i a forward pass up to layer
+i per batch in each network, i.e. about L/2 full passes per batch for L layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from losslab.errors import ConfigError, LosslabError, check_range
+from losslab.quant.bn_fold import fold_batchnorm
+from losslab.quant.engine_act import calibrate_act_ranges, install_act_quant
+from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
+from losslab.quant.methods import QuantMethod
+from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
+from losslab.quant.unfold import QuantLayer, grouped_weight, layer_inputs, legacy_gpfq_patches, n_groups
+from losslab.quant.weight_quant import WeightQuant
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to abort the forward pass once the target layer's input is seen."""
+
+
+def capture_input(model: nn.Module, layer: nn.Module, batch: Tensor) -> Tensor:
+    """The input that ``layer`` receives when ``model(batch)`` runs (the rest of the forward is skipped)."""
+    store: list[Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        store.append(args[0].detach())
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            model(batch)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not store:
+        raise LosslabError(f"layer {type(layer).__name__} was never called in the forward pass; skip it")
+    return store[0]
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
+    """All Conv2d and Linear modules of ``model`` with their names, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def cache_calibration(calib: Iterable[Any], device: torch.device) -> list[Tensor]:
+    """Read the calibration batches once into a list of input tensors on ``device``."""
+    if isinstance(calib, Tensor):
+        calib = [calib]
+    batches = []
+    for batch in calib:
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        if isinstance(x, Mapping) or not isinstance(x, Tensor):
+            raise LosslabError(
+                f"calibration batch of type {type(x).__name__} is not supported: give tensors or (inputs, labels)"
+            )
+        batches.append(x.to(device))
+    if not batches or all(b.shape[0] == 0 for b in batches):
+        raise LosslabError("the calibration loader is empty: give at least one batch of inputs (calib=...)")
+    return batches
+
+
+def _check_patterns(kind: str, patterns: Iterable[str], names: Sequence[str]) -> None:
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(
+                f"{kind} pattern {pattern!r} matches no Conv2d/Linear layer; layer names are: {', '.join(names)}"
+            )
+
+
+def _check_method(key: str, method: Any) -> None:
+    if not isinstance(method, QuantMethod):
+        raise ConfigError(
+            f"{key}={method!r} is not a quantization method: use RTN(...), PWLQ(...), GPFQ(...), GPTQ(...), "
+            "LDLQ(...) or Identity16() from losslab.quant"
+        )
+
+
+def plan_layers(
+    names: Sequence[str],
+    method: QuantMethod,
+    overrides: Mapping[str, QuantMethod] | None,
+    skip: Sequence[str] | None,
+) -> dict[str, QuantMethod | None]:
+    """Method per layer name: None if a ``skip`` pattern matches, else the first matching override, else
+    ``method``. Patterns are fnmatch patterns on module names (``"layer1.*.conv2"``); one that matches no layer
+    raises :class:`ConfigError` listing the layer names."""
+    overrides = dict(overrides or {})
+    skip = [skip] if isinstance(skip, str) else list(skip or [])
+    _check_method("method", method)
+    for pattern, m in overrides.items():
+        _check_method(f"overrides[{pattern!r}]", m)
+    _check_patterns("overrides", overrides, names)
+    _check_patterns("skip", skip, names)
+    plan: dict[str, QuantMethod | None] = {}
+    for name in names:
+        if any(fnmatch.fnmatchcase(name, p) for p in skip):
+            plan[name] = None
+            continue
+        plan[name] = next((m for p, m in overrides.items() if fnmatch.fnmatchcase(name, p)), method)
+    return plan
+
+
+def _check_model(model: Any) -> list[tuple[str, QuantLayer]]:
+    if not isinstance(model, nn.Module):
+        raise LosslabError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; to quantize a checkpoint or state dict, "
+            "build the architecture first and load_state_dict() into it"
+        )
+    layers = quant_layers(model)
+    if not layers:
+        raise LosslabError("the model has no Conv2d or Linear layer to quantize")
+    for name, layer in layers:
+        if not torch.isfinite(layer.weight).all():
+            raise LosslabError(f"layer {name!r} has NaN or Inf weights; fix the checkpoint before quantizing")
+    return layers
+
+
+@dataclass
+class _LayerStats:
+    """Per-group method statistics plus the float-network Gram XᵀX and row count for the proxy loss."""
+
+    method_stats: list[Any]
+    gram: list[Tensor]
+    rows: int = 0
+
+
+def _collect(
+    method: QuantMethod,
+    fmodel: nn.Module,
+    qmodel: nn.Module,
+    name: str,
+    batches: Sequence[Tensor],
+    need_tilde: bool,
+    metrics: bool,
+    generator: torch.Generator,
+) -> _LayerStats | None:
+    """Stream the calibration batches through both networks and accumulate this layer's statistics."""
+    if method.stats == "none" and not metrics:
+        return None
+    flayer, qlayer = fmodel.get_submodule(name), qmodel.get_submodule(name)
+    groups, dim = n_groups(flayer), grouped_weight(flayer).shape[-1]
+    device = flayer.weight.device
+    stats = _LayerStats(
+        [method.new_stats(dim, device) for _ in range(groups)],
+        [torch.zeros(dim, dim, device=device, dtype=torch.float64) for _ in range(groups)] if metrics else [],
+    )
+    legacy = getattr(method, "legacy_unfold", False) and isinstance(flayer, nn.Conv2d)
+    for batch in batches:
+        x = capture_input(fmodel, flayer, batch)
+        x_tilde = capture_input(qmodel, qlayer, batch) if need_tilde else x
+        if legacy:
+            rows, rows_tilde = legacy_gpfq_patches(flayer, x, x_tilde, generator)
+        else:
+            rows = layer_inputs(flayer, x).float()
+            rows_tilde = layer_inputs(qlayer, x_tilde).float() if need_tilde else rows
+        for g in range(groups):
+            method.update_stats(stats.method_stats[g], rows[g], rows_tilde[g])
+            if metrics:
+                stats.gram[g] += (rows[g].T @ rows[g]).double()
+        stats.rows += rows.shape[1]
+    return stats
+
+
+def _report(
+    name: str,
+    layer: QuantLayer,
+    method: QuantMethod | None,
+    wqs: list[WeightQuant],
+    weight: Tensor,
+    stats: _LayerStats | None,
+    seconds: float,
+) -> LayerReport:
+    kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
+    shape = tuple(layer.weight.shape)
+    n_weights = layer.weight.numel()
+    if method is None:
+        return LayerReport(
+            name, kind, shape, n_groups(layer), "float", None, None, None, "float", None, n_weights, 32.0
+        )
+    first = wqs[0]
+    q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape)
+    proxy = None
+    if stats is not None and stats.gram and stats.rows:
+        w_groups, q_groups = weight.reshape(len(wqs), -1, first.q.shape[-1]), q.reshape(len(wqs), -1, first.q.shape[-1])
+        proxy = sum(
+            float(proxy_loss(w_groups[g].double(), q_groups[g].double(), stats.gram[g] / stats.rows))
+            for g in range(len(wqs))
+        )
+    rel = [wq.extras.get("relative_error") for wq in wqs]
+    gpfq_rel = None if any(r is None for r in rel) else float(math.sqrt(sum(float(r) ** 2 for r in rel) / len(rel)))
+    return LayerReport(
+        name=name,
+        kind=kind,
+        shape=shape,
+        groups=n_groups(layer),
+        method=method.describe(),
+        bits=first.bits,
+        levels=first.levels,
+        storage_bits=first.storage_bits,
+        grid=first.grid,
+        group_size=getattr(method, "group_size", None),
+        n_weights=n_weights,
+        bits_per_weight=sum(storage_bits_total(wq) for wq in wqs) / n_weights,
+        weight_mse=float(weight_mse(weight, q)),
+        sqnr_db=float(sqnr_db(weight, q)),
+        proxy_loss=proxy,
+        gpfq_rel_error=gpfq_rel,
+        sparsity=float(sparsity(q)),
+        seconds=round(seconds, 4),
+    )
+
+
+def _run_one(
+    base: nn.Module,
+    plan: dict[str, QuantMethod | None],
+    batches: list[Tensor],
+    *,
+    act_bits: int | None,
+    seed: int,
+    metrics: bool,
+    progress: bool,
+    label: str,
+) -> tuple[nn.Module, list[LayerReport], dict[str, list[WeightQuant]], dict[str, tuple[float, float]]]:
+    qmodel = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(seed)
+    reports, weights = [], {}
+    modified = False
+    for index, name in enumerate(tqdm(list(plan), desc=label, disable=not progress, leave=False)):
+        method, qlayer = plan[name], qmodel.get_submodule(name)
+        start = time.perf_counter()
+        if method is None:
+            reports.append(_report(name, qlayer, None, [], qlayer.weight, None, 0.0))
+            continue
+        layer_batches = [batches[index % len(batches)]] if getattr(method, "fresh_batch_per_layer", False) else batches
+        stats = _collect(method, base, qmodel, name, layer_batches, modified, metrics, generator)
+        weight = qlayer.weight.detach().clone()
+        wqs = [
+            method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + index)
+            for g, w in enumerate(grouped_weight(qlayer))
+        ]
+        q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
+        with torch.no_grad():
+            qlayer.weight.copy_(q)
+        modified = modified or not torch.equal(q, weight)
+        weights[name] = wqs
+        reports.append(_report(name, qlayer, method, wqs, weight, stats, time.perf_counter() - start))
+    ranges: dict[str, tuple[float, float]] = {}
+    if act_bits is not None:
+        ranges = calibrate_act_ranges(qmodel, list(weights), batches)
+        install_act_quant(qmodel, ranges, act_bits)
+    return qmodel, reports, weights, ranges
+
+
+def quantize_many(
+    model: nn.Module,
+    methods: Sequence[QuantMethod],
+    calib: Iterable[Any],
+    overrides: Mapping[str, QuantMethod] | None = None,
+    skip: Sequence[str] | None = None,
+    fold_bn: bool = False,
+    act_bits: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    *,
+    seed: int = 0,
+    metrics: bool = True,
+    calib_seed: int | None = None,
+    calib_name: str | None = None,
+) -> list[QuantResult]:
+    """Quantize ``model`` once per method in ``methods``, sharing one calibration cache (see :func:`quantize`)."""
+    if not methods:
+        raise ConfigError("methods is empty: give at least one quantization method, e.g. [RTN(bits=4)]")
+    layers = _check_model(model)
+    names = [n for n, _ in layers]
+    plans = [plan_layers(names, m, overrides, skip) for m in methods]
+    if act_bits is not None:
+        check_range("act_bits", act_bits, low=2, high=16)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    batches = cache_calibration(calib, dev)
+    base = copy.deepcopy(model).to(dev).eval()
+    if fold_bn:
+        fold_batchnorm(base, inplace=True)
+    calibration = {
+        "images": sum(b.shape[0] for b in batches),
+        "batches": len(batches),
+        "seed": calib_seed,
+        "name": calib_name,
+    }
+    override_labels = {p: m.describe() for p, m in (overrides or {}).items()}
+    results = []
+    for method, plan in zip(methods, plans):
+        start = time.perf_counter()
+        qmodel, reports, weights, ranges = _run_one(
+            base,
+            plan,
+            batches,
+            act_bits=act_bits,
+            seed=seed,
+            metrics=metrics,
+            progress=progress,
+            label=method.describe(),
+        )
+        results.append(
+            QuantResult(
+                model=qmodel,
+                layers=reports,
+                weights=weights,
+                method=method.describe(),
+                overrides=override_labels,
+                calibration=calibration,
+                fold_bn=fold_bn,
+                act_bits=act_bits,
+                act_ranges=ranges,
+                seed=seed,
+                seconds=time.perf_counter() - start,
+            )
+        )
+    return results
+
+
+def quantize(
+    model: nn.Module,
+    method: QuantMethod,
+    calib: Iterable[Any],
+    overrides: Mapping[str, QuantMethod] | None = None,
+    skip: Sequence[str] | None = None,
+    fold_bn: bool = False,
+    act_bits: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    *,
+    seed: int = 0,
+    metrics: bool = True,
+    calib_seed: int | None = None,
+    calib_name: str | None = None,
+) -> QuantResult:
+    """Quantize every Conv2d/Linear weight of a deep copy of ``model`` with ``method`` (fake quantization).
+
+    Args:
+        model: any ``nn.Module``; it is deep-copied, put in eval mode and never modified.
+        method: a config from :mod:`losslab.quant.methods` (``RTN(bits=4)``, ``GPTQ(bits=3, act_order=True)``).
+        calib: calibration batches (DataLoader, iterable, or list of tensors; ``(inputs, labels)`` batches ok).
+        overrides: ``{fnmatch pattern on module name: method}``, first matching pattern wins.
+        skip: fnmatch patterns of layers kept in float.
+        fold_bn: fold eval BatchNorms into the preceding layer before quantizing (spec §9).
+        act_bits: if set, per-tensor fake-quantize each quantized layer's input with min/max ranges calibrated
+            on ``calib`` after the weights are quantized; default weight-only.
+        device: where to run (default: the model's device).
+        progress: tqdm bar over layers.
+        seed: seed for random parts (incoherence transforms: ``seed + layer index``; legacy GPFQ patch sampling).
+        metrics: accumulate the float-network XᵀX per layer for the proxy loss (extra cost for RTN/PWLQ).
+        calib_seed, calib_name: labels recorded in ``summary()["calibration"]``.
+
+    Returns:
+        :class:`QuantResult` with ``kind == "fake"``. Bad input raises :class:`LosslabError` before any work.
+    """
+    return quantize_many(
+        model,
+        [method],
+        calib,
+        overrides,
+        skip,
+        fold_bn,
+        act_bits,
+        device,
+        progress,
+        seed=seed,
+        metrics=metrics,
+        calib_seed=calib_seed,
+        calib_name=calib_name,
+    )[0]

@@ -1,0 +1,168 @@
+"""What :func:`losslab.quant.quantize` returns: the fake-quantized model, per-layer rows and a bit budget.
+
+``QuantResult.model`` holds *simulated* (fake) quantization: every quantized layer's weight is the dequantized
+float tensor, as in every reference implementation (``result.kind == "fake"``). The integer codes, scales and
+zero points behind it are in ``result.weights`` (one :class:`WeightQuant` per conv group) and are what
+:func:`losslab.quant.save_packed` stores::
+
+    result = quantize(model, RTN(bits=4), calib)
+    result.summary()["avg_bits_per_weight"]     # 4.0 + scale/zero overhead
+    for row in result.layers: print(row.name, row.bits, row.sqnr_db)
+    result.to_json("out/quant.json")
+
+Bit budget: codes count ``storage_bits`` each, scales 16 bits (fp16, the usual deployment convention), zero
+points ``bits`` each, lookup tables 16 bits per entry, act-order group indices ⌈log2 n_groups⌉ bits per column.
+Float (skipped) layers count 32 bits per weight in ``avg_bits_all_layers``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from losslab.io import write_text_atomic
+from losslab.quant.weight_quant import WeightQuant
+
+SCALE_BITS = 16
+LUT_BITS = 16
+FLOAT_BITS = 32
+
+
+@dataclass
+class LayerReport:
+    """One quantized (or skipped) layer: what was done and how much the weight moved.
+
+    ``weight_mse`` = mean((W−Q)²); ``sqnr_db`` = 10·log10(Σw²/Σ(w−q)²); ``proxy_loss`` = tr((W−Q)H(W−Q)ᵀ)
+    with H = XᵀX/n from the *float* network's inputs (n rows: samples or conv patches), summed over conv
+    groups; ``gpfq_rel_error`` = ‖XWᵀ − X̃Qᵀ‖_F/‖XWᵀ‖_F (GPFQ only); ``sparsity`` = fraction of zero weights in Q.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    groups: int
+    method: str
+    bits: int | None
+    levels: int | None
+    storage_bits: int | None
+    grid: str
+    group_size: int | None
+    n_weights: int
+    bits_per_weight: float
+    weight_mse: float | None = None
+    sqnr_db: float | None = None
+    proxy_loss: float | None = None
+    gpfq_rel_error: float | None = None
+    sparsity: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def quantized(self) -> bool:
+        """False for layers kept in float (``skip``)."""
+        return self.bits is not None
+
+
+def storage_bits_total(wq: WeightQuant) -> int:
+    """Bits needed to store one quantized weight block: codes, scales, zeros, LUT and group index."""
+    if wq.grid == "identity":
+        return int(wq.q.numel()) * wq.storage_bits
+    total = int(wq.codes.numel()) * wq.storage_bits
+    if wq.scale is not None:
+        total += int(wq.scale.numel()) * SCALE_BITS
+    if wq.zero is not None:
+        total += int(wq.zero.numel()) * wq.bits
+    if wq.lut is not None:
+        total += int(wq.lut.numel()) * LUT_BITS
+    if wq.group_index is not None and wq.scale is not None and wq.scale.shape[-1] > 1:
+        total += int(wq.group_index.numel()) * math.ceil(math.log2(wq.scale.shape[-1]))
+    return total
+
+
+@dataclass
+class QuantResult:
+    """Fake-quantized model plus everything needed to report, compare and pack it (see module doc)."""
+
+    model: nn.Module
+    layers: list[LayerReport]
+    weights: dict[str, list[WeightQuant]]
+    method: str
+    overrides: dict[str, str]
+    calibration: dict[str, Any]
+    fold_bn: bool = False
+    act_bits: int | None = None
+    act_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seed: int = 0
+    seconds: float = 0.0
+    kind: str = "fake"
+
+    def summary(self) -> dict[str, Any]:
+        """Flat dict for tables and the CLI: method, bit budget, calibration and aggregate errors.
+
+        Keys: ``kind`` ("fake": dequantized floats written back), ``method``, ``overrides``, ``total_weights``
+        (all Conv2d/Linear weights), ``quantized_weights``, ``quantized_layers``, ``float_layers`` (names),
+        ``avg_bits_per_weight`` (over quantized weights, incl. scales/zeros/LUTs), ``avg_bits_all_layers``
+        (float layers at 32 bits), ``weight_bits`` (distinct code bit widths), ``mean_sqnr_db``,
+        ``total_proxy_loss``, ``fold_bn``, ``act_bits``, ``calibration`` (images, batches, seed, name),
+        ``seed``, ``seconds``.
+        """
+        quant = [r for r in self.layers if r.quantized]
+        total = sum(r.n_weights for r in self.layers)
+        qweights = sum(r.n_weights for r in quant)
+        qbits = sum(r.bits_per_weight * r.n_weights for r in quant)
+        float_bits = sum(FLOAT_BITS * r.n_weights for r in self.layers if not r.quantized)
+        sqnrs = [r.sqnr_db for r in quant if r.sqnr_db is not None and math.isfinite(r.sqnr_db)]
+        proxies = [r.proxy_loss for r in quant if r.proxy_loss is not None]
+        return {
+            "kind": self.kind,
+            "method": self.method,
+            "overrides": dict(self.overrides),
+            "total_weights": total,
+            "quantized_weights": qweights,
+            "quantized_layers": len(quant),
+            "float_layers": [r.name for r in self.layers if not r.quantized],
+            "avg_bits_per_weight": qbits / qweights if qweights else None,
+            "avg_bits_all_layers": (qbits + float_bits) / total if total else None,
+            "weight_bits": sorted({r.bits for r in quant if r.bits is not None}),
+            "mean_sqnr_db": sum(sqnrs) / len(sqnrs) if sqnrs else None,
+            "total_proxy_loss": sum(proxies) if proxies else None,
+            "fold_bn": self.fold_bn,
+            "act_bits": self.act_bits,
+            "calibration": dict(self.calibration),
+            "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"summary": ..., "layers": [...]}`` with plain JSON types."""
+        return {"summary": self.summary(), "layers": [asdict(r) for r in self.layers]}
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The :meth:`to_dict` content as indented JSON; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+    def table(self) -> str:
+        """A plain-text per-layer table (name, shape, method, bits, levels, SQNR, proxy loss, sparsity)."""
+        head = f"{'layer':<24}{'shape':<18}{'bits':>5}{'levels':>8}{'grid':>10}{'SQNR dB':>9}{'proxy':>11}{'sparse':>8}"
+        lines = [head]
+        for r in self.layers:
+            shape = "x".join(map(str, r.shape))
+            if not r.quantized:
+                lines.append(f"{r.name:<24}{shape:<18}{'float':>5}")
+                continue
+            lines.append(
+                f"{r.name:<24}{shape:<18}{r.bits:>5}{r.levels:>8}{r.grid:>10}{_fmt(r.sqnr_db, '.2f'):>9}"
+                f"{_fmt(r.proxy_loss, '.3e'):>11}{_fmt(r.sparsity, '.3f'):>8}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

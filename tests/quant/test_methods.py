@@ -1,0 +1,51 @@
+"""Method configs: validation at construction, registry names, labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from losslab.errors import ConfigError, LosslabError
+from losslab.quant.methods import GPFQ, GPTQ, LDLQ, PWLQ, QUANT_METHODS, RTN, Identity16, method_from_name
+
+
+@pytest.mark.parametrize(
+    ("factory", "field"),
+    [
+        (lambda: RTN(bits=9), "bits"),
+        (lambda: RTN(bits=1), "bits"),
+        (lambda: RTN(bits=4.0), "bits"),
+        (lambda: RTN(bits=4, grid="log"), "grid"),
+        (lambda: RTN(bits=4, group_size=0), "group_size"),
+        (lambda: RTN(bits=4, clip="none"), "clip"),
+        (lambda: PWLQ(bits=4, breakpoint="cauchy"), "breakpoint"),
+        (lambda: GPFQ(bits=4, scalar=0.0), "scalar"),
+        (lambda: GPTQ(bits=4, percdamp=-0.1), "percdamp"),
+        (lambda: GPTQ(bits=4, blocksize=0), "blocksize"),
+        (lambda: GPTQ(bits=4, incoherence="dct"), "incoherence"),
+        (lambda: LDLQ(bits=3, npasses=-1), "npasses"),
+        (lambda: LDLQ(bits=3, order="random"), "order"),
+        (lambda: Identity16(bits=8), "bits"),
+    ],
+)
+def test_bad_values_name_the_field(factory, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        factory()
+
+
+def test_stats_kinds() -> None:
+    assert RTN(bits=4).stats == "none" and PWLQ(bits=4).stats == "none"
+    assert GPTQ(bits=4).stats == "hessian" and LDLQ(bits=4).stats == "hessian"
+    assert GPFQ(bits=4).stats == "gpfq"
+    assert GPFQ(bits=4, legacy_unfold=True, fresh_batch_per_layer=True).legacy_unfold
+
+
+def test_registry_and_labels() -> None:
+    assert set(QUANT_METHODS.names()) == {"rtn", "pwlq", "gpfq", "gptq", "ldlq", "identity16"}
+    method = method_from_name("GPTQ", bits=3, act_order=True)
+    assert method == GPTQ(bits=3, act_order=True)
+    assert method.describe() == "GPTQ(bits=3, act_order=True)"
+    assert method_from_name("optq", bits=4) == GPTQ(bits=4)
+    with pytest.raises(LosslabError, match="choose one of"):
+        method_from_name("awq", bits=4)
+    with pytest.raises(ConfigError, match="bad option"):
+        method_from_name("rtn", bits=4, nonsense=1)
