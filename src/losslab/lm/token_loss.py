@@ -1,0 +1,203 @@
+"""Token-level losses for causal language models: cross entropy and the rooted loss, chunked for memory.
+
+One :class:`torch.autograd.Function` serves every kind. Its forward walks row chunks of the ``(N, V)`` logits in
+a float32 workspace (at most ``workspace_mib``), computes logsumexp, the per-token loss and the logit gradient, and
+writes that gradient into one preallocated buffer of the logits' dtype, the only tensor it saves. Backward
+scales the buffer in place by ``grad_output`` and returns it. Peak extra memory is therefore one logits-sized
+buffer plus one float32 chunk, never more than ``F.cross_entropy`` (which saves a full log-softmax and then
+allocates the gradient). See specs llm.md §1–§2 and objectives.md §3.
+
+Kinds (``p_y`` the model's probability of the next token, ``CE = -log p_y``):
+
+- ``ce``:          ℓ = CE,                           ∂ℓ/∂z = p − e_y
+- ``root``:        ℓ = m·(1 − p_y^{1/k}) = m·(1 − e^{−CE/k}),  ∂ℓ/∂z = (m/k)·p_y^{1/k}·(p − e_y)   (RLO, k = m = 5)
+- ``root_convex``: ℓ = k·(e^{CE/k} − 1),              ∂ℓ/∂z = e^{CE/k}·(p − e_y); beyond CE/k > c
+  (``max_log_weight``) the C¹ linear continuation k·e^c·(1 + CE/k − c) − k, whose weight stays e^c.
+
+Example::
+
+    logits = model(input_ids).logits                    # (B, T, V)
+    loss = causal_lm_loss(logits, input_ids, kind="root", k=5.0, m=5.0)
+    loss.backward()
+    ppl = math.exp(causal_lm_loss(logits, input_ids, kind="ce").item())   # perplexity is always exp(CE)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from losslab.errors import check_range, unknown_name_error
+
+IGNORE_INDEX = -100
+TOKEN_LOSS_KINDS = ("ce", "root", "root_convex")
+
+
+@dataclass(frozen=True)
+class TokenLossSpec:
+    """Which token loss to use: ``kind`` in ``ce | root | root_convex`` with its hyper-parameters.
+
+    ``k`` and ``m`` are floats (> 0); ``max_log_weight`` guards ``root_convex`` against overflow (None = off).
+    Note: ``m`` only rescales the loss, so under Adam/AdamW it is almost a no-op; it matters with SGD, gradient
+    clipping or loss-scale limits.
+    """
+
+    kind: str = "root"
+    k: float = 5.0
+    m: float = 5.0
+    max_log_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKEN_LOSS_KINDS:
+            raise unknown_name_error("token loss", self.kind, TOKEN_LOSS_KINDS)
+        check_range("k", self.k, low=0.0, low_inclusive=False)
+        check_range("m", self.m, low=0.0, low_inclusive=False)
+        if self.max_log_weight is not None:
+            check_range("max_log_weight", self.max_log_weight, low=0.0, low_inclusive=False)
+
+    def loss_and_weight(self, logp_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token loss ℓ and gradient weight w (∂ℓ/∂z = w·(p − e_y)) from float32 log p_y."""
+        if self.kind == "ce":
+            return -logp_y, torch.ones_like(logp_y)
+        if self.kind == "root":
+            scaled = logp_y / self.k  # log p_y^{1/k}; exp underflows cleanly to 0
+            return -self.m * torch.expm1(scaled), (self.m / self.k) * torch.exp(scaled)
+        scaled = -logp_y / self.k  # CE / k
+        capped = scaled if self.max_log_weight is None else scaled.clamp(max=self.max_log_weight)
+        weight = torch.exp(capped)
+        return self.k * torch.expm1(capped) + self.k * weight * (scaled - capped), weight
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Next-token targets: ``out[:, t] = labels[:, t+1]``, last position ``ignore_index`` (shape (B, T) kept).
+
+    Shifting the labels instead of the logits keeps the logits a contiguous ``(B·T, V)`` view (slicing
+    ``logits[:, :-1]`` would copy the whole tensor).
+    """
+    out = torch.full_like(labels, ignore_index)
+    out[..., :-1] = labels[..., 1:]
+    return out
+
+
+def _chunk_rows(vocab: int, workspace_mib: float) -> int:
+    return max(1, int(workspace_mib * 2**20) // (4 * max(vocab, 1)))
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """Sum of per-token losses divided by ``denominator``; see the module docstring for the memory contract."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        spec: TokenLossSpec,
+        denominator: float,
+        ignore_index: int,
+        workspace_mib: float,
+    ) -> torch.Tensor:
+        n, vocab = logits.shape
+        need_grad = logits.requires_grad
+        grad = torch.empty_like(logits) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        rows = _chunk_rows(vocab, workspace_mib)
+        work_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            z = logits[start:stop].to(work_dtype, copy=True)  # the fp32 workspace
+            target = targets[start:stop]
+            valid = target != ignore_index
+            safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
+            lse = torch.logsumexp(z, dim=1, keepdim=True)
+            logp_y = (z.gather(1, safe) - lse).squeeze(1)
+            loss, weight = spec.loss_and_weight(logp_y)
+            total += torch.where(valid, loss, torch.zeros_like(loss)).sum(dtype=torch.float64)
+            if grad is not None:
+                z.sub_(lse).exp_()  # softmax, in place
+                z.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # p − e_y
+                z.mul_(torch.where(valid, weight / denominator, torch.zeros_like(weight)).unsqueeze(1))
+                grad[start:stop].copy_(z)
+            del z
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return (total / denominator).to(work_dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        if grad_output.item() != 1.0:  # in place; a second backward through this graph then raises
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad, None, None, None, None, None
+
+
+def token_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    spec: TokenLossSpec | None = None,
+    *,
+    num_items: int | float | torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = IGNORE_INDEX,
+    workspace_mib: float = 256.0,
+) -> torch.Tensor:
+    """Token loss on already-aligned ``logits`` (…, V) and ``targets`` (…) (no shifting here).
+
+    ``reduction="mean"`` divides by ``num_items`` when given (the valid-token count of the whole accumulated
+    batch, HF's ``num_items_in_batch``), otherwise by this call's valid-token count; ``"sum"`` does not divide.
+    Ignored rows add 0 and get 0 gradient; if every row is ignored the result is 0 with a zero gradient.
+    Computed in float32 whatever the logits' dtype (float64 for float64 logits; autocast is off inside);
+    returns a float32 (float64) scalar.
+    """
+    spec = spec or TokenLossSpec()
+    if reduction not in ("mean", "sum"):
+        raise unknown_name_error("reduction", reduction, ("mean", "sum"))
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_targets = targets.reshape(-1).to(flat_logits.device)
+    if flat_targets.numel() != flat_logits.shape[0]:
+        raise ValueError(f"targets have {flat_targets.numel()} entries but logits have {flat_logits.shape[0]} rows")
+    if reduction == "sum":
+        denominator = 1.0
+    elif num_items is not None:
+        denominator = float(num_items)
+    else:
+        denominator = float((flat_targets != ignore_index).sum().item())
+    denominator = max(denominator, 1.0)
+    with torch.autocast(device_type=flat_logits.device.type, enabled=False):
+        return _ChunkedTokenLoss.apply(flat_logits, flat_targets, spec, denominator, ignore_index, workspace_mib)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    spec: TokenLossSpec | None = None,
+    *,
+    num_items: int | float | torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    workspace_mib: float = 256.0,
+) -> torch.Tensor:
+    """Mean next-token loss of a causal LM: ``logits`` (B, T, V) predict ``labels`` (B, T) shifted by one.
+
+    Labels use ``ignore_index`` (−100) for padding and anything not to be scored.
+    """
+    return token_loss(
+        logits,
+        shift_labels(labels, ignore_index),
+        spec,
+        num_items=num_items,
+        ignore_index=ignore_index,
+        workspace_mib=workspace_mib,
+    )
+
+
+def count_predicted_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
+    """Number of scored next-token predictions in ``labels`` (B, T): valid entries after the shift."""
+    return int((labels[..., 1:] != ignore_index).sum().item())
+
+
+def perplexity_from_ce(mean_ce: float) -> float:
+    """Perplexity = exp(mean token cross entropy in nats). Never exp of the rooted loss."""
+    return math.exp(mean_ce)
