@@ -29,8 +29,12 @@ def test_combined_protocol_oracle() -> None:
     assert isinstance(l2grad, LPGrad) and (l2grad.p, l2grad.lam_w, l2grad.activations) == (2.0, 0.05, False)
     assert isinstance(variance, VarianceNorm) and variance.lam == 1.25
     assert schedule.first_regularized_epoch == 70
-    with pytest.raises(ConfigError, match="past the schedule's epochs=110"):
-        schedule.active(110)
+    assert schedule.active(110) == []  # cool-down epochs after the schedule run unregularized
+    assert Schedule.from_yaml(COMBINED, epochs=110).epochs == 110
+    with pytest.raises(ConfigError, match="written for epochs=110 but the run has epochs=200"):
+        Schedule.from_yaml(COMBINED, epochs=200)
+    with pytest.raises(ConfigError, match=r"phase 1 \[90, 110\) lies outside epochs=\[0, 100\)"):
+        Schedule.from_dict({"phases": [{"start": 90, "end": 110}]}, epochs=100)
 
 
 def test_set_epoch_switches_every_regularizer() -> None:

@@ -104,9 +104,19 @@ class Schedule:
         return cls([Phase(start_epoch, None, list(regularizers))], epochs=epochs)
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> Schedule:
-        """Build from ``{"epochs": N (optional), "phases": [{"start", "end", "regularizers": [{name, ...}]}]}``."""
+    def from_dict(cls, config: Mapping[str, Any], epochs: int | None = None) -> Schedule:
+        """Build from ``{"epochs": N (optional), "phases": [{"start", "end", "regularizers": [{name, ...}]}]}``.
+
+        ``epochs`` is the run's length: phases must lie inside it, and it must equal the file's ``epochs`` if
+        both are given (a schedule written for 110 epochs does not silently run in a 200-epoch run).
+        """
         _check_keys("schedule", config, required={"phases"}, optional={"epochs"})
+        declared = config.get("epochs")
+        if epochs is not None and declared is not None and declared != epochs:
+            raise ConfigError(
+                f"the schedule is written for epochs={declared!r} but the run has epochs={epochs!r}; train for "
+                f"{declared!r} epochs or edit the schedule's 'epochs' and phases"
+            )
         phases = []
         for i, spec in enumerate(config["phases"] or [], start=1):
             where = f"phase {i}"
@@ -118,23 +128,21 @@ class Schedule:
                 kwargs = {k: v for k, v in reg.items() if k != "name"}
                 regs.append(create(reg["name"], **kwargs))
             phases.append(Phase(spec["start"], spec.get("end"), regs))
-        return cls(phases, epochs=config.get("epochs"))
+        return cls(phases, epochs=declared if epochs is None else epochs)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Schedule:
-        """Read a schedule file (layout in the module docstring)."""
+    def from_yaml(cls, path: str | os.PathLike[str], epochs: int | None = None) -> Schedule:
+        """Read a schedule file (layout in the module docstring); ``epochs`` as in :meth:`from_dict`."""
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"schedule file {str(file)!r} does not exist; pass the path of a YAML phase file")
         with open(file, encoding="utf-8") as fh:
             config = yaml.safe_load(fh)
-        return cls.from_dict(config)
+        return cls.from_dict(config, epochs=epochs)
 
     def active(self, epoch: int) -> list[Regularizer]:
-        """The regularizers on in ``epoch`` (empty list if no phase covers it)."""
+        """The regularizers on in ``epoch`` (empty list if no phase covers it, e.g. cool-down epochs)."""
         _check_epoch("epoch", epoch)
-        if self.epochs is not None and epoch >= self.epochs:
-            raise ConfigError(f"epoch={epoch} is past the schedule's epochs={self.epochs}")
         return next((list(p.regularizers) for p in self.phases if p.covers(epoch)), [])
 
     def regularizers(self) -> list[Regularizer]:
