@@ -1,0 +1,20 @@
+"""``losslab report STUDY_DIR [--out DIR]``: write a study's Markdown/HTML report, figures and CSV tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Report folder (default: STUDY_DIR/report)."
+)
+def report(study_dir: Path, out_dir: Path | None) -> None:
+    """Draw the report of a study: accuracy vs bits, drop heatmaps, weight histograms, training curves."""
+    from losslab.report import build_report
+
+    html_path = build_report(study_dir, out_dir)
+    click.echo(f"report: {html_path} (and {html_path.with_suffix('.md')})")

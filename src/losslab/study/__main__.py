@@ -1,0 +1,7 @@
+"""``python -m losslab.study run FILE ...``: the same commands as ``losslab study ...``."""
+
+import sys
+
+from losslab.cli import main
+
+main(["study", *sys.argv[1:]])

@@ -1,0 +1,129 @@
+"""Where study jobs run: in this process, in a local process pool, or on a Ray cluster.
+
+Each backend takes the same jobs and job function and yields ``(job, result_or_error, traceback_text)`` as jobs
+finish, in completion order; the runner stores each result as it arrives::
+
+    for job, outcome, tb in execute_jobs(jobs, train_and_compress, backend="local", workers=2):
+        ...
+
+``ray`` connects to the cluster at ``ray_address`` (``ray start --head`` on the head node, then
+``ray://HOST:10001`` or ``auto``), or uses an already initialised Ray (tests call ``ray.init`` first), or starts a
+local Ray instance. Jobs return their results to this process, so only this machine writes the study database;
+checkpoints are written under the study folder, which compress-only reruns expect to be on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Any
+
+from losslab.errors import ConfigError
+from losslab.study.job import JobResult, StudyJob
+
+JobFn = Callable[[StudyJob], JobResult]
+Outcome = tuple[StudyJob, JobResult | BaseException, str]
+BACKENDS = ("local", "ray")
+
+
+def check_backend(backend: str, workers: int | None) -> None:
+    """Raise :class:`ConfigError` for an unknown backend or a worker count below 1."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not allowed: choose one of {', '.join(BACKENDS)}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers={workers!r} must be an integer >= 1 (parallel jobs)")
+
+
+def execute_jobs(
+    jobs: Sequence[StudyJob],
+    job_fn: JobFn,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> Iterator[Outcome]:
+    """Run ``job_fn`` on every job with the chosen backend; yield each outcome as soon as it is known.
+
+    ``workers``: jobs in parallel; default 1 locally (in this process) and every job at once on Ray (the cluster
+    schedules them on its CPUs, one CPU per job).
+    """
+    check_backend(backend, workers)
+    if backend == "ray":
+        yield from _run_ray(jobs, job_fn, workers, ray_address)
+    elif workers is None or workers == 1:
+        yield from _run_inline(jobs, job_fn)
+    else:
+        yield from _run_pool(jobs, job_fn, workers)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _run_inline(jobs: Sequence[StudyJob], job_fn: JobFn) -> Iterator[Outcome]:
+    for job in jobs:
+        try:
+            result: JobResult | BaseException = job_fn(job)
+            tb = ""
+        except Exception as exc:
+            result, tb = exc, _format(exc)
+        yield job, result, tb
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_pool(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int) -> Iterator[Outcome]:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        pending = {pool.submit(job_fn, job): job for job in jobs}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = pending.pop(future)
+                    exc = future.exception()
+                    yield (job, exc, _format(exc)) if exc is not None else (job, future.result(), "")
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _call(job_fn: JobFn, job: StudyJob) -> JobResult:
+    return job_fn(job)
+
+
+def _run_ray(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int | None, address: str | None) -> Iterator[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend='ray' needs Ray: pip install 'losslab[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        remote: Any = ray.remote(num_cpus=1, max_retries=0)(_call)
+        queue = list(jobs)
+        window = workers or len(queue)
+        pending: dict[Any, StudyJob] = {}
+        while queue or pending:
+            while queue and len(pending) < window:
+                job = queue.pop(0)
+                pending[remote.remote(job_fn, job)] = job
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                yield job, ray.get(done[0]), ""
+            except ray.exceptions.RayError as exc:
+                yield job, getattr(exc, "cause", None) or exc, str(exc)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,108 @@
+"""``losslab study run FILE | status DIR | table DIR``: run a study grid, see what is done, print its table.
+
+losslab study run studies/quickstart.yaml --workers 2        # resumable: rerun to finish what is missing
+losslab study run studies/lr_quant_cifar10.yaml --backend ray --ray-address auto
+losslab study status study_runs/quickstart
+losslab study table study_runs/quickstart
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from losslab.errors import LosslabError
+
+
+@click.group("study")
+def study() -> None:
+    """Training × compression grids: run them (resumable), inspect them, tabulate them."""
+
+
+@study.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Jobs in parallel (local process pool; on Ray, at most this many in flight). Default 1 locally.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Run jobs here or on a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray instance.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Study folder (default: the file's out_dir, else study_runs/NAME).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def run(
+    file: Path, workers: int | None, backend: str, ray_address: str | None, out_dir: Path | None, progress: bool | None
+) -> None:
+    """Run every job of study FILE not yet stored in its folder, then print the results table."""
+    from losslab.study import run_study
+
+    outcome = run_study(file, out_dir, workers=workers, backend=backend, ray_address=ray_address, progress=progress)
+    click.echo(
+        f"study {outcome.study_dir}: {outcome.total} jobs, {outcome.skipped} already stored, "
+        f"{outcome.completed} run now, {len(outcome.failed)} failed"
+    )
+    for key, message in outcome.failed:
+        click.echo(f"  failed {key}: {message}", err=True)
+    if outcome.completed or outcome.skipped:
+        _echo_table(outcome.study_dir)
+    if outcome.failed:
+        raise LosslabError(
+            f"{len(outcome.failed)} job(s) failed (see above and `losslab study status "
+            f"{outcome.study_dir}`); rerun the same command to retry them"
+        )
+
+
+@study.command("status")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+def status(study_dir: Path) -> None:
+    """What a study folder holds: trained and compressed models, failures, and jobs left for its study file."""
+    from losslab.study import StudyStore, load_study_spec
+    from losslab.study.runner import plan_jobs
+
+    with StudyStore.open(study_dir) as store:
+        specs = store.specs()
+        click.echo(
+            f"study {study_dir}: {len(store.done_train_keys())} trained models, "
+            f"{len(store.done_compression_keys())} compressed models, schema {store.meta()['schema_version']}"
+        )
+        if specs and (study_dir / "study.yaml").is_file():
+            jobs, total = plan_jobs(load_study_spec(study_dir / "study.yaml"), store, study_dir)
+            click.echo(
+                f"study file {specs[-1]['source'] or specs[-1]['name']}: {total - len(jobs)} of {total} jobs "
+                f"done, {len(jobs)} left"
+            )
+        for failure in store.failures():
+            click.echo(f"failed {failure['key']} at {failure['at']}: {failure['error']}")
+
+
+@study.command("table")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--markdown", is_flag=True, help="Markdown instead of aligned text.")
+def table(study_dir: Path, markdown: bool) -> None:
+    """Print test top-1 by training variant, method and bits (mean ± std over seeds)."""
+    _echo_table(study_dir, markdown)
+
+
+def _echo_table(study_dir: Path, markdown: bool = False) -> None:
+    from losslab.report.tables import accuracy_pivot, load_results, render_markdown, render_text
+
+    header, rows = accuracy_pivot(load_results(study_dir))
+    click.echo((render_markdown if markdown else render_text)(header, rows))

@@ -1,0 +1,175 @@
+"""The real study job: train one point, then quantize and evaluate it at every missing compression point.
+
+::
+
+    from losslab.study.pipeline import train_and_compress
+    result = train_and_compress(job)      # a JobResult; run_study uses this job function by default
+
+Steps: ``losslab.train.fit`` into ``job.run_dir`` (skipped when the store already holds the run, or when a
+killed earlier attempt finished training: its ``result.json`` is reused); the best checkpoint is loaded and
+evaluated on the test split (the float reference of every drop, same pipeline as the compressed models); each
+compression group (one method and option set, all its bit widths) is quantized with
+:func:`losslab.quant.quantize_many` from one calibration cache; every compressed model is evaluated on the test
+split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from losslab.study.job import (
+    CompressionRecord,
+    JobResult,
+    StudyJob,
+    TrainRecord,
+    WeightHistogram,
+    compression_setting,
+    provenance,
+)
+from losslab.study.spec import Calibration, CompressSection
+
+
+def weight_histogram(
+    layer: str, weight: torch.Tensor, bins: int, reference: torch.Tensor | None = None
+) -> WeightHistogram:
+    """Histogram of ``weight`` over ``bins`` equal bins spanning its range (and ``reference``'s, if given).
+
+    ``stats``: mean, std, min, max, absmax, excess kurtosis E[(w−μ)⁴]/σ⁴ − 3, and the number of distinct values.
+    """
+    w = weight.detach().double().flatten().cpu()
+    span = w if reference is None else torch.cat([w, reference.detach().double().flatten().cpu()])
+    low, high = float(span.min()), float(span.max())
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    counts = torch.histc(w, bins=bins, min=low, max=high)
+    edges = torch.linspace(low, high, bins + 1)
+    mean, std = float(w.mean()), float(w.std(unbiased=False))
+    kurt = float(((w - mean) ** 4).mean() / std**4 - 3) if std > 0 else 0.0
+    stats = {
+        "mean": mean,
+        "std": std,
+        "min": float(w.min()),
+        "max": float(w.max()),
+        "absmax": float(w.abs().max()),
+        "kurtosis": kurt,
+        "distinct": float(torch.unique(w).numel()),
+    }
+    return WeightHistogram(layer, edges.tolist(), [int(c) for c in counts.tolist()], stats)
+
+
+def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def calibration_set(cfg: Any, calibration: Calibration) -> DataLoader:
+    """``calibration.samples`` training-split images (eval transform) drawn with ``calibration.seed``."""
+    from losslab.data import calibration_loader
+
+    return calibration_loader(
+        cfg.dataset,
+        calibration.samples,
+        calibration.batch_size,
+        calibration.seed,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        img_size=cfg.img_size,
+        val_fraction=cfg.val_fraction,
+    )
+
+
+def _device(cfg: Any) -> torch.device:
+    wants_gpu = cfg.accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _train(job: StudyJob) -> tuple[float, float | None, int | None, list[dict[str, Any]]]:
+    """Train (or reuse a finished earlier attempt); (train seconds, best val acc, params, epoch rows)."""
+    from losslab.train import TrainConfig, fit
+
+    run_dir = Path(job.run_dir)
+    finished = run_dir / "result.json"
+    if finished.is_file() and (run_dir / "history.json").is_file():
+        done = json.loads(finished.read_text())
+        epochs = json.loads((run_dir / "history.json").read_text())
+        return done["wall_time_s"], done["best_val_acc"], done["num_params"], epochs
+    cfg = TrainConfig.build(
+        {**job.config, "out_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "progress": False}
+    )
+    result = fit(cfg)
+    return result.wall_time_s, result.best_val_acc, result.num_params, result.epochs
+
+
+def train_and_compress(job: StudyJob) -> JobResult:
+    """The default study job (see the module docstring)."""
+    from losslab.quant import quantize_many
+    from losslab.train import TrainConfig, evaluate_model, load_run
+    from losslab.train.build import make_loaders
+
+    section: CompressSection = job.compress_section()
+    cfg = TrainConfig.build(job.config)
+    train = _train(job) if job.needs_training else None
+    loaded = load_run(job.run_dir)
+    device = _device(cfg)
+    model = loaded.model.to(device)
+    test = make_loaders(cfg, eval_batch_size=section.eval_batch_size).test
+    start = time.perf_counter()
+    float_metrics = evaluate_model(model, test, device)
+    float_eval_s = time.perf_counter() - start
+    bins = section.histogram_bins
+    float_weights = {name: m.weight for name, m in _weight_layers(model)}
+    record = None
+    if train is not None:
+        hists = [weight_histogram(name, w, bins) for name, w in float_weights.items()]
+        record = TrainRecord(
+            job.config, job.run_dir, float_metrics, train[1], train[2], train[0], float_eval_s, train[3], hists
+        )
+    calib = calibration_set(cfg, section.calibration)
+    setting = compression_setting(section)
+    records = []
+    groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[str, Any]]] = {}
+    for key, point in job.points:
+        groups.setdefault((point.method, point.options), []).append((key, point))
+    for members in groups.values():
+        results = quantize_many(
+            model,
+            [p.build() for _, p in members],
+            calib,
+            skip=section.skip or None,
+            fold_bn=section.fold_bn,
+            progress=False,
+            seed=section.calibration.seed,
+            calib_seed=section.calibration.seed,
+            calib_name=f"{cfg.dataset}/train",
+        )
+        for (key, point), result in zip(members, results):
+            start = time.perf_counter()
+            metrics = evaluate_model(result.model, test, device)
+            eval_s = time.perf_counter() - start
+            qlayers = {r.name for r in result.layers if r.quantized}
+            hists = [
+                weight_histogram(name, m.weight, bins, reference=float_weights[name])
+                for name, m in _weight_layers(result.model)
+                if name in qlayers
+            ]
+            records.append(
+                CompressionRecord(
+                    key,
+                    point,
+                    setting,
+                    metrics,
+                    result.summary(),
+                    [asdict(r) for r in result.layers],
+                    result.seconds,
+                    eval_s,
+                    hists,
+                )
+            )
+    return JobResult(job.train_key, record, records, provenance())

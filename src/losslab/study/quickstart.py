@@ -1,0 +1,52 @@
+"""The quickstart study behind ``losslab demo``: run ``studies/quickstart.yaml``, draw its report, return the table.
+
+::
+
+    from losslab.study import run_quickstart
+    table, report = run_quickstart("study_runs/quickstart")
+    print(table); print(report)
+
+The study trains a small CNN on the bundled digits data (no network) with four losses × two learning rates ×
+two seeds and quantizes every model with RTN, GPFQ and GPTQ at 8/4/3/2 bits. Rerunning reuses what is stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from losslab.errors import LosslabError
+
+QUICKSTART = Path("studies") / "quickstart.yaml"
+
+
+def quickstart_file() -> Path:
+    """``studies/quickstart.yaml`` from the working directory, else from the losslab source checkout."""
+    import losslab
+
+    candidates = [Path.cwd() / QUICKSTART, Path(losslab.__file__).resolve().parents[2] / QUICKSTART]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise LosslabError(
+        f"quickstart study not found (looked at {', '.join(map(str, candidates))}); run from the "
+        "losslab source checkout, or pass a study file to `losslab study run`"
+    )
+
+
+def run_quickstart(
+    out_dir: str | Path | None = None, *, workers: int | None = None, progress: bool | None = None
+) -> tuple[str, Path]:
+    """Run (or finish) the quickstart study and its report; returns (results table as text, report.html path)."""
+    from losslab.report import accuracy_pivot, build_report, load_results, render_text
+    from losslab.study.runner import run_study
+    from losslab.study.spec import load_study_spec
+
+    spec = load_study_spec(quickstart_file())
+    outcome = run_study(spec, out_dir, workers=workers, progress=progress)
+    if outcome.failed:
+        raise LosslabError(
+            f"{len(outcome.failed)} quickstart job(s) failed: {outcome.failed[0][1]}; see "
+            f"`losslab study status {outcome.study_dir}`"
+        )
+    report = build_report(outcome.study_dir)
+    return render_text(*accuracy_pivot(load_results(outcome.study_dir))), report
