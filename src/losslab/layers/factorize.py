@@ -10,7 +10,8 @@
 
 Default rule: every ``nn.Conv2d``/``nn.Linear`` (and ``nn.Embedding`` with ``embeddings=True``) is factorized
 except the stem (first Conv2d), the classifier (last Linear), grouped convs, MultiheadAttention projections and
-names matching ``skip`` (fnmatch patterns); norms and biases stay dense. For s < 1 a layer that would not shrink
+names matching ``skip`` (fnmatch patterns); norms and biases stay dense. With ``tensor_train=True`` only k×k
+convs (k > 1) are replaced (1×1 shortcuts and Linears stay dense, as in the WRN oracle of §9). For s < 1 a layer that would not shrink
 is left dense.
 """
 
@@ -164,8 +165,8 @@ def _plan(model: nn.Module, skip: Sequence[str] | None, embeddings: bool, square
             skipped[name] = "nn.MultiheadAttention projection (read directly by its parent)"
         elif isinstance(module, nn.Conv2d) and module.groups != 1:
             skipped[name] = f"grouped conv (groups={module.groups})"
-        elif tensor_train and not isinstance(module, nn.Conv2d):
-            skipped[name] = "tensor_train replaces convs only"
+        elif tensor_train and (not isinstance(module, nn.Conv2d) or module.kernel_size == (1, 1)):
+            skipped[name] = "tensor_train replaces k×k convs (k > 1) only, as in deficient-efficient"
         else:
             candidates.append((name, module))
     return _Plan(candidates, skipped, sum(p.numel() for p in model.parameters()), square, tensor_train)
