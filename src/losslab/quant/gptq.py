@@ -1,0 +1,282 @@
+"""GPTQ / OPTQ (Frantar et al., ICLR 2023, arXiv:2210.17323): quantize columns in sequence and push each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian (quantization spec §6).
+
+Steps on W ``[out, in]`` and H = (2/n)·Σ XᵀX ``[in, in]``:
+
+1. dead columns (H_jj = 0): H_jj = 1, W[:, j] = 0;
+2. optional act-order: perm = argsort(diag H, descending);
+3. H += percdamp·mean(diag H)·I (if the Cholesky still fails the damping grows ×10, recorded in ``extras``);
+4. R upper triangular with H⁻¹ = RᵀR;
+5. per block of ``blocksize`` columns, per column i: q = 𝒬(w_i), e = (w_i − q)/R_ii, W[:, i:] −= e ⊗ R[i, i:]
+   (lazy: inside the block only, the rest after the block with one GEMM);
+6. undo the permutation.
+
+Groups: at every multiple of g (in processing order) the grid is fitted to the current, error-updated
+W[:, i:i+g]; under act-order ``group_index`` maps each column to its group. ``static_groups`` fits all groups on
+the original W in natural order first.
+
+>>> import torch
+>>> x = torch.randn(512, 64)
+>>> wq = gptq_weight(torch.randn(32, 64), hessian_from_inputs(x), bits=4)
+>>> wq.codes.shape
+torch.Size([32, 64])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError, LosslabError, check_range
+from losslab.quant.grids import (
+    RANGE_GRIDS,
+    FittedGrid,
+    UniformGrid,
+    check_bits,
+    check_grid,
+    check_group_size,
+    fit_grid,
+    make_weight_quant,
+    stack_fits,
+    work_dtype,
+)
+from losslab.quant.weight_quant import WeightQuant
+
+__all__ = [
+    "HessianStats",
+    "damped_factor",
+    "fix_dead_columns",
+    "gptq_weight",
+    "hessian_from_inputs",
+]
+
+MAX_DAMP_RETRIES = 12
+
+
+def hessian_from_inputs(x: Tensor) -> Tensor:
+    """H = (2/n)·XᵀX for inputs ``x`` ``[n, in]`` (float64 stays float64, else float32)."""
+    x = x.to(work_dtype(x))
+    return (2.0 / x.shape[0]) * (x.T @ x)
+
+
+@dataclass
+class HessianStats:
+    """Running mean H = (2/n)·Σ XᵀX over batches, as GPTQ's hooks accumulate it.
+
+    ``update(x, count)`` takes rows ``x`` ``[rows, in]`` that stand for ``count`` calibration samples (default: the
+    number of rows; pass the number of sequences/images to reproduce GPTQ's n).
+
+    >>> stats = HessianStats(8)
+    >>> stats.update(torch.randn(100, 8)); stats.update(torch.randn(50, 8))
+    >>> stats.hessian.shape, stats.count
+    (torch.Size([8, 8]), 150)
+    """
+
+    dim: int
+    dtype: torch.dtype = torch.float32
+    device: torch.device | str | None = None
+    hessian: Tensor = field(init=False)
+    count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.hessian = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
+
+    def update(self, x: Tensor, count: int | None = None) -> None:
+        """Fold a batch of inputs ``[rows, in]`` into the running mean."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise LosslabError(f"HessianStats.update expects x of shape [rows, {self.dim}], got {tuple(x.shape)}")
+        k = x.shape[0] if count is None else count
+        total = self.count + k
+        self.hessian.mul_(self.count / total)
+        xs = x.to(self.dtype)
+        self.hessian.addmm_(xs.T, xs, alpha=2.0 / total)
+        self.count = total
+
+
+def fix_dead_columns(weight: Tensor, hessian: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """GPTQ's dead-column fix on copies: H_jj = 0 → H_jj = 1 and W[:, j] = 0. Returns (W, H, dead mask)."""
+    w, h = weight.clone(), hessian.clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    return w, h, dead
+
+
+def damped_factor(
+    hessian: Tensor, percdamp: float, factor: Callable[[Tensor], Tensor | None]
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Apply H += damp·I with damp = percdamp·mean(diag H) and run ``factor``; on failure grow damp ×10 and retry.
+
+    ``factor`` returns ``None`` when the damped H is not positive definite. Returns (factor result, damped H,
+    info with the damping used and the number of retries). Raises :class:`LosslabError` after 12 retries.
+    """
+    mean_diag = torch.diagonal(hessian).mean().item()
+    damp = percdamp * mean_diag
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    for retry in range(MAX_DAMP_RETRIES + 1):
+        h = hessian + damp * eye if damp > 0 else hessian
+        result = factor(h)
+        if result is not None:
+            return result, h, {"damp": damp, "damp_retries": retry}
+        damp = damp * 10 if damp > 0 else 1e-6 * max(mean_diag, 1e-12)
+    raise LosslabError(
+        f"the Hessian stayed singular after {MAX_DAMP_RETRIES} damping increases (last damp={damp:g}); "
+        "check the calibration inputs for NaN/inf"
+    )
+
+
+def _inverse_cholesky_upper(h: Tensor) -> Tensor | None:
+    """R upper triangular with H⁻¹ = RᵀR, or None if H is not positive definite."""
+    chol, info = torch.linalg.cholesky_ex(h)
+    if info.item() != 0:
+        return None
+    r, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+    if info.item() != 0 or not torch.isfinite(r).all():
+        return None
+    return r
+
+
+def _transposed(grid: UniformGrid) -> UniformGrid:
+    """Grid with params ``[rows, k]`` → ``[k, rows]`` (for loops that run on Wᵀ)."""
+    zero = grid.zero.T.contiguous() if isinstance(grid.zero, Tensor) else grid.zero
+    return grid.with_params(grid.scale.T.contiguous(), zero)
+
+
+def _row(grid: UniformGrid, j: int) -> UniformGrid:
+    """Row ``j`` of a grid with params ``[k, rows]`` as params ``[1, rows]``."""
+    zero = grid.zero[j : j + 1] if isinstance(grid.zero, Tensor) else grid.zero
+    return grid.with_params(grid.scale[j : j + 1], zero)
+
+
+def _check_hessian_args(weight: Tensor, hessian: Tensor, bits: int, grid: str, percdamp: float) -> None:
+    """Shared validation of Hessian-based quantizers (raises before any work)."""
+    check_bits(bits)
+    check_grid(grid)
+    check_range("percdamp", percdamp, low=0)
+    if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+        raise LosslabError(
+            f"weight must be [out, in] and hessian [in, in]; got weight {tuple(weight.shape)}, "
+            f"hessian {tuple(hessian.shape)}"
+        )
+
+
+def gptq_weight(
+    weight: Tensor,
+    hessian: Tensor,
+    bits: int = 4,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+    group_size: int | None = None,
+    grid: str = "asym",
+    static_groups: bool = False,
+    clip: str = "max",
+    *,
+    mse_norm: float = 2.0,
+    percentile: float = 99.9,
+    scalar: float = 1.16,
+) -> WeightQuant:
+    """GPTQ-quantize ``weight`` ``[out, in]`` with Hessian ``hessian`` ``[in, in]`` (see module docstring).
+
+    Args:
+        weight: float weight ``[out, in]``.
+        hessian: H = (2/n)·XᵀX (any positive semi-definite matrix; singular ones are damped further).
+        bits: 2..8.
+        blocksize: columns per lazy-update block (results agree for every block size up to rounding).
+        percdamp: damping as a fraction of mean(diag H).
+        act_order: process columns by descending diag H.
+        group_size: columns per grid (range grids only); ``None`` = one grid per row fitted on the original W.
+        grid: ``asym`` | ``sym`` | ``narrow`` (also ``gpfq`` / ``quip`` per tensor, without groups).
+        static_groups: fit every group's grid on the original W (natural order) before quantizing.
+        clip, mse_norm, percentile: range selection of the grid fits (``clip="mse", mse_norm=2.4`` = GPTQ ``mse``).
+        scalar: GPFQ alphabet scalar when ``grid="gpfq"``.
+
+    Returns:
+        :class:`WeightQuant`; ``extras`` has ``damp``, ``damp_retries``, ``dead_columns`` and ``perm`` (act-order).
+    """
+    _check_hessian_args(weight, hessian, bits, grid, percdamp)
+    check_group_size(group_size)
+    check_range("blocksize", blocksize, low=1)
+    if group_size is not None and grid not in RANGE_GRIDS:
+        raise ConfigError(f"group_size needs a range grid ({', '.join(RANGE_GRIDS)}), got grid={grid!r}")
+    dtype = work_dtype(weight)
+    w0 = weight.to(dtype)
+    n_out, n_in = w0.shape
+
+    def fit(x: Tensor) -> FittedGrid:
+        return fit_grid(x, bits, grid, clip=clip, mse_norm=mse_norm, percentile=percentile, scalar=scalar)
+
+    row_fit = fit(w0) if group_size is None else None
+    w, h, dead = fix_dead_columns(w0, hessian.to(dtype))
+    static_fit = None
+    if group_size is not None and static_groups:
+        static_fit = stack_fits([fit(w[:, j : j + group_size]) for j in range(0, n_in, group_size)])
+    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else None
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+    r, _, damp_info = damped_factor(h, percdamp, _inverse_cholesky_upper)
+
+    # The loop runs on Wᵀ so that every column is a contiguous row; grids are transposed to params [1, out].
+    wt = w.T.contiguous()
+    col_grid: UniformGrid | None = None
+    if static_fit is not None:
+        order = perm if perm is not None else torch.arange(n_in, device=w.device)
+        col_grid = _transposed(static_fit.grid.columns(order // group_size))  # type: ignore[operator]
+    dynamic_fits: list[FittedGrid] = []
+    grid_now = _transposed(row_fit.grid) if row_fit is not None else None
+
+    codes = torch.empty_like(wt)
+    q_all = torch.empty_like(wt)
+    for i1 in range(0, n_in, blocksize):
+        i2 = min(i1 + blocksize, n_in)
+        w1 = wt[i1:i2]
+        err1 = torch.empty(i2 - i1, n_out, dtype=dtype, device=w.device)
+        r1 = r[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group_size is not None and static_fit is None and col % group_size == 0:
+                end = min(col + group_size, n_in)
+                current = wt[col:end]
+                if end > i2:  # columns past this block still miss the block's pending error
+                    pending = wt[i2:end] - r[i1:col, i2:end].T @ err1[:i]
+                    current = torch.cat([w1[i:], pending], 0)
+                dynamic_fits.append(fit(current.T))
+                grid_now = _transposed(dynamic_fits[-1].grid)
+            g = _row(col_grid, col) if col_grid is not None else grid_now
+            x = w1[i : i + 1]
+            c = g.encode(x)  # type: ignore[union-attr]
+            q = g.decode(c)  # type: ignore[union-attr]
+            codes[col : col + 1] = c
+            q_all[col : col + 1] = q
+            e = (x - q) / r1[i, i]
+            err1[i : i + 1] = e
+            w1[i + 1 :].sub_(r1[i, i + 1 :, None] * e)
+        if i2 < n_in:
+            wt[i2:].addmm_(r[i1:i2, i2:].T, err1, alpha=-1)
+    codes, q_all = codes.T, q_all.T
+
+    group_index = None
+    if static_fit is not None:
+        fitted = static_fit
+        group_index = torch.arange(n_in, device=w.device) // group_size  # type: ignore[operator]
+    elif dynamic_fits:
+        fitted = stack_fits(dynamic_fits)
+        group_index = torch.arange(n_in, device=w.device) // group_size  # type: ignore[operator]
+        if perm is not None:
+            group_index = group_index[torch.argsort(perm)]
+    else:
+        fitted = row_fit  # type: ignore[assignment]
+    if fitted.grid.scale.shape[1] == 1:
+        group_index = None
+    if perm is not None:
+        inv = torch.argsort(perm)
+        codes, q_all = codes[:, inv], q_all[:, inv]
+    extras: dict[str, object] = {**damp_info, "dead_columns": int(dead.sum())}
+    if perm is not None:
+        extras["perm"] = perm
+    if fitted.alpha is not None:
+        extras["clip_alpha"] = fitted.alpha
+    return make_weight_quant(weight, codes, q_all, fitted.grid, grid, bits, group_index, extras)

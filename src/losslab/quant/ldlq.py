@@ -1,0 +1,153 @@
+"""LDLQ (QuIP, Chee et al., NeurIPS 2023, arXiv:2307.13304): adaptive rounding with linear feedback from the LDL
+factorization H = U·D·Uᵀ, U unit upper triangular (quantization spec §7).
+
+In forward order, q_k = 𝒬(w_k + Σ_{j<k} (w_j − q_j)·U_jk). Since U = R⁻¹·diag(R) with H⁻¹ = RᵀR, the argument
+equals GPTQ's error-updated column, so LDLQ ≡ GPTQ for the same order and grid without groups, and
+tr((W − Q)H(W − Q)ᵀ) = Σ_k D_kk·‖arg_k − q_k‖² (the per-column terms are in ``extras``).
+
+Orders: ``natural``; ``act`` (descending diag H, as GPTQ's act-order); ``ldlqRG`` (ascending diag H swept from the
+end, i.e. largest first) followed by ``npasses`` greedy coordinate passes in code units
+q_i ← clamp(round(q_i − (S·H)_i/H_ii)), S = Q − W, H scaled by its largest diagonal, stopping at a fixed point.
+Dead columns and damping are handled as in GPTQ.
+
+>>> import torch
+>>> from losslab.quant.gptq import hessian_from_inputs
+>>> h = hessian_from_inputs(torch.randn(256, 32))
+>>> wq = ldlq_weight(torch.randn(8, 32), h, bits=3, grid="quip", order="ldlqRG", npasses=2)
+>>> wq.levels
+8
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError, unknown_name_error
+from losslab.quant.gptq import _check_hessian_args, damped_factor, fix_dead_columns
+from losslab.quant.grids import fit_grid, make_weight_quant, work_dtype
+from losslab.quant.weight_quant import WeightQuant
+
+__all__ = ["LDLQ_ORDERS", "ldl_decompose", "ldlq_weight"]
+
+LDLQ_ORDERS = ("natural", "act", "ldlqRG")
+
+
+def ldl_decompose(hessian: Tensor) -> tuple[Tensor, Tensor]:
+    """H = U·diag(D)·Uᵀ with U unit upper triangular: Cholesky of the index-reversed H, reversed back, each column
+    divided by its diagonal. Raises ``torch.linalg.LinAlgError`` if H is not positive definite."""
+    factor = _ldl_or_none(hessian)
+    if factor is None:
+        raise torch.linalg.LinAlgError("ldl_decompose: the matrix is not positive definite")
+    return factor
+
+
+def _ldl_or_none(hessian: Tensor) -> tuple[Tensor, Tensor] | None:
+    chol, info = torch.linalg.cholesky_ex(hessian.flip(0, 1))
+    if info.item() != 0:
+        return None
+    m = chol.flip(0, 1)  # upper triangular, H = M·Mᵀ
+    diag = torch.diagonal(m)
+    return m / diag, diag.pow(2)
+
+
+def _column_order(diag_h: Tensor, order: str) -> Tensor | None:
+    if order == "natural":
+        return None
+    if order == "act":
+        return torch.argsort(diag_h, descending=True)
+    return torch.argsort(diag_h, stable=True).flip(0)
+
+
+def ldlq_weight(
+    weight: Tensor,
+    hessian: Tensor,
+    bits: int = 4,
+    grid: str = "asym",
+    order: str = "natural",
+    npasses: int = 0,
+    percdamp: float = 0.01,
+    clip: str = "max",
+    *,
+    mse_norm: float = 2.0,
+    percentile: float = 99.9,
+    scalar: float = 1.16,
+) -> WeightQuant:
+    """LDLQ-quantize ``weight`` ``[out, in]`` with Hessian ``[in, in]`` on a per-row (or per-tensor) grid.
+
+    Args:
+        weight, hessian: as for :func:`losslab.quant.gptq.gptq_weight`.
+        bits: 2..8.
+        grid: ``asym`` | ``sym`` | ``narrow`` | ``quip`` | ``gpfq`` (fitted on the original W).
+        order: ``natural`` | ``act`` | ``ldlqRG``.
+        npasses: greedy passes after the LDLQ sweep (``ldlqRG`` only).
+        percdamp: damping fraction of mean(diag H).
+        clip, mse_norm, percentile, scalar: grid fitting options.
+
+    Returns:
+        :class:`WeightQuant`; ``extras``: ``ldl_d`` (D in processing order), ``arg_residual_sq``
+        (‖arg_k − q_k‖² per processed column), ``perm``, ``damp``, ``damp_retries``, ``passes_run``.
+    """
+    _check_hessian_args(weight, hessian, bits, grid, percdamp)
+    if order not in LDLQ_ORDERS:
+        raise ConfigError(str(unknown_name_error("order", order, LDLQ_ORDERS)))
+    if npasses < 0 or (npasses > 0 and order != "ldlqRG"):
+        raise ConfigError(f"npasses={npasses!r} is not allowed: use 0, or a positive count with order='ldlqRG'")
+    dtype = work_dtype(weight)
+    w0 = weight.to(dtype)
+    fitted = fit_grid(w0, bits, grid, clip=clip, mse_norm=mse_norm, percentile=percentile, scalar=scalar)
+    g = fitted.grid
+    w, h, dead = fix_dead_columns(w0, hessian.to(dtype))
+    perm = _column_order(torch.diagonal(h), order)
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+    (u, d), h_damped, damp_info = damped_factor(h, percdamp, _ldl_or_none)
+
+    n_in = w.shape[1]
+    codes = torch.empty_like(w)
+    err = torch.zeros_like(w)  # W − Q in processing order
+    arg_res = torch.empty(n_in, dtype=dtype, device=w.device)
+    for k in range(n_in):
+        arg = w[:, k : k + 1] + err[:, :k] @ u[:k, k : k + 1]
+        c = g.encode(arg)
+        q = g.decode(c)
+        codes[:, k : k + 1] = c
+        err[:, k : k + 1] = w[:, k : k + 1] - q
+        arg_res[k] = (arg - q).pow(2).sum()
+    passes = _greedy_passes(codes, g.continuous(w), h_damped, g.qmin, g.qmax, npasses)
+    q_all = g.decode(codes)
+    if perm is not None:
+        inv = torch.argsort(perm)
+        codes, q_all = codes[:, inv], q_all[:, inv]
+    extras: dict[str, object] = {
+        **damp_info,
+        "dead_columns": int(dead.sum()),
+        "order": order,
+        "ldl_d": d,
+        "arg_residual_sq": arg_res,
+        "passes_run": passes,
+    }
+    if perm is not None:
+        extras["perm"] = perm
+    return make_weight_quant(weight, codes, q_all, g, grid, bits, None, extras)
+
+
+def _greedy_passes(codes: Tensor, target: Tensor, hessian: Tensor, qmin: int, qmax: int, npasses: int) -> int:
+    """QuIP's greedy passes in code units, in place on ``codes``; returns the number of passes run.
+
+    Each pass visits the columns in processing order: c_i ← clamp(round(c_i − (S·H)_i/H_ii), qmin, qmax) with
+    S = C − target updated after every column; stops early when a pass changes nothing.
+    """
+    h = hessian / torch.diagonal(hessian).max()
+    s = codes - target
+    for p in range(npasses):
+        changed = False
+        for i in range(codes.shape[1]):
+            new = torch.round(codes[:, i] - (s @ h[:, i]) / h[i, i]).clamp_(qmin, qmax)
+            if not torch.equal(new, codes[:, i]):
+                changed = True
+                codes[:, i] = new
+                s[:, i] = new - target[:, i]
+        if not changed:
+            return p + 1
+    return npasses
