@@ -5,7 +5,8 @@
 
 Logistic (StyleGAN2-ADA): G softplus(−D(G(z))); D softplus(D(G(z))) + softplus(−D(x)). Rooted: each softplus(s)
 becomes k·exp(softplus(s)/k) = ℓ_k(−s) (see :func:`~losslab.objectives.rooted_logistic`), i.e. G ℓ_k(D(G(z))),
-D on fakes ℓ_k(−D(G(z))), D on reals ℓ_k(D(x)). Math in float32 (fp16 logits are safe); the caller reduces.
+D on fakes ℓ_k(−D(G(z))), D on reals ℓ_k(D(x)). Math in float32 (fp16 logits are safe up to |D| ≈ 177·k/2, where
+exp overflows float32); the caller reduces.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from losslab.errors import ConfigError
 from losslab.objectives.logit_rows import compute_dtype
-from losslab.objectives.rooted import check_k, rooted_logistic
+from losslab.objectives.rooted import check_k, rooted_logistic, softplus
 
 GAN_KINDS = ("logistic", "rooted")
 
@@ -54,4 +54,4 @@ def gan_losses(
     with torch.autocast(device_type=fake_logits.device.type, enabled=False):
         fake = fake_logits.to(compute_dtype(fake_logits.dtype))
         real = real_logits.to(compute_dtype(real_logits.dtype))
-        return GanLosses(g=F.softplus(-fake), d_fake=F.softplus(fake), d_real=F.softplus(-real))
+        return GanLosses(g=softplus(-fake), d_fake=softplus(fake), d_real=softplus(-real))

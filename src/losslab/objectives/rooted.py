@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from losslab.errors import check_range
@@ -100,6 +99,11 @@ def rooted_loss_convex(
     return row_loss(logits, target, per_row, reduction=reduction, ignore_index=ignore_index)
 
 
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x) as ``logaddexp(x, 0)``: exact for all x (``F.softplus`` switches to x above 20, off by e^{−20})."""
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def rooted_logistic(t: Tensor, k: float, subtract_k: bool = False) -> Tensor:
     """Binary rooted logistic loss ℓ_k(t) = k(1 + e^{−t})^{1/k} = k·σ(t)^{−1/k} of a margin t = y·f(x).
 
@@ -109,7 +113,7 @@ def rooted_logistic(t: Tensor, k: float, subtract_k: bool = False) -> Tensor:
     """
     check_k(k)
     with torch.autocast(device_type=t.device.type, enabled=False):
-        value = k * torch.expm1(F.softplus(-t.to(compute_dtype(t.dtype))) / k)
+        value = k * torch.expm1(softplus(-t.to(compute_dtype(t.dtype))) / k)
         return value if subtract_k else value + k
 
 
