@@ -5,8 +5,8 @@
 
 Logistic (StyleGAN2-ADA): G softplus(−D(G(z))); D softplus(D(G(z))) + softplus(−D(x)). Rooted: each softplus(s)
 becomes k·exp(softplus(s)/k) = ℓ_k(−s) (see :func:`~losslab.objectives.rooted_logistic`), i.e. G ℓ_k(D(G(z))),
-D on fakes ℓ_k(−D(G(z))), D on reals ℓ_k(D(x)). Math in float32 (fp16 logits are safe up to |D| ≈ 177·k/2, where
-exp overflows float32); the caller reduces.
+D on fakes ℓ_k(−D(G(z))), D on reals ℓ_k(D(x)). Math in float32 (fp16 logits are safe up to |D| ≈ 88·k, where exp
+overflows float32); the caller reduces.
 """
 
 from __future__ import annotations
