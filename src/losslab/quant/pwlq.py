@@ -1,0 +1,207 @@
+"""PWLQ: piecewise linear quantization (Fang et al., ECCV 2020, arXiv:2002.00104; quantization spec §4).
+
+Range [−m, m], m = max|w| per output channel (or per tensor), breakpoint p ∈ (0, m/2). Scheme ``pw2`` (the code
+variant behind the paper's numbers): the centre [−p, p] gets a b-bit ``sym`` grid (values clamped to ±p first);
+each tail gets a (b−1)-bit unsigned affine grid with step (m − p)/(2^(b−1) − 1) and offset p (positive tail) or
+−m (negative tail); regions are chosen by strict comparison with ±p.
+
+**Storage caveat:** pw2 has 2^b + 2·2^(b−1) = 2^(b+1) levels, like (b+1)-bit uniform. Show b-bit PWLQ next to
+b-bit *and* (b+1)-bit uniform; ``storage_bits`` is b + 1. Codes index a per-row level table ``lut``
+(negative tail, centre, positive tail).
+
+Breakpoint: m̃ = m/std(w) (unbiased); for a symmetric density f with CDF F the expected squared error is
+∝ (m̃ − p)² + m̃(2p − m̃)(2F(p) − 1), with derivative ∝ p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃), solved by bisection
+(tolerance 1e-3) on (0, m̃/2); then p = (p̃*/m̃)·m. Closed forms (m̃ ∈ [3, 10]): Gaussian p̃* ≈ ln(0.8614·m̃ + 0.6079),
+Laplace p̃* ≈ 0.8030·√m̃ − 0.3167.
+
+>>> round(optimal_breakpoint(4.0, "gaussian"), 3), round(gaussian_breakpoint_closed_form(4.0), 3)
+(1.392, 1.4)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError, check_range, unknown_name_error
+from losslab.quant.grids import check_bits, grid_from_range, work_dtype
+from losslab.quant.weight_quant import WeightQuant, code_dtype, storage_bits_for
+
+__all__ = [
+    "BREAKPOINT_METHODS",
+    "gaussian_breakpoint_closed_form",
+    "laplace_breakpoint_closed_form",
+    "optimal_breakpoint",
+    "pwlq_weight",
+]
+
+BREAKPOINT_METHODS = ("gaussian", "laplace", "search")
+DISTRIBUTIONS = ("gaussian", "laplace")
+SEARCH_STEPS = (0.1, 0.01, 0.001)
+
+
+def gaussian_breakpoint_closed_form(m_tilde: float) -> float:
+    """Fitted Gaussian optimum p̃* ≈ ln(0.8614·m̃ + 0.6079) (m̃ ∈ [3, 10])."""
+    return math.log(0.8614 * m_tilde + 0.6079)
+
+
+def laplace_breakpoint_closed_form(m_tilde: float) -> float:
+    """Fitted Laplace optimum p̃* ≈ 0.8030·√m̃ − 0.3167 (m̃ ∈ [3, 10])."""
+    return 0.8030 * math.sqrt(m_tilde) - 0.3167
+
+
+def _cdf_pdf(p: float, dist: str) -> tuple[float, float]:
+    """CDF and density at p ≥ 0 of the unit-variance standard Gaussian or Laplace distribution."""
+    if dist == "gaussian":
+        return 0.5 * (1 + math.erf(p / math.sqrt(2))), math.exp(-p * p / 2) / math.sqrt(2 * math.pi)
+    b = 1 / math.sqrt(2)
+    return 1 - 0.5 * math.exp(-p / b), math.exp(-p / b) / (2 * b)
+
+
+def optimal_breakpoint(m_tilde: float, dist: str = "gaussian", tol: float = 1e-3) -> float:
+    """Normalized optimal breakpoint p̃* ∈ (0, m̃/2): root of p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃) by bisection."""
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(str(unknown_name_error("dist", dist, DISTRIBUTIONS)))
+    check_range("m_tilde", m_tilde, low=0, low_inclusive=False)
+
+    def derivative(p: float) -> float:
+        cdf, pdf = _cdf_pdf(p, dist)
+        return p - 2 * m_tilde + 2 * m_tilde * cdf + m_tilde * pdf * (2 * p - m_tilde)
+
+    lo, hi = 0.0, m_tilde / 2
+    if derivative(hi) <= 0:
+        return hi
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if derivative(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2
+
+
+def _pw2_lut(m: Tensor, p: Tensor, bits: int) -> Tensor:
+    """Per-row level table ``[rows, 2^(b+1)]``: negative tail, centre (b-bit sym on ±p), positive tail."""
+    half = 2 ** (bits - 1)
+    tail_step = (m - p) / (half - 1)
+    j = torch.arange(half, dtype=m.dtype, device=m.device)
+    centre = grid_from_range(-p, p, bits, "sym")
+    c = torch.arange(-half, half, dtype=m.dtype, device=m.device)
+    neg = -m[:, None] + tail_step[:, None] * j
+    pos = p[:, None] + tail_step[:, None] * j
+    return torch.cat([neg, centre.decode(c[None, :]), pos], 1)
+
+
+def _pw2_codes(w: Tensor, m: Tensor, p: Tensor, bits: int) -> Tensor:
+    """Codes into :func:`_pw2_lut` for ``w`` ``[rows, cols]`` with per-row m, p ``[rows]``."""
+    half = 2 ** (bits - 1)
+    m_, p_ = m[:, None], p[:, None]
+    tail_step = (m_ - p_) / (half - 1)
+    centre = grid_from_range(-p, p, bits, "sym")
+    centre_codes = centre.encode(torch.minimum(torch.maximum(w, -p_), p_)) + 2 * half
+    pos_codes = torch.round((w - p_) / tail_step).clamp_(0, half - 1) + 3 * half
+    neg_codes = torch.round((w + m_) / tail_step).clamp_(0, half - 1)
+    return torch.where(w > p_, pos_codes, torch.where(w < -p_, neg_codes, centre_codes))
+
+
+def _pw2_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    lut = _pw2_lut(m, p, bits)
+    codes = _pw2_codes(w, m, p, bits).long()
+    return codes, lut
+
+
+def _search_ratio(w: Tensor, m: Tensor, bits: int) -> Tensor:
+    """Coarse-to-fine search of r = p/m ∈ (0, 0.5) per row on the actual squared error (steps 0.1, 0.01, 0.001)."""
+    best_r = torch.full_like(m, 0.25)
+    best_err = torch.full_like(m, float("inf"))
+    centre = torch.full_like(m, 0.25)
+    span = 0.25
+    for step in SEARCH_STEPS:
+        n = round(2 * span / step)
+        for k in range(n + 1):
+            r = (centre - span + k * step).clamp(step / 10, 0.5 - step / 10)
+            codes, lut = _pw2_quantize(w, m, r * m, bits)
+            err = (lut.gather(1, codes) - w).pow(2).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_r = torch.where(better, r, best_r)
+        centre, span = best_r, step
+    return best_r
+
+
+def pwlq_weight(
+    weight: Tensor,
+    bits: int,
+    breakpoint: str | float = "gaussian",
+    scheme: str = "pw2",
+    per_channel: bool = True,
+    bias_correction: bool = False,
+) -> WeightQuant:
+    """PWLQ-quantize ``weight`` ``[out, in]`` (scheme ``pw2``), per output channel or per tensor.
+
+    Args:
+        weight: float weight ``[out, in]`` (BN folded beforehand for the reference setting).
+        bits: nominal b (2..8); the grid has 2^(b+1) levels (``storage_bits`` = b + 1).
+        breakpoint: ``gaussian`` | ``laplace`` (optimal breakpoint for that density at m̃ = m/std), ``search``
+            (coarse-to-fine on the actual error), or a float r ∈ (0, 0.5) giving p = r·m.
+        scheme: ``pw2`` (only scheme implemented).
+        per_channel: one range/breakpoint per row; ``False`` = one per tensor (RegulQuant preset).
+        bias_correction: per row q ← (q + mean(w) − mean(q))·std(w)/std(q), applied to the level table.
+
+    Returns:
+        :class:`WeightQuant` with ``lut``; ``extras``: ``breakpoint`` p ``[rows]``, ``breakpoint_ratio`` p/m,
+        ``label``.
+    """
+    check_bits(bits)
+    if scheme != "pw2":
+        raise ConfigError(str(unknown_name_error("scheme", scheme, ("pw2",))))
+    if isinstance(breakpoint, str) and breakpoint not in BREAKPOINT_METHODS:
+        raise ConfigError(str(unknown_name_error("breakpoint", breakpoint, BREAKPOINT_METHODS)))
+    if not isinstance(breakpoint, str):
+        check_range("breakpoint", float(breakpoint), low=0, high=0.5, low_inclusive=False, high_inclusive=False)
+    w = weight.to(work_dtype(weight))
+    rows = w.shape[0]
+    x = w if per_channel else w.reshape(1, -1)
+    m = x.abs().amax(1)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    if breakpoint == "search":
+        ratio = _search_ratio(x, m, bits)
+    elif isinstance(breakpoint, str):
+        std = x.std(1)
+        m_tilde = (m / torch.where(std > 0, std, torch.ones_like(std))).tolist()
+        ratio = torch.tensor([optimal_breakpoint(mt, breakpoint) / mt for mt in m_tilde], dtype=w.dtype)
+    else:
+        ratio = torch.full_like(m, float(breakpoint))
+    p = ratio * m
+    if not per_channel:
+        m, p, ratio = m.expand(rows), p.expand(rows), ratio.expand(rows)
+    codes, lut = _pw2_quantize(w, m, p, bits)
+    if bias_correction:
+        q0 = lut.gather(1, codes)
+        q_std = q0.std(1, keepdim=True)
+        gain = w.std(1, keepdim=True) / torch.where(q_std > 0, q_std, torch.ones_like(q_std))
+        lut = (lut + w.mean(1, keepdim=True) - q0.mean(1, keepdim=True)) * gain
+    q = lut.gather(1, codes)
+    levels = 2 ** (bits + 1)
+    return WeightQuant(
+        q=q.to(weight.dtype),
+        codes=codes.to(code_dtype(levels)),
+        scale=None,
+        zero=None,
+        group_index=None,
+        lut=lut,
+        bits=bits,
+        levels=levels,
+        storage_bits=storage_bits_for(levels),
+        grid="pwlq",
+        extras={
+            "breakpoint": p.clone(),
+            "breakpoint_ratio": ratio.clone(),
+            "scheme": scheme,
+            "per_channel": per_channel,
+            "bias_correction": bias_correction,
+            "label": f"{bits}-bit PWLQ pw2 ({levels} levels, {bits + 1} storage bits)",
+        },
+    )
