@@ -1,4 +1,4 @@
-"""The layer-wise engine (spec §8, §11 "Engine"): identity, sequential RTN = direct RTN, statistics, patterns, errors."""
+"""The layer-wise engine (spec §8, §11): identity, sequential RTN = direct RTN, statistics, patterns, errors."""
 
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ from losslab.quant.methods import GPFQ, GPTQ, LDLQ, PWLQ, QUANT_METHODS, RTN, Id
         (lambda: GPTQ(bits=4, incoherence="dct"), "incoherence"),
         (lambda: LDLQ(bits=3, npasses=-1), "npasses"),
         (lambda: LDLQ(bits=3, order="random"), "order"),
+        (lambda: GPTQ(bits=3, grid="quip", group_size=8), "group_size"),
+        (lambda: PWLQ(bits=4, breakpoint=0.7), "breakpoint"),
         (lambda: Identity16(bits=8), "bits"),
     ],
 )

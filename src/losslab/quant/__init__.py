@@ -12,7 +12,21 @@ The per-layer algorithms are pure tensor functions on an ``[out, in]`` weight (`
 """
 
 from losslab.quant.bn_fold import find_bn_pairs, fold_batchnorm
+from losslab.quant.clipping import mse_clip_alpha
 from losslab.quant.engine import capture_input, quant_layers, quantize, quantize_many
+from losslab.quant.gpfq import (
+    GPFQGram,
+    GPFQStats,
+    gpfq_alphabet,
+    gpfq_weight,
+    gpfq_weight_from_stats,
+    gpfq_weight_sample_form,
+)
+from losslab.quant.gptq import HessianStats, gptq_weight, hessian_from_inputs
+from losslab.quant.grids import GRID_NAMES, fit_grid, grid_levels
+from losslab.quant.incoherence import incoherence_quantize, random_orthogonal, unrotate
+from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
+from losslab.quant.ldlq import ldl_decompose, ldlq_weight
 from losslab.quant.methods import (
     GPFQ,
     GPTQ,
@@ -25,6 +39,7 @@ from losslab.quant.methods import (
     method_from_name,
 )
 from losslab.quant.packed import load_packed, packed_size_bytes, read_packed_metadata, save_packed
+from losslab.quant.pwlq import optimal_breakpoint, pwlq_weight
 from losslab.quant.result import LayerReport, QuantResult
 from losslab.quant.rtn import rtn_weight
 from losslab.quant.unfold import layer_inputs, unfold_conv_input
@@ -33,10 +48,14 @@ from losslab.quant.weight_quant import WeightQuant
 __all__ = [
     "GPFQ",
     "GPTQ",
+    "GRID_NAMES",
     "LDLQ",
     "PWLQ",
     "QUANT_METHODS",
     "RTN",
+    "GPFQGram",
+    "GPFQStats",
+    "HessianStats",
     "Identity16",
     "LayerReport",
     "QuantMethod",
@@ -44,16 +63,36 @@ __all__ = [
     "WeightQuant",
     "capture_input",
     "find_bn_pairs",
+    "fit_grid",
     "fold_batchnorm",
+    "gpfq_alphabet",
+    "gpfq_weight",
+    "gpfq_weight_from_stats",
+    "gpfq_weight_sample_form",
+    "gptq_weight",
+    "grid_levels",
+    "hessian_from_inputs",
+    "incoherence_quantize",
     "layer_inputs",
+    "ldl_decompose",
+    "ldlq_weight",
     "load_packed",
     "method_from_name",
+    "mse_clip_alpha",
+    "optimal_breakpoint",
     "packed_size_bytes",
+    "proxy_loss",
+    "pwlq_weight",
     "quant_layers",
     "quantize",
     "quantize_many",
+    "random_orthogonal",
     "read_packed_metadata",
     "rtn_weight",
     "save_packed",
+    "sparsity",
+    "sqnr_db",
     "unfold_conv_input",
+    "unrotate",
+    "weight_mse",
 ]

@@ -265,7 +265,7 @@ def _run_one(
         stats = _collect(method, base, qmodel, name, layer_batches, modified, metrics, generator)
         weight = qlayer.weight.detach().clone()
         wqs = [
-            method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + index)
+            method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + 2 * index)
             for g, w in enumerate(grouped_weight(qlayer))
         ]
         q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
@@ -377,7 +377,8 @@ def quantize(
             on ``calib`` after the weights are quantized; default weight-only.
         device: where to run (default: the model's device).
         progress: tqdm bar over layers.
-        seed: seed for random parts (incoherence transforms: ``seed + layer index``; legacy GPFQ patch sampling).
+        seed: seed for random parts (layer i uses ``seed + 2i``: incoherence U/V seeds, dither, stochastic
+            rounding; legacy GPFQ patch sampling uses ``seed``).
         metrics: accumulate the float-network XᵀX per layer for the proxy loss (extra cost for RTN/PWLQ).
         calib_seed, calib_name: labels recorded in ``summary()["calibration"]``.
 

@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, check_range
+from losslab.quant.gpfq import GPFQStats, gpfq_weight_from_stats
+from losslab.quant.gptq import HessianStats, gptq_weight
 from losslab.quant.grids import CLIP_METHODS, GRID_NAMES, RANGE_GRIDS
+from losslab.quant.incoherence import incoherence_quantize
+from losslab.quant.ldlq import LDLQ_ORDERS, ldlq_weight
+from losslab.quant.pwlq import pwlq_weight
 from losslab.quant.rtn import rtn_weight
 from losslab.quant.weight_quant import WeightQuant
 from losslab.registry import Registry
@@ -62,12 +67,8 @@ class QuantMethod:
     def new_stats(self, dim: int, device: torch.device) -> Any:
         """Empty statistics accumulator for a layer with ``dim`` input coordinates (None if not needed)."""
         if self.stats == "hessian":
-            from losslab.quant.gptq import HessianStats  # TEMP lazy
-
             return HessianStats(dim, device=device)
         if self.stats == "gpfq":
-            from losslab.quant.gpfq import GPFQStats  # TEMP lazy
-
             return GPFQStats(dim, device=device)
         return None
 
@@ -133,9 +134,13 @@ class RTN(QuantMethod):
 @QUANT_METHODS.register("pwlq")
 @dataclass(frozen=True)
 class PWLQ(QuantMethod):
-    """Piecewise linear quantization (Fang et al. 2020, spec §4), ``pw2`` scheme: 2^(b+1) levels + region bit."""
+    """Piecewise linear quantization (Fang et al. 2020, spec §4), ``pw2`` scheme: 2^(b+1) levels, b + 1 storage bits.
 
-    breakpoint: str = "gaussian"
+    ``breakpoint``: ``gaussian`` / ``laplace`` (optimal for that density), ``search``, or a float r ∈ (0, 0.5)
+    giving p = r·max|w|. ``per_channel=False`` is the RegulQuant per-tensor preset.
+    """
+
+    breakpoint: str | float = "gaussian"
     bias_correction: bool = False
     scheme: str = "pw2"
     per_channel: bool = True
@@ -143,11 +148,13 @@ class PWLQ(QuantMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("breakpoint", self.breakpoint, ("gaussian", "laplace", "search"))
-        _check_choice("scheme", self.scheme, ("pw2", "pw1"))
+        if isinstance(self.breakpoint, float):
+            check_range("breakpoint", self.breakpoint, low=0, high=0.5, low_inclusive=False, high_inclusive=False)
+        else:
+            _check_choice("breakpoint", self.breakpoint, ("gaussian", "laplace", "search"))
+        _check_choice("scheme", self.scheme, ("pw2",))
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
-        from losslab.quant.pwlq import pwlq_weight  # TEMP lazy
 
         return pwlq_weight(
             weight,
@@ -181,16 +188,15 @@ class GPFQ(QuantMethod):
         check_range("scalar", self.scalar, low=0, low_inclusive=False)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
-        from losslab.quant.gpfq import gpfq_weight_from_stats  # TEMP lazy
 
         return gpfq_weight_from_stats(
             weight,
             stats,
             self.bits,
             self.scalar,
-            legacy_alphabet=self.legacy_alphabet,
             stochastic=self.stochastic,
-            seed=seed,
+            generator=torch.Generator(device=weight.device).manual_seed(seed),
+            legacy_alphabet=self.legacy_alphabet,
         )
 
 
@@ -200,6 +206,7 @@ class _HessianMethod(QuantMethod):
 
     percdamp: float = 0.01
     grid: str = "asym"
+    clip: str = "max"
     incoherence: str | None = None
     stats: ClassVar[StatsKind] = "hessian"
 
@@ -208,6 +215,7 @@ class _HessianMethod(QuantMethod):
         check_range("percdamp", self.percdamp, low=0)
         _check_choice("grid", self.grid, (*RANGE_GRIDS, "gpfq", "quip"))
         _check_choice("incoherence", self.incoherence, INCOHERENCE_TRANSFORMS)
+        _check_choice("clip", self.clip, CLIP_METHODS)
         if getattr(self, "group_size", None) is not None and self.grid not in RANGE_GRIDS:
             raise ConfigError(f"group_size needs a range grid ({', '.join(RANGE_GRIDS)}), got grid={self.grid!r}")
 
@@ -218,7 +226,6 @@ class _HessianMethod(QuantMethod):
         hessian = stats.hessian
         if self.incoherence is None:
             return self._core(weight, hessian)
-        from losslab.quant.incoherence import incoherence_quantize  # TEMP lazy
 
         return incoherence_quantize(weight, hessian, self._core, transform=self.incoherence, seed=seed)
 
@@ -232,17 +239,14 @@ class GPTQ(_HessianMethod):
     act_order: bool = False
     group_size: int | None = None
     static_groups: bool = False
-    clip: str = "max"
     name: ClassVar[str] = "gptq"
 
     def __post_init__(self) -> None:
         _check_group_size(self.group_size)
         super().__post_init__()
         check_range("blocksize", self.blocksize, low=1)
-        _check_choice("clip", self.clip, CLIP_METHODS)
 
     def _core(self, weight: Tensor, hessian: Tensor) -> WeightQuant:
-        from losslab.quant.gptq import gptq_weight  # TEMP lazy
 
         return gptq_weight(
             weight,
@@ -263,7 +267,8 @@ class GPTQ(_HessianMethod):
 class LDLQ(_HessianMethod):
     """LDLQ (Chee et al. 2023, spec §7): q_k = 𝒬(w_k + Σ_{j<k}(w_j − q_j)U_jk), H = UDUᵀ.
 
-    ``order="ldlqRG"`` sorts columns by diag H and adds ``npasses`` greedy passes (QuIP's ``--quant ldlqRG``).
+    ``order``: ``natural``, ``act`` (descending diag H) or ``ldlqRG``, which sorts columns by diag H and adds
+    ``npasses`` greedy passes (QuIP's ``--quant ldlqRG``).
     """
 
     order: str = "natural"
@@ -272,14 +277,20 @@ class LDLQ(_HessianMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("order", self.order, ("natural", "ldlqRG"))
+        _check_choice("order", self.order, LDLQ_ORDERS)
         check_range("npasses", self.npasses, low=0)
 
     def _core(self, weight: Tensor, hessian: Tensor) -> WeightQuant:
-        from losslab.quant.ldlq import ldlq_weight  # TEMP lazy
 
         return ldlq_weight(
-            weight, hessian, self.bits, percdamp=self.percdamp, grid=self.grid, order=self.order, npasses=self.npasses
+            weight,
+            hessian,
+            self.bits,
+            grid=self.grid,
+            order=self.order,
+            npasses=self.npasses,
+            percdamp=self.percdamp,
+            clip=self.clip,
         )
 
 

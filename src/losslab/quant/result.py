@@ -138,8 +138,8 @@ class QuantResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"summary": ..., "layers": [...]}`` with plain JSON types."""
-        return {"summary": self.summary(), "layers": [asdict(r) for r in self.layers]}
+        """``{"summary": ..., "layers": [...]}`` with plain JSON types (an infinite SQNR, Q = W, becomes "inf")."""
+        return _json_safe({"summary": self.summary(), "layers": [asdict(r) for r in self.layers]})
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The :meth:`to_dict` content as indented JSON; also written atomically to ``path`` when given."""
@@ -162,6 +162,16 @@ class QuantResult:
                 f"{_fmt(r.proxy_loss, '.3e'):>11}{_fmt(r.sparsity, '.3f'):>8}"
             )
         return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _fmt(value: float | None, spec: str) -> str:
