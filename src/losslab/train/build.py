@@ -1,0 +1,151 @@
+"""Turn a :class:`TrainConfig` into the pieces of a run: data loaders, model, objective, regularizers.
+
+Each builder checks its part of the config against the registries (objectives, models, datasets, regularizers)
+so an unknown name fails before training with the list of valid choices::
+
+    data = make_loaders(cfg)                        # LoaderSet(train, val, test, spec)
+    model, dense_params = build_model(cfg, data.spec)
+    objective = build_objective(cfg)
+    schedule, always_on = build_regularization(cfg, model)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from losslab.errors import ConfigError
+from losslab.train.config import TrainConfig
+
+
+@dataclass
+class LoaderSet:
+    """Train / validation / test loaders of one dataset and its :class:`losslab.data.DataSpec`."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    spec: Any
+
+
+def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None) -> LoaderSet:
+    """Loaders for ``cfg.dataset``: shuffled, augmented training split; fixed validation carve-out; test split."""
+    from losslab.data import create_dataset, dataset_info
+
+    spec = dataset_info(cfg.dataset)
+    common = {
+        "data_dir": cfg.data_dir,
+        "download": cfg.download,
+        "val_fraction": cfg.val_fraction,
+        "img_size": cfg.img_size,
+    }
+    train = create_dataset(cfg.dataset, "train", augment=cfg.augment, randaugment=cfg.randaugment, **common)
+    val = create_dataset(cfg.dataset, "val", **common)
+    test = create_dataset(cfg.dataset, "test", **common)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    eval_bs = eval_batch_size or max(cfg.batch_size, 256)
+    loader_kw = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    return LoaderSet(
+        train=DataLoader(
+            train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=len(train) > cfg.batch_size,
+            **loader_kw,
+        ),
+        val=DataLoader(val, batch_size=eval_bs, **loader_kw),
+        test=DataLoader(test, batch_size=eval_bs, **loader_kw),
+        spec=spec,
+    )
+
+
+def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
+    """The network for ``cfg`` (factorized if asked) and the parameter count of its dense version."""
+    from losslab.models import create_model
+
+    model = create_model(
+        cfg.model,
+        num_classes=spec.num_classes,
+        in_chans=spec.in_chans,
+        img_size=cfg.img_size or spec.img_size,
+        pretrained=cfg.pretrained,
+    )
+    dense = sum(p.numel() for p in model.parameters())
+    if cfg.rank_scale is not None or cfg.target_ratio is not None or cfg.tensor_train:
+        from losslab.layers import factorize
+
+        factorize(
+            model,
+            rank_scale=cfg.rank_scale,
+            target_ratio=cfg.target_ratio,
+            spectral=cfg.spectral,
+            square=cfg.square,
+            tensor_train=cfg.tensor_train,
+        )
+    elif cfg.square or cfg.spectral:
+        raise ConfigError(
+            "spectral/square need a factorized model: pass rank_scale (--rank-scale) or target_ratio (--target-ratio)"
+        )
+    return model, dense
+
+
+def objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The constructor arguments of ``cfg.loss`` taken from the config's loss fields."""
+    from losslab.objectives import OBJECTIVES
+
+    name = OBJECTIVES.resolve(cfg.loss)
+    return {
+        "ce": {"label_smoothing": cfg.label_smoothing},
+        "focal": {"gamma": cfg.focal_gamma, "alpha": cfg.focal_alpha},
+        "root": {"k": cfg.k, "m": cfg.m},
+        "root_convex": {"k": cfg.k},
+        "sgt": {"alpha": cfg.sgt_alpha, "label_smoothing": cfg.label_smoothing},
+    }.get(name, {})
+
+
+def build_objective(cfg: TrainConfig) -> nn.Module:
+    """The training objective named by ``cfg.loss`` (``losslab.objectives.create``)."""
+    from losslab.objectives import create
+
+    return create(cfg.loss, **objective_kwargs(cfg))
+
+
+def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None, list[Any]]:
+    """(phase schedule or None, regularizers active in every epoch) for ``cfg``.
+
+    ``--regularizer NAME --lmbda X --reg-start-epoch E`` is the one-phase schedule [E, end); ``--reg-schedule``
+    loads phases from YAML; ``--frobenius-decay`` adds Frobenius decay on factor products with λ = weight decay.
+    """
+    from losslab.regularizers import Schedule, create
+
+    schedule = None
+    if cfg.reg_schedule is not None:
+        schedule = Schedule.from_yaml(cfg.reg_schedule, epochs=cfg.epochs)
+    elif cfg.regularizer is not None:
+        kwargs: dict[str, Any] = {"lam": cfg.lmbda}
+        if create_name(cfg.regularizer) in {"lp_grad", "l1grad", "l2grad"}:
+            kwargs["activations"] = cfg.activation_gradients
+            if create_name(cfg.regularizer) == "lp_grad":
+                kwargs["p"] = cfg.p
+        schedule = Schedule.from_start_epoch([create(cfg.regularizer, **kwargs)], cfg.reg_start_epoch)
+    always_on = []
+    if cfg.frobenius_decay:
+        if cfg.rank_scale is None and cfg.target_ratio is None:
+            raise ConfigError(
+                "frobenius_decay (--frobenius-decay) acts on factorized layers: pass rank_scale "
+                "(--rank-scale) or target_ratio (--target-ratio)"
+            )
+        always_on.append(create("frobenius_decay", lam=cfg.weight_decay))
+    return schedule, always_on
+
+
+def create_name(name: str) -> str:
+    """Canonical registry name of a regularizer (raises with the valid choices if unknown)."""
+    from losslab.regularizers import REGULARIZERS
+
+    return REGULARIZERS.resolve(name)

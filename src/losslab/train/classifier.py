@@ -1,0 +1,155 @@
+"""The LightningModule that trains an image classifier with a losslab objective and regularizers.
+
+Per training step (batch ``x, y`` of size B)::
+
+    logits = model(x);  L = objective(logits, y)              # task loss, batch mean
+    R_j = reg_j.loss_term(model, L, B)   for active regs       # loss-side terms, already × λ_j
+    backward(L + Σ_j R_j)
+    reg_j.grad_term(model)               for active regs       # gradient-side terms (Frobenius decay) after the
+                                                                # AMP unscale, before clipping and optimizer.step
+
+The task loss and every regularizer term are logged separately (``train/loss``, ``reg/<name>``); RegulQuant logged
+their sum, which made runs with different regularizers incomparable. Validation and test report plain cross
+entropy (``val/ce``) and top-1 accuracy whatever the training objective, so checkpoints are selected on the same
+metric for every loss. With ``logit_stats`` the module logs SGT's logit statistics (norm, |mean|, |max|, var) as
+per-batch averages over each epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losslab.objectives import logit_statistics
+from losslab.train.config import TrainConfig
+from losslab.train.optim import build_optimizer, build_scheduler
+
+
+class ClassifierModule(pl.LightningModule):
+    """Train ``model`` with ``objective`` under an optional regularization ``schedule``.
+
+    Args:
+        config: the run's :class:`TrainConfig` (saved in every checkpoint as ``hyper_parameters["config"]``).
+        model: the network (logits ``[N, C]``).
+        objective: a loss module ``(logits, target) -> scalar``.
+        schedule: an object with ``active(epoch) -> list`` of regularizers (``losslab.regularizers.Schedule``),
+            or ``None``.
+        always_on: regularizers active in every epoch (e.g. Frobenius decay that replaces weight decay).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        objective: nn.Module,
+        schedule: Any | None = None,
+        always_on: list[Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.objective = objective
+        self.schedule = schedule
+        self.always_on = list(always_on or [])
+        self.save_hyperparameters({"config": config.to_dict()})
+
+    # ------------------------------------------------------------------ regularizers
+    def all_regularizers(self) -> list[Any]:
+        """Every regularizer that is active in some epoch, each once."""
+        regs = list(self.always_on)
+        for phase in getattr(self.schedule, "phases", []):
+            regs.extend(r for r in phase.regularizers if all(r is not s for s in regs))
+        return regs
+
+    def active_regularizers(self) -> list[Any]:
+        """The regularizers of the current epoch."""
+        scheduled = self.schedule.active(self.current_epoch) if self.schedule is not None else []
+        return self.always_on + list(scheduled)
+
+    def on_fit_start(self) -> None:
+        for reg in self.all_regularizers():
+            reg.attach(self.model)
+
+    def on_fit_end(self) -> None:
+        for reg in self.all_regularizers():
+            reg.detach()
+
+    def on_train_epoch_start(self) -> None:
+        active = self.active_regularizers()
+        for reg in self.all_regularizers():
+            set_active = getattr(reg, "set_active", None)
+            if set_active is not None:
+                set_active(any(reg is a for a in active))
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = self.objective(logits, y)
+        total = loss
+        for reg in self.active_regularizers():
+            term = reg.loss_term(self.model, loss, x.shape[0])
+            if term is not None:
+                self.log(f"reg/{reg.name}", term.detach(), on_step=False, on_epoch=True)
+                total = total + term
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", accuracy(logits.detach(), y), on_step=False, on_epoch=True)
+        if self.config.logit_stats:
+            self._log_logit_stats("train", logits.detach())
+        return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for reg in self.active_regularizers():
+            value = reg.grad_term(self.model)
+            if value is not None:
+                self.log(f"reg/{reg.name}", value, on_step=False, on_epoch=True)
+
+    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log(f"{stage}/ce", F.cross_entropy(logits.float(), y), prog_bar=stage == "val")
+        self.log(f"{stage}/acc", accuracy(logits, y), prog_bar=stage == "val")
+        if stage == "test":
+            self.log("test/top5", accuracy(logits, y, topk=5))
+        if self.config.logit_stats:
+            self._log_logit_stats(stage, logits)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_logit_stats(self, stage: str, logits: torch.Tensor) -> None:
+        for key, value in logit_statistics(logits).items():
+            self.log(f"{stage}_logits/{key}", float(value), on_step=False, on_epoch=True, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        no_decay: list[nn.Parameter] = []
+        for reg in self.all_regularizers():
+            no_decay.extend(reg.no_weight_decay_params(self.model))
+        optimizer = build_optimizer(self.config, self.model, no_decay)
+        scheduler, _ = build_scheduler(self.config, optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # timm schedulers take the epoch index; Lightning steps after epoch `current_epoch`, so set the next one.
+        scheduler.step(epoch=self.current_epoch + 1)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: int = 1) -> torch.Tensor:
+    """Fraction of rows whose target is among the ``topk`` largest logits (in percent)."""
+    k = min(topk, logits.shape[-1])
+    hits = (logits.topk(k, dim=-1).indices == target.unsqueeze(-1)).any(dim=-1)
+    return hits.float().mean() * 100.0

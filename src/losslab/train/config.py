@@ -1,0 +1,291 @@
+"""The typed configuration of a classifier training run.
+
+One pydantic model, :class:`TrainConfig`, holds every option of ``losslab train``; the CLI flags are generated
+from its fields (``--label-smoothing`` is ``label_smoothing``), a YAML ``--config`` file supplies the same keys,
+and flags given on the command line override the file. Values are checked when the config is built, so a bad
+key or value fails before any work starts, with a message that names the key, the value and what is allowed::
+
+    from losslab.train import TrainConfig
+    cfg = TrainConfig(dataset="digits", loss="root", k=3, m=3, epochs=5)
+    cfg = TrainConfig.from_yaml("run.yaml", overrides={"lr": 0.05})
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from losslab.errors import ConfigError
+
+OptimizerName = Literal["sgd", "nesterov", "adam", "adamw"]
+SchedulerName = Literal["none", "cosine", "step", "multistep", "exponential"]
+PrecisionName = Literal["32", "16-mixed", "bf16-mixed"]
+LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
+
+
+class TrainConfig(BaseModel):
+    """Every option of a classifier training run (``losslab train``).
+
+    Groups: data, model, objective, optimisation and schedule, regularization, factorization, run/hardware.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- data
+    dataset: str = Field(
+        "digits",
+        description="Dataset name: digits (bundled, offline), cifar10, cifar100, "
+        "tiny_imagenet, food101, imagenet, fake.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Folder that holds (or receives) the dataset files; default "
+        "$LOSSLAB_DATA_DIR or ~/.cache/losslab/data.",
+    )
+    download: bool = Field(False, description="Download the dataset if it is missing (needs network).")
+    val_fraction: float = Field(
+        0.1,
+        description="Fraction of the training set held out (seeded) for validation "
+        "and checkpoint selection; the test set is never used for selection.",
+    )
+    augment: bool = Field(True, description="Standard training augmentation for the dataset (crop + flip).")
+    randaugment: str | None = Field(None, description="timm RandAugment policy, e.g. rand-m9-mstd0.5; off if unset.")
+    img_size: int | None = Field(None, description="Input image size; defaults to the dataset's native size.")
+    num_workers: int = Field(0, description="DataLoader worker processes.")
+
+    # --- model
+    model: str = Field(
+        "small_cnn",
+        description="Model name: a losslab model (cifar_resnet20, regulquant_convnet, "
+        "cifar_vgg16_bn, small_cnn, ...) or any timm model (vit_small_patch16_224, ...).",
+    )
+    pretrained: bool = Field(False, description="Start from timm's pretrained weights (needs network or cache).")
+
+    # --- objective
+    loss: str = Field("root", description="Training objective: ce, focal, focal_rlo_paper, root, root_convex, sgt.")
+    k: float = Field(3.0, description="Rooted loss k (root, root_convex); larger k tends to cross entropy.")
+    m: float = Field(3.0, description="Rooted loss multiplier m (root); nearly a no-op under Adam/AdamW.")
+    label_smoothing: float = Field(0.0, description="Label smoothing s for ce and sgt (uniform mass s/C).")
+    focal_gamma: float = Field(2.0, description="Focal loss gamma (0 or >= 1).")
+    focal_alpha: float = Field(0.25, description="Focal loss alpha (scalar multiplier).")
+    sgt_alpha: float = Field(0.25, description="Softmax gradient tampering alpha in (0, 1] (SGT's --modify-softmax).")
+
+    # --- optimisation
+    optimizer: OptimizerName = Field("sgd", description="Optimizer.")
+    lr: float = Field(0.05, description="Peak learning rate.")
+    momentum: float = Field(0.9, description="Momentum (sgd, nesterov) or beta1 (adam, adamw).")
+    weight_decay: float = Field(5e-4, description="Weight decay (coupled L2 for sgd/adam, decoupled for adamw).")
+    batch_size: int = Field(64, description="Training batch size (per device).")
+    epochs: int = Field(15, description="Training epochs (warmup included, cooldown added).")
+    scheduler: SchedulerName = Field("cosine", description="Learning-rate schedule, stepped per epoch.")
+    milestones: list[int] = Field(
+        default_factory=list,
+        description="Epochs at which multistep multiplies the lr by "
+        "gamma (comma separated on the CLI); empty = [epochs/2, 5*epochs/6].",
+    )
+    step_size: int = Field(30, description="Epochs between decays for the step scheduler.")
+    gamma: float = Field(0.1, description="Decay factor of step, multistep and exponential schedules.")
+    warmup_epochs: int = Field(0, description="Linear warmup epochs from warmup_lr.")
+    warmup_lr: float = Field(1e-5, description="Learning rate at the start of warmup.")
+    cooldown_epochs: int = Field(0, description="Epochs at min_lr after the schedule ends (timm cooldown).")
+    min_lr: float = Field(0.0, description="Lower bound of the cosine schedule and cooldown learning rate.")
+    gradient_clip: float | None = Field(None, description="Clip the gradient norm to this value.")
+
+    # --- regularization (losslab.regularizers)
+    regularizer: str | None = Field(
+        None, description="Regularizer: lp_grad, l1grad, l2grad, variance, std, inverse_variance, inverse_std."
+    )
+    lmbda: float = Field(0.0, description="Regularizer strength lambda.")
+    p: float = Field(2.0, description="p of the lp_grad norm (p >= 1).")
+    activation_gradients: bool = Field(True, description="lp_grad also penalizes activation gradients.")
+    reg_start_epoch: int = Field(
+        0, description="First epoch with the regularizer on (RegulQuant's --first_regularized_epoch)."
+    )
+    save_preregularized: bool = Field(False, description="Save a checkpoint just before regularization starts.")
+    reg_schedule: Path | None = Field(
+        None, description="YAML file with regularization phases (overrides --regularizer)."
+    )
+
+    # --- factorization (losslab.layers)
+    rank_scale: float | None = Field(None, description="Factorize conv/linear layers at this rank scale.")
+    target_ratio: float | None = Field(None, description="Factorize to this parameter ratio (bisection on rank).")
+    spectral: bool = Field(False, description="Spectral initialization of factorized layers.")
+    frobenius_decay: bool = Field(
+        False,
+        description="Frobenius decay on factor products instead of weight decay "
+        "on factors (same lambda as --weight-decay).",
+    )
+    square: bool = Field(False, description="Overcomplete U M V^T factorization that collapses to dense.")
+    tensor_train: bool = Field(False, description="Tensor-train 1x1 convs after depthwise convs.")
+    record_frob_norms: Path | None = Field(None, description="Record ||UV^T||_F per factorized layer per step.")
+    normalize: Path | None = Field(None, description="Rescale factors to follow recorded norms (no decay).")
+
+    # --- run and hardware
+    seed: int = Field(0, description="Random seed (model init, data order, augmentation).")
+    precision: PrecisionName = Field("32", description="Numeric precision (Lightning).")
+    accelerator: str = Field("auto", description="cpu, gpu, mps or auto.")
+    devices: str = Field("auto", description="Devices per node: auto, a count, or a list like 0,1.")
+    num_nodes: int = Field(1, description="Number of nodes for multi-node training.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp, ...")
+    logger: LoggerName = Field("csv", description="Metrics logger (csv always written too).")
+    logit_stats: bool = Field(False, description="Log logit statistics (norm, |mean|, |max|, var) per epoch.")
+    out_dir: Path = Field(Path("runs"), description="Folder that receives run folders.")
+    run_name: str | None = Field(None, description="Run folder name; default: dataset-model-loss-seed.")
+    resume: Path | None = Field(None, description="Resume from a checkpoint file or a run folder's last checkpoint.")
+    overwrite: bool = Field(False, description="Allow replacing a finished run folder of the same name.")
+    progress: bool | None = Field(None, description="Progress bar; default: on when stderr is a terminal.")
+
+    @field_validator("k", "m", "lr", "batch_size", "epochs", "num_nodes", "gamma")
+    @classmethod
+    def _positive(cls, value: float, info: Any) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0 (got {value})")
+        return value
+
+    @field_validator(
+        "weight_decay",
+        "lmbda",
+        "label_smoothing",
+        "warmup_epochs",
+        "cooldown_epochs",
+        "min_lr",
+        "reg_start_epoch",
+        "num_workers",
+        "focal_alpha",
+    )
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (got {value})")
+        return value
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"must be in (0, 1) (got {value})")
+        return value
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing(cls, value: float) -> float:
+        if value >= 1:
+            raise ValueError(f"must be in [0, 1) (got {value})")
+        return value
+
+    @field_validator("sgt_alpha")
+    @classmethod
+    def _sgt_alpha(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1] (got {value})")
+        return value
+
+    @field_validator("focal_gamma")
+    @classmethod
+    def _gamma(cls, value: float) -> float:
+        if value != 0 and value < 1:
+            raise ValueError(f"must be 0 or >= 1 (got {value}); (1-p)^(gamma-1) is infinite at p=1 otherwise")
+        return value
+
+    @field_validator("p")
+    @classmethod
+    def _p(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError(f"must be >= 1 (got {value}); the L_p norm is not a norm below 1")
+        return value
+
+    @field_validator("rank_scale", "target_ratio", "gradient_clip")
+    @classmethod
+    def _optional_positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"must be > 0 (got {value})")
+        return value
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or any(v <= 0 for v in value):
+            raise ValueError(f"must be positive and strictly increasing (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.rank_scale is not None and self.target_ratio is not None:
+            raise ValueError("give either rank_scale or target_ratio, not both")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be below epochs={self.epochs}")
+        if self.cooldown_epochs and self.scheduler != "cosine":
+            raise ValueError(
+                f"cooldown_epochs={self.cooldown_epochs} needs scheduler='cosine' (got "
+                f"{self.scheduler!r}); other schedules have no end point to cool down from"
+            )
+        if self.regularizer is not None and self.reg_schedule is not None:
+            raise ValueError("give either regularizer (with lmbda, reg_start_epoch) or reg_schedule, not both")
+        if self.reg_start_epoch >= self.epochs and self.regularizer is not None:
+            raise ValueError(
+                f"reg_start_epoch={self.reg_start_epoch} is not below epochs={self.epochs}: "
+                "the regularizer would never run"
+            )
+        return self
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def build(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict, turning pydantic's errors into one :class:`ConfigError` per bad key."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise config_error_from(exc, cls) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Load a YAML file of config keys, then apply ``overrides`` (e.g. flags given on the command line)."""
+        values = read_yaml_mapping(path)
+        values.update(overrides or {})
+        return cls.build(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-friendly dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+    def default_run_name(self) -> str:
+        """``dataset-model-loss-sSEED``, the folder name used when ``run_name`` is unset."""
+        return f"{self.dataset}-{self.model}-{self.loss}-s{self.seed}"
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys to values, got {type(values).__name__}"
+        )
+    return values
+
+
+def config_error_from(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+    """One readable ConfigError from a pydantic ValidationError: key, value, problem; unknown keys list choices."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            import difflib
+
+            close = difflib.get_close_matches(key, list(model.model_fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            lines.append(f"unknown key {key!r}{hint} (see `losslab train --help` for all keys)")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
+            lines.append(f"{key}{shown}: {message}")
+    return ConfigError("invalid configuration: " + "; ".join(lines))

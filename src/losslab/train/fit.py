@@ -1,0 +1,285 @@
+"""``fit(config) -> RunResult``: train a classifier, select the best checkpoint on validation, test it.
+
+The same call backs ``losslab train`` and every study job::
+
+    from losslab.train import TrainConfig, fit
+    result = fit(TrainConfig(dataset="digits", loss="root", epochs=5))
+    print(result.test_acc, result.run_dir)
+
+A run folder ``out_dir/run_name`` receives: ``config.yaml`` (the resolved config), ``metrics.csv`` (Lightning's
+CSV log), ``history.json`` (one row per epoch), ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (best
+validation accuracy; the test set is never used for selection), ``checkpoints/preregularized.ckpt`` when asked,
+and ``result.json`` with the test metrics of the best checkpoint. Every file is written atomically. A run killed
+at any point resumes from ``last.ckpt`` with ``resume=<run folder>``; a finished run folder is never overwritten
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch import nn
+from torch.utils.data import DataLoader
+
+from losslab.errors import ConfigError
+from losslab.io import write_json_atomic, write_yaml_atomic
+from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
+from losslab.train.classifier import ClassifierModule
+from losslab.train.config import TrainConfig
+
+
+@dataclass
+class RunResult:
+    """What a finished training run produced (all accuracies in percent)."""
+
+    run_dir: Path
+    config: TrainConfig
+    test_acc: float
+    test_ce: float
+    test_top5: float
+    best_val_acc: float
+    best_ckpt: Path
+    last_ckpt: Path
+    num_params: int
+    num_params_dense: int
+    wall_time_s: float
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Parameters of the trained model over those of its dense counterpart (1.0 when not factorized)."""
+        return self.num_params / self.num_params_dense
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (the content of ``result.json``)."""
+        return {
+            "run_dir": str(self.run_dir),
+            "test_acc": self.test_acc,
+            "test_ce": self.test_ce,
+            "test_top5": self.test_top5,
+            "best_val_acc": self.best_val_acc,
+            "best_ckpt": str(self.best_ckpt),
+            "last_ckpt": str(self.last_ckpt),
+            "num_params": self.num_params,
+            "num_params_dense": self.num_params_dense,
+            "compression_ratio": self.compression_ratio,
+            "wall_time_s": self.wall_time_s,
+            "protocol": "top-1 accuracy (%) on the test split of the checkpoint with the best validation accuracy",
+            "config": self.config.to_dict(),
+        }
+
+
+class EpochHistory(Callback):
+    """Keeps one row of epoch-level metrics per epoch in ``history.json`` (rewritten atomically each epoch)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.path.exists():
+            previous = json.loads(self.path.read_text())
+            self.rows = [row for row in previous if row["epoch"] < trainer.current_epoch]
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for key, value in trainer.callback_metrics.items():
+            row[key] = float(value)
+        self.rows.append(row)
+        write_json_atomic(self.path, self.rows)
+
+
+class SavePreregularized(Callback):
+    """Saves ``checkpoints/preregularized.ckpt`` (model + optimizer) at the end of epoch ``first - 1``."""
+
+    def __init__(self, path: Path, first_regularized_epoch: int) -> None:
+        self.path = path
+        self.epoch = first_regularized_epoch - 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def resolve_resume(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for ``--resume`` given a run folder or a checkpoint file."""
+    path = Path(path)
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"resume={str(path)!r}: no checkpoint at {str(ckpt)!r}; pass a run folder that holds "
+            "checkpoints/last.ckpt or a .ckpt file"
+        )
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir, ckpt
+
+
+def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """The run folder (created) and the checkpoint to resume from, refusing to overwrite finished work."""
+    if cfg.resume is not None:
+        return resolve_resume(cfg.resume)
+    run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.overwrite:
+            state = "a finished run" if (run_dir / "result.json").exists() else "an unfinished run"
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} already holds {state}; pass resume={str(run_dir)!r} "
+                "(--resume) to continue it, a new run_name (--run-name), or overwrite=True "
+                "(--overwrite) to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, None
+
+
+def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
+    """CSV always, plus the configured experiment tracker."""
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    elif cfg.logger == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(
+            MLFlowLogger(experiment_name="losslab", run_name=run_dir.name, tracking_uri=f"file:{run_dir / 'mlruns'}")
+        )
+    elif cfg.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project="losslab", name=run_dir.name, save_dir=str(run_dir)))
+    return loggers
+
+
+def parse_devices(devices: str) -> int | str | list[int]:
+    """Lightning's ``devices`` from a string: ``auto``, ``4`` or ``0,1``."""
+    if devices == "auto":
+        return devices
+    if "," in devices:
+        return [int(d) for d in devices.split(",") if d]
+    return int(devices) if devices.lstrip("-").isdigit() else devices
+
+
+def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
+    """Train, select the best checkpoint on validation accuracy, evaluate it on the test split.
+
+    Everything that can be wrong with the config (unknown names, unreachable compression targets, missing data)
+    is checked before the first training step.
+    """
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = make_loaders(cfg)
+    model, num_dense = build_model(cfg, data.spec)
+    objective = build_objective(cfg)
+    schedule, always_on = build_regularization(cfg, model)
+    run_dir, resume_ckpt = prepare_run_dir(cfg)
+    write_yaml_atomic(run_dir / "config.yaml", cfg.to_dict())
+
+    module = ClassifierModule(cfg, model, objective, schedule=schedule, always_on=always_on)
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [best, EpochHistory(run_dir / "history.json"), *(callbacks or [])]
+    first_reg = getattr(schedule, "first_regularized_epoch", None)
+    if cfg.save_preregularized and first_reg:
+        all_callbacks.append(SavePreregularized(ckpt_dir / "preregularized.ckpt", first_reg))
+    all_callbacks.extend(build_factor_callbacks(cfg))
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    if progress:
+        all_callbacks.append(TQDMProgressBar())
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs + cfg.cooldown_epochs,
+        accelerator=cfg.accelerator,
+        devices=parse_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        logger=make_loggers(cfg, run_dir),
+        callbacks=all_callbacks,
+        gradient_clip_val=cfg.gradient_clip,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, len(data.train))),
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+        deterministic="warn",
+    )
+    trainer.fit(module, data.train, data.val, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    best_path = Path(best.best_model_path) if best.best_model_path else ckpt_dir / "last.ckpt"
+    tested = trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False)[0]
+    history = EpochHistory(run_dir / "history.json")
+    rows = json.loads(history.path.read_text()) if history.path.exists() else []
+    result = RunResult(
+        run_dir=run_dir,
+        config=cfg,
+        test_acc=float(tested["test/acc"]),
+        test_ce=float(tested["test/ce"]),
+        test_top5=float(tested["test/top5"]),
+        best_val_acc=float(best.best_model_score) if best.best_model_score is not None else float("nan"),
+        best_ckpt=best_path,
+        last_ckpt=ckpt_dir / "last.ckpt",
+        num_params=sum(p.numel() for p in model.parameters()),
+        num_params_dense=num_dense,
+        wall_time_s=time.perf_counter() - started,
+        epochs=rows,
+    )
+    write_json_atomic(run_dir / "result.json", result.to_dict())
+    return result
+
+
+def build_factor_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """The normalization-experiment callbacks of factorized layers (record or follow ``||UV^T||_F``)."""
+    if cfg.record_frob_norms is None and cfg.normalize is None:
+        return []
+    from losslab.layers import NormalizeToRecorded, RecordFrobNorms
+
+    found: list[Callback] = []
+    if cfg.record_frob_norms is not None:
+        found.append(RecordFrobNorms(cfg.record_frob_norms))
+    if cfg.normalize is not None:
+        found.append(NormalizeToRecorded(cfg.normalize))
+    return found
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader, device: str | torch.device | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross entropy of ``model`` over ``loader`` (eval mode, no grad)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = 0
+    ce_sum = 0.0
+    n = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        ce_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y.unsqueeze(-1)).any(dim=-1).sum())
+        n += y.numel()
+    model.train(was_training)
+    if n == 0:
+        raise ConfigError("evaluation loader is empty; check the dataset split and batch size")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "ce": ce_sum / n, "n": n}
