@@ -16,12 +16,13 @@ import torch
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 BYTE_VOCAB = 256
 
-_WORDS = tuple(
+_WORD_TEXT = (
     "the of and in to a was is for on as by with from that at his an were which it he are be had first "
     "after its new also their or not but has two one this they other have who been three season during "
     "game song film album city river team war army time station world year series people north south "
     "built played released became called began second later known under between where until state"
-).split()
+)
+_WORDS = tuple(_WORD_TEXT.split(" "))
 
 
 def byte_tokenizer(with_pad: bool = True):  # -> transformers.PreTrainedTokenizerFast

@@ -1,0 +1,140 @@
+"""Load Hugging Face causal LMs and their tokenizers, and split a decoder into pre-modules | layers | post.
+
+    model = load_causal_lm("facebook/opt-125m")          # or a local folder, or a packed file (.pt)
+    tok = load_tokenizer("facebook/opt-125m", pad_token="eos")
+    parts = decoder_parts(model)                          # parts.layers: the nn.ModuleList of decoder layers
+    targets = linear_targets(parts.layers[0])             # {"self_attn.q_proj": Linear, ..., "fc2": Linear}
+
+Loading by name uses the local Hugging Face cache first; offline failures raise :class:`DataNotFoundError` that
+says what to do (``--model /local/path`` or go online).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from losslab.errors import DataNotFoundError, LosslabError
+
+# Attribute paths of the decoder layer list, for the families GPTQ-style drivers support.
+_LAYER_PATHS = ("model.decoder.layers", "model.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
+
+
+def _offline_message(name: str, err: Exception) -> str:
+    return (
+        f"could not load {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        "If you are offline, pass a local folder with --model /local/path (save one with save_pretrained), or "
+        "go online once so the Hugging Face cache holds it."
+    )
+
+
+def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """An ``AutoModelForCausalLM`` by hub name or local folder, or a packed model file written by
+    :func:`losslab.lm.packing.save_packed_lm`; in eval mode, ``use_cache`` off."""
+    path = Path(name_or_path)
+    if path.is_file():
+        from losslab.lm.packing import load_packed_lm
+
+        model = load_packed_lm(path)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+        except (OSError, ValueError) as err:
+            raise DataNotFoundError(_offline_message(str(name_or_path), err)) from err
+    if dtype is not None:
+        model = model.to(dtype)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> Any:
+    """The model's tokenizer (``AutoTokenizer``). ``pad_token="eos"`` sets pad = EOS (the RLO reference)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as err:
+        raise DataNotFoundError(_offline_message(str(name_or_path), err)) from err
+    if pad_token == "eos":
+        tok.pad_token = tok.eos_token
+    elif pad_token is not None:
+        raise LosslabError(f"pad_token={pad_token!r} is not supported; use 'eos' or leave it unset")
+    return tok
+
+
+def context_length(model: nn.Module) -> int:
+    """The model's maximum sequence length (``max_position_embeddings`` or ``n_positions``)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise LosslabError("cannot read the model's context length from its config; pass --seqlen explicitly")
+
+
+def check_seqlen(model: nn.Module, seqlen: int | None) -> int:
+    """``seqlen`` (default: the model's context), refused when above the model's context."""
+    context = context_length(model)
+    if seqlen is None:
+        return context
+    if seqlen < 2 or seqlen > context:
+        raise LosslabError(
+            f"seqlen={seqlen} is not allowed: the model's context is {context} tokens; use 2 <= --seqlen <= {context}"
+        )
+    return seqlen
+
+
+@dataclass
+class DecoderParts:
+    """A causal LM split for sequential processing: ``layers`` (the decoder blocks) inside ``parent`` at
+    attribute ``attr``; everything else (embeddings, final norm, LM head) is "outer" and stays float."""
+
+    layers: nn.ModuleList
+    parent: nn.Module
+    attr: str
+
+
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """Find the decoder layer list (OPT ``model.decoder.layers``, Llama-style ``model.layers``, GPT-2
+    ``transformer.h``, GPT-NeoX ``gpt_neox.layers``)."""
+    for path in _LAYER_PATHS:
+        parent_path, _, attr = path.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path)
+        except AttributeError:
+            continue
+        layers = getattr(parent, attr, None)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return DecoderParts(layers, parent, attr)
+    raise LosslabError(
+        f"cannot find the decoder layers of {type(model).__name__}: looked for {', '.join(_LAYER_PATHS)}; "
+        "this architecture is not supported yet"
+    )
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and GPT-2's ``Conv1D`` (weight stored (in, out))."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_targets(layer: nn.Module) -> dict[str, nn.Module]:
+    """The linear sublayers of one decoder layer, by name relative to the layer, in registration order."""
+    return {name: m for name, m in layer.named_modules() if name and is_linear(m)}
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as ``[out, in]`` (transposes GPT-2's ``Conv1D``)."""
+    w = module.weight.detach()
+    return w if isinstance(module, nn.Linear) else w.t()
+
+
+def set_weight_matrix(module: nn.Module, q: torch.Tensor) -> None:
+    """Write an ``[out, in]`` weight back into ``module`` (in its own layout and dtype)."""
+    with torch.no_grad():
+        module.weight.copy_(q if isinstance(module, nn.Linear) else q.t())

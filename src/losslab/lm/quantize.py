@@ -1,0 +1,304 @@
+"""Sequential, decoder-layer-by-layer weight quantization of a causal LM (GPTQ's driver, llm.md §6).
+
+1. The decoder layers are found (:func:`losslab.lm.models.decoder_parts`); everything else (embeddings, final
+   norm, LM head) stays float and is moved to ``device``.
+2. Layer 0 is replaced by a catcher that stores its hidden-state input and **all** keyword arguments (attention
+   mask, position ids/embeddings, cache position) and aborts; the calibration windows are fed one at a time.
+3. Per layer (only this one on ``device``): hooks on its linear sublayers accumulate the method's statistics
+   (H = (2/n)ΣXᵀX for GPTQ/LDLQ; GPFQ's paired float/quantized Gram matrices) over all cached inputs; each
+   linear is quantized by the per-layer algorithm of :mod:`losslab.quant.methods`; the cached inputs are re-run
+   through the quantized layer and its outputs become the next layer's inputs. GPFQ keeps a second, float
+   stream of inputs (X from the float network, X̃ from the quantized one).
+
+Statistics come from the layer's float weights (no true-sequential), as in the reference. The result is fake
+quantization (dequantized weights written back), returned as a :class:`losslab.quant.result.QuantResult` so
+packing and reports work as for any other model::
+
+    from losslab.quant.methods import GPTQ
+    calib = calibration_windows(train_ids, n_windows=128, seqlen=2048, seed=0)
+    result = quantize_decoder(model, GPTQ(bits=4), calib, device="cuda")     # model stays on the CPU
+    result.to_json("opt125m.gptq4.json")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from losslab.errors import LosslabError
+from losslab.lm.models import decoder_parts, linear_targets, set_weight_matrix, weight_matrix
+from losslab.quant.gptq import HessianStats
+from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
+from losslab.quant.methods import QuantMethod
+from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
+from losslab.quant.weight_quant import WeightQuant
+
+
+class _Caught(Exception):
+    """Raised by :class:`LayerInputCatcher` to stop the forward pass after layer 0's input is stored."""
+
+
+@dataclass
+class LayerCall:
+    """One cached call of a decoder layer: its hidden-state input and every keyword argument it got."""
+
+    hidden: Tensor
+    kwargs: dict[str, Any]
+
+
+class LayerInputCatcher(nn.Module):
+    """Stands in for decoder layer 0: records ``(hidden_states, kwargs)`` of each call, then aborts the forward.
+
+    Unknown attributes are read from the wrapped layer (some decoders read ``layer.attention_type``).
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.calls: list[LayerCall] = []
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if args:
+            raise LosslabError("decoder layers called with extra positional arguments are not supported")
+        self.calls.append(LayerCall(hidden_states.detach(), dict(kwargs)))
+        raise _Caught
+
+
+@contextmanager
+def _outer_on(model: nn.Module, device: torch.device) -> Iterable[None]:
+    """Move everything except the decoder layers to ``device`` for the duration of the block, then back."""
+    parts = decoder_parts(model)
+    home = next(model.parameters()).device
+    layers = parts.layers
+    setattr(parts.parent, parts.attr, nn.ModuleList())
+    try:
+        model.to(device)
+        setattr(parts.parent, parts.attr, layers)
+        yield
+    finally:
+        setattr(parts.parent, parts.attr, nn.ModuleList())
+        model.to(home)
+        setattr(parts.parent, parts.attr, layers)
+
+
+def capture_layer_inputs(model: nn.Module, windows: Tensor, device: torch.device) -> list[LayerCall]:
+    """Inputs and kwargs that decoder layer 0 receives for each calibration window ``windows[i]`` (1 × T)."""
+    parts = decoder_parts(model)
+    first = parts.layers[0]
+    catcher = LayerInputCatcher(first)
+    parts.layers[0] = catcher
+    try:
+        with _outer_on(model, device), torch.no_grad():
+            for window in windows:
+                with suppress(_Caught):
+                    model(input_ids=window.view(1, -1).to(device), use_cache=False)
+    finally:
+        parts.layers[0] = first
+    if len(catcher.calls) != len(windows):
+        raise LosslabError("decoder layer 0 was not called once per window; this architecture is not supported")
+    return catcher.calls
+
+
+def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor]) -> list[Tensor]:
+    """Outputs of ``layer`` for each cached call, with ``hidden`` as the hidden-state inputs."""
+    outs = []
+    with torch.no_grad():
+        for call, h in zip(calls, hidden):
+            out = layer(h, **call.kwargs)
+            outs.append(out[0] if isinstance(out, tuple | list) else out)
+    return outs
+
+
+@contextmanager
+def _record_inputs(targets: dict[str, nn.Module], store: dict[str, Tensor]) -> Iterable[None]:
+    """Forward pre-hooks that put each target's input rows ``(tokens, in)`` (float32) into ``store``."""
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            store[name] = x.reshape(-1, x.shape[-1]).float()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make(n)) for n, m in targets.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _collect_stats(
+    method: QuantMethod,
+    layer: nn.Module,
+    targets: dict[str, nn.Module],
+    calls: list[LayerCall],
+    hidden_q: list[Tensor],
+    hidden_f: list[Tensor] | None,
+    metrics: bool,
+    device: torch.device,
+) -> tuple[dict[str, Any], dict[str, HessianStats], list[Tensor] | None]:
+    """Stream every cached input through the float layer; accumulate the method's and the metric statistics.
+
+    With two streams (GPFQ) each window is run twice (float-stream input, then quantized-stream input) and the
+    pair of inputs of each linear updates its statistics; the float stream's outputs are returned.
+    """
+    stats = {n: method.new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
+    if method.stats == "none" and not metrics:
+        return stats, {}, None
+    hessians = {n: s for n, s in stats.items() if isinstance(s, HessianStats)}
+    if metrics and not hessians:
+        hessians = {n: HessianStats(weight_matrix(m).shape[1], device=device) for n, m in targets.items()}
+    outs_f = [] if hidden_f is not None else None
+    x_f: dict[str, Tensor] = {}
+    x_q: dict[str, Tensor] = {}
+    for i, call in enumerate(calls):
+        if hidden_f is not None:
+            with _record_inputs(targets, x_f):
+                outs_f.extend(_run_layer(layer, [call], [hidden_f[i]]))
+        with _record_inputs(targets, x_q):
+            _run_layer(layer, [call], [hidden_q[i]])
+        for name in targets:
+            x_tilde = x_q[name]
+            method.update_stats(stats[name], x_f.get(name, x_tilde), x_tilde)
+            if hessians.get(name) is not None and hessians[name] is not stats[name]:
+                hessians[name].update(x_tilde)
+    return stats, hessians, outs_f
+
+
+def _layer_report(
+    name: str, method: QuantMethod, wq: WeightQuant, weight: Tensor, hessian: Tensor | None, seconds: float
+) -> LayerReport:
+    q = wq.q.to(weight.dtype)
+    proxy = None if hessian is None else float(proxy_loss(weight.double(), q.double(), hessian.double()))
+    return LayerReport(
+        name=name,
+        kind="linear",
+        shape=tuple(weight.shape),
+        groups=1,
+        method=method.describe(),
+        bits=wq.bits,
+        levels=wq.levels,
+        storage_bits=wq.storage_bits,
+        grid=wq.grid,
+        group_size=getattr(method, "group_size", None),
+        n_weights=weight.numel(),
+        bits_per_weight=storage_bits_total(wq) / weight.numel(),
+        weight_mse=float(weight_mse(weight, q)),
+        sqnr_db=float(sqnr_db(weight, q)),
+        proxy_loss=proxy,
+        sparsity=float(sparsity(q)),
+        seconds=round(seconds, 4),
+    )
+
+
+def _to_cpu(wq: WeightQuant) -> WeightQuant:
+    def move(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            return v.cpu()
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v
+
+    fields = ("q", "codes", "scale", "zero", "group_index", "lut")
+    return replace(wq, **{f: move(getattr(wq, f)) for f in fields}, extras=move(wq.extras))
+
+
+def quantize_decoder(
+    model: nn.Module,
+    method: QuantMethod,
+    calib: Tensor,
+    *,
+    device: str | torch.device | None = None,
+    skip: Iterable[str] = (),
+    seed: int = 0,
+    metrics: bool = False,
+    keep_codes: bool = True,
+    progress: bool = True,
+    calib_name: str | None = None,
+    calib_seed: int | None = None,
+) -> QuantResult:
+    """Quantize the linear layers of every decoder layer of ``model`` **in place**, one layer at a time.
+
+    Args:
+        model: a Hugging Face causal LM (OPT, Llama-style, GPT-2, GPT-NeoX); it stays where it is, only the
+            current decoder layer visits ``device``.
+        method: a per-layer config from :mod:`losslab.quant.methods` (``RTN``, ``GPTQ``, ``LDLQ``, ``GPFQ``,
+            ``Identity16``).
+        calib: calibration token windows ``(n, T)`` (int64).
+        device: where layers are processed (default: the model's device).
+        skip: linear names relative to a decoder layer kept in float (e.g. ``("fc2",)``).
+        seed: random parts (incoherence transforms) use ``seed + running linear index``.
+        metrics: also gather H for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)H(W−Q)ᵀ); for
+            GPTQ/LDLQ it is always reported with the method's own H = (2/n)ΣX̃ᵀX̃ (n windows).
+        keep_codes: keep the codes of every layer in ``result.weights`` (CPU) for :func:`save_packed`.
+
+    Returns:
+        ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear and ``result.model is model``.
+    """
+    if not isinstance(method, QuantMethod):
+        raise LosslabError(f"method={method!r} is not a losslab.quant method config (RTN(...), GPTQ(...), ...)")
+    if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[0] == 0:
+        raise LosslabError(f"calib must be a non-empty (n, T) int64 tensor of token windows, got {tuple(calib.shape)}")
+    parts = decoder_parts(model)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
+    skip = set(skip)
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    calls = capture_layer_inputs(model, calib, dev)
+    hidden_q = [c.hidden for c in calls]
+    hidden_f = list(hidden_q) if method.stats == "gpfq" else None
+    reports: list[LayerReport] = []
+    weights: dict[str, list[WeightQuant]] = {}
+    counter = 0
+    for index in tqdm(range(len(parts.layers)), desc=method.describe(), disable=not progress, leave=False):
+        layer = parts.layers[index]
+        home = next(layer.parameters()).device
+        layer.to(dev)
+        targets = {n: m for n, m in linear_targets(layer).items() if n not in skip}
+        stats, hessians, outs_f = _collect_stats(method, layer, targets, calls, hidden_q, hidden_f, metrics, dev)
+        for name, module in targets.items():
+            t0 = time.perf_counter()
+            weight = weight_matrix(module).to(torch.float32, copy=True)
+            wq = method.quantize_layer(weight, stats[name], seed=seed + counter)
+            counter += 1
+            set_weight_matrix(module, wq.q.to(weight.dtype))
+            hessian = hessians[name].hessian if name in hessians else None
+            full = f"{prefix}.{index}.{name}"
+            reports.append(_layer_report(full, method, wq, weight, hessian, time.perf_counter() - t0))
+            if keep_codes:
+                weights[full] = [_to_cpu(wq)]
+        del stats, hessians
+        hidden_q = _run_layer(layer, calls, hidden_q)
+        hidden_f = outs_f
+        layer.to(home)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    model.train(was_training)
+    calibration = {"windows": int(calib.shape[0]), "seqlen": int(calib.shape[1]), "seed": calib_seed}
+    calibration["name"] = calib_name
+    return QuantResult(
+        model=model,
+        layers=reports,
+        weights=weights,
+        method=method.describe(),
+        overrides={},
+        calibration=calibration,
+        seed=seed,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,62 @@
+"""Offline fixtures for the LM tests: byte tokenizer, synthetic corpus, and a tiny OPT trained on it once."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from losslab.lm.data import tokenize_text
+from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
+from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss
+
+BLOCK = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two OpenMP threads spin-wait and run 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def corpus() -> dict[str, str]:
+    return synthetic_corpus(seed=0)
+
+
+@pytest.fixture(scope="session")
+def token_ids(tokenizer, corpus) -> dict[str, torch.Tensor]:
+    return {split: tokenize_text(tokenizer, text) for split, text in corpus.items()}
+
+
+@pytest.fixture(scope="session")
+def _trained_state(token_ids) -> dict[str, torch.Tensor]:
+    """A tiny OPT trained with CE for 100 AdamW steps on 64-token blocks (fixed seed)."""
+    gen = torch.Generator().manual_seed(0)
+    model = tiny_opt(seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = token_ids["train"]
+    for _ in range(100):
+        starts = torch.randint(0, ids.numel() - BLOCK, (8,), generator=gen)
+        batch = torch.stack([ids[s : s + BLOCK] for s in starts])
+        loss = causal_lm_loss(model(input_ids=batch).logits, batch, TokenLossSpec("ce"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return copy.deepcopy(model.state_dict())
+
+
+@pytest.fixture
+def trained_model(_trained_state):
+    model = tiny_opt(seed=0)
+    model.load_state_dict(_trained_state)
+    return model.eval()
