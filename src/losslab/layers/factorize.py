@@ -11,8 +11,8 @@
 Default rule: every ``nn.Conv2d``/``nn.Linear`` (and ``nn.Embedding`` with ``embeddings=True``) is factorized
 except the stem (first Conv2d), the classifier (last Linear), grouped convs, MultiheadAttention projections and
 names matching ``skip`` (fnmatch patterns); norms and biases stay dense. With ``tensor_train=True`` only k×k
-convs (k > 1) are replaced (1×1 shortcuts and Linears stay dense, as in the WRN oracle of §9). For s < 1 a layer that would not shrink
-is left dense.
+convs (k > 1) are replaced (1×1 shortcuts and Linears stay dense, as in the WRN oracle of §9). For s < 1 a
+layer that would not shrink is left dense.
 """
 
 from __future__ import annotations
