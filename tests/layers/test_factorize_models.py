@@ -24,6 +24,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_resnet20_dense_and_s0111_ranks_and_layers() -> None:
     model = timm.create_model("cifar_resnet20")
     assert n_params(model) == 269_722
