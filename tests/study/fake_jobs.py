@@ -2,8 +2,9 @@
 
 ``fake_job`` returns a JobResult whose values follow closed forms of the config, so tests can check what the
 store and the report hold: float top-1 = 90 + seed + 10·lr, compressed top-1 = float − 8/bits, drop = 8/bits.
-``LOSSLAB_FAKE_JOB_LOG`` (a file path) gets one line ``train_key needs_training n_points`` per job run, and
-``LOSSLAB_FAKE_JOB_SLEEP`` seconds are slept per job (for kill tests).
+``LOSSLAB_FAKE_JOB_LOG`` (a file path) gets one line ``train_key needs_training n_points pid`` per job run,
+``LOSSLAB_FAKE_JOB_SLEEP`` seconds are slept per job (for kill tests), and jobs whose loss equals
+``LOSSLAB_FAKE_JOB_FAIL_LOSS`` raise.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def fake_job(job: StudyJob) -> JobResult:
     log = os.environ.get("LOSSLAB_FAKE_JOB_LOG")
     if log:
         with open(log, "a") as fh:
-            fh.write(f"{job.train_key} {int(job.needs_training)} {len(job.points)}\n")
+            fh.write(f"{job.train_key} {int(job.needs_training)} {len(job.points)} {os.getpid()}\n")
     time.sleep(float(os.environ.get("LOSSLAB_FAKE_JOB_SLEEP", "0")))
     cfg = job.config
-    if cfg.get("loss") == "explode":
+    if cfg.get("loss") == os.environ.get("LOSSLAB_FAKE_JOB_FAIL_LOSS"):
         raise RuntimeError("synthetic failure")
     fp = float_top1(cfg)
     train = None

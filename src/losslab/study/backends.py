@@ -74,9 +74,9 @@ def _run_inline(jobs: Sequence[StudyJob], job_fn: JobFn) -> Iterator[Outcome]:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
+    """Share the CPUs between workers: torch (imported later by the job) reads these at import."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def _run_pool(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int) -> Iterator[Outcome]:

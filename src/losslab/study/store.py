@@ -115,12 +115,12 @@ class StudyStore:
             empty = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             if empty and not create:
                 raise StudyStoreError(f"{str(file)!r} holds no study (an empty database); " + untouched)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if not empty:
+                _check_schema(conn, file)
+            conn.execute("PRAGMA journal_mode=WAL")  # only once the file is known to be a study
             if empty:
                 with _transaction(conn):
                     _create_schema(conn)
-            else:
-                _check_schema(conn, file)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StudyStoreError(f"{str(file)!r} cannot be read as a study database ({exc}); " + untouched) from None
