@@ -102,5 +102,5 @@ def load_cifar(data_dir: Path, name: str, train: bool, download: bool) -> CifarI
     batches = [_unpickle(f) for f in files[:-1]]
     data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
     targets = [int(t) for b in batches for t in b[layout.label_key]]
-    classes = [str(c) for c in _unpickle(files[-1])[layout.names_key]]
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(files[-1])[layout.names_key]]
     return CifarImages(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), targets, classes)
