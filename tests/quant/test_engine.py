@@ -93,6 +93,28 @@ def test_hessian_comes_from_partly_quantized_network() -> None:
     assert not torch.allclose(x_tilde, torch.relu(model[0](torch.cat(calib))))  # layer 0 really changed
 
 
+@dataclass(frozen=True)
+class _GramRecorder(_Recorder):
+    fresh_batch_per_layer: bool = False
+    stats: ClassVar[str] = "gpfq"
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_gpfq_sees_float_and_quantized_streams(fresh: bool) -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    calib = [torch.randn(5, 4), torch.randn(7, 4)]
+    recorder = _GramRecorder(fresh_batch_per_layer=fresh)
+    result = quantize(model, RTN(bits=2), calib, overrides={"2": recorder}, progress=False)
+    used = [calib[1]] if fresh else calib  # layer index 1 takes cached batch 1 % 2 when fresh_batch_per_layer
+    x = torch.cat([torch.relu(model[0](b)) for b in used]).detach()
+    x_tilde = torch.cat([torch.relu(result.model[0](b)) for b in used]).detach()
+    (stats,) = recorder.seen
+    assert stats.count == x.shape[0]
+    torch.testing.assert_close(stats.g.float(), x_tilde.T @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.h_tilde.float(), x_tilde.T @ x_tilde, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.xx.float(), x.T @ x, rtol=1e-5, atol=1e-5)
+
+
 def test_proxy_loss_uses_float_inputs() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
     calib = [torch.randn(9, 4)]

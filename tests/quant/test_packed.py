@@ -102,6 +102,19 @@ def test_recipe_rebuild_and_wrong_model(tmp_path: Path) -> None:
         load_packed(tmp_path / "plain.safetensors", model=_Net())
 
 
+def test_load_rebuilds_architecture_from_recipe(tmp_path: Path) -> None:
+    from losslab.models import create_model
+
+    model = create_model("small_cnn", num_classes=10, in_chans=1).eval()
+    result = quantize(model, GPTQ(bits=3), [torch.randn(8, 1, 8, 8)], progress=False)
+    path = tmp_path / "small.safetensors"
+    save_packed(result, path)
+    assert read_packed_metadata(path)["recipe"]["name"] == "small_cnn"
+    loaded = load_packed(path)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(loaded(x), result.model(x))
+
+
 def test_fold_bn_packed(tmp_path: Path) -> None:
     model = _Net().eval()
     model.bn.running_var.uniform_(0.5, 2)
