@@ -40,18 +40,21 @@ def token_ids(tokenizer, corpus) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def _trained_state(token_ids) -> dict[str, torch.Tensor]:
-    """A tiny OPT trained with CE for 100 AdamW steps on 64-token blocks (fixed seed)."""
+    """A tiny OPT trained with CE (batch 8) for 200 AdamW steps on 64-token blocks (fixed seed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test one-thread fixture
     gen = torch.Generator().manual_seed(0)
     model = tiny_opt(seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = token_ids["train"]
-    for _ in range(100):
+    for _ in range(200):
         starts = torch.randint(0, ids.numel() - BLOCK, (8,), generator=gen)
         batch = torch.stack([ids[s : s + BLOCK] for s in starts])
         loss = causal_lm_loss(model(input_ids=batch).logits, batch, TokenLossSpec("ce"))
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     return copy.deepcopy(model.state_dict())
 
 
