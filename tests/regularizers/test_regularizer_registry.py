@@ -74,3 +74,18 @@ def test_zero_lambda_is_allowed_and_gives_zero() -> None:
     net = Net()
     loss = F.cross_entropy(net(torch.randn(2, 3, 4, 4)), torch.tensor([0, 1]))
     assert create("variance", lam=0.0).loss_term(net, loss, 2).item() == 0.0
+
+
+def test_regulquant_convnet_coverage() -> None:
+    """§0: the ConvNet gives L = 10 weight tensors (9 convs + classifier) and 9 hooked post-ReLU activations."""
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("losslab.models")
+    model = timm.create_model("regulquant_convnet")
+    weights = weight_tensors(model)
+    assert len(weights) == 10 and weights[-1] is model.linear.weight
+    reg = create("l2grad", lam=0.01)
+    reg.attach(model)
+    model(torch.randn(2, 3, 8, 8))
+    captured = reg._capture.take()
+    assert len(captured) == 9 and all((t >= 0).all() for t in captured)
+    reg.detach()
