@@ -80,7 +80,7 @@ def load_corpus(name_or_path: str | Path, split: str = "test") -> str:
             return path.read_text(encoding="utf-8")
         raise DataNotFoundError(
             f"text source {str(name_or_path)!r} is neither a corpus name ({', '.join(CORPORA)}) nor an existing "
-            "file; give a path to a UTF-8 text file or one of those names"
+            "file; give an existing UTF-8 text file (--text-file PATH) or one of those names"
         )
     name = str(name_or_path)
     if split not in ("train", "validation", "test"):

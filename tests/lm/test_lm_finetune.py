@@ -1,0 +1,140 @@
+"""Finetuning (llm.md §1, §3, §8): rooted-loss steps lower held-out CE, resume after interruption, CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from losslab.errors import LosslabError
+from losslab.lm.cli import lm
+from losslab.lm.finetune import FinetuneConfig, finetune
+from losslab.lm.offline import byte_tokenizer, tiny_opt
+
+
+@pytest.fixture
+def text_files(corpus, tmp_path):
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text(corpus["train"])
+    val.write_text(corpus["validation"])
+    return train, val
+
+
+def _config(tmp_path, train, val, **kw) -> FinetuneConfig:
+    base = dict(
+        model="tiny",
+        output_dir=str(tmp_path / "run"),
+        text_file=str(train),
+        val_file=str(val),
+        block_size=64,
+        loss="root",
+        lr=3e-3,
+        warmup_steps=5,
+        batch_size=4,
+        grad_accum=2,
+        eval_every=50,
+        checkpoint_every=50,
+        max_eval_windows=8,
+        progress=False,
+        accelerator="cpu",
+        devices="1",
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.mark.slow
+def test_fifty_rooted_loss_steps_lower_held_out_perplexity(tmp_path, text_files) -> None:
+    cfg = _config(tmp_path, *text_files, max_steps=50)
+    result = finetune(cfg, model=tiny_opt(seed=0), tokenizer=byte_tokenizer())
+    assert result.global_step == 50
+    assert result.val_ppl_after < 0.5 * result.val_ppl_before  # perplexity is exp(CE), not exp(rooted loss)
+    stored = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert stored["val_ppl_after"] == result.val_ppl_after
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, text_files) -> None:
+    first = finetune(
+        _config(tmp_path, *text_files, max_steps=3, checkpoint_every=1, warmup_steps=1),
+        model=tiny_opt(seed=0),
+        tokenizer=byte_tokenizer(),
+    )
+    assert first.global_step == 3 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    second = finetune(
+        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1),
+        model=tiny_opt(seed=1),
+        tokenizer=byte_tokenizer(),
+    )
+    assert second.resumed_from_step == 3 and second.global_step == 5
+
+
+def test_missing_pad_token_and_bad_config_fail_before_work(tmp_path, text_files) -> None:
+    with pytest.raises(LosslabError, match="--pad-token eos"):
+        finetune(_config(tmp_path, *text_files, max_steps=1), model=tiny_opt(), tokenizer=byte_tokenizer(False))
+    with pytest.raises(LosslabError, match="block_size"):
+        _config(tmp_path, *text_files, block_size=0)
+    with pytest.raises(LosslabError, match="context is 128"):
+        finetune(_config(tmp_path, *text_files, block_size=512), model=tiny_opt(), tokenizer=byte_tokenizer())
+
+
+@pytest.mark.slow
+def test_cli_quantize_then_eval_a_local_model(tmp_path, trained_model, tokenizer, text_files) -> None:
+    folder = tmp_path / "tiny-opt"
+    trained_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    train, val = text_files
+    runner = CliRunner()
+    out = tmp_path / "tiny.gptq4.safetensors"
+    quant = runner.invoke(
+        lm,
+        [
+            "quantize",
+            "--model",
+            str(folder),
+            "--method",
+            "gptq",
+            "--bits",
+            "4",
+            "--text-file",
+            str(train),
+            "--calib-windows",
+            "8",
+            "--seqlen",
+            "64",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
+    assert quant.exit_code == 0, quant.output
+    assert json.loads(out.with_suffix(".json").read_text())["summary"]["quantized_layers"] == 12
+    evals = {}
+    for model in (folder, out):
+        res = runner.invoke(
+            lm,
+            [
+                "eval",
+                "--model",
+                str(model),
+                "--text-file",
+                str(val),
+                "--seqlen",
+                "64",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert "64-token non-overlapping windows" in res.output
+        evals[model] = float(res.output.split("perplexity ")[1].split()[0])
+    assert evals[out] > evals[folder] and abs(evals[out] / evals[folder] - 1) < 0.05
+    bad = runner.invoke(
+        lm, ["eval", "--model", str(folder), "--text-file", str(val), "--seqlen", "4096", "--device", "cpu"]
+    )
+    assert bad.exit_code != 0 and "context is 128" in str(bad.exception)
