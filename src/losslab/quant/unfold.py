@@ -37,14 +37,22 @@ def _pad(conv: nn.Conv2d, x: Tensor) -> Tensor:
 def unfold_conv_input(conv: nn.Conv2d, x: Tensor, *, stride: tuple[int, int] | None = None) -> Tensor:
     """Patches of ``x`` [B, C_in, H, W] as ``[groups, B·L, (C_in/groups)·kh·kw]`` (L output positions).
 
-    The column order (channel, kernel row, kernel column) matches ``conv.weight.reshape(C_out, -1)``.
+    The column order (channel, kernel row, kernel column) matches ``conv.weight.reshape(C_out, -1)``, as
+    ``F.unfold`` orders it; built from kh·kw strided slices (faster than ``F.unfold`` on CPU, same values).
     ``stride`` overrides the conv's stride (only the legacy GPFQ unfold uses this).
     """
     x = _pad(conv, x)
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=stride or conv.stride)  # [B, C·k, L]
-    batch, _, n_pos = cols.shape
-    cols = cols.reshape(batch, conv.groups, -1, n_pos)  # [B, g, C/g·k, L]
-    return cols.permute(1, 0, 3, 2).reshape(conv.groups, batch * n_pos, -1)
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    sh, sw = stride or conv.stride
+    batch, channels, height, width = x.shape
+    h_out, w_out = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    taps = [
+        x[:, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh, j * dw : j * dw + sw * (w_out - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    cols = torch.stack(taps, dim=-1).reshape(batch, conv.groups, channels // conv.groups, h_out, w_out, kh * kw)
+    return cols.permute(1, 0, 3, 4, 2, 5).reshape(conv.groups, batch * h_out * w_out, -1)
 
 
 def layer_inputs(layer: QuantLayer, x: Tensor) -> Tensor:
