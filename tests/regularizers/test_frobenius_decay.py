@@ -139,3 +139,18 @@ def test_bad_inputs() -> None:
         frobenius_decay_grads([torch.randn(3, 2), torch.randn(4, 3)], 1.0)
     with pytest.raises(LosslabError, match=r"\(U, V\) or \(U, M, V\)"):
         squared_frobenius_norm([torch.randn(3, 2)])
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_works_on_losslab_low_rank_layers(square: bool) -> None:
+    """Duck typing against the layers package: grad side == loss side, factors (not bias) leave weight decay."""
+    layers = pytest.importorskip("losslab.layers")
+    grad_layer = layers.LowRankLinear(6, 5, 3, square=square)
+    loss_layer = layers.LowRankLinear(6, 5, 3, square=square)
+    loss_layer.load_state_dict(grad_layer.state_dict())
+    FrobeniusDecay(lam=1e-3).grad_term(grad_layer)
+    FrobeniusDecay(lam=1e-3, side="loss").loss_term(loss_layer, torch.zeros(()), 1).backward()
+    for a, b in zip(grad_layer.factors(), loss_layer.factors()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-6)
+    no_decay = FrobeniusDecay(lam=1e-3).no_weight_decay_params(grad_layer)
+    assert [id(p) for p in no_decay] == [id(f) for f in grad_layer.factors()]
