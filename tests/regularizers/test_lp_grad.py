@@ -108,6 +108,7 @@ class TinyMLP(nn.Module):
         return self.fc3(self.act2(self.fc2(self.act1(self.fc1(x)))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

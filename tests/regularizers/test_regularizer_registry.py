@@ -76,6 +76,7 @@ def test_zero_lambda_is_allowed_and_gives_zero() -> None:
     assert create("variance", lam=0.0).loss_term(net, loss, 2).item() == 0.0
 
 
+@pytest.mark.slow
 def test_regulquant_convnet_coverage() -> None:
     """§0: the ConvNet gives L = 10 weight tensors (9 convs + classifier) and 9 hooked post-ReLU activations."""
     timm = pytest.importorskip("timm")
