@@ -4,7 +4,7 @@ One step = forward, task loss, regularizer term, backward, SGD step, on one fixe
 LPGrad with activations hooks the nine residual-block outputs (post-ReLU). Target for lp_grad (p=2, weights +
 activations): <= 3× the plain step. Run::
 
-    .venv/bin/python benchmarks/bench_regularizers.py              # CPU, 5 timed steps per variant
+    .venv/bin/python benchmarks/bench_regularizers.py              # CUDA if present, else CPU; 3 timed steps
     .venv/bin/python benchmarks/bench_regularizers.py --device cuda --steps 50
 """
 
@@ -64,9 +64,9 @@ def time_step(step: Callable[[], None], steps: int, warmup: int, device: torch.d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="lp2,variance,lp2w,lp1", help="comma list of: lp2, variance, lp2w, lp1")
