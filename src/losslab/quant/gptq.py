@@ -41,12 +41,14 @@ from losslab.quant.grids import (
     fit_grid,
     make_weight_quant,
     stack_fits,
+    transposed_grid,
     work_dtype,
 )
 from losslab.quant.weight_quant import WeightQuant
 
 __all__ = [
     "HessianStats",
+    "check_hessian_args",
     "damped_factor",
     "fix_dead_columns",
     "gptq_weight",
@@ -139,19 +141,13 @@ def _inverse_cholesky_upper(h: Tensor) -> Tensor | None:
     return r
 
 
-def _transposed(grid: UniformGrid) -> UniformGrid:
-    """Grid with params ``[rows, k]`` → ``[k, rows]`` (for loops that run on Wᵀ)."""
-    zero = grid.zero.T.contiguous() if isinstance(grid.zero, Tensor) else grid.zero
-    return grid.with_params(grid.scale.T.contiguous(), zero)
-
-
 def _row(grid: UniformGrid, j: int) -> UniformGrid:
     """Row ``j`` of a grid with params ``[k, rows]`` as params ``[1, rows]``."""
     zero = grid.zero[j : j + 1] if isinstance(grid.zero, Tensor) else grid.zero
     return grid.with_params(grid.scale[j : j + 1], zero)
 
 
-def _check_hessian_args(weight: Tensor, hessian: Tensor, bits: int, grid: str, percdamp: float) -> None:
+def check_hessian_args(weight: Tensor, hessian: Tensor, bits: int, grid: str, percdamp: float) -> None:
     """Shared validation of Hessian-based quantizers (raises before any work)."""
     check_bits(bits)
     check_grid(grid)
@@ -197,7 +193,7 @@ def gptq_weight(
     Returns:
         :class:`WeightQuant`; ``extras`` has ``damp``, ``damp_retries``, ``dead_columns`` and ``perm`` (act-order).
     """
-    _check_hessian_args(weight, hessian, bits, grid, percdamp)
+    check_hessian_args(weight, hessian, bits, grid, percdamp)
     check_group_size(group_size)
     check_range("blocksize", blocksize, low=1)
     if group_size is not None and grid not in RANGE_GRIDS:
@@ -224,9 +220,9 @@ def gptq_weight(
     col_grid: UniformGrid | None = None
     if static_fit is not None:
         order = perm if perm is not None else torch.arange(n_in, device=w.device)
-        col_grid = _transposed(static_fit.grid.columns(order // group_size))  # type: ignore[operator]
+        col_grid = transposed_grid(static_fit.grid.columns(order // group_size))  # type: ignore[operator]
     dynamic_fits: list[FittedGrid] = []
-    grid_now = _transposed(row_fit.grid) if row_fit is not None else None
+    grid_now = transposed_grid(row_fit.grid) if row_fit is not None else None
 
     codes = torch.empty_like(wt)
     q_all = torch.empty_like(wt)
@@ -244,7 +240,7 @@ def gptq_weight(
                     pending = wt[i2:end] - r[i1:col, i2:end].T @ err1[:i]
                     current = torch.cat([w1[i:], pending], 0)
                 dynamic_fits.append(fit(current.T))
-                grid_now = _transposed(dynamic_fits[-1].grid)
+                grid_now = transposed_grid(dynamic_fits[-1].grid)
             g = _row(col_grid, col) if col_grid is not None else grid_now
             x = w1[i : i + 1]
             c = g.encode(x)  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from losslab.errors import ConfigError, check_range, unknown_name_error
+from losslab.errors import ConfigError, unknown_name_error
 from losslab.quant.clipping import mse_clip_alpha
 from losslab.quant.weight_quant import WeightQuant, code_dtype, storage_bits_for
 
@@ -45,9 +45,11 @@ __all__ = [
     "check_grid",
     "fit_grid",
     "fit_weight_grid",
+    "gpfq_radius",
     "grid_from_range",
     "grid_levels",
     "make_weight_quant",
+    "transposed_grid",
     "work_dtype",
 ]
 
@@ -170,6 +172,12 @@ class LevelGrid:
         return self.values.numel()
 
 
+def transposed_grid(grid: UniformGrid) -> UniformGrid:
+    """Grid with params ``[rows, k]`` → ``[k, rows]`` (for column loops that run on Wᵀ)."""
+    zero = grid.zero.T.contiguous() if isinstance(grid.zero, Tensor) else grid.zero
+    return grid.with_params(grid.scale.T.contiguous(), zero)
+
+
 def grid_from_range(lo: Tensor, hi: Tensor, bits: int, grid: str) -> UniformGrid:
     """Per-row range grid from ``lo ≤ 0 ≤ hi`` (``[rows]``) → params ``[rows, 1]`` (asym, sym, narrow; §2)."""
     maxq = 2**bits - 1
@@ -246,13 +254,20 @@ def fit_grid(
     levels = 2**bits
     if grid == "gpfq":
         k = 2 ** (bits - 1)
-        rad = torch.quantile(x.abs(), quantile, dim=1).mean() if quantile < 1 else x.abs().amax(1).mean()
+        rad = gpfq_radius(x, quantile)
         delta = scalar * rad / k if rad > 0 else torch.ones((), dtype=x.dtype) / k
         return FittedGrid(UniformGrid(delta.expand(rows, 1).clone(), None, -k, k, half_up=True))
     s = QUIP_RMS_FACTOR * x.pow(2).mean().sqrt() if grid == "quip" else x.abs().amax()
     s = torch.where(s > 0, s, torch.ones_like(s))
     step = 2 * s / (levels - 1)
     return FittedGrid(UniformGrid(step.expand(rows, 1).clone(), (levels - 1) / 2, 0, levels - 1, midrise=True))
+
+
+def gpfq_radius(x: Tensor, quantile: float = 1.0) -> Tensor:
+    """GPFQ radius: mean over rows of the ``quantile`` of |x_ij| over j (``quantile=1``: mean of row maxima)."""
+    if quantile >= 1:
+        return x.abs().amax(1).mean()
+    return torch.quantile(x.abs(), quantile, dim=1).mean()
 
 
 def check_group_size(group_size: int | None) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, unknown_name_error
-from losslab.quant.gptq import _check_hessian_args, damped_factor, fix_dead_columns
+from losslab.quant.gptq import check_hessian_args, damped_factor, fix_dead_columns
 from losslab.quant.grids import fit_grid, make_weight_quant, work_dtype
 from losslab.quant.weight_quant import WeightQuant
 
@@ -88,7 +88,7 @@ def ldlq_weight(
         :class:`WeightQuant`; ``extras``: ``ldl_d`` (D in processing order), ``arg_residual_sq``
         (‖arg_k − q_k‖² per processed column), ``perm``, ``damp``, ``damp_retries``, ``passes_run``.
     """
-    _check_hessian_args(weight, hessian, bits, grid, percdamp)
+    check_hessian_args(weight, hessian, bits, grid, percdamp)
     if order not in LDLQ_ORDERS:
         raise ConfigError(str(unknown_name_error("order", order, LDLQ_ORDERS)))
     if npasses < 0 or (npasses > 0 and order != "ldlqRG"):

@@ -1,0 +1,348 @@
+"""GPFQ (Zhang, Zhou & Saab 2023, arXiv:2201.11113; Lybrand & Saab 2021): greedy path-following quantization
+(quantization spec §5).
+
+X ``[m, in]`` holds the layer inputs in the float network, X̃ the inputs of the same layer in the partly quantized
+network. All rows run in parallel; columns t = 1…d run in sequence:
+
+    u_0 = 0,   q_t = 𝒬(⟨X̃_t, u_{t−1} + w_t·X_t⟩ / ‖X̃_t‖²)   (0 if ‖X̃_t‖ = 0),   u_t = u_{t−1} + w_t·X_t − q_t·X̃_t
+
+on the alphabet δ·{−K, …, K}, K = 2^(b−1), δ = C·rad/K (**2^b + 1 levels**: "b-bit GPFQ (2^b+1 levels)",
+b + 1 storage bits), 𝒬(x) = δ·clamp(⌊x/δ + ½⌋, −K, K).
+
+Default implementation is the Gram form (§5.3): with G = X̃ᵀX and H̃ = X̃ᵀX̃ the argument of step t equals
+(Σ_{s≤t} G_ts·w_s − Σ_{s<t} H̃_ts·q_s)/H̃_tt, so
+
+    P = W·tril(G)ᵀ;  per block of columns: Q[:, t] = 𝒬(P[:, t]/H̃_tt), P[:, t+1:i2] −= Q[:, t] ⊗ H̃[t+1:i2, t];
+    after the block P[:, i2:] −= Q[:, i1:i2]·H̃[i2:, i1:i2]ᵀ
+
+— O(d²) memory, the loop independent of m, U never stored; statistics stream batch by batch (:class:`GPFQStats`).
+The per-row residual is ‖u_d‖² = wᵀ(XᵀX)w − 2qᵀGw + qᵀH̃q. :func:`gpfq_weight_sample_form` is the original
+sample-space loop (vectorised over neurons), kept as the reference.
+
+>>> import torch
+>>> x = torch.randn(500, 50, dtype=torch.float64)
+>>> w = torch.randn(64, 50, dtype=torch.float64)
+>>> gram, sample = gpfq_weight(w, x, bits=3), gpfq_weight_sample_form(w, x, bits=3)
+>>> bool(torch.equal(gram.codes, sample.codes)), gram.levels, gram.storage_bits
+(True, 9, 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError, LosslabError, check_range
+from losslab.quant.grids import (
+    LevelGrid,
+    UniformGrid,
+    check_bits,
+    fit_grid,
+    gpfq_radius,
+    make_weight_quant,
+    transposed_grid,
+)
+from losslab.quant.weight_quant import WeightQuant
+
+__all__ = [
+    "GPFQGram",
+    "GPFQStats",
+    "gpfq_alphabet",
+    "gpfq_gram_codes",
+    "gpfq_sample_codes",
+    "gpfq_weight",
+    "gpfq_weight_from_stats",
+    "gpfq_weight_sample_form",
+]
+
+Alphabet = UniformGrid | LevelGrid
+
+
+@dataclass(frozen=True)
+class GPFQGram:
+    """Finalized GPFQ statistics: G = X̃ᵀX, H̃ = X̃ᵀX̃, XᵀX (all ``[in, in]``) and the number of rows m."""
+
+    g: Tensor
+    h_tilde: Tensor
+    xx: Tensor
+    count: int
+
+
+@dataclass
+class GPFQStats:
+    """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
+
+    >>> stats = GPFQStats(16)
+    >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
+    >>> stats.finalize().g.shape
+    torch.Size([16, 16])
+    """
+
+    dim: int
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str | None = None
+    g: Tensor = field(init=False)
+    h_tilde: Tensor = field(init=False)
+    xx: Tensor = field(init=False)
+    count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        def zeros() -> Tensor:
+            return torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
+
+        self.g, self.h_tilde, self.xx = zeros(), zeros(), zeros()
+
+    def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
+        """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
+        ``None`` or the same tensor means X̃ = X, computed with one GEMM)."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise LosslabError(f"GPFQStats.update expects x of shape [rows, {self.dim}], got {tuple(x.shape)}")
+        if x_tilde is not None and x_tilde.shape != x.shape:
+            raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")
+        xs = x.to(self.dtype)
+        xx = xs.T @ xs
+        self.xx.add_(xx)
+        if x_tilde is None or x_tilde is x:
+            self.g.add_(xx)
+            self.h_tilde.add_(xx)
+        else:
+            xt = x_tilde.to(self.dtype)
+            self.g.addmm_(xt.T, xs)
+            self.h_tilde.addmm_(xt.T, xt)
+        self.count += x.shape[0]
+
+    def finalize(self) -> GPFQGram:
+        """The accumulated statistics (copies)."""
+        return GPFQGram(self.g.clone(), self.h_tilde.clone(), self.xx.clone(), self.count)
+
+
+def gpfq_alphabet(
+    weight: Tensor, bits: int, scalar: float = 1.16, quantile: float = 1.0, legacy_alphabet: bool = False
+) -> Alphabet:
+    """The GPFQ alphabet for ``weight`` (params broadcast over its rows).
+
+    Default: δ·{−K..K}, δ = scalar·rad/K, rad = mean_rows(quantile_j|W_ij|). ``legacy_alphabet``: the sorted levels
+    linspace(−1, 1, 2^b)·scalar·rad plus 0 (the alphabet behind the published ImageNet numbers). Both 2^b + 1 levels.
+    """
+    check_bits(bits)
+    check_range("scalar", scalar, low=0, low_inclusive=False)
+    check_range("quantile", quantile, low=0, high=1, low_inclusive=False)
+    if not legacy_alphabet:
+        return fit_grid(weight, bits, "gpfq", scalar=scalar, quantile=quantile).grid
+    rad = scalar * gpfq_radius(weight, quantile)
+    values = torch.cat(
+        [
+            torch.linspace(-1, 1, 2**bits, dtype=weight.dtype, device=weight.device) * rad,
+            torch.zeros(1, dtype=weight.dtype, device=weight.device),
+        ]
+    )
+    return LevelGrid(torch.sort(values).values)
+
+
+def _encode(alphabet: Alphabet, arg: Tensor, stochastic: bool, generator: torch.Generator | None) -> Tensor:
+    """𝒬 in code units: nearest level, or stochastic rounding (down with probability 1 − frac(arg/δ))."""
+    if not stochastic:
+        return alphabet.encode(arg)
+    assert isinstance(alphabet, UniformGrid)
+    y = arg / alphabet.scale
+    low = torch.floor(y)
+    up = torch.rand(y.shape, generator=generator, dtype=y.dtype, device=y.device) < (y - low)
+    return (low + up).clamp_(alphabet.qmin, alphabet.qmax)
+
+
+def gpfq_gram_codes(
+    weight: Tensor,
+    gram: GPFQGram,
+    alphabet: Alphabet,
+    blocksize: int = 128,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    forced_codes: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Gram-form GPFQ loop (§5.3) in the dtype of ``gram``. Returns (codes, arguments), both ``[out, in]``.
+
+    ``forced_codes`` (teacher forcing) feeds given codes into the recursion instead of 𝒬's choice, so the arguments
+    can be compared with another implementation's step by step.
+    """
+    dtype = gram.g.dtype
+    w = weight.to(dtype)
+    n_in = w.shape[1]
+    h = gram.h_tilde
+    alpha = transposed_grid(alphabet) if isinstance(alphabet, UniformGrid) else alphabet
+    pt = torch.tril(gram.g) @ w.T  # Pᵀ [in, out]
+    codes = torch.empty_like(pt)
+    qt = torch.empty_like(pt)
+    args = torch.zeros_like(pt)
+    hdiag = torch.diagonal(h).tolist()
+    for i1 in range(0, n_in, blocksize):
+        i2 = min(i1 + blocksize, n_in)
+        for t in range(i1, i2):
+            if hdiag[t] != 0:
+                args[t] = pt[t] / hdiag[t]
+            c = _encode(alpha, args[t : t + 1], stochastic, generator)
+            if forced_codes is not None:
+                c = forced_codes[:, t][None].to(dtype)
+            codes[t : t + 1] = c
+            qt[t : t + 1] = alpha.decode(c)
+            pt[t + 1 : i2].sub_(h[t + 1 : i2, t, None] * qt[t : t + 1])
+        if i2 < n_in:
+            pt[i2:].addmm_(h[i2:, i1:i2], qt[i1:i2], alpha=-1)
+    return codes.T, args.T
+
+
+def gpfq_sample_codes(
+    weight: Tensor,
+    x: Tensor,
+    x_tilde: Tensor | None = None,
+    alphabet: Alphabet | None = None,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample-space GPFQ loop (the original rule, vectorised over rows) in ``x``'s dtype.
+
+    Returns (codes ``[out, in]``, arguments ``[out, in]``, final residual U = u_d ``[out, m]``). O(out·m) memory.
+    """
+    if alphabet is None:
+        raise LosslabError("gpfq_sample_codes needs an alphabet (see gpfq_alphabet)")
+    xt = x if x_tilde is None else x_tilde
+    dtype = x.dtype
+    w = weight.to(dtype)
+    n_out, n_in = w.shape
+    u = torch.zeros(n_out, x.shape[0], dtype=dtype, device=x.device)
+    codes = torch.empty(n_out, n_in, dtype=dtype, device=x.device)
+    args = torch.zeros(n_out, n_in, dtype=dtype, device=x.device)
+    for t in range(n_in):
+        col, col_t = x[:, t], xt[:, t]
+        norm2 = col_t @ col_t
+        if norm2 != 0:
+            args[:, t] = (u @ col_t + w[:, t] * (col @ col_t)) / norm2
+        c = _encode(alphabet, args[:, t : t + 1], stochastic, generator)
+        codes[:, t : t + 1] = c
+        q = alphabet.decode(c)[:, 0]
+        u.addr_(w[:, t], col).addr_(q, col_t, alpha=-1)
+    return codes, args, u
+
+
+def _residual_extras(w: Tensor, q: Tensor, gram: GPFQGram) -> dict[str, object]:
+    """Per-row ‖u_d‖² = wᵀ(XᵀX)w − 2qᵀGw + qᵀH̃q, ‖U‖_F and ‖U‖_F/‖XWᵀ‖_F."""
+    signal = ((w @ gram.xx) * w).sum(1)
+    res = signal - 2 * ((q @ gram.g) * w).sum(1) + ((q @ gram.h_tilde) * q).sum(1)
+    res = res.clamp_min(0)
+    total = signal.sum().clamp_min(torch.finfo(signal.dtype).tiny)
+    return {
+        "residual_sq": res,
+        "residual_norm": res.sum().sqrt().item(),
+        "relative_error": (res.sum() / total).sqrt().item(),
+    }
+
+
+def _check_common(weight: Tensor, bits: int, blocksize: int, stochastic: bool, legacy_alphabet: bool) -> None:
+    check_bits(bits)
+    check_range("blocksize", blocksize, low=1)
+    if weight.ndim != 2:
+        raise LosslabError(f"weight must be [out, in], got shape {tuple(weight.shape)}")
+    if stochastic and legacy_alphabet:
+        raise ConfigError("stochastic=True needs the uniform GPFQ alphabet: set legacy_alphabet=False")
+
+
+def _package(
+    weight: Tensor, codes: Tensor, alphabet: Alphabet, bits: int, legacy: bool, extras: dict[str, object]
+) -> WeightQuant:
+    q = alphabet.decode(codes)
+    name = "gpfq_legacy" if legacy else "gpfq"
+    extras = {**extras, "label": f"{bits}-bit GPFQ ({2**bits + 1} levels)"}
+    if isinstance(alphabet, UniformGrid):
+        extras["delta"] = alphabet.scale[0, 0].item()
+    return make_weight_quant(weight, codes, q, alphabet, name, bits, None, extras)
+
+
+def gpfq_weight_from_stats(
+    weight: Tensor,
+    stats: GPFQStats | GPFQGram,
+    bits: int = 4,
+    scalar: float = 1.16,
+    blocksize: int = 128,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    quantile: float = 1.0,
+    legacy_alphabet: bool = False,
+) -> WeightQuant:
+    """GPFQ-quantize ``weight`` ``[out, in]`` from streamed statistics (Gram form, in the statistics' dtype).
+
+    ``extras``: ``residual_sq`` (‖u_d‖² per row), ``residual_norm`` (‖U‖_F), ``relative_error``
+    (‖U‖_F/‖XWᵀ‖_F), ``delta``, ``label``.
+    """
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet)
+    gram = stats.finalize() if isinstance(stats, GPFQStats) else stats
+    if gram.g.shape != (weight.shape[1], weight.shape[1]):
+        raise LosslabError(f"statistics are {tuple(gram.g.shape)} but the weight has {weight.shape[1]} columns")
+    w = weight.to(gram.g.dtype)
+    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet)
+    codes, _ = gpfq_gram_codes(w, gram, alphabet, blocksize, stochastic, generator)
+    wq = _package(weight, codes, alphabet, bits, legacy_alphabet, {})
+    wq.extras.update(_residual_extras(w, alphabet.decode(codes), gram))
+    return wq
+
+
+def gpfq_weight(
+    weight: Tensor,
+    x: Tensor,
+    x_tilde: Tensor | None = None,
+    bits: int = 4,
+    scalar: float = 1.16,
+    blocksize: int = 128,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    quantile: float = 1.0,
+    legacy_alphabet: bool = False,
+    stats_dtype: torch.dtype = torch.float64,
+) -> WeightQuant:
+    """GPFQ in the Gram form from inputs ``x`` ``[m, in]`` (float network) and ``x_tilde`` (quantized network,
+    default ``x``). Statistics are accumulated in ``stats_dtype`` (float64 default, float32 optional)."""
+    stats = GPFQStats(weight.shape[1], dtype=stats_dtype, device=weight.device)
+    stats.update(x, x_tilde)
+    return gpfq_weight_from_stats(
+        weight,
+        stats,
+        bits,
+        scalar,
+        blocksize,
+        stochastic,
+        generator,
+        quantile=quantile,
+        legacy_alphabet=legacy_alphabet,
+    )
+
+
+def gpfq_weight_sample_form(
+    weight: Tensor,
+    x: Tensor,
+    x_tilde: Tensor | None = None,
+    bits: int = 4,
+    scalar: float = 1.16,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    quantile: float = 1.0,
+    legacy_alphabet: bool = False,
+) -> WeightQuant:
+    """Reference: the original sample-space GPFQ loop (runs in ``x``'s dtype, O(out·m) memory).
+
+    ``extras`` holds the same residual fields as the Gram form, computed from the stored U.
+    """
+    _check_common(weight, bits, 1, stochastic, legacy_alphabet)
+    w = weight.to(x.dtype)
+    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet)
+    codes, _, u = gpfq_sample_codes(w, x, x_tilde, alphabet, stochastic, generator)
+    res = u.pow(2).sum(1)
+    signal = (x @ w.T).pow(2).sum()
+    extras = {
+        "residual_sq": res,
+        "residual_norm": res.sum().sqrt().item(),
+        "relative_error": (res.sum() / signal).sqrt().item() if signal > 0 else 0.0,
+    }
+    return _package(weight, codes, alphabet, bits, legacy_alphabet, extras)
