@@ -160,25 +160,44 @@ def list_datasets_cmd() -> None:
         click.echo(f"{name:14s} {spec.num_classes:5d} classes  {spec.in_chans}x{spec.img_size}x{spec.img_size}")
 
 
-def _register_optional_commands() -> None:
-    """Attach the command groups of the LM, study and report packages."""
-    import importlib
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("study_runs/quickstart"),
+    show_default=True,
+    help="Study folder (reruns reuse what is stored there).",
+)
+@click.option("--workers", type=int, default=None, help="Parallel jobs (default: 2, one torch thread each).")
+def demo(out_dir: Path, workers: int | None) -> None:
+    """The main job: the quickstart study (4 losses x 2 lr x 2 seeds on digits, RTN/GPFQ/GPTQ at 8/4/3/2 bits).
 
-    for module, name in [
-        ("losslab.lm.cli", "lm"),
-        ("losslab.quant.cli", "quantize"),
-        ("losslab.report.cli", "report"),
-        ("losslab.study.cli", "study"),
-    ]:
-        try:  # TODO(lead): import directly once every package has landed
-            cli.add_command(getattr(importlib.import_module(module), name))
-        except ImportError:
-            pass
+    Prints the accuracy table and the path of the HTML report. Under 5 minutes on 2 CPU cores; no network.
+    """
+    from losslab.study import run_quickstart
+
+    table, report = run_quickstart(out_dir, workers=workers)
+    click.echo(table)
+    click.echo(f"\nreport: {report}")
+
+
+def _register_subpackage_commands() -> None:
+    """Attach the command groups that live beside the packages they drive."""
+    from losslab.lm.cli import lm
+    from losslab.quant.cli import quantize
+    from losslab.report.cli import report
+    from losslab.study.cli import study
+
+    for command in (lm, quantize, report, study):
+        cli.add_command(command)
+
+
+_register_subpackage_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``losslab`` console script: LosslabError → message on stderr, exit status 2."""
-    _register_optional_commands()
     try:
         cli.main(args=argv, prog_name="losslab", standalone_mode=False)
     except LosslabError as exc:

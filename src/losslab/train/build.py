@@ -141,6 +141,9 @@ def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None
                 "(--rank-scale) or target_ratio (--target-ratio)"
             )
         always_on.append(create("frobenius_decay", lam=cfg.weight_decay))
+    for reg in [*always_on, *(schedule.regularizers() if schedule is not None else [])]:
+        reg.attach(model)  # fails now, before training, if the model lacks what the regularizer needs
+        reg.detach()
     return schedule, always_on
 
 

@@ -79,6 +79,7 @@ class ClassifierModule(pl.LightningModule):
             reg.detach()
 
     def on_train_epoch_start(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         active = self.active_regularizers()
         for reg in self.all_regularizers():
             set_active = getattr(reg, "set_active", None)
@@ -143,9 +144,6 @@ class ClassifierModule(pl.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         # timm schedulers take the epoch index; Lightning steps after epoch `current_epoch`, so set the next one.
         scheduler.step(epoch=self.current_epoch + 1)
-
-    def on_train_epoch_end(self) -> None:
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: int = 1) -> torch.Tensor:

@@ -17,9 +17,11 @@ unless ``overwrite=True``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,8 @@ class EpochHistory(Callback):
         self.path = path
         self.rows: list[dict[str, Any]] = []
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After a resume, trainer.current_epoch is the restored epoch: rows from the lost epoch in flight go.
         if self.path.exists():
             previous = json.loads(self.path.read_text())
             self.rows = [row for row in previous if row["epoch"] < trainer.current_epoch]
@@ -173,6 +176,19 @@ def parse_devices(devices: str) -> int | str | list[int]:
     return int(devices) if devices.lstrip("-").isdigit() else devices
 
 
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up banners and advice that is noise for losslab runs (warnings stay visible)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (
+        ".*does not have many workers.*",
+        ".*Experiment logs directory.*exists and is not empty.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*litlogger.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     """Train, select the best checkpoint on validation accuracy, evaluate it on the test split.
 
@@ -180,6 +196,7 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     is checked before the first training step.
     """
     started = time.perf_counter()
+    quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = make_loaders(cfg)
     model, num_dense = build_model(cfg, data.spec)
