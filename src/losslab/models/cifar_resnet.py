@@ -20,7 +20,7 @@ from torch import nn
 
 from losslab.errors import ConfigError
 from losslab.models.entrypoint import build
-from losslab.models.resnet_blocks import BasicBlock, make_stage
+from losslab.models.resnet_blocks import BasicBlock, make_stage, residual_block_names
 
 
 class CifarResNet(nn.Module):
@@ -44,6 +44,11 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight)
+
+    @property
+    def activation_names(self) -> list[str]:
+        """Post-ReLU block outputs (``layer1.0`` ...), hooked by LPGrad's activation term."""
+        return residual_block_names(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -19,7 +19,7 @@ from timm.models import register_model
 from torch import nn
 
 from losslab.models.entrypoint import build
-from losslab.models.resnet_blocks import BasicBlock, Bottleneck, make_stage
+from losslab.models.resnet_blocks import BasicBlock, Bottleneck, make_stage, residual_block_names
 
 
 class CifarImageNetResNet(nn.Module):
@@ -46,6 +46,11 @@ class CifarImageNetResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def activation_names(self) -> list[str]:
+        """Post-ReLU block outputs (``layer1.0`` ...), hooked by LPGrad's activation term."""
+        return residual_block_names(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -64,6 +64,14 @@ class _ResidualBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def residual_block_names(model: nn.Module) -> list[str]:
+    """Module names of every residual block of ``model``: their outputs are post-ReLU activations.
+
+    CIFAR ResNets expose these as ``activation_names``, the modules LPGrad hooks for its activation-gradient term.
+    """
+    return [name for name, module in model.named_modules() if isinstance(module, _ResidualBlock)]
+
+
 class BasicBlock(_ResidualBlock):
     """Two 3x3 convs: ``conv1`` (stride ``stride``) -> BN -> ReLU -> ``conv2`` -> BN, plus shortcut, then ReLU.
 
