@@ -79,12 +79,13 @@ def test_sequential_rtn_equals_direct_rtn(method: RTN) -> None:
     assert row.sqnr_db > 0 and row.proxy_loss > 0
 
 
-def test_hessian_comes_from_partly_quantized_network() -> None:
+@pytest.mark.parametrize("metrics", [True, False])
+def test_hessian_comes_from_partly_quantized_network(metrics: bool) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
     calib = [torch.randn(5, 4), torch.randn(7, 4)]
     recorder = _Recorder()
-    result = quantize(model, RTN(bits=2), calib, overrides={"2": recorder}, progress=False)
+    result = quantize(model, RTN(bits=2), calib, overrides={"2": recorder}, progress=False, metrics=metrics)
     q1 = result.model[0]
     x_tilde = torch.cat([torch.relu(q1(b)) for b in calib])  # inputs of layer 2 after layer 0 is quantized
     expected = 2 * x_tilde.T @ x_tilde / x_tilde.shape[0]

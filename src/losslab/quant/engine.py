@@ -175,14 +175,16 @@ def _collect(
         [torch.zeros(dim, dim, device=device, dtype=torch.float64) for _ in range(groups)] if metrics else [],
     )
     legacy = getattr(method, "legacy_unfold", False) and isinstance(flayer, nn.Conv2d)
+    need_float = metrics or method.stats == "gpfq"  # GPTQ/LDLQ alone only need the quantized stream
     for batch in batches:
-        x = capture_input(fmodel, flayer, batch)
-        x_tilde = capture_input(qmodel, qlayer, batch) if need_tilde else x
+        x = capture_input(fmodel, flayer, batch) if need_float else None
+        x_tilde = capture_input(qmodel, qlayer, batch) if need_tilde or x is None else x
+        x = x_tilde if x is None else x
         if legacy:
             rows, rows_tilde = legacy_gpfq_patches(flayer, x, x_tilde, generator)
         else:
             rows = layer_inputs(flayer, x).float()
-            rows_tilde = layer_inputs(qlayer, x_tilde).float() if need_tilde else rows
+            rows_tilde = layer_inputs(qlayer, x_tilde).float() if x_tilde is not x else rows
         for g in range(groups):
             method.update_stats(stats.method_stats[g], rows[g], rows_tilde[g])
             if metrics:
