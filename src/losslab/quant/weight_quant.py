@@ -50,12 +50,17 @@ def expand_groups(params: Tensor, group_index: Tensor | None) -> Tensor:
 class WeightQuant:
     """A quantized weight ``[out, in]`` and everything needed to rebuild it from integer codes.
 
-    Fields: ``q`` dequantized weight (input shape and dtype); ``codes`` integer codes ``[out, in]`` in the order of
-    the input columns; ``scale`` ``[out, n_groups]`` (uniform grids, else ``None``); ``zero`` ``[out, n_groups]``
-    integer zero points (``asym``) or ``None``; ``group_index`` ``[in]`` group of each column (``None`` = a
-    single group; set whenever there is more than one group, also for consecutive groups); ``lut`` ``[out, n_levels]`` per-row level table for non-uniform grids; ``bits`` nominal b;
-    ``levels`` representable levels; ``storage_bits`` bits per packed code; ``grid`` grid name; ``extras``
-    method-specific information (residual norms, chosen clip, breakpoint, transform seeds, ...).
+    Fields:
+
+    - ``q``: dequantized weight (input shape and dtype);
+    - ``codes``: integer codes ``[out, in]`` (int16) in the order of the input columns;
+    - ``scale``: ``[out, n_groups]`` (uniform grids, else ``None``);
+    - ``zero``: ``[out, n_groups]`` integer zero points (``asym``) or ``None``;
+    - ``group_index``: ``[in]`` group of each column; ``None`` = a single group (set whenever there is more than
+      one group, also for consecutive groups);
+    - ``lut``: ``[out, n_levels]`` per-row level table for non-uniform grids (``q = lut.gather(1, codes)``);
+    - ``bits`` nominal b; ``levels`` representable levels; ``storage_bits`` bits per packed code; ``grid`` name;
+    - ``extras``: method-specific information (residual norms, chosen clip, breakpoint, transform seeds, ...).
 
     When ``extras`` carries an ``"incoherence"`` entry the codes live in a rotated basis and :meth:`dequantize`
     undoes the rotation (see :func:`losslab.quant.incoherence.unrotate`).
