@@ -107,19 +107,30 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         work_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            z = logits[start:stop].to(work_dtype, copy=True)  # the fp32 workspace
+            # fp32 workspace; for fp32 logits the gradient buffer itself is the workspace (no extra pass)
+            in_place = grad is not None and grad.dtype == work_dtype
+            z = (
+                grad[start:stop]
+                if in_place
+                else torch.empty((stop - start, vocab), dtype=work_dtype, device=logits.device)
+            )
+            z.copy_(logits[start:stop])
             target = targets[start:stop]
             valid = target != ignore_index
             safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
-            lse = torch.logsumexp(z, dim=1, keepdim=True)
-            logp_y = (z.gather(1, safe) - lse).squeeze(1)
+            z_y = z.gather(1, safe)
+            z_max = z.amax(dim=1, keepdim=True)
+            z.sub_(z_max).exp_()  # exp(z − max)
+            total_exp = z.sum(dim=1, keepdim=True)
+            logp_y = (z_y - z_max - total_exp.log()).squeeze(1)
             loss, weight = spec.loss_and_weight(logp_y)
             total += torch.where(valid, loss, torch.zeros_like(loss)).sum(dtype=torch.float64)
             if grad is not None:
-                z.sub_(lse).exp_()  # softmax, in place
-                z.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # p − e_y
-                z.mul_(torch.where(valid, weight / denominator, torch.zeros_like(weight)).unsqueeze(1))
-                grad[start:stop].copy_(z)
+                coef = torch.where(valid, weight / denominator, torch.zeros_like(weight)).unsqueeze(1)
+                z.mul_(coef / total_exp)  # w·p
+                z.scatter_add_(1, safe, -coef)  # w·(p − e_y)
+                if not in_place:
+                    grad[start:stop].copy_(z)
             del z
         if grad is not None:
             ctx.save_for_backward(grad)

@@ -1,0 +1,165 @@
+"""Speed and memory of the LM tools on an OPT-125m-shaped model (random weights, built from its config offline).
+
+1. Rooted token loss vs ``F.cross_entropy`` on ``(tokens, 50,272)`` logits, forward + backward: time (median)
+   and peak memory (GPU: ``torch.cuda.max_memory_allocated``; CPU: peak RSS growth of a fresh subprocess).
+   Targets: rooted time ≤ 1.2× CE, rooted peak ≤ CE peak.
+2. ``quantize_decoder`` at 4 bits per method with ``calib-windows × seqlen`` calibration tokens (GPTQ's setting
+   is 128 × 2048; on a small CPU pass e.g. ``--calib-windows 4 --seqlen 512``; the values used are printed).
+
+    python benchmarks/bench_lm.py --device cuda                       # target: GPTQ 4-bit OPT-125m < 10 s (H100)
+    python benchmarks/bench_lm.py --device cpu --calib-windows 4 --seqlen 512 --loss-tokens 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+VOCAB = 50_272
+
+
+def opt125m_config():  # -> OPTConfig with facebook/opt-125m's shape
+    from transformers import OPTConfig
+
+    return OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=768,
+        num_hidden_layers=12,
+        ffn_dim=3072,
+        num_attention_heads=12,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=768,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _loss_step(kind: str, logits: torch.Tensor, target: torch.Tensor) -> None:
+    from losslab.lm.token_loss import TokenLossSpec, token_loss
+
+    if kind == "ce":
+        loss = torch.nn.functional.cross_entropy(logits, target)
+    else:
+        loss = token_loss(logits, target, TokenLossSpec("root", k=5.0, m=5.0))
+    loss.backward()
+
+
+def _inputs(tokens: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = torch.randn(tokens, VOCAB, generator=gen).mul(3).to(device=device, dtype=dtype).requires_grad_()
+    return logits, torch.randint(0, VOCAB, (tokens,), generator=gen).to(device)
+
+
+def loss_time(kind: str, tokens: int, device: str, dtype: torch.dtype, repeats: int = 3) -> float:
+    logits, target = _inputs(tokens, device, dtype)
+    times = []
+    for _ in range(repeats + 1):
+        logits.grad = None
+        _sync(device)
+        start = time.perf_counter()
+        _loss_step(kind, logits, target)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field))
+
+
+def loss_peak_bytes(kind: str, tokens: int, device: str, dtype: torch.dtype) -> int:
+    """Peak extra memory of forward + backward beyond the logits and targets."""
+    logits, target = _inputs(tokens, device, dtype)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _loss_step(kind, logits, target)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = _rss_kib("VmRSS:")
+    _loss_step(kind, logits, target)
+    return (_rss_kib("VmHWM:") - base) * 1024
+
+
+def quantize_time(method: str, windows: int, seqlen: int, device: str) -> tuple[float, float]:
+    """Seconds of quantize_decoder (4 bits) and of the whole OPT-125m-shaped model build excluded."""
+    from transformers import OPTForCausalLM
+
+    from losslab.lm.quantize import quantize_decoder
+    from losslab.quant.methods import method_from_name
+
+    torch.manual_seed(0)
+    model = OPTForCausalLM(opt125m_config()).eval()
+    calib = torch.randint(0, VOCAB, (windows, seqlen))
+    _sync(device)
+    start = time.perf_counter()
+    result = quantize_decoder(model, method_from_name(method, bits=4), calib, device=device, progress=False)
+    _sync(device)
+    return time.perf_counter() - start, result.summary()["mean_sqnr_db"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--calib-windows", type=int, default=128, help="calibration windows (GPTQ: 128)")
+    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (GPTQ: 2048)")
+    parser.add_argument("--methods", default="rtn,gptq,ldlq,gpfq")
+    parser.add_argument("--loss-tokens", type=int, default=8 * 2048, help="logit rows for the loss benchmark")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="logits dtype")
+    parser.add_argument("--skip-quantize", action="store_true")
+    parser.add_argument("--peak-only", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    if args.peak_only:  # child process for a clean CPU peak-RSS measurement
+        print(json.dumps(loss_peak_bytes(args.peak_only[0], int(args.peak_only[1]), args.device, dtype)))
+        return
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"\n[loss] forward+backward on ({args.loss_tokens}, {VOCAB}) {args.dtype} logits (target 8x2048 = 16384)")
+    rows = {}
+    for kind in ("ce", "root"):
+        seconds = loss_time(kind, args.loss_tokens, args.device, dtype)
+        if args.device.startswith("cuda"):
+            peak = loss_peak_bytes(kind, args.loss_tokens, args.device, dtype)
+        else:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                "cpu",
+                "--dtype",
+                args.dtype,
+                "--peak-only",
+                kind,
+                str(args.loss_tokens),
+            ]
+            peak = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        rows[kind] = (seconds, peak)
+        print(f"  {kind:<5} time {seconds * 1e3:9.1f} ms   peak extra memory {peak / 2**20:9.1f} MiB")
+    ratio_t, ratio_m = rows["root"][0] / rows["ce"][0], rows["root"][1] / max(rows["ce"][1], 1)
+    print(f"  rooted / CE: time x{ratio_t:.2f} (target <= 1.2), peak memory x{ratio_m:.2f} (target <= 1.0)")
+    if args.skip_quantize:
+        return
+    print(
+        f"\n[quantize] OPT-125m shape, 4 bits, calibration {args.calib_windows} x {args.seqlen} tokens "
+        f"(GPTQ setting: 128 x 2048), device {args.device}"
+    )
+    for method in args.methods.split(","):
+        seconds, sqnr = quantize_time(method, args.calib_windows, args.seqlen, args.device)
+        print(f"  {method:<5} {seconds:8.1f} s   mean SQNR {sqnr:.2f} dB")
+
+
+if __name__ == "__main__":
+    main()
