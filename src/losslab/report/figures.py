@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from losslab.io import atomic_path
 from losslab.report.tables import StudyResults, format_value, mean_std, variant_label
@@ -51,10 +52,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list[Any]]:
+def _grid(n: int, ncols: int, size: tuple[float, float], sharey: bool = False) -> tuple[Figure, list[Any]]:
+    """``n`` panels of ``size`` inches in rows of ``ncols`` (constrained layout: titles and colorbars fit)."""
     cols = min(n, ncols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, layout="constrained", sharey=sharey
+    )
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -68,13 +72,14 @@ def _colors(n: int) -> list[Any]:
 
 def accuracy_vs_bits(results: StudyResults, path: str | Path) -> Path | None:
     """Test top-1 (%) vs weight bits, one panel per method, one line per training variant (mean ± std)."""
-    methods, bits = results.methods(), sorted(results.bits())
+    methods = results.methods()
     if not methods:
         return None
-    fig, axes = _grid(len(methods), 3, (5.2, 4.0))
+    fig, axes = _grid(len(methods), 3, (5.2, 4.0), sharey=True)
     colors = _colors(len(results.variants))
-    xs = list(range(len(bits) + 1))  # the last position is the float model
     for ax, method in zip(axes, methods):
+        bits = sorted({r["bits"] for r in results.compressions if r["label"] == method})
+        xs = list(range(len(bits) + 1))  # the last position is the float model
         for color, variant in zip(colors, results.variants):
             rows = [r for r in results.compressions if r["label"] == method and r["variant"] == variant]
             stats = [mean_std(r["top1"] for r in rows if r["bits"] == b) for b in bits]
@@ -85,6 +90,7 @@ def accuracy_vs_bits(results: StudyResults, path: str | Path) -> Path | None:
         ax.set_xticks(xs, [str(b) for b in bits] + ["float"])
         ax.set_xlabel("weight bits")
         ax.set_ylabel("test top-1 accuracy (%)")
+        ax.yaxis.set_tick_params(labelleft=True)
         ax.set_title(f"{method}")
         ax.grid(alpha=0.3)
     seeds = sorted({r["seed"] for r in results.runs})
@@ -93,8 +99,7 @@ def accuracy_vs_bits(results: StudyResults, path: str | Path) -> Path | None:
     fig.legend(
         handles,
         labels,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
+        loc="outside lower center",
         ncol=min(4, len(labels)),
         title="training variant",
         frameon=False,
@@ -147,7 +152,7 @@ def drop_heatmap(results: StudyResults, method: str, path: str | Path, option: s
     finite = [abs(v) for t in tables for line in t for v in line if not math.isnan(v)]
     vmax = max(max(finite, default=1.0), 0.5)
     norm = TwoSlopeNorm(vmin=-vmax, vcenter=0.0, vmax=vmax)
-    fig, axes = _grid(len(panels), 4, (0.9 * len(bits) + 2.2, 0.55 * len(values) + 1.6))
+    fig, axes = _grid(len(panels), 4, (0.7 * len(bits) + 1.4, 0.5 * len(values) + 1.4))
     image = None
     for ax, panel, grid in zip(axes, panels, tables):
         image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
@@ -167,8 +172,9 @@ def drop_heatmap(results: StudyResults, method: str, path: str | Path, option: s
         ax.set_yticks(range(len(values)), [format_value(v) for v in values])
         ax.set_xlabel("weight bits")
         ax.set_ylabel(option)
-        ax.set_title(panel if others else method, fontsize=9)
-    fig.suptitle(f"{results.name}: top-1 drop (points, float − {method}, mean over seeds)")
+        if others:
+            ax.set_title(panel, fontsize=9)
+    fig.suptitle(f"{results.name}: top-1 drop of {method}\n(float − compressed, points, mean over seeds)")
     fig.colorbar(image, ax=axes, label="accuracy drop (percentage points)", shrink=0.9)
     return save_figure(fig, path)
 
@@ -213,7 +219,6 @@ def weight_histograms(
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -256,11 +261,11 @@ def _curves_figure(
                 linewidth=0,
             )
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(title=legend_title, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

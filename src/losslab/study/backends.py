@@ -15,6 +15,7 @@ checkpoints are written under the study folder, which compress-only reruns expec
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -74,9 +75,11 @@ def _run_inline(jobs: Sequence[StudyJob], job_fn: JobFn) -> Iterator[Outcome]:
 
 
 def _init_worker(threads: int) -> None:
-    """Share the CPUs between workers: torch (imported later by the job) reads these at import."""
+    """Share the CPUs between workers (threads each), whether or not torch is imported yet."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _run_pool(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int) -> Iterator[Outcome]:
