@@ -88,3 +88,20 @@ def test_factorized_run_reports_compression(tmp_path: Path) -> None:
     assert result.num_params == count_params_factorized(dense, 0.25)
     assert result.compression_ratio < 1.0
     assert "reg/frobenius_decay" in result.epochs[0]
+    assert result.epochs[0]["factors/frob_norm"] > 0  # the normalization experiment's per-epoch logs
+    assert result.epochs[0]["weights/kurtosis_mean"] > 0
+
+
+def test_tensor_train_run_decays_the_cores(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        model="small_cnn",
+        tensor_train=True,
+        rank_scale=0.5,
+        frobenius_decay=True,
+        epochs=1,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    result = fit(cfg)
+    assert result.epochs[0]["reg/tt_frobenius_decay"] > 0
+    assert result.compression_ratio < 1.0

@@ -39,6 +39,7 @@ from losslab.layers.lowrank import (
 from losslab.layers.spectral import conv_kernel_to_matrix, factor_kaiming, matrix_to_conv_kernel, spectral_factors
 from losslab.layers.tensor_train import (
     TensorTrainConv2d,
+    TensorTrainDecay,
     tensor_train_penalty,
     tt_modes,
     tt_param_count,
@@ -66,6 +67,7 @@ __all__ = [
     "NormalizeToRecorded",
     "RecordFrobNorms",
     "TensorTrainConv2d",
+    "TensorTrainDecay",
     "attention_modules",
     "collapse",
     "conv_kernel_to_matrix",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
+from losslab.regularizers.base import Regularizer
 
 
 def _smallest_divisor_at_least(n: int, low: int) -> int:
@@ -229,3 +230,29 @@ def tensor_train_penalty(model: nn.Module, lam: float) -> Tensor:
             "tensor_train_penalty: the model has no TensorTrainConv2d; factorize(tensor_train=True) first"
         )
     return torch.stack(terms).sum()
+
+
+class TensorTrainDecay(Regularizer):
+    """Frobenius decay for tensor-train convs as a regularizer: loss-side (λ/2)Σ_l‖W_l‖²_F, cores at WD 0.
+
+    ``W_l`` is the 1×1 weight rebuilt from layer l's cores (factorized.md §9). The penalty is added to the loss
+    before ``backward()``; the original added it after backward, so its cores were never regularized.
+    """
+
+    name = "tt_frobenius_decay"
+
+    def __init__(self, lam: float) -> None:
+        super().__init__()
+        check_range("lam", lam, low=0.0)
+        self.lam = lam
+
+    def attach(self, model: nn.Module) -> None:
+        """Check that ``model`` has tensor-train convs (ConfigError otherwise)."""
+        if not any(isinstance(m, TensorTrainConv2d) for m in model.modules()):
+            raise ConfigError("tt_frobenius_decay: the model has no TensorTrainConv2d; pass tensor_train=True")
+
+    def loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor:
+        return tensor_train_penalty(model, self.lam)
+
+    def no_weight_decay_params(self, model: nn.Module) -> list[nn.Parameter]:
+        return [c for m in model.modules() if isinstance(m, TensorTrainConv2d) for c in m.cores]

@@ -119,7 +119,8 @@ def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None
     """(phase schedule or None, regularizers active in every epoch) for ``cfg``.
 
     ``--regularizer NAME --lmbda X --reg-start-epoch E`` is the one-phase schedule [E, end); ``--reg-schedule``
-    loads phases from YAML; ``--frobenius-decay`` adds Frobenius decay on factor products with λ = weight decay.
+    loads phases from YAML; ``--frobenius-decay`` adds Frobenius decay on factor products with λ = weight decay
+    (gradient-side on U(M)Vᵀ factors; loss-side on rebuilt tensor-train weights), factors moved to WD = 0.
     """
     from losslab.regularizers import Schedule, create
 
@@ -140,7 +141,12 @@ def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None
                 "frobenius_decay (--frobenius-decay) acts on factorized layers: pass rank_scale "
                 "(--rank-scale) or target_ratio (--target-ratio)"
             )
-        always_on.append(create("frobenius_decay", lam=cfg.weight_decay))
+        if cfg.tensor_train:
+            from losslab.layers import TensorTrainDecay
+
+            always_on.append(TensorTrainDecay(lam=cfg.weight_decay))
+        else:
+            always_on.append(create("frobenius_decay", lam=cfg.weight_decay))
     for reg in [*always_on, *(schedule.regularizers() if schedule is not None else [])]:
         reg.attach(model)  # fails now, before training, if the model lacks what the regularizer needs
         reg.detach()

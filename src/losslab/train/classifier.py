@@ -128,6 +128,15 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        for key, value in weight_statistics(self.model, per_layer=bool(self.all_regularizers())).items():
+            self.log(key, value)
+        lowrank = factor_statistics(self.model, self.trainer.optimizers[0].param_groups[0]["lr"])
+        for key, value in lowrank.items():
+            self.log(f"factors/{key}", value)
+
     def _log_logit_stats(self, stage: str, logits: torch.Tensor) -> None:
         for key, value in logit_statistics(logits).items():
             self.log(f"{stage}_logits/{key}", float(value), on_step=False, on_epoch=True, sync_dist=True)
@@ -151,3 +160,26 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: int = 1) -> torch
     k = min(topk, logits.shape[-1])
     hits = (logits.topk(k, dim=-1).indices == target.unsqueeze(-1)).any(dim=-1)
     return hits.float().mean() * 100.0
+
+
+def weight_statistics(model: nn.Module, per_layer: bool = False) -> dict[str, float]:
+    """Layer means of the weights' kurtosis and max|w|/std(w) (per layer too if asked): the *shape* of the weight
+    distributions, which the spread penalties do not control and quantizers care about."""
+    from losslab.regularizers import weight_shape_stats
+
+    stats = weight_shape_stats(model)
+    out: dict[str, float] = {}
+    for kind in ("kurtosis", "max_over_std"):
+        values = [v for k, v in stats.items() if k.startswith(f"{kind}/")]
+        if values:
+            out[f"weights/{kind}_mean"] = sum(values) / len(values)
+    if per_layer:
+        out.update({f"weights/{k}": v for k, v in stats.items()})
+    return out
+
+
+def factor_statistics(model: nn.Module, lr: float) -> dict[str, float]:
+    """The normalization experiment's per-epoch factor logs (factorized.md §8), empty for a dense model."""
+    from losslab.layers import LowRankBase, factor_stats
+
+    return factor_stats(model, lr=lr) if any(isinstance(m, LowRankBase) for m in model.modules()) else {}
