@@ -56,19 +56,43 @@ def fake_job(job: StudyJob) -> JobResult:
     train = None
     if job.needs_training:
         epochs = [
-            {"epoch": e, "train/loss": 2.0 / (e + 1) + cfg["lr"], "val/acc": fp - 5 + e, "val/ce": 1.0 / (e + 1),
-             "val_logits/norm": 3.0 + e, "val_logits/mean": 0.1, "val_logits/max": 2.0 + e, "val_logits/var": 1.0}
+            {
+                "epoch": e,
+                "train/loss": 2.0 / (e + 1) + cfg["lr"],
+                "val/acc": fp - 5 + e,
+                "val/ce": 1.0 / (e + 1),
+                "val_logits/norm": 3.0 + e,
+                "val_logits/mean": 0.1,
+                "val_logits/max": 2.0 + e,
+                "val_logits/var": 1.0,
+            }
             for e in range(EPOCHS)
         ]
-        train = TrainRecord(cfg, job.run_dir, {"top1": fp, "top5": 100.0, "ce": 0.3, "n": 100}, fp - 1, 1000,
-                            1.5, 0.1, epochs, [_hist(n, i, None) for i, n in enumerate(LAYERS)])
+        train = TrainRecord(
+            cfg,
+            job.run_dir,
+            {"top1": fp, "top5": 100.0, "ce": 0.3, "n": 100},
+            fp - 1,
+            1000,
+            1.5,
+            0.1,
+            epochs,
+            [_hist(n, i, None) for i, n in enumerate(LAYERS)],
+        )
     records = []
     for key, point in job.points:
         top1 = quant_top1(cfg, point.bits)
-        records.append(CompressionRecord(
-            key, point, {"calibration": {}}, {"top1": top1, "top5": 99.0, "ce": 0.4, "n": 100},
-            {"avg_bits_per_weight": point.bits + 0.25, "mean_sqnr_db": 6.02 * point.bits},
-            [{"name": n, "bits": point.bits, "sqnr_db": 6.02 * point.bits} for n in LAYERS], 0.2, 0.05,
-            [_hist(n, i, 2**point.bits) for i, n in enumerate(LAYERS)],
-        ))
+        records.append(
+            CompressionRecord(
+                key,
+                point,
+                {"calibration": {}},
+                {"top1": top1, "top5": 99.0, "ce": 0.4, "n": 100},
+                {"avg_bits_per_weight": point.bits + 0.25, "mean_sqnr_db": 6.02 * point.bits},
+                [{"name": n, "bits": point.bits, "sqnr_db": 6.02 * point.bits} for n in LAYERS],
+                0.2,
+                0.05,
+                [_hist(n, i, 2**point.bits) for i, n in enumerate(LAYERS)],
+            )
+        )
     return JobResult(job.train_key, train, records, {"losslab_version": "test", "git_commit": "abc", "host": "h"})

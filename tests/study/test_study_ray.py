@@ -17,12 +17,14 @@ def test_a_two_job_study_runs_on_ray(tmp_path: Path) -> None:
     from losslab.study import StudyStore, parse_study, run_study
 
     cloudpickle.register_pickle_by_value(fake_jobs)  # Ray workers cannot import the tests folder
-    spec = parse_study({
-        "name": "ray2",
-        "train": {"dataset": "digits", "model": "mlp", "epochs": 3},
-        "grid": {"loss": ["ce", "focal"]},
-        "compress": {"methods": [{"method": "rtn", "bits": [8, 2]}]},
-    })
+    spec = parse_study(
+        {
+            "name": "ray2",
+            "train": {"dataset": "digits", "model": "mlp", "epochs": 3},
+            "grid": {"loss": ["ce", "focal"]},
+            "compress": {"methods": [{"method": "rtn", "bits": [8, 2]}]},
+        }
+    )
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         outcome = run_study(spec, tmp_path, backend="ray", job_fn=fake_jobs.fake_job, progress=False)
@@ -36,5 +38,9 @@ def test_a_two_job_study_runs_on_ray(tmp_path: Path) -> None:
     assert sorted(r["config"]["loss"] for r in runs) == ["ce", "focal"]
     by_key = {r["key"]: r["config"] for r in runs}
     assert sorted((by_key[r["train_key"]]["loss"], r["bits"]) for r in rows) == [
-        ("ce", 2), ("ce", 8), ("focal", 2), ("focal", 8)]
+        ("ce", 2),
+        ("ce", 8),
+        ("focal", 2),
+        ("focal", 8),
+    ]
     assert all(r["top1"] == pytest.approx(fake_jobs.quant_top1(by_key[r["train_key"]], r["bits"])) for r in rows)

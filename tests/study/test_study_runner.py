@@ -205,3 +205,27 @@ def test_a_killed_study_keeps_finished_jobs_and_a_parallel_rerun_repeats_none(tm
             now = next(r for r in store.compressions() if r["key"] == key)
             assert now == row, "stored results are never rewritten"
         assert all(r["finished_at"] == kept[r["key"]]["finished_at"] for r in store.train_runs() if r["key"] in kept)
+
+
+def test_cli_status_table_and_report(tmp_path: Path, job_log: Path) -> None:
+    from click.testing import CliRunner
+
+    from losslab.report.cli import report
+    from losslab.study.cli import study
+
+    study_file = tmp_path / "fake.yaml"
+    study_file.write_text(__import__("yaml").safe_dump(small_study()))
+    out = tmp_path / "out"
+    run_study(parse_study(small_study()), out, job_fn=fake_job, progress=False)
+    runner = CliRunner()
+    status = runner.invoke(study, ["status", str(out)])
+    assert status.exit_code == 0, status.output
+    assert "4 trained models, 12 compressed models" in status.output
+    assert "4 of 4 jobs done, 0 left" in status.output
+    table = runner.invoke(study, ["table", str(out), "--markdown"])
+    assert table.exit_code == 0
+    assert "| loss=ce, lr=0.01 | rtn | 1 | 90.10 | 89.10 | 88.10 |" in table.output
+    made = runner.invoke(report, [str(out), "--out", str(tmp_path / "rep")])
+    assert made.exit_code == 0 and (tmp_path / "rep" / "report.html").is_file()
+    missing = runner.invoke(study, ["status", str(tmp_path / "nothing")])
+    assert isinstance(missing.exception, StudyStoreError)

@@ -21,8 +21,12 @@ def base_study(**changes: object) -> dict:
         "train": {"dataset": "digits", "model": "mlp", "epochs": 1},
         "variants": [{"loss": "ce"}, {"loss": "focal", "focal_gamma": 2.0}],
         "grid": {"lr": [0.01, 0.1], "seed": [0, 1, 2]},
-        "compress": {"methods": [{"method": "rtn", "bits": [8, 4]},
-                                 {"method": "gpfq", "bits": [4, 2], "grid": {"scalar": [1.16, 2.0]}}]},
+        "compress": {
+            "methods": [
+                {"method": "rtn", "bits": [8, 4]},
+                {"method": "gpfq", "bits": [4, 2], "grid": {"scalar": [1.16, 2.0]}},
+            ]
+        },
     }
     study.update(changes)
     return study
@@ -44,7 +48,10 @@ def test_compression_points_group_bit_widths_per_option_set() -> None:
     spec = parse_study(base_study())
     groups = spec.compression_groups()
     assert [(g.label, [p.bits for p in g.points]) for g in groups] == [
-        ("rtn", [8, 4]), ("gpfq(scalar=1.16)", [4, 2]), ("gpfq(scalar=2.0)", [4, 2])]
+        ("rtn", [8, 4]),
+        ("gpfq(scalar=1.16)", [4, 2]),
+        ("gpfq(scalar=2.0)", [4, 2]),
+    ]
     assert groups[2].points[0].build().scalar == 2.0
     setting = compression_setting(spec.file.compress)
     keys = {compression_key("t", p, setting) for p in spec.compression_points()}
