@@ -55,7 +55,10 @@ def _check_group_size(group_size: int | None) -> None:
 
 @dataclass(frozen=True)
 class QuantMethod:
-    """Base class: a per-layer quantizer config. Subclasses set ``stats`` and implement ``quantize_layer``."""
+    """Base class: a per-layer quantizer config. Subclasses set ``stats`` and implement ``quantize_layer``.
+
+    ``bits`` may be positional (``RTN(4)``); every other option is keyword-only.
+    """
 
     bits: int
     stats: ClassVar[StatsKind] = "none"
@@ -94,7 +97,7 @@ class QuantMethod:
 
 
 @QUANT_METHODS.register("rtn", "uniform")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RTN(QuantMethod):
     """Round to nearest on a uniform grid (spec §2/§3): per row, or per ``group_size`` consecutive columns.
 
@@ -132,7 +135,7 @@ class RTN(QuantMethod):
 
 
 @QUANT_METHODS.register("pwlq")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PWLQ(QuantMethod):
     """Piecewise linear quantization (Fang et al. 2020, spec §4), ``pw2`` scheme: 2^(b+1) levels, b + 1 storage bits.
 
@@ -167,7 +170,7 @@ class PWLQ(QuantMethod):
 
 
 @QUANT_METHODS.register("gpfq")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GPFQ(QuantMethod):
     """Greedy path-following quantization (Zhang, Zhou, Saab 2023; spec §5), Gram form.
 
@@ -200,7 +203,7 @@ class GPFQ(QuantMethod):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _HessianMethod(QuantMethod):
     """Shared options of GPTQ and LDLQ: damping, grid and optional QuIP incoherence processing."""
 
@@ -231,7 +234,7 @@ class _HessianMethod(QuantMethod):
 
 
 @QUANT_METHODS.register("gptq", "optq")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GPTQ(_HessianMethod):
     """GPTQ/OPTQ (Frantar et al. 2023, spec §6): Cholesky error feedback with H = (2/n)·ΣXᵀX."""
 
@@ -263,7 +266,7 @@ class GPTQ(_HessianMethod):
 
 
 @QUANT_METHODS.register("ldlq")
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LDLQ(_HessianMethod):
     """LDLQ (Chee et al. 2023, spec §7): q_k = 𝒬(w_k + Σ_{j<k}(w_j − q_j)U_jk), H = UDUᵀ.
 
