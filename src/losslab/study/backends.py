@@ -45,15 +45,17 @@ def execute_jobs(
     backend: str = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    ray_resources: dict[str, float] | None = None,
 ) -> Iterator[Outcome]:
     """Run ``job_fn`` on every job with the chosen backend; yield each outcome as soon as it is known.
 
     ``workers``: jobs in parallel; default 1 locally (in this process) and every job at once on Ray (the cluster
-    schedules them on its CPUs, one CPU per job).
+    schedules them). ``ray_resources``: what each Ray job reserves, default ``{"num_cpus": 1}``; ask for
+    ``{"num_gpus": 1}`` on a GPU cluster, since Ray hides GPUs from jobs that did not reserve one.
     """
     check_backend(backend, workers)
     if backend == "ray":
-        yield from _run_ray(jobs, job_fn, workers, ray_address)
+        yield from _run_ray(jobs, job_fn, workers, ray_address, ray_resources or {"num_cpus": 1})
     elif workers is None or workers == 1:
         yield from _run_inline(jobs, job_fn)
     else:
@@ -104,7 +106,9 @@ def _call(job_fn: JobFn, job: StudyJob) -> JobResult:
     return job_fn(job)
 
 
-def _run_ray(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int | None, address: str | None) -> Iterator[Outcome]:
+def _run_ray(
+    jobs: Sequence[StudyJob], job_fn: JobFn, workers: int | None, address: str | None, resources: dict[str, float]
+) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
@@ -113,7 +117,7 @@ def _run_ray(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int | None, addre
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        remote: Any = ray.remote(num_cpus=1, max_retries=0)(_call)
+        remote: Any = ray.remote(max_retries=0, **resources)(_call)
         queue = list(jobs)
         window = workers or len(queue)
         pending: dict[Any, StudyJob] = {}

@@ -40,6 +40,14 @@ def study() -> None:
     default=None,
     help="Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray instance.",
 )
+@click.option("--ray-cpus-per-job", type=float, default=1.0, show_default=True, help="CPUs each Ray job reserves.")
+@click.option(
+    "--ray-gpus-per-job",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="GPUs each Ray job reserves (Ray hides GPUs from jobs that reserve none).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -49,12 +57,28 @@ def study() -> None:
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def run(
-    file: Path, workers: int | None, backend: str, ray_address: str | None, out_dir: Path | None, progress: bool | None
+    file: Path,
+    workers: int | None,
+    backend: str,
+    ray_address: str | None,
+    ray_cpus_per_job: float,
+    ray_gpus_per_job: float,
+    out_dir: Path | None,
+    progress: bool | None,
 ) -> None:
     """Run every job of study FILE not yet stored in its folder, then print the results table."""
     from losslab.study import run_study
 
-    outcome = run_study(file, out_dir, workers=workers, backend=backend, ray_address=ray_address, progress=progress)
+    resources = {"num_cpus": ray_cpus_per_job, "num_gpus": ray_gpus_per_job}
+    outcome = run_study(
+        file,
+        out_dir,
+        workers=workers,
+        backend=backend,
+        ray_address=ray_address,
+        ray_resources=resources,
+        progress=progress,
+    )
     click.echo(
         f"study {outcome.study_dir}: {outcome.total} jobs, {outcome.skipped} already stored, "
         f"{outcome.completed} run now, {len(outcome.failed)} failed"

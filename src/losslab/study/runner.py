@@ -100,13 +100,15 @@ def run_study(
     workers: int | None = None,
     backend: str = "local",
     ray_address: str | None = None,
+    ray_resources: dict[str, float] | None = None,
     job_fn: JobFn | None = None,
     progress: bool | None = None,
 ) -> StudyOutcome:
     """Run every missing job of ``spec`` into ``out_dir`` (default: the spec's ``out_dir`` or study_runs/NAME).
 
     ``workers``: parallel jobs (local process pool; on Ray, at most this many in flight). ``job_fn``: what one
-    job does, default :func:`losslab.study.pipeline.train_and_compress`. ``progress``: a progress bar on stderr
+    job does, default :func:`losslab.study.pipeline.train_and_compress`. ``ray_address``, ``ray_resources``: see
+    :func:`losslab.study.backends.execute_jobs`. ``progress``: a progress bar on stderr
     (default: when stderr is a terminal).
     """
     check_backend(backend, workers)
@@ -133,7 +135,7 @@ def run_study(
             dynamic_ncols=True,
         ) as bar:
             for job, result, tb in execute_jobs(
-                jobs, job_fn, backend=backend, workers=workers, ray_address=ray_address
+                jobs, job_fn, backend=backend, workers=workers, ray_address=ray_address, ray_resources=ray_resources
             ):
                 if isinstance(result, JobResult):
                     store.write_job(result)
