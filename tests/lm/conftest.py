@@ -14,15 +14,6 @@ from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss
 BLOCK = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two OpenMP threads spin-wait and run 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     return byte_tokenizer()
