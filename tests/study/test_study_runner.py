@@ -159,7 +159,8 @@ DRIVER = textwrap.dedent(
     from fake_jobs import fake_job
     from losslab.study import parse_study, run_study
     study = {study!r}
-    run_study(parse_study(study), sys.argv[1], job_fn=fake_job, workers=int(sys.argv[2]), progress=False)
+    if __name__ == "__main__":  # worker processes are spawned: they re-import this file
+        run_study(parse_study(study), sys.argv[1], job_fn=fake_job, workers=int(sys.argv[2]), progress=False)
     """
 )
 
