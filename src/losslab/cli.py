@@ -1,6 +1,6 @@
 """The ``losslab`` command line: a thin layer over the Python API.
 
-    losslab train [--config run.yaml] [--loss root --k 3 --m 3 ...]   train a classifier (losslab.train.fit)
+    losslab train [--config run.yaml] [--loss root --k 3 --m 3 ...]   train a classifier (losslab.train.trainer)
     losslab evaluate RUN_OR_CKPT                                      accuracy of a trained classifier
     losslab quantize RUN_OR_CKPT --method gpfq --bits 4 8             post-training quantization + accuracy table
     losslab lm finetune|quantize|eval ...                             causal language models
@@ -86,7 +86,7 @@ def train(config_file: Path | None, print_config: bool, **flags: Any) -> None:
 
 def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     """The stored config of the run being resumed, with the flags given now applied on top."""
-    from losslab.train.fit import resolve_resume
+    from losslab.train.trainer import resolve_resume
 
     run_dir, _ = resolve_resume(overrides["resume"])
     stored = run_dir / "config.yaml"
@@ -184,8 +184,8 @@ def demo(out_dir: Path, workers: int | None) -> None:
 
 def _register_subpackage_commands() -> None:
     """Attach the command groups that live beside the packages they drive."""
-    from losslab.lm.cli import lm
-    from losslab.quant.cli import quantize
+    from losslab.cli_lm import lm
+    from losslab.cli_quantize import quantize
     from losslab.report.cli import report
     from losslab.study.cli import study
 

@@ -15,9 +15,6 @@ The Lightning callbacks of the normalization experiment (``RecordFrobNorms``, ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from losslab.layers.attention import AttentionFrobeniusDecay, attention_modules, spectral_rebalance_attention
 from losslab.layers.factorize import (
     FactorizeReport,
@@ -46,14 +43,10 @@ from losslab.layers.tensor_train import (
     tt_ranks,
     tt_svd,
 )
+from losslab.lazy import lazy_exports
 
-_LAZY = {"RecordFrobNorms", "NormalizeToRecorded", "factor_stats", "rescale_to_norms", "product_frobenius_norms"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module("losslab.layers.normalization"), name)
-    raise AttributeError(f"module 'losslab.layers' has no attribute {name!r}")
+_LAZY = ("RecordFrobNorms", "NormalizeToRecorded", "factor_stats", "rescale_to_norms", "product_frobenius_norms")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_LAZY, "losslab.layers.normalization"))
 
 
 __all__ = [
