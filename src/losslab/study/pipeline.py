@@ -5,7 +5,7 @@
     from losslab.study.pipeline import train_and_compress
     result = train_and_compress(job)      # a JobResult; run_study uses this job function by default
 
-Steps: ``losslab.train.trainer`` into ``job.run_dir`` (skipped when the store already holds the run, or when a
+Steps: ``losslab.train.fit`` into ``job.run_dir`` (skipped when the store already holds the run, or when a
 killed earlier attempt finished training: its ``result.json`` is reused); the best checkpoint is loaded and
 evaluated on the test split (the float reference of every drop, same pipeline as the compressed models); each
 compression group (one method and option set, all its bit widths) is quantized with
