@@ -102,6 +102,16 @@ def test_bad_input_fails_before_work(
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
+def test_missing_logger_package_fails_before_work(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match=r"logger='wandb' needs the 'wandb' package.*losslab\[loggers\]"):
+        fit(quick(tmp_path, logger="wandb"))
+    assert not any(tmp_path.iterdir())
+
+
 def test_config_file_with_override(tmp_path: Path) -> None:
     file = tmp_path / "run.yaml"
     file.write_text("loss: focal\nfocal_gamma: 3\nepochs: 5\n")

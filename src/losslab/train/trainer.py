@@ -147,6 +147,21 @@ def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+
+
+def check_logger_available(name: str) -> None:
+    """Fail before training if the experiment tracker's package is missing, saying how to install it."""
+    import importlib.util
+
+    packages = LOGGER_PACKAGES.get(name, ())
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        raise ConfigError(
+            f"logger={name!r} needs the {packages[0]!r} package, which is not installed; "
+            "pip install 'losslab[loggers]' (or the package alone), or use --logger csv"
+        )
+
+
 def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
     """CSV always, plus the configured experiment tracker."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
@@ -197,6 +212,7 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     """
     started = time.perf_counter()
     quiet_lightning()
+    check_logger_available(cfg.logger)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = make_loaders(cfg)
     model, num_dense = build_model(cfg, data.spec)
