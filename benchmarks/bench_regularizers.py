@@ -33,8 +33,10 @@ def make_step(model: nn.Module, reg: Regularizer | None, x: torch.Tensor, y: tor
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
-        term = reg.loss_term(model, loss, x.shape[0]) if reg is not None else None
-        (loss if term is None else loss + term).backward()
+        # the trainer's path: a fused term already carries the task gradient (see Regularizer.fused_loss_term)
+        fused = reg.fused_loss_term(model, loss, x.shape[0]) if reg is not None else None
+        term = fused if fused is not None else (reg.loss_term(model, loss, x.shape[0]) if reg else None)
+        (loss if term is None else (loss.detach() if fused is not None else loss) + term).backward()
         if reg is not None:
             reg.grad_term(model)
         optimizer.step()

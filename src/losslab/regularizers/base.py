@@ -150,6 +150,13 @@ class Regularizer(abc.ABC):
     def loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor | None:
         """λ·R as a scalar in the autograd graph (added to the batch-mean ``task_loss``), or ``None``."""
 
+    def fused_loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor | None:
+        """Optional faster path: :meth:`loss_term` plus a surrogate whose gradient is ∂task_loss/∂θ for every
+        trainable parameter, taken from the same autograd pass. A caller that gets a tensor backpropagates
+        ``task_loss.detach() + term`` instead of ``task_loss + term`` (same gradients, one backward pass fewer).
+        ``None`` (the default) means unsupported: use :meth:`loss_term`."""
+        return None
+
     def grad_term(self, model: nn.Module) -> Tensor | None:
         """Add a gradient-side term to ``.grad`` (after backward, before the step); return its detached value."""
         return None

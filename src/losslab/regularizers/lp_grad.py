@@ -144,6 +144,18 @@ class LPGrad(Regularizer):
 
     def loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor | None:
         """λ_w·R_w + λ_a·R_a with graph (double backprop); consumes the captured activations."""
+        return self._penalty(model, task_loss, batch_size, fuse=False)
+
+    def fused_loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor | None:
+        """λ_w·R_w + λ_a·R_a plus S − S.detach(), S = Σ_θ ⟨θ, sg(∂L/∂θ)⟩ over all trainable parameters.
+
+        The first-order gradients of every parameter come from the same ``create_graph`` pass that R needs, so
+        backpropagating ``L.detach() + term`` gives ∂L/∂θ + ∂R/∂θ exactly without a second backward pass through
+        the task loss (about 1.6× faster per step on a CIFAR ResNet-20; BENCHMARKS.md).
+        """
+        return self._penalty(model, task_loss, batch_size, fuse=True)
+
+    def _penalty(self, model: nn.Module, task_loss: Tensor, batch_size: int, fuse: bool) -> Tensor | None:
         acts = self._capture.take() if self.activations else []
         if self.activations and not acts:
             raise LosslabError(
@@ -153,18 +165,26 @@ class LPGrad(Regularizer):
         weights = weight_tensors(model, self.selector) if self.lam_w > 0 else []
         if not weights and not acts:
             return None
+        params = [p for p in model.parameters() if p.requires_grad] if fuse else weights
+        position = {id(p): i for i, p in enumerate(params)}
         scaled = task_loss * self.grad_scale if self.grad_scale != 1.0 else task_loss
-        grads = torch.autograd.grad(scaled, [*weights, *acts], create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(scaled, [*params, *acts], create_graph=True, allow_unused=True)
         total = torch.zeros((), device=task_loss.device)
         self.last_parts = {}
         if weights:
-            r_w = self._weight_term(grads[: len(weights)], task_loss.device)
+            r_w = self._weight_term([grads[position[id(w)]] for w in weights], task_loss.device)
             self.last_parts["w"] = r_w.detach()
             total = total + self.lam_w * r_w
         if acts:
-            r_a = self._activation_term(grads[len(weights) :], batch_size, task_loss.device)
+            r_a = self._activation_term(grads[len(params) :], batch_size, task_loss.device)
             self.last_parts["a"] = r_a.detach()
             total = total + self.lam_a * r_a
+        if fuse:
+            surrogate = sum(
+                ((p * (g.detach() / self.grad_scale)).sum() for p, g in zip(params, grads) if g is not None),
+                torch.zeros((), device=task_loss.device),
+            )
+            total = total + surrogate - surrogate.detach()
         return total
 
 

@@ -4,7 +4,8 @@ Per training step (batch ``x, y`` of size B)::
 
     logits = model(x);  L = objective(logits, y)              # task loss, batch mean
     R_j = reg_j.loss_term(model, L, B)   for active regs       # loss-side terms, already × λ_j
-    backward(L + Σ_j R_j)
+    backward(L + Σ_j R_j)                                       # LPGrad's fused term carries ∂L/∂θ itself:
+                                                                # then backward(L.detach() + Σ_j R_j)
     reg_j.grad_term(model)               for active regs       # gradient-side terms (Frobenius decay) after the
                                                                 # AMP unscale, before clipping and optimizer.step
 
@@ -94,12 +95,17 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self.model(x)
         loss = self.objective(logits, y)
-        total = loss
+        terms = []
+        task_in_terms = False  # a fused term already carries ∂loss/∂θ: backpropagate loss.detach() then
         for reg in self.active_regularizers():
-            term = reg.loss_term(self.model, loss, x.shape[0])
+            term = None if task_in_terms else reg.fused_loss_term(self.model, loss, x.shape[0])
+            task_in_terms = task_in_terms or term is not None
+            if term is None:
+                term = reg.loss_term(self.model, loss, x.shape[0])
             if term is not None:
                 self.log(f"reg/{reg.name}", term.detach(), on_step=False, on_epoch=True)
-                total = total + term
+                terms.append(term)
+        total = sum(terms, loss.detach() if task_in_terms else loss)
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", accuracy(logits.detach(), y), on_step=False, on_epoch=True)
         if self.config.logit_stats:
