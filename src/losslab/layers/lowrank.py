@@ -21,6 +21,7 @@ from losslab.errors import ConfigError
 from losslab.layers.spectral import (
     PadMode,
     conv_kernel_to_matrix,
+    dense_conv,
     factor_kaiming,
     matrix_to_conv_kernel,
     spectral_factors,
@@ -365,22 +366,7 @@ class LowRankConv2d(LowRankBase):
     @torch.no_grad()
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the rebuilt kernel, the same geometry and the bias."""
-        w = self.dense_weight()
-        out = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            bias=self.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        out.weight.copy_(w)
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
+        return dense_conv(self.dense_weight(), self.bias, self)
 
     def extra_repr(self) -> str:
         return (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from losslab.errors import ConfigError
 
@@ -80,3 +80,24 @@ def factor_kaiming(m: int, n: int, rank: int, like: Tensor) -> tuple[Tensor, Ten
     torch.nn.init.kaiming_normal_(u, nonlinearity="relu")
     torch.nn.init.kaiming_normal_(vt, nonlinearity="relu")
     return u, vt.T.contiguous()
+
+
+@torch.no_grad()
+def dense_conv(weight: Tensor, bias: Tensor | None, like: nn.Module) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` holding ``weight`` (c_out, c_in, k_h, k_w) and ``bias``, with the stride, padding and
+    dilation of ``like`` (any module exposing them); used to collapse factorized convs back to dense."""
+    out = nn.Conv2d(
+        weight.shape[1],
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        like.stride,
+        like.padding,
+        like.dilation,
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    out.weight.copy_(weight)
+    if bias is not None:
+        out.bias.copy_(bias)
+    return out

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
+from losslab.layers.spectral import dense_conv
 from losslab.regularizers.base import Regularizer
 
 
@@ -197,23 +198,7 @@ class TensorTrainConv2d(nn.Module):
     @torch.no_grad()
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` computing the same function (kernel :meth:`dense_weight`, the bias)."""
-        dw = self.depthwise
-        w = self.dense_weight()
-        out = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            dw.kernel_size,
-            dw.stride,
-            dw.padding,
-            dw.dilation,
-            bias=self.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        out.weight.copy_(w)
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
+        return dense_conv(self.dense_weight(), self.bias, self.depthwise)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, modes={self.tt_modes}, ranks={self.tt_ranks}"
