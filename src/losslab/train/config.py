@@ -143,7 +143,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _positive(cls, value: float, info: Any) -> float:
         if value <= 0:
-            raise ValueError(f"must be > 0 (got {value})")
+            raise ValueError("must be > 0")
         return value
 
     @field_validator(
@@ -160,56 +160,56 @@ class TrainConfig(BaseModel):
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
-            raise ValueError(f"must be >= 0 (got {value})")
+            raise ValueError("must be >= 0")
         return value
 
     @field_validator("val_fraction")
     @classmethod
     def _fraction(cls, value: float) -> float:
         if not 0 < value < 1:
-            raise ValueError(f"must be in (0, 1) (got {value})")
+            raise ValueError("must be in (0, 1)")
         return value
 
     @field_validator("label_smoothing")
     @classmethod
     def _smoothing(cls, value: float) -> float:
         if value >= 1:
-            raise ValueError(f"must be in [0, 1) (got {value})")
+            raise ValueError("must be in [0, 1)")
         return value
 
     @field_validator("sgt_alpha")
     @classmethod
     def _sgt_alpha(cls, value: float) -> float:
         if not 0 < value <= 1:
-            raise ValueError(f"must be in (0, 1] (got {value})")
+            raise ValueError("must be in (0, 1]")
         return value
 
     @field_validator("focal_gamma")
     @classmethod
     def _gamma(cls, value: float) -> float:
         if value != 0 and value < 1:
-            raise ValueError(f"must be 0 or >= 1 (got {value}); (1-p)^(gamma-1) is infinite at p=1 otherwise")
+            raise ValueError("must be 0 or >= 1; (1-p)^(gamma-1) is infinite at p=1 otherwise")
         return value
 
     @field_validator("p")
     @classmethod
     def _p(cls, value: float) -> float:
         if value < 1:
-            raise ValueError(f"must be >= 1 (got {value}); the L_p norm is not a norm below 1")
+            raise ValueError("must be >= 1; the L_p norm is not a norm below 1")
         return value
 
     @field_validator("rank_scale", "target_ratio", "gradient_clip")
     @classmethod
     def _optional_positive(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:
-            raise ValueError(f"must be > 0 (got {value})")
+            raise ValueError("must be > 0")
         return value
 
     @field_validator("milestones")
     @classmethod
     def _milestones(cls, value: list[int]) -> list[int]:
         if any(b <= a for a, b in itertools.pairwise(value)) or any(v <= 0 for v in value):
-            raise ValueError(f"must be positive and strictly increasing (got {value})")
+            raise ValueError("must be positive and strictly increasing")
         return value
 
     @model_validator(mode="after")
