@@ -61,10 +61,7 @@ class ClassifierModule(pl.LightningModule):
     # ------------------------------------------------------------------ regularizers
     def all_regularizers(self) -> list[Any]:
         """Every regularizer that is active in some epoch, each once."""
-        regs = list(self.always_on)
-        for phase in getattr(self.schedule, "phases", []):
-            regs.extend(r for r in phase.regularizers if all(r is not s for s in regs))
-        return regs
+        return [*self.always_on, *(self.schedule.regularizers() if self.schedule is not None else [])]
 
     def active_regularizers(self) -> list[Any]:
         """The regularizers of the current epoch."""
