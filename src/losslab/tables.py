@@ -18,15 +18,25 @@ def _cell(value: Any, floatfmt: str) -> str:
 
 
 def format_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".2f", markdown: bool = False
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    floatfmt: str = ".2f",
+    markdown: bool = False,
+    align: str | None = None,
 ) -> str:
-    """Align ``rows`` under ``headers`` (numbers right-aligned); ``markdown=True`` gives a GitHub table."""
+    """Align ``rows`` under ``headers``; ``markdown=True`` gives a GitHub table.
+
+    ``align`` holds one letter per column, ``l`` or ``r``; by default numeric columns are right-aligned.
+    """
     cells = [[_cell(v, floatfmt) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    numeric = [
-        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
-        for i in range(len(headers))
-    ]
+    if align is None:
+        numeric = [
+            all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+            for i in range(len(headers))
+        ]
+    else:
+        numeric = [a == "r" for a in align]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]

@@ -26,6 +26,7 @@ from losslab.io import write_atomic
 from losslab.study.job import PLACEMENT_KEYS
 from losslab.study.spec import RUNNER_KEYS
 from losslab.study.store import StudyStore
+from losslab.tables import format_table
 
 IGNORED_OPTIONS = RUNNER_KEYS | PLACEMENT_KEYS | {"seed"}
 
@@ -180,19 +181,12 @@ def accuracy_pivot(results: StudyResults) -> tuple[list[str], list[list[str]]]:
 
 def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table with aligned columns (first two left-aligned, the rest right-aligned)."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+    return format_table(header, rows, align="ll" + "r" * (len(header) - 2))
 
 
 def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    """A GitHub-flavoured Markdown table (first two columns left-aligned, the rest right-aligned)."""
+    return format_table(header, rows, markdown=True, align="ll" + "r" * (len(header) - 2))
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
