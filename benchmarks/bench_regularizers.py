@@ -1,6 +1,8 @@
 """Training-step cost of the regularizers on CIFAR ResNet-20, as a ratio to a plain step measured in the same run.
 
 One step = forward, task loss, regularizer term, backward, SGD step, on one fixed batch (default 128×3×32×32).
+``lp2native`` is the same LPGrad step with PyTorch's own BatchNorm double backward (``fast_batchnorm=False``), the
+reference for the closed-form one in ``losslab.regularizers.batchnorm_grad``.
 LPGrad with activations hooks the nine residual-block outputs (post-ReLU). Target for lp_grad (p=2, weights +
 activations): <= 3× the plain step. Run::
 
@@ -71,7 +73,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default="lp2,variance,lp2w,lp1", help="comma list of: lp2, variance, lp2w, lp1")
+    parser.add_argument(
+        "--variants",
+        default="lp2,lp2native,variance,lp2w,lp1",
+        help="comma list of: lp2, lp2native (without the closed-form BatchNorm double backward), variance, lp2w, lp1",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -85,6 +91,10 @@ def main() -> None:
         "lp2": ("lp_grad p=2 weights+activations", create("lp_grad", p=2, lam=0.05, activation_names=BLOCK_OUTPUTS)),
         "variance": ("variance", create("variance", lam=1.25)),
         "lp2w": ("lp_grad p=2 weights only", create("lp_grad", p=2, lam=0.05, activations=False)),
+        "lp2native": (
+            "lp_grad p=2 w+a, PyTorch BN 2nd bwd",
+            create("lp_grad", p=2, lam=0.05, activation_names=BLOCK_OUTPUTS, fast_batchnorm=False),
+        ),
         "lp1": ("lp_grad p=1 weights+activations", create("lp_grad", p=1, lam=0.05, activation_names=BLOCK_OUTPUTS)),
     }
     chosen = ["plain", *(key for key in args.variants.split(",") if key != "plain")]

@@ -42,8 +42,14 @@ def grads_after(model: nn.Module, fused: bool, **kw: object) -> tuple[list[torch
     return [p.grad.clone() for p in model.parameters()], float(term)
 
 
-@pytest.mark.parametrize("kw", [{"p": 2.0, "lam": 0.3}, {"p": 1.0, "lam": 0.1, "activations": False},
-                                {"p": 3.0, "lam_w": 0.2, "lam_a": 0.5, "grad_scale": 1024.0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"p": 2.0, "lam": 0.3},
+        {"p": 1.0, "lam": 0.1, "activations": False},
+        {"p": 3.0, "lam_w": 0.2, "lam_a": 0.5, "grad_scale": 1024.0},
+    ],
+)
 def test_fused_equals_double_backprop(kw: dict) -> None:
     torch.manual_seed(0)
     model = TinyNet().double()
@@ -53,3 +59,34 @@ def test_fused_equals_double_backprop(kw: dict) -> None:
     for a, b in zip(reference, fused):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
     assert any(float(g.abs().sum()) > 0 for g in fused)
+
+
+def test_fast_batchnorm_gives_pytorchs_double_backward_on_a_resnet() -> None:
+    """LPGrad swaps in the closed-form BatchNorm double backward; every gradient equals PyTorch's (float64)."""
+    import timm
+
+    import losslab.models  # noqa: F401 - registers cifar_resnet20
+
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20").double().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    names = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    results = []
+    for fast in (False, True):
+        model.load_state_dict(state)
+        reg = create("lp_grad", p=2, lam=0.5, activation_names=names, fast_batchnorm=fast)
+        reg.attach(model)
+        swapped = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and "forward" in m.__dict__]
+        assert len(swapped) == (19 if fast else 0)
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        (loss.detach() + reg.fused_loss_term(model, loss, 4)).backward()
+        reg.detach()
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        results.append(([p.grad.clone() for p in model.parameters()], model.state_dict()))
+    (slow_grads, slow_state), (fast_grads, fast_state) = results
+    for a, b in zip(slow_grads, fast_grads):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    for key, value in slow_state.items():  # running statistics updated identically
+        torch.testing.assert_close(fast_state[key], value, rtol=0, atol=0, msg=key)
