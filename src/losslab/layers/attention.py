@@ -8,6 +8,8 @@ the product Q_hᵀK_h and the output O_hV_h, so the penalties act on those produ
     fd.attach(vit)                                       # ConfigError if the model has no fused-QKV attention
     loss.backward(); fd.grad_term(vit); opt.step()      # λ-gradients added into .grad, returns the penalty
     spectral_rebalance_attention(vit)                    # same function, Q_hQ_hᵀ = K_hK_hᵀ = diag(Σ)
+    spectral_rebalance_attention(vit, ov=False)          # the QK form only
+    attention_statistics(vit)                            # {'qk_frob_norm': ..., 'ov_nuclear_norm': ..., ...}
 
 Modules are found by duck typing: ``qkv`` and ``proj`` are ``nn.Linear`` and ``num_heads`` is an int.
 """
@@ -145,9 +147,21 @@ class AttentionFrobeniusDecay(Regularizer):
         return out
 
 
-def _balanced_split(product: Tensor, d_h: int) -> tuple[Tensor, Tensor]:
-    """For batched P (H, m, n) = A Σ Bᵀ: (A_k Σ_k^{1/2}, Σ_k^{1/2} B_kᵀ) with the top k = d_h terms."""
-    a, s, bh = torch.linalg.svd(product, full_matrices=False)
+def _product_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD (A, σ, Bᵀ) of the batched low-rank product P = left·right, left (H, m, r), right (H, r, n).
+
+    Through QR: left = Q_l R_l, rightᵀ = Q_r R_r, so P = Q_l (R_l R_rᵀ) Q_rᵀ and only the small core R_l R_rᵀ
+    (at most r×r) is decomposed; exact, and O(H·(m+n)·r²) instead of an SVD of the m×n product.
+    """
+    q_l, r_l = torch.linalg.qr(left)
+    q_r, r_r = torch.linalg.qr(right.transpose(1, 2))
+    u, s, vh = torch.linalg.svd(torch.bmm(r_l, r_r.transpose(1, 2)))
+    return torch.bmm(q_l, u), s, torch.bmm(vh, q_r.transpose(1, 2))
+
+
+def _balanced_split(left: Tensor, right: Tensor, d_h: int) -> tuple[Tensor, Tensor]:
+    """For P = left·right = A Σ Bᵀ (batched): (A_k Σ_k^{1/2}, Σ_k^{1/2} B_kᵀ) with the top k = d_h terms."""
+    a, s, bh = _product_svd(left, right)
     root = s[:, :d_h].sqrt()
     return a[:, :, :d_h] * root[:, None, :], root[:, :, None] * bh[:, :d_h, :]
 
@@ -157,14 +171,18 @@ def _is_identity(module: nn.Module | None) -> bool:
 
 
 @torch.no_grad()
-def spectral_rebalance_attention(model: nn.Module) -> int:
-    """Attention SI (§6): per head set Q_hᵀ = AΣ^{1/2}, K_h = Σ^{1/2}Bᵀ from the SVD of Q_hᵀK_h, and likewise
-    O_h = AΣ^{1/2}, V_h = Σ^{1/2}Bᵀ from O_hV_h (top d_h terms, float64).
+def spectral_rebalance_attention(model: nn.Module, *, qk: bool = True, ov: bool = True) -> int:
+    """Attention SI (§6): per head set Q_hᵀ = AΣ^{1/2}, K_h = Σ^{1/2}Bᵀ from the SVD of Q_hᵀK_h (``qk``), and
+    O_h = AΣ^{1/2}, V_h = Σ^{1/2}Bᵀ from the SVD of O_hV_h (``ov``); top d_h terms, float64.
 
     The products are unchanged; the q/k/v biases are mapped by the same per-head d_h×d_h transforms
     (b' = R b with R = Q'Q⁺), so the module output is unchanged when each head's blocks have full rank d_h.
-    Afterwards Q_hQ_hᵀ = K_hK_hᵀ = diag(Σ) and O_hᵀO_h = V_hV_hᵀ = diag(Σ). Returns the number of modules.
+    Afterwards Q_hQ_hᵀ = K_hK_hᵀ = diag(Σ) and O_hᵀO_h = V_hV_hᵀ = diag(Σ) (so ‖Q_h‖_F = ‖K_h‖_F and
+    ‖O_h‖_F = ‖V_h‖_F). Returns the number of modules; ConfigError when there is none or a module has
+    normalization or a gate between the projections.
     """
+    if not (qk or ov):
+        raise ConfigError("spectral_rebalance_attention needs qk=True or ov=True (both are off)")
     modules = attention_modules(model)
     if not modules:
         raise ConfigError(f"spectral_rebalance_attention found no fused-QKV attention module in {type(model).__name__}")
@@ -178,16 +196,46 @@ def spectral_rebalance_attention(model: nn.Module) -> int:
         w_qkv, w_o = attn.qkv.weight, attn.proj.weight
         q, k, v, o = (t.to(torch.float64) for t in _head_blocks(attn, w_qkv, w_o))
         d_h = q.shape[1]
-        q_t, k_new = _balanced_split(torch.bmm(q.transpose(1, 2), k), d_h)
-        o_new, v_new = _balanced_split(torch.bmm(o, v), d_h)
-        q_new = q_t.transpose(1, 2)
-        new_blocks = torch.stack([q_new, k_new, v_new])
+        old = torch.stack([q, k, v])
+        new = old.clone()
+        if qk:
+            q_t, new[1] = _balanced_split(q.transpose(1, 2), k, d_h)
+            new[0] = q_t.transpose(1, 2)
+        if ov:
+            o_new, new[2] = _balanced_split(o, v, d_h)
+            w_o.copy_(o_new.permute(1, 0, 2).reshape(w_o.shape).to(w_o.dtype))
         bias = attn.qkv.bias
         if bias is not None:
             b = bias.to(torch.float64).view(3, q.shape[0], d_h, 1)
-            old = torch.stack([q, k, v])
-            transforms = new_blocks @ torch.linalg.pinv(old)
-            bias.copy_((transforms @ b).reshape(bias.shape).to(bias.dtype))
-        w_qkv.copy_(new_blocks.reshape(w_qkv.shape).to(w_qkv.dtype))
-        w_o.copy_(o_new.permute(1, 0, 2).reshape(w_o.shape).to(w_o.dtype))
+            changed = [i for i, on in ((0, qk), (1, qk), (2, ov)) if on]
+            b[changed] = new[changed] @ torch.linalg.pinv(old[changed]) @ b[changed]
+            bias.copy_(b.reshape(bias.shape).to(bias.dtype))
+        w_qkv.copy_(new.reshape(w_qkv.shape).to(w_qkv.dtype))
     return len(modules)
+
+
+@torch.no_grad()
+def attention_statistics(model: nn.Module) -> dict[str, float]:
+    """Per-head means over all fused-QKV attention modules of the products' norms, float64; ``{}`` without any.
+
+    For the QK form (P_h = Q_hᵀK_h, factors Q_h, K_h) and the OV form (P_h = O_hV_h, factors O_h, V_h):
+    ``<form>_frob_norm`` ‖P_h‖_F, ``<form>_nuclear_norm`` ‖P_h‖_*, ``<form>_factor_sq_norm`` ½(‖first‖²_F +
+    ‖second‖²_F). The last is what weight decay on the raw weights penalizes; it is ≥ the nuclear norm, with
+    equality exactly when the head's factors are balanced (after :func:`spectral_rebalance_attention`).
+    These are the attention analogues of the §8 factor logs of :func:`losslab.layers.normalization.factor_stats`.
+    """
+    rows: list[Tensor] = []
+    for _, attn in attention_modules(model):
+        q, k, v, o = (t.to(torch.float64) for t in _head_blocks(attn, attn.qkv.weight, attn.proj.weight))
+        row = []
+        for left, right in ((q.transpose(1, 2), k), (o, v)):
+            sigma = _product_svd(left, right)[1]
+            row.append(sigma.pow(2).sum(1).sqrt())
+            row.append(sigma.sum(1))
+            row.append(0.5 * (left.pow(2).sum((1, 2)) + right.pow(2).sum((1, 2))))
+        rows.append(torch.stack(row, 1))
+    if not rows:
+        return {}
+    means = torch.cat(rows).mean(0).tolist()
+    keys = [f"{form}_{stat}" for form in ("qk", "ov") for stat in ("frob_norm", "nuclear_norm", "factor_sq_norm")]
+    return dict(zip(keys, means))
