@@ -76,6 +76,7 @@ def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
         pretrained=cfg.pretrained,
     )
     dense = sum(p.numel() for p in model.parameters())
+    attention = attention_module_names(cfg, model)
     if cfg.rank_scale is not None or cfg.target_ratio is not None or cfg.tensor_train:
         from losslab.layers import factorize
 
@@ -86,12 +87,48 @@ def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
             spectral=cfg.spectral,
             square=cfg.square,
             tensor_train=cfg.tensor_train,
+            # Attention projections stay dense under the attention options (factorized.md §4, Transformer).
+            skip=[f"{name}.{child}" for name in attention for child in ("qkv", "proj")],
         )
     elif cfg.square or cfg.spectral:
         raise ConfigError(
             "spectral/square need a factorized model: pass rank_scale (--rank-scale) or target_ratio (--target-ratio)"
         )
+    if cfg.attention_spectral:
+        from losslab.layers.attention import spectral_rebalance_attention
+
+        spectral_rebalance_attention(model, **attention_forms(cfg))
     return model, dense
+
+
+ATTENTION_OPTIONS = ("attention_spectral", "attention_frobenius_decay")
+
+
+def attention_forms(cfg: TrainConfig) -> dict[str, bool]:
+    """``{"qk": ..., "ov": ...}``: the per-head products chosen by ``cfg.attention_products``."""
+    return {"qk": cfg.attention_products in ("both", "qk"), "ov": cfg.attention_products in ("both", "ov")}
+
+
+def attention_module_names(cfg: TrainConfig, model: nn.Module) -> list[str]:
+    """Names of the fused-QKV attention modules the attention options act on (``[]`` when none is on).
+
+    Raises ConfigError, naming the options and the fix, when an option is on and the model has no such module.
+    """
+    asked = [key for key in ATTENTION_OPTIONS if getattr(cfg, key)]
+    if not asked:
+        return []
+    from losslab.layers.attention import attention_modules
+
+    names = [name for name, _ in attention_modules(model)]
+    if not names:
+        flags = " / ".join(f"--{key.replace('_', '-')}" for key in asked)
+        raise ConfigError(
+            f"{', '.join(asked)} ({flags}): model {cfg.model!r} has no timm-style attention heads (a module with "
+            "qkv and proj Linears and num_heads); choose a ViT, e.g. --model vit_tiny_patch16_224 "
+            "(images up to 64 px get patch size img_size // 8: 4 at --img-size 32, 1 on the 8x8 digits), "
+            f"or drop {flags}"
+        )
+    return names
 
 
 def objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -120,7 +157,9 @@ def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None
 
     ``--regularizer NAME --lmbda X --reg-start-epoch E`` is the one-phase schedule [E, end); ``--reg-schedule``
     loads phases from YAML; ``--frobenius-decay`` adds Frobenius decay on factor products with λ = weight decay
-    (gradient-side on U(M)Vᵀ factors; loss-side on rebuilt tensor-train weights), factors moved to WD = 0.
+    (gradient-side on U(M)Vᵀ factors; loss-side on rebuilt tensor-train weights), factors moved to WD = 0;
+    ``--attention-frobenius-decay`` adds per-head decay of Q_hᵀK_h and/or O_hV_h with the same λ (gradient-side),
+    the qkv (and, with OV, proj) weights moved to WD = 0.
     """
     from losslab.regularizers import Schedule, create
 
@@ -147,6 +186,10 @@ def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None
             always_on.append(TensorTrainDecay(lam=cfg.weight_decay))
         else:
             always_on.append(create("frobenius_decay", lam=cfg.weight_decay))
+    if cfg.attention_frobenius_decay:
+        from losslab.layers.attention import AttentionFrobeniusDecay
+
+        always_on.append(AttentionFrobeniusDecay(lam=cfg.weight_decay, **attention_forms(cfg)))
     for reg in [*always_on, *(schedule.regularizers() if schedule is not None else [])]:
         reg.attach(model)  # fails now, before training, if the model lacks what the regularizer needs
         reg.detach()

@@ -9,11 +9,14 @@ Per training step (batch ``x, y`` of size B)::
     reg_j.grad_term(model)               for active regs       # gradient-side terms (Frobenius decay) after the
                                                                 # AMP unscale, before clipping and optimizer.step
 
-The task loss and every regularizer term are logged separately (``train/loss``, ``reg/<name>``); RegulQuant logged
-their sum, which made runs with different regularizers incomparable. Validation and test report plain cross
-entropy (``val/ce``) and top-1 accuracy whatever the training objective, so checkpoints are selected on the same
-metric for every loss. With ``logit_stats`` the module logs SGT's logit statistics (norm, |mean|, |max|, var) as
-per-batch averages over each epoch.
+The task loss and every regularizer term are logged separately (``train/loss``, ``reg/<name>``, e.g.
+``reg/frobenius_decay`` and ``reg/attention_frobenius_decay``); RegulQuant logged their sum, which made runs with
+different regularizers incomparable. At each validation (the end-of-epoch weights) factorized layers log the §8
+factor statistics (``factors/...``) and models with fused-QKV attention the per-head product norms
+(``attention/qk_frob_norm``, ``attention/ov_nuclear_norm``, ...; see ``losslab.layers.attention``).
+Validation and test report plain cross entropy (``val/ce``) and top-1 accuracy whatever the training objective, so
+checkpoints are selected on the same metric for every loss. With ``logit_stats`` the module logs SGT's logit
+statistics (norm, |mean|, |max|, var) as per-batch averages over each epoch.
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ class ClassifierModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def on_validation_epoch_end(self) -> None:
+        from losslab.layers.attention import attention_statistics
+
         if self.trainer.sanity_checking:
             return
         for key, value in weight_statistics(self.model, per_layer=bool(self.all_regularizers())).items():
@@ -139,6 +144,8 @@ class ClassifierModule(pl.LightningModule):
         lowrank = factor_statistics(self.model, self.trainer.optimizers[0].param_groups[0]["lr"])
         for key, value in lowrank.items():
             self.log(f"factors/{key}", value)
+        for key, value in attention_statistics(self.model).items():
+            self.log(f"attention/{key}", value)
 
     def _log_logit_stats(self, stage: str, logits: torch.Tensor) -> None:
         for key, value in logit_statistics(logits).items():

@@ -25,6 +25,7 @@ OptimizerName = Literal["sgd", "nesterov", "adam", "adamw"]
 SchedulerName = Literal["none", "cosine", "step", "multistep", "exponential"]
 PrecisionName = Literal["32", "16-mixed", "bf16-mixed"]
 LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
+AttentionProducts = Literal["both", "qk", "ov"]
 
 
 class TrainConfig(BaseModel):
@@ -117,7 +118,28 @@ class TrainConfig(BaseModel):
     frobenius_decay: bool = Field(
         False,
         description="Frobenius decay on factor products instead of weight decay "
-        "on factors (same lambda as --weight-decay).",
+        "on factors (same lambda as --weight-decay). Factorized layers only: attention "
+        "needs --attention-frobenius-decay.",
+    )
+    attention_spectral: bool = Field(
+        False,
+        description="Spectral rebalance of every attention head at init: split Q_h^T K_h "
+        "and O_h V_h into balanced factors from their SVD (same function; the original's "
+        "--spectral-quekey/--spectral-outval). Needs timm-style attention (a ViT such as "
+        "vit_tiny_patch16_224).",
+    )
+    attention_frobenius_decay: bool = Field(
+        False,
+        description="Per-head Frobenius decay (lambda/2)||Q_h^T K_h||_F^2 and "
+        "(lambda/2)||O_h V_h||_F^2 instead of weight decay on the qkv/proj weights, "
+        "lambda = --weight-decay; those weights leave weight decay (the original's "
+        "--wd2fd-quekey/--wd2fd-outval). Separate from --frobenius-decay, which covers "
+        "factorized layers only. Needs timm-style attention.",
+    )
+    attention_products: AttentionProducts = Field(
+        "both",
+        description="Per-head products that --attention-spectral and --attention-frobenius-decay "
+        "act on: qk (Q_h^T K_h), ov (O_h V_h) or both.",
     )
     square: bool = Field(False, description="Overcomplete U M V^T factorization that collapses to dense.")
     tensor_train: bool = Field(False, description="Tensor-train 1x1 convs after depthwise convs.")
@@ -225,6 +247,16 @@ class TrainConfig(BaseModel):
             )
         if self.regularizer is not None and self.reg_schedule is not None:
             raise ValueError("give either regularizer (with lmbda, reg_start_epoch) or reg_schedule, not both")
+        if self.attention_frobenius_decay and self.weight_decay == 0:
+            raise ValueError(
+                "attention_frobenius_decay uses lambda = weight_decay, which is 0, so it would do nothing; "
+                "set weight_decay (--weight-decay), e.g. 1e-4"
+            )
+        if self.attention_products != "both" and not (self.attention_spectral or self.attention_frobenius_decay):
+            raise ValueError(
+                f"attention_products={self.attention_products!r} has no effect: add attention_frobenius_decay "
+                "(--attention-frobenius-decay) or attention_spectral (--attention-spectral)"
+            )
         if self.reg_start_epoch >= self.epochs and self.regularizer is not None:
             raise ValueError(
                 f"reg_start_epoch={self.reg_start_epoch} is not below epochs={self.epochs}: "
