@@ -19,6 +19,10 @@ Default implementation is the Gram form (§5.3): with G = X̃ᵀX and H̃ = X̃�
 The per-row residual is ‖u_d‖² = wᵀ(XᵀX)w − 2qᵀGw + qᵀH̃q. :func:`gpfq_weight_sample_form` is the original
 sample-space loop (vectorised over neurons), kept as the reference.
 
+Sparsity-promoting variants (the paper's sparse GPFQ; the authors' ``_soft_thresholding_msq`` and
+``_hard_thresholding_msq``): ``sparsity="l1"`` or ``"l0"`` with threshold ``lam`` = λ ≥ 0 in weight units replace 𝒬
+by the :class:`SparseAlphabet` quantizers; both forms share them, so the Gram form still equals the sample form.
+
 >>> import torch
 >>> x = torch.randn(500, 50, dtype=torch.float64)
 >>> w = torch.randn(64, 50, dtype=torch.float64)
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from losslab.errors import ConfigError, LosslabError, check_range
+from losslab.errors import ConfigError, LosslabError, check_range, unknown_name_error
 from losslab.quant.grids import (
     LevelGrid,
     UniformGrid,
@@ -47,8 +51,11 @@ from losslab.quant.grids import (
 from losslab.quant.weight_quant import WeightQuant
 
 __all__ = [
+    "SPARSITY_MODES",
     "GPFQGram",
     "GPFQStats",
+    "SparseAlphabet",
+    "check_sparsity",
     "gpfq_alphabet",
     "gpfq_gram_codes",
     "gpfq_sample_codes",
@@ -57,7 +64,77 @@ __all__ = [
     "gpfq_weight_sample_form",
 ]
 
-Alphabet = UniformGrid | LevelGrid
+SPARSITY_MODES = ("l1", "l0")
+
+
+@dataclass(frozen=True)
+class SparseAlphabet:
+    """GPFQ's sparsity-promoting quantizers 𝒬_L1 and 𝒬_L0 (spec §5.1 "Options"), K = 2^(b−1), threshold λ ≥ 0.
+
+    With s_λ(x) = sign(x)·max(|x| − λ, 0) (soft threshold) and r(y) = clamp(⌊y/δ + ½⌋, −K, K) (plain 𝒬 in codes):
+
+    - ``l1``: δ = C·rad/K, alphabet δ·{−K, …, K} (2^b + 1 levels, as plain GPFQ), q = 𝒬(s_λ(x)) = δ·r(s_λ(x)).
+      Up to ties this is argmin_{p ∈ alphabet} ½(p − x)² + λ|p|, i.e. the greedy step with the penalty λ‖X̃_t‖²|p|
+      added to ½‖u_{t−1} + w_tX_t − pX̃_t‖².
+    - ``l0``: δ = (C·rad − λ)/K, alphabet {0} ∪ ±(λ + jδ), j = 0…K (**2^b + 3 levels**; the largest is C·rad),
+      q = 0 if |x| ≤ λ, else sign(x)·(λ + δ·|r(s_λ(x))|): hard threshold at λ, then the distance beyond λ is
+      rounded half up on the step δ and clipped at K steps. Every nonzero level has |q| ≥ λ. For 0 < λ < δ/2 this
+      zeroes *fewer* weights than plain GPFQ (zero region |x| ≤ λ instead of |x| < δ/2); λ = 0 is plain GPFQ.
+
+    ``l1`` codes are the signed integers r (packed like the plain alphabet, scale δ); ``l0`` codes index the sorted
+    level table ``values`` (zero at index K + 1). ``delta`` is a 0-dim tensor shared by all rows.
+
+    >>> a = SparseAlphabet.build(torch.tensor(1.0, dtype=torch.float64), bits=2, lam=0.4, mode="l0")
+    >>> a.values.tolist(), a.decode(a.encode(torch.tensor([0.3, -0.5, 0.75, 2.0], dtype=torch.float64))).tolist()
+    ([-1.0, -0.7, -0.4, 0.0, 0.4, 0.7, 1.0], [0.0, -0.4, 0.7, 1.0])
+    """
+
+    delta: Tensor
+    k: int
+    lam: float
+    mode: str
+    values: Tensor
+
+    @classmethod
+    def build(cls, radius: Tensor, bits: int, lam: float, mode: str) -> SparseAlphabet:
+        """From the clipping radius C·rad (0-dim tensor; its dtype is the arithmetic dtype)."""
+        k = 2 ** (bits - 1)
+        j = torch.arange(k + 1, dtype=radius.dtype, device=radius.device)
+        if mode == "l1":
+            delta = radius / k
+            pos = (j * delta)[1:]
+        else:
+            delta = (radius - lam) / k
+            pos = j * delta + lam
+        zero = torch.zeros(1, dtype=radius.dtype, device=radius.device)
+        return cls(delta, k, lam, mode, torch.cat([-pos.flip(0), zero, pos]))
+
+    def encode(self, arg: Tensor) -> Tensor:
+        """Codes (in ``arg``'s float dtype) of 𝒬_L1(arg) or 𝒬_L0(arg), elementwise."""
+        shrunk = torch.sign(arg) * (arg.abs() - self.lam).clamp_min(0)
+        r = torch.floor(shrunk / self.delta + 0.5).clamp_(-self.k, self.k)
+        if self.mode == "l1":
+            return r
+        signed = torch.where(arg.abs() > self.lam, torch.sign(arg) * (r.abs() + 1), torch.zeros_like(r))
+        return signed + (self.k + 1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Level values of ``codes``: δ·c (``l1``) or ``values[c]`` (``l0``)."""
+        return self.delta * codes if self.mode == "l1" else self.values[codes.long()]
+
+    @property
+    def levels(self) -> int:
+        """2^b + 1 (``l1``) or 2^b + 3 (``l0``)."""
+        return self.values.numel()
+
+    def packing_grid(self, rows: int) -> UniformGrid | LevelGrid:
+        """The grid used to store the codes: the plain GPFQ grid (scale δ per row) or the ``l0`` level table."""
+        if self.mode == "l1":
+            return UniformGrid(self.delta.expand(rows, 1).clone(), None, -self.k, self.k, half_up=True)
+        return LevelGrid(self.values)
+
+
+Alphabet = UniformGrid | LevelGrid | SparseAlphabet
 
 
 @dataclass(frozen=True)
@@ -118,17 +195,50 @@ class GPFQStats:
         return GPFQGram(self.g.clone(), self.h_tilde.clone(), self.xx.clone(), self.count)
 
 
+def check_sparsity(sparsity: str | None, lam: float, stochastic: bool = False, legacy_alphabet: bool = False) -> None:
+    """Raise :class:`ConfigError` for a bad sparsity option (checks that do not need the weight)."""
+    if sparsity is not None and sparsity not in SPARSITY_MODES:
+        raise ConfigError(str(unknown_name_error("sparsity", sparsity, ("None", *SPARSITY_MODES))))
+    check_range("lam", lam, low=0)
+    if sparsity is None and lam != 0:
+        raise ConfigError(f"lam={lam!r} has no effect without sparsity: set sparsity='l1' or 'l0', or drop lam")
+    if sparsity is not None and (stochastic or legacy_alphabet):
+        raise ConfigError(
+            f"sparsity={sparsity!r} needs the deterministic uniform GPFQ alphabet: "
+            "set stochastic=False and legacy_alphabet=False"
+        )
+
+
 def gpfq_alphabet(
-    weight: Tensor, bits: int, scalar: float = 1.16, quantile: float = 1.0, legacy_alphabet: bool = False
+    weight: Tensor,
+    bits: int,
+    scalar: float = 1.16,
+    quantile: float = 1.0,
+    legacy_alphabet: bool = False,
+    *,
+    sparsity: str | None = None,
+    lam: float = 0.0,
 ) -> Alphabet:
     """The GPFQ alphabet for ``weight`` (params broadcast over its rows).
 
     Default: δ·{−K..K}, δ = scalar·rad/K, rad = mean_rows(quantile_j|W_ij|). ``legacy_alphabet``: the sorted levels
     linspace(−1, 1, 2^b)·scalar·rad plus 0 (the alphabet behind the published ImageNet numbers). Both 2^b + 1 levels.
+    ``sparsity`` (``"l1"`` / ``"l0"``, threshold ``lam`` ≥ 0 in weight units): a :class:`SparseAlphabet` on the
+    radius C·rad = scalar·rad; ``l0`` needs lam < C·rad.
     """
     check_bits(bits)
     check_range("scalar", scalar, low=0, low_inclusive=False)
     check_range("quantile", quantile, low=0, high=1, low_inclusive=False)
+    check_sparsity(sparsity, lam, legacy_alphabet=legacy_alphabet)
+    if sparsity is not None:
+        rad = gpfq_radius(weight, quantile)
+        radius = scalar * rad if rad > 0 else torch.ones((), dtype=weight.dtype, device=weight.device)
+        if sparsity == "l0" and not lam < radius:
+            raise ConfigError(
+                f"lam={lam!r} is too large for sparsity='l0': it must be below the radius C·rad = {radius.item():.6g} "
+                f"(scalar={scalar!r} × rad={rad.item():.6g}) so that δ = (C·rad − lam)/K > 0; lower lam or raise scalar"
+            )
+        return SparseAlphabet.build(radius, bits, lam, sparsity)
     if not legacy_alphabet:
         return fit_grid(weight, bits, "gpfq", scalar=scalar, quantile=quantile).grid
     rad = scalar * gpfq_radius(weight, quantile)
@@ -238,19 +348,33 @@ def _residual_extras(w: Tensor, q: Tensor, gram: GPFQGram) -> dict[str, object]:
     }
 
 
-def _check_common(weight: Tensor, bits: int, blocksize: int, stochastic: bool, legacy_alphabet: bool) -> None:
+def _check_common(
+    weight: Tensor,
+    bits: int,
+    blocksize: int,
+    stochastic: bool,
+    legacy_alphabet: bool,
+    sparsity: str | None = None,
+    lam: float = 0.0,
+) -> None:
     check_bits(bits)
     check_range("blocksize", blocksize, low=1)
     if weight.ndim != 2:
         raise LosslabError(f"weight must be [out, in], got shape {tuple(weight.shape)}")
     if stochastic and legacy_alphabet:
         raise ConfigError("stochastic=True needs the uniform GPFQ alphabet: set legacy_alphabet=False")
+    check_sparsity(sparsity, lam, stochastic, legacy_alphabet)
 
 
 def _package(
     weight: Tensor, codes: Tensor, alphabet: Alphabet, bits: int, legacy: bool, extras: dict[str, object]
 ) -> WeightQuant:
     q = alphabet.decode(codes)
+    if isinstance(alphabet, SparseAlphabet):
+        name = f"gpfq_{alphabet.mode}"
+        label = f"{bits}-bit GPFQ-{alphabet.mode.upper()} λ={alphabet.lam:g} ({alphabet.levels} levels)"
+        extras = {**extras, "label": label, "delta": alphabet.delta.item(), "lam": alphabet.lam}
+        return make_weight_quant(weight, codes, q, alphabet.packing_grid(weight.shape[0]), name, bits, None, extras)
     name = "gpfq_legacy" if legacy else "gpfq"
     extras = {**extras, "label": f"{bits}-bit GPFQ ({2**bits + 1} levels)"}
     if isinstance(alphabet, UniformGrid):
@@ -269,18 +393,21 @@ def gpfq_weight_from_stats(
     *,
     quantile: float = 1.0,
     legacy_alphabet: bool = False,
+    sparsity: str | None = None,
+    lam: float = 0.0,
 ) -> WeightQuant:
     """GPFQ-quantize ``weight`` ``[out, in]`` from streamed statistics (Gram form, in the statistics' dtype).
 
+    ``sparsity``/``lam``: the L1 or L0 quantizer of :class:`SparseAlphabet` (λ = ``lam`` in weight units).
     ``extras``: ``residual_sq`` (‖u_d‖² per row), ``residual_norm`` (‖U‖_F), ``relative_error``
-    (‖U‖_F/‖XWᵀ‖_F), ``delta``, ``label``.
+    (‖U‖_F/‖XWᵀ‖_F), ``delta``, ``label`` (and ``lam`` with sparsity).
     """
-    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet)
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam)
     gram = stats.finalize() if isinstance(stats, GPFQStats) else stats
     if gram.g.shape != (weight.shape[1], weight.shape[1]):
         raise LosslabError(f"statistics are {tuple(gram.g.shape)} but the weight has {weight.shape[1]} columns")
     w = weight.to(gram.g.dtype)
-    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet)
+    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
     codes, _ = gpfq_gram_codes(w, gram, alphabet, blocksize, stochastic, generator)
     wq = _package(weight, codes, alphabet, bits, legacy_alphabet, {})
     wq.extras.update(_residual_extras(w, alphabet.decode(codes), gram))
@@ -299,10 +426,13 @@ def gpfq_weight(
     *,
     quantile: float = 1.0,
     legacy_alphabet: bool = False,
+    sparsity: str | None = None,
+    lam: float = 0.0,
     stats_dtype: torch.dtype = torch.float64,
 ) -> WeightQuant:
     """GPFQ in the Gram form from inputs ``x`` ``[m, in]`` (float network) and ``x_tilde`` (quantized network,
     default ``x``). Statistics are accumulated in ``stats_dtype`` (float64 default, float32 optional)."""
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam)
     stats = GPFQStats(weight.shape[1], dtype=stats_dtype, device=weight.device)
     stats.update(x, x_tilde)
     return gpfq_weight_from_stats(
@@ -315,6 +445,8 @@ def gpfq_weight(
         generator,
         quantile=quantile,
         legacy_alphabet=legacy_alphabet,
+        sparsity=sparsity,
+        lam=lam,
     )
 
 
@@ -329,14 +461,16 @@ def gpfq_weight_sample_form(
     *,
     quantile: float = 1.0,
     legacy_alphabet: bool = False,
+    sparsity: str | None = None,
+    lam: float = 0.0,
 ) -> WeightQuant:
     """Reference: the original sample-space GPFQ loop (runs in ``x``'s dtype, O(out·m) memory).
 
     ``extras`` holds the same residual fields as the Gram form, computed from the stored U.
     """
-    _check_common(weight, bits, 1, stochastic, legacy_alphabet)
+    _check_common(weight, bits, 1, stochastic, legacy_alphabet, sparsity, lam)
     w = weight.to(x.dtype)
-    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet)
+    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
     codes, _, u = gpfq_sample_codes(w, x, x_tilde, alphabet, stochastic, generator)
     res = u.pow(2).sum(1)
     signal = (x @ w.T).pow(2).sum()

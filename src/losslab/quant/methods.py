@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, check_range
-from losslab.quant.gpfq import GPFQStats, gpfq_weight_from_stats
+from losslab.quant.gpfq import GPFQStats, check_sparsity, gpfq_weight_from_stats
 from losslab.quant.gptq import HessianStats, gptq_weight
 from losslab.quant.grids import CLIP_METHODS, GRID_NAMES, RANGE_GRIDS
 from losslab.quant.incoherence import incoherence_quantize
@@ -176,6 +176,9 @@ class GPFQ(QuantMethod):
 
     Alphabet {−K…K}·δ, K = 2^(b−1), δ = scalar·mean_rows(max|W|)/K: **2^b + 1 levels** (b+1 storage bits).
     ``legacy_unfold`` / ``fresh_batch_per_layer`` / ``legacy_alphabet`` reproduce the original code (spec §5.2).
+    ``sparsity``: ``"l1"`` (q = 𝒬(sign(x)·max(|x| − lam, 0)) on the same alphabet) or ``"l0"`` (δ = (C·rad − lam)/K,
+    levels {0} ∪ ±(lam + jδ), j = 0…K, zero when |x| ≤ lam; 2^b + 3 levels); ``lam`` ≥ 0 is in weight units and,
+    for ``l0``, must stay below every quantized layer's C·rad (see :class:`losslab.quant.gpfq.SparseAlphabet`).
     """
 
     scalar: float = 1.16
@@ -183,12 +186,15 @@ class GPFQ(QuantMethod):
     fresh_batch_per_layer: bool = False
     legacy_alphabet: bool = False
     stochastic: bool = False
+    sparsity: str | None = None
+    lam: float = 0.0
     stats: ClassVar[StatsKind] = "gpfq"
     name: ClassVar[str] = "gpfq"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("scalar", self.scalar, low=0, low_inclusive=False)
+        check_sparsity(self.sparsity, self.lam, self.stochastic, self.legacy_alphabet)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
 
@@ -200,6 +206,8 @@ class GPFQ(QuantMethod):
             stochastic=self.stochastic,
             generator=torch.Generator(device=weight.device).manual_seed(seed),
             legacy_alphabet=self.legacy_alphabet,
+            sparsity=self.sparsity,
+            lam=self.lam,
         )
 
 
