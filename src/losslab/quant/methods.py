@@ -280,16 +280,34 @@ class LDLQ(_HessianMethod):
 
     ``order``: ``natural``, ``act`` (descending diag H) or ``ldlqRG``, which sorts columns by diag H and adds
     ``npasses`` greedy passes (QuIP's ``--quant ldlqRG``).
+
+    ``act_order=True`` is GPTQ's spelling of ``order="act"`` (perm = argsort(diag H, descending); permute W's
+    columns and H, quantize, undo with argsort(perm)), so one option works for both Hessian methods; with the same
+    grid and no groups the codes equal ``GPTQ(act_order=True)``'s. The two are normalized to agree
+    (``act_order == (order == "act")``, so ``LDLQ(act_order=True) == LDLQ(order="act")``); ``act_order`` with
+    ``order="ldlqRG"`` is refused.
     """
 
     order: str = "natural"
+    act_order: bool = False
     npasses: int = 0
     name: ClassVar[str] = "ldlq"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("order", self.order, LDLQ_ORDERS)
+        _check_choice("act_order", self.act_order, (False, True))
+        if self.act_order and self.order == "ldlqRG":
+            raise ConfigError(
+                "act_order=True conflicts with order='ldlqRG' (which sorts by ascending diag H and sweeps from the "
+                "end); use act_order=True (= order='act') or order='ldlqRG', not both"
+            )
+        act = self.act_order or self.order == "act"
+        object.__setattr__(self, "order", "act" if act else self.order)
+        object.__setattr__(self, "act_order", act)
         check_range("npasses", self.npasses, low=0)
+        if self.npasses > 0 and self.order != "ldlqRG":
+            raise ConfigError(f"npasses={self.npasses!r} is not allowed with order={self.order!r}: use order='ldlqRG'")
 
     def _core(self, weight: Tensor, hessian: Tensor) -> WeightQuant:
 
