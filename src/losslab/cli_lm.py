@@ -2,6 +2,7 @@
 
     losslab lm finetune --model facebook/opt-125m --output-dir runs/opt125m-rlo --loss root --k 5 --m 5
     losslab lm quantize --model facebook/opt-125m --method gptq --bits 4 --calib c4 --output opt125m.gptq4.safetensors
+    losslab lm quantize --model facebook/opt-125m --method gptq --bits 3 --act-order --true-sequential --json r.json
     losslab lm eval --model opt125m.gptq4.safetensors --dataset wikitext2
 
 Offline, pass local folders (``--model /path``, saved with ``save_pretrained``) and ``--text-file``.
@@ -99,10 +100,14 @@ def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
             kwargs.update(incoherence=opts["incoherence"], grid="quip")
         elif name == "ldlq":
             kwargs.update(grid=grid)
+    if name in ("gptq", "ldlq"):
+        kwargs.update(act_order=opts["act_order"])
+    elif opts["act_order"]:
+        raise ConfigError(f"--act-order applies to gptq and ldlq, not --method {name}")
     if name == "gptq":
-        kwargs.update(act_order=opts["act_order"], blocksize=opts["blocksize"], static_groups=opts["static_groups"])
-    elif opts["act_order"] or opts["static_groups"]:
-        raise ConfigError(f"--act-order/--static-groups apply to gptq only, not --method {name}")
+        kwargs.update(blocksize=opts["blocksize"], static_groups=opts["static_groups"])
+    elif opts["static_groups"]:
+        raise ConfigError(f"--static-groups applies to gptq only, not --method {name}")
     if name == "ldlq":
         kwargs.update(order=opts["ldlq_order"], npasses=opts["npasses"])
     if name == "gpfq":
@@ -123,7 +128,11 @@ def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
 )
 @click.option("--bits", type=int, default=4, show_default=True, help="Weight bits (2..8).")
 @click.option("--group-size", type=int, help="Columns per quantization group (rtn, gptq); default per row.")
-@click.option("--act-order", is_flag=True, help="GPTQ: process columns by decreasing Hessian diagonal.")
+@click.option(
+    "--act-order",
+    is_flag=True,
+    help="GPTQ/LDLQ: quantize columns by decreasing Hessian diagonal, then restore their order.",
+)
 @click.option("--static-groups", is_flag=True, help="GPTQ: fit group grids on the original weight first.")
 @click.option("--sym", is_flag=True, help="Symmetric grid instead of asym (min/max with zero point).")
 @click.option(
@@ -141,6 +150,14 @@ def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
     help="LDLQ column order (ldlqRG = QuIP's --quant ldlqRG).",
 )
 @click.option("--npasses", type=int, default=0, show_default=True, help="LDLQ greedy passes.")
+@click.option(
+    "--true-sequential",
+    is_flag=True,
+    help="Re-collect each decoder layer's calibration statistics after every sub-group is quantized "
+    "(OPT: q/k/v -> out_proj -> fc1 -> fc2; Llama/Mistral/Qwen2, GPT-2, GPT-NeoX have their own), so later "
+    "linears see inputs from the quantized earlier ones. Default: all linears use the float layer's statistics. "
+    "Other architectures are refused. No effect on rtn's weights.",
+)
 @click.option(
     "--percdamp", type=float, default=0.01, show_default=True, help="Hessian damping (fraction of mean diag)."
 )
@@ -162,13 +179,14 @@ def quantize_cmd(**opts: Any) -> None:
     from losslab.lm.data import load_calibration
     from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
     from losslab.lm.packing import save_packed_lm
-    from losslab.lm.quantize import quantize_decoder
+    from losslab.lm.quantize import plan_sequential_groups, quantize_decoder
 
     method = _method(opts["method"], opts["bits"], opts)
     if opts["output"] is None and opts["json_path"] is None:
         raise ConfigError("give --output (packed model) and/or --json (per-layer errors); nothing would be saved")
     tokenizer = load_tokenizer(opts["model"])
     model = load_causal_lm(opts["model"])
+    plan_sequential_groups(model, true_sequential=opts["true_sequential"])  # unsupported model: fail before data
     seqlen = check_seqlen(model, opts["seqlen"])
     source = opts["text_file"] or opts["calib"]
     calib = load_calibration(tokenizer, source, opts["calib_windows"], seqlen, opts["seed"])
@@ -181,13 +199,15 @@ def quantize_cmd(**opts: Any) -> None:
         progress=opts["progress"],
         calib_name=str(source),
         calib_seed=opts["seed"],
+        true_sequential=opts["true_sequential"],
     )
     click.echo(result.table())
     summary = result.summary()
     click.echo(
         f"{summary['method']}: {summary['quantized_layers']} linears, {summary['avg_bits_per_weight']:.3f} "
         f"bits/weight, {result.seconds:.1f} s; calibration {calib.shape[0]}x{calib.shape[1]} tokens "
-        f"from {source}, seed {opts['seed']} (fake quantization; packed file stores codes)"
+        f"from {source}, seed {opts['seed']}, {'true-sequential' if opts['true_sequential'] else 'per-layer'} "
+        "statistics (fake quantization; packed file stores codes)"
     )
     json_path = opts["json_path"] or str(Path(opts["output"]).with_suffix(".json"))
     if opts["output"] is not None:

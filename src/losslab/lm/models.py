@@ -4,6 +4,7 @@
     tok = load_tokenizer("facebook/opt-125m", pad_token="eos")
     parts = decoder_parts(model)                          # parts.layers: the nn.ModuleList of decoder layers
     targets = linear_targets(parts.layers[0])             # {"self_attn.q_proj": Linear, ..., "fc2": Linear}
+    groups = true_sequential_groups(model)                # OPT: (q, k, v), (out_proj,), (fc1,), (fc2,)
 
 Loading by name uses the local Hugging Face cache first; offline failures raise :class:`DataNotFoundError` that
 says what to do (``--model /local/path`` or go online).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -22,6 +24,29 @@ from losslab.errors import DataNotFoundError, LosslabError
 
 # Attribute paths of the decoder layer list, for the families GPTQ-style drivers support.
 _LAYER_PATHS = ("model.decoder.layers", "model.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
+
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_LLAMA_GROUPS = (_QKV, ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+
+#: Sub-groups of one decoder layer's linears in forward order, by ``config.model_type``, for true-sequential
+#: quantization (GPTQ's ``--true-sequential``, llm.md §6): a group's statistics are gathered after every earlier
+#: group of the same layer is quantized. Linears of one group read the same input, so they share statistics.
+#: Read-only; other architectures pass ``sequential_groups=`` to :func:`losslab.lm.quantize.quantize_decoder`.
+SEQUENTIAL_GROUPS: MappingProxyType[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
+    {
+        "opt": (_QKV, ("self_attn.out_proj",), ("fc1",), ("fc2",)),
+        "llama": _LLAMA_GROUPS,
+        "mistral": _LLAMA_GROUPS,
+        "qwen2": _LLAMA_GROUPS,
+        "gpt2": (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
+        "gpt_neox": (
+            ("attention.query_key_value",),
+            ("attention.dense",),
+            ("mlp.dense_h_to_4h",),
+            ("mlp.dense_4h_to_h",),
+        ),
+    }
+)
 
 
 def _offline_message(name: str, err: Exception) -> str:
@@ -138,3 +163,23 @@ def set_weight_matrix(module: nn.Module, q: torch.Tensor) -> None:
     """Write an ``[out, in]`` weight back into ``module`` (in its own layout and dtype)."""
     with torch.no_grad():
         module.weight.copy_(q if isinstance(module, nn.Linear) else q.t())
+
+
+def true_sequential_groups(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """The true-sequential sub-groups of ``model``'s decoder layers from :data:`SEQUENTIAL_GROUPS`.
+
+    Names are relative to a decoder layer (as in :func:`linear_targets`). Raises :class:`LosslabError` for an
+    architecture without a table, naming this model's linears and the fix (``sequential_groups=`` or no
+    true-sequential): guessing an order from module registration could silently differ from the data flow
+    (OPT registers k, v, q).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in SEQUENTIAL_GROUPS:
+        return SEQUENTIAL_GROUPS[model_type]
+    names = ", ".join(linear_targets(decoder_parts(model).layers[0]))
+    raise LosslabError(
+        f"true_sequential has no sub-group table for model_type={model_type!r} (known: "
+        f"{', '.join(sorted(SEQUENTIAL_GROUPS))}). Fix: call quantize_decoder(..., true_sequential=True, "
+        f"sequential_groups=[[...], ...]) listing this model's decoder-layer linears ({names}) in forward order, "
+        "one list per group that reads the same input; or quantize without true_sequential (drop --true-sequential)"
+    )

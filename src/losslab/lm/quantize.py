@@ -5,25 +5,33 @@
 2. Layer 0 is replaced by a catcher that stores its hidden-state input and **all** keyword arguments (attention
    mask, position ids/embeddings, cache position) and aborts; the calibration windows are fed one at a time.
 3. Per layer (only this one on ``device``): hooks on its linear sublayers accumulate the method's statistics
-   (H = (2/n)ΣXᵀX for GPTQ/LDLQ; GPFQ's paired float/quantized Gram matrices) over all cached inputs; each
-   linear is quantized by the per-layer algorithm of :mod:`losslab.quant.methods`; the cached inputs are re-run
-   through the quantized layer and its outputs become the next layer's inputs. GPFQ keeps a second, float
-   stream of inputs (X from the float network, X̃ from the quantized one).
+   (H = (2/n)ΣXᵀX for GPTQ/LDLQ, X the ``(tokens, in)`` input rows of a linear and n the number of rows; GPFQ's
+   paired float/quantized Gram matrices) over all cached inputs; each linear is quantized by the per-layer
+   algorithm of :mod:`losslab.quant.methods`; the cached inputs are re-run through the quantized layer and its
+   outputs become the next layer's inputs. GPFQ keeps a second, float stream of inputs (X from the float
+   network, X̃ from the quantized one).
 
-Statistics come from the layer's float weights (no true-sequential), as in the reference. The result is fake
-quantization (dequantized weights written back), returned as a :class:`losslab.quant.result.QuantResult` so
-packing and reports work as for any other model::
+By default all linears of a layer use statistics gathered from the layer's float weights, as in the reference.
+``true_sequential=True`` (GPTQ's ``--true-sequential``) splits the layer into sub-groups in forward order, from a
+per-architecture table (:data:`losslab.lm.models.SEQUENTIAL_GROUPS`; OPT: q/k/v → out_proj → fc1 → fc2) or
+``sequential_groups=``, and re-collects the statistics before each group, so that e.g. out_proj's H comes from
+inputs computed with the already quantized q/k/v. Data-free methods (RTN) give the same weights either way.
+
+The result is fake quantization (dequantized weights written back), returned as a
+:class:`losslab.quant.result.QuantResult` so packing and reports work as for any other model::
 
     from losslab.quant.methods import GPTQ
     calib = calibration_windows(train_ids, n_windows=128, seqlen=2048, seed=0)
     result = quantize_decoder(model, GPTQ(bits=4), calib, device="cuda")     # model stays on the CPU
-    result.to_json("opt125m.gptq4.json")
+    result = quantize_decoder(model, GPTQ(bits=4, act_order=True), calib, true_sequential=True)
+    result.to_json("opt125m.gptq4.json")        # summary.calibration records true_sequential and the groups
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +41,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from losslab.errors import LosslabError
-from losslab.lm.models import decoder_parts, linear_targets, set_weight_matrix, weight_matrix
+from losslab.lm.models import (
+    decoder_parts,
+    linear_targets,
+    set_weight_matrix,
+    true_sequential_groups,
+    weight_matrix,
+)
 from losslab.quant.gptq import HessianStats
 from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
 from losslab.quant.methods import QuantMethod
@@ -47,14 +61,16 @@ class _Caught(Exception):
 
 @dataclass
 class LayerCall:
-    """One cached call of a decoder layer: its hidden-state input and every keyword argument it got."""
+    """One cached call of a decoder layer: its hidden-state input, the positional arguments after it (GPT-2
+    passes ``past_key_values, attention_mask, encoder_hidden_states`` positionally) and every keyword argument."""
 
     hidden: Tensor
     kwargs: dict[str, Any]
+    args: tuple[Any, ...] = ()
 
 
 class LayerInputCatcher(nn.Module):
-    """Stands in for decoder layer 0: records ``(hidden_states, kwargs)`` of each call, then aborts the forward.
+    """Stands in for decoder layer 0: records ``(hidden_states, args, kwargs)`` of each call, then aborts.
 
     Unknown attributes are read from the wrapped layer (some decoders read ``layer.attention_type``).
     """
@@ -71,9 +87,7 @@ class LayerInputCatcher(nn.Module):
             return getattr(self._modules["layer"], name)
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if args:
-            raise LosslabError("decoder layers called with extra positional arguments are not supported")
-        self.calls.append(LayerCall(hidden_states.detach(), dict(kwargs)))
+        self.calls.append(LayerCall(hidden_states.detach(), dict(kwargs), tuple(args)))
         raise _Caught
 
 
@@ -117,7 +131,7 @@ def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor]) -
     outs = []
     with torch.no_grad():
         for call, h in zip(calls, hidden):
-            out = layer(h, **call.kwargs)
+            out = layer(h, *call.args, **call.kwargs)
             outs.append(out[0] if isinstance(out, tuple | list) else out)
     return outs
 
@@ -144,18 +158,23 @@ def _record_inputs(targets: dict[str, nn.Module], store: dict[str, Tensor]) -> I
 def _collect_stats(
     method: QuantMethod,
     layer: nn.Module,
-    targets: dict[str, nn.Module],
+    float_layer: nn.Module,
+    names: list[str],
     calls: list[LayerCall],
     hidden_q: list[Tensor],
     hidden_f: list[Tensor] | None,
     metrics: bool,
     device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, HessianStats], list[Tensor] | None]:
-    """Stream every cached input through the float layer; accumulate the method's and the metric statistics.
+    """Stream every cached input through ``layer``; accumulate the method's and the metric statistics of the
+    linears ``names`` (relative to the layer).
 
-    With two streams (GPFQ) each window is run twice (float-stream input, then quantized-stream input) and the
-    pair of inputs of each linear updates its statistics; the float stream's outputs are returned.
+    With two streams (GPFQ) each window is run twice (float-stream input through ``float_layer``, a float copy
+    of the layer, then quantized-stream input through ``layer``) and the pair of inputs of each linear updates
+    its statistics; the float stream's outputs are returned.
     """
+    targets = {n: layer.get_submodule(n) for n in names}
+    float_targets = {n: float_layer.get_submodule(n) for n in names}
     stats = {n: method.new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
     if method.stats == "none" and not metrics:
         return stats, {}, None
@@ -167,8 +186,8 @@ def _collect_stats(
     x_q: dict[str, Tensor] = {}
     for i, call in enumerate(calls):
         if hidden_f is not None:
-            with _record_inputs(targets, x_f):
-                outs_f.extend(_run_layer(layer, [call], [hidden_f[i]]))
+            with _record_inputs(float_targets, x_f):
+                outs_f.extend(_run_layer(float_layer, [call], [hidden_f[i]]))
         with _record_inputs(targets, x_q):
             _run_layer(layer, [call], [hidden_q[i]])
         for name in targets:
@@ -177,6 +196,55 @@ def _collect_stats(
             if hessians.get(name) is not None and hessians[name] is not stats[name]:
                 hessians[name].update(x_tilde)
     return stats, hessians, outs_f
+
+
+def plan_sequential_groups(
+    model: nn.Module,
+    *,
+    true_sequential: bool = False,
+    sequential_groups: Sequence[Sequence[str]] | None = None,
+    skip: Iterable[str] = (),
+) -> list[list[str]] | None:
+    """The sub-groups quantized one after the other in every decoder layer, or ``None`` (one group: default).
+
+    With ``true_sequential`` the groups are ``sequential_groups`` if given, else the architecture's table
+    (:func:`losslab.lm.models.true_sequential_groups`); names in ``skip`` are dropped. Checked against **every**
+    decoder layer before any work: each name must be a linear of the layer, and each linear not skipped must
+    be in exactly one group. Raises :class:`LosslabError` naming the problem and the fix.
+    """
+    if sequential_groups is not None and not true_sequential:
+        raise LosslabError("sequential_groups is only used with true_sequential=True; set it or drop the groups")
+    if not true_sequential:
+        return None
+    if sequential_groups is None:
+        groups = [list(g) for g in true_sequential_groups(model)]
+    elif isinstance(sequential_groups, str) or not all(
+        not isinstance(g, str) and len(g) > 0 and all(isinstance(n, str) for n in g) for g in sequential_groups
+    ):
+        raise LosslabError(
+            f"sequential_groups={sequential_groups!r} must be a list of non-empty lists of linear names, "
+            'e.g. [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.out_proj"], ...]'
+        )
+    else:
+        groups = [list(g) for g in sequential_groups]
+    skip = set(skip)
+    listed = [n for g in groups for n in g]
+    for index, layer in enumerate(decoder_parts(model).layers):
+        linears = list(linear_targets(layer))
+        problems = {
+            "not linears of the layer": sorted(set(listed) - set(linears)),
+            "in no group": [n for n in linears if n not in listed and n not in skip],
+            "in several groups": sorted({n for n in listed if listed.count(n) > 1}),
+        }
+        found = "; ".join(f"{label}: {', '.join(names)}" for label, names in problems.items() if names)
+        if found:
+            raise LosslabError(
+                f"the true-sequential groups do not match decoder layer {index} ({found}); its linears are "
+                f"{', '.join(linears)}. Fix: pass sequential_groups= naming each of them once, in forward order "
+                "(put the ones to keep float in skip=)"
+            )
+    plan = [[n for n in g if n not in skip] for g in groups]
+    return [g for g in plan if g]
 
 
 def _layer_report(
@@ -230,6 +298,8 @@ def quantize_decoder(
     progress: bool = True,
     calib_name: str | None = None,
     calib_seed: int | None = None,
+    true_sequential: bool = False,
+    sequential_groups: Sequence[Sequence[str]] | None = None,
 ) -> QuantResult:
     """Quantize the linear layers of every decoder layer of ``model`` **in place**, one layer at a time.
 
@@ -241,22 +311,38 @@ def quantize_decoder(
         calib: calibration token windows ``(n, T)`` (int64).
         device: where layers are processed (default: the model's device).
         skip: linear names relative to a decoder layer kept in float (e.g. ``("fc2",)``).
-        seed: random parts (incoherence transforms) use ``seed + running linear index``.
+        seed: random parts (incoherence transforms) use ``seed + running linear index`` (module order).
         metrics: also gather H for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)H(W−Q)ᵀ); for
-            GPTQ/LDLQ it is always reported with the method's own H = (2/n)ΣX̃ᵀX̃ (n windows).
+            GPTQ/LDLQ it is always reported with the method's own H = (2/n)ΣX̃ᵀX̃ (n token rows).
         keep_codes: keep the codes of every layer in ``result.weights`` (CPU) for :func:`save_packed`.
+        calib_name, calib_seed: recorded in ``result.calibration``.
+        true_sequential: re-collect the statistics after each sub-group of a layer is quantized (GPTQ's
+            ``--true-sequential``), so each group sees inputs from the already quantized groups before it.
+            Groups come from :data:`losslab.lm.models.SEQUENTIAL_GROUPS` by ``config.model_type`` (OPT:
+            q/k/v → out_proj → fc1 → fc2; Llama/Mistral/Qwen2: q/k/v → o_proj → gate/up → down_proj; GPT-2:
+            c_attn → attn.c_proj → c_fc → mlp.c_proj; GPT-NeoX). Other architectures raise
+            :class:`LosslabError` unless ``sequential_groups`` is given (no silent guess from module order).
+            Costs one extra pass over the calibration inputs per group; GPFQ keeps a float copy of the layer
+            for its float stream.
+        sequential_groups: explicit groups for ``true_sequential``: lists of linear names relative to a decoder
+            layer, in forward order, each linear once.
 
     Returns:
-        ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear and ``result.model is model``.
+        ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear (in processing order) and
+        ``result.model is model``; ``result.calibration`` holds ``windows``, ``seqlen``, ``seed``, ``name``,
+        ``true_sequential`` and ``sequential_groups`` (the groups used, or ``None``).
     """
     if not isinstance(method, QuantMethod):
         raise LosslabError(f"method={method!r} is not a losslab.quant method config (RTN(...), GPTQ(...), ...)")
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[0] == 0:
         raise LosslabError(f"calib must be a non-empty (n, T) int64 tensor of token windows, got {tuple(calib.shape)}")
     parts = decoder_parts(model)
+    skip = set(skip)
+    plan = plan_sequential_groups(
+        model, true_sequential=true_sequential, sequential_groups=sequential_groups, skip=skip
+    )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     prefix = next(n for n, m in model.named_modules() if m is parts.layers)
-    skip = set(skip)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -270,20 +356,28 @@ def quantize_decoder(
         layer = parts.layers[index]
         home = next(layer.parameters()).device
         layer.to(dev)
-        targets = {n: m for n, m in linear_targets(layer).items() if n not in skip}
-        stats, hessians, outs_f = _collect_stats(method, layer, targets, calls, hidden_q, hidden_f, metrics, dev)
-        for name, module in targets.items():
-            t0 = time.perf_counter()
-            weight = weight_matrix(module).to(torch.float32, copy=True)
-            wq = method.quantize_layer(weight, stats[name], seed=seed + counter)
-            counter += 1
-            set_weight_matrix(module, wq.q.to(weight.dtype))
-            hessian = hessians[name].hessian if name in hessians else None
-            full = f"{prefix}.{index}.{name}"
-            reports.append(_layer_report(full, method, wq, weight, hessian, time.perf_counter() - t0))
-            if keep_codes:
-                weights[full] = [_to_cpu(wq)]
-        del stats, hessians
+        names = [n for n in linear_targets(layer) if n not in skip]
+        groups = plan or [names]  # one group (default), or every linear skipped
+        # GPFQ's float stream must see the float layer also after the first group is quantized.
+        float_layer = copy.deepcopy(layer) if hidden_f is not None and len(groups) > 1 else layer
+        for group in groups:
+            stats, hessians, outs_f = _collect_stats(
+                method, layer, float_layer, group, calls, hidden_q, hidden_f, metrics, dev
+            )
+            for name in group:
+                module = layer.get_submodule(name)
+                t0 = time.perf_counter()
+                weight = weight_matrix(module).to(torch.float32, copy=True)
+                wq = method.quantize_layer(weight, stats[name], seed=seed + counter + names.index(name))
+                set_weight_matrix(module, wq.q.to(weight.dtype))
+                hessian = hessians[name].hessian if name in hessians else None
+                full = f"{prefix}.{index}.{name}"
+                reports.append(_layer_report(full, method, wq, weight, hessian, time.perf_counter() - t0))
+                if keep_codes:
+                    weights[full] = [_to_cpu(wq)]
+            del stats, hessians
+        counter += len(names)
+        del float_layer
         hidden_q = _run_layer(layer, calls, hidden_q)
         hidden_f = outs_f
         layer.to(home)
@@ -291,7 +385,7 @@ def quantize_decoder(
             torch.cuda.empty_cache()
     model.train(was_training)
     calibration = {"windows": int(calib.shape[0]), "seqlen": int(calib.shape[1]), "seed": calib_seed}
-    calibration["name"] = calib_name
+    calibration.update(name=calib_name, true_sequential=bool(true_sequential), sequential_groups=plan)
     return QuantResult(
         model=model,
         layers=reports,
