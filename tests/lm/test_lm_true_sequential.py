@@ -56,7 +56,9 @@ def _out_proj_hessian_reference(float_model, quantized_model, calib: torch.Tenso
         for name in ("q_proj", "k_proj", "v_proj"):
             getattr(attn, name).weight.copy_(getattr(attn_q, name).weight.double())
     rows: list[torch.Tensor] = []
-    handle = attn.out_proj.register_forward_pre_hook(lambda m, args: rows.append(args[0].reshape(-1, 64)))
+    handle = attn.out_proj.register_forward_pre_hook(
+        lambda m, args: rows.append(args[0].reshape(-1, args[0].shape[-1]))
+    )
     with torch.no_grad():
         for window in calib:
             ref(input_ids=window.view(1, -1))
