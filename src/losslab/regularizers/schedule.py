@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -132,10 +131,13 @@ class Schedule:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], epochs: int | None = None) -> Schedule:
-        """Read a schedule file (layout in the module docstring); ``epochs`` as in :meth:`from_dict`."""
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"schedule file {str(file)!r} does not exist; pass the path of a YAML phase file")
+        """Read a schedule file (layout in the module docstring); ``epochs`` as in :meth:`from_dict`.
+
+        ``path`` may also name a shipped schedule (``combined_protocol``; :mod:`losslab.presets`).
+        """
+        from losslab.presets import resolve_yaml
+
+        file = resolve_yaml(path, "configs")
         with open(file, encoding="utf-8") as fh:
             config = yaml.safe_load(fh)
         return cls.from_dict(config, epochs=epochs)

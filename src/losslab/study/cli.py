@@ -2,6 +2,7 @@
 
 losslab study run studies/quickstart.yaml --workers 2        # resumable: rerun to finish what is missing
 losslab study run studies/lr_quant_cifar10.yaml --backend ray --ray-address auto
+losslab study list                                           # the shipped studies
 losslab study status study_runs/quickstart
 losslab study table study_runs/quickstart
 """
@@ -18,6 +19,16 @@ from losslab.errors import LosslabError
 @click.group("study")
 def study() -> None:
     """Training × compression grids: run them (resumable), inspect them, tabulate them."""
+
+
+@study.command("list")
+def list_presets() -> None:
+    """List the shipped studies (run one by name: `losslab study run NAME`) and their first comment line."""
+    from losslab.presets import preset_file, preset_names
+
+    for name in preset_names("studies"):
+        first = next((ln for ln in preset_file("studies", name).read_text().splitlines() if ln.startswith("#")), "#")
+        click.echo(f"{name:20s} {first.lstrip('#').strip()}")
 
 
 @study.command("run")
@@ -66,7 +77,10 @@ def run(
     out_dir: Path | None,
     progress: bool | None,
 ) -> None:
-    """Run every job of study FILE not yet stored in its folder, then print the results table."""
+    """Run every job of study FILE not yet stored in its folder, then print the results table.
+
+    FILE is a study YAML or the name of a shipped study (see `losslab study list`).
+    """
     from losslab.study import run_study
 
     resources = {"num_cpus": ray_cpus_per_job, "num_gpus": ray_gpus_per_job}

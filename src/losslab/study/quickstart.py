@@ -17,21 +17,12 @@ from pathlib import Path
 
 from losslab.errors import LosslabError
 
-QUICKSTART = Path("studies") / "quickstart.yaml"
-
 
 def quickstart_file() -> Path:
-    """``studies/quickstart.yaml`` from the working directory, else from the losslab source checkout."""
-    import losslab
+    """The shipped ``studies/quickstart.yaml`` (packaged with losslab; :mod:`losslab.presets`)."""
+    from losslab.presets import preset_file
 
-    candidates = [Path.cwd() / QUICKSTART, Path(losslab.__file__).resolve().parents[2] / QUICKSTART]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise LosslabError(
-        f"quickstart study not found (looked at {', '.join(map(str, candidates))}); run from the "
-        "losslab source checkout, or pass a study file to `losslab study run`"
-    )
+    return preset_file("studies", "quickstart")
 
 
 def run_quickstart(

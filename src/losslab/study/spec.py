@@ -331,10 +331,13 @@ def parse_study(values: dict[str, Any], source: Path | None = None) -> StudySpec
 
 
 def load_study_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study YAML file (see the module docstring for the format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} does not exist; pass the path of a study YAML (see studies/)")
+    """Read and validate a study YAML file (see the module docstring for the format).
+
+    ``path`` may also name a shipped study (``quickstart``, ``lr_quant_cifar10``, ...; :mod:`losslab.presets`).
+    """
+    from losslab.presets import resolve_yaml
+
+    path = resolve_yaml(path, "studies")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
