@@ -25,6 +25,9 @@ from losslab.errors import ConfigError
 
 METHOD_OPTIONS = {
     "scalar": {"gpfq"},
+    "sparsity": {"gpfq"},
+    "lam": {"gpfq"},
+    "scheme": {"pwlq"},
     "act_order": {"gptq", "ldlq"},
     "group_size": {"rtn", "gptq"},
     "grid": {"rtn", "gptq", "ldlq"},
@@ -95,6 +98,16 @@ def float_size_bytes(model: Any) -> int:
     help="Weight bit width(s) 2..8: repeat or comma-separate (--bits 8,4,3); one calibration pass.",
 )
 @click.option("--scalar", type=float, default=None, help="GPFQ radius scalar C (default 1.16, ResNet-18's).")
+@click.option(
+    "--sparsity",
+    type=click.Choice(["l1", "l0"]),
+    default=None,
+    help="Sparse GPFQ: l1 soft-thresholds the argument of the quantizer by --lam; l0 zeroes |argument| <= --lam "
+    "and uses levels {0} U ±(lam + j·delta), delta = (C·rad − lam)/K.",
+)
+@click.option(
+    "--lam", type=float, default=None, help="Sparse GPFQ threshold lambda in weight units (needs --sparsity)."
+)
 @click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration images.")
 @click.option("--calib-batch-size", type=int, default=64, show_default=True, help="Calibration batch size.")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration subset.")
@@ -117,6 +130,12 @@ def float_size_bytes(model: Any) -> int:
     type=click.Choice(["gaussian", "laplace", "search"]),
     default=None,
     help="PWLQ breakpoint rule (default gaussian).",
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(["pw2", "pw1"]),
+    default=None,
+    help="PWLQ scheme: pw2 (non-overlapping, default) or pw1 (overlapping, worse; reproduction only).",
 )
 @click.option(
     "--incoherence",
@@ -142,6 +161,8 @@ def quantize(
     methods: tuple[str, ...],
     bits: tuple[str, ...],
     scalar: float | None,
+    sparsity: str | None,
+    lam: float | None,
     calib_samples: int,
     calib_batch_size: int,
     calib_seed: int,
@@ -150,6 +171,7 @@ def quantize(
     grid: str | None,
     clip: str | None,
     breakpoint: str | None,
+    scheme: str | None,
     incoherence: str | None,
     fold_bn: bool,
     keep_8bit: tuple[str, ...],
@@ -165,6 +187,9 @@ def quantize(
 
     options = {
         "scalar": scalar,
+        "sparsity": sparsity,
+        "lam": lam,
+        "scheme": scheme,
         "act_order": act_order,
         "group_size": group_size,
         "grid": grid,

@@ -26,6 +26,7 @@ from losslab.quant.gptq import HessianStats, gptq_weight
 from losslab.quant.grids import CLIP_METHODS, GRID_NAMES, RANGE_GRIDS
 from losslab.quant.incoherence import incoherence_quantize
 from losslab.quant.ldlq import LDLQ_ORDERS, ldlq_weight
+from losslab.quant.pwlq import SCHEMES as PWLQ_SCHEMES
 from losslab.quant.pwlq import pwlq_weight
 from losslab.quant.rtn import rtn_weight
 from losslab.quant.weight_quant import WeightQuant
@@ -137,10 +138,12 @@ class RTN(QuantMethod):
 @QUANT_METHODS.register("pwlq")
 @dataclass(frozen=True, kw_only=True)
 class PWLQ(QuantMethod):
-    """Piecewise linear quantization (Fang et al. 2020, spec §4), ``pw2`` scheme: 2^(b+1) levels, b + 1 storage bits.
+    """Piecewise linear quantization (Fang et al. 2020, spec §4): 2^(b+1) levels, b + 1 storage bits.
 
-    ``breakpoint``: ``gaussian`` / ``laplace`` (optimal for that density), ``search``, or a float r ∈ (0, 0.5)
-    giving p = r·max|w|. ``per_channel=False`` is the RegulQuant per-tensor preset.
+    ``scheme``: ``pw2`` (non-overlapping: b-bit centre on [−p, p], (b−1)-bit tails on [p, m]) or ``pw1``
+    (overlapping: the same centre, tails on a b-bit grid over [−m, m]; optional and worse).
+    ``breakpoint``: ``gaussian`` / ``laplace`` (the scheme's optimum for that density), ``search``, or a float
+    r ∈ (0, 0.5) giving p = r·max|w|. ``per_channel=False`` is the RegulQuant per-tensor preset.
     """
 
     breakpoint: str | float = "gaussian"
@@ -155,7 +158,7 @@ class PWLQ(QuantMethod):
             check_range("breakpoint", self.breakpoint, low=0, high=0.5, low_inclusive=False, high_inclusive=False)
         else:
             _check_choice("breakpoint", self.breakpoint, ("gaussian", "laplace", "search"))
-        _check_choice("scheme", self.scheme, ("pw2",))
+        _check_choice("scheme", self.scheme, PWLQ_SCHEMES)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
 

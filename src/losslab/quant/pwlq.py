@@ -3,16 +3,24 @@
 Range [−m, m], m = max|w| per output channel (or per tensor), breakpoint p ∈ (0, m/2). Scheme ``pw2`` (the code
 variant behind the paper's numbers): the centre [−p, p] gets a b-bit ``sym`` grid (values clamped to ±p first);
 each tail gets a (b−1)-bit unsigned affine grid with step (m − p)/(2^(b−1) − 1) and offset p (positive tail) or
-−m (negative tail); regions are chosen by strict comparison with ±p.
+−m (negative tail); regions are chosen by strict comparison with ±p (|w| > p is a tail).
 
-**Storage caveat:** pw2 has 2^b + 2·2^(b−1) = 2^(b+1) levels, like (b+1)-bit uniform. Show b-bit PWLQ next to
-b-bit *and* (b+1)-bit uniform; ``storage_bits`` is b + 1. Codes index a per-row level table ``lut``
-(negative tail, centre, positive tail).
+Scheme ``pw1`` (the reference code's ``pw_opt=1``, "overlapping"; optional and worse than pw2): the same centre
+grid, but the tails use a b-bit ``sym`` grid on the whole range [−m, m] (step 2m/(2^b − 1), codes −2^(b−1) …
+2^(b−1) − 1, so the top level is m − m/(2^b − 1) and the bottom −m·2^b/(2^b − 1)); the two ranges overlap and the
+tail levels inside (−p, p) are never used. Same regions. Per region |w − q| ≤ p/(2^b − 1) (centre) and
+≤ m/(2^b − 1) (tails), against (m − p)/(2^b − 2) for pw2's tails.
 
-Breakpoint: m̃ = m/std(w) (unbiased); for a symmetric density f with CDF F the expected squared error is
-∝ (m̃ − p)² + m̃(2p − m̃)(2F(p) − 1), with derivative ∝ p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃), solved by bisection
-(tolerance 1e-3) on (0, m̃/2); then p = (p̃*/m̃)·m. Closed forms (m̃ ∈ [3, 10]): Gaussian p̃* ≈ ln(0.8614·m̃ + 0.6079),
-Laplace p̃* ≈ 0.8030·√m̃ − 0.3167.
+**Storage caveat:** both schemes have 2^(b+1) levels (pw2: 2^b + 2·2^(b−1)), like (b+1)-bit uniform. Show b-bit
+PWLQ next to b-bit *and* (b+1)-bit uniform; ``storage_bits`` is b + 1. Codes index a per-row level table ``lut``
+(pw2: negative tail, centre, positive tail; pw1: tail grid, centre grid).
+
+Breakpoint: m̃ = m/std(w) (unbiased). For a symmetric density f with CDF F, taking each piece's squared error ∝ its
+step², the expected error of pw2 is ∝ (m̃ − p)² + m̃(2p − m̃)(2F(p) − 1), with derivative
+∝ p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃); for pw1 it is ∝ p²(2F(p) − 1) + 2m̃²(1 − F(p)), derivative
+∝ p(2F(p) − 1) + f(p)(p² − m̃²). The root is found by bisection (tolerance 1e-3) on (0, m̃/2); then
+p = (p̃*/m̃)·m. Closed forms for pw2 (m̃ ∈ [3, 10]): Gaussian p̃* ≈ ln(0.8614·m̃ + 0.6079), Laplace
+p̃* ≈ 0.8030·√m̃ − 0.3167.
 
 >>> round(optimal_breakpoint(4.0, "gaussian"), 3), round(gaussian_breakpoint_closed_form(4.0), 3)
 (1.392, 1.4)
@@ -31,6 +39,7 @@ from losslab.quant.weight_quant import WeightQuant, code_dtype, storage_bits_for
 
 __all__ = [
     "BREAKPOINT_METHODS",
+    "SCHEMES",
     "gaussian_breakpoint_closed_form",
     "laplace_breakpoint_closed_form",
     "optimal_breakpoint",
@@ -39,6 +48,7 @@ __all__ = [
 
 BREAKPOINT_METHODS = ("gaussian", "laplace", "search")
 DISTRIBUTIONS = ("gaussian", "laplace")
+SCHEMES = ("pw2", "pw1")
 SEARCH_STEPS = (0.1, 0.01, 0.001)
 
 
@@ -60,14 +70,20 @@ def _cdf_pdf(p: float, dist: str) -> tuple[float, float]:
     return 1 - 0.5 * math.exp(-p / b), math.exp(-p / b) / (2 * b)
 
 
-def optimal_breakpoint(m_tilde: float, dist: str = "gaussian", tol: float = 1e-3) -> float:
-    """Normalized optimal breakpoint p̃* ∈ (0, m̃/2): root of p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃) by bisection."""
+def optimal_breakpoint(m_tilde: float, dist: str = "gaussian", tol: float = 1e-3, scheme: str = "pw2") -> float:
+    """Normalized optimal breakpoint p̃* ∈ (0, m̃/2) of ``scheme`` by bisection on the derivative of its expected
+    error: pw2 p − 2m̃ + 2m̃F(p) + m̃f(p)(2p − m̃); pw1 p(2F(p) − 1) + f(p)(p² − m̃²). Returns m̃/2 if the derivative
+    is still negative there."""
     if dist not in DISTRIBUTIONS:
         raise ConfigError(str(unknown_name_error("dist", dist, DISTRIBUTIONS)))
+    if scheme not in SCHEMES:
+        raise ConfigError(str(unknown_name_error("scheme", scheme, SCHEMES)))
     check_range("m_tilde", m_tilde, low=0, low_inclusive=False)
 
     def derivative(p: float) -> float:
         cdf, pdf = _cdf_pdf(p, dist)
+        if scheme == "pw1":
+            return p * (2 * cdf - 1) + pdf * (p * p - m_tilde * m_tilde)
         return p - 2 * m_tilde + 2 * m_tilde * cdf + m_tilde * pdf * (2 * p - m_tilde)
 
     lo, hi = 0.0, m_tilde / 2
@@ -82,37 +98,47 @@ def optimal_breakpoint(m_tilde: float, dist: str = "gaussian", tol: float = 1e-3
     return (lo + hi) / 2
 
 
-def _pw2_lut(m: Tensor, p: Tensor, bits: int) -> Tensor:
-    """Per-row level table ``[rows, 2^(b+1)]``: negative tail, centre (b-bit sym on ±p), positive tail."""
+def _centre(w: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """b-bit ``sym`` grid on [−p, p] (per row): codes 0…2^b − 1 of clamp(w, −p, p) and the ``[rows, 2^b]`` levels."""
     half = 2 ** (bits - 1)
-    tail_step = (m - p) / (half - 1)
-    j = torch.arange(half, dtype=m.dtype, device=m.device)
-    centre = grid_from_range(-p, p, bits, "sym")
-    c = torch.arange(-half, half, dtype=m.dtype, device=m.device)
-    neg = -m[:, None] + tail_step[:, None] * j
-    pos = p[:, None] + tail_step[:, None] * j
-    return torch.cat([neg, centre.decode(c[None, :]), pos], 1)
-
-
-def _pw2_codes(w: Tensor, m: Tensor, p: Tensor, bits: int) -> Tensor:
-    """Codes into :func:`_pw2_lut` for ``w`` ``[rows, cols]`` with per-row m, p ``[rows]``."""
-    half = 2 ** (bits - 1)
-    m_, p_ = m[:, None], p[:, None]
-    tail_step = (m_ - p_) / (half - 1)
-    centre = grid_from_range(-p, p, bits, "sym")
-    centre_codes = centre.encode(torch.minimum(torch.maximum(w, -p_), p_)) + 2 * half
-    pos_codes = torch.round((w - p_) / tail_step).clamp_(0, half - 1) + 3 * half
-    neg_codes = torch.round((w + m_) / tail_step).clamp_(0, half - 1)
-    return torch.where(w > p_, pos_codes, torch.where(w < -p_, neg_codes, centre_codes))
+    grid = grid_from_range(-p, p, bits, "sym")
+    c = torch.arange(-half, half, dtype=w.dtype, device=w.device)
+    codes = grid.encode(torch.minimum(torch.maximum(w, -p[:, None]), p[:, None])) + half
+    return codes, grid.decode(c[None, :])
 
 
 def _pw2_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    lut = _pw2_lut(m, p, bits)
-    codes = _pw2_codes(w, m, p, bits).long()
-    return codes, lut
+    """pw2 codes for ``w`` ``[rows, cols]`` (per-row m, p ``[rows]``) and the ``[rows, 2^(b+1)]`` level table:
+    negative tail (offset −m), centre, positive tail (offset p); tail step (m − p)/(2^(b−1) − 1)."""
+    half = 2 ** (bits - 1)
+    m_, p_ = m[:, None], p[:, None]
+    tail_step = (m_ - p_) / (half - 1)
+    j = torch.arange(half, dtype=m.dtype, device=m.device)
+    centre_codes, centre_levels = _centre(w, p, bits)
+    lut = torch.cat([-m_ + tail_step * j, centre_levels, p_ + tail_step * j], 1)
+    pos_codes = torch.round((w - p_) / tail_step).clamp_(0, half - 1) + 3 * half
+    neg_codes = torch.round((w + m_) / tail_step).clamp_(0, half - 1)
+    codes = torch.where(w > p_, pos_codes, torch.where(w < -p_, neg_codes, centre_codes + half))
+    return codes.long(), lut
 
 
-def _search_ratio(w: Tensor, m: Tensor, bits: int) -> Tensor:
+def _pw1_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """pw1 codes and the ``[rows, 2^(b+1)]`` level table: b-bit ``sym`` grid on [−m, m] (codes 0…2^b − 1, used for
+    |w| > p) then the b-bit ``sym`` centre grid on [−p, p] (codes 2^b…2^(b+1) − 1, used for |w| ≤ p)."""
+    half = 2 ** (bits - 1)
+    tail = grid_from_range(-m, m, bits, "sym")
+    c = torch.arange(-half, half, dtype=w.dtype, device=w.device)
+    tail_codes = tail.encode(w) + half
+    centre_codes, centre_levels = _centre(w, p, bits)
+    lut = torch.cat([tail.decode(c[None, :]), centre_levels], 1)
+    codes = torch.where(w.abs() > p[:, None], tail_codes, centre_codes + 2 * half)
+    return codes.long(), lut
+
+
+_QUANTIZERS = {"pw2": _pw2_quantize, "pw1": _pw1_quantize}
+
+
+def _search_ratio(w: Tensor, m: Tensor, bits: int, scheme: str) -> Tensor:
     """Coarse-to-fine search of r = p/m ∈ (0, 0.5) per row on the actual squared error (steps 0.1, 0.01, 0.001)."""
     best_r = torch.full_like(m, 0.25)
     best_err = torch.full_like(m, float("inf"))
@@ -122,7 +148,7 @@ def _search_ratio(w: Tensor, m: Tensor, bits: int) -> Tensor:
         n = round(2 * span / step)
         for k in range(n + 1):
             r = (centre - span + k * step).clamp(step / 10, 0.5 - step / 10)
-            codes, lut = _pw2_quantize(w, m, r * m, bits)
+            codes, lut = _QUANTIZERS[scheme](w, m, r * m, bits)
             err = (lut.gather(1, codes) - w).pow(2).sum(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -139,14 +165,14 @@ def pwlq_weight(
     per_channel: bool = True,
     bias_correction: bool = False,
 ) -> WeightQuant:
-    """PWLQ-quantize ``weight`` ``[out, in]`` (scheme ``pw2``), per output channel or per tensor.
+    """PWLQ-quantize ``weight`` ``[out, in]`` with scheme ``pw2`` (default) or ``pw1``, per output channel or tensor.
 
     Args:
         weight: float weight ``[out, in]`` (BN folded beforehand for the reference setting).
         bits: nominal b (2..8); the grid has 2^(b+1) levels (``storage_bits`` = b + 1).
-        breakpoint: ``gaussian`` | ``laplace`` (optimal breakpoint for that density at m̃ = m/std), ``search``
-            (coarse-to-fine on the actual error), or a float r ∈ (0, 0.5) giving p = r·m.
-        scheme: ``pw2`` (only scheme implemented).
+        breakpoint: ``gaussian`` | ``laplace`` (the scheme's optimal breakpoint for that density at m̃ = m/std),
+            ``search`` (coarse-to-fine on the actual error), or a float r ∈ (0, 0.5) giving p = r·m.
+        scheme: ``pw2`` (non-overlapping, the paper's numbers) or ``pw1`` (overlapping; see the module doc).
         per_channel: one range/breakpoint per row; ``False`` = one per tensor (RegulQuant preset).
         bias_correction: per row q ← (q + mean(w) − mean(q))·std(w)/std(q), applied to the level table.
 
@@ -155,8 +181,8 @@ def pwlq_weight(
         ``label``.
     """
     check_bits(bits)
-    if scheme != "pw2":
-        raise ConfigError(str(unknown_name_error("scheme", scheme, ("pw2",))))
+    if scheme not in SCHEMES:
+        raise ConfigError(str(unknown_name_error("scheme", scheme, SCHEMES)))
     if isinstance(breakpoint, str) and breakpoint not in BREAKPOINT_METHODS:
         raise ConfigError(str(unknown_name_error("breakpoint", breakpoint, BREAKPOINT_METHODS)))
     if not isinstance(breakpoint, str):
@@ -167,17 +193,17 @@ def pwlq_weight(
     m = x.abs().amax(1)
     m = torch.where(m > 0, m, torch.ones_like(m))
     if breakpoint == "search":
-        ratio = _search_ratio(x, m, bits)
+        ratio = _search_ratio(x, m, bits, scheme)
     elif isinstance(breakpoint, str):
         std = x.std(1)
         m_tilde = (m / torch.where(std > 0, std, torch.ones_like(std))).tolist()
-        ratio = torch.tensor([optimal_breakpoint(mt, breakpoint) / mt for mt in m_tilde], dtype=w.dtype)
+        ratio = torch.tensor([optimal_breakpoint(mt, breakpoint, scheme=scheme) / mt for mt in m_tilde], dtype=w.dtype)
     else:
         ratio = torch.full_like(m, float(breakpoint))
     p = ratio * m
     if not per_channel:
         m, p, ratio = m.expand(rows), p.expand(rows), ratio.expand(rows)
-    codes, lut = _pw2_quantize(w, m, p, bits)
+    codes, lut = _QUANTIZERS[scheme](w, m, p, bits)
     if bias_correction:
         q0 = lut.gather(1, codes)
         q_std = q0.std(1, keepdim=True)
@@ -202,6 +228,6 @@ def pwlq_weight(
             "scheme": scheme,
             "per_channel": per_channel,
             "bias_correction": bias_correction,
-            "label": f"{bits}-bit PWLQ pw2 ({levels} levels, {bits + 1} storage bits)",
+            "label": f"{bits}-bit PWLQ {scheme} ({levels} levels, {bits + 1} storage bits)",
         },
     )
