@@ -27,6 +27,7 @@ from torch import nn
 
 from losslab.io import write_text_atomic
 from losslab.quant.weight_quant import WeightQuant
+from losslab.tables import format_table
 
 SCALE_BITS = 16
 LUT_BITS = 16
@@ -149,19 +150,28 @@ class QuantResult:
         return text
 
     def table(self) -> str:
-        """A plain-text per-layer table (name, shape, method, bits, levels, SQNR, proxy loss, sparsity)."""
-        head = f"{'layer':<24}{'shape':<18}{'bits':>5}{'levels':>8}{'grid':>10}{'SQNR dB':>9}{'proxy':>11}{'sparse':>8}"
-        lines = [head]
+        """A plain-text per-layer table (name, shape, bits, levels, grid, SQNR, proxy loss, sparsity), aligned to
+        the longest layer name (:func:`losslab.tables.format_table`); float layers show only name and shape."""
+        rows = []
         for r in self.layers:
             shape = "x".join(map(str, r.shape))
             if not r.quantized:
-                lines.append(f"{r.name:<24}{shape:<18}{'float':>5}")
+                rows.append([r.name, shape, "float", "", "", "", "", ""])
                 continue
-            lines.append(
-                f"{r.name:<24}{shape:<18}{r.bits:>5}{r.levels:>8}{r.grid:>10}{_fmt(r.sqnr_db, '.2f'):>9}"
-                f"{_fmt(r.proxy_loss, '.3e'):>11}{_fmt(r.sparsity, '.3f'):>8}"
+            rows.append(
+                [
+                    r.name,
+                    shape,
+                    str(r.bits),
+                    str(r.levels),
+                    r.grid,
+                    _fmt(r.sqnr_db, ".2f"),
+                    _fmt(r.proxy_loss, ".3e"),
+                    _fmt(r.sparsity, ".3f"),
+                ]
             )
-        return "\n".join(lines)
+        headers = ["layer", "shape", "bits", "levels", "grid", "SQNR dB", "proxy", "sparse"]
+        return format_table(headers, rows, align="llrrrrrr")
 
 
 def _json_safe(obj: Any) -> Any:
