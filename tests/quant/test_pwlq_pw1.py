@@ -4,14 +4,15 @@ independently, per-region error bounds, its own optimal breakpoint, pw2 ≤ pw1 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from losslab.cli_quantize import build_methods
 from losslab.errors import ConfigError
-from losslab.quant import PWLQ
+from losslab.quant import PWLQ, load_packed, quantize, save_packed
 from losslab.quant.pwlq import optimal_breakpoint, pwlq_weight
 
 F64 = torch.float64
@@ -107,3 +108,16 @@ def test_config_and_cli() -> None:
         pwlq_weight(w, 3, scheme="pw3")
     with pytest.raises(ConfigError, match="--scheme applies to pwlq"):
         build_methods(("gpfq",), [4], {"scheme": "pw1"})
+
+
+def test_packed_equals_fake_bit_exactly(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    result = quantize(model, PWLQ(bits=3, scheme="pw1"), [torch.randn(8, 12)], progress=False)
+    assert all(layer.grid == "pwlq" for layer in result.layers)
+    save_packed(result, tmp_path / "m.safetensors")
+    loaded = load_packed(
+        tmp_path / "m.safetensors", model=nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    )
+    fake = result.model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, fake[key]), key
