@@ -103,6 +103,6 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="breakpoint"):
         pwlq_weight(w, 4, breakpoint="cauchy")
     with pytest.raises(ConfigError, match="scheme"):
-        pwlq_weight(w, 4, scheme="pw1")
+        pwlq_weight(w, 4, scheme="pw3")
     with pytest.raises(ConfigError, match="dist"):
         optimal_breakpoint(4.0, "uniform")
