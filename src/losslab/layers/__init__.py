@@ -15,7 +15,12 @@ The Lightning callbacks of the normalization experiment (``RecordFrobNorms``, ``
 
 from __future__ import annotations
 
-from losslab.layers.attention import AttentionFrobeniusDecay, attention_modules, spectral_rebalance_attention
+from losslab.layers.attention import (
+    AttentionFrobeniusDecay,
+    attention_modules,
+    attention_statistics,
+    spectral_rebalance_attention,
+)
 from losslab.layers.factorize import (
     FactorizeReport,
     LayerFactorization,
@@ -62,6 +67,7 @@ __all__ = [
     "TensorTrainConv2d",
     "TensorTrainDecay",
     "attention_modules",
+    "attention_statistics",
     "collapse",
     "conv_kernel_to_matrix",
     "conv_rank_for_scale",

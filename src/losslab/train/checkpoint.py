@@ -63,7 +63,9 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
             "checkpoints come from `losslab train`"
         ) from None
     spec = dataset_info(cfg.dataset)
-    model, _ = build_model(cfg.model_copy(update={"spectral": False, "pretrained": False}), spec)
+    model, _ = build_model(
+        cfg.model_copy(update={"spectral": False, "attention_spectral": False, "pretrained": False}), spec
+    )
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
