@@ -108,7 +108,8 @@ class TrainConfig(BaseModel):
     )
     save_preregularized: bool = Field(False, description="Save a checkpoint just before regularization starts.")
     reg_schedule: Path | None = Field(
-        None, description="YAML file with regularization phases (overrides --regularizer)."
+        None,
+        description="YAML file with regularization phases, or a shipped one by name (combined_protocol).",
     )
 
     # --- factorization (losslab.layers)
