@@ -4,6 +4,7 @@
     losslab evaluate RUN_OR_CKPT                                      accuracy of a trained classifier
     losslab quantize RUN_OR_CKPT --method gpfq --bits 4 8             post-training quantization + accuracy table
     losslab lm finetune|quantize|eval ...                             causal language models
+    losslab logreg --dataset breast_cancer --compare --k 3 --k 10     logistic regression, logistic vs rooted loss
     losslab study run FILE / losslab report STUDY_DIR                 grids of runs and their report
     losslab demo                                                      the quickstart study and its report
     losslab models | objectives | datasets | regularizers             what is available
@@ -185,11 +186,12 @@ def demo(out_dir: Path, workers: int | None) -> None:
 def _register_subpackage_commands() -> None:
     """Attach the command groups that live beside the packages they drive."""
     from losslab.cli_lm import lm
+    from losslab.cli_logreg import logreg
     from losslab.cli_quantize import quantize
     from losslab.report.cli import report
     from losslab.study.cli import study
 
-    for command in (lm, quantize, report, study):
+    for command in (lm, logreg, quantize, report, study):
         cli.add_command(command)
 
 
