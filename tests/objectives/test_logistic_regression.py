@@ -16,7 +16,7 @@ from sklearn.svm import SVC
 from losslab.cli import cli, main
 from losslab.cli_logreg import BinarySplit, load_split, synthetic_separable
 from losslab.errors import LosslabError
-from losslab.objectives import LogisticObjective, fit_logistic_regression
+from losslab.objectives import LogisticFit, LogisticObjective, fit_logistic_regression
 from losslab.objectives.logistic_regression import margin_loss_derivatives
 
 LOSSES = [("logistic", None), ("rooted", 3.0), ("rooted", 0.5)]
@@ -27,9 +27,10 @@ def breast_cancer() -> BinarySplit:
     return load_split("breast_cancer", seed=0)
 
 
-def theta_of(fit: object) -> torch.Tensor:
-    """(w, b) of a fit as one vector."""
-    return torch.cat([fit.weights, torch.tensor([fit.intercept], dtype=fit.weights.dtype)])  # type: ignore[attr-defined]
+def theta_of(fit: LogisticFit) -> torch.Tensor:
+    """(w, b) of a fit as one vector, on the fit's device."""
+    intercept = torch.tensor([fit.intercept], dtype=fit.weights.dtype, device=fit.weights.device)
+    return torch.cat([fit.weights, intercept])
 
 
 def test_rooted_derivatives_match_spec_oracle() -> None:
@@ -312,3 +313,15 @@ def test_cli_bad_input_errors(
         main(["logreg", *[str(path) if a == "CSV" else a for a in args]])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_fit_matches_cpu(breast_cancer: BinarySplit) -> None:
+    kwargs = {"loss": "rooted", "k": 3.0, "l2": 1e-3, "solver": "newton", "tol": 1e-10}
+    cpu = fit_logistic_regression(breast_cancer.X_train, breast_cancer.y_train, **kwargs)
+    gpu = fit_logistic_regression(breast_cancer.X_train, breast_cancer.y_train, device="cuda", **kwargs)
+    assert gpu.weights.device.type == "cuda" and gpu.converged
+    torch.testing.assert_close(theta_of(gpu).cpu(), theta_of(cpu), rtol=0, atol=1e-8)
+    assert gpu.score(breast_cancer.X_test, breast_cancer.y_test) == cpu.score(
+        breast_cancer.X_test, breast_cancer.y_test
+    )

@@ -96,11 +96,6 @@ class LogisticOptions:
     dtype: str = "float64"
     device: str = "cpu"
 
-    @property
-    def offset(self) -> float:
-        """ℓ_∞ = inf ℓ: k for the rooted loss, 0 for the logistic one."""
-        return self.k if self.k is not None else 0.0
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of the settings."""
         return asdict(self)
