@@ -1,8 +1,8 @@
 """Training-step cost of the regularizers on CIFAR ResNet-20, as a ratio to a plain step measured in the same run.
 
 One step = forward, task loss, regularizer term, backward, SGD step, on one fixed batch (default 128×3×32×32).
-``lp2native`` is the same LPGrad step with PyTorch's own BatchNorm double backward (``fast_batchnorm=False``), the
-reference for the closed-form one in ``losslab.regularizers.batchnorm_grad``.
+``lp2native`` is the same LPGrad step with PyTorch's own double backwards (``fast_double_backward=False``), the
+reference for the closed-form BatchNorm/Conv2d ones of ``losslab.regularizers.double_backward``.
 LPGrad with activations hooks the nine residual-block outputs (post-ReLU). Target for lp_grad (p=2, weights +
 activations): <= 3× the plain step. Run::
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="lp2,lp2native,variance,lp2w,lp1",
-        help="comma list of: lp2, lp2native (without the closed-form BatchNorm double backward), variance, lp2w, lp1",
+        help="comma list of: lp2, lp2native (PyTorch's BatchNorm/Conv2d double backward), variance, lp2w, lp1",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,8 +103,8 @@ def main() -> None:
         "variance": ("variance", create("variance", lam=1.25)),
         "lp2w": ("lp_grad p=2 weights only", create("lp_grad", p=2, lam=0.05, activations=False)),
         "lp2native": (
-            "lp_grad p=2 w+a, PyTorch BN 2nd bwd",
-            create("lp_grad", p=2, lam=0.05, activation_names=BLOCK_OUTPUTS, fast_batchnorm=False),
+            "lp_grad p=2 w+a, PyTorch 2nd bwd",
+            create("lp_grad", p=2, lam=0.05, activation_names=BLOCK_OUTPUTS, fast_double_backward=False),
         ),
         "lp1": ("lp_grad p=1 weights+activations", create("lp_grad", p=1, lam=0.05, activation_names=BLOCK_OUTPUTS)),
     }

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losslab.regularizers.batchnorm_grad import batch_norm_train, use_fast_batchnorm_double_backward
+from losslab.regularizers.batchnorm_grad import batch_norm_train
+from losslab.regularizers.double_backward import use_fast_double_backward
 
 
 def _inputs(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,7 +58,7 @@ def test_swapped_module_trains_like_the_original(momentum: float | None) -> None
     ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU(), nn.Flatten())
     fast = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU(), nn.Flatten())
     fast.load_state_dict(ref.state_dict())
-    restore = use_fast_batchnorm_double_backward(fast)
+    restore = use_fast_double_backward(fast, conv=False)
     assert "forward" in fast[1].__dict__
     for step in range(3):
         x = torch.randn(6, 3, 6, 6, generator=torch.Generator().manual_seed(step))

@@ -61,8 +61,8 @@ def test_fused_equals_double_backprop(kw: dict) -> None:
     assert any(float(g.abs().sum()) > 0 for g in fused)
 
 
-def test_fast_batchnorm_gives_pytorchs_double_backward_on_a_resnet() -> None:
-    """LPGrad swaps in the closed-form BatchNorm double backward; every gradient equals PyTorch's (float64)."""
+def test_fast_double_backward_gives_pytorchs_on_a_resnet() -> None:
+    """LPGrad swaps in the closed-form BatchNorm/Conv2d double backwards; every gradient equals PyTorch's (float64)."""
     import timm
 
     import losslab.models  # noqa: F401 - registers cifar_resnet20
@@ -75,9 +75,11 @@ def test_fast_batchnorm_gives_pytorchs_double_backward_on_a_resnet() -> None:
     results = []
     for fast in (False, True):
         model.load_state_dict(state)
-        reg = create("lp_grad", p=2, lam=0.5, activation_names=names, fast_batchnorm=fast)
+        reg = create("lp_grad", p=2, lam=0.5, activation_names=names, fast_double_backward=fast)
         reg.attach(model)
         swapped = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and "forward" in m.__dict__]
+        assert len(swapped) == (19 if fast else 0)
+        swapped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and "forward" in m.__dict__]
         assert len(swapped) == (19 if fast else 0)
         model.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)

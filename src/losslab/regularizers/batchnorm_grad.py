@@ -27,17 +27,10 @@ Forward values, running statistics and the first backward are PyTorch's own kern
 derivatives are refused (``once_differentiable``). The fast path applies to affine float32/float64 BatchNorm in
 training mode outside autocast; anything else runs the module's own forward.
 
-Example::
-
-    restore = use_fast_batchnorm_double_backward(model)   # swaps the forward of every BatchNorm1d/2d/3d
-    ...                                                   # train with double backprop
-    restore()
+:func:`losslab.regularizers.double_backward.use_fast_double_backward` swaps it into a model's BatchNorm layers.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from types import MethodType
 
 import torch
 from torch import Tensor, nn
@@ -74,20 +67,25 @@ class _BatchNormBackward(torch.autograd.Function):
         g, x, mean, invstd, weight, grad_w, grad_b = ctx.saved_tensors  # type: ignore[attr-defined]
         ndim, dims = g.dim(), _reduce_dims(g.dim())
         n = g.numel() // g.shape[1]
-        s = _channel_view(invstd, ndim)
-        x_hat = torch.addcmul(-_channel_view(mean, ndim) * s, x, s)  # recomputed: nothing extra kept in forward
+        s, mu = _channel_view(invstd, ndim), _channel_view(mean, ndim)
         gamma_s = _channel_view(weight, ndim) * s
         m1, m2 = _channel_view(grad_b, ndim) / n, _channel_view(grad_w, ndim) / n
-        a_dot_xhat = (a * x_hat).sum(dim=dims, keepdim=True)
-        p_a = torch.addcmul(a - a.mean(dim=dims, keepdim=True), x_hat, a_dot_xhat, value=-1.0 / n)
-        c = (p_a * g).sum(dim=dims, keepdim=True)  # ⟨a, P(g)⟩ = ⟨P(a), g⟩
+        # three per-channel sums of a; x̂ = s·(x − μ) is never materialised, one full-size scratch buffer
+        scratch = torch.mul(a, x)
+        a_dot_x = scratch.sum(dim=dims, keepdim=True)
+        a_dot_g = torch.mul(a, g, out=scratch).sum(dim=dims, keepdim=True)
+        del scratch
+        sum_a = a.sum(dim=dims, keepdim=True)
+        a_dot_xhat = s * (a_dot_x - mu * sum_a)  # ⟨a, x̂⟩
+        c = a_dot_g - m1 * sum_a - m2 * a_dot_xhat  # ⟨a, P(g)⟩
         bar_w_v, bar_b_v = _channel_view(bar_w, ndim), _channel_view(bar_b, ndim)
-        grad_g = torch.addcmul(torch.addcmul(bar_b_v, x_hat, bar_w_v), p_a, gamma_s)
-        # x̄ = s·(k·P(g) − γ·s·m₂·P(a)) − (γ·s²·c/N)·x̂ with k = ḡ_γ − γ·s·⟨a, x̂⟩/N and P(g) = g − m₁ − x̂·m₂
-        sk = s * (bar_w_v - gamma_s * a_dot_xhat / n)
-        grad_x = torch.addcmul(-sk * m1, g, sk)
-        grad_x = torch.addcmul(grad_x, p_a, -s * gamma_s * m2)
-        grad_x = torch.addcmul(grad_x, x_hat, -sk * m2 - gamma_s * s * c / n)
+        k = bar_w_v - gamma_s * a_dot_xhat / n
+        # ḡ = γs·P(a) + ḡ_γ·x̂ + ḡ_β = γs·a + k·x̂ + (ḡ_β − γs·mean(a)), with x̂ = s·x − s·μ
+        grad_g = torch.addcmul(bar_b_v - gamma_s * sum_a / n - k * s * mu, a, gamma_s).addcmul_(x, k * s)
+        # x̄ = s·(k·P(g) − γs·m₂·P(a)) − (γs²·c/N)·x̂, expanded into per-channel coefficients of g, a, x and 1
+        coef_xhat = s * gamma_s * m2 * a_dot_xhat / n - s * k * m2 - gamma_s * s * c / n
+        const = s * gamma_s * m2 * sum_a / n - s * k * m1 - coef_xhat * s * mu
+        grad_x = torch.addcmul(const, g, s * k).addcmul_(a, -s * gamma_s * m2).addcmul_(x, coef_xhat * s)
         grad_weight = (s * c).flatten()
         return grad_g, grad_x, grad_weight, None, None, None
 
@@ -135,7 +133,7 @@ def batch_norm_train(
     return _BatchNormTrain.apply(x, weight, bias, running_mean, running_var, momentum, eps)
 
 
-def _fast_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+def fast_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     """The module's forward, routed through :func:`batch_norm_train` when training an affine fp32/fp64 layer."""
     fast = (
         self.training
@@ -154,24 +152,3 @@ def _fast_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
         if self.momentum is None:  # cumulative moving average, as nn.BatchNorm does
             momentum = 1.0 / float(self.num_batches_tracked)
     return batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
-
-
-def use_fast_batchnorm_double_backward(model: nn.Module) -> Callable[[], None]:
-    """Route every BatchNorm1d/2d/3d of ``model`` through :func:`batch_norm_train`; returns the undo function.
-
-    Only the instances' ``forward`` is overridden: parameters, buffers, ``state_dict`` and module types are
-    untouched. Modules that already had an instance-level ``forward`` are left alone.
-    """
-    swapped: list[nn.Module] = []
-    for module in model.modules():
-        is_bn = isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
-        if is_bn and not isinstance(module, nn.SyncBatchNorm) and "forward" not in module.__dict__:
-            module.forward = MethodType(_fast_forward, module)  # type: ignore[method-assign]
-            swapped.append(module)
-
-    def restore() -> None:
-        for module in swapped:
-            module.__dict__.pop("forward", None)
-        swapped.clear()
-
-    return restore

@@ -37,7 +37,7 @@ from losslab.regularizers.base import (
     default_activation_names,
     weight_tensors,
 )
-from losslab.regularizers.batchnorm_grad import use_fast_batchnorm_double_backward
+from losslab.regularizers.double_backward import use_fast_double_backward
 
 COMBINE_CHOICES = ("layer", "global")
 
@@ -67,9 +67,9 @@ class LPGrad(Regularizer):
         selector: which modules' ``.weight`` are penalized (default: Conv2d and Linear).
         grad_scale: static loss scale S for AMP: gradients are taken of S·L and divided by S in fp32, so small
             fp16 gradients do not underflow. ``combine`` and ``squared`` act on the weight term only.
-        fast_batchnorm: while attached, route the model's BatchNorm layers through
-            :func:`~losslab.regularizers.batchnorm_grad.batch_norm_train`, whose closed-form double backward is
-            about 4× cheaper than PyTorch's generic one (same values and gradients; float64 tests).
+        fast_double_backward: while attached, route the model's BatchNorm and Conv2d layers through closed-form
+            double backwards (:mod:`losslab.regularizers.double_backward`): same values and gradients (float64
+            tests), fewer and faster kernels than PyTorch's generic second-order formulas.
 
     Activation capture: :meth:`attach` registers forward hooks that record outputs only while ``self.active``
     (see :meth:`set_active`), the module is training and grad mode is on; :meth:`loss_term` consumes them.
@@ -93,7 +93,7 @@ class LPGrad(Regularizer):
         activation_names: Sequence[str] | None = None,
         selector: ModuleSelector | None = None,
         grad_scale: float = 1.0,
-        fast_batchnorm: bool = True,
+        fast_double_backward: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float)):
@@ -121,30 +121,30 @@ class LPGrad(Regularizer):
         self.activation_names = list(activation_names) if activation_names is not None else None
         self.selector = selector
         self.grad_scale = float(grad_scale)
-        self.fast_batchnorm = bool(fast_batchnorm)
-        self._restore_batchnorm: Callable[[], None] | None = None
+        self.fast_double_backward = bool(fast_double_backward)
+        self._restore_layers: Callable[[], None] | None = None
         self.last_parts: dict[str, Tensor] = {}
         self._capture = ActivationCapture(lambda: self.active)
 
     def attach(self, model: nn.Module) -> None:
         """Hook the activation modules (if the activation term is on; ConfigError if they cannot be found) and,
-        with ``fast_batchnorm``, swap in the closed-form BatchNorm double backward."""
+        with ``fast_double_backward``, swap in the closed-form BatchNorm/Conv2d double backwards."""
         if self.activations:
             names = self.activation_names if self.activation_names is not None else default_activation_names(model)
             self._capture.attach(model, names)
-        if self.fast_batchnorm:
-            self._restore_fast_batchnorm()
-            self._restore_batchnorm = use_fast_batchnorm_double_backward(model)
+        if self.fast_double_backward:
+            self._restore_fast_layers()
+            self._restore_layers = use_fast_double_backward(model)
 
     def detach(self) -> None:
-        """Remove the activation hooks and give the BatchNorm layers their own forward back."""
+        """Remove the activation hooks and give the BatchNorm/Conv2d layers their own forward back."""
         self._capture.detach()
-        self._restore_fast_batchnorm()
+        self._restore_fast_layers()
 
-    def _restore_fast_batchnorm(self) -> None:
-        if self._restore_batchnorm is not None:
-            self._restore_batchnorm()
-            self._restore_batchnorm = None
+    def _restore_fast_layers(self) -> None:
+        if self._restore_layers is not None:
+            self._restore_layers()
+            self._restore_layers = None
 
     def _weight_term(self, grads: Sequence[Tensor | None], device: torch.device) -> Tensor:
         norms = _norms(grads, self.p, self.grad_scale, device)
