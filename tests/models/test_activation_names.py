@@ -33,3 +33,24 @@ def test_lp_grad_with_activations_on_resnet20() -> None:
     reg.detach()
     assert term is not None and torch.isfinite(term) and float(term) > 0
     assert reg.last_parts["a"] > 0  # the activation term is present
+
+
+def test_small_models_name_their_post_relu_outputs() -> None:
+    """The default CLI model (small_cnn) and mlp work with LPGrad's activation term out of the box."""
+    for name, kwargs, x in (
+        ("small_cnn", {"in_chans": 1}, torch.randn(4, 1, 8, 8)),
+        ("mlp", {"in_chans": 1, "img_size": 8}, torch.randn(4, 1, 8, 8)),
+    ):
+        model = timm.create_model(name, num_classes=10, **kwargs)
+        modules = dict(model.named_modules())
+        assert all(
+            isinstance(modules[n][-1] if isinstance(modules[n], torch.nn.Sequential) else modules[n], torch.nn.ReLU)
+            for n in model.activation_names
+        ), name
+        reg = create("lp_grad", p=2, lam=0.1)
+        reg.attach(model)
+        loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (4,)))
+        captured = reg._capture.take()
+        assert len(captured) == len(model.activation_names) and all(bool((t >= 0).all()) for t in captured)
+        reg.detach()
+        assert loss.requires_grad

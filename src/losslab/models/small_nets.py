@@ -5,6 +5,8 @@
   parameters at 1 channel and 10 classes.
 - ``mlp``: flatten → [Linear → ReLU] per hidden width → ``Linear`` to ``num_classes``; needs ``img_size``.
 
+Both list their post-ReLU modules in ``activation_names`` (the activations LPGrad's activation term hooks).
+
 ::
 
     model = timm.create_model("small_cnn", in_chans=1, num_classes=10)
@@ -39,6 +41,7 @@ class SmallCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
+        self.activation_names: list[str] = ["features.0", "features.1", "features.3"]  # ConvBNReLU outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.features(x)).flatten(1))
@@ -61,6 +64,7 @@ class MLP(nn.Module):
             width = int(h)
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        self.activation_names: list[str] = [f"net.{i}" for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

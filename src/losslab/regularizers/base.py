@@ -68,7 +68,8 @@ def default_activation_names(model: nn.Module) -> list[str]:
     if not names:
         raise ConfigError(
             f"{type(model).__name__} has no 'activation_names' attribute, so the activations to regularize are "
-            "unknown; pass activation_names=[module names] (e.g. the post-ReLU modules) or activations=False"
+            "unknown; pass activation_names=[module names] (e.g. the post-ReLU modules) or activations=False "
+            "(CLI: --no-activation-gradients)"
         )
     return list(names)
 
