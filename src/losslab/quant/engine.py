@@ -1,12 +1,12 @@
 """The layer-wise quantization engine: quantize every Conv2d/Linear of any PyTorch network (spec §8).
 
-Layers are processed in registration order. For layer i the engine runs the cached calibration batches through
-the float network and through the partly quantized network (layers < i already quantized), grabbing layer i's
-input with a forward pre-hook that aborts the rest of the forward pass. Statistics are streamed batch by batch
-(no unfolded patches are kept): GPTQ/LDLQ accumulate H = (2/n)ΣX̃ᵀX̃ from the partly quantized network (as the
-sequential GPTQ driver does), GPFQ accumulates G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX. Convs are unfolded with their real
-stride, padding, dilation and groups (:mod:`losslab.quant.unfold`); grouped convs are quantized per group. The
-dequantized weight is written back (fake quantization); the user's model is never modified::
+Layers are processed in registration order. Layer i's statistics use its input in the float network and/or in
+the partly quantized network (layers < i already quantized), for every cached calibration batch. Statistics are
+streamed batch by batch (no unfolded patches are kept): GPTQ/LDLQ accumulate H = (2/n)ΣX̃ᵀX̃ from the partly
+quantized network (as the sequential GPTQ driver does), GPFQ accumulates G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX. Convs are
+unfolded with their real stride, padding, dilation and groups (:mod:`losslab.quant.unfold`); grouped convs are
+quantized per group. The dequantized weight is written back (fake quantization); the user's model is never
+modified::
 
     from losslab.quant import GPFQ, RTN, quantize, quantize_many
     result = quantize(model, GPFQ(bits=4), calib_loader, overrides={"fc": RTN(bits=8)}, skip=["conv1"])
@@ -14,8 +14,20 @@ dequantized weight is written back (fake quantization); the user's model is neve
     results = quantize_many(model, [RTN(bits=b) for b in (8, 4, 3)], calib_loader)   # one calibration cache
 
 ``calib`` is a DataLoader, any iterable of batches, or a list of tensors; a batch is an input tensor or a
-``(inputs, labels, ...)`` tuple/list (the first element is used). Cost: for layer i a forward pass up to layer
-i per batch in each network, i.e. about L/2 full passes per batch for L layers.
+``(inputs, labels, ...)`` tuple/list (the first element is used).
+
+How the inputs are reached (:mod:`losslab.quant.walk`, ``walk=``), with bit-identical results either way:
+
+- ``"segments"`` (default): the model is traced module by module with torch.fx and replayed once over all
+  batches, each layer being quantized when the replay reaches its first call. Cost: about one forward pass per
+  batch for each network that is needed (GPTQ/LDLQ: the quantized one; GPFQ or ``metrics=True``: both), plus
+  k/2 passes through any module that cannot be replayed (it has k layers). Memory: every activation that a later
+  node still needs is cached per batch and network on ``device`` (a chain: one activation per batch; a residual
+  block: two or three), the same order as the calibration set's activations at one layer;
+  ``summary()["calibration"]["walk_cache_bytes"]`` records the peak.
+- ``"prefix"``: for layer i, each network is rerun from the input up to layer i with a hook that records the
+  input and aborts: about L/2 full forward passes per batch for L layers, no cache. Used automatically when the
+  model cannot be replayed exactly (untraceable root, layers not first called in registration order).
 """
 
 from __future__ import annotations
@@ -39,32 +51,10 @@ from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_ms
 from losslab.quant.methods import QuantMethod
 from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
 from losslab.quant.unfold import QuantLayer, grouped_weight, layer_inputs, legacy_gpfq_patches, n_groups
+from losslab.quant.walk import WALKS, Walker, WalkPlan, capture_input, plan_walk
 from losslab.quant.weight_quant import WeightQuant
 
-
-class _StopForward(Exception):
-    """Raised by the capture hook to abort the forward pass once the target layer's input is seen."""
-
-
-def capture_input(model: nn.Module, layer: nn.Module, batch: Tensor) -> Tensor:
-    """The input that ``layer`` receives when ``model(batch)`` runs (the rest of the forward is skipped)."""
-    store: list[Tensor] = []
-
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        store.append(args[0].detach())
-        raise _StopForward
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            model(batch)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not store:
-        raise LosslabError(f"layer {type(layer).__name__} was never called in the forward pass; skip it")
-    return store[0]
+__all__ = ["capture_input", "quant_layers", "quantize", "quantize_many"]
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
@@ -154,19 +144,23 @@ class _LayerStats:
     rows: int = 0
 
 
+def _stream_use(method: QuantMethod | None, metrics: bool) -> tuple[bool, bool] | None:
+    """Which streams a layer's statistics read: (float network X, partly quantized network X̃); None = no data."""
+    if method is None or (method.stats == "none" and not metrics):
+        return None
+    return metrics or method.stats == "gpfq", method.stats != "none"
+
+
 def _collect(
     method: QuantMethod,
     fmodel: nn.Module,
     qmodel: nn.Module,
     name: str,
-    batches: Sequence[Tensor],
-    need_tilde: bool,
+    pairs: Iterable[tuple[Tensor | None, Tensor | None]],
     metrics: bool,
     generator: torch.Generator,
-) -> _LayerStats | None:
-    """Stream the calibration batches through both networks and accumulate this layer's statistics."""
-    if method.stats == "none" and not metrics:
-        return None
+) -> _LayerStats:
+    """Accumulate this layer's statistics from per-batch inputs ``(x, x̃)`` (a missing one means "the other one")."""
     flayer, qlayer = fmodel.get_submodule(name), qmodel.get_submodule(name)
     groups, dim = n_groups(flayer), grouped_weight(flayer).shape[-1]
     device = flayer.weight.device
@@ -175,11 +169,9 @@ def _collect(
         [torch.zeros(dim, dim, device=device, dtype=torch.float64) for _ in range(groups)] if metrics else [],
     )
     legacy = getattr(method, "legacy_unfold", False) and isinstance(flayer, nn.Conv2d)
-    need_float = metrics or method.stats == "gpfq"  # GPTQ/LDLQ alone only need the quantized stream
-    for batch in batches:
-        x = capture_input(fmodel, flayer, batch) if need_float else None
-        x_tilde = capture_input(qmodel, qlayer, batch) if need_tilde or x is None else x
-        x = x_tilde if x is None else x
+    for x_float, x_quant in pairs:
+        x = x_float if x_float is not None else x_quant
+        x_tilde = x_quant if x_quant is not None else x
         if legacy:
             rows, rows_tilde = legacy_gpfq_patches(flayer, x, x_tilde, generator)
         else:
@@ -246,41 +238,57 @@ def _run_one(
     base: nn.Module,
     plan: dict[str, QuantMethod | None],
     batches: list[Tensor],
+    walk_plan: WalkPlan,
     *,
     act_bits: int | None,
     seed: int,
     metrics: bool,
     progress: bool,
     label: str,
-) -> tuple[nn.Module, list[LayerReport], dict[str, list[WeightQuant]], dict[str, tuple[float, float]]]:
+) -> tuple[nn.Module, list[LayerReport], dict[str, list[WeightQuant]], dict[str, tuple[float, float]], int]:
     qmodel = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(seed)
     reports, weights = [], {}
     modified = False
-    for index, name in enumerate(tqdm(list(plan), desc=label, disable=not progress, leave=False)):
-        method, qlayer = plan[name], qmodel.get_submodule(name)
-        start = time.perf_counter()
-        if method is None:
-            reports.append(_report(name, qlayer, None, [], qlayer.weight, None, 0.0))
-            continue
-        layer_batches = [batches[index % len(batches)]] if getattr(method, "fresh_batch_per_layer", False) else batches
-        stats = _collect(method, base, qmodel, name, layer_batches, modified, metrics, generator)
-        weight = qlayer.weight.detach().clone()
-        wqs = [
-            method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + 2 * index)
-            for g, w in enumerate(grouped_weight(qlayer))
-        ]
-        q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
-        with torch.no_grad():
-            qlayer.weight.copy_(q)
-        modified = modified or not torch.equal(q, weight)
-        weights[name] = wqs
-        reports.append(_report(name, qlayer, method, wqs, weight, stats, time.perf_counter() - start))
+    uses = {name: _stream_use(method, metrics) for name, method in plan.items()}
+    streams = [s for i, s in enumerate(("f", "q")) if any(u is not None and u[i] for u in uses.values())]
+    last_data = max((i for i, u in enumerate(uses.values()) if u is not None), default=-1)
+    skipped = [name for name, method in plan.items() if method is None]
+    walker = Walker(walk_plan, {"f": base, "q": qmodel}, batches, streams, skipped)
+    try:
+        for index, name in enumerate(tqdm(list(plan), desc=label, disable=not progress, leave=False)):
+            method, qlayer = plan[name], qmodel.get_submodule(name)
+            start = time.perf_counter()
+            if method is None:
+                reports.append(_report(name, qlayer, None, [], qlayer.weight, None, 0.0))
+                continue
+            provider = walker.reach(name) if index <= last_data else None
+            stats, use = None, uses[name]
+            if use is not None and provider is not None:
+                fresh = getattr(method, "fresh_batch_per_layer", False)
+                batch_ids = [index % len(batches)] if fresh else range(len(batches))
+                want_f, want_q = use[0], use[1] and (modified or not use[0])  # X̃ = X until a weight changes
+                stats = _collect(method, base, qmodel, name, provider(batch_ids, want_f, want_q), metrics, generator)
+            if index == last_data:
+                walker.close()  # nothing after this layer needs data
+            weight = qlayer.weight.detach().clone()
+            wqs = [
+                method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + 2 * index)
+                for g, w in enumerate(grouped_weight(qlayer))
+            ]
+            q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
+            with torch.no_grad():
+                qlayer.weight.copy_(q)
+            modified = modified or not torch.equal(q, weight)
+            weights[name] = wqs
+            reports.append(_report(name, qlayer, method, wqs, weight, stats, time.perf_counter() - start))
+    finally:
+        walker.close()
     ranges: dict[str, tuple[float, float]] = {}
     if act_bits is not None:
         ranges = calibrate_act_ranges(qmodel, list(weights), batches)
         install_act_quant(qmodel, ranges, act_bits)
-    return qmodel, reports, weights, ranges
+    return qmodel, reports, weights, ranges, walker.peak_bytes
 
 
 def quantize_many(
@@ -298,6 +306,7 @@ def quantize_many(
     metrics: bool = True,
     calib_seed: int | None = None,
     calib_name: str | None = None,
+    walk: str = "segments",
 ) -> list[QuantResult]:
     """Quantize ``model`` once per method in ``methods``, sharing one calibration cache (see :func:`quantize`)."""
     if not methods:
@@ -307,6 +316,8 @@ def quantize_many(
     plans = [plan_layers(names, m, overrides, skip) for m in methods]
     if act_bits is not None:
         check_range("act_bits", act_bits, low=2, high=16)
+    if walk not in WALKS:
+        raise ConfigError(f"walk={walk!r} is not allowed: choose one of {', '.join(map(repr, WALKS))}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     batches = cache_calibration(calib, dev)
     base = copy.deepcopy(model).to(dev).eval()
@@ -318,14 +329,21 @@ def quantize_many(
         "seed": calib_seed,
         "name": calib_name,
     }
+    planned = [n for n in names if plans[0][n] is not None]  # skip patterns are shared by all methods
+    if any(_stream_use(m, metrics) for plan in plans for m in plan.values()):
+        probe = next((b for b in batches if b.shape[0] > 0), batches[0])
+        walk_plan = plan_walk(base, names, planned, probe, walk)
+    else:
+        walk_plan = WalkPlan.prefix(names, "no layer needs calibration data")
     override_labels = {p: m.describe() for p, m in (overrides or {}).items()}
     results = []
     for method, plan in zip(methods, plans):
         start = time.perf_counter()
-        qmodel, reports, weights, ranges = _run_one(
+        qmodel, reports, weights, ranges, cache_bytes = _run_one(
             base,
             plan,
             batches,
+            walk_plan,
             act_bits=act_bits,
             seed=seed,
             metrics=metrics,
@@ -339,7 +357,12 @@ def quantize_many(
                 weights=weights,
                 method=method.describe(),
                 overrides=override_labels,
-                calibration=calibration,
+                calibration={
+                    **calibration,
+                    "walk": walk_plan.kind,
+                    "walk_cache_bytes": cache_bytes,
+                    "walk_note": walk_plan.reason,
+                },
                 fold_bn=fold_bn,
                 act_bits=act_bits,
                 act_ranges=ranges,
@@ -365,6 +388,7 @@ def quantize(
     metrics: bool = True,
     calib_seed: int | None = None,
     calib_name: str | None = None,
+    walk: str = "segments",
 ) -> QuantResult:
     """Quantize every Conv2d/Linear weight of a deep copy of ``model`` with ``method`` (fake quantization).
 
@@ -383,6 +407,11 @@ def quantize(
             rounding; legacy GPFQ patch sampling uses ``seed``).
         metrics: accumulate the float-network XᵀX per layer for the proxy loss (extra cost for RTN/PWLQ).
         calib_seed, calib_name: labels recorded in ``summary()["calibration"]``.
+        walk: how layer inputs are reached (:mod:`losslab.quant.walk`): ``"segments"`` (default; replays the
+            traced model once per batch, keeping live activations, and falls back to the prefix walk where the
+            structure does not allow it) or ``"prefix"`` (reruns the network up to each layer; no cache). Both give
+            bit-identical results; ``summary()["calibration"]`` records the walk used (``walk``) and the peak
+            activation cache in bytes (``walk_cache_bytes``).
 
     Returns:
         :class:`QuantResult` with ``kind == "fake"``. Bad input raises :class:`LosslabError` before any work.
@@ -401,4 +430,5 @@ def quantize(
         metrics=metrics,
         calib_seed=calib_seed,
         calib_name=calib_name,
+        walk=walk,
     )[0]
