@@ -369,7 +369,10 @@ class Walker:
         for layer in self._pending(name):
             self.done.add(layer)
             yield layer, self._provider(name, layer, inputs)
-        return {s: [modules[s](*a, **k) for a, k in inputs[s]] for s in self.streams}
+        outputs = {s: [modules[s](*a, **k) for a, k in inputs[s]] for s in self.streams}
+        self._measure(inputs, outputs)
+        inputs.clear()
+        return outputs
 
     def _provider(self, name: str, layer: str, inputs: Streams) -> Provider:
         def provide(batch_ids: Sequence[int], want_f: bool, want_q: bool) -> Iterator[tuple[Tensor | None, ...]]:
@@ -391,12 +394,14 @@ class Walker:
         self, name: str, graph: fx.Graph, modules: Mapping[str, nn.Module], inputs: Streams
     ) -> Generator[tuple[str, Provider], None, Streams]:
         envs = {s: [_bind(graph, modules[s], a, k) for a, k in inputs[s]] for s in self.streams}
+        inputs.clear()  # only the environments keep the inputs, so they are freed at their last use
         drop = _drop_after(graph)
         self._envs.append(envs)
         try:
             for node in graph.nodes:
                 if node.op == "call_module":
                     args = {s: [_node_args(node, env) for env in envs[s]] for s in self.streams}
+                    self._drop(envs, drop.get(node, []))  # the callee owns its inputs now (and clears them)
                     outs = yield from self._process(_join(name, str(node.target)), args)
                     for s in self.streams:
                         for env, out in zip(envs[s], outs[s]):
@@ -408,23 +413,26 @@ class Walker:
                         for env in envs[s]:
                             env[node] = _eval(node, modules[s], env)
                 self._measure()
-                for value in drop.get(node, []):
-                    for s in self.streams:
-                        for env in envs[s]:
-                            env.pop(value, None)
+                self._drop(envs, drop.get(node, []))
         finally:
             self._envs.pop()
         return result
 
-    def _measure(self) -> None:
-        storages: dict[int, int] = {}
-        for envs in self._envs:
+    def _drop(self, envs: Mapping[str, list[dict[Any, Any]]], values: Sequence[fx.Node]) -> None:
+        for value in values:
             for stream_envs in envs.values():
                 for env in stream_envs:
-                    for t in tree_flatten(list(env.values()))[0]:
-                        if isinstance(t, Tensor):
-                            s = t.untyped_storage()
-                            storages[s.data_ptr()] = s.nbytes()
+                    env.pop(value, None)
+
+    def _measure(self, *extra: Any) -> None:
+        """Update ``peak_bytes``: distinct tensor storages held by the environments (and ``extra``: a call's
+        inputs and outputs), calibration batches excluded."""
+        values = [list(env.values()) for envs in self._envs for stream_envs in envs.values() for env in stream_envs]
+        storages: dict[int, int] = {}
+        for t in tree_flatten([values, list(extra)])[0]:
+            if isinstance(t, Tensor):
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = s.nbytes()
         for ptr in self._batch_storages:
             storages.pop(ptr, None)
         self.peak_bytes = max(self.peak_bytes, sum(storages.values()))
