@@ -51,7 +51,16 @@ from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_ms
 from losslab.quant.methods import QuantMethod
 from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
 from losslab.quant.unfold import QuantLayer, grouped_weight, layer_inputs, legacy_gpfq_patches, n_groups
-from losslab.quant.walk import WALKS, Walker, WalkPlan, capture_input, plan_walk
+from losslab.quant.walk import (
+    WALKS,
+    Walker,
+    WalkPlan,
+    capture_input,
+    estimate_cache_bytes,
+    free_memory_bytes,
+    guard_memory,
+    plan_walk,
+)
 from losslab.quant.weight_quant import WeightQuant
 
 __all__ = ["capture_input", "quant_layers", "quantize", "quantize_many"]
@@ -333,6 +342,11 @@ def quantize_many(
     if any(_stream_use(m, metrics) for plan in plans for m in plan.values()):
         probe = next((b for b in batches if b.shape[0] > 0), batches[0])
         walk_plan = plan_walk(base, names, planned, probe, walk)
+        if walk_plan.kind == "segments":
+            uses = [u for plan in plans for m in plan.values() if (u := _stream_use(m, metrics)) is not None]
+            streams = sum(any(u[i] for u in uses) for i in (0, 1))
+            estimate = estimate_cache_bytes(base, probe, len(batches), streams)
+            walk_plan = guard_memory(walk_plan, estimate, free_memory_bytes(dev), names)
     else:
         walk_plan = WalkPlan.prefix(names, "no layer needs calibration data")
     override_labels = {p: m.describe() for p, m in (overrides or {}).items()}

@@ -39,6 +39,7 @@ batches themselves excluded). The prefix walk holds nothing but costs O(L) times
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,6 +306,48 @@ def plan_walk(
         if owner in plan.graphs or any(a not in plan.graphs for a in ancestors):
             return WalkPlan.prefix(names, f"layer {layer!r} is first called inside {owner!r}, which is replayed")
     return plan
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory where the walk's cache lives: the CUDA device's free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return None
+
+
+def estimate_cache_bytes(model: nn.Module, batch: Tensor, n_batches: int, n_streams: int) -> int:
+    """A generous estimate of the segment walk's peak cache: 3 × the largest module output seen on ``batch``
+    (a residual block keeps its input and branch alive) × ``n_batches`` × ``n_streams``."""
+    largest = 0
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal largest
+        for t in tree_flatten(output)[0]:
+            if isinstance(t, Tensor):
+                largest = max(largest, t.numel() * t.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 3 * largest * max(n_batches, 1) * max(n_streams, 1)
+
+
+def guard_memory(plan: WalkPlan, estimate: int, free: int | None, names: Sequence[str]) -> WalkPlan:
+    """``plan``, or the prefix walk (which caches nothing) when the estimated cache exceeds half of ``free``."""
+    if plan.kind != "segments" or free is None or estimate <= free // 2:
+        return plan
+    return WalkPlan.prefix(
+        names,
+        f"the segment walk's cache (estimated {estimate / 2**20:.0f} MiB) would exceed half the free memory "
+        f"({free / 2**20:.0f} MiB); the prefix walk caches nothing (fewer or smaller calibration batches allow it)",
+    )
 
 
 Streams = dict[str, list[Args]]
