@@ -92,3 +92,22 @@ def test_fast_double_backward_gives_pytorchs_on_a_resnet() -> None:
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     for key, value in slow_state.items():  # running statistics updated identically
         torch.testing.assert_close(fast_state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_layer_swap_follows_the_active_flag() -> None:
+    """Unregularized epochs (set_active(False)) run the modules' own forward; attach while inactive swaps nothing."""
+    model = TinyNet()
+    swapped = lambda: [n for n, m in model.named_modules() if "forward" in m.__dict__]  # noqa: E731
+    reg = create("lp_grad", p=2, lam=0.1)
+    reg.set_active(False)
+    reg.attach(model)
+    assert swapped() == []
+    reg.set_active(True)
+    assert swapped() == ["conv", "bn"]
+    reg.set_active(False)
+    assert swapped() == []
+    reg.set_active(True)
+    reg.detach()
+    assert swapped() == []
+    reg.set_active(True)  # after detach there is no model to swap
+    assert swapped() == []

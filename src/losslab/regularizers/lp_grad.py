@@ -123,23 +123,36 @@ class LPGrad(Regularizer):
         self.grad_scale = float(grad_scale)
         self.fast_double_backward = bool(fast_double_backward)
         self._restore_layers: Callable[[], None] | None = None
+        self._model: nn.Module | None = None
         self.last_parts: dict[str, Tensor] = {}
         self._capture = ActivationCapture(lambda: self.active)
 
     def attach(self, model: nn.Module) -> None:
         """Hook the activation modules (if the activation term is on; ConfigError if they cannot be found) and,
-        with ``fast_double_backward``, swap in the closed-form BatchNorm/Conv2d double backwards."""
+        with ``fast_double_backward``, swap in the closed-form BatchNorm/Conv2d double backwards while active."""
         if self.activations:
             names = self.activation_names if self.activation_names is not None else default_activation_names(model)
             self._capture.attach(model, names)
-        if self.fast_double_backward:
-            self._restore_fast_layers()
-            self._restore_layers = use_fast_double_backward(model)
+        self._model = model
+        self._sync_fast_layers()
 
     def detach(self) -> None:
         """Remove the activation hooks and give the BatchNorm/Conv2d layers their own forward back."""
         self._capture.detach()
+        self._model = None
         self._restore_fast_layers()
+
+    def set_active(self, flag: bool) -> None:
+        """Switch on/off; the layer swap of ``fast_double_backward`` follows, so unregularized epochs run as usual."""
+        super().set_active(flag)
+        self._sync_fast_layers()
+
+    def _sync_fast_layers(self) -> None:
+        want = self.fast_double_backward and self.active and self._model is not None
+        if want and self._restore_layers is None:
+            self._restore_layers = use_fast_double_backward(self._model)
+        elif not want:
+            self._restore_fast_layers()
 
     def _restore_fast_layers(self) -> None:
         if self._restore_layers is not None:
