@@ -90,3 +90,14 @@ def test_third_order_is_refused() -> None:
     second = torch.autograd.grad(gw.square().sum(), x, create_graph=True)[0]
     with pytest.raises(RuntimeError, match="once_differentiable"):
         second.sum().backward()
+
+
+def test_subclasses_with_their_own_forward_are_left_alone() -> None:
+    """timm's StdConv2d standardizes its weight in forward: swapping it for a plain conv would change the model."""
+    from timm.layers import StdConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(StdConv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 1), nn.SyncBatchNorm(3))
+    restore = use_fast_double_backward(model)
+    assert ["forward" in m.__dict__ for m in model] == [False, True, False]
+    restore()

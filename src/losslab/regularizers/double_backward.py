@@ -9,8 +9,9 @@ through them without changing the model::
     ...                                           # train with double backprop (values, gradients unchanged)
     restore()                                     # the modules' own forward again
 
-Parameters, buffers, ``state_dict`` and module types stay as they are; a module that already has an instance-level
-``forward`` (someone else's override) is left alone.
+Parameters, buffers, ``state_dict`` and module types stay as they are. Only modules that run the stock forward are
+swapped: a subclass with its own ``forward`` (timm's ``StdConv2d``, which standardizes its weight, or
+``Conv2dSame``) and a module that already has an instance-level ``forward`` are left alone.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def use_fast_double_backward(model: nn.Module, *, batchnorm: bool = True, conv: 
     for module in model.modules():
         if "forward" in module.__dict__:
             continue
-        if batchnorm and isinstance(module, _BATCHNORMS) and not isinstance(module, nn.SyncBatchNorm):
+        stock = type(module).forward
+        if batchnorm and isinstance(module, _BATCHNORMS) and stock is nn.modules.batchnorm._BatchNorm.forward:
             module.forward = MethodType(fast_batchnorm_forward, module)  # type: ignore[method-assign]
-        elif conv and isinstance(module, nn.Conv2d):
+        elif conv and isinstance(module, nn.Conv2d) and stock is nn.Conv2d.forward:
             module.forward = MethodType(fast_conv_forward, module)  # type: ignore[method-assign]
         else:
             continue
