@@ -33,7 +33,7 @@ training mode outside autocast; anything else runs the module's own forward.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 
@@ -131,24 +131,3 @@ def batch_norm_train(
     gradients follow the closed forms of the module docstring.
     """
     return _BatchNormTrain.apply(x, weight, bias, running_mean, running_var, momentum, eps)
-
-
-def fast_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """The module's forward, routed through :func:`batch_norm_train` when training an affine fp32/fp64 layer."""
-    fast = (
-        self.training
-        and self.affine
-        and torch.is_grad_enabled()
-        and x.dtype in (torch.float32, torch.float64)
-        and self.weight.dtype == x.dtype
-        and not torch.is_autocast_enabled(x.device.type)
-    )
-    if not fast:
-        return type(self).forward(self, x)
-    self._check_input_dim(x)
-    momentum = 0.0 if self.momentum is None else self.momentum
-    if self.track_running_stats and self.num_batches_tracked is not None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm does
-            momentum = 1.0 / float(self.num_batches_tracked)
-    return batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)

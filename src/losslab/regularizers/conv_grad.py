@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 _convolution_backward = torch.ops.aten.convolution_backward
@@ -135,20 +135,3 @@ def conv2d_train(
 ) -> Tensor:
     """``F.conv2d`` (numeric padding, 4-D input) with the closed-form double backward of the module docstring."""
     return _ConvTrain.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
-
-
-def fast_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    """``nn.Conv2d.forward`` through :func:`conv2d_train` while training with grad on (fp32/fp64, zero padding)."""
-    fast = (
-        self.training
-        and torch.is_grad_enabled()
-        and self.padding_mode == "zeros"
-        and not isinstance(self.padding, str)
-        and x.dim() == 4
-        and x.dtype in (torch.float32, torch.float64)
-        and self.weight.dtype == x.dtype
-        and not torch.is_autocast_enabled(x.device.type)
-    )
-    if not fast:
-        return type(self).forward(self, x)
-    return conv2d_train(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

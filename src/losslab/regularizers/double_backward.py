@@ -19,12 +19,48 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import MethodType
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from losslab.regularizers.batchnorm_grad import fast_batchnorm_forward
-from losslab.regularizers.conv_grad import fast_conv_forward
+from losslab.regularizers.batchnorm_grad import batch_norm_train
+from losslab.regularizers.conv_grad import conv2d_train
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _eligible(module: nn.Module, x: Tensor) -> bool:
+    """The closed forms apply: training with grad on, fp32/fp64 input and weight, outside autocast."""
+    weight = getattr(module, "weight", None)
+    return (
+        module.training
+        and torch.is_grad_enabled()
+        and x.dtype in (torch.float32, torch.float64)
+        and weight is not None
+        and weight.dtype == x.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
+def fast_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """The module's forward, through :func:`~losslab.regularizers.batchnorm_grad.batch_norm_train` when eligible
+    (affine layers only); running statistics are updated exactly as ``nn.BatchNorm`` does."""
+    if not (self.affine and _eligible(self, x)):
+        return type(self).forward(self, x)
+    self._check_input_dim(x)
+    momentum = 0.0 if self.momentum is None else self.momentum
+    if self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm does
+            momentum = 1.0 / float(self.num_batches_tracked)
+    return batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+
+
+def fast_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+    """``nn.Conv2d.forward``, through :func:`~losslab.regularizers.conv_grad.conv2d_train` when eligible (4-D input,
+    numeric zero padding)."""
+    if not (x.dim() == 4 and self.padding_mode == "zeros" and not isinstance(self.padding, str) and _eligible(self, x)):
+        return type(self).forward(self, x)
+    return conv2d_train(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def use_fast_double_backward(model: nn.Module, *, batchnorm: bool = True, conv: bool = True) -> Callable[[], None]:
