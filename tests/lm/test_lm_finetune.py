@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from losslab.cli_lm import lm
+from losslab.cli.lm import lm
 from losslab.errors import LosslabError
 from losslab.lm.finetune import FinetuneConfig, finetune
 from losslab.lm.offline import byte_tokenizer, tiny_opt

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from losslab.cli_lm import lm
+from losslab.cli.lm import lm
 from losslab.errors import LosslabError
 from losslab.lm.data import calibration_windows, eval_windows
 from losslab.lm.models import SEQUENTIAL_GROUPS, decoder_parts, linear_targets

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from losslab.cli_quantize import build_methods
+from losslab.cli.quantize import build_methods
 from losslab.errors import ConfigError
 from losslab.quant import GPFQ, load_packed, quantize, save_packed
 from losslab.quant.gpfq import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losslab.cli_quantize import build_methods
+from losslab.cli.quantize import build_methods
 from losslab.errors import ConfigError
 from losslab.quant.gptq import HessianStats, gptq_weight, hessian_from_inputs
 from losslab.quant.ldlq import ldlq_weight

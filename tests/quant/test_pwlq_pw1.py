@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from losslab.cli_quantize import build_methods
+from losslab.cli.quantize import build_methods
 from losslab.errors import ConfigError
 from losslab.quant import PWLQ, load_packed, quantize, save_packed
 from losslab.quant.pwlq import optimal_breakpoint, pwlq_weight

@@ -211,8 +211,8 @@ def test_a_killed_study_keeps_finished_jobs_and_a_parallel_rerun_repeats_none(tm
 def test_cli_status_table_and_report(tmp_path: Path, job_log: Path) -> None:
     from click.testing import CliRunner
 
-    from losslab.report.cli import report
-    from losslab.study.cli import study
+    from losslab.cli.report import report
+    from losslab.cli.study import study
 
     study_file = tmp_path / "fake.yaml"
     study_file.write_text(__import__("yaml").safe_dump(small_study()))

@@ -5,7 +5,7 @@
     result = quantize_decoder(model, GPTQ(bits=4), calib_windows)       # in place, one decoder layer at a time
     perplexity(model, eval_windows(test_ids, 2048)).ppl                 # exp(mean token CE)
 
-Heavy pieces (Lightning finetuning, the CLI) live in :mod:`losslab.lm.finetune` and :mod:`losslab.cli_lm`.
+Heavy pieces (Lightning finetuning, the CLI) live in :mod:`losslab.lm.finetune` and :mod:`losslab.cli.lm`.
 """
 
 from losslab.lm.data import calibration_windows, eval_windows, load_calibration, load_corpus, tokenize_text

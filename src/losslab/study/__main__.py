@@ -2,6 +2,6 @@
 
 import sys
 
-from losslab.cli import main
+from losslab.cli.app import main
 
 main(["study", *sys.argv[1:]])

@@ -144,3 +144,25 @@ def _echo_table(study_dir: Path, markdown: bool = False) -> None:
 
     header, rows = accuracy_pivot(load_results(study_dir))
     click.echo((render_markdown if markdown else render_text)(header, rows))
+
+
+@click.command("demo")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("study_runs/quickstart"),
+    show_default=True,
+    help="Study folder (reruns reuse what is stored there).",
+)
+@click.option("--workers", type=int, default=None, help="Parallel jobs (default: 2, one torch thread each).")
+def demo(out_dir: Path, workers: int | None) -> None:
+    """The main job: the quickstart study (4 losses x 2 lr x 2 seeds on digits, RTN/GPFQ/GPTQ at 8/4/3/2 bits).
+
+    Prints the accuracy table and the path of the HTML report. Under 5 minutes on 2 CPU cores; no network.
+    """
+    from losslab.study import run_quickstart
+
+    table, report = run_quickstart(out_dir, workers=workers)
+    click.echo(table)
+    click.echo(f"\nreport: {report}")
