@@ -89,3 +89,40 @@ def options_from_model(
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
     """The options the user typed (those not ``None``)."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+# Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
+# documented in docs/cli.md, and each entry here maps an old spelling to the one name it now has.
+DEPRECATED_FLAGS: dict[str, dict[str, str]] = {}
+
+
+def rename_deprecated(command: str, args: list[str]) -> list[str]:
+    """``args`` with the deprecated spellings of ``command``'s flags replaced by their current names.
+
+    ``command`` is the command path without the program name (``"lm finetune"``); ``--old=value`` is handled. A
+    warning naming the new spelling goes to stderr once per flag used.
+    """
+    table = DEPRECATED_FLAGS.get(command, {})
+    if not table:
+        return args
+    out: list[str] = []
+    for arg in args:
+        if arg == "--":
+            out.extend(args[len(out) :])
+            break
+        flag, eq, value = arg.partition("=")
+        new = table.get(flag)
+        if new is None:
+            out.append(arg)
+            continue
+        click.echo(f"warning: {flag} is deprecated; use {new} (see `losslab {command} --help`)", err=True)
+        out.append(new + eq + value)
+    return out
+
+
+class LosslabCommand(click.Command):
+    """A click command that accepts the deprecated spellings listed in :data:`DEPRECATED_FLAGS` for it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        path = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
+        return super().parse_args(ctx, rename_deprecated(path, args))
