@@ -17,7 +17,35 @@ TRAIN_ALIASES = {
     "lmbda": ["--lambda"],
     "model": ["--net"],
     "epochs": ["--n-epochs"],
+    # timm train.py spellings (Softmax Gradient Tampering's recipe is a timm command line)
+    "scheduler": ["--sched"],
+    "data_dir": ["--data_dir"],
+    "gradient_clip": ["--clip-grad"],
 }
+
+
+def timm_recipe_overrides(
+    overrides: dict[str, Any], file_values: dict[str, Any], amp: bool, amp_dtype: str | None
+) -> dict[str, Any]:
+    """``overrides`` with timm's recipe flags turned into config keys.
+
+    ``--amp`` is ``precision=16-mixed`` (``bf16-mixed`` with ``--amp-dtype bfloat16``), as timm's autocast dtype;
+    SGT's ``--modify-softmax A`` (``sgt_alpha``) selects the SGT objective when no loss is named anywhere, as in the
+    SGT fork of timm where that flag alone turns tampering on.
+    """
+    from losslab.errors import ConfigError
+
+    out = dict(overrides)
+    if amp_dtype is not None and not amp:
+        raise ConfigError("--amp-dtype only applies with --amp (timm); add --amp or use --precision")
+    if amp:
+        precision = "bf16-mixed" if amp_dtype == "bfloat16" else "16-mixed"
+        if out.get("precision", precision) != precision:
+            raise ConfigError(f"--amp means --precision {precision} but --precision {out['precision']} was given")
+        out["precision"] = precision
+    if "sgt_alpha" in out and "loss" not in out and "loss" not in file_values:
+        out["loss"] = "sgt"
+    return out
 
 
 @click.command(context_settings={"show_default": False})
@@ -29,16 +57,51 @@ TRAIN_ALIASES = {
     help="YAML file of config keys (the flags' names with underscores); flags override it.",
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--amp", is_flag=True, help="timm's --amp: the same as --precision 16-mixed.")
+@click.option(
+    "--amp-dtype",
+    type=click.Choice(["float16", "bfloat16"]),
+    default=None,
+    help="timm's --amp-dtype: bfloat16 makes --amp mean --precision bf16-mixed.",
+)
+@click.option(
+    "--validate",
+    is_flag=True,
+    help="Evaluate the checkpoint of --resume (run folder or .ckpt) on the test split instead of training "
+    "(timm's --validate; the same as `losslab evaluate`).",
+)
+@click.option(
+    "--dali",
+    is_flag=True,
+    help="Accepted so SGT's recipe pastes as is, and ignored: losslab picks its own input pipeline.",
+)
 @options_from_model(TrainConfig, aliases=TRAIN_ALIASES)
-def train(config_file: Path | None, print_config: bool, **flags: Any) -> None:
+def train(
+    config_file: Path | None,
+    print_config: bool,
+    amp: bool,
+    amp_dtype: str | None,
+    validate: bool,
+    dali: bool,
+    **flags: Any,
+) -> None:
     """Train an image classifier. With no arguments: the rooted loss on the bundled digits data (~20 s on 2 CPU cores).
 
     Writes a run folder (config, metrics CSV, last/best checkpoints, result.json); --resume RUN continues a
     killed run.
     """
     from losslab.train import fit
+    from losslab.train.config import read_yaml_mapping
 
-    overrides = given_options(flags)
+    file_values = read_yaml_mapping(config_file) if config_file is not None else {}
+    overrides = timm_recipe_overrides(given_options(flags), file_values, amp, amp_dtype)
+    if dali:
+        click.echo("note: --dali is ignored; losslab chooses its own input pipeline", err=True)
+    if validate:
+        if overrides.get("resume") is None:
+            raise click.UsageError("--validate evaluates a trained run: give it with --resume RUN_OR_CKPT")
+        _print_metrics(evaluate_checkpoint(Path(overrides["resume"]), "test", overrides.get("data_dir")), None)
+        return
     if config_file is not None:
         cfg = TrainConfig.from_yaml(config_file, overrides)
     elif overrides.get("resume") is not None:
@@ -81,12 +144,15 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line of text.")
 def evaluate(checkpoint: Path, split: str, data_dir: Path | None, as_json: bool) -> None:
     """Top-1/top-5 accuracy and cross entropy of a trained classifier (run folder or .ckpt)."""
-    metrics = evaluate_checkpoint(checkpoint, split, data_dir)
+    _print_metrics(evaluate_checkpoint(checkpoint, split, data_dir), as_json)
+
+
+def _print_metrics(metrics: dict[str, Any], as_json: bool | None) -> None:
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
         click.echo(
-            f"{metrics['dataset']} {split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+            f"{metrics['dataset']} {metrics['split']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
             f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
         )
 

@@ -67,14 +67,21 @@ def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None) -> Loader
 def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
     """The network for ``cfg`` (factorized if asked) and the parameter count of its dense version."""
     from losslab.models import create_model
+    from losslab.train.recipe import check_model_accepts_drop, drop_kwargs
 
-    model = create_model(
-        cfg.model,
-        num_classes=spec.num_classes,
-        in_chans=spec.in_chans,
-        img_size=cfg.img_size or spec.img_size,
-        pretrained=cfg.pretrained,
-    )
+    try:
+        model = create_model(
+            cfg.model,
+            num_classes=spec.num_classes,
+            in_chans=spec.in_chans,
+            img_size=cfg.img_size or spec.img_size,
+            pretrained=cfg.pretrained,
+            **drop_kwargs(cfg),
+        )
+    except TypeError as error:
+        if drop_kwargs(cfg) and "drop" in str(error):
+            raise check_model_accepts_drop(error, cfg) from None
+        raise
     dense = sum(p.numel() for p in model.parameters())
     attention = attention_module_names(cfg, model)
     if cfg.rank_scale is not None or cfg.target_ratio is not None or cfg.tensor_train:
@@ -146,10 +153,15 @@ def objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_objective(cfg: TrainConfig) -> nn.Module:
-    """The training objective named by ``cfg.loss`` (``losslab.objectives.create``)."""
+    """The training objective named by ``cfg.loss`` (``losslab.objectives.create``).
+
+    With mixup/cutmix the objective returns per-sample losses (``reduction='none'``): the step mixes them with
+    each sample's λ (``losslab.train.recipe.mixed_loss``).
+    """
     from losslab.objectives import create
 
-    return create(cfg.loss, **objective_kwargs(cfg))
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0
+    return create(cfg.loss, **objective_kwargs(cfg), **({"reduction": "none"} if mixing else {}))
 
 
 def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None, list[Any]]:

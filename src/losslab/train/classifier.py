@@ -59,6 +59,7 @@ class ClassifierModule(pl.LightningModule):
         self.objective = objective
         self.schedule = schedule
         self.always_on = list(always_on or [])
+        self.mixup: Any | None = None  # timm Mixup (losslab.train.recipe), set by fit() when cfg asks for it
         self.save_hyperparameters({"config": config.to_dict()})
 
     # ------------------------------------------------------------------ regularizers
@@ -93,8 +94,15 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
-        loss = self.objective(logits, y)
+        if self.mixup is not None:
+            from losslab.train.recipe import mix_batch, mixed_loss
+
+            x, y, y2, lam = mix_batch(self.mixup, x, y)
+            logits = self.model(x)
+            loss = mixed_loss(self.objective, logits, y, y2, lam)
+        else:
+            logits = self.model(x)
+            loss = self.objective(logits, y)
         terms = []
         task_in_terms = False  # a fused term already carries ∂loss/∂θ: backpropagate loss.detach() then
         for reg in self.active_regularizers():

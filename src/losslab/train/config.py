@@ -26,6 +26,7 @@ SchedulerName = Literal["none", "cosine", "step", "multistep", "exponential"]
 PrecisionName = Literal["32", "16-mixed", "bf16-mixed"]
 LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
 AttentionProducts = Literal["both", "qk", "ov"]
+MixupMode = Literal["batch", "pair", "elem"]
 
 
 class TrainConfig(BaseModel):
@@ -95,6 +96,24 @@ class TrainConfig(BaseModel):
     cooldown_epochs: int = Field(0, description="Epochs at min_lr after the schedule ends (timm cooldown).")
     min_lr: float = Field(0.0, description="Lower bound of the cosine schedule and cooldown learning rate.")
     gradient_clip: float | None = Field(None, description="Clip the gradient norm to this value.")
+
+    # --- timm recipe (losslab.train.recipe: timm's own Mixup, ModelEmaV3 and stochastic depth)
+    mixup: float = Field(0.0, description="Mixup alpha (timm --mixup); 0 = off. Works with every objective.")
+    cutmix: float = Field(0.0, description="CutMix alpha (timm --cutmix); 0 = off.")
+    mixup_prob: float = Field(1.0, description="Probability of mixing a batch (timm --mixup-prob).")
+    mixup_switch_prob: float = Field(
+        0.5, description="Probability of CutMix instead of Mixup when both are on (timm --mixup-switch-prob)."
+    )
+    mixup_mode: MixupMode = Field("batch", description="One lambda per batch, per pair or per sample (timm).")
+    model_ema: bool = Field(
+        False,
+        description="Keep an exponential moving average of the weights (timm ModelEmaV3); the EMA weights "
+        "are validated, selected and saved.",
+    )
+    model_ema_decay: float = Field(0.9998, description="EMA decay per optimizer step (timm --model-ema-decay).")
+    model_ema_warmup: bool = Field(False, description="timm's EMA warmup (decay grows with the step count).")
+    drop: float = Field(0.0, description="Dropout rate before the classifier (timm --drop; timm models).")
+    drop_path: float = Field(0.0, description="Stochastic depth rate (timm --drop-path; timm models).")
 
     # --- regularization (losslab.regularizers)
     regularizer: str | None = Field(
@@ -179,6 +198,8 @@ class TrainConfig(BaseModel):
         "reg_start_epoch",
         "num_workers",
         "focal_alpha",
+        "mixup",
+        "cutmix",
     )
     @classmethod
     def _non_negative(cls, value: float) -> float:
@@ -191,6 +212,20 @@ class TrainConfig(BaseModel):
     def _fraction(cls, value: float) -> float:
         if not 0 < value < 1:
             raise ValueError("must be in (0, 1)")
+        return value
+
+    @field_validator("mixup_prob", "mixup_switch_prob", "drop", "drop_path")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("must be in [0, 1]")
+        return value
+
+    @field_validator("model_ema_decay")
+    @classmethod
+    def _decay(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be in (0, 1), e.g. 0.9998")
         return value
 
     @field_validator("label_smoothing")

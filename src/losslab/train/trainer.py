@@ -38,6 +38,7 @@ from losslab.io import write_json_atomic, write_yaml_atomic
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
+from losslab.train.recipe import ModelEma, build_mixup
 
 
 @dataclass
@@ -222,6 +223,7 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     write_yaml_atomic(run_dir / "config.yaml", cfg.to_dict())
 
     module = ClassifierModule(cfg, model, objective, schedule=schedule, always_on=always_on)
+    module.mixup = build_mixup(cfg, data.spec.num_classes)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -238,6 +240,8 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     if cfg.save_preregularized and first_reg:
         all_callbacks.append(SavePreregularized(ckpt_dir / "preregularized.ckpt", first_reg))
     all_callbacks.extend(build_factor_callbacks(cfg))
+    if cfg.model_ema:
+        all_callbacks.append(ModelEma(cfg.model_ema_decay, warmup=cfg.model_ema_warmup))
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     if progress:
         all_callbacks.append(TQDMProgressBar())
