@@ -57,17 +57,33 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 
 @gan.command("sweep", cls=LosslabCommand)
-@click.option("--k", "ks", type=FloatList(), default="2,4,8", show_default=True, help="Rooted k values.")
-@click.option("--seeds", type=IntList(), default="0,1,2", show_default=True, help="Training seeds.")
+@click.option("--config", "config_file", default=None, help="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
+@click.option("--k", "ks", type=FloatList(), default=None, help="Rooted k values [default: 2,4,8].")
+@click.option("--seeds", type=IntList(), default=None, help="Training seeds [default: 0,1,2].")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
 @_gan_options(exclude=frozenset({"loss", "k", "seed", "run_name", "resume", "overwrite"}))
-def sweep(ks: list[float], seeds: list[int], no_logistic: bool, **flags: Any) -> None:
+def sweep(
+    config_file: str | None, ks: list[float] | None, seeds: list[int] | None, no_logistic: bool, **flags: Any
+) -> None:
     """Logistic vs rooted k over seeds: runs in OUT_DIR/runs (reused/resumed), sweep.csv and sweep.png."""
+    import yaml
+
+    from losslab.errors import ConfigError
     from losslab.gan.config import GanConfig
     from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, summarize
+    from losslab.presets import resolve_yaml
     from losslab.tables import format_table
 
-    overrides = given_options(flags)
+    stored: dict[str, Any] = {}
+    if config_file is not None:
+        stored = yaml.safe_load(resolve_yaml(config_file, "configs").read_text()) or {}
+    grid = stored.pop("sweep", {}) or {}
+    unknown = sorted(set(grid) - {"k", "seeds"})
+    if unknown:
+        raise ConfigError(f"sweep keys {unknown} are unknown in {config_file!r}: use k and seeds")
+    ks = ks or [float(k) for k in grid.get("k", [2, 4, 8])]
+    seeds = seeds or [int(s) for s in grid.get("seeds", [0, 1, 2])]
+    overrides = {**stored, **given_options(flags)}
     out_dir = Path(overrides.pop("out_dir", "gan_sweep"))
     base = GanConfig.build(overrides)
     rows = run_gan_sweep(base, ks, seeds, out_dir, include_logistic=not no_logistic)
