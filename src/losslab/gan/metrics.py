@@ -211,8 +211,8 @@ def classifier_scores(probs: Tensor) -> dict[str, float]:
     marginal = probs.mean(0)
     kl = (probs * (probs.log() - marginal.log())).sum(1).mean()
     hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
-    entropy = (-(hist[hist > 0] * hist[hist > 0].log()).sum()).clamp_min(0.0)
-    return {"classifier_score": float(kl.exp()), "label_entropy": float(entropy)}
+    entropy = -(hist[hist > 0] * hist[hist > 0].log()).sum()
+    return {"classifier_score": float(kl.exp()), "label_entropy": float(entropy) + 0.0}  # + 0.0: no "-0"
 
 
 def image_metrics(fake: Tensor, real: Tensor, clf: FeatureClassifier, k: int = 3) -> dict[str, float]:
