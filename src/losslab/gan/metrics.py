@@ -240,7 +240,7 @@ def inception_fid(fake: Tensor, real: Tensor, weights: str | os.PathLike[str]) -
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as err:
         raise ConfigError(
-            "FID needs the torch-fidelity package: pip install torch-fidelity (or losslab[fid]); "
+            "FID needs the torch-fidelity package (not a losslab dependency): pip install torch-fidelity; "
             "nothing else is required besides the weights file"
         ) from err
     net: Any = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
