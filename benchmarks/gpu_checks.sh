@@ -20,4 +20,6 @@ run bench_lm "$py" benchmarks/bench_lm.py --device cuda
 # issue 4 target: lp_grad (p=2, weights + activations) <= 3x a plain step on CIFAR ResNet-20, batch 128
 run bench_regularizers "$py" benchmarks/bench_regularizers.py --device cuda --steps 50 --warmup 5
 run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
+# issue 14 target: the DCGAN step of losslab gan train within 1.3x of a bare loop with the same networks
+run bench_gan "$py" benchmarks/bench_gan.py --device cuda --width 64 --batch-size 64 --steps 200 --rounds 3
 exit "$status"

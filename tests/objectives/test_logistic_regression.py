@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sklearn.svm import SVC
 
 from losslab.cli import cli, main
-from losslab.cli.logreg import BinarySplit, load_split, synthetic_separable
+from losslab.data.binary_tables import BinarySplit, load_split, synthetic_separable
 from losslab.errors import LosslabError
 from losslab.objectives import LogisticFit, LogisticObjective, fit_logistic_regression
 from losslab.objectives.logistic_regression import margin_loss_derivatives

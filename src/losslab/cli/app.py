@@ -5,6 +5,7 @@
     losslab quantize RUN_OR_CKPT --method gpfq --bits 4 8             post-training quantization + accuracy table
     losslab lm finetune|quantize|eval ...                             causal language models
     losslab logreg --dataset breast_cancer --compare --k 3 --k 10     logistic regression, logistic vs rooted loss
+    losslab gan train --data ring --loss rooted --k 2                 GAN training with the rooted loss
     losslab study run FILE / losslab report STUDY_DIR                 grids of runs and their report
     losslab demo                                                      the quickstart study and its report
     losslab models | objectives | datasets | regularizers             what is available
@@ -32,6 +33,7 @@ def cli() -> None:
 def _register_commands() -> None:
     """Attach every command; each module imports only click at load time, so ``--help`` stays fast."""
     from losslab.cli.catalog import list_datasets_cmd, list_models_cmd, list_objectives_cmd, list_regularizers_cmd
+    from losslab.cli.gan import gan
     from losslab.cli.lm import lm
     from losslab.cli.logreg import logreg
     from losslab.cli.quantize import quantize
@@ -39,7 +41,7 @@ def _register_commands() -> None:
     from losslab.cli.study import demo, study
     from losslab.cli.train import evaluate, train
 
-    for command in (train, evaluate, quantize, lm, logreg, study, report, demo):
+    for command in (train, evaluate, quantize, lm, logreg, gan, study, report, demo):
         cli.add_command(command)
     for command in (list_models_cmd, list_objectives_cmd, list_regularizers_cmd, list_datasets_cmd):
         cli.add_command(command)

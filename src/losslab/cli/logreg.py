@@ -3,8 +3,10 @@
     losslab logreg --dataset breast_cancer --loss rooted --k 3 --l2 1e-3
     losslab logreg --dataset breast_cancer --compare --k 3 --k 10 --json logreg.json
     losslab logreg --csv data.csv --target label --solver newton
+    losslab logreg sweep --datasets breast_cancer,wine_binary --k 1,3,10 --l2 0,1e-3 --seeds 0,1,2 --out-dir sweep
 
-Datasets are scikit-learn's bundled tables (no download) turned into binary tasks, or a seeded separable set:
+Datasets (:mod:`losslab.data.binary_tables`) are scikit-learn's bundled tables (no download) turned into binary
+tasks, or a seeded separable set:
 
     breast_cancer        569 × 30, malignant (0) vs benign (1)
     iris_binary          100 × 4, versicolor (0) vs virginica (1)
@@ -18,206 +20,34 @@ task gets a stratified train/test split seeded by ``--seed`` (default 30 % test)
 training split's mean and standard deviation. ``--compare`` fits the logistic loss and the rooted loss for every
 ``--k`` on the same split and prints iterations to tolerance and accuracies side by side; ``--json`` writes every
 fit (weights, per-iteration history, options) atomically. The fits are :func:`fit_logistic_regression` calls.
+``sweep`` runs :mod:`losslab.objectives.logreg_sweep` (a CSV row per fit and a plot of iterations and test accuracy
+vs k).
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
-from losslab.errors import ConfigError, DataNotFoundError, LosslabError, check_range, unknown_name_error
+from losslab.cli.options import FloatList, IntList, LosslabCommand
+from losslab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from losslab.data.binary_tables import BinarySplit
     from losslab.objectives.logistic_regression import LogisticFit
 
-
-@dataclass(frozen=True)
-class BinaryTask:
-    """A binary classification table before splitting: ``X`` [n, d] float64, ``y`` [n] in {0, 1}."""
-
-    name: str
-    X: np.ndarray
-    y: np.ndarray
-    negative: str
-    positive: str
+DATASET_NAMES = ("breast_cancer", "iris_binary", "digits_binary", "wine_binary", "synthetic_separable")
+"""The bundled tasks of :data:`losslab.data.binary_tables.DATASETS`, spelled out so ``--help`` needs no torch import
+(a test checks the two agree)."""
 
 
-@dataclass(frozen=True)
-class BinarySplit:
-    """A standardised, stratified train/test split of a :class:`BinaryTask` (labels in {0, 1})."""
+class _LogregGroup(click.Group):
+    """``losslab logreg [OPTIONS]`` fits; ``losslab logreg sweep ...`` runs the sweep subcommand."""
 
-    task: BinaryTask
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    seed: int
-    test_fraction: float
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready summary: sizes, classes, seed, split and scaling."""
-        return {
-            "name": self.task.name,
-            "n_train": len(self.y_train),
-            "n_test": len(self.y_test),
-            "n_features": self.X_train.shape[1],
-            "negative_class": self.task.negative,
-            "positive_class": self.task.positive,
-            "seed": self.seed,
-            "test_fraction": self.test_fraction,
-            "scaling": "standardised with the training split's mean and standard deviation",
-        }
-
-
-def synthetic_separable(n_samples: int = 200, n_features: int = 2, gap: float = 0.2, seed: int = 0) -> BinaryTask:
-    """A linearly separable set: x ~ N(0, diag(s)²), s log-spaced from 3 to 0.3; y = [w·x > 0] for a random unit w.
-
-    Each point is then moved ``gap`` along ±w away from the plane, so every margin w·x·(2y − 1) is ≥ ``gap``.
-    The anisotropic scales make the hard-margin SVM direction differ from the mean-of-classes direction.
-    """
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n_samples, n_features)) * np.geomspace(3.0, 0.3, n_features)
-    w = rng.normal(size=n_features)
-    w /= np.linalg.norm(w)
-    signs = np.where(X @ w > 0, 1.0, -1.0)
-    X = X + gap * signs[:, None] * w
-    return BinaryTask("synthetic_separable", X, (signs > 0).astype(np.int64), "w·x < 0", "w·x > 0")
-
-
-def _sklearn_task(name: str, loader: str, positive: set[int], negative: set[int]) -> Callable[[int], BinaryTask]:
-    """A task from a bundled scikit-learn loader, keeping the rows of the ``positive`` and ``negative`` classes."""
-
-    def load(seed: int) -> BinaryTask:
-        import sklearn.datasets
-
-        bunch = getattr(sklearn.datasets, loader)()
-        keep = np.isin(bunch.target, sorted(positive | negative))
-        y = np.isin(bunch.target[keep], sorted(positive)).astype(np.int64)
-
-        def class_names(ids: set[int]) -> str:
-            return "+".join(str(bunch.target_names[i]) for i in sorted(ids))
-
-        return BinaryTask(name, bunch.data[keep].astype(np.float64), y, class_names(negative), class_names(positive))
-
-    return load
-
-
-DATASETS: dict[str, Callable[[int], BinaryTask]] = {
-    "breast_cancer": _sklearn_task("breast_cancer", "load_breast_cancer", positive={1}, negative={0}),
-    "iris_binary": _sklearn_task("iris_binary", "load_iris", positive={2}, negative={1}),
-    "digits_binary": _sklearn_task("digits_binary", "load_digits", positive={8}, negative={3}),
-    "wine_binary": _sklearn_task("wine_binary", "load_wine", positive={0}, negative={1, 2}),
-    "synthetic_separable": lambda seed: synthetic_separable(seed=seed),
-}
-
-
-def check_dataset_name(name: str) -> None:
-    """Raise :class:`LosslabError` unless ``name`` is a bundled dataset."""
-    if name not in DATASETS:
-        raise unknown_name_error("dataset", name, DATASETS)
-
-
-def _float_or_none(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def read_csv_task(path: Path, target: str) -> BinaryTask:
-    """A binary task from a CSV file with a header row: ``target`` names the label column, all others are features.
-
-    Raises :class:`DataNotFoundError` for a missing file and :class:`LosslabError` for a missing column,
-    non-numeric or empty feature cells, or a target without exactly two distinct values.
-    """
-    if not path.is_file():
-        raise DataNotFoundError(f"--csv {str(path)!r} is not a file; give the path of a CSV file with a header row")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.reader(fh) if row]
-    if not rows:
-        raise LosslabError(f"--csv {str(path)!r} is empty; it needs a header row and data rows")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
-    if target not in header:
-        raise LosslabError(f"--target {target!r} is not a column of {str(path)!r}; columns: {', '.join(header)}")
-    if len(body) < 4:
-        raise LosslabError(f"{str(path)!r} has {len(body)} data rows; a train/test split needs at least 4")
-    column = header.index(target)
-    features = np.empty((len(body), len(header) - 1))
-    labels = []
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise LosslabError(f"{str(path)!r} line {line} has {len(row)} cells; the header has {len(header)}")
-        labels.append(row[column].strip())
-        cells = [cell for j, cell in enumerate(row) if j != column]
-        names = [name for j, name in enumerate(header) if j != column]
-        for j, (cell, name) in enumerate(zip(cells, names)):
-            value = _float_or_none(cell)
-            if value is None or not np.isfinite(value):
-                raise LosslabError(
-                    f"{str(path)!r} line {line}, column {name!r}: {cell!r} is not a finite number; feature columns "
-                    "must be numeric (drop or encode this column, or impute missing cells)"
-                )
-            features[line - 2, j] = value
-    classes = sorted(set(labels), key=lambda v: (_float_or_none(v) is None, _float_or_none(v) or 0.0, v))
-    if len(classes) != 2:
-        shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
-        raise LosslabError(
-            f"--target {target!r} has {len(classes)} distinct value(s) ({shown}); logistic regression needs exactly "
-            "2: pick a binary column or filter the rows to two classes"
-        )
-    y = np.array([label == classes[1] for label in labels], dtype=np.int64)
-    return BinaryTask(path.name, features, y, classes[0], classes[1])
-
-
-def split_task(task: BinaryTask, *, seed: int = 0, test_fraction: float = 0.3) -> BinarySplit:
-    """Stratified train/test split (``random_state=seed``), standardised with the training statistics.
-
-    Constant training columns keep scale 1 (they become 0). Each class needs at least 2 rows.
-    """
-    from sklearn.model_selection import train_test_split
-
-    check_range("test_fraction", test_fraction, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-    counts = np.bincount(task.y, minlength=2)
-    if counts.min() < 2:
-        raise LosslabError(f"{task.name}: a class has {counts.min()} row(s); a stratified split needs at least 2 each")
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            task.X, task.y, test_size=test_fraction, random_state=seed, stratify=task.y
-        )
-    except ValueError as err:
-        raise LosslabError(f"{task.name}: cannot split with test_fraction={test_fraction} ({err})") from err
-    mean, std = X_train.mean(0), X_train.std(0)
-    std[std == 0] = 1.0
-    return BinarySplit(task, (X_train - mean) / std, y_train, (X_test - mean) / std, y_test, seed, test_fraction)
-
-
-def load_split(
-    dataset: str | None = None,
-    csv_path: Path | None = None,
-    target: str | None = None,
-    *,
-    seed: int = 0,
-    test_fraction: float = 0.3,
-) -> BinarySplit:
-    """The split of a bundled ``dataset`` or of a CSV file (``csv_path`` + ``target``); one source only."""
-    if (dataset is None) == (csv_path is None):
-        raise ConfigError("give either --dataset NAME or --csv FILE --target COLUMN (exactly one data source)")
-    if csv_path is None:
-        if target is not None:
-            raise ConfigError("--target applies to --csv; bundled datasets have their own target")
-        check_dataset_name(dataset)  # type: ignore[arg-type]
-        task = DATASETS[dataset](seed)  # type: ignore[index]
-    else:
-        if target is None:
-            raise ConfigError("--csv needs --target COLUMN, the name of the label column")
-        task = read_csv_task(csv_path, target)
-    return split_task(task, seed=seed, test_fraction=test_fraction)
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] | sweep [SWEEP OPTIONS]")
 
 
 def fit_split(split: BinarySplit, *, loss: str, k: float | None, **options: Any) -> LogisticFit:
@@ -286,8 +116,8 @@ def run_logreg(split: BinarySplit, runs: list[tuple[str, float | None]], **optio
     return {"table": table, "protocol": protocol, "dataset": info, "runs": records}
 
 
-@click.command("logreg")
-@click.option("--dataset", default=None, help=f"Bundled task: {', '.join(DATASETS)} [default: breast_cancer].")
+@click.group("logreg", invoke_without_command=True, cls=_LogregGroup)
+@click.option("--dataset", default=None, help=f"Bundled task: {', '.join(DATASET_NAMES)} [default: breast_cancer].")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV file with a header row.")
 @click.option("--target", default=None, help="Label column of --csv (exactly two distinct values).")
 @click.option("--loss", default=None, help="logistic or rooted [default: rooted]; not with --compare.")
@@ -321,7 +151,13 @@ def logreg(
     compare: bool,
     json_out: Path | None,
 ) -> None:
-    """Logistic regression with the logistic or rooted (RLO) loss; --compare runs the seed's study on one split."""
+    """Logistic regression with the logistic or rooted (RLO) loss; --compare runs the seed's study on one split.
+
+    `losslab logreg sweep` runs the grid k × λ × data sets × seeds (see its --help).
+    """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
+    from losslab.data.binary_tables import load_split
     from losslab.io import write_json_atomic
 
     runs = _runs(loss, ks, compare)
@@ -353,3 +189,81 @@ def _runs(loss: str | None, ks: tuple[float, ...], compare: bool) -> list[tuple[
     if len(ks) > 1:
         raise ConfigError(f"--k was given {len(ks)} times; give one k, or add --compare to fit several")
     return [(loss or "rooted", ks[0] if ks else None)]
+
+
+SWEEP_DEFAULTS = {
+    "datasets": "breast_cancer,wine_binary,iris_binary,digits_binary",
+    "k": "1,2,3,5,8,10,20,50",
+    "l2": "0,1e-3,1e-2",
+    "seeds": "0,1,2,3,4,5,6,7,8,9",
+}
+
+
+@logreg.command("sweep", cls=LosslabCommand)
+@click.option("--datasets", default=SWEEP_DEFAULTS["datasets"], show_default=True, help="Comma list of bundled tasks.")
+@click.option("--k", "ks", type=FloatList(), default=SWEEP_DEFAULTS["k"], show_default=True, help="Rooted k values.")
+@click.option("--l2", "l2s", type=FloatList(), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
+@click.option("--seeds", type=IntList(), default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")
+@click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference fits.")
+@click.option("--solver", default="lbfgs", show_default=True, help="lbfgs, newton or gd.")
+@click.option("--max-iter", type=int, default=None, help="Iteration cap [default: 10000].")
+@click.option("--tol", type=float, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
+@click.option("--test-fraction", type=float, default=0.3, show_default=True, help="Share of rows held out.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("logreg_sweep"), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing sweep.csv / sweep.png in --out-dir.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on when stderr is a terminal].")
+def sweep(
+    datasets: str,
+    ks: list[float],
+    l2s: list[float],
+    seeds: list[int],
+    no_logistic: bool,
+    solver: str,
+    max_iter: int | None,
+    tol: float | None,
+    test_fraction: float,
+    out_dir: Path,
+    overwrite: bool,
+    progress: bool | None,
+) -> None:
+    """Sweep k × λ × data sets × seeds (logistic as reference): sweep.csv (one row per fit) and sweep.png.
+
+    The plot shows iterations and test accuracy vs k, one line per data set (mean ± std over seeds), the logistic
+    loss dashed. Each row equals `losslab logreg --dataset D --loss L --k K --l2 λ --seed S`.
+    """
+    import sys
+
+    from losslab.objectives.logreg_sweep import plot_sweep, run_sweep, summarize, sweep_grid, write_sweep_csv
+    from losslab.tables import format_table
+
+    csv_path, png_path = out_dir / "sweep.csv", out_dir / "sweep.png"
+    existing = [str(p) for p in (csv_path, png_path) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{', '.join(existing)} already exist; pass --overwrite or another --out-dir")
+    names = [name.strip() for name in datasets.split(",") if name.strip()]
+    points = sweep_grid(names, ks, l2s, seeds, include_logistic=not no_logistic)
+    given = {"max_iter": max_iter, "tol": tol}
+    options = {"solver": solver, **{key: v for key, v in given.items() if v is not None}}
+    if sys.stderr.isatty() if progress is None else progress:
+        with click.progressbar(length=len(points), label="logreg sweep", file=sys.stderr) as bar:
+            rows = run_sweep(points, test_fraction=test_fraction, on_row=lambda _: bar.update(1), **options)
+    else:
+        rows = run_sweep(points, test_fraction=test_fraction, **options)
+    write_sweep_csv(rows, csv_path)
+    plot_sweep(rows, png_path)
+    iters, acc = summarize(rows, "iterations"), summarize(rows, "test_accuracy")
+    table = [
+        [
+            d,
+            f"{l2:g}",
+            loss,
+            "-" if k is None else f"{k:g}",
+            f"{m:.1f} ± {s:.1f}",
+            f"{100 * a[0]:.2f} ± {100 * a[1]:.2f}",
+            n,
+        ]
+        for (d, l2, loss, k), (m, s, n) in iters.items()
+        for a in [acc[(d, l2, loss, k)]]
+    ]
+    click.echo(format_table(["dataset", "l2", "loss", "k", "iterations", "test %", "seeds"], table, align="lrllrrr"))
+    click.echo(f"\n{len(rows)} fits ({solver}); rows: {csv_path}; plot: {png_path}")

@@ -43,6 +43,20 @@ class IntList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
 
 
+class FloatList(click.ParamType):
+    """Comma-separated numbers: ``0,1e-3`` -> [0.0, 0.001]."""
+
+    name = "X,Y,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
+        if isinstance(value, list):
+            return value
+        try:
+            return [float(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
 def _click_type(annotation: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation."""
     annotation = _unwrap_optional(annotation)

@@ -2,6 +2,7 @@
 
     >>> terms = gan_losses(fake_logits, real_logits, kind="rooted", k=2.0)
     >>> g_loss = terms.g.mean(); d_loss = (terms.d_fake + terms.d_real).mean()
+    >>> g_loss = gan_term(fake_logits, "g", kind="rooted", k=2.0).mean()   # one term (one training phase)
 
 Logistic (StyleGAN2-ADA): G softplus(−D(G(z))); D softplus(D(G(z))) + softplus(−D(x)). Rooted: each softplus(s)
 becomes k·exp(softplus(s)/k) = ℓ_k(−s) (see :func:`~losslab.objectives.rooted_logistic`), i.e. G ℓ_k(D(G(z))),
@@ -34,6 +35,27 @@ class GanLosses(NamedTuple):
     """discriminator loss on the real logits"""
 
 
+GAN_TERMS = ("g", "d_fake", "d_real")
+
+
+def gan_term(logits: Tensor, term: str, kind: str = "logistic", k: float = 2.0, *, subtract_k: bool = False) -> Tensor:
+    """One per-sample term on raw logits: ``g`` (generator, on fake logits), ``d_fake`` or ``d_real`` (discriminator).
+
+    logistic: g = softplus(−D), d_fake = softplus(D), d_real = softplus(−D). rooted: softplus(s) → ℓ_k(−s), i.e.
+    g = ℓ_k(D), d_fake = ℓ_k(−D), d_real = ℓ_k(D). Float32 math with autocast off; shaped like ``logits``.
+    """
+    if kind not in GAN_KINDS:
+        raise ConfigError(f"kind={kind!r} is not allowed: choose one of {', '.join(GAN_KINDS)}")
+    if term not in GAN_TERMS:
+        raise ConfigError(f"term={term!r} is not allowed: choose one of {', '.join(GAN_TERMS)}")
+    sign = 1.0 if term == "d_fake" else -1.0  # the softplus argument is sign·D
+    if kind == "rooted":
+        check_k(k)
+        return rooted_logistic(-sign * logits, k, subtract_k)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return softplus(sign * logits.to(compute_dtype(logits.dtype)))
+
+
 def gan_losses(
     fake_logits: Tensor, real_logits: Tensor, kind: str = "logistic", k: float = 2.0, *, subtract_k: bool = False
 ) -> GanLosses:
@@ -42,16 +64,8 @@ def gan_losses(
     ``subtract_k`` subtracts the constant k from the rooted terms (same gradients); they then tend to the
     logistic terms as k → ∞. ``k`` is ignored for ``logistic``.
     """
-    if kind not in GAN_KINDS:
-        raise ConfigError(f"kind={kind!r} is not allowed: choose one of {', '.join(GAN_KINDS)}")
-    if kind == "rooted":
-        check_k(k)
-        return GanLosses(
-            g=rooted_logistic(fake_logits, k, subtract_k),
-            d_fake=rooted_logistic(-fake_logits, k, subtract_k),
-            d_real=rooted_logistic(real_logits, k, subtract_k),
-        )
-    with torch.autocast(device_type=fake_logits.device.type, enabled=False):
-        fake = fake_logits.to(compute_dtype(fake_logits.dtype))
-        real = real_logits.to(compute_dtype(real_logits.dtype))
-        return GanLosses(g=softplus(-fake), d_fake=softplus(fake), d_real=softplus(-real))
+    return GanLosses(
+        g=gan_term(fake_logits, "g", kind, k, subtract_k=subtract_k),
+        d_fake=gan_term(fake_logits, "d_fake", kind, k, subtract_k=subtract_k),
+        d_real=gan_term(real_logits, "d_real", kind, k, subtract_k=subtract_k),
+    )

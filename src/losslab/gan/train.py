@@ -1,0 +1,355 @@
+"""GAN training with the logistic or rooted non-saturating loss: run folder, per-epoch checkpoints and sample grids.
+
+    from losslab.gan import GanConfig, train_gan
+    result = train_gan(GanConfig(data="ring", loss="rooted", k=2.0, epochs=10))
+    result.metrics["modes_covered"], result.run_dir
+
+One step (:meth:`GanTrainer.step`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
+terms of :func:`~losslab.objectives.gan.gan_term` (plus R1 (γ/2)·‖∇ₓD(x)‖² on the reals when ``r1_gamma`` > 0),
+then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``).
+Adam as in DCGAN (lr 2e-4, β 0.5/0.999; fused on CUDA). Data live on the device as one tensor; each epoch is a
+device-side permutation, and the losses are summed on the device and read once per epoch, so a step makes no host
+synchronisation.
+
+Run folder ``out_dir/run_name``: ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
+continue bit-for-bit on the same device, RNG states included), ``samples/epoch_NNN.png`` (a grid of EMA-generator
+samples from fixed latents; a scatter over the modes for 2-D data), ``metrics.csv`` (per-epoch losses) and
+``result.json``. ``resume=RUN`` continues a killed run (same layout and rules as ``losslab train``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError
+from losslab.gan.config import GanConfig
+from losslab.gan.data import GanData, load_gan_data, load_images
+from losslab.gan.models import build_pair, count_parameters, generate
+from losslab.io import save_torch_atomic, write_atomic, write_json_atomic, write_yaml_atomic
+from losslab.objectives.gan import gan_term
+
+GRID_SEED_OFFSET = 12_345
+EVAL_SEED_OFFSET = 54_321
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """torch device for ``accelerator`` (auto: cuda if available, else cpu); ConfigError if it is absent."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"accelerator={accelerator!r} but no CUDA device is visible; use --accelerator cpu")
+        return torch.device("cuda")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("accelerator='mps' but MPS is not available; use --accelerator cpu")
+    return torch.device(accelerator)
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """Mean over the batch of ‖∇ₓD(x)‖² (``real`` must require grad; differentiable: create_graph)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)  # [B, ...]
+    return grad.square().flatten(1).sum(1).mean()
+
+
+@dataclass
+class GanResult:
+    """What a finished run returns and writes to ``result.json``."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    epochs: int
+    steps: int
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    parameters: dict[str, int]
+    train_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        return out
+
+
+class GanTrainer:
+    """Networks, optimisers and the step of one GAN run on one device (no files; see :func:`train_gan`)."""
+
+    def __init__(self, cfg: GanConfig, data: GanData, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.data = data
+        self.real = data.tensor.to(self.device)  # [N, ...] device-resident
+        if len(self.real) < cfg.batch_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(self.real)} training samples")
+        torch.manual_seed(cfg.seed)
+        self.G, self.D = (
+            m.to(self.device) for m in build_pair(data.sample_shape, cfg.z_dim, cfg.net_width, cfg.d_norm)
+        )
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas, **fused)
+        self._g_params = list(self.G.parameters())
+        self._ema_params = list(self.G_ema.parameters())
+        self._buffers = list(zip(self.G_ema.buffers(), self.G.buffers()))
+        self.epoch = 0
+
+    def _term(self, logits: Tensor, term: str) -> Tensor:
+        return gan_term(logits, term, self.cfg.loss, self.cfg.k).mean()
+
+    def step(self, real: Tensor) -> Tensor:
+        """One D update and one G update on the real batch [B, ...]; returns (d_loss, g_loss, r1) [3] on the device."""
+        cfg, batch = self.cfg, real.shape[0]
+        # --- discriminator
+        self.D.requires_grad_(True)
+        with torch.no_grad():
+            fake = self.G(torch.randn(batch, cfg.z_dim, device=self.device))
+        if cfg.r1_gamma > 0:
+            real = real.detach().requires_grad_(True)
+        d_real = self.D(real)  # [B, 1]
+        d_loss = self._term(self.D(fake), "d_fake") + self._term(d_real, "d_real")
+        total = d_loss
+        if cfg.r1_gamma > 0:
+            r1 = r1_penalty(d_real, real)
+            total = d_loss + 0.5 * cfg.r1_gamma * r1
+        else:
+            r1 = torch.zeros((), device=self.device)
+        self.opt_d.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_d.step()
+        # --- generator (D frozen: no parameter gradients for it)
+        self.D.requires_grad_(False)
+        g_loss = self._term(self.D(self.G(torch.randn(batch, cfg.z_dim, device=self.device))), "g")
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        self.update_ema()
+        return torch.stack([d_loss.detach(), g_loss.detach(), r1.detach()])
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """G_ema ← decay·G_ema + (1 − decay)·G (parameters); buffers (BN statistics) copied."""
+        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - self.cfg.ema_decay)
+        for ema_buf, buf in self._buffers:
+            ema_buf.copy_(buf)
+
+    def run_epoch(self, on_step: Any = None) -> dict[str, float]:
+        """One pass over the data in a device-side random order; mean losses (one host sync)."""
+        batch = self.cfg.batch_size
+        steps = len(self.real) // batch
+        order = torch.randperm(len(self.real), device=self.device)
+        sums = torch.zeros(3, device=self.device)
+        self.G.train()
+        self.D.train()
+        start = time.perf_counter()
+        for i in range(steps):
+            sums += self.step(self.real[order[i * batch : (i + 1) * batch]])
+            if on_step is not None:
+                on_step()
+        d_loss, g_loss, r1 = (sums / steps).tolist()
+        self.epoch += 1
+        return {
+            "epoch": self.epoch,
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "r1": r1,
+            "steps": steps,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "epoch": self.epoch,
+            "cpu_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("G", "D", "G_ema", "opt_g", "opt_d"):
+            getattr(self, name).load_state_dict(state[name])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["cpu_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def samples(self, n: int, seed: int) -> Tensor:
+        """``n`` EMA-generator samples from seeded latents (eval mode)."""
+        return generate(self.G_ema.eval(), n, self.cfg.z_dim, seed=seed)
+
+
+def save_sample_grid(samples: Tensor, path: Path, data: GanData) -> Path:
+    """A PNG of ``samples``: an image grid (8 per row) or, for 2-D points, a scatter over the mixture's modes."""
+    from losslab.io import atomic_path
+
+    if data.is_toy:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from losslab.report.figures import save_figure
+
+        assert data.mixture is not None
+        fig, ax = plt.subplots(figsize=(4, 4))
+        pts = samples.float().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+        ax.scatter(data.mixture.modes[:, 0], data.mixture.modes[:, 1], marker="x", c="red", s=30)
+        lim = float(data.mixture.modes.abs().max()) + 1.5
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        return save_figure(fig, path)
+    from torchvision.utils import save_image
+
+    with atomic_path(path) as tmp:
+        save_image((samples.float().cpu() + 1) / 2, tmp, nrow=8, format="png")
+    return path
+
+
+def prepare_run_dir(cfg: GanConfig) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume or None); refuses to overwrite a run unless ``overwrite``."""
+    import shutil
+
+    from losslab.train.trainer import resolve_resume
+
+    if cfg.resume is not None:
+        return resolve_resume(cfg.resume)
+    run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.overwrite:
+            state = "a finished run" if (run_dir / "result.json").exists() else "an unfinished run"
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} already holds {state}; pass --resume {str(run_dir)!r} to continue it, "
+                "a new --run-name, or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, None
+
+
+def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
+    """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer)."""
+    import yaml
+
+    from losslab.train.trainer import resolve_resume
+
+    run_dir, _ = resolve_resume(resume)
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    fixed = {"data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed"}
+    changed = sorted(key for key in fixed & set(overrides) if overrides[key] != stored.get(key))
+    if changed:
+        raise ConfigError(f"--resume keeps the run's {', '.join(changed)}; start a new run to change them")
+    return GanConfig.build({**stored, **overrides, "resume": resume})
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    def write(fh: Any) -> None:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+
+    if history:
+        write_atomic(path, write)
+
+
+def evaluate_generator(trainer: GanTrainer, classifier_cache: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Final metrics of the EMA generator (module docstring of :mod:`losslab.gan.metrics`) and notes."""
+    from losslab.gan import metrics as M
+
+    cfg, data, notes = trainer.cfg, trainer.data, []
+    seed = cfg.seed + EVAL_SEED_OFFSET
+    if data.is_toy:
+        assert data.mixture is not None
+        return M.mode_metrics(trainer.samples(cfg.eval_samples or 10_000, seed), data.mixture), notes
+    fake = trainer.samples(cfg.eval_samples or 1_000, seed)
+    out: dict[str, Any] = {}
+    if cfg.data == "digits":
+        clf, acc = M.digits_classifier(classifier_cache)
+        real = load_images("digits", fake.shape[-1], split="test").to(fake.device)
+        out = {**M.image_metrics(fake, real, clf), "classifier_test_accuracy": acc, "real_images": len(real)}
+    else:
+        notes.append(f"digits-FD and precision/recall use the digits classifier; not computed for {cfg.data!r}")
+    if cfg.fid_weights is not None:
+        out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
+    else:
+        notes.append(M.fid_message(None) or "")
+    return out, notes
+
+
+def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
+    """Train (or continue) the run of ``cfg`` and write its folder; returns the :class:`GanResult`."""
+    device = resolve_device(cfg.accelerator)
+    if cfg.fid_weights is not None and not Path(cfg.fid_weights).is_file():
+        raise ConfigError(f"--fid-weights {str(cfg.fid_weights)!r} is not a file; give the local weights or drop it")
+    if data is None:
+        data = load_gan_data(
+            cfg.data,
+            img_size=cfg.img_size,
+            n_toy=cfg.toy_samples,
+            seed=cfg.seed,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+        )
+    run_dir, ckpt = prepare_run_dir(cfg)
+    trainer = GanTrainer(cfg, data, device)
+    history: list[dict[str, float]] = []
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        history = state["history"]
+    write_yaml_atomic(run_dir / "config.yaml", {**cfg.to_dict(), "resume": None, "overwrite": False})
+    steps_per_epoch = len(trainer.real) // cfg.batch_size
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    bar = None
+    if show and trainer.epoch < cfg.epochs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(cfg.epochs - trainer.epoch) * steps_per_epoch, desc=run_dir.name, file=sys.stderr)
+    grid_seed = cfg.seed + GRID_SEED_OFFSET
+    while trainer.epoch < cfg.epochs:
+        stats = trainer.run_epoch(on_step=bar.update if bar is not None else None)
+        history.append(stats)
+        if bar is not None:
+            bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}")
+        n_grid = cfg.grid_samples if not data.is_toy else max(cfg.grid_samples, 2000)
+        save_sample_grid(
+            trainer.samples(n_grid, grid_seed), run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png", data
+        )
+        save_torch_atomic(run_dir / "checkpoints" / "last.ckpt", {"trainer": trainer.state_dict(), "history": history})
+        _write_history(run_dir / "metrics.csv", history)
+    if bar is not None:
+        bar.close()
+    metrics, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt") if cfg.metrics else ({}, [])
+    result = GanResult(
+        run_dir=run_dir,
+        config=cfg.to_dict(),
+        epochs=trainer.epoch,
+        steps=trainer.epoch * steps_per_epoch,
+        history=history,
+        metrics=metrics,
+        parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
+        train_seconds=sum(h["seconds"] for h in history),
+        notes=[n for n in notes if n],
+    )
+    write_json_atomic(run_dir / "result.json", result.to_dict())
+    return result
+
+
+__all__ = ["GanResult", "GanTrainer", "prepare_run_dir", "resolve_device", "resume_config", "train_gan"]
