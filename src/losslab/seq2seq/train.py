@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError
@@ -89,6 +89,16 @@ class TranslateConfig(BaseModel):
         if (self.spectral or self.frobenius_decay) and self.rank_scale is None:
             raise ValueError("spectral / frobenius_decay act on factorized layers: give rank_scale (--rank-scale)")
         return self
+
+    @classmethod
+    def build(cls, **values: object) -> TranslateConfig:
+        """Validated config; a ConfigError naming the key and the problem on bad values."""
+        from losslab.train.config import config_error_from
+
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise config_error_from(exc, cls) from None
 
     @property
     def smoothing(self) -> float:
