@@ -3,7 +3,6 @@ count and attention SI/FD on separate q/k/v/out projections, the loss against a 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,13 @@ from losslab.layers.attention import (
 )
 from losslab.lm.token_loss import IGNORE_INDEX
 from losslab.seq2seq.bleu import corpus_bleu
+from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import collate, download_iwslt, read_parallel, token_batches
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer
 from losslab.seq2seq.search import beam_search, greedy_decode
 from losslab.seq2seq.tokenizer import EOS, PAD, SubwordTokenizer
 from losslab.seq2seq.toy import toy_corpus
-from losslab.seq2seq.train import TranslateConfig, build_model, label_smoothed_ce, train_translation
+from losslab.seq2seq.train import build_model, label_smoothed_ce, train_translation
 
 sacrebleu = pytest.importorskip("sacrebleu")
 
@@ -170,7 +170,7 @@ def test_tokenizer_round_trip_and_batches() -> None:
     batches = token_batches(ids, ids, max_tokens=64, shuffle_seed=0)
     assert sorted(i for b in batches for i in b) == list(range(200))
     assert all(len(b) * max(len(ids[i]) + 1 for i in b) <= 64 for b in batches)
-    src, tgt_in, labels = collate(ids, ids, batches[0])
+    _, tgt_in, labels = collate(ids, ids, batches[0])
     assert tgt_in[0, 0] == 1 and torch.equal(
         tgt_in[:, 1:][labels[:, :-1] != IGNORE_INDEX], labels[:, :-1][labels[:, :-1] != IGNORE_INDEX]
     )

@@ -23,14 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import check_range, unknown_name_error
+from losslab.seq2seq.config import PRESETS
 from losslab.seq2seq.tokenizer import PAD
-
-PRESETS: dict[str, dict[str, int | float | bool]] = {
-    # fairseq's transformer_iwslt_de_en (the IWSLT14 baseline of FNL's Transformer experiments)
-    "transformer_iwslt_de_en": dict(d_model=512, heads=4, ffn_dim=1024, encoder_layers=6, decoder_layers=6),
-    # the offline toy pair
-    "toy": dict(d_model=64, heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.0),
-}
 
 
 @dataclass(frozen=True)
