@@ -20,4 +20,6 @@ run bench_lm "$py" benchmarks/bench_lm.py --device cuda
 # issue 4 target: lp_grad (p=2, weights + activations) <= 3x a plain step on CIFAR ResNet-20, batch 128
 run bench_regularizers "$py" benchmarks/bench_regularizers.py --device cuda --steps 50 --warmup 5
 run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
+# translation: training tokens/s and beam-5 sentences/s on the GPU (beam search batched over sentences x beams)
+run bench_translate "$py" benchmarks/bench_translate.py --device cuda
 exit "$status"
