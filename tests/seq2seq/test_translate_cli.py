@@ -30,7 +30,7 @@ def test_train_then_eval_from_files_with_seed_flags(tmp_path: Path) -> None:
     args = ["translate", "train", "--out-dir", str(run), "--src-file", train_src, "--tgt-file", train_tgt,
             "--arch", "toy", "--vocab-size", "80", "--max-epochs", "1", "--rank-scale", "0.5", "--spectral",
             "--wd2fd", "--spectral-quekey", "--spectral-outval", "--wd2fd-quekey", "--wd2fd-outval",
-            "--clip-norm", "0.1", "--device", "cpu"]  # fmt: skip
+            "--clip-norm", "0.1", "--accelerator", "cpu"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "config.json").read_text())
@@ -39,8 +39,9 @@ def test_train_then_eval_from_files_with_seed_flags(tmp_path: Path) -> None:
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "--resume" in str(again.exception)
     out = tmp_path / "bleu.json"
-    ev = CliRunner().invoke(cli, ["translate", "eval", "--out-dir", str(run), "--src-file", test_src,
-                                  "--tgt-file", test_tgt, "--beam", "2", "--json", str(out), "--device", "cpu"])  # fmt: skip
+    eval_args = ["translate", "eval", "--out-dir", str(run), "--src-file", test_src, "--tgt-file", test_tgt,
+                 "--beam", "2", "--json", str(out), "--device", "cpu"]  # fmt: skip
+    ev = CliRunner().invoke(cli, eval_args)
     assert ev.exit_code == 0, ev.output
     data = json.loads(out.read_text())
     assert 0.0 <= data["bleu"] <= 100.0 and "tok:13a" in data["signature"] and "BPE" in ev.output
@@ -56,3 +57,14 @@ def test_shipped_fnl_config_and_bad_sources(tmp_path: Path) -> None:
         _corpus(None, None, None, None, None, None, False, False)
     with pytest.raises(ConfigError, match="both its source and target"):
         _corpus("a", "b", "c", None, None, None, False, False)
+
+
+@pytest.mark.slow
+def test_demo_prints_bleu_before_and_after(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["translate", "demo", "--out-dir", str(tmp_path / "d"), "--epochs", "1",
+                                      "--accelerator", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "untrained test: BLEU = " in result.output and "sacrebleu signature: nrefs:1" in result.output
+    assert json.loads((tmp_path / "d" / "results.json").read_text())["epochs"] == 1
+    bad = CliRunner().invoke(cli, ["translate", "demo", "--out-dir", str(tmp_path / "e"), "--devices", "2"])
+    assert bad.exit_code != 0 and "one device" in str(bad.exception)

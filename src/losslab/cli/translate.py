@@ -1,6 +1,6 @@
 """``losslab translate``: train and evaluate a Transformer translation model, and an offline demo on a toy pair.
 
-    losslab translate demo --out-dir runs/toy                       # offline: toy SVO->SOV pair, BLEU ~0 -> ~97
+    losslab translate demo --out-dir runs/toy --accelerator cpu     # offline: toy SVO->SOV pair, BLEU ~0 -> ~97
     losslab translate train --out-dir runs/iwslt --src-file train.de --tgt-file train.en \\
         --valid-src valid.de --valid-tgt valid.en --test-src test.de --test-tgt test.en --config fnl_iwslt14
     losslab translate train --out-dir runs/iwslt --download --rank-scale 0.5 --spectral --wd2fd \\
@@ -23,11 +23,28 @@ from losslab.cli.options import LosslabCommand, given_options, options_from_mode
 from losslab.errors import ConfigError
 from losslab.seq2seq.config import SEED_ALIASES, TranslateConfig
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
 
 def _device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _training_device(accelerator: str, devices: int) -> str:
+    """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
+    import torch
+
+    if devices != 1:
+        raise ConfigError(f"--devices {devices}: losslab translate trains on one device; use --devices 1")
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--accelerator {accelerator}: no CUDA device is visible; use --accelerator cpu")
+        return "cuda"
+    return accelerator
 
 
 def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
@@ -63,7 +80,10 @@ def translate() -> None:
 def _common_out(func: Any) -> Any:
     func = click.option("--overwrite", is_flag=True, help="Replace an existing --out-dir.")(func)
     func = click.option("--resume", is_flag=True, help="Continue the run in --out-dir from checkpoint_last.pt.")(func)
-    func = click.option("--device", default=None, help="Torch device (default: cuda if available).")(func)
+    func = click.option("--devices", type=int, default=1, show_default=True, help="Number of devices (only 1).")(func)
+    func = click.option(
+        "--accelerator", type=click.Choice(ACCELERATORS), default="auto", show_default=True, help="cpu, gpu or auto."
+    )(func)
     return click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Run folder.")(func)
 
 
@@ -79,16 +99,17 @@ def _common_out(func: Any) -> Any:
 @click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
 @click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
 @options_from_model(TranslateConfig, aliases=SEED_ALIASES)
-def train_cmd(out_dir: str, overwrite: bool, resume: bool, device: str | None, config_file: str | None,
+def train_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, config_file: str | None,
               src_file: str | None, tgt_file: str | None, valid_src: str | None, valid_tgt: str | None,
               test_src: str | None, test_tgt: str | None, download: bool, toy: bool, **flags: Any) -> None:  # fmt: skip
     """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test."""
     cfg = _config(config_file, flags)
+    device = _training_device(accelerator, devices)
     corpus = _corpus(src_file, tgt_file, valid_src, valid_tgt, test_src, test_tgt, download, toy)
     path = _out_dir(out_dir, overwrite, resume)
     from losslab.seq2seq.train import train_translation
 
-    result = train_translation(cfg, corpus, path, device=_device(device), resume=resume, log=click.echo)
+    result = train_translation(cfg, corpus, path, device=device, resume=resume, log=click.echo)
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
@@ -156,20 +177,20 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
 @click.option("--epochs", type=int, default=12, show_default=True, help="Training epochs on the toy pair.")
-def demo_cmd(out_dir: str, overwrite: bool, resume: bool, device: str | None, epochs: int) -> None:
+def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, epochs: int) -> None:
     """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training."""
     import torch
 
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import bleu_of, build_model, train_translation
 
+    dev = torch.device(_training_device(accelerator, devices))
     path = _out_dir(out_dir, overwrite, resume)
     cfg = TranslateConfig(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs, max_tokens=1024,
                           normalize_before=True, eval_batch_size=100)  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
     from losslab.seq2seq.tokenizer import SubwordTokenizer
 
-    dev = torch.device(_device(device))
     tok = SubwordTokenizer.train([t for p in corpus["train"] for t in p], cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     untrained = bleu_of(build_model(cfg, tok.vocab_size).to(dev), tok, corpus["test"], cfg, dev)

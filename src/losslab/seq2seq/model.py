@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losslab.errors import check_range, unknown_name_error
+from losslab.errors import ConfigError, check_range, unknown_name_error
 from losslab.seq2seq.config import PRESETS
 from losslab.seq2seq.tokenizer import PAD
 
@@ -46,8 +46,6 @@ class ModelConfig:
             check_range(key, getattr(self, key), low=1)
         check_range("dropout", self.dropout, low=0.0, high=1.0, high_inclusive=False)
         if self.d_model % self.heads:
-            from losslab.errors import ConfigError
-
             raise ConfigError(f"d_model={self.d_model} is not divisible by heads={self.heads}; change one of them")
 
     @classmethod

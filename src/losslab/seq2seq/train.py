@@ -78,11 +78,10 @@ def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list:
 
 
 def build_optimizer(cfg: TranslateConfig, model: nn.Module, regs: Sequence) -> torch.optim.Optimizer:
-    """Two groups: weight-decayed parameters and the rest (norms, biases, embeddings' pad-free, FD'd factors)."""
+    """Weight decay on every parameter (as fairseq) except those a Frobenius decay penalizes (WD-0 group)."""
     no_decay = {id(p) for reg in regs for p in reg.no_weight_decay_params(model)}
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        (plain if id(p) in no_decay or p.ndim < 2 or name.startswith("embed") else decay).append(p)
+    decay = [p for p in model.parameters() if id(p) not in no_decay]
+    plain = [p for p in model.parameters() if id(p) in no_decay]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -139,6 +138,20 @@ def bleu_of(model: Seq2SeqTransformer, tok: SubwordTokenizer, pairs: Sequence[tu
             "example": hyps[0] if hyps else ""}  # fmt: skip
 
 
+def _trainable(
+    tok: SubwordTokenizer, pairs: Sequence[tuple[str, str]], limit: int, log: Callable[[str], None]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of the pairs whose both sides fit the model's positions (fairseq skips longer ones too)."""
+    src = tok.encode_batch([s for s, _ in pairs])
+    tgt = tok.encode_batch([t for _, t in pairs])
+    keep = [i for i in range(len(src)) if len(src[i]) <= limit and len(tgt[i]) <= limit]
+    if len(keep) < len(src):
+        log(f"skipped {len(src) - len(keep)} training pairs longer than {limit} tokens")
+    if not keep:
+        raise ConfigError(f"every training pair is longer than {limit} tokens; shorten the sentences")
+    return [src[i] for i in keep], [tgt[i] for i in keep]
+
+
 def _log_line(out_dir: Path, row: dict) -> None:
     with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -176,8 +189,7 @@ def train_translation(
         opt.load_state_dict(state["optimizer"])
         step, epoch = state["step"], state["epoch"]
         log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
-    src_ids = tok.encode_batch([s for s, _ in corpus["train"]])
-    tgt_ids = tok.encode_batch([t for _, t in corpus["train"]])
+    src_ids, tgt_ids = _trainable(tok, corpus["train"], model.cfg.max_positions - 1, log)
     log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
     tokens_seen, train_time = 0, 0.0
     while epoch < cfg.max_epochs and (cfg.max_updates is None or step < cfg.max_updates):
