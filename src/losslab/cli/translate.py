@@ -77,7 +77,20 @@ def translate() -> None:
     """Machine translation with a (factorized) Transformer: train, eval (BLEU, beam search), offline demo."""
 
 
+def _progress_option(func: Any) -> Any:
+    return click.option(
+        "--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal)."
+    )(func)
+
+
+def _show(progress: bool | None) -> bool:
+    import sys
+
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def _common_out(func: Any) -> Any:
+    func = _progress_option(func)
     func = click.option("--overwrite", is_flag=True, help="Replace an existing --out-dir.")(func)
     func = click.option("--resume", is_flag=True, help="Continue the run in --out-dir from checkpoint_last.pt.")(func)
     func = click.option("--devices", type=int, default=1, show_default=True, help="Number of devices (only 1).")(func)
@@ -99,9 +112,24 @@ def _common_out(func: Any) -> Any:
 @click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
 @click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
 @options_from_model(TranslateConfig, aliases=SEED_ALIASES)
-def train_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, config_file: str | None,
-              src_file: str | None, tgt_file: str | None, valid_src: str | None, valid_tgt: str | None,
-              test_src: str | None, test_tgt: str | None, download: bool, toy: bool, **flags: Any) -> None:  # fmt: skip
+def train_cmd(
+    out_dir: str,
+    overwrite: bool,
+    resume: bool,
+    accelerator: str,
+    devices: int,
+    progress: bool | None,
+    config_file: str | None,
+    src_file: str | None,
+    tgt_file: str | None,
+    valid_src: str | None,
+    valid_tgt: str | None,
+    test_src: str | None,
+    test_tgt: str | None,
+    download: bool,
+    toy: bool,
+    **flags: Any,
+) -> None:
     """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test."""
     cfg = _config(config_file, flags)
     device = _training_device(accelerator, devices)
@@ -109,7 +137,9 @@ def train_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, dev
     path = _out_dir(out_dir, overwrite, resume)
     from losslab.seq2seq.train import train_translation
 
-    result = train_translation(cfg, corpus, path, device=device, resume=resume, log=click.echo)
+    result = train_translation(
+        cfg, corpus, path, device=device, resume=resume, log=click.echo, progress=_show(progress)
+    )
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
@@ -149,8 +179,9 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 @click.option("--lenpen", type=float, default=None, help="Length penalty (default: the run's).")
 @click.option("--device", default=None, help="Torch device (default: cuda if available).")
 @click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
+@_progress_option
 def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
-             device: str | None, json_file: str | None) -> None:  # fmt: skip
+             device: str | None, json_file: str | None, progress: bool | None) -> None:  # fmt: skip
     """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature."""
     from losslab.seq2seq.data import read_parallel
     from losslab.seq2seq.train import bleu_of, load_run
@@ -162,7 +193,7 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
         cfg = cfg.model_copy(update={"lenpen": lenpen})
     import torch
 
-    result = bleu_of(model, tok, pairs, cfg, torch.device(dev), beam=beam)
+    result = bleu_of(model, tok, pairs, cfg, torch.device(dev), beam=beam, progress=_show(progress))
     result["tokenizer"] = tok.describe()
     click.echo(f"tokenizer: {result['tokenizer']}")
     click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)")
@@ -177,7 +208,9 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
 @click.option("--epochs", type=int, default=12, show_default=True, help="Training epochs on the toy pair.")
-def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, epochs: int) -> None:
+def demo_cmd(
+    out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, progress: bool | None, epochs: int
+) -> None:
     """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training."""
     import torch
 
@@ -195,7 +228,7 @@ def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devi
     torch.manual_seed(cfg.seed)
     untrained = bleu_of(build_model(cfg, tok.vocab_size).to(dev), tok, corpus["test"], cfg, dev)
     click.echo(f"untrained test: {untrained['bleu_text']}")
-    result = train_translation(cfg, corpus, path, device=dev, resume=resume, log=click.echo)
+    result = train_translation(cfg, corpus, path, device=dev, resume=resume, log=click.echo, progress=_show(progress))
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from losslab.errors import ConfigError
 from losslab.io import save_torch_atomic, write_json_atomic
@@ -110,6 +111,7 @@ def translate(
     lenpen: float,
     batch_size: int,
     device: torch.device,
+    progress: bool = False,
 ) -> tuple[list[str], float]:
     """Detokenized translations in input order, and sentences/s of the generation."""
     model.eval()
@@ -117,7 +119,7 @@ def translate(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
     start = time.perf_counter()
-    for lo in range(0, len(order), batch_size):
+    for lo in tqdm(range(0, len(order), batch_size), desc="beam search", disable=not progress, leave=False):
         batch = order[lo : lo + batch_size]
         src, _, _ = collate(ids, ids, batch)
         hyps = beam_search(model, src.to(device), beam=beam, lenpen=lenpen).tolist()
@@ -128,11 +130,18 @@ def translate(
     return out, len(ids) / max(time.perf_counter() - start, 1e-9)
 
 
-def bleu_of(model: Seq2SeqTransformer, tok: SubwordTokenizer, pairs: Sequence[tuple[str, str]], cfg: TranslateConfig,
-            device: torch.device, beam: int | None = None) -> dict[str, float | str]:  # fmt: skip
-    hyps, speed = translate(
-        model, tok, [s for s, _ in pairs], beam or cfg.beam, cfg.lenpen, cfg.eval_batch_size, device
-    )
+def bleu_of(
+    model: Seq2SeqTransformer,
+    tok: SubwordTokenizer,
+    pairs: Sequence[tuple[str, str]],
+    cfg: TranslateConfig,
+    device: torch.device,
+    beam: int | None = None,
+    progress: bool = False,
+) -> dict[str, float | str]:
+    """Beam-search translations of the sources scored against the targets: BLEU, signature, sentences/s."""
+    sources = [s for s, _ in pairs]
+    hyps, speed = translate(model, tok, sources, beam or cfg.beam, cfg.lenpen, cfg.eval_batch_size, device, progress)
     result = corpus_bleu(hyps, [t for _, t in pairs])
     return {"bleu": result.score, "signature": result.signature, "sentences_per_s": speed, "bleu_text": result.text,
             "example": hyps[0] if hyps else ""}  # fmt: skip
@@ -164,6 +173,7 @@ def train_translation(
     device: str | torch.device = "cpu",
     resume: bool = True,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> dict:
     """Train on ``corpus["train"]``, report BLEU on the other splits; resumes from ``out_dir/checkpoint_last.pt``."""
     if "train" not in corpus or not corpus["train"]:
@@ -196,7 +206,8 @@ def train_translation(
         model.train()
         total, count = 0.0, 0
         t0 = time.perf_counter()
-        for batch in token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch):
+        batches = token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch)
+        for batch in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
             src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in collate(src_ids, tgt_ids, batch))
             for group in opt.param_groups:
                 group["lr"] = inverse_sqrt_lr(cfg, step)
@@ -224,7 +235,7 @@ def train_translation(
     result: dict = {"epochs": epoch, "steps": step, "train_tokens_per_s": tokens_seen / max(train_time, 1e-9)}
     for split in ("valid", "test"):
         if corpus.get(split):
-            result[split] = bleu_of(model, tok, corpus[split], cfg, dev)
+            result[split] = bleu_of(model, tok, corpus[split], cfg, dev, progress=progress)
             log(f"{split}: {result[split]['bleu_text']} ({result[split]['sentences_per_s']:.1f} sentences/s)")
     result["tokenizer"] = tok.describe()
     write_json_atomic(out_dir / "results.json", result)
