@@ -209,3 +209,18 @@ def test_toy_pair_is_learned_and_resumes(tmp_path: Path) -> None:
     done = train_translation(cfg.model_copy(update={"max_epochs": 12}), corpus, tmp_path, log=lambda _: None)
     assert done["epochs"] == 12 and done["steps"] == 12 * first["steps"]
     assert done["test"]["bleu"] > 80.0, done["test"]["bleu_text"]
+
+
+def test_incremental_decoding_equals_the_full_decoder() -> None:
+    for pre in (False, True):
+        torch.manual_seed(0)
+        model = Seq2SeqTransformer(ModelConfig.preset("toy", vocab_size=40, normalize_before=pre)).double().eval()
+        src, tgt = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
+        src[2, 4:] = PAD
+        memory, keep = model.encode(src)
+        full = model.decode(tgt, memory, keep)  # (B, T, V)
+        cache = model.start_cache(memory)
+        steps = torch.stack([model.decode_step(tgt[:, t], t, cache, keep) for t in range(5)], 1)
+        torch.testing.assert_close(steps, full, atol=1e-10, rtol=1e-10)
+        model.reorder_cache(cache, torch.tensor([2, 0, 0]))
+        assert torch.equal(cache[0]["k"][1], cache[0]["k"][2]) and cache[0]["k"].shape[2] == 5

@@ -10,7 +10,7 @@ factorized layers; here every projection is an ``nn.Linear`` and attention itsel
     cfg = ModelConfig.preset("transformer_iwslt_de_en", vocab_size=10000)
     model = Seq2SeqTransformer(cfg)
     logits = model(src, tgt_in)              # src (B, S), tgt_in (B, T) token ids, PAD = 0 -> (B, T, V)
-    memory, src_pad = model.encode(src)      # for beam search: model.decode(tgt_prefix, memory, src_pad)
+    memory, src_pad = model.encode(src)      # decoding: model.decode(prefix, ...) or model.decode_step(...)
 """
 
 from __future__ import annotations
@@ -71,12 +71,20 @@ class MultiHeadAttention(nn.Module):
         b, t, d = x.shape
         return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, H, T, d_h)
 
-    def forward(self, x: Tensor, memory: Tensor, keep: Tensor | None = None, causal: bool = False) -> Tensor:
-        """x (B, T, d) attends over memory (B, S, d); ``keep`` (B, 1, 1, S) bool marks real keys."""
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+    def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected keys and values (B, H, S, d_h) of memory (B, S, d)."""
+        return self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, causal: bool = False) -> Tensor:
+        """x (B, T, d) attends over projected keys/values (B, H, S, d_h); ``keep`` (B, 1, 1, S) marks real keys."""
+        q = self._heads(self.q_proj(x))
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, is_causal=causal)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, d)
+
+    def forward(self, x: Tensor, memory: Tensor, keep: Tensor | None = None, causal: bool = False) -> Tensor:
+        """x (B, T, d) attends over memory (B, S, d)."""
+        return self.attend(x, *self.keys_values(memory), keep, causal)
 
 
 class _Layer(nn.Module):
@@ -102,6 +110,20 @@ class _Layer(nn.Module):
         if self.cross_attn is not None:
             x = self._sub(x, 1, lambda h: self.cross_attn(h, memory, mem_keep))
         return self._sub(x, len(self.norms) - 1, lambda h: self.fc2(F.relu(self.fc1(h))))
+
+    def step(self, x: Tensor, cache: dict[str, Tensor], mem_keep: Tensor) -> Tensor:
+        """Decoder layer on the newest position x (B, 1, d). ``cache``: cross-attention keys/values ``mk``/``mv``
+        and the self-attention keys/values ``k``/``v`` (B, H, t, d_h) of the earlier positions, extended in place."""
+
+        def self_part(h: Tensor) -> Tensor:
+            k, v = self.self_attn.keys_values(h)
+            cache["k"] = torch.cat([cache["k"], k], 2) if "k" in cache else k
+            cache["v"] = torch.cat([cache["v"], v], 2) if "v" in cache else v
+            return self.self_attn.attend(h, cache["k"], cache["v"])  # the newest query sees every earlier key
+
+        x = self._sub(x, 0, self_part)
+        x = self._sub(x, 1, lambda h: self.cross_attn.attend(h, cache["mk"], cache["mv"], mem_keep))
+        return self._sub(x, 2, lambda h: self.fc2(F.relu(self.fc1(h))))
 
 
 def sinusoidal_positions(n: int, d: int) -> Tensor:
@@ -157,3 +179,23 @@ class Seq2SeqTransformer(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, keep = self.encode(src)
         return self.decode(tgt_in, memory, keep)
+
+    def start_cache(self, memory: Tensor) -> list[dict[str, Tensor]]:
+        """Per decoder layer: the cross-attention keys/values of memory (B, S, d), projected once."""
+        return [dict(zip(("mk", "mv"), layer.cross_attn.keys_values(memory))) for layer in self.decoder]
+
+    def decode_step(self, token: Tensor, t: int, cache: list[dict[str, Tensor]], mem_keep: Tensor) -> Tensor:
+        """Logits (B, V) of position t+1 given token (B,) at position t; extends ``cache`` (incremental decoding,
+        equal to ``decode(prefix)[:, t]``)."""
+        x = self.embed(token[:, None]) * math.sqrt(self.cfg.d_model) + self.positions[t : t + 1]
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        for layer, layer_cache in zip(self.decoder, cache):
+            x = layer.step(x, layer_cache, mem_keep)
+        return self.output(self.decoder_norm(x))[:, 0]
+
+    @staticmethod
+    def reorder_cache(cache: list[dict[str, Tensor]], index: Tensor) -> None:
+        """Keep the self-attention cache rows ``index`` (B·K,) after a beam step (cross-attention rows stay:
+        beams only move within their own sentence, whose memory rows are equal)."""
+        for layer_cache in cache:
+            layer_cache["k"], layer_cache["v"] = layer_cache["k"][index], layer_cache["v"][index]

@@ -1,8 +1,9 @@
 """Greedy decoding and batched beam search for :class:`~losslab.seq2seq.model.Seq2SeqTransformer`.
 
-Beam search keeps all B·K hypotheses in one batch on the model's device: each step is one decoder call on
-(B·K, t) prefixes, one ``topk`` over the (B, K·V) candidate scores and one gather; no Python loop over sentences
-or beams. A finished hypothesis (it emitted EOS) keeps its score and extends with PAD at log-probability 0; the
+Beam search keeps all B·K hypotheses in one batch on the model's device: each step is one incremental decoder
+call on the newest token (cached keys/values, :meth:`Seq2SeqTransformer.decode_step`), one ``topk`` over the
+(B, K·V) candidate scores and one gather of the prefixes and caches; no Python loop over sentences or beams.
+A finished hypothesis (it emitted EOS) keeps its score and extends with PAD at log-probability 0; the
 beam ranks by the summed log-probability and the final choice per sentence maximizes
 ``score / length ** lenpen`` (fairseq's length penalty, length counting EOS). With ``beam=1`` this is exactly
 greedy decoding::
@@ -30,10 +31,11 @@ def _max_len(model: Seq2SeqTransformer, src: Tensor, max_len_a: float, max_len_b
 def greedy_decode(model: Seq2SeqTransformer, src: Tensor, max_len_a: float = 1.2, max_len_b: int = 10) -> Tensor:
     """Argmax decoding of src (B, S) -> (B, T) token ids after BOS, EOS included, PAD after it."""
     memory, keep = model.encode(src)
+    cache = model.start_cache(memory)
     tokens = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(_max_len(model, src, max_len_a, max_len_b)):
-        nxt = model.decode(tokens, memory, keep)[:, -1].argmax(-1)  # (B,)
+    for t in range(_max_len(model, src, max_len_a, max_len_b)):
+        nxt = model.decode_step(tokens[:, -1], t, cache, keep).argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], 1)
         done |= nxt == EOS
@@ -57,6 +59,7 @@ def beam_search(
     memory, keep = model.encode(src)
     memory = memory.repeat_interleave(k, 0)  # (B·K, S, d)
     keep = keep.repeat_interleave(k, 0)
+    cache = model.start_cache(memory)
     dev = src.device
     tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=dev)
     scores = torch.full((b, k), float("-inf"), device=dev)
@@ -64,8 +67,8 @@ def beam_search(
     done = torch.zeros(b, k, dtype=torch.bool, device=dev)
     lengths = torch.zeros(b, k, device=dev)
     rows = torch.arange(b, device=dev)[:, None] * k  # (B, 1) offsets of each sentence's beams
-    for _ in range(_max_len(model, src, max_len_a, max_len_b)):
-        logp = model.decode(tokens, memory, keep)[:, -1].float().log_softmax(-1)  # (B·K, V)
+    for t in range(_max_len(model, src, max_len_a, max_len_b)):
+        logp = model.decode_step(tokens[:, -1], t, cache, keep).float().log_softmax(-1)  # (B·K, V)
         vocab = logp.shape[-1]
         frozen = torch.full_like(logp, float("-inf"))
         frozen[:, PAD] = 0.0
@@ -75,6 +78,7 @@ def beam_search(
         origin, token = flat // vocab, flat % vocab
         pick = (rows + origin).view(-1)  # (B·K,) rows of the surviving prefixes
         tokens = torch.cat([tokens[pick], token.view(-1, 1)], 1)
+        model.reorder_cache(cache, pick)
         was_done = done.gather(1, origin)
         lengths = lengths.gather(1, origin) + (~was_done).float()
         done = was_done | (token == EOS)
