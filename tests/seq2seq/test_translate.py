@@ -224,3 +224,18 @@ def test_incremental_decoding_equals_the_full_decoder() -> None:
         torch.testing.assert_close(steps, full, atol=1e-10, rtol=1e-10)
         model.reorder_cache(cache, torch.tensor([2, 0, 0]))
         assert torch.equal(cache[0]["k"][1], cache[0]["k"][2]) and cache[0]["k"].shape[2] == 5
+
+
+@pytest.mark.gpu
+def test_beam_search_on_cuda_matches_cpu_and_trains(tmp_path: Path) -> None:
+    model = toy_model(seed=5)
+    torch.manual_seed(4)
+    src = torch.randint(4, 40, (16, 9))
+    src[3, 4:] = PAD
+    cpu = beam_search(model, src, beam=5, max_len_a=0.0, max_len_b=12)
+    gpu = beam_search(model.cuda(), src.cuda(), beam=5, max_len_a=0.0, max_len_b=12).cpu()
+    assert (cpu == gpu).all(dim=1).float().mean() >= 0.9  # rare near-ties may break differently across devices
+    corpus = toy_corpus(300, 0, 50, seed=2)
+    cfg = TranslateConfig(arch="toy", vocab_size=120, max_epochs=2, max_tokens=1024, warmup_updates=10, lr=3e-3)
+    result = train_translation(cfg, corpus, tmp_path, device="cuda", log=lambda _: None)
+    assert result["train_tokens_per_s"] > 0 and 0.0 <= result["test"]["bleu"] <= 100.0

@@ -16,6 +16,7 @@ factorized layers; here every projection is an ``nn.Linear`` and attention itsel
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -99,8 +100,9 @@ class _Layer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3 if cross else 2))
         self.pre, self.p = cfg.normalize_before, cfg.dropout
 
-    def _sub(self, x: Tensor, i: int, fn: object) -> Tensor:
-        h = fn(self.norms[i](x) if self.pre else x)  # type: ignore[operator]
+    def _sub(self, x: Tensor, i: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Residual sub-block ``i`` around ``fn``: pre-norm x + fn(LN(x)) or post-norm LN(x + fn(x))."""
+        h = fn(self.norms[i](x) if self.pre else x)
         x = x + F.dropout(h, self.p, self.training)
         return x if self.pre else self.norms[i](x)
 

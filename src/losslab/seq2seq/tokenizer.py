@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from losslab.errors import ConfigError, DataNotFoundError
 from losslab.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -24,7 +28,7 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 class SubwordTokenizer:
     """A byte-pair-encoding tokenizer with ids PAD=0, BOS=1, EOS=2, UNK=3; ``encode`` appends EOS."""
 
-    def __init__(self, backend: object) -> None:
+    def __init__(self, backend: Tokenizer) -> None:
         self.backend = backend
 
     @classmethod
@@ -46,6 +50,7 @@ class SubwordTokenizer:
 
     @classmethod
     def load(cls, path: Path) -> SubwordTokenizer:
+        """A tokenizer saved by :meth:`save` (DataNotFoundError when the file is missing)."""
         from tokenizers import Tokenizer
 
         if not Path(path).is_file():
@@ -53,6 +58,7 @@ class SubwordTokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     def save(self, path: Path) -> None:
+        """Write the tokenizer JSON atomically."""
         write_text_atomic(path, self.backend.to_str())
 
     @property

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from losslab.errors import ConfigError
 from losslab.io import save_torch_atomic, write_json_atomic
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
+from losslab.regularizers.base import Regularizer
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import Corpus, collate, token_batches
@@ -63,8 +64,9 @@ def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
     return model
 
 
-def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list:
-    regs = []
+def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list[Regularizer]:
+    """Frobenius decay of the factorized layers and per-head attention FD, λ = weight decay; attached."""
+    regs: list[Regularizer] = []
     if cfg.frobenius_decay:
         from losslab.regularizers.frobenius import FrobeniusDecay
 
@@ -78,7 +80,7 @@ def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list:
     return regs
 
 
-def build_optimizer(cfg: TranslateConfig, model: nn.Module, regs: Sequence) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TranslateConfig, model: nn.Module, regs: Sequence[Regularizer]) -> torch.optim.Optimizer:
     """Weight decay on every parameter (as fairseq) except those a Frobenius decay penalizes (WD-0 group)."""
     no_decay = {id(p) for reg in regs for p in reg.no_weight_decay_params(model)}
     decay = [p for p in model.parameters() if id(p) not in no_decay]
@@ -97,6 +99,7 @@ def inverse_sqrt_lr(cfg: TranslateConfig, step: int) -> float:
 
 
 def sequence_loss(cfg: TranslateConfig, logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean per-token loss of logits (B, T, V) against labels (B, T) (IGNORE_INDEX on padding)."""
     if cfg.loss == "ce" and cfg.smoothing > 0:
         return label_smoothed_ce(logits, labels, cfg.smoothing)
     return token_loss(logits, labels, TokenLossSpec(kind=cfg.loss, k=cfg.k, m=cfg.m))
@@ -161,7 +164,7 @@ def _trainable(
     return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
-def _log_line(out_dir: Path, row: dict) -> None:
+def _log_line(out_dir: Path, row: dict[str, float]) -> None:
     with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
 
@@ -174,7 +177,7 @@ def train_translation(
     resume: bool = True,
     log: Callable[[str], None] = print,
     progress: bool = False,
-) -> dict:
+) -> dict[str, object]:
     """Train on ``corpus["train"]``, report BLEU on the other splits; resumes from ``out_dir/checkpoint_last.pt``."""
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
@@ -232,7 +235,11 @@ def train_translation(
         log(f"epoch {epoch} step {step} loss {row['train_loss']:.4f} ({row['tokens_per_s']:.0f} target tokens/s)")
         save_torch_atomic(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                       "epoch": epoch, "config": cfg.model_dump()})  # fmt: skip
-    result: dict = {"epochs": epoch, "steps": step, "train_tokens_per_s": tokens_seen / max(train_time, 1e-9)}
+    result: dict[str, object] = {
+        "epochs": epoch,
+        "steps": step,
+        "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
+    }
     for split in ("valid", "test"):
         if corpus.get(split):
             result[split] = bleu_of(model, tok, corpus[split], cfg, dev, progress=progress)
