@@ -3,6 +3,8 @@ count and attention SI/FD on separate q/k/v/out projections, the loss against a 
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,19 @@ def test_beam_search_on_cuda_matches_cpu_and_trains(tmp_path: Path) -> None:
     cfg = TranslateConfig(arch="toy", vocab_size=120, max_epochs=2, max_tokens=1024, warmup_updates=10, lr=3e-3)
     result = train_translation(cfg, corpus, tmp_path, device="cuda", log=lambda _: None)
     assert result["train_tokens_per_s"] > 0 and 0.0 <= result["test"]["bleu"] <= 100.0
+
+
+def test_inverse_sqrt_schedule_and_a_rooted_nag_run(tmp_path: Path) -> None:
+    from losslab.seq2seq.train import inverse_sqrt_lr
+
+    cfg = TranslateConfig.build(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100)
+    assert inverse_sqrt_lr(cfg, 0) == 0.05 and inverse_sqrt_lr(cfg, 50) == pytest.approx(0.15)
+    assert inverse_sqrt_lr(cfg, 400) == pytest.approx(0.25 * math.sqrt(100) / math.sqrt(400))  # fairseq's decay
+    run = TranslateConfig.build(arch="toy", vocab_size=80, loss="root", k=3.0, optimizer="nag", lr=0.01,
+                                warmup_updates=5, max_updates=4, rank_scale=0.5, spectral=True,
+                                frobenius_decay=True, attention_fd_qk=True)  # fmt: skip
+    assert run.smoothing == 0.0
+    result = train_translation(run, {"train": toy_corpus(120, 0, 0)["train"]}, tmp_path, log=lambda _: None)
+    assert result["steps"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and math.isfinite(rows[-1]["train_loss"]) and rows[-1]["tokens_per_s"] > 0
