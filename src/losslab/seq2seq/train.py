@@ -243,7 +243,8 @@ def train_translation(
     for split in ("valid", "test"):
         if corpus.get(split):
             result[split] = bleu_of(model, tok, corpus[split], cfg, dev, progress=progress)
-            log(f"{split}: {result[split]['bleu_text']} ({result[split]['sentences_per_s']:.1f} sentences/s)")
+            scores = result[split]
+            log(f"{split}: {scores['bleu_text']} [{scores['signature']}] ({scores['sentences_per_s']:.1f} sentences/s)")
     result["tokenizer"] = tok.describe()
     write_json_atomic(out_dir / "results.json", result)
     return result
