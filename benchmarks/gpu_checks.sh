@@ -22,4 +22,6 @@ run bench_regularizers "$py" benchmarks/bench_regularizers.py --device cuda --st
 run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
 # issue 14 target: the DCGAN step of losslab gan train within 1.3x of a bare loop with the same networks
 run bench_gan "$py" benchmarks/bench_gan.py --device cuda --width 64 --batch-size 64 --steps 200 --rounds 3
+# translation: training tokens/s and beam-5 sentences/s on the GPU (beam search batched over sentences x beams)
+run bench_translate "$py" benchmarks/bench_translate.py --device cuda
 exit "$status"

@@ -13,6 +13,7 @@ from losslab.models import create_model, list_models
 OURS = [n for n in list_models() if timm.models.model_entrypoint(n).__module__.startswith("losslab.models")]
 INPUT = {"small_cnn": (1, 8), "mlp": (1, 8), **{n: (3, 32) for n in OURS if "vgg" in n}}  # others: (3, 8)
 HEAVY = {"cifar_resnet101", "cifar_resnet110", "cifar_resnet50", "cifar_resnet34", "cifar_resnet56", "cifar_vgg19_bn"}
+HEAVY |= {n for n in OURS if n.startswith(("wide_resnet", "wrn"))} | {"cifar_resnet32_wide"}
 
 
 def n_params(model: nn.Module) -> int:
@@ -27,6 +28,9 @@ def test_registry_lists_all_families() -> None:
         "regulquant_convnet",
         "small_cnn",
         "mlp",
+        *(f"wide_resnet{d}_{w}" for d, w in ((16, 4), (16, 8), (22, 8), (28, 10), (40, 4))),
+        "wrn28_10",
+        "cifar_resnet32_wide",
     }
     assert set(OURS) == expected
 

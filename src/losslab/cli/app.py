@@ -40,8 +40,9 @@ def _register_commands() -> None:
     from losslab.cli.report import report
     from losslab.cli.study import demo, study
     from losslab.cli.train import evaluate, train
+    from losslab.cli.translate import translate
 
-    for command in (train, evaluate, quantize, lm, logreg, gan, study, report, demo):
+    for command in (train, evaluate, quantize, lm, logreg, gan, translate, study, report, demo):
         cli.add_command(command)
     for command in (list_models_cmd, list_objectives_cmd, list_regularizers_cmd, list_datasets_cmd):
         cli.add_command(command)

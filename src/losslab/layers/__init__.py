@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from losslab.layers.attention import (
     AttentionFrobeniusDecay,
+    attention_layout,
+    attention_linears,
     attention_modules,
     attention_statistics,
     spectral_rebalance_attention,
@@ -66,6 +68,8 @@ __all__ = [
     "RecordFrobNorms",
     "TensorTrainConv2d",
     "TensorTrainDecay",
+    "attention_layout",
+    "attention_linears",
     "attention_modules",
     "attention_statistics",
     "collapse",

@@ -1,17 +1,23 @@
-"""Per-head Frobenius decay and spectral rebalancing for fused-QKV attention (timm ViT ``Attention``).
+"""Per-head Frobenius decay and spectral rebalancing of attention, for timm's fused-QKV ViT and for seq2seq.
 
-``specs/factorized.md`` §6 (Khodak et al., ICLR 2021). For H heads of size d_h, ``qkv.weight`` (3·H·d_h × d)
-holds row blocks Q_h, K_h, V_h (d_h×d) and ``proj.weight`` (d_out × H·d_h) column blocks O_h. The logits use
-the product Q_hᵀK_h and the output O_hV_h, so the penalties act on those products, batched over heads::
+``specs/factorized.md`` §6 (Khodak et al., ICLR 2021). For H heads of size d_h, the Q/K/V weights hold row blocks
+Q_h, K_h, V_h (d_h×d) and the output weight (d_out × H·d_h) column blocks O_h. The logits use the product
+Q_hᵀK_h and the output O_hV_h, so the penalties act on those products, batched over heads. Two layouts are read
+through one adapter (:func:`attention_layout`, :func:`_head_blocks`), so every function here serves both:
+
+- ``fused``: timm's ``Attention`` — ``qkv`` (3·H·d_h × d) and ``proj`` Linears;
+- ``separate``: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` Linears (losslab.seq2seq, HF BART/Marian style).
+
+Usage::
 
     fd = AttentionFrobeniusDecay(lam=1e-4, qk=True, ov=True)
-    fd.attach(vit)                                       # ConfigError if the model has no fused-QKV attention
-    loss.backward(); fd.grad_term(vit); opt.step()      # λ-gradients added into .grad, returns the penalty
-    spectral_rebalance_attention(vit)                    # same function, Q_hQ_hᵀ = K_hK_hᵀ = diag(Σ)
-    spectral_rebalance_attention(vit, ov=False)          # the QK form only
-    attention_statistics(vit)                            # {'qk_frob_norm': ..., 'ov_nuclear_norm': ..., ...}
+    fd.attach(model)                                     # ConfigError if the model has no attention module
+    loss.backward(); fd.grad_term(model); opt.step()    # λ-gradients added into .grad, returns the penalty
+    spectral_rebalance_attention(model)                  # same products, Q_hQ_hᵀ = K_hK_hᵀ = diag(Σ)
+    spectral_rebalance_attention(model, ov=False)        # the QK form only
+    attention_statistics(model)                          # {'qk_frob_norm': ..., 'ov_nuclear_norm': ..., ...}
 
-Modules are found by duck typing: ``qkv`` and ``proj`` are ``nn.Linear`` and ``num_heads`` is an int.
+Modules are found by duck typing: the Linears of one layout and an int ``num_heads``.
 """
 
 from __future__ import annotations
@@ -23,26 +29,65 @@ from losslab.errors import ConfigError
 from losslab.regularizers.base import Regularizer, check_lambda
 
 SIDES: tuple[str, ...] = ("grad", "loss")
+# layout name -> (Linear attribute names, index of the Linear that holds Q, K, V, O)
+LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[int, int, int, int]]] = {
+    "fused": (("qkv", "proj"), (0, 0, 0, 1)),
+    "separate": (("q_proj", "k_proj", "v_proj", "out_proj"), (0, 1, 2, 3)),
+}
+BLOCKS = ("q", "k", "v", "o")
+
+
+def attention_layout(module: nn.Module) -> str | None:
+    """``"fused"`` or ``"separate"`` when ``module`` is a multi-head attention of that layout, else ``None``."""
+    if not isinstance(getattr(module, "num_heads", None), int):
+        return None
+    for name, (linears, _) in LAYOUTS.items():
+        if all(isinstance(getattr(module, key, None), nn.Linear) for key in linears):
+            return name
+    return None
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every fused-QKV attention module (``qkv``/``proj`` Linears, int ``num_heads``)."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "qkv", None), nn.Linear)
-        and isinstance(getattr(m, "proj", None), nn.Linear)
-        and isinstance(getattr(m, "num_heads", None), int)
-    ]
+    """(name, module) of every attention module of a known layout (see :func:`attention_layout`)."""
+    return [(name, m) for name, m in model.named_modules() if attention_layout(m) is not None]
 
 
-def _head_blocks(attn: nn.Module, weight_q: Tensor, weight_o: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Views Q, K, V (H, d_h, d) of the qkv weight and O (H, d_out, d_h) of the proj weight."""
+def attention_linears(attn: nn.Module) -> list[nn.Linear]:
+    """The module's projection Linears in layout order (fused: qkv, proj; separate: q, k, v, out)."""
+    return [getattr(attn, key) for key in LAYOUTS[attention_layout(attn)][0]]
+
+
+def _block_owner(attn: nn.Module) -> tuple[int, int, int, int]:
+    """Index into :func:`attention_linears` of the Linear holding Q, K, V and O."""
+    return LAYOUTS[attention_layout(attn)][1]
+
+
+def _head_blocks(attn: nn.Module, *tensors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Views Q, K, V (H, d_h, d) and O (H, d_out, d_h) of the layout's weight-shaped ``tensors`` (weights or grads).
+
+    Writing into the views writes into the tensors (``copy_`` on a parameter's view updates the parameter).
+    """
     heads = attn.num_heads
-    d_h = weight_q.shape[0] // (3 * heads)
-    q, k, v = weight_q.view(3, heads, d_h, weight_q.shape[1]).unbind(0)
-    o = weight_o.view(weight_o.shape[0], heads, d_h).permute(1, 0, 2)
+    *ins, w_o = tensors
+    if attention_layout(attn) == "fused":
+        (w_qkv,) = ins
+        d_h = w_qkv.shape[0] // (3 * heads)
+        q, k, v = w_qkv.view(3, heads, d_h, w_qkv.shape[1]).unbind(0)
+    else:
+        q, k, v = (w.view(heads, w.shape[0] // heads, w.shape[1]) for w in ins)
+    d_h = q.shape[1]
+    o = w_o.view(w_o.shape[0], heads, d_h).permute(1, 0, 2)
     return q, k, v, o
+
+
+def _bias_blocks(attn: nn.Module) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Views (H, d_h) of the q, k, v biases (``None`` where a projection has no bias)."""
+    heads = attn.num_heads
+    linears = attention_linears(attn)
+    if attention_layout(attn) == "fused":
+        bias = linears[0].bias
+        return (None, None, None) if bias is None else tuple(bias.view(3, heads, -1).unbind(0))
+    return tuple(None if lin.bias is None else lin.bias.view(heads, -1) for lin in linears[:3])
 
 
 def _gram(x: Tensor) -> Tensor:
@@ -56,7 +101,7 @@ def _gram_t(x: Tensor) -> Tensor:
 
 
 class AttentionFrobeniusDecay(Regularizer):
-    """Σ_h (λ/2)‖Q_hᵀK_h‖²_F (``qk``) + Σ_h (λ/2)‖O_hV_h‖²_F (``ov``) over all fused-QKV attention modules.
+    """Σ_h (λ/2)‖Q_hᵀK_h‖²_F (``qk``) + Σ_h (λ/2)‖O_hV_h‖²_F (``ov``) over all attention modules.
 
     Gradients (§6): ∂Q_h = λ(K_hK_hᵀ)Q_h, ∂K_h = λ(Q_hQ_hᵀ)K_h, ∂O_h = λO_h(V_hV_hᵀ), ∂V_h = λ(O_hᵀO_h)V_h, formed
     with ``bmm`` over heads; biases and the 1/√d_h scale are not penalized. Enabling a form moves its raw weights
@@ -78,37 +123,50 @@ class AttentionFrobeniusDecay(Regularizer):
         self.qk, self.ov, self.side = bool(qk), bool(ov), side
 
     def attach(self, model: nn.Module) -> None:
-        """Check that ``model`` has fused-QKV attention modules (ConfigError otherwise)."""
+        """Check that ``model`` has attention modules (ConfigError otherwise)."""
         if not attention_modules(model):
             raise ConfigError(
-                f"AttentionFrobeniusDecay found no attention module with qkv/proj Linears and num_heads in "
-                f"{type(model).__name__}; use a timm ViT-style model or drop the attention FD"
+                f"AttentionFrobeniusDecay found no attention module (qkv/proj or q_proj/k_proj/v_proj/out_proj "
+                f"Linears and num_heads) in {type(model).__name__}; use a timm ViT-style or losslab seq2seq model "
+                "or drop the attention FD"
             )
 
-    def _penalty_and_grads(self, attn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        """(penalty, grad of qkv.weight, grad of proj.weight) of one module; differentiable penalty."""
-        w_qkv, w_o = attn.qkv.weight, attn.proj.weight
-        q, k, v, o = _head_blocks(attn, w_qkv, w_o)
+    def _covered(self) -> tuple[bool, bool, bool, bool]:
+        """Which of Q, K, V, O an enabled form penalizes."""
+        return (self.qk, self.qk, self.ov, self.ov)
+
+    def _no_decay_linears(self, attn: nn.Module) -> set[int]:
+        """Indices of the Linears whose weight holds a penalized block (moved to the weight-decay-0 group)."""
+        return {owner for owner, on in zip(_block_owner(attn), self._covered()) if on}
+
+    def _penalty_and_grads(self, attn: nn.Module) -> tuple[Tensor, ...]:
+        """(penalty, grad of each projection weight in layout order) of one module; differentiable penalty.
+
+        Blocks no enabled form covers but whose weight is in the WD-0 group (V rows of a fused ``qkv`` with only
+        ``qk``, ...) get plain (λ/2)‖·‖²; blocks in weights that keep their weight decay get nothing here.
+        """
+        weights = [lin.weight for lin in attention_linears(attn)]
+        q, k, v, o = _head_blocks(attn, *weights)
+        grads = [torch.zeros_like(w) for w in weights]
+        g_q, g_k, g_v, g_o = _head_blocks(attn, *grads)
         lam = self.lam
-        g_qkv = torch.zeros_like(w_qkv).view(3, *q.shape)
-        g_o = torch.zeros_like(o)
-        penalty = w_qkv.new_zeros(())
+        penalty = weights[0].new_zeros(())
         if self.qk:
             qq, kk = _gram(q), _gram(k)
             penalty = penalty + 0.5 * lam * (qq * kk).sum()
-            g_qkv[0], g_qkv[1] = lam * torch.bmm(kk.detach(), q.detach()), lam * torch.bmm(qq.detach(), k.detach())
-        else:
-            penalty = penalty + 0.5 * lam * (q.pow(2).sum() + k.pow(2).sum())
-            g_qkv[0], g_qkv[1] = lam * q.detach(), lam * k.detach()
+            g_q.copy_(lam * torch.bmm(kk.detach(), q.detach()))
+            g_k.copy_(lam * torch.bmm(qq.detach(), k.detach()))
         if self.ov:
             oo, vv = _gram_t(o), _gram(v)
             penalty = penalty + 0.5 * lam * (oo * vv).sum()
-            g_o = lam * torch.bmm(o.detach(), vv.detach())
-            g_qkv[2] = lam * torch.bmm(oo.detach(), v.detach())
-        else:
-            penalty = penalty + 0.5 * lam * v.pow(2).sum()
-            g_qkv[2] = lam * v.detach()
-        return penalty, g_qkv.reshape(w_qkv.shape), g_o.permute(1, 0, 2).reshape(w_o.shape)
+            g_o.copy_(lam * torch.bmm(o.detach(), vv.detach()))
+            g_v.copy_(lam * torch.bmm(oo.detach(), v.detach()))
+        no_decay = self._no_decay_linears(attn)
+        for block, grad, owner, on in zip((q, k, v, o), (g_q, g_k, g_v, g_o), _block_owner(attn), self._covered()):
+            if not on and owner in no_decay:
+                penalty = penalty + 0.5 * lam * block.pow(2).sum()
+                grad.copy_(lam * block.detach())
+        return (penalty, *grads)
 
     def loss_term(self, model: nn.Module, task_loss: Tensor, batch_size: int) -> Tensor | None:
         """With ``side="loss"``: the penalty in the autograd graph; otherwise ``None``."""
@@ -127,23 +185,23 @@ class AttentionFrobeniusDecay(Regularizer):
         total = []
         with torch.no_grad():
             for _, attn in attention_modules(model):
-                penalty, g_qkv, g_o = self._penalty_and_grads(attn)
+                penalty, *grads = self._penalty_and_grads(attn)
                 total.append(penalty)
-                targets = [(attn.qkv.weight, g_qkv)] + ([(attn.proj.weight, g_o)] if self.ov else [])
-                for param, grad in targets:
+                linears = attention_linears(attn)
+                for index in sorted(self._no_decay_linears(attn)):
+                    param = linears[index].weight
                     if param.grad is None:
-                        param.grad = grad.clone()
+                        param.grad = grads[index].clone()
                     else:
-                        param.grad.add_(grad)
+                        param.grad.add_(grads[index])
         return torch.stack(total).sum()
 
     def no_weight_decay_params(self, model: nn.Module) -> list[nn.Parameter]:
-        """``qkv.weight`` of every module, plus ``proj.weight`` when ``ov`` is on."""
+        """Projection weights holding a penalized block (fused: ``qkv.weight``, and ``proj.weight`` with ``ov``)."""
         out = []
         for _, attn in attention_modules(model):
-            out.append(attn.qkv.weight)
-            if self.ov:
-                out.append(attn.proj.weight)
+            linears = attention_linears(attn)
+            out.extend(linears[i].weight for i in sorted(self._no_decay_linears(attn)))
         return out
 
 
@@ -185,7 +243,7 @@ def spectral_rebalance_attention(model: nn.Module, *, qk: bool = True, ov: bool 
         raise ConfigError("spectral_rebalance_attention needs qk=True or ov=True (both are off)")
     modules = attention_modules(model)
     if not modules:
-        raise ConfigError(f"spectral_rebalance_attention found no fused-QKV attention module in {type(model).__name__}")
+        raise ConfigError(f"spectral_rebalance_attention found no attention module in {type(model).__name__}")
     for name, attn in modules:
         if not all(_is_identity(getattr(attn, key, None)) for key in ("q_norm", "k_norm", "norm", "gate")):
             raise ConfigError(
@@ -193,30 +251,29 @@ def spectral_rebalance_attention(model: nn.Module, *, qk: bool = True, ov: bool 
                 "or a gate between the projections; build the model without them or skip the rebalance"
             )
     for _, attn in modules:
-        w_qkv, w_o = attn.qkv.weight, attn.proj.weight
-        q, k, v, o = (t.to(torch.float64) for t in _head_blocks(attn, w_qkv, w_o))
+        views = _head_blocks(attn, *(lin.weight for lin in attention_linears(attn)))
+        q, k, v, o = (t.to(torch.float64) for t in views)
         d_h = q.shape[1]
-        old = torch.stack([q, k, v])
-        new = old.clone()
+        new = [q, k, v, o]
         if qk:
             q_t, new[1] = _balanced_split(q.transpose(1, 2), k, d_h)
             new[0] = q_t.transpose(1, 2)
         if ov:
-            o_new, new[2] = _balanced_split(o, v, d_h)
-            w_o.copy_(o_new.permute(1, 0, 2).reshape(w_o.shape).to(w_o.dtype))
-        bias = attn.qkv.bias
-        if bias is not None:
-            b = bias.to(torch.float64).view(3, q.shape[0], d_h, 1)
-            changed = [i for i, on in ((0, qk), (1, qk), (2, ov)) if on]
-            b[changed] = new[changed] @ torch.linalg.pinv(old[changed]) @ b[changed]
-            bias.copy_(b.reshape(bias.shape).to(bias.dtype))
-        w_qkv.copy_(new.reshape(w_qkv.shape).to(w_qkv.dtype))
+            new[3], new[2] = _balanced_split(o, v, d_h)
+        # biases follow their rows: b' = R b with R = W_new W_old⁺ (d_h×d_h per head)
+        for old, fresh, bias in zip((q, k, v), new[:3], _bias_blocks(attn)):
+            if bias is not None and fresh is not old:
+                mapped = fresh @ torch.linalg.pinv(old) @ bias.to(torch.float64).unsqueeze(-1)
+                bias.copy_(mapped.squeeze(-1).to(bias.dtype))
+        for view, old, fresh in zip(views, (q, k, v, o), new):
+            if fresh is not old:
+                view.copy_(fresh.to(view.dtype))
     return len(modules)
 
 
 @torch.no_grad()
 def attention_statistics(model: nn.Module) -> dict[str, float]:
-    """Per-head means over all fused-QKV attention modules of the products' norms, float64; ``{}`` without any.
+    """Per-head means over all attention modules of the products' norms, float64; ``{}`` without any.
 
     For the QK form (P_h = Q_hᵀK_h, factors Q_h, K_h) and the OV form (P_h = O_hV_h, factors O_h, V_h):
     ``<form>_frob_norm`` ‖P_h‖_F, ``<form>_nuclear_norm`` ‖P_h‖_*, ``<form>_factor_sq_norm`` ½(‖first‖²_F +
@@ -226,7 +283,7 @@ def attention_statistics(model: nn.Module) -> dict[str, float]:
     """
     rows: list[Tensor] = []
     for _, attn in attention_modules(model):
-        q, k, v, o = (t.to(torch.float64) for t in _head_blocks(attn, attn.qkv.weight, attn.proj.weight))
+        q, k, v, o = (t.to(torch.float64) for t in _head_blocks(attn, *(x.weight for x in attention_linears(attn))))
         row = []
         for left, right in ((q.transpose(1, 2), k), (o, v)):
             sigma = _product_svd(left, right)[1]

@@ -1,0 +1,266 @@
+"""Train and evaluate a translation Transformer: config, losses, factorization, training loop, BLEU evaluation.
+
+The losses are losslab's token losses (:mod:`losslab.lm.token_loss`: ``ce``, ``root``, ``root_convex``) with
+fairseq's label smoothing for ``ce``; the factorized layers, Frobenius decay and the per-head attention SI/FD
+come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. A run folder holds ``config.json``,
+``tokenizer.json``, ``checkpoint_last.pt`` (resumable), ``metrics.jsonl`` and ``results.json``::
+
+    cfg = TranslateConfig(arch="toy", max_epochs=20, lr=1e-3)
+    result = train_translation(cfg, toy_corpus(), out_dir=Path("runs/toy"), device="cpu")
+    result["test"]["bleu"], result["train_tokens_per_s"]
+    evaluate_translation(Path("runs/toy"), corpus["test"], beam=5)      # BLEU of a saved run
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from losslab.errors import ConfigError
+from losslab.io import save_torch_atomic, write_json_atomic
+from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
+from losslab.regularizers.base import Regularizer
+from losslab.seq2seq.bleu import corpus_bleu
+from losslab.seq2seq.config import TranslateConfig
+from losslab.seq2seq.data import Corpus, collate, token_batches
+from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer
+from losslab.seq2seq.search import beam_search
+from losslab.seq2seq.tokenizer import SubwordTokenizer
+
+CHECKPOINT = "checkpoint_last.pt"
+
+
+def label_smoothed_ce(logits: Tensor, labels: Tensor, eps: float) -> Tensor:
+    """fairseq's label_smoothed_cross_entropy per valid token: (1−ε−ε/(V−1))·NLL + ε/(V−1)·Σ_v −log p_v, mean."""
+    valid = labels != IGNORE_INDEX
+    logp = logits[valid].float().log_softmax(-1)  # (N, V)
+    nll = -logp.gather(1, labels[valid][:, None]).squeeze(1)
+    eps_i = eps / (logp.shape[-1] - 1)
+    return ((1.0 - eps - eps_i) * nll + eps_i * (-logp.sum(-1))).mean()
+
+
+def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
+    """The preset model, factorized and rebalanced as ``cfg`` asks (attention projections stay dense)."""
+    overrides = {"normalize_before": cfg.normalize_before}
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    model = Seq2SeqTransformer(ModelConfig.preset(cfg.arch, vocab_size, **overrides))
+    if cfg.rank_scale is not None:
+        from losslab.layers.factorize import factorize
+
+        skip = ["*.q_proj", "*.k_proj", "*.v_proj", "*.out_proj", "output"]
+        factorize(model, rank_scale=cfg.rank_scale, spectral=cfg.spectral, skip=skip)
+    if cfg.attention_spectral_qk or cfg.attention_spectral_ov:
+        from losslab.layers.attention import spectral_rebalance_attention
+
+        spectral_rebalance_attention(model, qk=cfg.attention_spectral_qk, ov=cfg.attention_spectral_ov)
+    return model
+
+
+def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list[Regularizer]:
+    """Frobenius decay of the factorized layers and per-head attention FD, λ = weight decay; attached."""
+    regs: list[Regularizer] = []
+    if cfg.frobenius_decay:
+        from losslab.regularizers.frobenius import FrobeniusDecay
+
+        regs.append(FrobeniusDecay(lam=cfg.weight_decay))
+    if cfg.attention_fd_qk or cfg.attention_fd_ov:
+        from losslab.layers.attention import AttentionFrobeniusDecay
+
+        regs.append(AttentionFrobeniusDecay(cfg.weight_decay, qk=cfg.attention_fd_qk, ov=cfg.attention_fd_ov))
+    for reg in regs:
+        reg.attach(model)
+    return regs
+
+
+def build_optimizer(cfg: TranslateConfig, model: nn.Module, regs: Sequence[Regularizer]) -> torch.optim.Optimizer:
+    """Weight decay on every parameter (as fairseq) except those a Frobenius decay penalizes (WD-0 group)."""
+    no_decay = {id(p) for reg in regs for p in reg.no_weight_decay_params(model)}
+    decay = [p for p in model.parameters() if id(p) not in no_decay]
+    plain = [p for p in model.parameters() if id(p) in no_decay]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.99, nesterov=True)
+
+
+def inverse_sqrt_lr(cfg: TranslateConfig, step: int) -> float:
+    """fairseq's inverse_sqrt: linear warmup to ``lr`` over ``warmup_updates``, then lr·sqrt(warmup/step)."""
+    if step < cfg.warmup_updates:
+        return cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * step / cfg.warmup_updates
+    return cfg.lr * math.sqrt(max(cfg.warmup_updates, 1) / max(step, 1))
+
+
+def sequence_loss(cfg: TranslateConfig, logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean per-token loss of logits (B, T, V) against labels (B, T) (IGNORE_INDEX on padding)."""
+    if cfg.loss == "ce" and cfg.smoothing > 0:
+        return label_smoothed_ce(logits, labels, cfg.smoothing)
+    return token_loss(logits, labels, TokenLossSpec(kind=cfg.loss, k=cfg.k, m=cfg.m))
+
+
+@torch.no_grad()
+def translate(
+    model: Seq2SeqTransformer,
+    tok: SubwordTokenizer,
+    sources: Sequence[str],
+    beam: int,
+    lenpen: float,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> tuple[list[str], float]:
+    """Detokenized translations in input order, and sentences/s of the generation."""
+    model.eval()
+    ids = tok.encode_batch(sources)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[str] = [""] * len(ids)
+    start = time.perf_counter()
+    for lo in tqdm(range(0, len(order), batch_size), desc="beam search", disable=not progress, leave=False):
+        batch = order[lo : lo + batch_size]
+        src, _, _ = collate(ids, ids, batch)
+        hyps = beam_search(model, src.to(device), beam=beam, lenpen=lenpen).tolist()
+        for i, text in zip(batch, tok.decode_batch(hyps)):
+            out[i] = text
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, len(ids) / max(time.perf_counter() - start, 1e-9)
+
+
+def bleu_of(
+    model: Seq2SeqTransformer,
+    tok: SubwordTokenizer,
+    pairs: Sequence[tuple[str, str]],
+    cfg: TranslateConfig,
+    device: torch.device,
+    beam: int | None = None,
+    progress: bool = False,
+) -> dict[str, float | str]:
+    """Beam-search translations of the sources scored against the targets: BLEU, signature, sentences/s."""
+    sources = [s for s, _ in pairs]
+    hyps, speed = translate(model, tok, sources, beam or cfg.beam, cfg.lenpen, cfg.eval_batch_size, device, progress)
+    result = corpus_bleu(hyps, [t for _, t in pairs])
+    return {"bleu": result.score, "signature": result.signature, "sentences_per_s": speed, "bleu_text": result.text,
+            "example": hyps[0] if hyps else ""}  # fmt: skip
+
+
+def _trainable(
+    tok: SubwordTokenizer, pairs: Sequence[tuple[str, str]], limit: int, log: Callable[[str], None]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of the pairs whose both sides fit the model's positions (fairseq skips longer ones too)."""
+    src = tok.encode_batch([s for s, _ in pairs])
+    tgt = tok.encode_batch([t for _, t in pairs])
+    keep = [i for i in range(len(src)) if len(src[i]) <= limit and len(tgt[i]) <= limit]
+    if len(keep) < len(src):
+        log(f"skipped {len(src) - len(keep)} training pairs longer than {limit} tokens")
+    if not keep:
+        raise ConfigError(f"every training pair is longer than {limit} tokens; shorten the sentences")
+    return [src[i] for i in keep], [tgt[i] for i in keep]
+
+
+def _log_line(out_dir: Path, row: dict[str, float]) -> None:
+    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def train_translation(
+    cfg: TranslateConfig,
+    corpus: Corpus,
+    out_dir: Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Train on ``corpus["train"]``, report BLEU on the other splits; resumes from ``out_dir/checkpoint_last.pt``."""
+    if "train" not in corpus or not corpus["train"]:
+        raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
+    dev = torch.device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    tok_path = out_dir / "tokenizer.json"
+    if resume and tok_path.is_file():
+        tok = SubwordTokenizer.load(tok_path)
+    else:
+        tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
+        tok.save(tok_path)
+    write_json_atomic(out_dir / "config.json", cfg.model_dump())
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, tok.vocab_size).to(dev)
+    regs = build_regularizers(cfg, model)
+    opt = build_optimizer(cfg, model, regs)
+    step, epoch = 0, 0
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch = state["step"], state["epoch"]
+        log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
+    src_ids, tgt_ids = _trainable(tok, corpus["train"], model.cfg.max_positions - 1, log)
+    log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
+    tokens_seen, train_time = 0, 0.0
+    while epoch < cfg.max_epochs and (cfg.max_updates is None or step < cfg.max_updates):
+        model.train()
+        total, count = 0.0, 0
+        t0 = time.perf_counter()
+        batches = token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch)
+        for batch in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
+            src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in collate(src_ids, tgt_ids, batch))
+            for group in opt.param_groups:
+                group["lr"] = inverse_sqrt_lr(cfg, step)
+            loss = sequence_loss(cfg, model(src, tgt_in), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for reg in regs:
+                reg.grad_term(model)
+            if cfg.gradient_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip)
+            opt.step()
+            step += 1
+            n_tok = int((labels != IGNORE_INDEX).sum())
+            total, count, tokens_seen = total + loss.item() * n_tok, count + n_tok, tokens_seen + n_tok
+            if cfg.max_updates is not None and step >= cfg.max_updates:
+                break
+        epoch += 1
+        elapsed = time.perf_counter() - t0
+        train_time += elapsed
+        row = {"epoch": epoch, "step": step, "train_loss": total / max(count, 1), "tokens_per_s": count / elapsed}
+        _log_line(out_dir, row)
+        log(f"epoch {epoch} step {step} loss {row['train_loss']:.4f} ({row['tokens_per_s']:.0f} target tokens/s)")
+        save_torch_atomic(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                      "epoch": epoch, "config": cfg.model_dump()})  # fmt: skip
+    result: dict[str, object] = {
+        "epochs": epoch,
+        "steps": step,
+        "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
+    }
+    for split in ("valid", "test"):
+        if corpus.get(split):
+            result[split] = bleu_of(model, tok, corpus[split], cfg, dev, progress=progress)
+            scores = result[split]
+            log(f"{split}: {scores['bleu_text']} [{scores['signature']}] ({scores['sentences_per_s']:.1f} sentences/s)")
+    result["tokenizer"] = tok.describe()
+    write_json_atomic(out_dir / "results.json", result)
+    return result
+
+
+def load_run(
+    out_dir: Path, device: str | torch.device = "cpu"
+) -> tuple[Seq2SeqTransformer, SubwordTokenizer, TranslateConfig]:
+    """The trained model, tokenizer and config of a run folder."""
+    ckpt_path = out_dir / CHECKPOINT
+    if not ckpt_path.is_file():
+        raise ConfigError(f"{out_dir} holds no {CHECKPOINT}; train first (losslab translate train --out-dir ...)")
+    state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    cfg = TranslateConfig(**state["config"])
+    tok = SubwordTokenizer.load(out_dir / "tokenizer.json")
+    model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
+                                               "spectral": False}), tok.vocab_size)  # fmt: skip
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tok, cfg
