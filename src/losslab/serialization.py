@@ -1,0 +1,86 @@
+"""Load torch files (checkpoints, state dicts, recorded tensors) safely: tensors and plain data only, never code.
+
+Every ``torch.load`` in losslab goes through :func:`load_torch_file`, which always passes ``weights_only=True``:
+the unpickler then builds only tensors, containers (dict/list/tuple/set) and scalars/strings, and refuses any
+other global (a class, a function such as ``os.system``). A refused file raises :class:`UnsafeFileError`; an
+empty, truncated or garbled one raises :class:`CorruptFileError`; both name the file and what to do::
+
+    from losslab.serialization import load_torch_file
+
+    state = load_torch_file("model.pt", what="state dict")            # dict of tensors
+    ckpt = load_torch_file(path, what="checkpoint", mmap=True)         # validate cheaply, tensors stay on disk
+
+``allow`` widens the allowlist by a few well-understood plain-data classes for one call (timm checkpoints store
+their training arguments as an ``argparse.Namespace``); it is never used for a class that runs code on load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from losslab.errors import CorruptFileError, DataNotFoundError, UnsafeFileError
+
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|GLOBAL) ([\w.]+)")
+
+
+def load_torch_file(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "file",
+    map_location: str | torch.device = "cpu",
+    allow: Sequence[type] = (),
+    mmap: bool = False,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear :class:`LosslabError` for every way it can fail.
+
+    ``what`` names the file's role in messages ("checkpoint", "state dict"). Raises :class:`DataNotFoundError`
+    (missing), :class:`CorruptFileError` (empty, truncated, garbled) or :class:`UnsafeFileError` (pickled code or
+    objects other than tensors and plain data).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataNotFoundError(f"{what} {str(file)!r} does not exist (or is not a file)")
+    if file.stat().st_size == 0:
+        raise CorruptFileError(
+            f"{what} {str(file)!r} is empty (0 bytes), probably left by a full disk or a killed write; delete it "
+            "and re-create it (re-run the command that wrote it) or use another checkpoint"
+        )
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        if found is not None:
+            raise UnsafeFileError(
+                f"{what} {str(file)!r} holds pickled code/objects losslab does not load (it refers to "
+                f"{found.group(1)!r}); losslab loads only tensors and plain data (torch.load weights_only=True), so "
+                "a file cannot run code. If you made this file yourself with another tool, re-save only its "
+                "tensors, e.g. torch.save(model.state_dict(), path)"
+            ) from None
+        raise _corrupt(what, file, err) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
+        if isinstance(err, OSError) and not _looks_corrupt(err):
+            raise
+        raise _corrupt(what, file, err) from None
+
+
+def _looks_corrupt(err: OSError) -> bool:
+    """A read error that means "bad content" rather than permission/disk problems the caller should see."""
+    return not isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError)
+
+
+def _corrupt(what: str, file: Path, err: BaseException) -> CorruptFileError:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+    return CorruptFileError(
+        f"{what} {str(file)!r} is truncated or corrupt ({detail}); it cannot be read. Re-create it (re-run the "
+        "command that wrote it) or use another checkpoint (a run folder keeps checkpoints/best.ckpt and last.ckpt)"
+    )
