@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Sequence
@@ -58,10 +59,11 @@ def load_torch_file(
             return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
-        if found is not None:
+        name = found.group(1) if found is not None else _first_global(file)
+        if name is not None:
             raise UnsafeFileError(
                 f"{what} {str(file)!r} holds pickled code/objects losslab does not load (it refers to "
-                f"{found.group(1)!r}); losslab loads only tensors and plain data (torch.load weights_only=True), so "
+                f"{name!r}); losslab loads only tensors and plain data (torch.load weights_only=True), so "
                 "a file cannot run code. If you made this file yourself with another tool, re-save only its "
                 "tensors, e.g. torch.save(model.state_dict(), path)"
             ) from None
@@ -70,6 +72,28 @@ def load_torch_file(
         if isinstance(err, OSError) and not _looks_corrupt(err):
             raise
         raise _corrupt(what, file, err) from None
+
+
+def _first_global(file: Path) -> str | None:
+    """The first class/function a plain (non-zip) pickle file refers to, read with ``pickletools`` (which parses
+    opcodes and executes nothing); ``None`` when there is none or the file is not a parsable pickle."""
+    if zipfile.is_zipfile(file):
+        return None  # torch's zip format: the unpickler's message names the global
+    strings: list[str] = []
+    try:
+        with open(file, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":
+                    return ".".join(strings) if len(strings) == 2 else "a pickled global"
+                if op.name in {"INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}:
+                    return f"a pickled object ({op.name})"
+    except Exception:
+        return None
+    return None
 
 
 def _looks_corrupt(err: OSError) -> bool:
