@@ -12,6 +12,9 @@ empty, truncated or garbled one raises :class:`CorruptFileError`; both name the 
 
 ``allow`` widens the allowlist by a few well-understood plain-data classes for one call (timm checkpoints store
 their training arguments as an ``argparse.Namespace``); it is never used for a class that runs code on load.
+
+Plain pickles of data (the CIFAR python batches) go through :func:`load_data_pickle`: an unpickler that builds
+containers, strings and numpy arrays only (:data:`NUMPY_DATA_GLOBALS`) and refuses every other global.
 """
 
 from __future__ import annotations
@@ -74,6 +77,51 @@ def load_torch_file(
         raise _corrupt(what, file, err) from None
 
 
+#: The only globals a data pickle may name: numpy's array/dtype/scalar rebuilders (numpy 1 and 2 spellings) and
+#: ``_codecs.encode`` (how Python 3 writes bytes in a protocol-2 pickle).
+NUMPY_DATA_GLOBALS = frozenset(
+    {
+        ("_codecs", "encode"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    }
+)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds containers, strings, numbers and numpy arrays; any other global is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in NUMPY_DATA_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+def load_data_pickle(path: str | os.PathLike[str], *, what: str = "data file", encoding: str = "latin1") -> Any:
+    """Unpickle a data file (dicts/lists/strings/numbers/numpy arrays only; no code can run).
+
+    Raises :class:`UnsafeFileError` naming the refused global, :class:`CorruptFileError` for an unreadable file.
+    """
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            return _DataUnpickler(fh, encoding=encoding).load()
+    except _RefusedGlobal as refused:
+        raise UnsafeFileError(
+            f"{what} {str(file)!r} holds pickled code/objects losslab does not load (it refers to {str(refused)!r}); "
+            "a data pickle may hold only containers, strings, numbers and numpy arrays. Replace the file with the "
+            "original from its publisher"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise _corrupt(what, file, err, _DATA_HINT) from None
+
+
 def _first_global(file: Path) -> str | None:
     """The first class/function a plain (non-zip) pickle file refers to, read with ``pickletools`` (which parses
     opcodes and executes nothing); ``None`` when there is none or the file is not a parsable pickle."""
@@ -101,10 +149,14 @@ def _looks_corrupt(err: OSError) -> bool:
     return not isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError)
 
 
-def _corrupt(what: str, file: Path, err: BaseException) -> CorruptFileError:
+_DATA_HINT = "re-extract the data set from its archive (or delete it and use --download)"
+_CHECKPOINT_HINT = (
+    "re-create it (re-run the command that wrote it) or use another checkpoint (a run folder keeps "
+    "checkpoints/best.ckpt and last.ckpt)"
+)
+
+
+def _corrupt(what: str, file: Path, err: BaseException, hint: str = _CHECKPOINT_HINT) -> CorruptFileError:
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
-    return CorruptFileError(
-        f"{what} {str(file)!r} is truncated or corrupt ({detail}); it cannot be read. Re-create it (re-run the "
-        "command that wrote it) or use another checkpoint (a run folder keeps checkpoints/best.ckpt and last.ckpt)"
-    )
+    return CorruptFileError(f"{what} {str(file)!r} is truncated or corrupt ({detail}); it cannot be read. Fix: {hint}")

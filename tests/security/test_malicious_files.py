@@ -223,3 +223,26 @@ def test_timm_checkpoint_keys_ema_and_prefixes(tmp_path: Path) -> None:
     assert all(torch.equal(fresh.state_dict()[k], ema[k]) for k in ema)
     with pytest.raises(LosslabError, match="does not fit"):
         load_timm_checkpoint(create_model("small_cnn", num_classes=3, in_chans=1), path)
+
+
+def test_cifar_batch_with_pickled_code_is_refused(tmp_path: Path, marker: Path) -> None:
+    """CIFAR's python batches are pickles: only numpy arrays and plain data are built from them."""
+    import numpy as np
+
+    from losslab.data.cifar import load_cifar
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in (*(f"data_batch_{b}" for b in range(1, 6)), "test_batch", "batches.meta"):
+        batch = {b"labels": [1, 2], b"data": np.zeros((2, 3072), dtype=np.uint8), b"label_names": [b"a"] * 10}
+        with open(root / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)  # the original batches are Python 2 protocol-2 pickles
+    assert load_cifar(tmp_path, "cifar10", train=False, download=False).targets == [1, 2]  # plain data loads
+    with open(root / "test_batch", "wb") as fh:
+        pickle.dump({b"labels": Payload(marker), b"data": np.zeros((1, 3072), dtype=np.uint8)}, fh, protocol=2)
+    with pytest.raises(UnsafeFileError, match="pickled code/objects"):
+        load_cifar(tmp_path, "cifar10", train=False, download=False)
+    assert not marker.exists()
+    (root / "test_batch").write_bytes(b"\x80\x02}q")  # truncated
+    with pytest.raises(CorruptFileError, match="re-extract"):
+        load_cifar(tmp_path, "cifar10", train=False, download=False)
