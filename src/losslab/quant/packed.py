@@ -11,8 +11,10 @@ Format (``format_version`` 2). Tensors, for each quantized layer ``L`` and conv 
 plus every other entry of the model's state dict unchanged (biases, BatchNorm, unquantized layers). The
 safetensors metadata key ``losslab_packed`` holds JSON: format version, ``kind: "packed"``, the model recipe
 (``model.losslab_recipe``, rebuilt by ``losslab.models.rebuild``), per-layer shape/dtype/grid/bits/levels,
-non-tensor incoherence extras, BN folding and activation ranges, the quantization summary, and ``sha256``: the
-SHA-256 of every tensor's bytes. The metadata key ``losslab_packed.sha256`` holds the SHA-256 of that JSON text.
+non-tensor incoherence extras, BN folding and activation ranges, the quantization summary, and ``sha256``: per tensor
+the first 16 hex digits (64 bits) of the SHA-256 of its bytes. The metadata key ``losslab_packed.sha256`` holds the
+full SHA-256 of that JSON text. The checksums detect damage (a flipped bit, a truncated copy, a hand edit); they are
+not a signature: whoever can write the file can recompute them.
 
 Loading verifies both checksums and the metadata against the buffers (every stored tensor described, codes
 buffers of the size ``code_shape`` × ``code_bits`` needs, dtypes that are dtypes): a flipped byte or an edited
@@ -211,9 +213,9 @@ def save_packed(result: QuantResult, path: str | os.PathLike[str], model_recipe:
 
 
 def tensor_sha256(tensor: Tensor) -> str:
-    """SHA-256 (hex) of a tensor's raw bytes in C order (dtype and shape are checked separately)."""
+    """First 16 hex digits of the SHA-256 of a tensor's raw bytes in C order (dtype/shape are checked separately)."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()[:16]
 
 
 def _text_sha256(text: str) -> str:
