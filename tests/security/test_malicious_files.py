@@ -246,3 +246,32 @@ def test_cifar_batch_with_pickled_code_is_refused(tmp_path: Path, marker: Path) 
     (root / "test_batch").write_bytes(b"\x80\x02}q")  # truncated
     with pytest.raises(CorruptFileError, match="re-extract"):
         load_cifar(tmp_path, "cifar10", train=False, download=False)
+
+
+@pytest.mark.slow
+def test_checkpoints_of_other_configurations_are_plain_data(tmp_path: Path) -> None:
+    """Factorized model, AdamW, step schedule with warm-up, a regularizer, bf16 autocast: every checkpoint still
+    holds only tensors and plain data, so weights_only=True loads it and resume works."""
+    cfg = TrainConfig.build(
+        {
+            "epochs": 2,
+            "out_dir": tmp_path,
+            "run_name": "x",
+            "progress": False,
+            "model": "small_cnn",
+            "rank_scale": 0.25,
+            "spectral": True,
+            "frobenius_decay": True,
+            "optimizer": "adamw",
+            "scheduler": "step",
+            "warmup_epochs": 1,
+            "regularizer": "l2grad",
+            "lmbda": 0.01,
+            "precision": "bf16-mixed",
+        }
+    )
+    run = fit(cfg).run_dir
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = load_torch_file(run / "checkpoints" / name, what="checkpoint")  # weights_only=True inside
+        assert isinstance(ckpt["hyper_parameters"]["config"], dict)
+    assert load_run(run).config.optimizer == "adamw"
