@@ -57,6 +57,7 @@ def load_torch_file(
             f"{what} {str(file)!r} is empty (0 bytes), probably left by a full disk or a killed write; delete it "
             "and re-create it (re-run the command that wrote it) or use another checkpoint"
         )
+    mmap = mmap and zipfile.is_zipfile(file)  # legacy (non-zip) torch files cannot be memory-mapped
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)

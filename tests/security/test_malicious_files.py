@@ -223,6 +223,14 @@ def test_timm_checkpoint_keys_ema_and_prefixes(tmp_path: Path) -> None:
     assert all(torch.equal(fresh.state_dict()[k], ema[k]) for k in ema)
     with pytest.raises(LosslabError, match="does not fit"):
         load_timm_checkpoint(create_model("small_cnn", num_classes=3, in_chans=1), path)
+    from losslab.train.checkpoint import read_timm_checkpoint
+
+    full = read_timm_checkpoint(path)
+    assert full.epoch == 3 and full.arch == "small_cnn" and full.args == {"model": "small_cnn", "lr": 0.1, "epochs": 3}
+    assert full.optimizer is None and full.state_dict_ema is not None
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)  # a bare state dict is accepted too
+    assert set(timm_state_dict(bare, use_ema=True)) == set(model.state_dict())
 
 
 def test_cifar_batch_with_pickled_code_is_refused(tmp_path: Path, marker: Path) -> None:
@@ -275,3 +283,13 @@ def test_checkpoints_of_other_configurations_are_plain_data(tmp_path: Path) -> N
         ckpt = load_torch_file(run / "checkpoints" / name, what="checkpoint")  # weights_only=True inside
         assert isinstance(ckpt["hyper_parameters"]["config"], dict)
     assert load_run(run).config.optimizer == "adamw"
+
+
+def test_plain_pickle_checkpoint_is_named_unsafe_also_when_memory_mapped(tmp_path: Path, marker: Path) -> None:
+    """A legacy (non-zip) pickle given to --resume, which validates with mmap=True, is refused as pickled code."""
+    path = tmp_path / "last.ckpt"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": Payload(marker)}, fh)
+    with pytest.raises(UnsafeFileError, match="pathlib"):
+        load_torch_file(path, what="checkpoint", mmap=True)
+    assert not marker.exists()

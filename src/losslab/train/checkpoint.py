@@ -16,6 +16,7 @@ timm training checkpoints (``.pth.tar`` from timm's ``train.py``)::
 
     state = timm_state_dict("model_best.pth.tar", use_ema=True)   # {"conv1.weight": ..., ...}, no 'module.'
     load_timm_checkpoint(model, "model_best.pth.tar")              # strict load into a timm model
+    ckpt = read_timm_checkpoint("last.pth.tar")                    # + optimizer state, epoch, arch, args dict
 """
 
 from __future__ import annotations
@@ -108,30 +109,62 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
 TIMM_STATE_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
-def timm_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights of a timm checkpoint (``.pth.tar`` of timm's ``train.py``, or a bare state dict).
+@dataclass
+class TimmCheckpoint:
+    """A timm ``train.py`` checkpoint read as data: weights (prefixes removed), EMA weights, optimizer state, epoch,
+    architecture name and the training arguments as a plain dict (``vars`` of timm's ``argparse.Namespace``)."""
 
-    Loaded with ``weights_only=True``; timm stores its training arguments as an ``argparse.Namespace`` (a plain
-    attribute bag), which is the one extra class allowed. ``use_ema`` picks ``state_dict_ema`` when present.
-    DDP/``torch.compile`` prefixes (``module.``, ``_orig_mod.``) are removed.
+    state_dict: dict[str, torch.Tensor]
+    state_dict_ema: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any] | None
+    epoch: int | None
+    arch: str | None
+    args: dict[str, Any]
+
+
+def read_timm_checkpoint(path: str | Path) -> TimmCheckpoint:
+    """Read a timm checkpoint (``.pth.tar`` of timm's ``train.py``, or a bare state dict) with ``weights_only=True``.
+
+    timm stores its training arguments as an ``argparse.Namespace`` (a plain attribute bag), the one extra class
+    allowed. DDP/``torch.compile`` prefixes (``module.``, ``_orig_mod.``) are removed from the weights.
     """
     import argparse
 
     from timm.models import clean_state_dict
 
     file = Path(path)
-    checkpoint = load_torch_file(file, what="timm checkpoint", allow=[argparse.Namespace])
-    if not isinstance(checkpoint, dict):
-        raise LosslabError(f"{str(file)!r} is not a timm checkpoint or state dict (it holds a {type(checkpoint)})")
-    keys = TIMM_STATE_KEYS if use_ema else TIMM_STATE_KEYS[2:]
-    key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
-    state = checkpoint[key] if key is not None else checkpoint
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    raw = load_torch_file(file, what="timm checkpoint", allow=[argparse.Namespace])
+    if not isinstance(raw, dict):
+        raise LosslabError(f"{str(file)!r} is not a timm checkpoint or state dict (it holds a {type(raw).__name__})")
+
+    def weights(key: str | None) -> dict[str, torch.Tensor] | None:
+        state = raw.get(key) if key is not None else raw
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            return None
+        return clean_state_dict(state)
+
+    main = next((w for w in map(weights, TIMM_STATE_KEYS[2:]) if w is not None), None) or weights(None)
+    if main is None:
         raise LosslabError(
             f"{str(file)!r} holds no model weights: expected a state dict of tensors or a timm checkpoint with "
             f"one of the keys {list(TIMM_STATE_KEYS)}"
         )
-    return clean_state_dict(state)
+    args = raw.get("args")
+    epoch = raw.get("epoch")
+    return TimmCheckpoint(
+        state_dict=main,
+        state_dict_ema=next((w for w in map(weights, TIMM_STATE_KEYS[:2]) if w is not None), None),
+        optimizer=raw.get("optimizer") if isinstance(raw.get("optimizer"), dict) else None,
+        epoch=epoch if isinstance(epoch, int) else None,
+        arch=raw.get("arch") if isinstance(raw.get("arch"), str) else None,
+        args=dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {},
+    )
+
+
+def timm_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model weights of a timm checkpoint; ``use_ema`` picks ``state_dict_ema`` when the file has one."""
+    ckpt = read_timm_checkpoint(path)
+    return ckpt.state_dict_ema if use_ema and ckpt.state_dict_ema is not None else ckpt.state_dict
 
 
 def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> nn.Module:
