@@ -65,3 +65,29 @@ def test_reachability_probe_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hf_hub_offline_env_means_offline(monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert lm_models._hub_offline() is True
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64], ids=["empty", "garbled"])
+def test_lm_eval_on_a_damaged_packed_file_is_one_clear_error(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str], no_network: None
+) -> None:
+    from losslab.cli import main
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    (tmp_path / "t.txt").write_text("some text " * 50)
+    with pytest.raises(SystemExit) as info:
+        main(["lm", "eval", "--model", str(path), "--text-file", str(tmp_path / "t.txt"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "model.safetensors" in err and "corrupt" in err and "aborted" not in err
+
+
+def test_lm_eval_mistyped_path_exits_2_without_lookup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_network: None
+) -> None:
+    from losslab.cli import main
+
+    (tmp_path / "t.txt").write_text("some text " * 50)
+    with pytest.raises(SystemExit) as info:
+        main(["lm", "eval", "--model", "./no/such/model", "--text-file", str(tmp_path / "t.txt"), "--no-progress"])
+    assert info.value.code == 2 and "looks like a local path" in capsys.readouterr().err
