@@ -26,7 +26,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -125,23 +125,28 @@ def load_data_pickle(path: str | os.PathLike[str], *, what: str = "data file", e
 
 def _first_global(file: Path) -> str | None:
     """The first class/function a plain (non-zip) pickle file refers to, read with ``pickletools`` (which parses
-    opcodes and executes nothing); ``None`` when there is none or the file is not a parsable pickle."""
+    opcodes and executes nothing); ``None`` for torch's zip format (the unpickler's own message names any refused
+    global there), for a pickle without globals and for one that cannot be parsed (reported as corrupt)."""
     if zipfile.is_zipfile(file):
-        return None  # torch's zip format: the unpickler's message names the global
-    strings: list[str] = []
-    try:
-        with open(file, "rb") as fh:
-            for op, arg, _ in pickletools.genops(fh):
-                if isinstance(arg, str):
-                    strings = [*strings[-1:], arg]
-                if op.name == "GLOBAL":
-                    return str(arg).replace(" ", ".")
-                if op.name == "STACK_GLOBAL":
-                    return ".".join(strings) if len(strings) == 2 else "a pickled global"
-                if op.name in {"INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}:
-                    return f"a pickled object ({op.name})"
-    except Exception:
         return None
+    try:
+        with file.open("rb") as fh:  # streamed: stops at the first global
+            return _scan_pickle(fh)
+    except Exception:  # any parse failure means "not a pickle"
+        return None
+
+
+def _scan_pickle(data: IO[bytes]) -> str | None:
+    strings: list[str] = []
+    for op, arg, _ in pickletools.genops(data):
+        if isinstance(arg, str):
+            strings = [*strings[-1:], arg]
+        if op.name == "GLOBAL":
+            return str(arg).replace(" ", ".")
+        if op.name == "STACK_GLOBAL":
+            return ".".join(strings) if len(strings) == 2 else "a pickled global"
+        if op.name in {"INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}:
+            return f"a pickled object ({op.name})"
     return None
 
 
