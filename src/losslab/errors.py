@@ -22,6 +22,14 @@ class DataNotFoundError(LosslabError, FileNotFoundError):
     """A dataset or model that is not on disk and cannot be downloaded."""
 
 
+class CorruptFileError(LosslabError):
+    """A checkpoint, packed model or other data file that is empty, truncated, garbled or fails its checksum."""
+
+
+class UnsafeFileError(LosslabError):
+    """A data file that holds pickled code or objects, which losslab refuses to load (it could run code)."""
+
+
 def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> LosslabError:
     """Build the error for an unknown registry name, listing the valid choices.
 

@@ -67,7 +67,7 @@ def test_bad_inputs_say_what_to_do(tmp_path) -> None:
         check_seqlen(tiny_opt(), 256)
     with pytest.raises(LosslabError, match="--pad-token eos"):
         require_pad_token(byte_tokenizer(with_pad=False), "finetuning")
-    with pytest.raises(DataNotFoundError, match="--model /local/path"):
-        load_causal_lm(tmp_path / "no-such-model")
+    with pytest.raises(DataNotFoundError, match="looks like a local path but does not exist"):
+        load_causal_lm(tmp_path / "no-such-model")  # a missing path is never looked up on the hub
     with pytest.raises(DataNotFoundError, match="--text-file"):
         load_corpus(tmp_path / "missing.txt")

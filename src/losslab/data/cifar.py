@@ -12,7 +12,6 @@ in the same format load too)::
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from losslab.data.paths import fetch, missing_data_error
+from losslab.errors import CorruptFileError
+from losslab.serialization import load_data_pickle
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class CifarImages(Dataset):
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
-    with path.open("rb") as f:
-        raw = pickle.load(f, encoding="latin1")
+    raw = load_data_pickle(path, what="CIFAR batch")  # numpy arrays and plain data only: no code runs
+    if not isinstance(raw, dict):
+        raise CorruptFileError(f"CIFAR batch {str(path)!r} holds a {type(raw).__name__}, not a dict; re-extract it")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from losslab.errors import ConfigError, DataNotFoundError
 from losslab.io import save_torch_atomic
 from losslab.layers.lowrank import LowRankBase
+from losslab.serialization import load_torch_file
 
 
 def lowrank_layers(model: nn.Module) -> list[LowRankBase]:
@@ -98,7 +99,7 @@ class NormalizeToRecorded(Callback):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataNotFoundError(f"NormalizeToRecorded: no recorded norms at {self.path}; run RecordFrobNorms first")
-        self.targets: Tensor = torch.load(self.path, map_location="cpu")
+        self.targets: Tensor = load_torch_file(self.path, what="recorded norms")
         if not isinstance(self.targets, Tensor) or self.targets.dim() != 3:
             raise ConfigError(f"{self.path} does not hold an [epochs, iters, layers] tensor from RecordFrobNorms")
         self._seen = 0

@@ -35,6 +35,7 @@ from losslab.lm.data import eval_windows, load_corpus, require_pad_token, tokeni
 from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 from losslab.lm.perplexity import perplexity
 from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
+from losslab.serialization import load_torch_file
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _CE = TokenLossSpec(kind="ce")
@@ -280,7 +281,10 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
         default_root_dir=out,
     )
     last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    resume = str(last) if cfg.resume and last.is_file() else None
+    if resume is not None:
+        load_torch_file(last, what="checkpoint", mmap=True)  # refuse pickled code or a corrupt file up front
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     model = module.model.eval()
     after = perplexity(model, val_windows, protocol=protocol).ppl
     model_dir = save_pretrained_atomic(model, tokenizer, out / "model")

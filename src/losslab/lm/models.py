@@ -6,16 +6,27 @@
     targets = linear_targets(parts.layers[0])             # {"self_attn.q_proj": Linear, ..., "fc2": Linear}
     groups = true_sequential_groups(model)                # OPT: (q, k, v), (out_proj,), (fc1,), (fc2,)
 
-Loading by name uses the local Hugging Face cache first; offline failures raise :class:`DataNotFoundError` that
-says what to do (``--model /local/path`` or go online).
+What ``--model`` means (:func:`model_source`): an existing file is a packed model, an existing folder a
+``save_pretrained`` folder; a string that looks like a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.safetensors``)
+but does not exist is an error, never a hub lookup; only a valid hub id (``org/name``) goes to the Hugging Face
+hub. A hub id is read from the local cache first (no network at all when cached); only when it is not cached is
+the hub contacted, after a quick reachability check, so an offline machine fails at once with one message
+(:class:`DataNotFoundError`: pass ``--model /local/path`` or go online) instead of retrying for a minute.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -49,29 +60,115 @@ SEQUENTIAL_GROUPS: MappingProxyType[str, tuple[tuple[str, ...], ...]] = MappingP
 )
 
 
-def _offline_message(name: str, err: Exception) -> str:
+#: A Hugging Face hub id: ``name`` or ``org/name`` (letters, digits, ``-_.``; no ``--`` or ``..``, at most 96 chars).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+#: Suffixes of model files: a name ending in one is a mistyped local path, not a hub id.
+_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar", ".json")
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def is_hub_id(name: str) -> bool:
+    """True when ``name`` can be a Hugging Face hub model id (``facebook/opt-125m``, ``gpt2``)."""
     return (
-        f"could not load {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-        "If you are offline, pass a local folder with --model /local/path (save one with save_pretrained), or "
-        "go online once so the Hugging Face cache holds it."
+        len(name) <= 96
+        and _HUB_ID.match(name) is not None
+        and "--" not in name
+        and ".." not in name
+        and not name.lower().endswith(_FILE_SUFFIXES)
     )
+
+
+def model_source(name_or_path: str | Path) -> Path | str:
+    """An existing local file/folder (as a Path), or a hub id (as a str); a missing local-looking path is an error.
+
+    >>> model_source("facebook/opt-125m")
+    'facebook/opt-125m'
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if isinstance(name_or_path, Path) or not is_hub_id(text):
+        raise DataNotFoundError(
+            f"model {text!r} looks like a local path but does not exist; check the path (a packed .safetensors file "
+            "or a folder saved with save_pretrained). A Hugging Face hub name looks like org/name, e.g. "
+            "facebook/opt-125m"
+        )
+    return text
+
+
+def _offline_message(name: str, err: Exception | None) -> str:
+    cause = f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})" if err is not None else ""
+    return (
+        f"could not load {name!r}{cause}. If you are offline, pass a local folder with --model /local/path (save one "
+        "with save_pretrained), or go online once so the Hugging Face cache holds it."
+    )
+
+
+def _hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set or the hub's host cannot be reached within a few seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    return not _reachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co")
+
+
+@lru_cache(maxsize=8)
+def _reachable(host: str, port: int = 443, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` s (DNS included; proxies: assume yes)."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; a direct probe would say nothing
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)  # getaddrinfo ignores the socket timeout: bound the wait here
+    return bool(ok)
+
+
+def _from_hub_or_local(loader: Callable[..., Any], name_or_path: str | Path, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` for a local folder, or a hub id: cache first, then the hub if reachable."""
+    source = model_source(name_or_path)
+    if isinstance(source, Path):
+        try:
+            return loader(str(source), **kwargs)
+        except (OSError, ValueError) as err:
+            raise DataNotFoundError(
+                f"{str(source)!r} is not a loadable model/tokenizer folder ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); pass a folder written by save_pretrained"
+            ) from err
+    try:
+        return loader(source, local_files_only=True, **kwargs)  # cached: no network at all
+    except (OSError, ValueError):
+        pass
+    if _hub_offline():
+        raise DataNotFoundError(_offline_message(source, None) + " (the hub is not reachable and it is not cached)")
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise DataNotFoundError(_offline_message(source, err)) from err
 
 
 def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     """An ``AutoModelForCausalLM`` by hub name or local folder, or a packed model file written by
-    :func:`losslab.lm.packing.save_packed_lm`; in eval mode, ``use_cache`` off."""
-    path = Path(name_or_path)
-    if path.is_file():
+    :func:`losslab.lm.packing.save_packed_lm`; in eval mode, ``use_cache`` off. See :func:`model_source`."""
+    source = model_source(name_or_path)
+    if isinstance(source, Path) and source.is_file():
         from losslab.lm.packing import load_packed_lm
 
-        model = load_packed_lm(path)
+        model = load_packed_lm(source)
     else:
         from transformers import AutoModelForCausalLM
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
-        except (OSError, ValueError) as err:
-            raise DataNotFoundError(_offline_message(str(name_or_path), err)) from err
+        model = _from_hub_or_local(AutoModelForCausalLM.from_pretrained, source, dtype=dtype)
     if dtype is not None:
         model = model.to(dtype)
     model.config.use_cache = False
@@ -82,14 +179,11 @@ def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> An
     """The model's tokenizer (``AutoTokenizer``). ``pad_token="eos"`` sets pad = EOS (the RLO reference)."""
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as err:
-        raise DataNotFoundError(_offline_message(str(name_or_path), err)) from err
+    if pad_token not in (None, "eos"):
+        raise LosslabError(f"pad_token={pad_token!r} is not supported; use 'eos' or leave it unset")
+    tok = _from_hub_or_local(AutoTokenizer.from_pretrained, name_or_path)
     if pad_token == "eos":
         tok.pad_token = tok.eos_token
-    elif pad_token is not None:
-        raise LosslabError(f"pad_token={pad_token!r} is not supported; use 'eos' or leave it unset")
     return tok
 
 

@@ -50,8 +50,15 @@ def load_packed_lm(path: str | os.PathLike[str]) -> nn.Module:
     if RECIPE_KEY not in recipe:
         raise LosslabError(f"{os.fspath(path)!r} is not a packed causal LM (no {RECIPE_KEY!r} in its recipe)")
     config_dict = dict(recipe[RECIPE_KEY])
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    skeleton = AutoModelForCausalLM.from_config(config)
+    config_dict.pop("auto_map", None)  # remote code is never run for a packed file
+    try:
+        config = AutoConfig.for_model(config_dict.pop("model_type", None), **config_dict)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (KeyError, ValueError, TypeError) as err:
+        raise LosslabError(
+            f"{os.fspath(path)!r} stores a model config transformers cannot build offline ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); re-export it with this losslab and transformers"
+        ) from None
     model = load_packed(path, model=skeleton)
     model.config.use_cache = False
     return model.eval()

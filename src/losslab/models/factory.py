@@ -31,6 +31,10 @@ from losslab.errors import DataNotFoundError, LosslabError
 SMALL_IMAGE_MAX = 64
 PATCH_FAMILIES = ("vit_", "deit", "cait", "swin")
 RECIPE_KEYS = ("name", "num_classes", "in_chans", "img_size", "kwargs")
+#: timm.create_model arguments that fetch weights (network) or read another file; never taken from a recipe.
+WEIGHT_SOURCE_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "pretrained_strict"}
+)
 
 
 def _is_ours(name: str) -> bool:
@@ -143,14 +147,38 @@ def model_recipe(model: nn.Module) -> dict[str, Any]:
 
 
 def rebuild(recipe: dict[str, Any]) -> nn.Module:
-    """Build a fresh (randomly initialised, never pretrained) model from a :func:`model_recipe` dict."""
+    """Build a fresh (randomly initialised, never pretrained) model from a :func:`model_recipe` dict.
+
+    A recipe comes from a file (packed models), so it is data to check, not to trust: the types are validated and
+    kwargs that would download weights or read another file (:data:`WEIGHT_SOURCE_KWARGS`, e.g.
+    ``pretrained=True``) are refused. Rebuilding never reaches the network.
+    """
+    if not isinstance(recipe, dict):
+        raise LosslabError(f"a model recipe is a dict with keys {list(RECIPE_KEYS)}, got {type(recipe).__name__}")
     missing = [k for k in RECIPE_KEYS if k not in recipe]
     if missing:
         raise LosslabError(f"model recipe lacks keys {missing}; a recipe has keys {list(RECIPE_KEYS)}")
+    name, kwargs, img_size = recipe["name"], recipe["kwargs"], recipe["img_size"]
+    ints_ok = all(type(recipe[k]) is int for k in ("num_classes", "in_chans")) and (
+        img_size is None or type(img_size) is int
+    )
+    if not isinstance(name, str) or not ints_ok or not isinstance(kwargs, dict):
+        raise LosslabError(
+            f"model recipe has wrong types ({ {k: type(recipe[k]).__name__ for k in RECIPE_KEYS} }): name is a "
+            "string, num_classes/in_chans integers, img_size an integer or null, kwargs a dict"
+        )
+    refused = sorted(WEIGHT_SOURCE_KWARGS & set(kwargs))
+    if refused:
+        raise LosslabError(
+            f"model recipe kwargs {refused} are refused: rebuilding an architecture from a file never downloads "
+            "pretrained weights or reads another file. Remove them from the recipe (the weights come from the file "
+            "being loaded)"
+        )
     return create_model(
-        recipe["name"],
+        name,
         num_classes=recipe["num_classes"],
         in_chans=recipe["in_chans"],
-        img_size=recipe["img_size"],
-        **recipe["kwargs"],
+        img_size=img_size,
+        pretrained=False,
+        **kwargs,
     )

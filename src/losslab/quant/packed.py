@@ -1,6 +1,6 @@
 """Packed storage of a quantized model in one safetensors file, and loading it back bit-exactly.
 
-Format (``format_version`` 1). Tensors, for each quantized layer ``L`` and conv group ``k``:
+Format (``format_version`` 2). Tensors, for each quantized layer ``L`` and conv group ``k``:
 
 - ``L.g{k}.codes``: uint8 buffer, the integer codes (minus ``code_offset``) bit-packed little-endian with
   ``code_bits`` bits each, row-major over ``[out/groups, in]``;
@@ -11,7 +11,16 @@ Format (``format_version`` 1). Tensors, for each quantized layer ``L`` and conv 
 plus every other entry of the model's state dict unchanged (biases, BatchNorm, unquantized layers). The
 safetensors metadata key ``losslab_packed`` holds JSON: format version, ``kind: "packed"``, the model recipe
 (``model.losslab_recipe``, rebuilt by ``losslab.models.rebuild``), per-layer shape/dtype/grid/bits/levels,
-non-tensor incoherence extras, BN folding and activation ranges, and the quantization summary::
+non-tensor incoherence extras, BN folding and activation ranges, the quantization summary, and ``sha256``: per tensor
+the first 16 hex digits (64 bits) of the SHA-256 of its bytes. The metadata key ``losslab_packed.sha256`` holds the
+full SHA-256 of that JSON text. The checksums detect damage (a flipped bit, a truncated copy, a hand edit); they are
+not a signature: whoever can write the file can recompute them.
+
+Loading verifies both checksums and the metadata against the buffers (every stored tensor described, codes
+buffers of the size ``code_shape`` × ``code_bits`` needs, dtypes that are dtypes): a flipped byte or an edited
+``code_bits``/``code_offset`` raises :class:`CorruptFileError`. Files of format 1 (no checksums) are refused with
+a message to re-export them. Nothing in a packed file is executed: it is safetensors plus JSON, and the recipe
+rebuilds a randomly initialised architecture (never pretrained weights, see ``losslab.models.rebuild``)::
 
     size = save_packed(result, "model.4bit.safetensors")     # bytes on disk (os.path.getsize)
     model = load_packed("model.4bit.safetensors")            # or load_packed(path, model=skeleton)
@@ -22,7 +31,9 @@ The dequantized weights equal ``result.model``'s fake-quantized weights bit-exac
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -31,15 +42,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from losslab.errors import LosslabError
+from losslab.errors import CorruptFileError, DataNotFoundError, LosslabError
 from losslab.io import atomic_path
 from losslab.quant.bn_fold import fold_batchnorm
 from losslab.quant.engine_act import install_act_quant
 from losslab.quant.result import QuantResult
 from losslab.quant.weight_quant import WeightQuant
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_KEY = "losslab_packed"
+META_SHA_KEY = "losslab_packed.sha256"
+MAX_CODE_BITS = 32
 _PARAM_FIELDS = ("scale", "zero", "group_index", "lut")
 
 
@@ -78,7 +91,7 @@ def _restore_extras(obj: Any, tensors: dict[str, Tensor]) -> Any:
         if "__tensor__" in obj:
             return tensors[obj["__tensor__"]]
         if "__dtype__" in obj:
-            return getattr(torch, obj["__dtype__"])
+            return _dtype(obj["__dtype__"])
         return {k: _restore_extras(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_restore_extras(v, tensors) for v in obj]
@@ -122,9 +135,17 @@ def _pack_group(key: str, wq: WeightQuant, tensors: dict[str, Tensor]) -> dict[s
     return meta
 
 
+def _dtype(name: object) -> torch.dtype:
+    """The torch dtype called ``name`` in the metadata; anything else (another torch attribute) is refused."""
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(value, torch.dtype):
+        raise CorruptFileError(f"packed metadata names {name!r} as a dtype, which is not a torch dtype")
+    return value
+
+
 def _unpack_group(key: str, meta: dict[str, Any], tensors: dict[str, Tensor]) -> Tensor:
     """Rebuild one dequantized weight block from its stored tensors."""
-    dtype = getattr(torch, meta["dtype"])
+    dtype = _dtype(meta["dtype"])
     if meta["grid"] == "identity":
         return tensors[f"{key}.q"]
     shape = meta["code_shape"]
@@ -134,11 +155,11 @@ def _unpack_group(key: str, meta: dict[str, Any], tensors: dict[str, Tensor]) ->
     for name in _PARAM_FIELDS:
         value = tensors.get(f"{key}.{name}")
         if value is not None and name == "scale" and "scale_dtype" in meta:
-            value = value.to(getattr(torch, meta["scale_dtype"]))
+            value = value.to(_dtype(meta["scale_dtype"]))
         params[name] = value
     wq = WeightQuant(
         q=torch.empty(0, dtype=dtype),
-        codes=codes.reshape(shape).to(getattr(torch, meta["code_dtype"])),
+        codes=codes.reshape(shape).to(_dtype(meta["code_dtype"])),
         bits=meta["bits"],
         levels=meta["levels"],
         storage_bits=meta["storage_bits"],
@@ -183,10 +204,22 @@ def save_packed(result: QuantResult, path: str | os.PathLike[str], model_recipe:
         "act_bits": result.act_bits,
         "act_ranges": result.act_ranges,
         "summary": result.summary(),
+        "sha256": {key: tensor_sha256(value) for key, value in tensors.items()},
     }
+    text = json.dumps(meta, default=str)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, default=str)})
+        save_file(tensors, str(tmp), metadata={META_KEY: text, META_SHA_KEY: _text_sha256(text)})
     return packed_size_bytes(path)
+
+
+def tensor_sha256(tensor: Tensor) -> str:
+    """First 16 hex digits of the SHA-256 of a tensor's raw bytes in C order (dtype/shape are checked separately)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()[:16]
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def packed_size_bytes(path: str | os.PathLike[str]) -> int:
@@ -195,17 +228,88 @@ def packed_size_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def read_packed_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON metadata of a packed file (format version, recipe, layers, summary)."""
-    if not os.path.exists(path):
-        raise LosslabError(f"packed file {os.fspath(path)!r} does not exist")
-    with safe_open(os.fspath(path), framework="pt") as fh:
-        raw = (fh.metadata() or {}).get(META_KEY)
+    """The JSON metadata of a packed file (format version, recipe, layers, summary), checksum-verified."""
+    file = os.fspath(path)
+    if not os.path.isfile(file):
+        raise DataNotFoundError(f"packed file {file!r} does not exist (or is not a file)")
+    try:
+        with safe_open(file, framework="pt") as fh:
+            stored = fh.metadata() or {}
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for unreadable files
+        raise _corrupt(file, f"not a readable safetensors file: {type(err).__name__}: {err}") from None
+    raw = stored.get(META_KEY)
     if raw is None:
-        raise LosslabError(f"{os.fspath(path)!r} is not a losslab packed file (no {META_KEY!r} metadata)")
-    meta = json.loads(raw)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise LosslabError(f"packed format_version {meta.get('format_version')!r} is not supported (need 1)")
+        raise LosslabError(f"{file!r} is not a losslab packed file (no {META_KEY!r} metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise _corrupt(file, f"its metadata is not valid JSON ({err})") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version == 1:
+        raise LosslabError(
+            f"packed file {file!r} has format_version 1, written by an older losslab without checksums; losslab no "
+            "longer loads it (it cannot detect damage). Re-export it from the run: losslab quantize RUN "
+            "--save-packed DIR (or losslab lm quantize ... --save-packed FILE)"
+        )
+    if version != FORMAT_VERSION:
+        raise LosslabError(f"packed format_version {version!r} is not supported (need {FORMAT_VERSION})")
+    if stored.get(META_SHA_KEY) != _text_sha256(raw):
+        raise _corrupt(file, "its metadata does not match its checksum (edited or damaged)")
     return meta
+
+
+def _corrupt(file: str, what: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"packed file {file!r} is corrupt: {what}. It is refused rather than loaded wrong; re-export it "
+        "(losslab quantize ... --save-packed, or losslab lm quantize ... --save-packed)"
+    )
+
+
+def _read_verified_tensors(file: str, meta: dict[str, Any]) -> dict[str, Tensor]:
+    """Every tensor of the file, each checked against its SHA-256 in ``meta``; the sets of names must agree."""
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict):
+        raise _corrupt(file, "its metadata has no tensor checksums")
+    try:
+        with safe_open(file, framework="pt") as fh:
+            names = set(fh.keys())
+            if names != set(sums):
+                raise _corrupt(file, f"stored tensors {sorted(names ^ set(sums))[:6]} do not match the metadata")
+            tensors = {k: fh.get_tensor(k) for k in sorted(names)}
+    except CorruptFileError:
+        raise
+    except Exception as err:  # truncated data section, unreadable file
+        raise _corrupt(file, f"its tensors cannot be read ({type(err).__name__}: {err})") from None
+    bad = [k for k, v in tensors.items() if tensor_sha256(v) != sums[k]]
+    if bad:
+        raise _corrupt(file, f"the bytes of {bad[:6]} do not match their checksums")
+    return tensors
+
+
+def _check_layers(file: str, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """The metadata of each quantized layer agrees with its buffers (sizes, bits, shapes) before decoding."""
+    for name, info in meta["layers"].items():
+        total = 0
+        for k, group in enumerate(info["groups"]):
+            key = f"{name}.g{k}"
+            _dtype(group["dtype"])
+            if group["grid"] == "identity":
+                if list(tensors[f"{key}.q"].shape) != group["shape"]:
+                    raise _corrupt(file, f"{key}.q has shape {list(tensors[f'{key}.q'].shape)}, not {group['shape']}")
+                total += math.prod(group["shape"])
+                continue
+            bits, shape, codes = group["code_bits"], group["code_shape"], tensors.get(f"{key}.codes")
+            if not (isinstance(bits, int) and 1 <= bits <= MAX_CODE_BITS) or not isinstance(group["code_offset"], int):
+                raise _corrupt(file, f"{key} has code_bits={bits!r}, code_offset={group['code_offset']!r}")
+            if codes is None or codes.dtype != torch.uint8 or shape != group["shape"] or len(shape) != 2:
+                raise _corrupt(file, f"{key}: codes buffer missing or code_shape {shape} != shape {group['shape']}")
+            if codes.numel() != math.ceil(shape[0] * shape[1] * bits / 8):
+                raise _corrupt(
+                    file, f"{key}.codes holds {codes.numel()} bytes, not the {shape} x {bits} bits the metadata says"
+                )
+            total += shape[0] * shape[1]
+        if math.prod(info["shape"]) != total:
+            raise _corrupt(file, f"layer {name}: its groups do not make up its shape {info['shape']}")
 
 
 def load_packed(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
@@ -216,6 +320,11 @@ def load_packed(path: str | os.PathLike[str], model: nn.Module | None = None) ->
     (another architecture) raises :class:`LosslabError` listing the differing keys.
     """
     meta = read_packed_metadata(path)
+    tensors = _read_verified_tensors(os.fspath(path), meta)
+    try:
+        _check_layers(os.fspath(path), meta, tensors)
+    except (KeyError, TypeError, IndexError) as err:
+        raise _corrupt(os.fspath(path), f"its layer metadata is incomplete ({type(err).__name__}: {err})") from None
     if model is None:
         if meta.get("recipe") is None:
             raise LosslabError(
@@ -228,8 +337,6 @@ def load_packed(path: str | os.PathLike[str], model: nn.Module | None = None) ->
         model = copy.deepcopy(model)
     if meta["fold_bn"]:
         fold_batchnorm(model, inplace=True)
-    with safe_open(os.fspath(path), framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     state = {k: v for k, v in tensors.items() if not any(k.startswith(f"{n}.g") for n in meta["layers"])}
     for name, info in meta["layers"].items():
         blocks = [_unpack_group(f"{name}.g{k}", g, tensors) for k, g in enumerate(info["groups"])]

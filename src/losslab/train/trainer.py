@@ -126,6 +126,9 @@ def resolve_resume(path: Path) -> tuple[Path, Path]:
             f"resume={str(path)!r}: no checkpoint at {str(ckpt)!r}; pass a run folder that holds "
             "checkpoints/last.ckpt or a .ckpt file"
         )
+    from losslab.train.checkpoint import read_checkpoint
+
+    read_checkpoint(ckpt, mmap=True)  # refuse a pickled-code, corrupt or foreign file before any work
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return run_dir, ckpt
 
@@ -262,9 +265,9 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
         num_sanity_val_steps=0,
         deterministic="warn",
     )
-    trainer.fit(module, data.train, data.val, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    trainer.fit(module, data.train, data.val, ckpt_path=str(resume_ckpt) if resume_ckpt else None, weights_only=True)
     best_path = Path(best.best_model_path) if best.best_model_path else ckpt_dir / "last.ckpt"
-    tested = trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False)[0]
+    tested = trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False, weights_only=True)[0]
     history = EpochHistory(run_dir / "history.json")
     rows = json.loads(history.path.read_text()) if history.path.exists() else []
     result = RunResult(

@@ -1,0 +1,168 @@
+"""Load torch files (checkpoints, state dicts, recorded tensors) safely: tensors and plain data only, never code.
+
+Every ``torch.load`` in losslab goes through :func:`load_torch_file`, which always passes ``weights_only=True``:
+the unpickler then builds only tensors, containers (dict/list/tuple/set) and scalars/strings, and refuses any
+other global (a class, a function such as ``os.system``). A refused file raises :class:`UnsafeFileError`; an
+empty, truncated or garbled one raises :class:`CorruptFileError`; both name the file and what to do::
+
+    from losslab.serialization import load_torch_file
+
+    state = load_torch_file("model.pt", what="state dict")            # dict of tensors
+    ckpt = load_torch_file(path, what="checkpoint", mmap=True)         # validate cheaply, tensors stay on disk
+
+``allow`` widens the allowlist by a few well-understood plain-data classes for one call (timm checkpoints store
+their training arguments as an ``argparse.Namespace``); it is never used for a class that runs code on load.
+
+Plain pickles of data (the CIFAR python batches) go through :func:`load_data_pickle`: an unpickler that builds
+containers, strings and numpy arrays only (:data:`NUMPY_DATA_GLOBALS`) and refuses every other global.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import pickletools
+import re
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from losslab.errors import CorruptFileError, DataNotFoundError, UnsafeFileError
+
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|GLOBAL) ([\w.]+)")
+
+
+def load_torch_file(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "file",
+    map_location: str | torch.device = "cpu",
+    allow: Sequence[type] = (),
+    mmap: bool = False,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear :class:`LosslabError` for every way it can fail.
+
+    ``what`` names the file's role in messages ("checkpoint", "state dict"). Raises :class:`DataNotFoundError`
+    (missing), :class:`CorruptFileError` (empty, truncated, garbled) or :class:`UnsafeFileError` (pickled code or
+    objects other than tensors and plain data).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataNotFoundError(f"{what} {str(file)!r} does not exist (or is not a file)")
+    if file.stat().st_size == 0:
+        raise CorruptFileError(
+            f"{what} {str(file)!r} is empty (0 bytes), probably left by a full disk or a killed write; delete it "
+            "and re-create it (re-run the command that wrote it) or use another checkpoint"
+        )
+    mmap = mmap and zipfile.is_zipfile(file)  # legacy (non-zip) torch files cannot be memory-mapped
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        name = found.group(1) if found is not None else _first_global(file)
+        if name is not None:
+            raise UnsafeFileError(
+                f"{what} {str(file)!r} holds pickled code/objects losslab does not load (it refers to "
+                f"{name!r}); losslab loads only tensors and plain data (torch.load weights_only=True), so "
+                "a file cannot run code. If you made this file yourself with another tool, re-save only its "
+                "tensors, e.g. torch.save(model.state_dict(), path)"
+            ) from None
+        raise _corrupt(what, file, err) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
+        if isinstance(err, OSError) and not _looks_corrupt(err):
+            raise
+        raise _corrupt(what, file, err) from None
+
+
+#: The only globals a data pickle may name: numpy's array/dtype/scalar rebuilders (numpy 1 and 2 spellings) and
+#: ``_codecs.encode`` (how Python 3 writes bytes in a protocol-2 pickle).
+NUMPY_DATA_GLOBALS = frozenset(
+    {
+        ("_codecs", "encode"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    }
+)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds containers, strings, numbers and numpy arrays; any other global is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in NUMPY_DATA_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+def load_data_pickle(path: str | os.PathLike[str], *, what: str = "data file", encoding: str = "latin1") -> Any:
+    """Unpickle a data file (dicts/lists/strings/numbers/numpy arrays only; no code can run).
+
+    Raises :class:`UnsafeFileError` naming the refused global, :class:`CorruptFileError` for an unreadable file.
+    """
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            return _DataUnpickler(fh, encoding=encoding).load()
+    except _RefusedGlobal as refused:
+        raise UnsafeFileError(
+            f"{what} {str(file)!r} holds pickled code/objects losslab does not load (it refers to {str(refused)!r}); "
+            "a data pickle may hold only containers, strings, numbers and numpy arrays. Replace the file with the "
+            "original from its publisher"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise _corrupt(what, file, err, _DATA_HINT) from None
+
+
+def _first_global(file: Path) -> str | None:
+    """The first class/function a plain (non-zip) pickle file refers to, read with ``pickletools`` (which parses
+    opcodes and executes nothing); ``None`` for torch's zip format (the unpickler's own message names any refused
+    global there), for a pickle without globals and for one that cannot be parsed (reported as corrupt)."""
+    if zipfile.is_zipfile(file):
+        return None
+    try:
+        with file.open("rb") as fh:  # streamed: stops at the first global
+            return _scan_pickle(fh)
+    except Exception:  # any parse failure means "not a pickle"
+        return None
+
+
+def _scan_pickle(data: IO[bytes]) -> str | None:
+    strings: list[str] = []
+    for op, arg, _ in pickletools.genops(data):
+        if isinstance(arg, str):
+            strings = [*strings[-1:], arg]
+        if op.name == "GLOBAL":
+            return str(arg).replace(" ", ".")
+        if op.name == "STACK_GLOBAL":
+            return ".".join(strings) if len(strings) == 2 else "a pickled global"
+        if op.name in {"INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}:
+            return f"a pickled object ({op.name})"
+    return None
+
+
+def _looks_corrupt(err: OSError) -> bool:
+    """A read error that means "bad content" rather than permission/disk problems the caller should see."""
+    return not isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError)
+
+
+_DATA_HINT = "re-extract the data set from its archive (or delete it and use --download)"
+_CHECKPOINT_HINT = (
+    "re-create it (re-run the command that wrote it) or use another checkpoint (a run folder keeps "
+    "checkpoints/best.ckpt and last.ckpt)"
+)
+
+
+def _corrupt(what: str, file: Path, err: BaseException, hint: str = _CHECKPOINT_HINT) -> CorruptFileError:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+    return CorruptFileError(f"{what} {str(file)!r} is truncated or corrupt ({detail}); it cannot be read. Fix: {hint}")
