@@ -163,3 +163,48 @@ def test_drop_path_reaches_timm_models_and_is_refused_by_others() -> None:
     assert rates and max(rates) == pytest.approx(0.2)
     with pytest.raises(ConfigError, match="drop_path_rate"):
         build_model(TrainConfig(model="small_cnn", drop_path=0.2), spec)
+
+
+def _timm_file(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A checkpoint in timm train.py's layout (``module.`` prefixes from DDP, argparse args) for an mlp on digits."""
+    import argparse
+
+    torch.manual_seed(3)
+    model, _ = build_model(TrainConfig(model="mlp"), _digits_spec())
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(
+        {
+            "epoch": 7,
+            "arch": "mlp",
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "args": argparse.Namespace(model="mlp", lr=0.1),
+        },
+        path,
+    )
+    return path, model.eval()
+
+
+def test_evaluate_and_validate_read_a_timm_checkpoint(tmp_path: Path) -> None:
+    from losslab.cli.train import evaluate_checkpoint
+    from losslab.train import evaluate_model
+    from losslab.train.build import make_loaders
+
+    path, model = _timm_file(tmp_path)
+    expected = evaluate_model(model, make_loaders(TrainConfig(model="mlp")).test)
+    got = evaluate_checkpoint(path, dataset="digits")
+    assert got["top1"] == pytest.approx(expected["top1"]) and got["ce"] == pytest.approx(expected["ce"])
+    out = CliRunner().invoke(cli, ["train", "--validate", "--resume", str(path), "--dataset", "digits"])
+    assert out.exit_code == 0 and f"top-1 {expected['top1']:.2f}%" in out.stdout
+    refused = CliRunner().invoke(cli, ["evaluate", str(path)])
+    assert refused.exit_code != 0 and "--dataset" in str(refused.exception)
+
+
+def test_resume_from_a_timm_checkpoint_starts_from_its_weights(tmp_path: Path) -> None:
+    path, model = _timm_file(tmp_path)
+    cfg = printed_config("--resume", str(path), "--model", "mlp")
+    assert cfg["initial_checkpoint"] == str(path) and cfg["resume"] is None
+    built, _ = build_model(TrainConfig(model="mlp", initial_checkpoint=path), _digits_spec())
+    for key, value in model.state_dict().items():
+        assert torch.equal(built.state_dict()[key], value)
+    with pytest.raises(Exception, match="does not fit"):
+        build_model(TrainConfig(model="small_cnn", initial_checkpoint=path), _digits_spec())

@@ -100,8 +100,27 @@ def train(
     if validate:
         if overrides.get("resume") is None:
             raise click.UsageError("--validate evaluates a trained run: give it with --resume RUN_OR_CKPT")
-        _print_metrics(evaluate_checkpoint(Path(overrides["resume"]), "test", overrides.get("data_dir")), None)
+        from losslab.train.checkpoint import is_timm_checkpoint
+
+        timm_file = is_timm_checkpoint(overrides["resume"])  # a losslab run knows its model and data itself
+        metrics = evaluate_checkpoint(
+            Path(overrides["resume"]),
+            "test",
+            overrides.get("data_dir"),
+            **{k: overrides.get(k) for k in ("model", "dataset", "img_size") if timm_file},
+        )
+        _print_metrics(metrics, None)
         return
+    from losslab.train.checkpoint import is_timm_checkpoint
+
+    if overrides.get("resume") is not None and is_timm_checkpoint(overrides["resume"]):
+        # timm's --resume file: its weights start this run; its optimizer state and epoch do not carry over
+        overrides["initial_checkpoint"] = overrides.pop("resume")
+        click.echo(
+            f"note: {overrides['initial_checkpoint']} is a timm checkpoint: training starts from its weights "
+            "(as --initial-checkpoint); its optimizer state and epoch count are not carried over",
+            err=True,
+        )
     if config_file is not None:
         cfg = TrainConfig.from_yaml(config_file, overrides)
     elif overrides.get("resume") is not None:
@@ -142,9 +161,21 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line of text.")
-def evaluate(checkpoint: Path, split: str, data_dir: Path | None, as_json: bool) -> None:
-    """Top-1/top-5 accuracy and cross entropy of a trained classifier (run folder or .ckpt)."""
-    _print_metrics(evaluate_checkpoint(checkpoint, split, data_dir), as_json)
+@click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
+@click.option("--dataset", default=None, help="timm checkpoints only: the dataset to evaluate on (required).")
+@click.option("--img-size", type=int, default=None, help="timm checkpoints only: input size (default: the data's).")
+def evaluate(
+    checkpoint: Path,
+    split: str,
+    data_dir: Path | None,
+    as_json: bool,
+    model: str | None,
+    dataset: str | None,
+    img_size: int | None,
+) -> None:
+    """Top-1/top-5 accuracy and cross entropy of a trained classifier: a losslab run folder or .ckpt, or a timm
+    checkpoint (.pth.tar of timm's train.py, with --dataset)."""
+    _print_metrics(evaluate_checkpoint(checkpoint, split, data_dir, model, dataset, img_size), as_json)
 
 
 def _print_metrics(metrics: dict[str, Any], as_json: bool | None) -> None:
@@ -157,12 +188,26 @@ def _print_metrics(metrics: dict[str, Any], as_json: bool | None) -> None:
         )
 
 
-def evaluate_checkpoint(checkpoint: Path, split: str = "test", data_dir: Path | None = None) -> dict[str, Any]:
-    """Load a run and evaluate it on ``split``; the dict also names the dataset and checkpoint."""
+def evaluate_checkpoint(
+    checkpoint: Path,
+    split: str = "test",
+    data_dir: Path | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    img_size: int | None = None,
+) -> dict[str, Any]:
+    """Load a run (or a timm checkpoint for ``model`` on ``dataset``) and evaluate it on ``split``; the dict also
+    names the dataset and checkpoint."""
     from losslab.train import evaluate_model, load_run
     from losslab.train.build import make_loaders
+    from losslab.train.checkpoint import is_timm_checkpoint, load_timm_run
 
-    run = load_run(checkpoint)
+    if is_timm_checkpoint(checkpoint):
+        run = load_timm_run(checkpoint, model, dataset, img_size, data_dir)
+    else:
+        if model is not None or dataset is not None or img_size is not None:
+            raise click.UsageError("--model/--dataset/--img-size are for timm checkpoints; a losslab run knows them")
+        run = load_run(checkpoint)
     cfg = run.config if data_dir is None else run.config.model_copy(update={"data_dir": data_dir})
     loaders = make_loaders(cfg)
     metrics = evaluate_model(run.model, loaders.test if split == "test" else loaders.val)

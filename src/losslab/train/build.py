@@ -82,6 +82,10 @@ def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
         if drop_kwargs(cfg) and "drop" in str(error):
             raise check_model_accepts_drop(error, cfg) from None
         raise
+    if cfg.initial_checkpoint is not None:  # dense weights, so before any factorization
+        from losslab.train.checkpoint import load_timm_checkpoint
+
+        load_timm_checkpoint(model, cfg.initial_checkpoint)
     dense = sum(p.numel() for p in model.parameters())
     attention = attention_module_names(cfg, model)
     if cfg.rank_scale is not None or cfg.target_ratio is not None or cfg.tensor_train:

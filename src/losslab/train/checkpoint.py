@@ -94,7 +94,10 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
     cfg = TrainConfig.build(checkpoint["hyper_parameters"]["config"])
     spec = dataset_info(cfg.dataset)
     model, _ = build_model(
-        cfg.model_copy(update={"spectral": False, "attention_spectral": False, "pretrained": False}), spec
+        cfg.model_copy(
+            update={"spectral": False, "attention_spectral": False, "pretrained": False, "initial_checkpoint": None}
+        ),
+        spec,
     )
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
@@ -178,3 +181,49 @@ def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = Fal
             "(build the same architecture and number of classes it was trained with)"
         ) from None
     return model
+
+
+#: File endings of timm checkpoints and bare state dicts (``.pth.tar`` ends in ``.tar``); losslab's are ``.ckpt``.
+TIMM_SUFFIXES = (".tar", ".pth", ".pt", ".bin")
+
+
+def is_timm_checkpoint(path: str | Path) -> bool:
+    """True for a file named like a timm checkpoint or state dict (not a run folder, not a ``.ckpt``)."""
+    return Path(path).suffix in TIMM_SUFFIXES
+
+
+def load_timm_run(
+    path: str | Path,
+    model: str | None = None,
+    dataset: str | None = None,
+    img_size: int | None = None,
+    data_dir: Path | None = None,
+    use_ema: bool = False,
+) -> LoadedRun:
+    """A timm checkpoint as a :class:`LoadedRun` for ``dataset`` (``model`` defaults to the checkpoint's ``arch``).
+
+    timm checkpoints do not say which data they were trained on, so ``dataset`` is required; its class count
+    must match the checkpoint's classifier (a mismatch names both).
+    """
+    from losslab.data import dataset_info
+    from losslab.train.build import build_model
+
+    ckpt = read_timm_checkpoint(path)
+    name = model or ckpt.arch
+    if name is None:
+        raise ConfigError(f"timm checkpoint {str(path)!r} does not name its architecture: pass --model NAME")
+    if dataset is None:
+        raise ConfigError(f"timm checkpoint {str(path)!r}: pass --dataset (timm files do not record their data)")
+    cfg = TrainConfig.build({"model": name, "dataset": dataset, "img_size": img_size, "data_dir": data_dir})
+    spec = dataset_info(cfg.dataset)
+    net, _ = build_model(cfg, spec)
+    state = ckpt.state_dict_ema if use_ema and ckpt.state_dict_ema is not None else ckpt.state_dict
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise LosslabError(
+            f"timm checkpoint {str(path)!r} does not fit {name!r} with {spec.num_classes} classes ({dataset}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    net.eval()
+    return LoadedRun(model=net, config=cfg, spec=spec, checkpoint=Path(path))

@@ -114,6 +114,11 @@ class TrainConfig(BaseModel):
     model_ema_warmup: bool = Field(False, description="timm's EMA warmup (decay grows with the step count).")
     drop: float = Field(0.0, description="Dropout rate before the classifier (timm --drop; timm models).")
     drop_path: float = Field(0.0, description="Stochastic depth rate (timm --drop-path; timm models).")
+    initial_checkpoint: Path | None = Field(
+        None,
+        description="Start from the weights of a timm checkpoint (timm train.py's .pth.tar or a state dict, read "
+        "with weights_only=True; timm --initial-checkpoint). --resume FILE.pth.tar means the same.",
+    )
 
     # --- regularization (losslab.regularizers)
     regularizer: str | None = Field(
