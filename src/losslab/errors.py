@@ -22,6 +22,10 @@ class DataNotFoundError(LosslabError, FileNotFoundError):
     """A dataset or model that is not on disk and cannot be downloaded."""
 
 
+class OutputError(LosslabError):
+    """An output folder or file that cannot be written (read-only, full, no permission, locked by another run)."""
+
+
 def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> LosslabError:
     """Build the error for an unknown registry name, listing the valid choices.
 
