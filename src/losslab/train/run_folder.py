@@ -22,7 +22,6 @@ Rules (checked before any work):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from losslab.errors import ConfigError, LosslabError, OutputError
+from losslab.errors import ConfigError, OutputError
 from losslab.io import check_writable, write_json_atomic
 from losslab.train.config import TrainConfig
 
@@ -186,6 +185,17 @@ def _unlock(final: Path, fh: IO[str] | None) -> None:
     fh.close()
 
 
+def _target(cfg: TrainConfig) -> Path:
+    """The run folder ``cfg`` writes (checked to stay inside ``out_dir``); its parent must be writable."""
+    if cfg.resume is not None:
+        final = resolve_resume(cfg.resume)[0]
+        check_writable(final)
+    else:
+        final = Path(cfg.out_dir) / default_run_name(cfg)
+    check_writable(final.parent)
+    return final
+
+
 def _claim(cfg: TrainConfig) -> RunFolder:
     """Validate the run target and decide what to do with it (nothing is created but the lock file)."""
     if cfg.resume is not None:
@@ -196,11 +206,8 @@ def _claim(cfg: TrainConfig) -> RunFolder:
                 "run, and this run's schedule has ended. To train longer, start a new run with the epochs you "
                 "want (--run-name NEW --epochs N)"
             )
-        check_writable(final)
         return RunFolder(final=final, resume_ckpt=ckpt)
-    out_dir = Path(cfg.out_dir)
-    final = out_dir / default_run_name(cfg)
-    check_writable(out_dir)
+    final = Path(cfg.out_dir) / default_run_name(cfg)
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise ConfigError(
             f"{str(final)!r} exists and is not a run folder (a file or a link); move it away or pass another --run-name"
@@ -229,16 +236,17 @@ def claim_run_folder(cfg: TrainConfig) -> Iterator[RunFolder]:
     if is_child_rank():
         yield _child_folder(cfg)
         return
-    run = _claim(cfg)
-    lock = _lock(run.final)
+    final = _target(cfg)
+    lock = _lock(final)
+    run = RunFolder(final=final)
     try:
-        run = _claim(cfg)  # again under the lock: a run that raced this one may have created the folder
+        run = _claim(cfg)  # under the lock: what the folder holds cannot change until we are done
         yield run
     except BaseException:
         run.abandon()
         raise
     finally:
-        _unlock(run.final, lock)
+        _unlock(final, lock)
         os.environ.pop(WORK_ENV, None)
 
 
@@ -255,15 +263,3 @@ def _child_folder(cfg: TrainConfig) -> RunFolder:
     else:  # started independently (torchrun): mirror rank 0's decision
         run.work = run.staging if cfg.overwrite and ckpt is None and is_losslab_run(final) else final
     return run
-
-
-def read_result(run_dir: Path) -> dict[str, object]:
-    """The ``result.json`` of a finished run; a clear error naming the file if it is unreadable."""
-    path = run_dir / RESULT
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LosslabError(
-            f"{str(path)!r} cannot be read ({exc}); it is not a finished run's result. Delete the file to train "
-            "the run again, or restore it from a copy"
-        ) from None
