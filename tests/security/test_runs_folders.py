@@ -211,3 +211,18 @@ def test_resume_keeps_metrics_history_and_a_copied_run_stays_self_contained(tmp_
     assert [row["epoch"] for row in result.epochs] == [0, 1, 2]
     assert stored["best_val_acc"] == pytest.approx(max(val))  # not NaN: the score survived the move
     assert result.best_ckpt == copy / "checkpoints" / "best.ckpt" and result.best_ckpt.is_file()
+
+
+def test_resume_with_another_model_is_refused_before_loading(tmp_path: Path, finished_run: Path) -> None:
+    killed = copy_run(finished_run, tmp_path)
+    (killed / "result.json").unlink()
+    before = tree(killed)
+    with pytest.raises(ConfigError, match=r"trained with model='mlp' \(given 'small_cnn'\)"):
+        fit(TrainConfig(**{**TINY, "model": "small_cnn"}, resume=killed))
+    assert tree(killed) == before  # config.yaml not rewritten by the refused resume
+
+
+def test_absurd_epoch_counts_are_refused_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at most 100,000 epochs"):
+        fit(TrainConfig(**{**TINY, "epochs": 10**20}, out_dir=tmp_path))
+    assert not any(tmp_path.iterdir())

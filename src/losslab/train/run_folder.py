@@ -36,6 +36,9 @@ from losslab.errors import ConfigError, OutputError
 from losslab.io import check_writable, write_json_atomic
 from losslab.train.config import TrainConfig
 
+# Config keys that fix the shapes stored in a checkpoint: a resume must not change them.
+ARCHITECTURE_KEYS = ("dataset", "model", "img_size", "rank_scale", "target_ratio", "tensor_train", "square")
+MAX_EPOCHS = 100_000
 MARKER = ".losslab-run"
 RESULT = "result.json"
 WORK_ENV = "LOSSLAB_RUN_WORK_DIR"  # set by rank 0 so that the DDP processes it launches write the same folder
@@ -196,6 +199,37 @@ def _target(cfg: TrainConfig) -> Path:
     return final
 
 
+def check_epochs(cfg: TrainConfig) -> None:
+    """A training length this tool can schedule (Lightning counts epochs in an int; 1e20 is a typo, not a plan)."""
+    total = cfg.epochs + cfg.cooldown_epochs
+    if total > MAX_EPOCHS:
+        raise ConfigError(
+            f"epochs={cfg.epochs} (+ cooldown_epochs={cfg.cooldown_epochs}) is out of range: allowed at most "
+            f"{MAX_EPOCHS:,} epochs in all; pass the number of epochs you mean (--epochs)"
+        )
+
+
+def check_same_architecture(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse a resume whose flags change the architecture stored in the run's checkpoints (config.yaml)."""
+    import yaml
+
+    stored_file = run_dir / "config.yaml"
+    if not stored_file.is_file():
+        return
+    try:
+        stored = yaml.safe_load(stored_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{str(stored_file)!r} cannot be read ({exc}); restore it from a copy") from None
+    ours = cfg.to_dict()
+    changed = [k for k in ARCHITECTURE_KEYS if k in stored and stored[k] != ours.get(k)]
+    if changed:
+        diff = ", ".join(f"{k}={stored[k]!r} (given {ours.get(k)!r})" for k in changed)
+        raise ConfigError(
+            f"--resume {str(run_dir)!r}: the run was trained with {diff}, and its checkpoints hold that "
+            "architecture; resume without those flags (the stored config is used), or start a new run"
+        )
+
+
 def _claim(cfg: TrainConfig) -> RunFolder:
     """Validate the run target and decide what to do with it (nothing is created but the lock file)."""
     if cfg.resume is not None:
@@ -206,6 +240,7 @@ def _claim(cfg: TrainConfig) -> RunFolder:
                 "run, and this run's schedule has ended. To train longer, start a new run with the epochs you "
                 "want (--run-name NEW --epochs N)"
             )
+        check_same_architecture(cfg, final)
         return RunFolder(final=final, resume_ckpt=ckpt)
     final = Path(cfg.out_dir) / default_run_name(cfg)
     if final.is_symlink() or (final.exists() and not final.is_dir()):
@@ -236,6 +271,7 @@ def claim_run_folder(cfg: TrainConfig) -> Iterator[RunFolder]:
     if is_child_rank():
         yield _child_folder(cfg)
         return
+    check_epochs(cfg)
     final = _target(cfg)
     lock = _lock(final)
     run = RunFolder(final=final)
