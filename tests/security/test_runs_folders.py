@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -203,7 +204,11 @@ def test_resume_keeps_metrics_history_and_a_copied_run_stays_self_contained(tmp_
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # the copy must not need the original
 
-    result = fit(TrainConfig.build({**cfg.to_dict(), "resume": str(copy)}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(TrainConfig.build({**cfg.to_dict(), "resume": str(copy)}))
+    leaked = [str(w.message) for w in caught if "Checkpoint directory" in str(w.message) or "dirpath" in str(w.message)]
+    assert not leaked
     assert metrics_epochs(copy) == [0, 1, 2]
     stored = json.loads((copy / "result.json").read_text())
     assert stored["best_ckpt"] == "checkpoints/best.ckpt" and stored["last_ckpt"] == "checkpoints/last.ckpt"
