@@ -317,7 +317,8 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) 
         wall_time_s=time.perf_counter() - started,
         epochs=rows,
     )
-    write_json_atomic(run_dir / "result.json", result.to_dict())
+    if trainer.is_global_zero:  # other DDP ranks must not write into a folder rank 0 may already have swapped
+        write_json_atomic(run_dir / "result.json", result.to_dict())
     return result
 
 
