@@ -231,3 +231,18 @@ def test_absurd_epoch_counts_are_refused_before_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at most 100,000 epochs"):
         fit(TrainConfig(**{**TINY, "epochs": 10**20}, out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+def test_gpu_overwrite_keeps_the_old_run_until_done_and_resume_continues(tmp_path: Path, finished_run: Path) -> None:
+    old = copy_run(finished_run, tmp_path)
+    before = tree(old)
+    gpu = {**TINY, "epochs": 3, "accelerator": "gpu", "devices": "1"}
+    with pytest.raises(Killed):
+        fit(TrainConfig(**gpu, out_dir=tmp_path, run_name="old", overwrite=True), callbacks=[KillAt(1)])
+    assert tree(old) == before
+    with pytest.raises(Killed):
+        fit(TrainConfig(**gpu, out_dir=tmp_path, run_name="new"), callbacks=[KillAt(2)])
+    result = fit(TrainConfig(**gpu, resume=tmp_path / "new"))
+    assert metrics_epochs(tmp_path / "new") == [0, 1, 2]
+    assert result.best_val_acc == result.best_val_acc and (tmp_path / "new" / "checkpoints" / "best.ckpt").is_file()
