@@ -5,8 +5,9 @@
   place; a full or read-only disk raises :class:`losslab.errors.OutputError` and leaves the previous file intact.
 - :class:`RunCheckpoint` (a ``ModelCheckpoint``): after a run folder was moved or copied, a resume still knows the
   best checkpoint and its score (Lightning forgets them when the stored folder differs from the current one).
-- :class:`KeepingCSVLogger`: Lightning's CSV logger deletes ``metrics.csv`` when it starts in a non-empty folder;
-  this one keeps the rows of the epochs a resumed run has already finished.
+- :class:`KeepingCSVLogger`: Lightning's CSV logger deletes ``metrics.csv`` when it starts in a non-empty folder
+  and appends to it in place; this one keeps the rows of the epochs a resumed run has already finished and
+  rewrites the file atomically on each save.
 
 ::
 
@@ -69,39 +70,49 @@ def _moved(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 
 
 class _KeepingWriter(ExperimentWriter):
-    """The CSV experiment writer, but the rows already in ``metrics.csv`` survive its start."""
+    """The CSV experiment writer, but ``metrics.csv`` is rewritten atomically on each save (never a half-written
+    row) and the rows already in it when it starts (a resumed run's finished epochs) are kept."""
 
     def __init__(self, log_dir: str) -> None:
         metrics_file = Path(log_dir) / _FabricExperimentWriter.NAME_METRICS_FILE
-        kept: list[dict[str, str]] = []
+        rows: list[dict[str, Any]] = []
         if metrics_file.is_file():
             with open(metrics_file, newline="") as fh:
-                kept = list(csv.DictReader(fh))
+                rows = list(csv.DictReader(fh))
         super().__init__(log_dir)  # deletes metrics.csv when the folder is not empty
-        self.kept = kept
-        self._write_kept()
+        self.rows = rows
+        self._write()
 
-    def _write_kept(self) -> None:
-        keys = sorted({k for row in self.kept for k in row})
+    def _write(self) -> None:
+        keys = sorted({k for row in self.rows for k in row} | set(self.metrics_keys))
         self.metrics_keys = keys
-        if not self.kept:
+        if not self.rows:
             if os.path.isfile(self.metrics_file_path):
                 os.remove(self.metrics_file_path)
             return
         with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
-            writer.writerows(self.kept)
+            writer.writerows(self.rows)
+
+    def save(self) -> None:
+        """Append the recorded metrics and rewrite the file atomically (Lightning appends in place)."""
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        self.rows.extend(self.metrics)
+        self.metrics = []
+        self._write()
 
     def keep_before(self, epoch: int) -> None:
         """Drop the kept rows of epoch ``epoch`` and later (the epoch in flight when the run was killed)."""
-        self.kept = [row for row in self.kept if _epoch(row) < epoch]
-        self._write_kept()
+        self.rows = [row for row in self.rows if _epoch(row) < epoch]
+        self._write()
 
 
-def _epoch(row: dict[str, str]) -> float:
+def _epoch(row: dict[str, Any]) -> float:
     try:
-        return float(row.get("epoch") or "nan")
+        return float(row.get("epoch") if row.get("epoch") not in (None, "") else "nan")
     except ValueError:
         return float("nan")
 
