@@ -246,3 +246,15 @@ def test_gpu_overwrite_keeps_the_old_run_until_done_and_resume_continues(tmp_pat
     result = fit(TrainConfig(**gpu, resume=tmp_path / "new"))
     assert metrics_epochs(tmp_path / "new") == [0, 1, 2]
     assert result.best_val_acc == result.best_val_acc and (tmp_path / "new" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_overwrite_through_a_symlink_is_refused(tmp_path: Path, finished_run: Path) -> None:
+    """A run name that is a link to a losslab run elsewhere: nothing behind the link is replaced."""
+    elsewhere = copy_run(finished_run, tmp_path / "elsewhere")
+    before = tree(elsewhere)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ConfigError, match="not a run folder"):
+        fit(TrainConfig(**TINY, out_dir=out, run_name="link", overwrite=True))
+    assert tree(elsewhere) == before and (out / "link").is_symlink()
