@@ -30,6 +30,10 @@ class UnsafeFileError(LosslabError):
     """A data file that holds pickled code or objects, which losslab refuses to load (it could run code)."""
 
 
+class OutputError(LosslabError):
+    """An output folder or file that cannot be written (read-only, full, no permission, locked by another run)."""
+
+
 def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> LosslabError:
     """Build the error for an unknown registry name, listing the valid choices.
 

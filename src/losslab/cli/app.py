@@ -10,13 +10,21 @@
     losslab demo                                                      the quickstart study and its report
     losslab models | objectives | datasets | regularizers             what is available
 
-Every bad input raises :class:`losslab.errors.LosslabError`; the CLI prints its message (no traceback) and exits
-with status 2.
+Every bad input raises :class:`losslab.errors.LosslabError`. :func:`main` turns it, and every ordinary fault
+(a read-only, full or missing output path, a corrupt or truncated file, bad YAML), into one line on stderr and
+exit status 2; ``losslab --debug ...`` (or ``LOSSLAB_DEBUG=1``) shows the traceback too. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import pickle
 import sys
+import traceback
+import zipfile
 
 import click
 
@@ -26,8 +34,11 @@ from losslab.errors import LosslabError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="losslab")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (also LOSSLAB_DEBUG=1).")
+def cli(debug: bool) -> None:
     """losslab: which training choices make a network survive compression, and how best to compress it."""
+    if debug:
+        os.environ["LOSSLAB_DEBUG"] = "1"
 
 
 def _register_commands() -> None:
@@ -51,14 +62,60 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# OSError numbers that are a fault of the machine or of a path the user gave, not a bug in losslab.
+USER_OS_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.ENAMETOOLONG,
+        errno.ENOTEMPTY,
+        errno.EBUSY,
+    }
+)
+
+
+def user_fault(exc: BaseException) -> str | None:
+    """The one-line message for an error that is the user's input or an ordinary fault, or None for a bug."""
+    import yaml
+
+    if isinstance(exc, LosslabError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS:
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}; check the path, its permissions and the free space"
+    if isinstance(exc, yaml.YAMLError):
+        return f"invalid YAML: {' '.join(str(exc).split())}; fix the file's syntax"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON ({exc}); the file is corrupt or not a losslab file"
+    corrupt = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError)
+    if isinstance(exc, corrupt) or type(exc).__name__ == "SafetensorError":
+        return f"a file is corrupt or truncated ({type(exc).__name__}: {exc}); recreate it or restore it from a copy"
+    if isinstance(exc, RuntimeError) and str(exc).startswith("PytorchStreamReader failed"):
+        return f"a checkpoint is corrupt or truncated ({exc}); recreate it or restore it from a copy"
+    return None
+
+
+def _debug() -> bool:
+    return os.environ.get("LOSSLAB_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``losslab`` console script: LosslabError → message on stderr, exit status 2."""
+    """Entry point of the ``losslab`` console script: user faults → one line on stderr, exit status 2."""
     try:
         cli.main(args=argv, prog_name="losslab", standalone_mode=False)
-    except LosslabError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns an EOFError (a zero-byte file read by a loader) into Abort, like Ctrl-C; tell them apart
+        cause = exc.__context__
+        if isinstance(cause, EOFError):
+            _fail(cause)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -66,6 +123,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _fail(exc)
+
+
+def _fail(exc: BaseException) -> None:
+    """Report ``exc``: one line and exit 2 for a user fault (traceback too with --debug); re-raise a bug."""
+    message = user_fault(exc)
+    if message is None:
+        raise exc
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

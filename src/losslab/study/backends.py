@@ -10,12 +10,19 @@ finish, in completion order; the runner stores each result as it arrives::
 ``ray://HOST:10001`` or ``auto``), or uses an already initialised Ray (tests call ``ray.init`` first), or starts a
 local Ray instance. Jobs return their results to this process, so only this machine writes the study database;
 checkpoints are written under the study folder, which compress-only reruns expect to be on a shared filesystem.
+
+Local pool workers die with the study process: on Linux each asks the kernel for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``); elsewhere a watchdog thread in each worker exits when the parent is gone. A
+``kill -9`` of ``losslab study run --workers N`` therefore leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -76,8 +83,36 @@ def _run_inline(jobs: Sequence[StudyJob], job_fn: JobFn) -> Iterator[Outcome]:
         yield job, result, tb
 
 
-def _init_worker(threads: int) -> None:
-    """Share the CPUs between workers (threads each), whether or not torch is imported yet."""
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this process end when ``parent_pid`` ends: a kernel parent-death signal on Linux, else a watchdog."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="losslab-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Die with the study process; share the CPUs between workers (threads each), whether or not torch is loaded."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     if "torch" in sys.modules:
@@ -87,7 +122,7 @@ def _init_worker(threads: int) -> None:
 def _run_pool(jobs: Sequence[StudyJob], job_fn: JobFn, workers: int) -> Iterator[Outcome]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads, os.getpid())
     ) as pool:
         pending = {pool.submit(job_fn, job): job for job in jobs}
         try:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from losslab.errors import LosslabError
 from losslab.study.job import (
     CompressionRecord,
     JobResult,
@@ -97,14 +98,29 @@ def _train(job: StudyJob) -> tuple[float, float | None, int | None, list[dict[st
     run_dir = Path(job.run_dir)
     finished = run_dir / "result.json"
     if finished.is_file() and (run_dir / "history.json").is_file():
-        done = json.loads(finished.read_text())
-        epochs = json.loads((run_dir / "history.json").read_text())
+        done = _read_finished(finished, ("wall_time_s", "best_val_acc", "num_params"))
+        epochs = _read_finished(run_dir / "history.json")
         return done["wall_time_s"], done["best_val_acc"], done["num_params"], epochs
     cfg = TrainConfig.build(
         {**job.config, "out_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "progress": False}
     )
     result = fit(cfg)
     return result.wall_time_s, result.best_val_acc, result.num_params, result.epochs
+
+
+def _read_finished(path: Path, keys: tuple[str, ...] = ()) -> Any:
+    """A finished run's JSON file; a corrupt one is an error that names it and says what to do."""
+    try:
+        data = json.loads(path.read_text())
+        missing = [k for k in keys if k not in data]
+    except (OSError, ValueError, TypeError) as exc:
+        missing, data = [f"readable JSON ({exc})"], None
+    if missing:
+        raise LosslabError(
+            f"{str(path)!r} is corrupt (missing {', '.join(missing)}); delete the run folder "
+            f"{str(path.parent)!r} so that the next `losslab study run` trains it again"
+        )
+    return data
 
 
 def train_and_compress(job: StudyJob) -> JobResult:

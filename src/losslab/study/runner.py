@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from losslab.errors import LosslabError
-from losslab.io import write_yaml_atomic
+from losslab.io import check_writable, write_yaml_atomic
 from losslab.study.backends import JobFn, check_backend, execute_jobs
 from losslab.study.job import JobResult, StudyJob, compression_key, compression_setting, provenance, train_key
 from losslab.study.spec import StudySpec, load_study_spec
@@ -115,7 +115,7 @@ def run_study(
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     study_dir = Path(out_dir) if out_dir is not None else spec.default_out_dir()
-    study_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(study_dir)  # a read-only or full disk fails here, not after the first job
     job_fn = job_fn or _default_job_fn()
     with _study_lock(study_dir), StudyStore.create(study_dir) as store:
         store.record_spec(spec.name, spec.to_dict(), str(spec.source) if spec.source else None, provenance())

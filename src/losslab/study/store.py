@@ -3,7 +3,8 @@
 Every finished job is written in one transaction (WAL mode), so a killed study keeps everything it finished and
 a half-written job never appears. The file records its schema version; a folder written by an incompatible
 losslab, or a file that is not a readable SQLite database, raises :class:`StudyStoreError` and is never
-modified::
+modified. :meth:`StudyStore.open` (status, table, report) opens the file read-only (SQLite ``mode=ro``), so a
+study on a read-only disk or copied without write permission can still be inspected::
 
     from losslab.study import StudyStore
     with StudyStore.open("study_runs/quickstart") as store:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +63,26 @@ class StudyStoreError(LosslabError):
     """A study database that cannot be used (missing, corrupt, or from an incompatible losslab)."""
 
 
+def _connect_readonly(file: Path) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``); on a read-only folder, where SQLite cannot create the WAL index, the
+    file is opened as immutable (nobody can be writing it there)."""
+    uri = f"file:{urllib.parse.quote(str(file.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+    if _probe(conn):
+        return conn
+    conn.close()
+    return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+
+
+def _probe(conn: sqlite3.Connection) -> bool:
+    """True when ``conn`` can read the database (a WAL file in a read-only folder cannot be opened without -shm)."""
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -81,13 +103,13 @@ class StudyStore:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | Path) -> StudyStore:
-        """Open an existing study (folder or ``.db`` file); clear error if missing, corrupt or incompatible."""
+        """Open an existing study (folder or ``.db`` file) read-only; clear error if missing, corrupt, incompatible."""
         file = db_path(path)
         if not file.is_file():
             raise StudyStoreError(
                 f"no study database at {str(file)!r}; run `losslab study run STUDY.yaml --out {file.parent}` first"
             )
-        return cls._connect(file, create=False)
+        return cls._connect(file, create=False, readonly=True)
 
     @classmethod
     def create(cls, path: str | Path) -> StudyStore:
@@ -97,7 +119,7 @@ class StudyStore:
         return cls._connect(file, create=True)
 
     @classmethod
-    def _connect(cls, file: Path, create: bool) -> StudyStore:
+    def _connect(cls, file: Path, create: bool, readonly: bool = False) -> StudyStore:
         """Connect; ``create`` allows initialising an empty database (nothing stored can be lost by that)."""
         untouched = f"{str(file)!r} was left untouched; move it away or use another study folder (--out)"
         if file.is_file() and file.stat().st_size > 0:
@@ -107,7 +129,7 @@ class StudyStore:
                 raise StudyStoreError(
                     f"{str(file)!r} is not a SQLite database (corrupt or a different file); " + untouched
                 )
-        conn = sqlite3.connect(file, timeout=60, isolation_level=None)
+        conn = _connect_readonly(file) if readonly else sqlite3.connect(file, timeout=60, isolation_level=None)
         try:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -117,7 +139,8 @@ class StudyStore:
                 raise StudyStoreError(f"{str(file)!r} holds no study (an empty database); " + untouched)
             if not empty:
                 _check_schema(conn, file)
-            conn.execute("PRAGMA journal_mode=WAL")  # only once the file is known to be a study
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")  # only once the file is known to be a study
             if empty:
                 with _transaction(conn):
                     _create_schema(conn)
@@ -127,7 +150,8 @@ class StudyStore:
         except StudyStoreError:
             conn.close()
             raise
-        conn.execute("PRAGMA foreign_keys=ON")
+        if not readonly:
+            conn.execute("PRAGMA foreign_keys=ON")
         return cls(conn, file)
 
     def close(self) -> None:

@@ -9,16 +9,16 @@ The same call backs ``losslab train`` and every study job::
 A run folder ``out_dir/run_name`` receives: ``config.yaml`` (the resolved config), ``metrics.csv`` (Lightning's
 CSV log), ``history.json`` (one row per epoch), ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (best
 validation accuracy; the test set is never used for selection), ``checkpoints/preregularized.ckpt`` when asked,
-and ``result.json`` with the test metrics of the best checkpoint. Every file is written atomically. A run killed
-at any point resumes from ``last.ckpt`` with ``resume=<run folder>``; a finished run folder is never overwritten
-unless ``overwrite=True``.
+and ``result.json`` with the test metrics of the best checkpoint (checkpoint paths relative to the run folder).
+Every file, checkpoints included, is written atomically. A run killed at any point resumes from ``last.ckpt``
+with ``resume=<run folder>``, keeping its metrics history; a finished run folder is never resumed, and is replaced
+only with ``overwrite=True`` once the new run has finished (see :mod:`losslab.train.run_folder`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 import warnings
@@ -28,17 +28,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader
 
 from losslab.errors import ConfigError
 from losslab.io import write_json_atomic, write_yaml_atomic
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
+from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
 from losslab.train.recipe import ModelEma, build_mixup
+from losslab.train.run_folder import RunFolder, claim_run_folder, resolve_resume
+
+__all__ = ["RunResult", "evaluate_model", "fit", "resolve_resume"]
 
 
 @dataclass
@@ -64,15 +68,15 @@ class RunResult:
         return self.num_params / self.num_params_dense
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (the content of ``result.json``)."""
+        """JSON-friendly summary (the content of ``result.json``; checkpoint paths relative to the run folder)."""
         return {
             "run_dir": str(self.run_dir),
             "test_acc": self.test_acc,
             "test_ce": self.test_ce,
             "test_top5": self.test_top5,
             "best_val_acc": self.best_val_acc,
-            "best_ckpt": str(self.best_ckpt),
-            "last_ckpt": str(self.last_ckpt),
+            "best_ckpt": _relative(self.best_ckpt, self.run_dir),
+            "last_ckpt": _relative(self.last_ckpt, self.run_dir),
             "num_params": self.num_params,
             "num_params_dense": self.num_params_dense,
             "compression_ratio": self.compression_ratio,
@@ -80,6 +84,14 @@ class RunResult:
             "protocol": "top-1 accuracy (%) on the test split of the checkpoint with the best validation accuracy",
             "config": self.config.to_dict(),
         }
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    """``path`` relative to ``run_dir`` (POSIX separators), so a run folder can be moved or copied whole."""
+    try:
+        return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 class EpochHistory(Callback):
@@ -117,40 +129,6 @@ class SavePreregularized(Callback):
             trainer.save_checkpoint(self.path)
 
 
-def resolve_resume(path: Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for ``--resume`` given a run folder or a checkpoint file."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(
-            f"resume={str(path)!r}: no checkpoint at {str(ckpt)!r}; pass a run folder that holds "
-            "checkpoints/last.ckpt or a .ckpt file"
-        )
-    from losslab.train.checkpoint import read_checkpoint
-
-    read_checkpoint(ckpt, mmap=True)  # refuse a pickled-code, corrupt or foreign file before any work
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run_dir, ckpt
-
-
-def prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """The run folder (created) and the checkpoint to resume from, refusing to overwrite finished work."""
-    if cfg.resume is not None:
-        return resolve_resume(cfg.resume)
-    run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            state = "a finished run" if (run_dir / "result.json").exists() else "an unfinished run"
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} already holds {state}; pass resume={str(run_dir)!r} "
-                "(--resume) to continue it, a new run_name (--run-name), or overwrite=True "
-                "(--overwrite) to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
-
-
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 
 
@@ -168,7 +146,7 @@ def check_logger_available(name: str) -> None:
 
 def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
     """CSV always, plus the configured experiment tracker."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Logger] = [KeepingCSVLogger(save_dir=str(run_dir), name="", version="")]
     if cfg.logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -204,31 +182,78 @@ def quiet_lightning() -> None:
         ".*Experiment logs directory.*exists and is not empty.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*litlogger.*",
+        ".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's own checkpoints
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def check_lightning_options(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for accelerator/devices/strategy/num_nodes this machine cannot run, before work."""
+    accelerator = cfg.accelerator.lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={cfg.accelerator!r} needs a CUDA GPU, but torch.cuda.is_available() is False on this "
+            f"machine (torch {torch.__version__}, CUDA build {torch.version.cuda}); use --accelerator cpu or auto"
+        )
+    try:
+        devices = parse_devices(cfg.devices)
+    except ValueError:
+        raise ConfigError(
+            f"devices={cfg.devices!r} is not allowed: use auto, a count (2, -1 = all) or a list of indices (0,1)"
+        ) from None
+    if cfg.num_nodes < 1:
+        raise ConfigError(f"num_nodes={cfg.num_nodes!r} must be >= 1")
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:  # Lightning's own checks of the combination (unknown strategy, more devices than present, ...)
+        pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(
+            f"the hardware options do not work on this machine (--accelerator {cfg.accelerator} --devices "
+            f"{cfg.devices} --strategy {cfg.strategy} --num-nodes {cfg.num_nodes}): {exc}"
+        ) from None
 
 
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     """Train, select the best checkpoint on validation accuracy, evaluate it on the test split.
 
-    Everything that can be wrong with the config (unknown names, unreachable compression targets, missing data)
-    is checked before the first training step.
+    Everything that can be wrong with the config (unknown names, unreachable compression targets, missing data,
+    hardware options, the run folder) is checked before the first training step; the run folder is locked
+    while the run lasts (see :mod:`losslab.train.run_folder`).
     """
-    started = time.perf_counter()
     quiet_lightning()
     check_logger_available(cfg.logger)
+    check_lightning_options(cfg)
+    with claim_run_folder(cfg) as run:
+        result = _fit_in(cfg, run, callbacks)
+        run.commit()
+    return result
+
+
+def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) -> RunResult:
+    """``fit`` inside a claimed run folder: build, train into ``run.work``, test, write result.json."""
+    started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = make_loaders(cfg)
     model, num_dense = build_model(cfg, data.spec)
     objective = build_objective(cfg)
     schedule, always_on = build_regularization(cfg, model)
-    run_dir, resume_ckpt = prepare_run_dir(cfg)
+    run_dir, resume_ckpt = run.create(), run.resume_ckpt
     write_yaml_atomic(run_dir / "config.yaml", cfg.to_dict())
 
     module = ClassifierModule(cfg, model, objective, schedule=schedule, always_on=always_on)
     module.mixup = build_mixup(cfg, data.spec.num_classes)
     ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
         monitor="val/acc",
@@ -238,7 +263,12 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    all_callbacks: list[Callback] = [best, EpochHistory(run_dir / "history.json"), *(callbacks or [])]
+    all_callbacks: list[Callback] = [
+        best,
+        EpochHistory(run_dir / "history.json"),
+        KeepMetricsHistory(),
+        *(callbacks or []),
+    ]
     first_reg = getattr(schedule, "first_regularized_epoch", None)
     if cfg.save_preregularized and first_reg:
         all_callbacks.append(SavePreregularized(ckpt_dir / "preregularized.ckpt", first_reg))
@@ -257,6 +287,7 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
         precision=cfg.precision,
         logger=make_loggers(cfg, run_dir),
         callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
         gradient_clip_val=cfg.gradient_clip,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -270,21 +301,28 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     tested = trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False, weights_only=True)[0]
     history = EpochHistory(run_dir / "history.json")
     rows = json.loads(history.path.read_text()) if history.path.exists() else []
+    if best.best_model_score is not None:
+        best_val_acc = float(best.best_model_score)
+    else:  # e.g. a run whose validation never produced a score: the best of the recorded epochs
+        scores = [row["val/acc"] for row in rows if "val/acc" in row]
+        best_val_acc = max(scores) if scores else float("nan")
+    final = run.final
     result = RunResult(
-        run_dir=run_dir,
+        run_dir=final,
         config=cfg,
         test_acc=float(tested["test/acc"]),
         test_ce=float(tested["test/ce"]),
         test_top5=float(tested["test/top5"]),
-        best_val_acc=float(best.best_model_score) if best.best_model_score is not None else float("nan"),
-        best_ckpt=best_path,
-        last_ckpt=ckpt_dir / "last.ckpt",
+        best_val_acc=best_val_acc,
+        best_ckpt=final / _relative(best_path, run_dir),
+        last_ckpt=final / "checkpoints" / "last.ckpt",
         num_params=sum(p.numel() for p in model.parameters()),
         num_params_dense=num_dense,
         wall_time_s=time.perf_counter() - started,
         epochs=rows,
     )
-    write_json_atomic(run_dir / "result.json", result.to_dict())
+    if trainer.is_global_zero:  # other DDP ranks must not write into a folder rank 0 may already have swapped
+        write_json_atomic(run_dir / "result.json", result.to_dict())
     return result
 
 
