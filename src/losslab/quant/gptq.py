@@ -31,6 +31,15 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, LosslabError, check_range
+from losslab.quant.blocked_solve import (
+    DEFAULT_INNER,
+    blocked_feedback,
+    check_finite,
+    check_rows_input,
+    check_solver,
+    check_weight_matrix,
+    feedback_factor_or_none,
+)
 from losslab.quant.grids import (
     RANGE_GRIDS,
     FittedGrid,
@@ -60,6 +69,7 @@ MAX_DAMP_RETRIES = 12
 
 def hessian_from_inputs(x: Tensor) -> Tensor:
     """H = (2/n)·XᵀX for inputs ``x`` ``[n, in]`` (float64 stays float64, else float32)."""
+    check_rows_input("x", x)
     x = x.to(work_dtype(x))
     return (2.0 / x.shape[0]) * (x.T @ x)
 
@@ -88,8 +98,7 @@ class HessianStats:
 
     def update(self, x: Tensor, count: int | None = None) -> None:
         """Fold a batch of inputs ``[rows, in]`` into the running mean."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise LosslabError(f"HessianStats.update expects x of shape [rows, {self.dim}], got {tuple(x.shape)}")
+        check_rows_input("HessianStats.update: x", x, self.dim)
         k = x.shape[0] if count is None else count
         total = self.count + k
         self.hessian.mul_(self.count / total)
@@ -117,9 +126,11 @@ def damped_factor(
     """
     mean_diag = torch.diagonal(hessian).mean().item()
     damp = percdamp * mean_diag
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for retry in range(MAX_DAMP_RETRIES + 1):
-        h = hessian + damp * eye if damp > 0 else hessian
+        h = hessian
+        if damp > 0:  # H + damp·I: a copy with damp added to the diagonal (the same numbers as adding damp·eye)
+            h = hessian.clone()
+            torch.diagonal(h).add_(damp)
         result = factor(h)
         if result is not None:
             return result, h, {"damp": damp, "damp_retries": retry}
@@ -147,16 +158,115 @@ def _row(grid: UniformGrid, j: int) -> UniformGrid:
     return grid.with_params(grid.scale[j : j + 1], zero)
 
 
+class _ColumnGrids:
+    """The grid of every processed column: one per row, static per-group grids, or per-group grids fitted on the
+    error-updated columns when processing reaches a group start (``dynamic_fits``, in processing order)."""
+
+    def __init__(
+        self,
+        fit: Callable[[Tensor], FittedGrid],
+        group_size: int | None,
+        row_fit: FittedGrid | None,
+        static_fit: FittedGrid | None,
+        perm: Tensor | None,
+        n_in: int,
+    ) -> None:
+        self.fit, self.group_size, self.n_in = fit, group_size, n_in
+        self.dynamic_fits: list[FittedGrid] = []
+        self.now = transposed_grid(row_fit.grid) if row_fit is not None else None  # params [1, out]
+        self.per_column: UniformGrid | None = None  # static groups: params [in, out] in processing order
+        if static_fit is not None and group_size is not None:
+            order = perm if perm is not None else torch.arange(n_in, device=static_fit.grid.scale.device)
+            self.per_column = transposed_grid(static_fit.grid.columns(order // group_size))
+
+    def group_starts(self) -> list[int]:
+        """Columns (processing order) where a dynamic group grid is fitted."""
+        if self.group_size is None or self.per_column is not None:
+            return []
+        return list(range(0, self.n_in, self.group_size))
+
+    def refit(self, current: Tensor) -> None:
+        """Fit the next group's grid on its current columns ``current`` ``[g, out]`` (rows of Wᵀ)."""
+        self.dynamic_fits.append(self.fit(current.T))
+        self.now = transposed_grid(self.dynamic_fits[-1].grid)
+
+    def at(self, col: int) -> UniformGrid:
+        """Grid of column ``col`` with params ``[1, out]``."""
+        return _row(self.per_column, col) if self.per_column is not None else self.now  # type: ignore[return-value]
+
+
+def _loop_solve(wt: Tensor, r: Tensor, grids: _ColumnGrids, blocksize: int) -> tuple[Tensor, Tensor]:
+    """The per-column reference loop on Wᵀ ``[in, out]`` with H⁻¹ = RᵀR (in place on ``wt``): per column
+    e = (w − q)/R_ii and a rank-1 update of the rest of its block, one GEMM after each block. Returns (codes, Q)ᵀ."""
+    n_in, n_out = wt.shape
+    starts = set(grids.group_starts())
+    codes, q_all = torch.empty_like(wt), torch.empty_like(wt)
+    for i1 in range(0, n_in, blocksize):
+        i2 = min(i1 + blocksize, n_in)
+        w1 = wt[i1:i2]
+        err1 = torch.empty(i2 - i1, n_out, dtype=wt.dtype, device=wt.device)
+        r1 = r[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col in starts:
+                end = min(col + grids.group_size, n_in)  # type: ignore[operator]
+                current = wt[col:end]
+                if end > i2:  # columns past this block still miss the block's pending error
+                    pending = wt[i2:end] - r[i1:col, i2:end].T @ err1[:i]
+                    current = torch.cat([w1[i:], pending], 0)
+                grids.refit(current)
+            g = grids.at(col)
+            x = w1[i : i + 1]
+            c = g.encode(x)
+            q = g.decode(c)
+            codes[col : col + 1] = c
+            q_all[col : col + 1] = q
+            e = (x - q) / r1[i, i]
+            err1[i : i + 1] = e
+            w1[i + 1 :].sub_(r1[i, i + 1 :, None] * e)
+        if i2 < n_in:
+            wt[i2:].addmm_(r[i1:i2, i2:].T, err1, alpha=-1)
+    return codes, q_all
+
+
+def _blocked_solve(wt: Tensor, u: Tensor, grids: _ColumnGrids, blocksize: int, inner: int) -> tuple[Tensor, Tensor]:
+    """GPTQ as the error feedback a_t = w_t + Σ_{s<t} U_st·(w_s − q_s) (:mod:`losslab.quant.blocked_solve`) on Wᵀ
+    ``[in, out]`` with the unit upper LDL factor U of the damped H. Returns (codes, Q)ᵀ."""
+    codes, q_all = torch.empty_like(wt), torch.empty_like(wt)
+    group = grids.group_size or 0
+
+    def step(t: int, a: Tensor, f: Tensor) -> None:  # a, f: [out]; grid params [1, out]
+        g = grids.at(t)
+        c = g.encode(a[None], out=codes[t : t + 1])
+        torch.sub(wt[t], g.decode(c, out=q_all[t : t + 1])[0], out=f)
+
+    def on_break(t: int, peek: Callable[[int], Tensor]) -> None:
+        # GPTQ fits a group on its columns as its loop has updated them by now: W_g + S_g·U_gg⁻¹, where
+        # S_g = A_g − W_g is the feedback the group's columns got from columns < t (derivation: module docstring).
+        end = min(t + group, wt.shape[0])
+        s = peek(end) - wt[t:end]  # [g, out]
+        grids.refit(wt[t:end] + torch.linalg.solve_triangular(u[t:end, t:end].T, s, upper=False, unitriangular=True))
+
+    blocked_feedback(
+        wt.clone(), u, step, blocksize=blocksize, inner=inner, breaks=grids.group_starts(), on_break=on_break
+    )
+    return codes, q_all
+
+
 def check_hessian_args(weight: Tensor, hessian: Tensor, bits: int, grid: str, percdamp: float) -> None:
     """Shared validation of Hessian-based quantizers (raises before any work)."""
     check_bits(bits)
     check_grid(grid)
     check_range("percdamp", percdamp, low=0)
-    if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+    check_weight_matrix(weight)
+    if not isinstance(hessian, Tensor) or not hessian.is_floating_point():
+        raise LosslabError("hessian must be a floating-point [in, in] tensor; build it with hessian_from_inputs(x)")
+    if hessian.shape != (weight.shape[1], weight.shape[1]):
         raise LosslabError(
             f"weight must be [out, in] and hessian [in, in]; got weight {tuple(weight.shape)}, "
             f"hessian {tuple(hessian.shape)}"
         )
+    check_finite("hessian", hessian, "the calibration data (and the model's activations on it)")
 
 
 def gptq_weight(
@@ -174,6 +284,8 @@ def gptq_weight(
     mse_norm: float = 2.0,
     percentile: float = 99.9,
     scalar: float = 1.16,
+    solver: str = "auto",
+    inner: int = DEFAULT_INNER,
 ) -> WeightQuant:
     """GPTQ-quantize ``weight`` ``[out, in]`` with Hessian ``hessian`` ``[in, in]`` (see module docstring).
 
@@ -189,6 +301,10 @@ def gptq_weight(
         static_groups: fit every group's grid on the original W (natural order) before quantizing.
         clip, mse_norm, percentile: range selection of the grid fits (``clip="mse", mse_norm=2.4`` = GPTQ ``mse``).
         scalar: GPFQ alphabet scalar when ``grid="gpfq"``.
+        solver: ``auto`` (= ``blocked``) | ``blocked``: the two-level blocked error feedback with one Cholesky
+            factorization (:mod:`losslab.quant.blocked_solve`) | ``loop``: the per-column reference loop with
+            H⁻¹ = RᵀR (Cholesky, inverse, Cholesky). Same codes in float64; float32 within the documented flip rate.
+        inner: columns per inner block of the blocked solver.
 
     Returns:
         :class:`WeightQuant`; ``extras`` has ``damp``, ``damp_retries``, ``dead_columns`` and ``perm`` (act-order).
@@ -196,11 +312,12 @@ def gptq_weight(
     check_hessian_args(weight, hessian, bits, grid, percdamp)
     check_group_size(group_size)
     check_range("blocksize", blocksize, low=1)
+    check_solver(solver, inner)
     if group_size is not None and grid not in RANGE_GRIDS:
         raise ConfigError(f"group_size needs a range grid ({', '.join(RANGE_GRIDS)}), got grid={grid!r}")
     dtype = work_dtype(weight)
     w0 = weight.to(dtype)
-    n_out, n_in = w0.shape
+    n_in = w0.shape[1]
 
     def fit(x: Tensor) -> FittedGrid:
         return fit_grid(x, bits, grid, clip=clip, mse_norm=mse_norm, percentile=percentile, scalar=scalar)
@@ -213,45 +330,15 @@ def gptq_weight(
     perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else None
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
-    r, _, damp_info = damped_factor(h, percdamp, _inverse_cholesky_upper)
-
-    # The loop runs on Wᵀ so that every column is a contiguous row; grids are transposed to params [1, out].
-    wt = w.T.contiguous()
-    col_grid: UniformGrid | None = None
-    if static_fit is not None:
-        order = perm if perm is not None else torch.arange(n_in, device=w.device)
-        col_grid = transposed_grid(static_fit.grid.columns(order // group_size))  # type: ignore[operator]
-    dynamic_fits: list[FittedGrid] = []
-    grid_now = transposed_grid(row_fit.grid) if row_fit is not None else None
-
-    codes = torch.empty_like(wt)
-    q_all = torch.empty_like(wt)
-    for i1 in range(0, n_in, blocksize):
-        i2 = min(i1 + blocksize, n_in)
-        w1 = wt[i1:i2]
-        err1 = torch.empty(i2 - i1, n_out, dtype=dtype, device=w.device)
-        r1 = r[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if group_size is not None and static_fit is None and col % group_size == 0:
-                end = min(col + group_size, n_in)
-                current = wt[col:end]
-                if end > i2:  # columns past this block still miss the block's pending error
-                    pending = wt[i2:end] - r[i1:col, i2:end].T @ err1[:i]
-                    current = torch.cat([w1[i:], pending], 0)
-                dynamic_fits.append(fit(current.T))
-                grid_now = transposed_grid(dynamic_fits[-1].grid)
-            g = _row(col_grid, col) if col_grid is not None else grid_now
-            x = w1[i : i + 1]
-            c = g.encode(x)  # type: ignore[union-attr]
-            q = g.decode(c)  # type: ignore[union-attr]
-            codes[col : col + 1] = c
-            q_all[col : col + 1] = q
-            e = (x - q) / r1[i, i]
-            err1[i : i + 1] = e
-            w1[i + 1 :].sub_(r1[i, i + 1 :, None] * e)
-        if i2 < n_in:
-            wt[i2:].addmm_(r[i1:i2, i2:].T, err1, alpha=-1)
+    grids = _ColumnGrids(fit, group_size, row_fit, static_fit, perm, n_in)
+    wt = w.T.contiguous()  # the loops run on Wᵀ [in, out] so that every column is a contiguous row
+    if solver == "loop":
+        r, _, damp_info = damped_factor(h, percdamp, _inverse_cholesky_upper)
+        codes, q_all = _loop_solve(wt, r, grids, blocksize)
+    else:
+        (u, _), _, damp_info = damped_factor(h, percdamp, feedback_factor_or_none)
+        codes, q_all = _blocked_solve(wt, u, grids, blocksize, inner)
+    dynamic_fits = grids.dynamic_fits
     codes, q_all = codes.T, q_all.T
 
     group_index = None
