@@ -113,8 +113,8 @@ def feedback_factor_or_none(hessian: Tensor) -> tuple[Tensor, Tensor] | None:
     if info.item() != 0:
         return None
     m = chol.flip(0, 1)  # upper triangular, H = M·Mᵀ
-    diag = torch.diagonal(m)
-    return m / diag, diag.pow(2)
+    diag = torch.diagonal(m).clone()  # a copy: m is divided in place
+    return m.div_(diag), diag.pow(2)
 
 
 def feedback_factor(hessian: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,6 +157,7 @@ def blocked_feedback(
     """
     n = args.shape[0]
     feedback = torch.empty_like(args)  # F [n, out]
+    a_rows, f_rows, c_rows = args.unbind(0), feedback.unbind(0), coupling.unbind(0)  # views, made once
     break_list = sorted(set(breaks))
     for i1 in range(0, n, blocksize):
         i2 = min(i1 + blocksize, n)
@@ -164,9 +165,9 @@ def blocked_feedback(
             if on_break is not None and b in break_list:
                 on_break(b, _peeker(args, coupling, feedback, i1, i2, b))
             for t in range(b, e):
-                step(t, args[t], feedback[t])
+                step(t, a_rows[t], f_rows[t])
                 if t + 1 < e:
-                    args[t + 1 : e].addr_(coupling[t, t + 1 : e], feedback[t])
+                    args[t + 1 : e].addr_(c_rows[t][t + 1 : e], f_rows[t])
             if e < i2:  # rest of the outer block: [i2 - e, out] += [e - b, i2 - e]ᵀ·[e - b, out]
                 args[e:i2].addmm_(coupling[b:e, e:i2].T, feedback[b:e])
         if i2 < n:  # columns after the outer block: [n - i2, out] += [i2 - i1, n - i2]ᵀ·[i2 - i1, out]

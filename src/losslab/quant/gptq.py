@@ -173,6 +173,8 @@ class _ColumnGrids:
     ) -> None:
         self.fit, self.group_size, self.n_in = fit, group_size, n_in
         self.dynamic_fits: list[FittedGrid] = []
+        self._static_rows: list[UniformGrid] | None = None
+        self._now_1d: tuple[UniformGrid, UniformGrid] | None = None
         self.now = transposed_grid(row_fit.grid) if row_fit is not None else None  # params [1, out]
         self.per_column: UniformGrid | None = None  # static groups: params [in, out] in processing order
         if static_fit is not None and group_size is not None:
@@ -193,6 +195,20 @@ class _ColumnGrids:
     def at(self, col: int) -> UniformGrid:
         """Grid of column ``col`` with params ``[1, out]``."""
         return _row(self.per_column, col) if self.per_column is not None else self.now  # type: ignore[return-value]
+
+    def at_1d(self, col: int) -> UniformGrid:
+        """Grid of column ``col`` with params ``[out]`` (cached per grid, for the blocked solve's row steps)."""
+        if self.per_column is not None:
+            if self._static_rows is None:
+                scale, zero = self.per_column.scale.unbind(0), self.per_column.zero
+                zeros = zero.unbind(0) if isinstance(zero, Tensor) else [zero] * len(scale)
+                self._static_rows = [self.per_column.with_params(s, z) for s, z in zip(scale, zeros, strict=True)]
+            return self._static_rows[col]
+        if self._now_1d is None or self._now_1d[0] is not self.now:
+            g = self.now
+            zero = g.zero[0] if isinstance(g.zero, Tensor) else g.zero  # type: ignore[union-attr]
+            self._now_1d = (g, g.with_params(g.scale[0], zero))  # type: ignore[union-attr]
+        return self._now_1d[1]
 
 
 def _loop_solve(wt: Tensor, r: Tensor, grids: _ColumnGrids, blocksize: int) -> tuple[Tensor, Tensor]:
@@ -233,12 +249,12 @@ def _blocked_solve(wt: Tensor, u: Tensor, grids: _ColumnGrids, blocksize: int, i
     """GPTQ as the error feedback a_t = w_t + Σ_{s<t} U_st·(w_s − q_s) (:mod:`losslab.quant.blocked_solve`) on Wᵀ
     ``[in, out]`` with the unit upper LDL factor U of the damped H. Returns (codes, Q)ᵀ."""
     codes, q_all = torch.empty_like(wt), torch.empty_like(wt)
+    c_rows, q_rows, w_rows = codes.unbind(0), q_all.unbind(0), wt.unbind(0)  # row views, made once
     group = grids.group_size or 0
 
-    def step(t: int, a: Tensor, f: Tensor) -> None:  # a, f: [out]; grid params [1, out]
-        g = grids.at(t)
-        c = g.encode(a[None], out=codes[t : t + 1])
-        torch.sub(wt[t], g.decode(c, out=q_all[t : t + 1])[0], out=f)
+    def step(t: int, a: Tensor, f: Tensor) -> None:  # a, f: [out]; grid params [out]
+        g = grids.at_1d(t)
+        torch.sub(w_rows[t], g.decode(g.encode(a, out=c_rows[t]), out=q_rows[t]), out=f)
 
     def on_break(t: int, peek: Callable[[int], Tensor]) -> None:
         # GPTQ fits a group on its columns as its loop has updated them by now: W_g + S_g·U_gg⁻¹, where
