@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -41,20 +42,35 @@ from losslab.errors import ConfigError, LosslabError, unknown_name_error
 __all__ = [
     "DEFAULT_INNER",
     "SOLVERS",
+    "BlockStep",
     "blocked_feedback",
     "check_finite",
     "check_rows_input",
     "check_solver",
     "check_weight_matrix",
+    "compiled_block",
+    "feedback_block",
     "feedback_factor",
     "feedback_factor_or_none",
+    "resolve_solver",
+    "run_block",
 ]
 
 DEFAULT_INNER = 16
-SOLVERS = ("auto", "blocked", "loop")
+SOLVERS = ("auto", "blocked", "compiled", "loop")
 
 Step = Callable[[int, Tensor, Tensor], None]
 """``step(t, a_t, f_t)``: quantize the argument row ``a_t`` ``[out]`` and write the feedback row into ``f_t``."""
+BlockStep = Callable[[int, int, Tensor, Tensor], None]
+"""``block_step(b, e, A[b:e], F[b:e])``: a whole inner block, in-block feedback included (the compiled path)."""
+
+
+def resolve_solver(solver: str, device: torch.device) -> str:
+    """``auto`` → ``blocked``; ``compiled`` → ``blocked`` off CUDA (Inductor on the CPU needs a C++ compiler and
+    its compile time exceeds the solve)."""
+    if solver == "auto" or (solver == "compiled" and device.type != "cuda"):
+        return "blocked"
+    return solver
 
 
 def check_solver(solver: str, inner: int) -> None:
@@ -140,6 +156,7 @@ def blocked_feedback(
     inner: int = DEFAULT_INNER,
     breaks: Iterable[int] = (),
     on_break: Callable[[int, Callable[[int], Tensor]], None] | None = None,
+    block_step: BlockStep | None = None,
 ) -> Tensor:
     """Run the error-feedback recursion (module docstring) in place on ``args`` ``[n, out]`` (B in, A out).
 
@@ -151,6 +168,8 @@ def blocked_feedback(
         inner: columns per inner block (rank-1 updates inside, small GEMMs between).
         breaks: columns at which an inner block must start (and ``on_break`` is called).
         on_break: ``on_break(t, peek)`` before step t for t in ``breaks``.
+        block_step: if given, called once per inner block instead of ``step`` per column (it applies the in-block
+            feedback itself, e.g. :func:`feedback_block` compiled into one kernel).
 
     Returns:
         F ``[n, out]``, the feedback rows.
@@ -164,7 +183,12 @@ def blocked_feedback(
         for b, e in _inner_bounds(i1, i2, inner, break_list):
             if on_break is not None and b in break_list:
                 on_break(b, _peeker(args, coupling, feedback, i1, i2, b))
-            for t in range(b, e):
+            if block_step is not None:
+                block_step(b, e, args[b:e], feedback[b:e])
+                e_loop = b  # no per-column steps
+            else:
+                e_loop = e
+            for t in range(b, e_loop):
                 step(t, a_rows[t], f_rows[t])
                 if t + 1 < e:
                     args[t + 1 : e].addr_(c_rows[t][t + 1 : e], f_rows[t])
@@ -186,3 +210,65 @@ def _peeker(args: Tensor, coupling: Tensor, feedback: Tensor, i1: int, i2: int, 
         return torch.cat([args[t:i2], pending], 0)
 
     return peek
+
+
+def feedback_block(
+    a: Tensor,
+    c: Tensor,
+    w: Tensor,
+    scale: Tensor,
+    zero: Tensor | float | None,
+    qmin: int,
+    qmax: int,
+    half_up: bool = False,
+    midrise: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One inner block of the GPTQ/LDLQ feedback a_t += Σ_{s<t} C_st·(w_s − q_s) with a uniform grid, as straight-line
+    code over ``b`` steps (every op is elementwise over the ``out`` rows, so Inductor fuses the block into one
+    kernel). ``a``, ``w``, ``scale`` (and a tensor ``zero``): ``[b, out]``; ``c``: ``[b, b]``.
+    Returns (codes, Q, F, final arguments), each ``[b, out]``; the arithmetic is that of ``UniformGrid``.
+    """
+    codes, qs, fs, args = [], [], [], []
+    for t in range(a.shape[0]):
+        at = a[t]
+        for s in range(t):
+            at = at + c[s, t] * fs[s]
+        zt = zero[t] if isinstance(zero, Tensor) else zero
+        y = at / scale[t]
+        if midrise:
+            code = torch.round(y + zt)  # type: ignore[operator]
+        else:
+            code = torch.floor(y + 0.5) if half_up else torch.round(y)
+            if zt is not None:
+                code = code + zt
+        code = code.clamp(qmin, qmax)
+        q = scale[t] * (code if zt is None else code - zt)
+        codes.append(code)
+        qs.append(q)
+        fs.append(w[t] - q)
+        args.append(at)
+    return torch.stack(codes), torch.stack(qs), torch.stack(fs), torch.stack(args)
+
+
+_COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
+
+
+def compiled_block() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """:func:`feedback_block` through ``torch.compile`` (one fused kernel per inner block on CUDA), made once per
+    process; :func:`run_block` falls back to the eager function if compiling fails."""
+    if "block" not in _COMPILED:
+        _COMPILED["block"] = torch.compile(feedback_block, dynamic=False, fullgraph=True)
+    return _COMPILED["block"]
+
+
+def run_block(*args: object, **kwargs: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the compiled :func:`feedback_block`; on a compile error warn once and use the eager function from then on."""
+    fn = _COMPILED.get("fallback") or compiled_block()
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        if fn is feedback_block:
+            raise
+        warnings.warn(f"solver='compiled': torch.compile failed ({err}); using the eager block solve", stacklevel=2)
+        _COMPILED["fallback"] = feedback_block
+        return feedback_block(*args, **kwargs)

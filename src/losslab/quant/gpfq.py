@@ -287,8 +287,9 @@ def gpfq_gram_codes(
 
     ``forced_codes`` (teacher forcing) feeds given codes into the recursion instead of 𝒬's choice, so the arguments
     can be compared with another implementation's step by step. ``solver``: ``auto``/``blocked`` (the two-level
-    blocked feedback of :mod:`losslab.quant.blocked_solve`, ``inner`` columns per inner block) or ``loop`` (the
-    per-column reference loop); the same codes in float64.
+    blocked feedback of :mod:`losslab.quant.blocked_solve`, ``inner`` columns per inner block; ``compiled`` runs
+    it too: GPFQ's alphabets have no compiled block) or ``loop`` (the per-column reference loop); the same codes in
+    float64.
     """
     dtype = gram.g.dtype
     w = weight.to(dtype)

@@ -39,6 +39,8 @@ from losslab.quant.blocked_solve import (
     check_solver,
     check_weight_matrix,
     feedback_factor_or_none,
+    resolve_solver,
+    run_block,
 )
 from losslab.quant.grids import (
     RANGE_GRIDS,
@@ -196,6 +198,16 @@ class _ColumnGrids:
         """Grid of column ``col`` with params ``[1, out]``."""
         return _row(self.per_column, col) if self.per_column is not None else self.now  # type: ignore[return-value]
 
+    def block(self, b: int, e: int) -> UniformGrid:
+        """Grids of columns b…e−1 with params ``[e − b, out]`` (views; a per-row grid is expanded)."""
+        if self.per_column is not None:
+            g = self.per_column
+            return g.with_params(g.scale[b:e], g.zero[b:e] if isinstance(g.zero, Tensor) else g.zero)
+        g = self.now  # type: ignore[assignment]
+        n_out = g.scale.shape[1]  # type: ignore[union-attr]
+        zero = g.zero.expand(e - b, n_out) if isinstance(g.zero, Tensor) else g.zero  # type: ignore[union-attr]
+        return g.with_params(g.scale.expand(e - b, n_out), zero)  # type: ignore[union-attr]
+
     def at_1d(self, col: int) -> UniformGrid:
         """Grid of column ``col`` with params ``[out]`` (cached per grid, for the blocked solve's row steps)."""
         if self.per_column is not None:
@@ -245,9 +257,12 @@ def _loop_solve(wt: Tensor, r: Tensor, grids: _ColumnGrids, blocksize: int) -> t
     return codes, q_all
 
 
-def _blocked_solve(wt: Tensor, u: Tensor, grids: _ColumnGrids, blocksize: int, inner: int) -> tuple[Tensor, Tensor]:
+def _blocked_solve(
+    wt: Tensor, u: Tensor, grids: _ColumnGrids, blocksize: int, inner: int, compiled: bool = False
+) -> tuple[Tensor, Tensor]:
     """GPTQ as the error feedback a_t = w_t + Σ_{s<t} U_st·(w_s − q_s) (:mod:`losslab.quant.blocked_solve`) on Wᵀ
-    ``[in, out]`` with the unit upper LDL factor U of the damped H. Returns (codes, Q)ᵀ."""
+    ``[in, out]`` with the unit upper LDL factor U of the damped H; ``compiled``: one compiled kernel per inner
+    block (:func:`losslab.quant.blocked_solve.run_block`). Returns (codes, Q)ᵀ."""
     codes, q_all = torch.empty_like(wt), torch.empty_like(wt)
     c_rows, q_rows, w_rows = codes.unbind(0), q_all.unbind(0), wt.unbind(0)  # row views, made once
     group = grids.group_size or 0
@@ -263,8 +278,23 @@ def _blocked_solve(wt: Tensor, u: Tensor, grids: _ColumnGrids, blocksize: int, i
         s = peek(end) - wt[t:end]  # [g, out]
         grids.refit(wt[t:end] + torch.linalg.solve_triangular(u[t:end, t:end].T, s, upper=False, unitriangular=True))
 
+    block_step = None
+    if compiled:
+
+        def block_step(b: int, e: int, a: Tensor, f: Tensor) -> None:  # a, f: [e - b, out]
+            g = grids.block(b, e)
+            out = run_block(a, u[b:e, b:e], wt[b:e], g.scale, g.zero, g.qmin, g.qmax, g.half_up, g.midrise)
+            codes[b:e], q_all[b:e], f[:], a[:] = out
+
     blocked_feedback(
-        wt.clone(), u, step, blocksize=blocksize, inner=inner, breaks=grids.group_starts(), on_break=on_break
+        wt.clone(),
+        u,
+        step,
+        blocksize=blocksize,
+        inner=inner,
+        breaks=grids.group_starts(),
+        on_break=on_break,
+        block_step=block_step,
     )
     return codes, q_all
 
@@ -318,8 +348,10 @@ def gptq_weight(
         clip, mse_norm, percentile: range selection of the grid fits (``clip="mse", mse_norm=2.4`` = GPTQ ``mse``).
         scalar: GPFQ alphabet scalar when ``grid="gpfq"``.
         solver: ``auto`` (= ``blocked``) | ``blocked``: the two-level blocked error feedback with one Cholesky
-            factorization (:mod:`losslab.quant.blocked_solve`) | ``loop``: the per-column reference loop with
-            H⁻¹ = RᵀR (Cholesky, inverse, Cholesky). Same codes in float64; float32 within the documented flip rate.
+            factorization (:mod:`losslab.quant.blocked_solve`) | ``compiled``: the same with each inner block one
+            ``torch.compile`` kernel on CUDA (``blocked`` elsewhere; eager if compiling fails) | ``loop``: the
+            per-column reference loop with H⁻¹ = RᵀR (Cholesky, inverse, Cholesky). Same codes in float64;
+            float32 within the documented flip rate.
         inner: columns per inner block of the blocked solver.
 
     Returns:
@@ -348,12 +380,13 @@ def gptq_weight(
         w, h = w[:, perm], h[perm][:, perm]
     grids = _ColumnGrids(fit, group_size, row_fit, static_fit, perm, n_in)
     wt = w.T.contiguous()  # the loops run on Wᵀ [in, out] so that every column is a contiguous row
+    solver = resolve_solver(solver, wt.device)
     if solver == "loop":
         r, _, damp_info = damped_factor(h, percdamp, _inverse_cholesky_upper)
         codes, q_all = _loop_solve(wt, r, grids, blocksize)
     else:
         (u, _), _, damp_info = damped_factor(h, percdamp, feedback_factor_or_none)
-        codes, q_all = _blocked_solve(wt, u, grids, blocksize, inner)
+        codes, q_all = _blocked_solve(wt, u, grids, blocksize, inner, compiled=solver == "compiled")
     dynamic_fits = grids.dynamic_fits
     codes, q_all = codes.T, q_all.T
 

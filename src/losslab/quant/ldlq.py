@@ -32,6 +32,8 @@ from losslab.quant.blocked_solve import (
     check_solver,
     feedback_factor,
     feedback_factor_or_none,
+    resolve_solver,
+    run_block,
 )
 from losslab.quant.gptq import check_hessian_args, damped_factor, fix_dead_columns
 from losslab.quant.grids import UniformGrid, fit_grid, make_weight_quant, transposed_grid, work_dtype
@@ -83,6 +85,7 @@ def ldlq_weight(
         percdamp: damping fraction of mean(diag H).
         clip, mse_norm, percentile, scalar: grid fitting options.
         solver: ``auto`` (= ``blocked``) | ``blocked``: two-level blocked feedback (sweep and greedy passes) |
+            ``compiled``: the sweep's inner blocks as compiled kernels on CUDA (``blocked`` elsewhere) |
             ``loop``: the per-column reference loops. Same codes in float64.
         inner: columns per inner block of the blocked solver.
 
@@ -105,7 +108,8 @@ def ldlq_weight(
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
     (u, d), h_damped, damp_info = damped_factor(h, percdamp, feedback_factor_or_none)
-    solve = _loop_sweep if solver == "loop" else partial(_blocked_sweep, inner=inner)
+    solver = resolve_solver(solver, w.device)
+    solve = _loop_sweep if solver == "loop" else partial(_blocked_sweep, inner=inner, compiled=solver == "compiled")
     codes, args = solve(w, u, g)
     arg_res = (args - g.decode(codes)).pow(2).sum(0)  # ‖arg_k − q_k‖² per processed column
     greedy = _greedy_passes if solver == "loop" else partial(_blocked_greedy_passes, inner=inner)
@@ -141,8 +145,9 @@ def _loop_sweep(w: Tensor, u: Tensor, g: UniformGrid) -> tuple[Tensor, Tensor]:
     return codes, args
 
 
-def _blocked_sweep(w: Tensor, u: Tensor, g: UniformGrid, inner: int) -> tuple[Tensor, Tensor]:
-    """LDLQ sweep as the blocked feedback a_t = w_t + Σ_{s<t} U_st·(w_s − q_s) on Wᵀ. Returns (codes, args)."""
+def _blocked_sweep(w: Tensor, u: Tensor, g: UniformGrid, inner: int, compiled: bool = False) -> tuple[Tensor, Tensor]:
+    """LDLQ sweep as the blocked feedback a_t = w_t + Σ_{s<t} U_st·(w_s − q_s) on Wᵀ (``compiled``: one compiled
+    kernel per inner block, see :func:`losslab.quant.blocked_solve.run_block`). Returns (codes, args)."""
     wt = w.T.contiguous()  # [in, out]
     gt = transposed_grid(g)  # params [1, out]
     codes = torch.empty_like(wt)
@@ -151,8 +156,15 @@ def _blocked_sweep(w: Tensor, u: Tensor, g: UniformGrid, inner: int) -> tuple[Te
         c = gt.encode(a[None], out=codes[t : t + 1])
         torch.sub(wt[t], gt.decode(c, out=f[None])[0], out=f)
 
+    def block_step(b: int, e: int, a: Tensor, f: Tensor) -> None:  # a, f: [e - b, out]
+        n_out = wt.shape[1]
+        zero = gt.zero.expand(e - b, n_out) if isinstance(gt.zero, Tensor) else gt.zero
+        scale = gt.scale.expand(e - b, n_out)
+        out = run_block(a, u[b:e, b:e], wt[b:e], scale, zero, gt.qmin, gt.qmax, gt.half_up, gt.midrise)
+        codes[b:e], _, f[:], a[:] = out
+
     args = wt.clone()
-    blocked_feedback(args, u, step, inner=inner)
+    blocked_feedback(args, u, step, inner=inner, block_step=block_step if compiled else None)
     return codes.T, args.T
 
 
