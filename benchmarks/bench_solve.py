@@ -7,6 +7,7 @@ Hessian H = (2/n)·XᵀX from n random tokens (X = relu(N(0, 1)) [n, 3072]). Fig
   (Cholesky → cholesky_inverse → Cholesky, blocks of 128 with a Python loop over columns of W [out, in], lazy
   GEMM after each block) and vs ``solver="loop"`` (losslab's previous per-column loop on Wᵀ);
 - LDLQ: ``ldlq_weight`` blocked vs ``solver="loop"`` (a GEMV with all previous columns per column);
+- on CUDA also ``solver="compiled"`` (each inner block one torch.compile kernel; first call and warm calls);
 - GPFQ: the Gram-form loop ``gpfq_gram_codes`` (statistics precomputed) blocked vs ``solver="loop"``.
 
 Each line prints the time (CPU time of this process on the CPU, synchronised wall time on CUDA), the speed-up and the
@@ -100,6 +101,17 @@ def report(name: str, t_new: float, t_ref: float, same: float, ref_name: str) ->
     print(f"{name:<8}{t_new:>9.3f} s  vs {ref_name:<22}{t_ref:>9.3f} s   {speedup:>6.2f}x   same codes {same:.5f}")
 
 
+def compiled_lines(
+    name: str, fn: Callable[[], object], ref_codes: Tensor, t_ref: float, repeats: int, device: torch.device
+) -> None:
+    """solver="compiled" on CUDA: the first call (compiles the block kernel) and the best warm call."""
+    t_first, _ = best_of(fn, 1, device)
+    t_warm, out = best_of(fn, repeats, device)
+    same = (out.codes == ref_codes).float().mean().item()  # type: ignore[attr-defined]
+    report(name, t_warm, t_ref, same, 'compiled vs "loop"')
+    print(f"        (first call, compiling the block kernel: {t_first:.1f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -134,10 +146,14 @@ def main() -> None:
         same_loop = (new.codes == loop.codes).float().mean().item()  # type: ignore[union-attr]
         report("GPTQ", t_new, t_orig, same_orig, "original GPTQ loop")
         report("GPTQ", t_new, t_loop, same_loop, 'solver="loop"')
+        if device.type == "cuda":
+            compiled_lines("GPTQ", lambda: gptq_weight(w, h, 4, solver="compiled"), loop.codes, t_loop, r, device)  # type: ignore[union-attr]
     if "ldlq" in methods:
         t_new, new = best_of(lambda: ldlq_weight(w, h, 4), r, device)
         t_loop, loop = best_of(lambda: ldlq_weight(w, h, 4, solver="loop"), 1, device)
         report("LDLQ", t_new, t_loop, (new.codes == loop.codes).float().mean().item(), 'solver="loop"')  # type: ignore[union-attr]
+        if device.type == "cuda":
+            compiled_lines("LDLQ", lambda: ldlq_weight(w, h, 4, solver="compiled"), loop.codes, t_loop, r, device)  # type: ignore[union-attr]
     if "gpfq" in methods:
         stats = GPFQStats(args.inputs, dtype=dtype, device=device)
         stats.update(x)

@@ -20,4 +20,8 @@ run bench_lm "$py" benchmarks/bench_lm.py --device cuda
 # issue 4 target: lp_grad (p=2, weights + activations) <= 3x a plain step on CIFAR ResNet-20, batch 128
 run bench_regularizers "$py" benchmarks/bench_regularizers.py --device cuda --steps 50 --warmup 5
 run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
+# issue 11 item 4: one 768x3072 GPTQ/LDLQ/GPFQ solve on CUDA, blocked / compiled vs the per-column loops
+# (the original GPTQ loop too), with the share of equal codes (float32: >= 0.999 expected for a full-rank H)
+run bench_solve "$py" benchmarks/bench_solve.py --device cuda --repeats 3
+run bench_solve_fp64 "$py" benchmarks/bench_solve.py --device cuda --dtype float64 --repeats 1 --methods gptq,ldlq
 exit "$status"
