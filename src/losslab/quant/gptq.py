@@ -5,11 +5,17 @@ Steps on W ``[out, in]`` and H = (2/n)·Σ XᵀX ``[in, in]``:
 
 1. dead columns (H_jj = 0): H_jj = 1, W[:, j] = 0;
 2. optional act-order: perm = argsort(diag H, descending);
-3. H += percdamp·mean(diag H)·I (if the Cholesky still fails the damping grows ×10, recorded in ``extras``);
-4. R upper triangular with H⁻¹ = RᵀR;
-5. per block of ``blocksize`` columns, per column i: q = 𝒬(w_i), e = (w_i − q)/R_ii, W[:, i:] −= e ⊗ R[i, i:]
-   (lazy: inside the block only, the rest after the block with one GEMM);
-6. undo the permutation.
+3. H += percdamp·mean(diag H)·I (if the factorization still fails the damping grows ×10, recorded in ``extras``);
+4. per column i in sequence: q = 𝒬(w_i) and the rounding error fed forward to the later columns;
+5. undo the permutation.
+
+Step 4 runs as the blocked error feedback of :mod:`losslab.quant.blocked_solve` (``solver="auto"``): with
+H = U·diag(D)·Uᵀ (U unit upper, one Cholesky factorization) the argument of column t is
+a_t = w_t + Σ_{s<t} U_st·(w_s − q_s), which equals GPTQ's error-updated column (U = R⁻¹·diag(R) for H⁻¹ = RᵀR);
+inner blocks of 16 columns with rank-1 updates, GEMMs between blocks. ``solver="loop"`` keeps the reference:
+R upper triangular with H⁻¹ = RᵀR, per block of ``blocksize`` columns, per column e = (w_i − q)/R_ii,
+W[:, i:] −= e ⊗ R[i, i:] (lazy: inside the block only, the rest after the block with one GEMM). Both give the same
+codes in float64 (docs/quant_algorithms.md).
 
 Groups: at every multiple of g (in processing order) the grid is fitted to the current, error-updated
 W[:, i:i+g]; under act-order ``group_index`` maps each column to its group. ``static_groups`` fits all groups on
