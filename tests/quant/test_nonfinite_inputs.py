@@ -119,3 +119,16 @@ def test_integer_and_misshaped_inputs_raise() -> None:
         gpfq_weight(w, x[:, :15])
     with pytest.raises(LosslabError, match="hessian must be a floating-point"):
         gptq_weight(w, torch.eye(16, dtype=torch.int64))
+
+
+def test_accumulated_statistics_are_checked_where_per_batch_checks_are_skipped() -> None:
+    """Accelerator batches skip the per-batch check (finite=False here stands in); the quantizers refuse the result."""
+    from losslab.quant.blocked_solve import check_rows_input
+
+    w, x = _data()
+    xb = _poisoned(x, float("nan"))
+    check_rows_input("x", xb, 16, finite=False)  # no sync, no error
+    stats = HessianStats(16)
+    stats.hessian.addmm_(xb.T, xb)  # what an unchecked update accumulates
+    with pytest.raises(LosslabError, match=rf"hessian holds .*NaN/inf.*{CALIB}"):
+        gptq_weight(w, stats.hessian)

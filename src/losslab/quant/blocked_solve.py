@@ -105,8 +105,12 @@ def check_weight_matrix(weight: Tensor, name: str = "weight") -> None:
     check_finite(name, weight)
 
 
-def check_rows_input(name: str, x: Tensor, dim: int | None = None) -> None:
-    """Refuse calibration inputs that are not a finite floating-point ``[rows, dim]`` matrix."""
+def check_rows_input(name: str, x: Tensor, dim: int | None = None, finite: bool | None = None) -> None:
+    """Refuse calibration inputs that are not a finite floating-point ``[rows, dim]`` matrix.
+
+    ``finite=None`` checks the values only for CPU tensors: on an accelerator the check would stall the stream once
+    per batch, and NaN/inf reach the accumulated statistic, which the quantizers check once before solving.
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = type(x).__name__ if not isinstance(x, Tensor) else f"a {x.dtype} tensor"
         raise LosslabError(f"{name} must be floating-point layer inputs [rows, in], got {got}; cast them with .float()")
@@ -115,7 +119,8 @@ def check_rows_input(name: str, x: Tensor, dim: int | None = None) -> None:
         raise LosslabError(
             f"{name} must have shape {want}, got {tuple(x.shape)}; reshape the layer inputs to x.reshape(-1, in)"
         )
-    check_finite(name, x, "the calibration data (and the model's activations on it)")
+    if finite or (finite is None and x.device.type == "cpu"):
+        check_finite(name, x, "the calibration data (and the model's activations on it)")
 
 
 def feedback_factor_or_none(hessian: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -159,6 +159,9 @@ class GPFQGram:
 class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
+    CPU batches with NaN/inf are refused at ``update``; on an accelerator :func:`gpfq_weight_from_stats` refuses the
+    accumulated statistics instead (no per-batch sync).
+
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
     >>> stats.finalize().g.shape
@@ -507,9 +510,9 @@ def gpfq_weight_sample_form(
     ``extras`` holds the same residual fields as the Gram form, computed from the stored U.
     """
     _check_common(weight, bits, 1, stochastic, legacy_alphabet, sparsity, lam)
-    check_rows_input("x", x, weight.shape[1])
+    check_rows_input("x", x, weight.shape[1], finite=True)
     if x_tilde is not None and x_tilde is not x:
-        check_rows_input("x_tilde", x_tilde, weight.shape[1])
+        check_rows_input("x_tilde", x_tilde, weight.shape[1], finite=True)
     w = weight.to(x.dtype)
     alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
     codes, _, u = gpfq_sample_codes(w, x, x_tilde, alphabet, stochastic, generator)

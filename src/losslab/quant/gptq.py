@@ -77,7 +77,7 @@ MAX_DAMP_RETRIES = 12
 
 def hessian_from_inputs(x: Tensor) -> Tensor:
     """H = (2/n)·XᵀX for inputs ``x`` ``[n, in]`` (float64 stays float64, else float32)."""
-    check_rows_input("x", x)
+    check_rows_input("x", x, finite=True)
     x = x.to(work_dtype(x))
     return (2.0 / x.shape[0]) * (x.T @ x)
 
@@ -87,7 +87,8 @@ class HessianStats:
     """Running mean H = (2/n)·Σ XᵀX over batches, as GPTQ's hooks accumulate it.
 
     ``update(x, count)`` takes rows ``x`` ``[rows, in]`` that stand for ``count`` calibration samples (default: the
-    number of rows; pass the number of sequences/images to reproduce GPTQ's n).
+    number of rows; pass the number of sequences/images to reproduce GPTQ's n). CPU batches with NaN/inf are refused
+    at ``update``; on an accelerator the quantizers refuse the accumulated Hessian instead (no per-batch sync).
 
     >>> stats = HessianStats(8)
     >>> stats.update(torch.randn(100, 8)); stats.update(torch.randn(50, 8))
