@@ -24,4 +24,8 @@ run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
 run bench_gan "$py" benchmarks/bench_gan.py --device cuda --width 64 --batch-size 64 --steps 200 --rounds 3
 # translation: training tokens/s and beam-5 sentences/s on the GPU (beam search batched over sentences x beams)
 run bench_translate "$py" benchmarks/bench_translate.py --device cuda
+# issue 11 item 4: one 768x3072 GPTQ/LDLQ/GPFQ solve on CUDA, blocked / compiled vs the per-column loops
+# (the original GPTQ loop too), with the share of equal codes (float32: >= 0.999 expected for a full-rank H)
+run bench_solve "$py" benchmarks/bench_solve.py --device cuda --repeats 3
+run bench_solve_fp64 "$py" benchmarks/bench_solve.py --device cuda --dtype float64 --repeats 1 --methods gptq,ldlq
 exit "$status"

@@ -39,6 +39,14 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, LosslabError, check_range, unknown_name_error
+from losslab.quant.blocked_solve import (
+    DEFAULT_INNER,
+    blocked_feedback,
+    check_finite,
+    check_rows_input,
+    check_solver,
+    check_weight_matrix,
+)
 from losslab.quant.grids import (
     LevelGrid,
     UniformGrid,
@@ -151,6 +159,9 @@ class GPFQGram:
 class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
+    CPU batches with NaN/inf are refused at ``update``; on an accelerator :func:`gpfq_weight_from_stats` refuses the
+    accumulated statistics instead (no per-batch sync).
+
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
     >>> stats.finalize().g.shape
@@ -174,10 +185,11 @@ class GPFQStats:
     def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
         """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
         ``None`` or the same tensor means X̃ = X, computed with one GEMM)."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise LosslabError(f"GPFQStats.update expects x of shape [rows, {self.dim}], got {tuple(x.shape)}")
-        if x_tilde is not None and x_tilde.shape != x.shape:
-            raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")
+        check_rows_input("GPFQStats.update: x", x, self.dim)
+        if x_tilde is not None and x_tilde is not x:
+            if x_tilde.shape != x.shape:
+                raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)
         xs = x.to(self.dtype)
         xx = xs.T @ xs
         self.xx.add_(xx)
@@ -270,11 +282,17 @@ def gpfq_gram_codes(
     stochastic: bool = False,
     generator: torch.Generator | None = None,
     forced_codes: Tensor | None = None,
+    *,
+    solver: str = "auto",
+    inner: int = DEFAULT_INNER,
 ) -> tuple[Tensor, Tensor]:
     """Gram-form GPFQ loop (§5.3) in the dtype of ``gram``. Returns (codes, arguments), both ``[out, in]``.
 
     ``forced_codes`` (teacher forcing) feeds given codes into the recursion instead of 𝒬's choice, so the arguments
-    can be compared with another implementation's step by step.
+    can be compared with another implementation's step by step. ``solver``: ``auto``/``blocked`` (the two-level
+    blocked feedback of :mod:`losslab.quant.blocked_solve`, ``inner`` columns per inner block; ``compiled`` runs
+    it too: GPFQ's alphabets have no compiled block) or ``loop`` (the per-column reference loop); the same codes in
+    float64.
     """
     dtype = gram.g.dtype
     w = weight.to(dtype)
@@ -286,16 +304,27 @@ def gpfq_gram_codes(
     qt = torch.empty_like(pt)
     args = torch.zeros_like(pt)
     hdiag = torch.diagonal(h).tolist()
+
+    def quantize(t: int, p: Tensor) -> Tensor:  # p = P[:, t] [out] → writes codes[t], args[t]; returns q_t [out]
+        if hdiag[t] != 0:
+            torch.div(p, hdiag[t], out=args[t])
+        c = _encode(alpha, args[t : t + 1], stochastic, generator)
+        if forced_codes is not None:
+            c = forced_codes[:, t][None].to(dtype)
+        codes[t : t + 1] = c
+        return alpha.decode(c)[0]
+
+    if solver != "loop":
+
+        def step(t: int, p: Tensor, f: Tensor) -> None:
+            torch.neg(quantize(t, p), out=f)  # feedback −q_t through C = H̃ᵀ
+
+        blocked_feedback(pt, h.T, step, blocksize=blocksize, inner=inner)
+        return codes.T, args.T
     for i1 in range(0, n_in, blocksize):
         i2 = min(i1 + blocksize, n_in)
         for t in range(i1, i2):
-            if hdiag[t] != 0:
-                args[t] = pt[t] / hdiag[t]
-            c = _encode(alpha, args[t : t + 1], stochastic, generator)
-            if forced_codes is not None:
-                c = forced_codes[:, t][None].to(dtype)
-            codes[t : t + 1] = c
-            qt[t : t + 1] = alpha.decode(c)
+            qt[t] = quantize(t, pt[t])
             pt[t + 1 : i2].sub_(h[t + 1 : i2, t, None] * qt[t : t + 1])
         if i2 < n_in:
             pt[i2:].addmm_(h[i2:, i1:i2], qt[i1:i2], alpha=-1)
@@ -356,11 +385,13 @@ def _check_common(
     legacy_alphabet: bool,
     sparsity: str | None = None,
     lam: float = 0.0,
+    solver: str = "auto",
+    inner: int = DEFAULT_INNER,
 ) -> None:
     check_bits(bits)
     check_range("blocksize", blocksize, low=1)
-    if weight.ndim != 2:
-        raise LosslabError(f"weight must be [out, in], got shape {tuple(weight.shape)}")
+    check_solver(solver, inner)
+    check_weight_matrix(weight)
     if stochastic and legacy_alphabet:
         raise ConfigError("stochastic=True needs the uniform GPFQ alphabet: set legacy_alphabet=False")
     check_sparsity(sparsity, lam, stochastic, legacy_alphabet)
@@ -395,6 +426,8 @@ def gpfq_weight_from_stats(
     legacy_alphabet: bool = False,
     sparsity: str | None = None,
     lam: float = 0.0,
+    solver: str = "auto",
+    inner: int = DEFAULT_INNER,
 ) -> WeightQuant:
     """GPFQ-quantize ``weight`` ``[out, in]`` from streamed statistics (Gram form, in the statistics' dtype).
 
@@ -402,13 +435,16 @@ def gpfq_weight_from_stats(
     ``extras``: ``residual_sq`` (‖u_d‖² per row), ``residual_norm`` (‖U‖_F), ``relative_error``
     (‖U‖_F/‖XWᵀ‖_F), ``delta``, ``label`` (and ``lam`` with sparsity).
     """
-    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam)
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner)
     gram = stats.finalize() if isinstance(stats, GPFQStats) else stats
     if gram.g.shape != (weight.shape[1], weight.shape[1]):
         raise LosslabError(f"statistics are {tuple(gram.g.shape)} but the weight has {weight.shape[1]} columns")
+    calib = "the calibration data (and the model's activations on it)"
+    for name, t in (("G = X̃ᵀX", gram.g), ("H̃ = X̃ᵀX̃", gram.h_tilde), ("XᵀX", gram.xx)):
+        check_finite(f"the GPFQ statistic {name}", t, calib)
     w = weight.to(gram.g.dtype)
     alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
-    codes, _ = gpfq_gram_codes(w, gram, alphabet, blocksize, stochastic, generator)
+    codes, _ = gpfq_gram_codes(w, gram, alphabet, blocksize, stochastic, generator, solver=solver, inner=inner)
     wq = _package(weight, codes, alphabet, bits, legacy_alphabet, {})
     wq.extras.update(_residual_extras(w, alphabet.decode(codes), gram))
     return wq
@@ -429,10 +465,13 @@ def gpfq_weight(
     sparsity: str | None = None,
     lam: float = 0.0,
     stats_dtype: torch.dtype = torch.float64,
+    solver: str = "auto",
+    inner: int = DEFAULT_INNER,
 ) -> WeightQuant:
     """GPFQ in the Gram form from inputs ``x`` ``[m, in]`` (float network) and ``x_tilde`` (quantized network,
-    default ``x``). Statistics are accumulated in ``stats_dtype`` (float64 default, float32 optional)."""
-    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam)
+    default ``x``). Statistics are accumulated in ``stats_dtype`` (float64 default, float32 optional).
+    ``solver``/``inner``: the column solver (see :func:`gpfq_gram_codes`)."""
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner)
     stats = GPFQStats(weight.shape[1], dtype=stats_dtype, device=weight.device)
     stats.update(x, x_tilde)
     return gpfq_weight_from_stats(
@@ -447,6 +486,8 @@ def gpfq_weight(
         legacy_alphabet=legacy_alphabet,
         sparsity=sparsity,
         lam=lam,
+        solver=solver,
+        inner=inner,
     )
 
 
@@ -469,6 +510,9 @@ def gpfq_weight_sample_form(
     ``extras`` holds the same residual fields as the Gram form, computed from the stored U.
     """
     _check_common(weight, bits, 1, stochastic, legacy_alphabet, sparsity, lam)
+    check_rows_input("x", x, weight.shape[1], finite=True)
+    if x_tilde is not None and x_tilde is not x:
+        check_rows_input("x_tilde", x_tilde, weight.shape[1], finite=True)
     w = weight.to(x.dtype)
     alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
     codes, _, u = gpfq_sample_codes(w, x, x_tilde, alphabet, stochastic, generator)

@@ -108,20 +108,27 @@ class UniformGrid:
         y = w / self.scale
         return y if self.zero is None else y + self.zero
 
-    def encode(self, w: Tensor) -> Tensor:
-        """Integer-valued codes (in ``w``'s float dtype) of the nearest level, clamped to [qmin, qmax]."""
-        y = w / self.scale
+    def encode(self, w: Tensor, out: Tensor | None = None) -> Tensor:
+        """Integer-valued codes (in ``w``'s float dtype) of the nearest level, clamped to [qmin, qmax].
+
+        ``out``: write into this tensor (of the broadcast shape) instead of allocating; same arithmetic.
+        """
+        c = torch.div(w, self.scale, out=out) if out is not None else w / self.scale  # y = w/s
         if self.midrise:
-            c = torch.round(y + self.zero)
+            c.add_(self.zero).round_()  # type: ignore[arg-type]
         else:
-            c = torch.floor(y + 0.5) if self.half_up else torch.round(y)
+            c.add_(0.5).floor_() if self.half_up else c.round_()
             if self.zero is not None:
-                c = c + self.zero
+                c.add_(self.zero)
         return c.clamp_(self.qmin, self.qmax)
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """Level values ``scale·(codes − zero)``."""
-        return self.scale * (codes if self.zero is None else codes - self.zero)
+    def decode(self, codes: Tensor, out: Tensor | None = None) -> Tensor:
+        """Level values ``scale·(codes − zero)`` (into ``out`` if given)."""
+        if out is None:
+            return self.scale * (codes if self.zero is None else codes - self.zero)
+        if self.zero is None:
+            return torch.mul(codes, self.scale, out=out)
+        return torch.sub(codes, self.zero, out=out).mul_(self.scale)
 
     def quantize(self, w: Tensor) -> Tensor:
         """Nearest level ``decode(encode(w))``."""

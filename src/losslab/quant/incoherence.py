@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, LosslabError, unknown_name_error
+from losslab.quant.blocked_solve import check_finite, check_weight_matrix
 from losslab.quant.weight_quant import WeightQuant
 
 __all__ = ["TRANSFORMS", "butterfly_factors", "incoherence_quantize", "random_orthogonal", "unrotate"]
@@ -142,10 +143,13 @@ def incoherence_quantize(
     """
     if transform not in TRANSFORMS:
         raise ConfigError(str(unknown_name_error("transform", transform, TRANSFORMS)))
-    if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+    check_weight_matrix(weight)
+    if hessian.shape != (weight.shape[1], weight.shape[1]) or not hessian.is_floating_point():
         raise LosslabError(
-            f"weight must be [out, in] and hessian [in, in]; got {tuple(weight.shape)}, {tuple(hessian.shape)}"
+            f"weight must be [out, in] and hessian a floating-point [in, in]; got {tuple(weight.shape)}, "
+            f"{tuple(hessian.shape)} {hessian.dtype}"
         )
+    check_finite("hessian", hessian, "the calibration data (and the model's activations on it)")
     n_out, n_in = weight.shape
     w = weight.double()
     h = hessian.double()

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, check_range, unknown_name_error
+from losslab.quant.blocked_solve import check_weight_matrix
 from losslab.quant.grids import check_bits, grid_from_range, work_dtype
 from losslab.quant.weight_quant import WeightQuant, code_dtype, storage_bits_for
 
@@ -187,6 +188,7 @@ def pwlq_weight(
         raise ConfigError(str(unknown_name_error("breakpoint", breakpoint, BREAKPOINT_METHODS)))
     if not isinstance(breakpoint, str):
         check_range("breakpoint", float(breakpoint), low=0, high=0.5, low_inclusive=False, high_inclusive=False)
+    check_weight_matrix(weight)
     w = weight.to(work_dtype(weight))
     rows = w.shape[0]
     x = w if per_channel else w.reshape(1, -1)

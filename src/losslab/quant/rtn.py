@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from losslab.quant.blocked_solve import check_weight_matrix
 from losslab.quant.grids import fit_weight_grid, make_weight_quant, work_dtype
 from losslab.quant.weight_quant import WeightQuant
 
@@ -52,6 +53,7 @@ def rtn_weight(
     Returns:
         :class:`WeightQuant`; ``extras["clip_alpha"]`` holds the chosen MSE shrink ``[out, n_groups]``.
     """
+    check_weight_matrix(weight)
     w = weight.to(work_dtype(weight))
     fitted = fit_weight_grid(
         w,
