@@ -104,8 +104,26 @@ def flatten_rows(logits: Tensor, target: Tensor, ignore_index: int) -> LogitRows
             f"({target.dtype}). Class dim must be last in the logits."
         )
     ids = target.reshape(-1).long()
+    if ids.device.type == "cpu":  # free here; on an accelerator RowLoss checks its first batch (one sync)
+        check_targets(ids, num_classes, ignore_index)
     valid = ids != ignore_index
     return LogitRows(flat, ids.masked_fill(~valid, 0), valid, row_shape, soft=False)
+
+
+def check_targets(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise :class:`LosslabError` unless every integer target is a class id in [0, C) or ``ignore_index``.
+
+    On a GPU an out-of-range id would otherwise surface as a device-side assert with no hint of the cause.
+    """
+    if target.is_floating_point() or target.numel() == 0:
+        return
+    ids = target[target != ignore_index]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        raise LosslabError(
+            f"targets must be class ids in [0, {num_classes}) (or ignore_index={ignore_index}); got values from "
+            f"{int(ids.min())} to {int(ids.max())}. The labels do not fit the model's {num_classes} outputs: check "
+            "the dataset's labels and the model's num_classes"
+        )
 
 
 def smoothed_cross_entropy(log_probs: Tensor, rows: LogitRows, label_smoothing: float) -> Tensor:
@@ -166,6 +184,15 @@ class RowLoss(torch.nn.Module):
         check_ignore_index(ignore_index)
         self.reduction = reduction
         self.ignore_index = ignore_index
+        self.targets_checked = False
+        self.register_forward_pre_hook(RowLoss._check_first_targets)
+
+    @staticmethod
+    def _check_first_targets(module: RowLoss, args: tuple[Tensor, ...]) -> None:
+        """Check the targets of the first batch (once: on a GPU this is one host sync per loss module)."""
+        if not module.targets_checked:
+            check_targets(args[1], args[0].shape[-1], module.ignore_index)
+            module.targets_checked = True
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
