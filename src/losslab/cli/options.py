@@ -93,7 +93,28 @@ def given_options(values: dict[str, Any]) -> dict[str, Any]:
 
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
 # documented in docs/cli.md, and each entry here maps an old spelling to the one name it now has.
-DEPRECATED_FLAGS: dict[str, dict[str, str]] = {}
+DEPRECATED_FLAGS: dict[str, dict[str, str]] = {
+    "lm finetune": {"--output-dir": "--out-dir", "--grad-clip": "--gradient-clip"},
+    "study run": {"--out": "--out-dir"},
+    "report": {"--out": "--out-dir"},
+    "demo": {"--out": "--out-dir"},
+}
+
+# Old values still accepted for one release, per option (the option's current flag name -> old -> new).
+DEPRECATED_VALUES: dict[str, dict[str, str]] = {
+    "--precision": {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed"},
+}
+
+
+def command_key(ctx: click.Context) -> str:
+    """``ctx``'s command path without the program: ``"lm finetune"`` whether run as ``losslab`` or a group."""
+    names: list[str] = []
+    node: click.Context | None = ctx
+    while node is not None:
+        if node.parent is not None or node.command.name not in ("cli", "losslab"):
+            names.append(node.info_name if node.parent is not None else (node.command.name or ""))
+        node = node.parent
+    return " ".join(reversed(names))
 
 
 def rename_deprecated(command: str, args: list[str]) -> list[str]:
@@ -120,9 +141,47 @@ def rename_deprecated(command: str, args: list[str]) -> list[str]:
     return out
 
 
+class DeprecatedChoice(click.Choice):
+    """A choice that also accepts the old values in :data:`DEPRECATED_VALUES` for its option (with a warning).
+
+    ``--help`` lists only the current values; ``bf16`` for ``--precision`` becomes ``bf16-mixed``.
+    """
+
+    def __init__(self, choices: list[str], flag: str) -> None:
+        super().__init__(choices)
+        self.flag = flag
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        new = DEPRECATED_VALUES.get(self.flag, {}).get(str(value))
+        if new is not None and str(value) not in self.choices:
+            click.echo(f"warning: {self.flag} {value} is deprecated; use {self.flag} {new}", err=True)
+            value = new
+        return super().convert(value, param, ctx)
+
+
 class LosslabCommand(click.Command):
     """A click command that accepts the deprecated spellings listed in :data:`DEPRECATED_FLAGS` for it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        path = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
-        return super().parse_args(ctx, rename_deprecated(path, args))
+        return super().parse_args(ctx, rename_deprecated(command_key(ctx), args))
+
+
+def stderr_is_terminal() -> bool:
+    """True when stderr is an interactive terminal (progress bars go there; logs and pipes get plain lines)."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress`` (default ``None``: on when stderr is a terminal), for every long command."""
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr [default: on when stderr is a terminal, else one line per step or job].",
+    )(func)
+
+
+def resolve_progress(progress: bool | None) -> bool:
+    """The effective ``--progress`` value: the user's choice, else whether stderr is a terminal."""
+    return stderr_is_terminal() if progress is None else progress

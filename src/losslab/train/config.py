@@ -100,7 +100,7 @@ class TrainConfig(BaseModel):
     regularizer: str | None = Field(
         None, description="Regularizer: lp_grad, l1grad, l2grad, variance, std, inverse_variance, inverse_std."
     )
-    lmbda: float = Field(0.0, description="Regularizer strength lambda.")
+    lmbda: float = Field(0.0, description="Regularizer strength lambda (required with --regularizer).")
     p: float = Field(2.0, description="p of the lp_grad norm (p >= 1).")
     activation_gradients: bool = Field(True, description="lp_grad also penalizes activation gradients.")
     reg_start_epoch: int = Field(
@@ -262,6 +262,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"reg_start_epoch={self.reg_start_epoch} is not below epochs={self.epochs}: "
                 "the regularizer would never run"
+            )
+        if self.regularizer is not None and "lmbda" not in self.model_fields_set:
+            raise ValueError(
+                f"regularizer={self.regularizer!r} needs its strength lmbda (--lmbda), e.g. 0.01; without it the "
+                "regularizer would be multiplied by 0 (give --lmbda 0 explicitly for an unregularized control)"
             )
         return self
 
