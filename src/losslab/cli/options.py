@@ -49,7 +49,7 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
     if annotation is bool:
         return None, True
     if typing.get_origin(annotation) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(annotation)]), False
+        return [str(a) for a in typing.get_args(annotation)], False
     if typing.get_origin(annotation) is list:
         return IntList(), False
     if annotation is Path:
@@ -73,6 +73,8 @@ def options_from_model(
                 continue
             flag = "--" + name.replace("_", "-")
             click_type, is_flag = _click_type(info.annotation)
+            if isinstance(click_type, list):  # a Literal: its values, plus any deprecated ones for this flag
+                click_type = DeprecatedChoice(click_type, flag)
             default = info.get_default(call_default_factory=True)
             help_text = f"{info.description or ''} [default: {default}]"
             names = [flag, *aliases.get(name, [])]
@@ -94,6 +96,7 @@ def given_options(values: dict[str, Any]) -> dict[str, Any]:
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
 # documented in docs/cli.md, and each entry here maps an old spelling to the one name it now has.
 DEPRECATED_FLAGS: dict[str, dict[str, str]] = {
+    "train": {"--grad-clip": "--gradient-clip", "--clip-grad": "--gradient-clip"},
     "lm finetune": {"--output-dir": "--out-dir", "--grad-clip": "--gradient-clip"},
     "study run": {"--out": "--out-dir"},
     "report": {"--out": "--out-dir"},
@@ -185,3 +188,58 @@ def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def resolve_progress(progress: bool | None) -> bool:
     """The effective ``--progress`` value: the user's choice, else whether stderr is a terminal."""
     return stderr_is_terminal() if progress is None else progress
+
+
+def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json FILE`` (``-`` or a bare ``--json``: stdout), passed to the command as ``json_path``."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        is_flag=False,
+        flag_value=Path("-"),
+        default=None,
+        help=f"{help_text} FILE, or - (a bare --json) for stdout.",
+    )
+
+
+def out_dir_option(help_text: str, default: Path | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--out-dir DIR``: the folder a command writes its outputs into, passed as ``out_dir``."""
+    return click.option(
+        "--out-dir",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+def overwrite_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--overwrite``: allow replacing an existing output (never done silently)."""
+    return click.option("--overwrite", is_flag=True, help="Replace an existing output file.")(func)
+
+
+def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically, or to stdout for ``-``; returns where it went.
+
+    An existing file is replaced only with ``overwrite`` (else :class:`losslab.errors.ConfigError`).
+    """
+    import json
+
+    from losslab.io import write_json_atomic
+
+    if str(path) == "-":
+        click.echo(json.dumps(obj, indent=2, default=str))
+        return "stdout"
+    check_new_output(path, overwrite)
+    write_json_atomic(path, obj)
+    return str(path)
+
+
+def check_new_output(path: Path | None, overwrite: bool) -> None:
+    """Raise :class:`losslab.errors.ConfigError` if ``path`` exists and ``overwrite`` is off (call before work)."""
+    from losslab.errors import ConfigError
+
+    if path is not None and str(path) != "-" and Path(path).exists() and not overwrite:
+        raise ConfigError(f"{str(path)!r} exists; pass --overwrite to replace it, or choose another file")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from losslab.cli.options import given_options, options_from_model
+from losslab.cli.options import (
+    LosslabCommand,
+    check_new_output,
+    given_options,
+    json_option,
+    options_from_model,
+    overwrite_option,
+    progress_option,
+    resolve_progress,
+    write_json_output,
+)
 from losslab.train.config import TrainConfig
 
 TRAIN_ALIASES = {
@@ -20,7 +29,7 @@ TRAIN_ALIASES = {
 }
 
 
-@click.command(context_settings={"show_default": False})
+@click.command(cls=LosslabCommand, context_settings={"show_default": False})
 @click.option(
     "--config",
     "config_file",
@@ -72,32 +81,61 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_yaml(stored, overrides) if stored.is_file() else TrainConfig.build(overrides)
 
 
-@click.command()
+@click.command(cls=LosslabCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line of text.")
-def evaluate(checkpoint: Path, split: str, data_dir: Path | None, as_json: bool) -> None:
+@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:1 [default: cuda if available].")
+@json_option("Also write the metrics as JSON to")
+@overwrite_option
+@progress_option
+def evaluate(
+    checkpoint: Path,
+    split: str,
+    data_dir: Path | None,
+    device: str | None,
+    json_path: Path | None,
+    overwrite: bool,
+    progress: bool | None,
+) -> None:
     """Top-1/top-5 accuracy and cross entropy of a trained classifier (run folder or .ckpt)."""
-    metrics = evaluate_checkpoint(checkpoint, split, data_dir)
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-    else:
-        click.echo(
-            f"{metrics['dataset']} {split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-            f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
-        )
+    check_new_output(json_path, overwrite)
+    metrics = evaluate_checkpoint(checkpoint, split, data_dir, device=device, progress=resolve_progress(progress))
+    if json_path is not None and str(json_path) == "-":
+        write_json_output(json_path, metrics, overwrite=overwrite)
+        return
+    click.echo(
+        f"{metrics['dataset']} {split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+        f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
+    )
+    if json_path is not None:
+        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
 
 
-def evaluate_checkpoint(checkpoint: Path, split: str = "test", data_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: Path,
+    split: str = "test",
+    data_dir: Path | None = None,
+    *,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Load a run and evaluate it on ``split``; the dict also names the dataset and checkpoint."""
+    import torch
+
     from losslab.train import evaluate_model, load_run
     from losslab.train.build import make_loaders
 
     run = load_run(checkpoint)
     cfg = run.config if data_dir is None else run.config.model_copy(update={"data_dir": data_dir})
     loaders = make_loaders(cfg)
-    metrics = evaluate_model(run.model, loaders.test if split == "test" else loaders.val)
+    loader = loaders.test if split == "test" else loaders.val
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_model(run.model.to(device), loader, device)
     return {**metrics, "dataset": cfg.dataset, "split": split, "checkpoint": str(run.checkpoint)}

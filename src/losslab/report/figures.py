@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from losslab.io import atomic_path
 from losslab.report.tables import StudyResults, format_value, mean_std, variant_label
-from losslab.study.job import WeightHistogram
+from losslab.study.records import WeightHistogram
 
 MAX_HIST_LAYERS = 12
 CURVE_METRICS = (
