@@ -79,6 +79,8 @@ def lm() -> None:
 )
 @click.option("--devices", default="auto", show_default=True, help="Lightning devices (e.g. 2 for two GPUs, DDP).")
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator (cpu, gpu, auto).")
+@click.option("--num-nodes", type=int, default=1, show_default=True, help="Lightning nodes (multi-node DDP).")
+@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, fsdp, ...")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for data order and init.")
 @click.option("--eval-every", type=int, default=500, show_default=True, help="Validate every N optimizer steps.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Checkpoint every N steps.")

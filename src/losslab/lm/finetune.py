@@ -69,6 +69,8 @@ class FinetuneConfig:
     precision: str = "32-true"
     devices: str = "auto"
     accelerator: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
     seed: int = 42
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -82,7 +84,7 @@ class FinetuneConfig:
         self.loss_spec()  # validates loss, k, m
         if self.precision not in PRECISIONS:
             raise unknown_name_error("precision", self.precision, PRECISIONS)
-        for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every"):
+        for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every", "num_nodes"):
             check_range(key, getattr(self, key), low=1)
         check_range("lr", self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", self.weight_decay, low=0.0)
@@ -274,6 +276,8 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
         precision=cfg.precision,
         max_steps=total_steps,
         max_epochs=-1 if cfg.max_steps is not None else cfg.epochs,
