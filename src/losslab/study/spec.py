@@ -292,7 +292,7 @@ def _expand_training(file: StudyFile) -> tuple[tuple[dict[str, Any], ...], tuple
 def _check_methods(section: CompressSection) -> None:
     from losslab.quant.methods import QUANT_METHODS
 
-    names = QUANT_METHODS.names()
+    names = [n for n in QUANT_METHODS.names() if n != "identity16"]  # the internal fp16 reference, not offered
     for i, entry in enumerate(section.methods):
         where = f"compress.methods[{i}]"
         try:
