@@ -145,3 +145,23 @@ def test_logreg_json_file_is_not_overwritten_silently(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "--overwrite" in str(result.exception)
     result = CliRunner().invoke(cli, ["logreg", "--dataset", "iris_binary", "--json", str(target), "--overwrite"])
     assert result.exit_code == 0 and json.loads(target.read_text())["runs"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["demo", "--workers", "0"], "workers=0"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["train", "--k", "-1"], "k=-1.0"),
+    ],
+)
+def test_bad_arguments_fail_before_the_heavy_imports(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    code = "import sys; from losslab.cli.app import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+    code += "    print('torch' in sys.modules, 'lightning' in sys.modules, file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False False", done.stderr

@@ -189,6 +189,9 @@ def demo(out_dir: Path, workers: int | None, progress: bool | None) -> None:
 
     Prints the accuracy table and the path of the HTML report. A few minutes on 2 CPU cores; no network.
     """
+    from losslab.study.backends import check_backend
+
+    check_backend("local", workers)  # before the heavy imports
     from losslab.report import build_report
     from losslab.study.quickstart import run_quickstart
 

@@ -18,6 +18,7 @@ from losslab.cli.options import (
     resolve_progress,
     write_json_output,
 )
+from losslab.errors import ConfigError
 from losslab.train.config import TrainConfig
 
 TRAIN_ALIASES = {
@@ -45,9 +46,7 @@ def train(config_file: Path | None, print_config: bool, **flags: Any) -> None:
     Writes a run folder (config, metrics CSV, last/best checkpoints, result.json); --resume RUN continues a
     killed run.
     """
-    from losslab.train import fit
-
-    overrides = given_options(flags)
+    overrides = given_options(flags)  # the config is checked before the heavy imports below
     if config_file is not None:
         cfg = TrainConfig.from_yaml(config_file, overrides)
     elif overrides.get("resume") is not None:
@@ -59,6 +58,8 @@ def train(config_file: Path | None, print_config: bool, **flags: Any) -> None:
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    from losslab.train import fit
+
     result = fit(cfg)
     click.echo(
         f"run {result.run_dir}: test accuracy {result.test_acc:.2f}% (best validation {result.best_val_acc:.2f}%), "
@@ -101,6 +102,8 @@ def evaluate(
     progress: bool | None,
 ) -> None:
     """Top-1/top-5 accuracy and cross entropy of a trained classifier (run folder or .ckpt)."""
+    if not checkpoint.exists():  # before the heavy imports
+        raise ConfigError(f"{str(checkpoint)!r} does not exist; pass a run folder (runs/NAME) or a .ckpt file")
     check_new_output(json_path, overwrite)
     metrics = evaluate_checkpoint(checkpoint, split, data_dir, device=device, progress=resolve_progress(progress))
     if json_path is not None and str(json_path) == "-":

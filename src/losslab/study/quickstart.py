@@ -34,9 +34,11 @@ def run_quickstart(
     ``workers`` defaults to 2 (or 1 on a single-CPU machine): two processes with one torch thread each are the
     fastest way through 16 tiny jobs. The report is drawn by the caller (``losslab demo`` composes both).
     """
+    from losslab.study.backends import check_backend
     from losslab.study.runner import run_study
     from losslab.study.spec import load_study_spec
 
+    check_backend("local", workers)  # workers=0 is an error, not "the default"
     spec = load_study_spec(quickstart_file())
-    workers = workers or min(2, os.cpu_count() or 1)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     return run_study(spec, out_dir, workers=workers, progress=progress)
