@@ -64,3 +64,39 @@ def test_precision_takes_lightning_values_only() -> None:
     assert CLI_PRECISIONS == PRECISIONS
     with pytest.raises(LosslabError, match="bf16-mixed"):
         FinetuneConfig(model="m", output_dir="o", precision="bf16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, corpus, monkeypatch) -> None:
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text(corpus["train"])
+    val.write_text(corpus["validation"])
+    modes: list[bool] = []
+    original = CausalLMFinetune.training_step
+
+    def recording_step(self, batch, batch_idx):
+        modes.append(self.model.training and batch["input_ids"].is_cuda)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(finetune_module.CausalLMFinetune, "training_step", recording_step)
+    cfg = FinetuneConfig(
+        model="tiny",
+        output_dir=str(tmp_path / "run"),
+        text_file=str(train),
+        val_file=str(val),
+        block_size=64,
+        lr=3e-3,
+        warmup_steps=2,
+        max_steps=20,
+        eval_every=10,
+        checkpoint_every=10,
+        max_eval_windows=8,
+        precision="bf16-mixed",
+        progress=False,
+        accelerator="gpu",
+        devices="1",
+    )
+    result = finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
+    assert modes and all(modes) and result.global_step == 20
+    assert result.val_ppl_after < result.val_ppl_before  # it learned under bf16 autocast with dropout on
