@@ -87,7 +87,7 @@ def test_finished_run_is_not_overwritten(one_epoch_run: Path, capsys: pytest.Cap
         (["--dataset", "mnist2"], "mnist2"),
         (["--k", "-1"], "k=-1.0: must be > 0"),
         (["--lr", "-0.1"], "lr=-0.1: must be > 0"),
-        (["--regularizer", "l3norm"], "unknown regularizer 'l3norm'"),
+        (["--regularizer", "l3norm", "--lmbda", "0.1"], "unknown regularizer 'l3norm'"),
         (["--optimizer", "lbfgs"], "lbfgs"),
     ],
 )

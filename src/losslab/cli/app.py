@@ -29,16 +29,24 @@ import zipfile
 import click
 
 from losslab import __version__
+from losslab.cli.quiet import VERBOSE_KEY
 from losslab.errors import LosslabError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="losslab")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error (also LOSSLAB_DEBUG=1).")
-def cli(debug: bool) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Keep third-party output (Lightning banners and tips, transformers' loading bars) that quiet runs hide.",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """losslab: which training choices make a network survive compression, and how best to compress it."""
     if debug:
         os.environ["LOSSLAB_DEBUG"] = "1"
+    ctx.meta[VERBOSE_KEY] = verbose
 
 
 def _register_commands() -> None:

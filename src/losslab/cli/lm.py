@@ -1,6 +1,6 @@
 """``losslab lm``: finetune, quantize and evaluate Hugging Face causal LMs.
 
-    losslab lm finetune --model facebook/opt-125m --output-dir runs/opt125m-rlo --loss root --k 5 --m 5
+    losslab lm finetune --model facebook/opt-125m --out-dir runs/opt125m-rlo --loss root --k 5 --m 5
     losslab lm quantize --model facebook/opt-125m --method gptq --bits 4 --calib c4 --output opt125m.gptq4.safetensors
     losslab lm quantize --model facebook/opt-125m --method gptq --bits 3 --act-order --true-sequential --json r.json
     losslab lm eval --model opt125m.gptq4.safetensors --dataset wikitext2
@@ -16,7 +16,11 @@ from typing import Any
 
 import click
 
+from losslab.cli.options import DeprecatedChoice, LosslabCommand, progress_option, resolve_progress
+from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
 CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
@@ -34,9 +38,15 @@ def lm() -> None:
     """Causal language models: rooted-loss finetuning, layer-wise quantization, perplexity."""
 
 
-@lm.command("finetune")
+@lm.command("finetune", cls=LosslabCommand)
 @click.option("--model", required=True, help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, model).")
+@click.option(
+    "--out-dir",
+    "output_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder (checkpoints, logs, finetuned model).",
+)
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
 @click.option(
@@ -59,28 +69,34 @@ def lm() -> None:
 @click.option("--max-steps", type=int, help="Optimizer steps to train (overrides --epochs).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Blocks per micro-batch per device.")
 @click.option("--grad-accum", type=int, default=2, show_default=True, help="Micro-batches per optimizer step.")
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip.")
+@click.option("--gradient-clip", "grad_clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip.")
 @click.option(
     "--precision",
-    type=click.Choice(["32", "bf16", "fp16"]),
-    default="32",
+    type=DeprecatedChoice(list(PRECISIONS), "--precision"),
+    default="32-true",
     show_default=True,
-    help="Float32, or bf16/fp16 mixed precision.",
+    help="Lightning precision (old bf16/fp16 still accepted).",
 )
 @click.option("--devices", default="auto", show_default=True, help="Lightning devices (e.g. 2 for two GPUs, DDP).")
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator (cpu, gpu, auto).")
+@click.option("--num-nodes", type=int, default=1, show_default=True, help="Lightning nodes (multi-node DDP).")
+@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, fsdp, ...")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for data order and init.")
 @click.option("--eval-every", type=int, default=500, show_default=True, help="Validate every N optimizer steps.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Checkpoint every N steps.")
 @click.option("--max-eval-windows", type=int, help="Cap the held-out windows (quick runs).")
 @click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from output-dir's last.ckpt.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
-def finetune_cmd(**kwargs: Any) -> None:
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from --out-dir's last.ckpt.")
+@progress_option
+def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable."""
-    from losslab.lm.finetune import FinetuneConfig, finetune
+    from losslab.lm.finetune import FinetuneConfig
 
-    result = finetune(FinetuneConfig(**kwargs))
+    cfg = FinetuneConfig(progress=resolve_progress(progress), **kwargs)  # bad values fail before heavy imports
+    with quiet_third_party(cfg.progress):
+        from losslab.lm.finetune import finetune
+
+        result = finetune(cfg)
     click.echo(
         f"held-out perplexity before {result.val_ppl_before:.4f} -> after {result.val_ppl_after:.4f} "
         f"({result.protocol}); steps {result.global_step}; model in {result.model_dir}"

@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from losslab.cli.options import FloatList, IntList, LosslabCommand
+from losslab.cli.options import (
+    FloatList,
+    IntList,
+    LosslabCommand,
+    check_new_output,
+    json_option,
+    overwrite_option,
+    write_json_output,
+)
 from losslab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -133,7 +141,8 @@ def run_logreg(split: BinarySplit, runs: list[tuple[str, float | None]], **optio
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split (and synthetic data).")
 @click.option("--test-fraction", type=float, default=0.3, show_default=True, help="Share of rows held out.")
 @click.option("--compare", is_flag=True, help="Fit logistic and rooted (each --k) on the same split, side by side.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write every fit here.")
+@json_option("Write every fit (weights, history, options) to")
+@overwrite_option
 def logreg(
     dataset: str | None,
     csv_path: Path | None,
@@ -149,7 +158,8 @@ def logreg(
     seed: int,
     test_fraction: float,
     compare: bool,
-    json_out: Path | None,
+    json_path: Path | None,
+    overwrite: bool,
 ) -> None:
     """Logistic regression with the logistic or rooted (RLO) loss; --compare runs the seed's study on one split.
 
@@ -158,8 +168,8 @@ def logreg(
     if click.get_current_context().invoked_subcommand is not None:
         return
     from losslab.data.binary_tables import load_split
-    from losslab.io import write_json_atomic
 
+    check_new_output(json_path, overwrite)
     runs = _runs(loss, ks, compare)
     given = {"solver": solver, "lr": lr, "max_iter": max_iter, "tol": tol}
     options = {"l2": l2, "fit_intercept": not no_intercept, **{key: v for key, v in given.items() if v is not None}}
@@ -168,13 +178,14 @@ def logreg(
         dataset = "breast_cancer"
     split = load_split(dataset, csv_path, target, seed=seed, test_fraction=test_fraction)
     report = run_logreg(split, runs, **options)
+    record = {"dataset": report["dataset"], "protocol": report["protocol"], "runs": report["runs"]}
+    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON only
+        write_json_output(json_path, record, overwrite=overwrite)
+        return
     click.echo(report["table"])
     click.echo(f"\n{report['protocol']}")
-    if json_out is not None:
-        write_json_atomic(
-            json_out, {"dataset": report["dataset"], "protocol": report["protocol"], "runs": report["runs"]}
-        )
-        click.echo(f"results: {json_out}")
+    if json_path is not None:
+        click.echo(f"results: {write_json_output(json_path, record, overwrite=overwrite)}")
 
 
 def _runs(loss: str | None, ks: tuple[float, ...], compare: bool) -> list[tuple[str, float | None]]:

@@ -63,7 +63,7 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
     if annotation is bool:
         return None, True
     if typing.get_origin(annotation) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(annotation)]), False
+        return [str(a) for a in typing.get_args(annotation)], False
     if typing.get_origin(annotation) is list:
         return IntList(), False
     if annotation is Path:
@@ -87,6 +87,8 @@ def options_from_model(
                 continue
             flag = "--" + name.replace("_", "-")
             click_type, is_flag = _click_type(info.annotation)
+            if isinstance(click_type, list):  # a Literal: its values, plus any deprecated ones for this flag
+                click_type = DeprecatedChoice(click_type, flag)
             default = info.get_default(call_default_factory=True)
             help_text = f"{info.description or ''} [default: {default}]"
             names = [flag, *aliases.get(name, [])]
@@ -107,7 +109,29 @@ def given_options(values: dict[str, Any]) -> dict[str, Any]:
 
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
 # documented in docs/cli.md, and each entry here maps an old spelling to the one name it now has.
-DEPRECATED_FLAGS: dict[str, dict[str, str]] = {}
+DEPRECATED_FLAGS: dict[str, dict[str, str]] = {
+    "train": {"--grad-clip": "--gradient-clip"},
+    "lm finetune": {"--output-dir": "--out-dir", "--grad-clip": "--gradient-clip"},
+    "study run": {"--out": "--out-dir"},
+    "report": {"--out": "--out-dir"},
+    "demo": {"--out": "--out-dir"},
+}
+
+# Old values still accepted for one release, per option (the option's current flag name -> old -> new).
+DEPRECATED_VALUES: dict[str, dict[str, str]] = {
+    "--precision": {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed"},
+}
+
+
+def command_key(ctx: click.Context) -> str:
+    """``ctx``'s command path without the program: ``"lm finetune"`` whether run as ``losslab`` or a group."""
+    names: list[str] = []
+    node: click.Context | None = ctx
+    while node is not None:
+        if node.parent is not None or node.command.name not in ("cli", "losslab"):
+            names.append(node.info_name if node.parent is not None else (node.command.name or ""))
+        node = node.parent
+    return " ".join(reversed(names))
 
 
 def rename_deprecated(command: str, args: list[str]) -> list[str]:
@@ -134,9 +158,102 @@ def rename_deprecated(command: str, args: list[str]) -> list[str]:
     return out
 
 
+class DeprecatedChoice(click.Choice):
+    """A choice that also accepts the old values in :data:`DEPRECATED_VALUES` for its option (with a warning).
+
+    ``--help`` lists only the current values; ``bf16`` for ``--precision`` becomes ``bf16-mixed``.
+    """
+
+    def __init__(self, choices: list[str], flag: str) -> None:
+        super().__init__(choices)
+        self.flag = flag
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        new = DEPRECATED_VALUES.get(self.flag, {}).get(str(value))
+        if new is not None and str(value) not in self.choices:
+            click.echo(f"warning: {self.flag} {value} is deprecated; use {self.flag} {new}", err=True)
+            value = new
+        return super().convert(value, param, ctx)
+
+
 class LosslabCommand(click.Command):
     """A click command that accepts the deprecated spellings listed in :data:`DEPRECATED_FLAGS` for it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        path = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
-        return super().parse_args(ctx, rename_deprecated(path, args))
+        return super().parse_args(ctx, rename_deprecated(command_key(ctx), args))
+
+
+def stderr_is_terminal() -> bool:
+    """True when stderr is an interactive terminal (progress bars go there; logs and pipes get plain lines)."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress`` (default ``None``: on when stderr is a terminal), for every long command."""
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr [default: on when stderr is a terminal, else one line per step or job].",
+    )(func)
+
+
+def resolve_progress(progress: bool | None) -> bool:
+    """The effective ``--progress`` value: the user's choice, else whether stderr is a terminal."""
+    return stderr_is_terminal() if progress is None else progress
+
+
+def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json FILE`` (``-`` or a bare ``--json``: stdout), passed to the command as ``json_path``."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        is_flag=False,
+        flag_value=Path("-"),
+        default=None,
+        help=f"{help_text} FILE, or - (a bare --json) for stdout.",
+    )
+
+
+def out_dir_option(help_text: str, default: Path | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--out-dir DIR``: the folder a command writes its outputs into, passed as ``out_dir``."""
+    return click.option(
+        "--out-dir",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+def overwrite_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--overwrite``: allow replacing an existing output (never done silently)."""
+    return click.option("--overwrite", is_flag=True, help="Replace an existing output file.")(func)
+
+
+def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically, or to stdout for ``-``; returns where it went.
+
+    An existing file is replaced only with ``overwrite`` (else :class:`losslab.errors.ConfigError`).
+    """
+    import json
+
+    from losslab.io import write_json_atomic
+
+    if str(path) == "-":
+        click.echo(json.dumps(obj, indent=2, default=str))
+        return "stdout"
+    check_new_output(path, overwrite)
+    write_json_atomic(path, obj)
+    return str(path)
+
+
+def check_new_output(path: Path | None, overwrite: bool) -> None:
+    """Raise :class:`losslab.errors.ConfigError` if ``path`` exists and ``overwrite`` is off (call before work)."""
+    from losslab.errors import ConfigError
+
+    if path is not None and str(path) != "-" and Path(path).exists() and not overwrite:
+        raise ConfigError(f"{str(path)!r} exists; pass --overwrite to replace it, or choose another file")

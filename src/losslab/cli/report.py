@@ -1,4 +1,4 @@
-"""``losslab report STUDY_DIR [--out DIR]``: write a study's Markdown/HTML report, figures and CSV tables."""
+"""``losslab report STUDY_DIR [--out-dir DIR]``: write a study's Markdown/HTML report, figures and CSV tables."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
+from losslab.cli.options import LosslabCommand, out_dir_option
 
-@click.command("report")
+
+@click.command("report", cls=LosslabCommand)
 @click.argument("study_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Report folder (default: STUDY_DIR/report)."
-)
+@out_dir_option("Report folder (default: STUDY_DIR/report).")
 def report(study_dir: Path, out_dir: Path | None) -> None:
     """Draw the report of a study: accuracy vs bits, drop heatmaps, weight histograms, training curves."""
     from losslab.report import build_report

@@ -1,6 +1,7 @@
 """``losslab study run FILE | status DIR | table DIR``: run a study grid, see what is done, print its table.
 
 losslab study run studies/quickstart.yaml --workers 2        # resumable: rerun to finish what is missing
+losslab study run lr_quant_cifar10 --download                # fetch missing data sets before the first job
 losslab study run studies/lr_quant_cifar10.yaml --backend ray --ray-address auto
 losslab study list                                           # the shipped studies
 losslab study status study_runs/quickstart
@@ -10,10 +11,15 @@ losslab study table study_runs/quickstart
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from losslab.cli.options import LosslabCommand, out_dir_option, progress_option
 from losslab.errors import LosslabError
+
+if TYPE_CHECKING:
+    from losslab.study.runner import StudyOutcome
 
 
 @click.group("study")
@@ -24,14 +30,29 @@ def study() -> None:
 @study.command("list")
 def list_presets() -> None:
     """List the shipped studies (run one by name: `losslab study run NAME`) and their first comment line."""
+    import re
+
     from losslab.presets import preset_file, preset_names
 
-    for name in preset_names("studies"):
-        first = next((ln for ln in preset_file("studies", name).read_text().splitlines() if ln.startswith("#")), "#")
-        click.echo(f"{name:20s} {first.lstrip('#').strip()}")
+    names = preset_names("studies")
+    width = max(map(len, names), default=0) + 2
+    for name in names:
+        text = " ".join(_comment_block(preset_file("studies", name).read_text())) or "(no description)"
+        first = re.split(r"(?<!al\.)(?<=[.?!])\s(?=[A-Z])", text, maxsplit=1)[0]  # the whole first sentence, never cut
+        click.echo(f"{name:{width}s}{first}")  # one line per study (scripts read the first word)
 
 
-@study.command("run")
+def _comment_block(text: str) -> list[str]:
+    """The leading ``#`` comment lines of a study file, without the ``#``."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return [ln for ln in lines if ln]
+
+
+@study.command("run", cls=LosslabCommand)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "--workers",
@@ -59,14 +80,9 @@ def list_presets() -> None:
     show_default=True,
     help="GPUs each Ray job reserves (Ray hides GPUs from jobs that reserve none).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Study folder (default: the file's out_dir, else study_runs/NAME).",
-)
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@out_dir_option("Study folder (default: the file's out_dir, else study_runs/NAME); reruns reuse what it holds.")
+@click.option("--download", is_flag=True, help="Fetch missing data sets (before the first job) instead of failing.")
+@progress_option
 def run(
     file: Path,
     workers: int | None,
@@ -75,17 +91,24 @@ def run(
     ray_cpus_per_job: float,
     ray_gpus_per_job: float,
     out_dir: Path | None,
+    download: bool,
     progress: bool | None,
 ) -> None:
     """Run every job of study FILE not yet stored in its folder, then print the results table.
 
-    FILE is a study YAML or the name of a shipped study (see `losslab study list`).
+    FILE is a study YAML or the name of a shipped study (see `losslab study list`). Every data set the study
+    needs is checked before the first job. Prints one line per finished job when stderr is not a terminal.
     """
-    from losslab.study import run_study
+    from losslab.study import load_study_spec, run_study
+    from losslab.study.backends import check_backend
+    from losslab.study.datacheck import check_study_data
 
+    check_backend(backend, workers)
+    spec = load_study_spec(file)
+    check_study_data(spec, download=download)
     resources = {"num_cpus": ray_cpus_per_job, "num_gpus": ray_gpus_per_job}
     outcome = run_study(
-        file,
+        spec,
         out_dir,
         workers=workers,
         backend=backend,
@@ -93,6 +116,11 @@ def run(
         ray_resources=resources,
         progress=progress,
     )
+    _finish(outcome)
+
+
+def _finish(outcome: StudyOutcome) -> None:
+    """Print a study run's counts, its failures and its table; raise if any job failed."""
     click.echo(
         f"study {outcome.study_dir}: {outcome.total} jobs, {outcome.skipped} already stored, "
         f"{outcome.completed} run now, {len(outcome.failed)} failed"
@@ -143,26 +171,30 @@ def _echo_table(study_dir: Path, markdown: bool = False) -> None:
     from losslab.report.tables import accuracy_pivot, load_results, render_markdown, render_text
 
     header, rows = accuracy_pivot(load_results(study_dir))
+    if not rows:
+        click.echo(
+            f"study {study_dir} holds no results yet: run `losslab study run FILE --out-dir {study_dir}` "
+            f"(see `losslab study status {study_dir}`)"
+        )
+        return
     click.echo((render_markdown if markdown else render_text)(header, rows))
 
 
-@click.command("demo")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=Path("study_runs/quickstart"),
-    show_default=True,
-    help="Study folder (reruns reuse what is stored there).",
-)
+@click.command("demo", cls=LosslabCommand)
+@out_dir_option("Study folder (reruns reuse what is stored there).", default=Path("study_runs/quickstart"))
 @click.option("--workers", type=int, default=None, help="Parallel jobs (default: 2, one torch thread each).")
-def demo(out_dir: Path, workers: int | None) -> None:
+@progress_option
+def demo(out_dir: Path, workers: int | None, progress: bool | None) -> None:
     """The main job: the quickstart study (4 losses x 2 lr x 2 seeds on digits, RTN/GPFQ/GPTQ at 8/4/3/2 bits).
 
-    Prints the accuracy table and the path of the HTML report. Under 5 minutes on 2 CPU cores; no network.
+    Prints the accuracy table and the path of the HTML report. A few minutes on 2 CPU cores; no network.
     """
-    from losslab.study import run_quickstart
+    from losslab.study.backends import check_backend
 
-    table, report = run_quickstart(out_dir, workers=workers)
-    click.echo(table)
-    click.echo(f"\nreport: {report}")
+    check_backend("local", workers)  # before the heavy imports
+    from losslab.report import build_report
+    from losslab.study.quickstart import run_quickstart
+
+    outcome = run_quickstart(out_dir, workers=workers, progress=progress)
+    _finish(outcome)
+    click.echo(f"\nreport: {build_report(outcome.study_dir)}")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from losslab.cli.options import given_options, options_from_model
+from losslab.cli.options import (
+    LosslabCommand,
+    check_new_output,
+    given_options,
+    json_option,
+    options_from_model,
+    overwrite_option,
+    progress_option,
+    resolve_progress,
+    write_json_output,
+)
+from losslab.errors import ConfigError
 from losslab.train.config import TrainConfig
 
 TRAIN_ALIASES = {
@@ -48,7 +58,7 @@ def timm_recipe_overrides(
     return out
 
 
-@click.command(context_settings={"show_default": False})
+@click.command(cls=LosslabCommand, context_settings={"show_default": False})
 @click.option(
     "--config",
     "config_file",
@@ -90,18 +100,16 @@ def train(
     Writes a run folder (config, metrics CSV, last/best checkpoints, result.json); --resume RUN continues a
     killed run.
     """
-    from losslab.train import fit
-    from losslab.train.config import read_yaml_mapping
+    from losslab.train.config import is_timm_checkpoint, read_yaml_mapping
 
     file_values = read_yaml_mapping(config_file) if config_file is not None else {}
+    # the config is checked before the heavy imports below
     overrides = timm_recipe_overrides(given_options(flags), file_values, amp, amp_dtype)
     if dali:
         click.echo("note: --dali is ignored; losslab chooses its own input pipeline", err=True)
     if validate:
         if overrides.get("resume") is None:
             raise click.UsageError("--validate evaluates a trained run: give it with --resume RUN_OR_CKPT")
-        from losslab.train.checkpoint import is_timm_checkpoint
-
         timm_file = is_timm_checkpoint(overrides["resume"])  # a losslab run knows its model and data itself
         metrics = evaluate_checkpoint(
             Path(overrides["resume"]),
@@ -109,10 +117,8 @@ def train(
             overrides.get("data_dir"),
             **{k: overrides.get(k) for k in ("model", "dataset", "img_size") if timm_file},
         )
-        _print_metrics(metrics, None)
+        _print_metrics(metrics)
         return
-    from losslab.train.checkpoint import is_timm_checkpoint
-
     if overrides.get("resume") is not None and is_timm_checkpoint(overrides["resume"]):
         # timm's --resume file: its weights start this run; its optimizer state and epoch do not carry over
         overrides["initial_checkpoint"] = overrides.pop("resume")
@@ -132,6 +138,8 @@ def train(
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    from losslab.train import fit
+
     result = fit(cfg)
     click.echo(
         f"run {result.run_dir}: test accuracy {result.test_acc:.2f}% (best validation {result.best_val_acc:.2f}%), "
@@ -154,53 +162,80 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_yaml(stored, overrides) if stored.is_file() else TrainConfig.build(overrides)
 
 
-@click.command()
+@click.command(cls=LosslabCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line of text.")
+@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:1 [default: cuda if available].")
 @click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
 @click.option("--dataset", default=None, help="timm checkpoints only: the dataset to evaluate on (required).")
 @click.option("--img-size", type=int, default=None, help="timm checkpoints only: input size (default: the data's).")
+@json_option("Also write the metrics as JSON to")
+@overwrite_option
+@progress_option
 def evaluate(
     checkpoint: Path,
     split: str,
     data_dir: Path | None,
-    as_json: bool,
+    device: str | None,
     model: str | None,
     dataset: str | None,
     img_size: int | None,
+    json_path: Path | None,
+    overwrite: bool,
+    progress: bool | None,
 ) -> None:
     """Top-1/top-5 accuracy and cross entropy of a trained classifier: a losslab run folder or .ckpt, or a timm
     checkpoint (.pth.tar of timm's train.py, with --dataset)."""
-    _print_metrics(evaluate_checkpoint(checkpoint, split, data_dir, model, dataset, img_size), as_json)
+    if not checkpoint.exists():  # before the heavy imports
+        raise ConfigError(f"{str(checkpoint)!r} does not exist; pass a run folder (runs/NAME) or a .ckpt file")
+    check_new_output(json_path, overwrite)
+    metrics = evaluate_checkpoint(
+        checkpoint,
+        split,
+        data_dir,
+        model=model,
+        dataset=dataset,
+        img_size=img_size,
+        device=device,
+        progress=resolve_progress(progress),
+    )
+    if json_path is not None and str(json_path) == "-":
+        write_json_output(json_path, metrics, overwrite=overwrite)
+        return
+    _print_metrics(metrics)
+    if json_path is not None:
+        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
 
 
-def _print_metrics(metrics: dict[str, Any], as_json: bool | None) -> None:
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-    else:
-        click.echo(
-            f"{metrics['dataset']} {metrics['split']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-            f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
-        )
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    click.echo(
+        f"{metrics['dataset']} {metrics['split']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+        f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
+    )
 
 
 def evaluate_checkpoint(
     checkpoint: Path,
     split: str = "test",
     data_dir: Path | None = None,
+    *,
     model: str | None = None,
     dataset: str | None = None,
     img_size: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Load a run (or a timm checkpoint for ``model`` on ``dataset``) and evaluate it on ``split``; the dict also
     names the dataset and checkpoint."""
+    import torch
+
     from losslab.train import evaluate_model, load_run
     from losslab.train.build import make_loaders
-    from losslab.train.checkpoint import is_timm_checkpoint, load_timm_run
+    from losslab.train.checkpoint import load_timm_run
+    from losslab.train.config import is_timm_checkpoint
 
     if is_timm_checkpoint(checkpoint):
         run = load_timm_run(checkpoint, model, dataset, img_size, data_dir)
@@ -210,5 +245,11 @@ def evaluate_checkpoint(
         run = load_run(checkpoint)
     cfg = run.config if data_dir is None else run.config.model_copy(update={"data_dir": data_dir})
     loaders = make_loaders(cfg)
-    metrics = evaluate_model(run.model, loaders.test if split == "test" else loaders.val)
+    loader = loaders.test if split == "test" else loaders.val
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_model(run.model.to(device), loader, device)
     return {**metrics, "dataset": cfg.dataset, "split": split, "checkpoint": str(run.checkpoint)}

@@ -37,7 +37,7 @@ from losslab.lm.perplexity import perplexity
 from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
 from losslab.serialization import load_torch_file
 
-PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 _CE = TokenLossSpec(kind="ce")
 
 
@@ -67,9 +67,11 @@ class FinetuneConfig:
     batch_size: int = 4
     grad_accum: int = 2
     grad_clip: float = 1.0
-    precision: str = "32"
+    precision: str = "32-true"
     devices: str = "auto"
     accelerator: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
     seed: int = 42
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -83,7 +85,7 @@ class FinetuneConfig:
         self.loss_spec()  # validates loss, k, m
         if self.precision not in PRECISIONS:
             raise unknown_name_error("precision", self.precision, PRECISIONS)
-        for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every"):
+        for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every", "num_nodes"):
             check_range(key, getattr(self, key), low=1)
         check_range("lr", self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", self.weight_decay, low=0.0)
@@ -135,6 +137,11 @@ class CausalLMFinetune(pl.LightningModule):
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+    def on_train_start(self) -> None:
+        # HF ``from_pretrained`` returns the model in eval mode and Lightning keeps each submodule's mode, so
+        # without this dropout would be off for the whole run (the reference Trainer trains in train mode).
+        self.model.train()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         opt = self.optimizers()
@@ -258,6 +265,7 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     protocol = f"held-out token perplexity = exp(mean CE), {cfg.block_size}-token windows"
     before = perplexity(model, val_windows, protocol=protocol).ppl
     module = CausalLMFinetune(model, cfg, total_steps)
+    module.train()  # dropout on while training (perplexity() above left the model in eval mode)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train, batch_size=step_batch, shuffle=True, generator=generator)
     val_loader = DataLoader(val, batch_size=cfg.batch_size)
@@ -269,7 +277,9 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        precision=PRECISIONS[cfg.precision],
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
         max_steps=total_steps,
         max_epochs=-1 if cfg.max_steps is not None else cfg.epochs,
         val_check_interval=min(cfg.eval_every, steps_per_epoch),

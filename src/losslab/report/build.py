@@ -198,18 +198,22 @@ def _blocks(results: StudyResults, store: StudyStore, out: Path) -> list[Block]:
         blocks.append(
             FigureBlock(
                 "figures/accuracy_vs_bits.png",
-                "Test top-1 vs weight bits per training variant (error bars: std over seeds; 'float' = uncompressed).",
+                "Test top-1 vs stored bits per weight (codes + scales: b-bit GPFQ stores b + 1) per training variant "
+                "(error bars: ± 1 std over seeds, clipped to 100 %; 'float' = uncompressed).",
             )
         )
     option = figures.heatmap_option(results)
+    scale = figures.drop_scale(results, option) if option is not None else None
     heat = [
-        figures.drop_heatmap(results, m, fig_dir / f"drop_heatmap_{i}.png", option)
+        figures.drop_heatmap(results, m, fig_dir / f"drop_heatmap_{i}.png", option, scale)
         for i, m in enumerate(results.methods())
     ]
     if any(heat):
         blocks.append(Heading(f"Accuracy drop: {option} × bits"))
         blocks += [
-            FigureBlock(f"figures/{p.name}", f"Top-1 drop (points) of {m}, {option} × bits.")
+            FigureBlock(
+                f"figures/{p.name}", f"Top-1 drop (points) of {m}, {option} × bits (one colour scale for all methods)."
+            )
             for p, m in zip(heat, results.methods())
             if p is not None
         ]

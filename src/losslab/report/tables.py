@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.io import write_atomic
-from losslab.study.job import PLACEMENT_KEYS
-from losslab.study.spec import RUNNER_KEYS
+from losslab.study.records import PLACEMENT_KEYS, RUNNER_KEYS
 from losslab.study.store import StudyStore
 from losslab.tables import format_table
 

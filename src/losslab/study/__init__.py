@@ -6,27 +6,27 @@
     with StudyStore.open("study_runs/quickstart") as store:
         store.compressions()                                 # one row per compressed model
 
-    table, report = run_quickstart("study_runs/quickstart")  # what `losslab demo` runs
+    outcome = run_quickstart("study_runs/quickstart")        # the study behind `losslab demo`
 
 CLI: ``losslab study run FILE [--workers N] [--backend local|ray]``, ``losslab study status DIR``,
-``losslab study table DIR``; the report: ``losslab report DIR``.
+``losslab study table DIR``; the report: ``losslab report DIR`` (:mod:`losslab.report`, which reads the
+store and :mod:`losslab.study.records` only).
 """
 
-from losslab.study.job import JobResult, StudyJob
-from losslab.study.quickstart import run_quickstart
-from losslab.study.runner import StudyOutcome, run_study
-from losslab.study.spec import StudySpec, load_study_spec, parse_study
-from losslab.study.store import StudyStore, StudyStoreError
+from losslab.lazy import lazy_exports
 
-__all__ = [
-    "JobResult",
-    "StudyJob",
-    "StudyOutcome",
-    "StudySpec",
-    "StudyStore",
-    "StudyStoreError",
-    "load_study_spec",
-    "parse_study",
-    "run_quickstart",
-    "run_study",
-]
+# Lazy, so that ``losslab.study.store``/``records`` (what the report reads) load without the runner machinery.
+_EXPORTS = {
+    "JobResult": "losslab.study.records",
+    "StudyJob": "losslab.study.job",
+    "run_quickstart": "losslab.study.quickstart",
+    "StudyOutcome": "losslab.study.runner",
+    "run_study": "losslab.study.runner",
+    "StudySpec": "losslab.study.spec",
+    "load_study_spec": "losslab.study.spec",
+    "parse_study": "losslab.study.spec",
+    "StudyStore": "losslab.study.store",
+    "StudyStoreError": "losslab.study.store",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -14,14 +14,32 @@ import hashlib
 import json
 import socket
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from losslab.study.spec import RUNNER_KEYS, CompressionPoint, CompressSection
+from losslab.study.records import (
+    PLACEMENT_KEYS,
+    RUNNER_KEYS,
+    CompressionRecord,
+    JobResult,
+    TrainRecord,
+    WeightHistogram,
+)
+from losslab.study.spec import CompressionPoint, CompressSection
 
-# Keys that say where data lives or how progress is shown; they do not change a training point's results.
-PLACEMENT_KEYS = frozenset({"data_dir", "download", "num_workers", "logger"})
+__all__ = [
+    "PLACEMENT_KEYS",
+    "CompressionRecord",
+    "JobResult",
+    "StudyJob",
+    "TrainRecord",
+    "WeightHistogram",
+    "compression_key",
+    "compression_setting",
+    "provenance",
+    "train_key",
+]
 
 
 def _digest(obj: Any) -> str:
@@ -68,59 +86,6 @@ class StudyJob:
     def compress_section(self) -> CompressSection:
         """The study's compression settings, parsed."""
         return CompressSection(**self.compress)
-
-
-@dataclass
-class WeightHistogram:
-    """A histogram of one layer's weights: ``counts[i]`` weights fall in ``[edges[i], edges[i+1])``.
-
-    ``stats`` holds mean, std, min, max, absmax, kurtosis (excess) and the number of distinct values.
-    """
-
-    layer: str
-    edges: list[float]
-    counts: list[int]
-    stats: dict[str, float]
-
-
-@dataclass
-class TrainRecord:
-    """A finished training run and its float (uncompressed) test metrics (top1/top5 in percent, ce in nats)."""
-
-    config: dict[str, Any]
-    run_dir: str
-    float_metrics: dict[str, float]
-    best_val_acc: float | None
-    num_params: int | None
-    train_time_s: float
-    eval_time_s: float
-    epochs: list[dict[str, Any]]
-    histograms: list[WeightHistogram] = field(default_factory=list)
-
-
-@dataclass
-class CompressionRecord:
-    """One compressed model: its test metrics, per-layer error rows, summary, weight histograms and timings."""
-
-    key: str
-    point: CompressionPoint
-    setting: dict[str, Any]
-    metrics: dict[str, float]
-    summary: dict[str, Any]
-    layers: list[dict[str, Any]]
-    quant_time_s: float
-    eval_time_s: float
-    histograms: list[WeightHistogram] = field(default_factory=list)
-
-
-@dataclass
-class JobResult:
-    """What a job returns: the training record (None if it was already stored) and its compression records."""
-
-    train_key: str
-    train: TrainRecord | None
-    compressions: list[CompressionRecord]
-    provenance: dict[str, str]
 
 
 def provenance() -> dict[str, str]:

@@ -3,8 +3,7 @@
 ::
 
     from losslab.study import run_quickstart
-    table, report = run_quickstart("study_runs/quickstart")
-    print(table); print(report)
+    outcome = run_quickstart("study_runs/quickstart")      # losslab demo then draws its report
 
 The study trains a small CNN on the bundled digits data (no network) with four losses × two learning rates ×
 two seeds and quantizes every model with RTN, GPFQ and GPTQ at 8/4/3/2 bits. Rerunning reuses what is stored.
@@ -14,8 +13,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from losslab.errors import LosslabError
+if TYPE_CHECKING:
+    from losslab.study.runner import StudyOutcome
 
 
 def quickstart_file() -> Path:
@@ -27,23 +28,17 @@ def quickstart_file() -> Path:
 
 def run_quickstart(
     out_dir: str | Path | None = None, *, workers: int | None = None, progress: bool | None = None
-) -> tuple[str, Path]:
-    """Run (or finish) the quickstart study and its report; returns (results table as text, report.html path).
+) -> StudyOutcome:
+    """Run (or finish) the quickstart study; returns the run's outcome (failed jobs listed, not raised).
 
     ``workers`` defaults to 2 (or 1 on a single-CPU machine): two processes with one torch thread each are the
-    fastest way through 16 tiny jobs.
+    fastest way through 16 tiny jobs. The report is drawn by the caller (``losslab demo`` composes both).
     """
-    from losslab.report import accuracy_pivot, build_report, load_results, render_text
+    from losslab.study.backends import check_backend
     from losslab.study.runner import run_study
     from losslab.study.spec import load_study_spec
 
+    check_backend("local", workers)  # workers=0 is an error, not "the default"
     spec = load_study_spec(quickstart_file())
-    workers = workers or min(2, os.cpu_count() or 1)
-    outcome = run_study(spec, out_dir, workers=workers, progress=progress)
-    if outcome.failed:
-        raise LosslabError(
-            f"{len(outcome.failed)} quickstart job(s) failed: {outcome.failed[0][1]}; see "
-            f"`losslab study status {outcome.study_dir}`"
-        )
-    report = build_report(outcome.study_dir)
-    return render_text(*accuracy_pivot(load_results(outcome.study_dir))), report
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    return run_study(spec, out_dir, workers=workers, progress=progress)

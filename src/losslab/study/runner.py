@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from losslab.errors import LosslabError
 from losslab.io import check_writable, write_yaml_atomic
@@ -87,6 +88,31 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def varied_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """The config keys whose values differ between ``configs`` (what tells the jobs of a grid apart)."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def job_line(job: StudyJob, result: JobResult, varied: list[str], done: int, total: int) -> str:
+    """One line for a finished job: position, id, what it trains, float top-1, its compressions, time taken."""
+    what = ", ".join(f"{k}={job.config.get(k)}" for k in varied) or job.study
+    parts = [f"[{done}/{total}] job {job.train_key[:8]} ({what})"]
+    seconds = sum(c.quant_time_s + c.eval_time_s for c in result.compressions)
+    if result.train is not None:
+        parts.append(f"float top-1 {result.train.float_metrics.get('top1', float('nan')):.2f}%")
+        seconds += result.train.train_time_s + result.train.eval_time_s
+    else:
+        parts.append("stored run")
+    if result.compressions:
+        worst = min(result.compressions, key=lambda c: c.metrics.get("top1", float("inf")))
+        parts.append(
+            f"{len(result.compressions)} compressions (lowest top-1 {worst.metrics.get('top1', float('nan')):.2f}% "
+            f"at {worst.point.label} {worst.point.bits}-bit)"
+        )
+    return ": ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + f", {seconds:.1f} s"
+
+
 def _default_job_fn() -> JobFn:
     from losslab.study.pipeline import train_and_compress
 
@@ -123,6 +149,7 @@ def run_study(
         jobs, total = plan_jobs(spec, store, study_dir)
         outcome = StudyOutcome(study_dir, total, total - len(jobs))
         show = progress if progress is not None else sys.stderr.isatty()
+        varied = varied_keys(spec.train_points())
         from tqdm.auto import tqdm
 
         with tqdm(
@@ -140,6 +167,9 @@ def run_study(
                 if isinstance(result, JobResult):
                     store.write_job(result)
                     outcome.completed += 1
+                    if not show:  # no bar (stderr is a log or a pipe): one line per finished job instead
+                        done = outcome.skipped + outcome.completed + len(outcome.failed)
+                        print(job_line(job, result, varied, done, total), file=sys.stderr, flush=True)
                 else:
                     message = f"{type(result).__name__}: {result}"
                     store.record_failure(job.train_key, message, tb)

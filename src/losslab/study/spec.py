@@ -42,10 +42,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from losslab.errors import ConfigError
+from losslab.study.records import RUNNER_KEYS
 from losslab.train.config import TrainConfig, config_error_from
 
 # TrainConfig keys the runner sets itself: one run folder per training point, inside the study folder.
-RUNNER_KEYS = frozenset({"out_dir", "run_name", "resume", "overwrite", "progress"})
 
 
 def _close(name: str, choices: list[str]) -> str:
@@ -292,7 +292,7 @@ def _expand_training(file: StudyFile) -> tuple[tuple[dict[str, Any], ...], tuple
 def _check_methods(section: CompressSection) -> None:
     from losslab.quant.methods import QUANT_METHODS
 
-    names = QUANT_METHODS.names()
+    names = [n for n in QUANT_METHODS.names() if n != "identity16"]  # the internal fp16 reference, not offered
     for i, entry in enumerate(section.methods):
         where = f"compress.methods[{i}]"
         try:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from losslab.errors import LosslabError
-from losslab.study.job import JobResult, WeightHistogram
+from losslab.study.records import JobResult, WeightHistogram
 
 SCHEMA_VERSION = 1
 DB_NAME = "study.db"

@@ -183,15 +183,6 @@ def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = Fal
     return model
 
 
-#: File endings of timm checkpoints and bare state dicts (``.pth.tar`` ends in ``.tar``); losslab's are ``.ckpt``.
-TIMM_SUFFIXES = (".tar", ".pth", ".pt", ".bin")
-
-
-def is_timm_checkpoint(path: str | Path) -> bool:
-    """True for a file named like a timm checkpoint or state dict (not a run folder, not a ``.ckpt``)."""
-    return Path(path).suffix in TIMM_SUFFIXES
-
-
 def load_timm_run(
     path: str | Path,
     model: str | None = None,

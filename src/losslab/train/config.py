@@ -124,7 +124,7 @@ class TrainConfig(BaseModel):
     regularizer: str | None = Field(
         None, description="Regularizer: lp_grad, l1grad, l2grad, variance, std, inverse_variance, inverse_std."
     )
-    lmbda: float = Field(0.0, description="Regularizer strength lambda.")
+    lmbda: float = Field(0.0, description="Regularizer strength lambda (required with --regularizer).")
     p: float = Field(2.0, description="p of the lp_grad norm (p >= 1).")
     activation_gradients: bool = Field(True, description="lp_grad also penalizes activation gradients.")
     reg_start_epoch: int = Field(
@@ -303,6 +303,11 @@ class TrainConfig(BaseModel):
                 f"reg_start_epoch={self.reg_start_epoch} is not below epochs={self.epochs}: "
                 "the regularizer would never run"
             )
+        if self.regularizer is not None and "lmbda" not in self.model_fields_set:
+            raise ValueError(
+                f"regularizer={self.regularizer!r} needs its strength lmbda (--lmbda), e.g. 0.01; without it the "
+                "regularizer would be multiplied by 0 (give --lmbda 0 explicitly for an unregularized control)"
+            )
         return self
 
     # ------------------------------------------------------------------ construction helpers
@@ -328,6 +333,15 @@ class TrainConfig(BaseModel):
     def default_run_name(self) -> str:
         """``dataset-model-loss-sSEED``, the folder name used when ``run_name`` is unset."""
         return f"{self.dataset}-{self.model}-{self.loss}-s{self.seed}"
+
+
+#: File endings of timm checkpoints and bare state dicts (``.pth.tar`` ends in ``.tar``); losslab's are ``.ckpt``.
+TIMM_SUFFIXES = (".tar", ".pth", ".pt", ".bin")
+
+
+def is_timm_checkpoint(path: str | Path) -> bool:
+    """True for a file named like a timm checkpoint or state dict (not a run folder, not a ``.ckpt``)."""
+    return Path(path).suffix in TIMM_SUFFIXES
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

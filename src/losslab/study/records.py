@@ -1,0 +1,73 @@
+"""The record types of a study's results: what a job returns and what the report reads back from the store.
+
+Plain dataclasses with no heavy imports, so :mod:`losslab.report` can use them without importing the study
+runner (process pools, Ray, training); :mod:`losslab.study.job` re-exports them for the runner::
+
+    from losslab.study.records import CompressionRecord, JobResult, TrainRecord, WeightHistogram
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from losslab.study.spec import CompressionPoint
+
+# TrainConfig keys that say where a run goes or how it is shown; they are not part of a training point.
+RUNNER_KEYS = frozenset({"out_dir", "run_name", "resume", "overwrite", "progress"})
+# Keys that say where data lives or how progress is shown; they do not change a training point's results.
+PLACEMENT_KEYS = frozenset({"data_dir", "download", "num_workers", "logger"})
+
+
+@dataclass
+class WeightHistogram:
+    """A histogram of one layer's weights: ``counts[i]`` weights fall in ``[edges[i], edges[i+1])``.
+
+    ``stats`` holds mean, std, min, max, absmax, kurtosis (excess) and the number of distinct values.
+    """
+
+    layer: str
+    edges: list[float]
+    counts: list[int]
+    stats: dict[str, float]
+
+
+@dataclass
+class TrainRecord:
+    """A finished training run and its float (uncompressed) test metrics (top1/top5 in percent, ce in nats)."""
+
+    config: dict[str, Any]
+    run_dir: str
+    float_metrics: dict[str, float]
+    best_val_acc: float | None
+    num_params: int | None
+    train_time_s: float
+    eval_time_s: float
+    epochs: list[dict[str, Any]]
+    histograms: list[WeightHistogram] = field(default_factory=list)
+
+
+@dataclass
+class CompressionRecord:
+    """One compressed model: its test metrics, per-layer error rows, summary, weight histograms and timings."""
+
+    key: str
+    point: CompressionPoint
+    setting: dict[str, Any]
+    metrics: dict[str, float]
+    summary: dict[str, Any]
+    layers: list[dict[str, Any]]
+    quant_time_s: float
+    eval_time_s: float
+    histograms: list[WeightHistogram] = field(default_factory=list)
+
+
+@dataclass
+class JobResult:
+    """What a job returns: the training record (None if it was already stored) and its compression records."""
+
+    train_key: str
+    train: TrainRecord | None
+    compressions: list[CompressionRecord]
+    provenance: dict[str, str]
