@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # One torch thread per test process: `make test` runs two pytest workers (xdist) on a 2-core machine, and
     # OpenMP threads that spin-wait for a busy core make small ops 10-30x slower.
     torch.set_num_threads(1)
+    # No test reaches the network: the Hugging Face libraries stay offline (tests that need the hub are marked
+    # `network` and deselected), so a test can never probe or download from the hub by accident.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)

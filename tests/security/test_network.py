@@ -91,3 +91,9 @@ def test_lm_eval_mistyped_path_exits_2_without_lookup(
     with pytest.raises(SystemExit) as info:
         main(["lm", "eval", "--model", "./no/such/model", "--text-file", str(tmp_path / "t.txt"), "--no-progress"])
     assert info.value.code == 2 and "looks like a local path" in capsys.readouterr().err
+
+
+def test_empty_model_folder_is_named_not_the_tokenizer(tmp_path: Path) -> None:
+    """`lm eval --model DIR` on a folder without model files says so instead of blaming the tokenizer."""
+    with pytest.raises(DataNotFoundError, match="holds no model or tokenizer files"):
+        lm_models.load_tokenizer(tmp_path)

@@ -181,6 +181,14 @@ def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> An
 
     if pad_token not in (None, "eos"):
         raise LosslabError(f"pad_token={pad_token!r} is not supported; use 'eos' or leave it unset")
+    source = model_source(name_or_path)
+    if isinstance(source, Path) and source.is_dir() and not any(
+        (source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "config.json")
+    ):
+        raise DataNotFoundError(
+            f"folder {str(source)!r} holds no model or tokenizer files (config.json, tokenizer.json, ...); pass a "
+            "folder saved with save_pretrained, a packed .safetensors file, or a hub name"
+        )
     tok = _from_hub_or_local(AutoTokenizer.from_pretrained, name_or_path)
     if pad_token == "eos":
         tok.pad_token = tok.eos_token
