@@ -49,8 +49,14 @@ _register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``losslab`` console script: LosslabError → message on stderr, exit status 2."""
+    """Entry point of the ``losslab`` console script: LosslabError → message on stderr, exit status 2.
+
+    The torch thread count is chosen first, before any command imports torch (``losslab.threads``).
+    """
     try:
+        from losslab.threads import configure_threads, threads_from_argv
+
+        configure_threads(threads_from_argv(sys.argv[1:] if argv is None else argv))
         cli.main(args=argv, prog_name="losslab", standalone_mode=False)
     except LosslabError as exc:
         click.echo(f"error: {exc}", err=True)
