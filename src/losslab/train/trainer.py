@@ -321,6 +321,7 @@ def quiet_lightning() -> None:
         ".*Experiment logs directory.*exists and is not empty.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*litlogger.*",
+        ".*sync_dist=True.*when logging on epoch level.*",  # evaluation metrics are all-reduced sums already
     ):
         warnings.filterwarnings("ignore", message=message)
 
