@@ -14,6 +14,11 @@ Parts (``--parts``, default all that fit the device):
   torch's default (one thread per core, OpenMP's default wait policy).
 - ``compile``: CUDA only: a ResNet-20 batch-128 step eager vs ``torch.compile(mode="reduce-overhead")``
   (target >= 2x).
+- ``graphs``: CUDA only: launch-bound batch-128 steps replayed as one CUDA graph vs eager: plain ResNet-20,
+  LPGrad (p=2, weights + activations; double backward, which torch.compile cannot take) and the factorized
+  ResNet-20 (rank scale 0.111); a step that cannot be captured prints why.
+- ``tokenloss``: CUDA only: rooted token loss vs cross entropy (forward + backward) on 16,384 x 50,272 fp32
+  logits, the chunked and the fused (compiled) formulation (target <= 1.2x).
 
 Run::
 
@@ -248,10 +253,97 @@ def compile_speedup(args: argparse.Namespace) -> None:
     )
 
 
+def timed(step: object, device: torch.device, n: int = 50, warmup: int = 5) -> float:
+    """Seconds per call of ``step()`` (median-free: total of ``n`` calls after ``warmup``)."""
+    for _ in range(warmup):
+        step()  # type: ignore[operator]
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        step()  # type: ignore[operator]
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def cuda_graphed(step: object, warmup: int = 3) -> object:
+    """``step`` (static tensors, no host sync) captured once into a CUDA graph; returns the replay function."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()  # type: ignore[operator]
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()  # type: ignore[operator]
+    return graph.replay
+
+
+def graph_steps(args: argparse.Namespace) -> None:
+    """Batch-128 ResNet-20 steps (plain, LPGrad, factorized) eager vs replayed as a CUDA graph."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import timm
+
+    from bench_regularizers import BLOCK_OUTPUTS, make_step
+    from losslab.layers import factorize
+    from losslab.regularizers import create
+
+    device = torch.device(args.device)
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    eager_plain = None
+    for name in ("plain", "lp_grad", "factorized"):
+        model = timm.create_model("cifar_resnet20").to(device)
+        reg = None
+        if name == "lp_grad":
+            reg = create("lp_grad", p=2, lam=0.05, activation_names=BLOCK_OUTPUTS)
+            reg.attach(model)
+        if name == "factorized":
+            factorize(model, rank_scale=0.111)
+            model.to(device)
+        step = make_step(model, reg, x, y)
+        eager = timed(step, device)
+        eager_plain = eager_plain or eager
+        try:
+            graphed = timed(cuda_graphed(step), device)
+            note = (
+                f"CUDA graph {1e3 * graphed:.2f} ms ({eager / graphed:.2f}x faster, {graphed / eager_plain:.2f}x plain)"
+            )
+        except Exception as error:
+            note = f"CUDA graph capture failed: {type(error).__name__}: {str(error)[:200]}"
+        print(f"ResNet-20 batch 128 {name} step: eager {1e3 * eager:.2f} ms ({eager / eager_plain:.2f}x plain); {note}")
+
+
+def token_loss_speed(args: argparse.Namespace) -> None:
+    """Rooted token loss vs cross entropy, forward + backward, on 16,384 x 50,272 fp32 logits."""
+    from losslab.lm.token_loss import TokenLossSpec, token_loss
+
+    device = torch.device(args.device)
+    logits = torch.randn(16_384, 50_272, device=device, requires_grad=True)
+    target = torch.randint(0, 50_272, (16_384,), device=device)
+    spec = TokenLossSpec("root", k=5.0, m=5.0)
+
+    def ce() -> None:
+        F.cross_entropy(logits, target).backward()
+        logits.grad = None
+
+    def rooted(fused: bool) -> None:
+        token_loss(logits, target, spec, fused=fused).backward()
+        logits.grad = None
+
+    t_ce = timed(ce, device, n=10, warmup=2)
+    for fused in (False, True):
+        t = timed(lambda fused=fused: rooted(fused), device, n=10, warmup=3)
+        print(
+            f"token loss {'fused (compiled)' if fused else 'chunked'}: {1e3 * t:.1f} ms vs cross entropy "
+            f"{1e3 * t_ce:.1f} ms -> {t / t_ce:.2f}x (target <= 1.2x)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--parts", default="pipeline,train,startup,threads,compile")
+    parser.add_argument("--parts", default="pipeline,train,startup,threads,compile,graphs,tokenloss")
     parser.add_argument("--images", type=int, default=None, help="training images (default 50,000 CUDA, 6,000 CPU)")
     parser.add_argument("--model", default=None, help="default cifar_resnet18 on CUDA, small_cnn on CPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default 512 on CUDA, 128 on CPU")
@@ -291,6 +383,10 @@ def main() -> None:
             thread_policy(root / "runs", epochs=3)
         if "compile" in parts and cuda:
             compile_speedup(args)
+        if "graphs" in parts and cuda:
+            graph_steps(args)
+        if "tokenloss" in parts and cuda:
+            token_loss_speed(args)
 
 
 if __name__ == "__main__":

@@ -20,4 +20,10 @@ run bench_lm "$py" benchmarks/bench_lm.py --device cuda
 # issue 4 target: lp_grad (p=2, weights + activations) <= 3x a plain step on CIFAR ResNet-20, batch 128
 run bench_regularizers "$py" benchmarks/bench_regularizers.py --device cuda --steps 50 --warmup 5
 run bench_layers "$py" benchmarks/bench_layers.py --device cuda --steps 20
+# issue 10 (training part): device pipeline vs bare loop (ResNet-18 bf16 batch 512, <= 1.15x), start-up,
+# ResNet-20 batch 128 --compile reduce-overhead (>= 2x), CUDA-graph steps (plain / LPGrad / factorized),
+# rooted token loss vs CE on 16,384 x 50,272 fp32 logits (<= 1.2x)
+run bench_train "$py" benchmarks/bench_train.py --device cuda --epochs 3
+run train_gpu_smoke "$py" -m losslab.cli train --dataset fake --model cifar_resnet20 --epochs 2 --loader device \
+  --compile --precision bf16-mixed --out-dir "$out/runs" --run-name compiled --overwrite --no-progress
 exit "$status"
