@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,7 +229,7 @@ class DeviceLoader:
 
     def __init__(
         self,
-        raw: RawImages,
+        raw: RawImages | Callable[[], RawImages],
         spec: DataSpec,
         batch_size: int,
         train: bool,
@@ -236,35 +237,64 @@ class DeviceLoader:
         drop_last: bool = False,
         augment: bool = True,
         erasing: Erasing | None = None,
+        n: int | None = None,
     ) -> None:
-        self.images, self.labels, self.spec = raw.images, raw.labels, spec
+        # ``raw`` may be a function decoding the split on first use (then ``n`` = its size): a loader that is
+        # never iterated (e.g. the train split of an evaluation) costs nothing.
+        self._raw: RawImages | Callable[[], RawImages] = raw
+        self.spec = spec
         self.batch_size = batch_size
         self.train, self.augment, self.drop_last = train, augment and train, drop_last
         self.erasing = erasing if train and erasing is not None and erasing.active else None
-        self.sampler = ShardSampler(len(raw.labels), shuffle=train, seed=seed, even=train)
+        size = len(raw.labels) if isinstance(raw, RawImages) else n
+        if size is None:
+            raise ValueError("DeviceLoader: pass n (the split size) with a lazy raw-image function")
+        self.sampler = ShardSampler(size, shuffle=train, seed=seed, even=train)
         self.batch_sampler = None  # Lightning inspects DataLoader-like objects for these two attributes
         self.seed = seed
-        mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
-        self.mul, self.add = raw.scale / std, -mean / std  # normalised = stored * mul + add, (C, 1, 1)
+        self._device = torch.device("cpu")
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_split(cls, split: SplitSource, batch_size: int, train: bool, **kwargs: object) -> DeviceLoader:
-        return cls(raw_images(split), split.spec, batch_size, train, **kwargs)  # type: ignore[arg-type]
+    def from_split(cls, split: SplitSource, batch_size: int, train: bool, **kwargs: Any) -> DeviceLoader:
+        """A loader over ``split`` that decodes its images on first use."""
+        return cls(lambda: raw_images(split), split.spec, batch_size, train, n=len(split), **kwargs)
+
+    def _materialize(self) -> RawImages:
+        if not isinstance(self._raw, RawImages):
+            self._raw = self._raw()
+        raw = self._raw
+        if raw.images.device != self._device:
+            self._raw = raw = RawImages(raw.images.to(self._device), raw.scale, raw.labels.to(self._device))
+        return raw
+
+    def _normalizer(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mul, add) of shape (C, 1, 1) on the loader's device, cached: normalised = stored * mul + add."""
+        if self._norm is None or self._norm[0].device != self._device:
+            mean = torch.tensor(self.spec.mean, dtype=torch.float32)[:, None, None]
+            std = torch.tensor(self.spec.std, dtype=torch.float32)[:, None, None]
+            self._norm = ((scale / std).to(self._device), (-mean / std).to(self._device))
+        return self._norm
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The split's stored pixels (N, C, H, W) on the loader's device (decoded on first access)."""
+        return self._materialize().images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The split's labels (N,) int64 on the loader's device."""
+        return self._materialize().labels
 
     @property
     def device(self) -> torch.device:
-        return self.images.device
-
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size() + self.labels.numel() * 8
+        return self._device
 
     def to(self, device: str | torch.device) -> DeviceLoader:
-        """Move the split to ``device`` (in place); returns self."""
-        device = torch.device(device)
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
-        self.mul, self.add = self.mul.to(device), self.add.to(device)
+        """Hold the split on ``device`` (moved now if decoded, else decoded there on first use); returns self."""
+        self._device = torch.device(device)
+        if isinstance(self._raw, RawImages):
+            self._materialize()
         return self
 
     def __len__(self) -> int:
@@ -272,21 +302,24 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.sampler.indices().to(self.device)
+        labels = self.labels
+        order = self.sampler.indices().to(self._device)
         rank, _ = self.sampler.rank_world()
-        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.sampler.epoch, rank))
+        gen = torch.Generator(device=self._device).manual_seed(epoch_seed(self.seed, self.sampler.epoch, rank))
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.batch(idx, gen), self.labels[idx]
+            yield self.batch(idx, gen), labels[idx]
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Images ``idx`` (B,) of the split, augmented (train) and normalised: float32 (B, C, H, W)."""
-        x = self.images[idx]  # (B, C, H, W) stored dtype
+        raw = self._materialize()
+        x = raw.images[idx]  # (B, C, H, W) stored dtype
         if self.augment and self.spec.train_augment in ("crop_flip", "shift"):
             x = random_crop(x, self.spec.pad, gen)
         if self.augment and self.spec.train_augment == "crop_flip":
             x = random_flip(x, gen)
-        x = x.float() * self.mul + self.add
+        mul, add = self._normalizer(raw.scale)
+        x = x.float() * mul + add  # (stored * scale - mean) / std
         return apply_erasing(x, self.erasing, gen) if self.erasing is not None else x
 
 
