@@ -175,45 +175,38 @@ def startup(out: Path) -> float:
 
 
 def thread_policy(out: Path, epochs: int) -> dict[str, float]:
-    """A digits run with one competing busy process: the policy vs torch's default thread settings."""
-    busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    """A digits ``losslab train`` with one competing busy process: the policy vs torch's default settings."""
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
-    code = (
-        "import sys, time, torch; {pre}from losslab.train import TrainConfig, fit; "
-        "r = fit(TrainConfig(epochs={e}, out_dir=sys.argv[1], run_name='t', overwrite=True, progress=False)); "
-        "print(r.to_dict()['train_images_per_s'], r.wall_time_s, torch.get_num_threads())"
-    )
-    # torch default: no policy (configure_threads replaced by a no-op), torch picks one thread per core
-    variants = {
-        "policy": "",
-        "torch default": "import losslab.threads as t; t.configure_threads = lambda n=None: torch.get_num_threads(); ",
-        "2 threads + PASSIVE": "",
+    base["PYTHONPATH"] = SRC
+    no_policy = "import losslab.threads as t; t.configure_threads = lambda n=None: 0; "
+    variants = {  # name: (code run before the CLI, extra environment)
+        "policy": ("", {}),
+        "torch default": (no_policy, {}),
+        "2 threads + PASSIVE": ("", {"LOSSLAB_THREADS": "2"}),
     }
-    envs = {
-        "policy": {**base, "PYTHONPATH": SRC},
-        "torch default": {**base, "PYTHONPATH": SRC},
-        "2 threads + PASSIVE": {**base, "PYTHONPATH": SRC, "LOSSLAB_THREADS": "2"},
-    }
+    busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
     found = {}
     try:
         time.sleep(1.0)
-        for name, pre in variants.items():
-            proc = subprocess.run(
-                [sys.executable, "-c", code.format(pre=pre, e=epochs), str(out / name.replace(" ", "_"))],
-                env=envs[name],
-                check=True,
-                capture_output=True,
-                text=True,
+        for name, (pre, env) in variants.items():
+            run = name.replace(" ", "_").replace("+", "")
+            args = ["train", "--epochs", str(epochs), "--out-dir", str(out), "--run-name", run, "--overwrite"]
+            code = f"{pre}import sys; from losslab.cli.app import main; main({args!r})"
+            proc = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"threads, {name}: failed\n{proc.stderr[-2000:]}")
+                continue
+            result = json.loads((out / run / "result.json").read_text())
+            found[name] = result["train_images_per_s"]
+            print(
+                f"threads, {name}: {result['threads']['torch_threads']} torch threads, "
+                f"{found[name]:,.0f} img/s, run {result['wall_time_s']:.1f} s"
             )
-            rate, wall, threads = proc.stdout.split()[-3:]
-            found[name] = float(rate)
-            print(f"threads, {name}: {int(threads)} torch threads, {float(rate):,.0f} img/s, run {float(wall):.1f} s")
     finally:
         busy.kill()
         busy.wait()
-    print(
-        f"thread policy speed-up over torch's default with a busy core: {found['policy'] / found['torch default']:.1f}x"
-    )
+    if "policy" in found and "torch default" in found:
+        print(f"thread policy vs torch's default with a busy core: {found['policy'] / found['torch default']:.1f}x")
     return found
 
 

@@ -101,8 +101,14 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
 
 
 def configure_threads(requested: int | None = None) -> int:
-    """Choose the thread count and apply it (environment for OpenMP/MKL, torch if loaded); returns it."""
-    n, source = choose_threads(requested)
+    """Choose the thread count and apply it (environment for OpenMP/MKL, torch if loaded); returns it.
+
+    Without ``requested``, a choice made earlier in this process (the CLI's, before torch loaded) is kept.
+    """
+    if requested is None and _CHOICE and os.environ.get("OMP_NUM_THREADS") == str(_CHOICE["threads"]):
+        n, source = int(_CHOICE["threads"]), str(_CHOICE["source"])  # type: ignore[call-overload]
+    else:
+        n, source = choose_threads(requested)
     os.environ["OMP_NUM_THREADS"] = str(n)
     os.environ.setdefault("MKL_NUM_THREADS", str(n))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
