@@ -208,7 +208,8 @@ def thread_policy(out: Path, epochs: int) -> dict[str, float]:
     if "policy" in found and "torch default" in found:
         means = ", ".join(f"{k} {v:,.0f}" for k, v in found.items())
         print(
-            f"mean img/s: {means}; policy vs torch's default with a busy core: {found['policy'] / found['torch default']:.1f}x"
+            f"mean img/s: {means}; policy vs torch's default with a busy core: "
+            f"{found['policy'] / found['torch default']:.1f}x"
         )
     return found
 
