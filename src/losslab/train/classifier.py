@@ -19,9 +19,8 @@ checkpoints are selected on the same metric for every loss. They are exact over 
 each rank sums correct predictions, cross entropy and counts over its (unpadded) shard, and the sums are
 all-reduced once at the end of the pass (sum of correct / sum of counts). A non-finite training loss is
 recorded without a device sync per step and checked at the end of the epoch, before any checkpoint of that epoch
-is written: the run stops with :class:`TrainingDivergedError`, the last good checkpoint stays.
-With ``logit_stats`` the module logs SGT's logit
-statistics (norm, |mean|, |max|, var) as per-batch averages over each epoch.
+is written: the run stops with :class:`TrainingDivergedError`, the last good checkpoint stays. With ``logit_stats``
+the module logs SGT's logit statistics (norm, |mean|, |max|, var) as per-batch averages over each epoch.
 """
 
 from __future__ import annotations
