@@ -21,6 +21,7 @@ disjoint shard of the epoch's permutation.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -258,7 +259,8 @@ class DeviceLoader:
     @classmethod
     def from_split(cls, split: SplitSource, batch_size: int, train: bool, **kwargs: Any) -> DeviceLoader:
         """A loader over ``split`` that decodes its images on first use."""
-        return cls(lambda: raw_images(split), split.spec, batch_size, train, n=len(split), **kwargs)
+        decode = functools.partial(raw_images, split)  # picklable, for DDP spawn
+        return cls(decode, split.spec, batch_size, train, n=len(split), **kwargs)
 
     def _materialize(self) -> RawImages:
         if not isinstance(self._raw, RawImages):
