@@ -76,10 +76,10 @@ def choose_loader(cfg: TrainConfig, splits: dict[str, Any], device: torch.device
     if cfg.loader == "device" and problem is not None:
         raise ConfigError(f"loader='device' cannot hold this run: {problem}; use --loader workers (or auto)")
     if cfg.loader == "workers":
-        return "workers", "asked for (--loader workers)"
+        return "workers", "asked for with --loader workers"
     if problem is not None:
         return "workers", problem
-    return "device", "asked for (--loader device)" if cfg.loader == "device" else f"all splits fit on {device}"
+    return "device", "asked for with --loader device" if cfg.loader == "device" else f"all splits fit on {device}"
 
 
 def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None, kind: str | None = None) -> LoaderSet:
