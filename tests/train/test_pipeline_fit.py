@@ -111,6 +111,15 @@ def test_compile_refuses_double_backward(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path: Path) -> None:
+    eager = fit(quick(tmp_path, model="small_cnn", run_name="eager"))
+    compiled = fit(quick(tmp_path, model="small_cnn", run_name="compiled", compile=True))
+    assert compiled.to_dict()["compiled"] and not eager.to_dict()["compiled"]
+    assert compiled.test_ce == pytest.approx(eager.test_ce, rel=1e-3)  # same weights up to kernel rounding
+    assert load_run(compiled.run_dir).model.state_dict().keys() == load_run(eager.run_dir).model.state_dict().keys()
+
+
+@pytest.mark.slow
 def test_device_pipeline_matches_worker_accuracy(tmp_path: Path) -> None:
     acc: dict[str, list[float]] = {"device": [], "workers": []}
     for loader in acc:

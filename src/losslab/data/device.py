@@ -103,8 +103,8 @@ class ShardSampler(torch.utils.data.Sampler[int]):
 # ---------------------------------------------------------------------- raw pixels of a split
 @dataclass
 class RawImages:
-    """A split's pixels as stored: ``images`` (N, C, H, W) uint8 (float32 for sources that are not 8-bit) with
-    ``pixel = images * scale`` in [0, 1], and ``labels`` (N,) int64."""
+    """A split's pixels as stored: ``images`` (N, C, H, W) uint8 codes with ``pixel = images * scale`` in [0, 1]
+    (float32 with scale 1 for sources whose pixels are not 8-bit codes, e.g. ``fake``), ``labels`` (N,) int64."""
 
     images: torch.Tensor
     scale: float
