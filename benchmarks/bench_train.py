@@ -163,15 +163,16 @@ def bare_loop(data_dir: Path, args: argparse.Namespace) -> float:
     return max(rates[1:] or rates)  # the first epoch warms up (cuDNN autotuning, allocator)
 
 
-def startup(out: Path) -> float:
-    """Seconds from launching ``losslab train`` on digits to its first training step."""
+def startup(out: Path) -> tuple[float, float]:
+    """(seconds from launching ``losslab train`` on digits to its first training step, of which after ``fit``
+    was called)."""
     env = {**os.environ, "PYTHONPATH": SRC}
     cmd = [sys.executable, "-m", "losslab.cli", "train", "--epochs", "1", "--out-dir", str(out), "--run-name"]
     cmd += ["startup", "--overwrite", "--no-progress"]
     start = time.time()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    first = json.loads((out / "startup" / "result.json").read_text())["first_step_unix"]
-    return first - start
+    result = json.loads((out / "startup" / "result.json").read_text())
+    return result["first_step_unix"] - start, result["first_step_s"]
 
 
 def thread_policy(out: Path, epochs: int) -> dict[str, float]:
