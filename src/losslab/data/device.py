@@ -110,6 +110,9 @@ class RawImages:
     scale: float
     labels: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
 
 def _quantized(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """uint8 codes of float pixels in [0, 1] when they are exact multiples of 1/16 or 1/255, else float32."""
@@ -239,6 +242,7 @@ class DeviceLoader:
         augment: bool = True,
         erasing: Erasing | None = None,
         n: int | None = None,
+        dataset: SplitSource | None = None,
     ) -> None:
         # ``raw`` may be a function decoding the split on first use (then ``n`` = its size): a loader that is
         # never iterated (e.g. the train split of an evaluation) costs nothing.
@@ -255,12 +259,14 @@ class DeviceLoader:
         self.seed = seed
         self._device = torch.device("cpu")
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Like DataLoader.dataset: what the loader draws from (``len`` = images in the split).
+        self.dataset: SplitSource | RawImages = dataset if dataset is not None else raw  # type: ignore[assignment]
 
     @classmethod
     def from_split(cls, split: SplitSource, batch_size: int, train: bool, **kwargs: Any) -> DeviceLoader:
         """A loader over ``split`` that decodes its images on first use."""
         decode = functools.partial(raw_images, split)  # picklable, for DDP spawn
-        return cls(decode, split.spec, batch_size, train, n=len(split), **kwargs)
+        return cls(decode, split.spec, batch_size, train, n=len(split), dataset=split, **kwargs)
 
     def _materialize(self) -> RawImages:
         if not isinstance(self._raw, RawImages):
