@@ -12,9 +12,10 @@ validation accuracy; the test set is never used for selection), ``checkpoints/pr
 and ``result.json`` with the test metrics of the best checkpoint, the input pipeline used and why
 (``loader``), training throughput (``train_images_per_s``, validation excluded), the time from ``fit`` to the
 first training step, the torch thread choice and the speed settings (TF32, channels-last, compile).
-Every file is written atomically. A run killed
-at any point resumes from ``last.ckpt`` with ``resume=<run folder>``; a finished run folder is never overwritten
-unless ``overwrite=True``.
+
+Every file is written atomically. A run killed at any point resumes from ``last.ckpt`` with
+``resume=<run folder>``; a finished run folder is never overwritten unless ``overwrite=True``. A loss that turns
+NaN/inf stops the run (``TrainingDivergedError``) before that epoch's checkpoint is written.
 """
 
 from __future__ import annotations
