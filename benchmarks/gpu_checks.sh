@@ -28,4 +28,10 @@ run bench_translate "$py" benchmarks/bench_translate.py --device cuda
 # (the original GPTQ loop too), with the share of equal codes (float32: >= 0.999 expected for a full-rank H)
 run bench_solve "$py" benchmarks/bench_solve.py --device cuda --repeats 3
 run bench_solve_fp64 "$py" benchmarks/bench_solve.py --device cuda --dtype float64 --repeats 1 --methods gptq,ldlq
+# issue 10 (training part): device pipeline vs bare loop (ResNet-18 bf16 batch 512, <= 1.15x), start-up,
+# ResNet-20 batch 128 --compile reduce-overhead (>= 2x), CUDA-graph steps (plain / LPGrad / factorized),
+# rooted token loss vs CE on 16,384 x 50,272 fp32 logits (<= 1.2x)
+run bench_train "$py" benchmarks/bench_train.py --device cuda --epochs 3
+run train_gpu_smoke "$py" -m losslab.cli train --dataset fake --model cifar_resnet20 --epochs 2 --loader device \
+  --compile --precision bf16-mixed --out-dir "$out/runs" --run-name compiled --overwrite --no-progress
 exit "$status"

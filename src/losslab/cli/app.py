@@ -116,8 +116,14 @@ def _debug() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``losslab`` console script: user faults → one line on stderr, exit status 2."""
+    """Entry point of the ``losslab`` console script: user faults → one line on stderr, exit status 2.
+
+    The torch thread count is chosen first, before any command imports torch (``losslab.threads``).
+    """
     try:
+        from losslab.threads import configure_threads, threads_from_argv
+
+        configure_threads(threads_from_argv(sys.argv[1:] if argv is None else argv))
         cli.main(args=argv, prog_name="losslab", standalone_mode=False)
     except click.exceptions.Abort as exc:
         # click turns an EOFError (a zero-byte file read by a loader) into Abort, like Ctrl-C; tell them apart

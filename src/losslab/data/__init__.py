@@ -10,9 +10,21 @@ raises :class:`losslab.errors.DataNotFoundError` naming the paths looked at and 
     train = create_dataset("digits", "train")       # normalised (1, 8, 8) tensors
     loaders = create_dataloaders("digits", batch_size=64)
     calib = calibration_loader("digits", n_samples=256, batch_size=64)
+
+The device-resident pipeline (splits as uint8 tensors on the training device, batched augmentation) is
+:mod:`losslab.data.device`; both pipelines read splits through :func:`load_splits`.
 """
 
-from losslab.data.datasets import SPLITS, TransformedSubset, create_dataset, train_val_indices
+from losslab.data.datasets import (
+    SPLITS,
+    SplitSource,
+    TransformedSubset,
+    as_dataset,
+    create_dataset,
+    load_split,
+    load_splits,
+    train_val_indices,
+)
 from losslab.data.loaders import calibration_loader, create_dataloaders, make_loader
 from losslab.data.paths import DATA_DIR_ENV, resolve_data_dir
 from losslab.data.spec import FAKE_OPTIONS, SPECS, DataSpec, dataset_info
@@ -27,12 +39,16 @@ __all__ = [
     "SPECS",
     "SPLITS",
     "DataSpec",
+    "SplitSource",
     "TransformedSubset",
+    "as_dataset",
     "build_transform",
     "calibration_loader",
     "create_dataloaders",
     "create_dataset",
     "dataset_info",
+    "load_split",
+    "load_splits",
     "make_loader",
     "resolve_data_dir",
     "train_val_indices",

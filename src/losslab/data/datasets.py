@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from losslab.data.imagenet import load_imagenet
 from losslab.data.paths import resolve_data_dir
 from losslab.data.spec import DataSpec, dataset_info, fake_options
 from losslab.data.tiny_imagenet import load_tiny_imagenet
-from losslab.data.transforms import build_transform
+from losslab.data.transforms import Erasing, build_transform
 from losslab.errors import ConfigError, check_range
 
 SPLITS = ("train", "val", "test")
@@ -79,6 +80,75 @@ def _load_source(name: str, data_dir: Path, train: bool, download: bool, options
     return loaders[name](data_dir, train, download)
 
 
+@dataclass(frozen=True)
+class SplitSource:
+    """One split before any transform: the raw ``source`` items ``indices`` (all if None) of data set ``spec``.
+
+    The one place that decides which raw images form train / val / test; both the worker pipeline
+    (:func:`create_dataset`) and the device pipeline (:mod:`losslab.data.device`) read splits through it.
+    """
+
+    spec: DataSpec
+    source: Any
+    indices: list[int] | None
+    img_size: int
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+
+def load_splits(
+    name: str,
+    splits: Sequence[str] = SPLITS,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    img_size: int | None = None,
+    **options: Any,
+) -> dict[str, SplitSource]:
+    """The raw images of each of ``splits`` of ``name`` (see :func:`create_dataset` for the arguments); the
+    training source is read once for train and val."""
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"split(s) {bad} not allowed: choose from {', '.join(SPLITS)}")
+    check_range("val_fraction", val_fraction, low=0.0, high=1.0, high_inclusive=False)
+    if "val" in splits and val_fraction == 0:
+        raise ConfigError("split='val' needs val_fraction > 0 (the val split is carved out of the training set)")
+    key = name.strip().lower().replace("-", "_")
+    if key == "fake" and img_size is not None:
+        options = {**options, "img_size": img_size}
+    spec = dataset_info(key, **options)
+    size = spec.img_size if img_size is None else img_size
+    check_range("img_size", size, low=1)
+    root = resolve_data_dir(data_dir)
+    found: dict[str, SplitSource] = {}
+    if "test" in splits:
+        found["test"] = SplitSource(spec, _load_source(key, root, False, download, options), None, size)
+    if "train" in splits or "val" in splits:
+        source = _load_source(key, root, True, download, options)
+        train_idx, val_idx = train_val_indices(len(source), val_fraction, split_seed)
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            if split in splits:
+                found[split] = SplitSource(spec, source, idx, size)
+    return {split: found[split] for split in splits}
+
+
+def load_split(name: str, split: str, **kwargs: Any) -> SplitSource:
+    """The raw images of one split: ``load_splits(name, [split], **kwargs)[split]``."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not allowed: choose one of {', '.join(SPLITS)}")
+    return load_splits(name, [split], **kwargs)[split]
+
+
+def as_dataset(
+    raw: SplitSource, augment: bool = False, randaugment: str | None = None, erasing: Erasing | None = None
+) -> TransformedSubset:
+    """A split as a Dataset of transformed tensors (``augment`` etc. only matter for the training transform)."""
+    transform = build_transform(raw.spec, augment, raw.img_size, randaugment=randaugment, erasing=erasing)
+    return TransformedSubset(raw.source, raw.indices, transform, raw.spec)
+
+
 def create_dataset(
     name: str,
     split: str,
@@ -89,13 +159,14 @@ def create_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     img_size: int | None = None,
+    erasing: Erasing | None = None,
     **options: Any,
 ) -> TransformedSubset:
     """Split ``split`` in {train, val, test} of data set ``name`` as (image tensor, label) pairs.
 
     - ``data_dir``: folder holding the data sets (default ``$LOSSLAB_DATA_DIR`` or ``~/.cache/losslab/data``).
     - ``download``: fetch a missing data set (never otherwise); a missing one raises ``DataNotFoundError``.
-    - ``augment``/``randaugment``: training-split augmentation (see ``losslab.data.transforms``).
+    - ``augment``/``randaugment``/``erasing``: training-split augmentation (see ``losslab.data.transforms``).
     - ``val_fraction``/``split_seed``: the seeded val carve-out of the training set (0 <= fraction < 1).
     - ``img_size``: output side length (default: the data set's native size); for ``fake`` it sets the size.
     - ``options``: only for ``fake`` (``num_samples``, ``num_classes``, ``in_chans``, ``noise``, ``seed``).
@@ -104,18 +175,18 @@ def create_dataset(
     """
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not allowed: choose one of {', '.join(SPLITS)}")
-    check_range("val_fraction", val_fraction, low=0.0, high=1.0, high_inclusive=False)
-    if split == "val" and val_fraction == 0:
-        raise ConfigError("split='val' needs val_fraction > 0 (the val split is carved out of the training set)")
     key = name.strip().lower().replace("-", "_")
-    if key == "fake" and img_size is not None:
-        options = {**options, "img_size": img_size}
-    spec = dataset_info(key, **options)
-    size = spec.img_size if img_size is None else img_size
-    check_range("img_size", size, low=1)
-    transform = build_transform(spec, train=split == "train" and augment, img_size=size, randaugment=randaugment)
-    source = _load_source(key, resolve_data_dir(data_dir), split != "test", download, options)
-    if split == "test":
-        return TransformedSubset(source, None, transform, spec)
-    train_idx, val_idx = train_val_indices(len(source), val_fraction, split_seed)
-    return TransformedSubset(source, train_idx if split == "train" else val_idx, transform, spec)
+    spec = dataset_info(key, **({**options, "img_size": img_size} if key == "fake" and img_size else options))
+    # Validate the transform (a bad RandAugment string fails for every split) before reading any file.
+    build_transform(spec, False, img_size or spec.img_size, randaugment=randaugment, erasing=erasing)
+    raw = load_split(
+        key,
+        split,
+        data_dir=data_dir,
+        download=download,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        img_size=img_size,
+        **options,
+    )
+    return as_dataset(raw, split == "train" and augment, randaugment, erasing)

@@ -182,8 +182,13 @@ def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> An
     if pad_token not in (None, "eos"):
         raise LosslabError(f"pad_token={pad_token!r} is not supported; use 'eos' or leave it unset")
     source = model_source(name_or_path)
-    if isinstance(source, Path) and source.is_dir() and not any(
-        (source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "config.json")
+    if (
+        isinstance(source, Path)
+        and source.is_dir()
+        and not any(
+            (source / name).is_file()
+            for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "config.json")
+        )
     ):
         raise DataNotFoundError(
             f"folder {str(source)!r} holds no model or tokenizer files (config.json, tokenizer.json, ...); pass a "

@@ -3,7 +3,7 @@
 Each builder checks its part of the config against the registries (objectives, models, datasets, regularizers)
 so an unknown name fails before training with the list of valid choices::
 
-    data = make_loaders(cfg)                        # LoaderSet(train, val, test, spec)
+    data = make_loaders(cfg)                        # LoaderSet(train, val, test, spec, kind, reason)
     model, dense_params = build_model(cfg, data.spec)
     objective = build_objective(cfg)
     schedule, always_on = build_regularization(cfg, model)
@@ -11,6 +11,7 @@ so an unknown name fails before training with the list of valid choices::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,43 +25,141 @@ from losslab.train.config import TrainConfig
 
 @dataclass
 class LoaderSet:
-    """Train / validation / test loaders of one dataset and its :class:`losslab.data.DataSpec`."""
+    """Train / validation / test loaders of one dataset, its :class:`losslab.data.DataSpec`, and which input
+    pipeline was chosen (``kind``: ``device`` or ``workers``) and why (``reason``)."""
 
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: Iterable[Any]
+    val: Iterable[Any]
+    test: Iterable[Any]
     spec: Any
+    kind: str = "workers"
+    reason: str = ""
+    train_size: int = 0
+
+    def device_loaders(self) -> list[Any]:
+        """The loaders that must be moved to the training device (device pipeline only)."""
+        return [self.train, self.val, self.test] if self.kind == "device" else []
 
 
-def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None) -> LoaderSet:
-    """Loaders for ``cfg.dataset``: shuffled, augmented training split; fixed validation carve-out; test split."""
-    from losslab.data import create_dataset, dataset_info
+def erasing_of(cfg: TrainConfig) -> Any:
+    """The cutout / random-erasing settings of ``cfg`` (``losslab.data.transforms.Erasing``)."""
+    from losslab.data.transforms import Erasing
 
-    spec = dataset_info(cfg.dataset)
-    common = {
-        "data_dir": cfg.data_dir,
-        "download": cfg.download,
-        "val_fraction": cfg.val_fraction,
-        "img_size": cfg.img_size,
-    }
-    train = create_dataset(cfg.dataset, "train", augment=cfg.augment, randaugment=cfg.randaugment, **common)
-    val = create_dataset(cfg.dataset, "val", **common)
-    test = create_dataset(cfg.dataset, "test", **common)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    return Erasing(cutout=cfg.cutout, reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount)
+
+
+def training_device(cfg: TrainConfig) -> torch.device:
+    """The device the run will train on, as far as it is known before the Trainer starts (for ``loader=auto``)."""
+    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if wants_gpu and torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def choose_loader(cfg: TrainConfig, splits: dict[str, Any], device: torch.device) -> tuple[str, str]:
+    """(``device`` | ``workers``, reason): the input pipeline for ``cfg`` on ``device``; ``loader=device`` on data
+    or transforms the device pipeline cannot take raises :class:`ConfigError` naming them and the alternative."""
+    from losslab.data.device import DEVICE_MEMORY_SHARE, device_pipeline_problem, free_memory, split_nbytes
+
+    spec = splits["train"].spec
+    problem = device_pipeline_problem(spec, splits["train"].img_size, cfg.augment, cfg.randaugment)
+    if problem is None:
+        need = sum(split_nbytes(spec, len(split)) for split in splits.values())
+        free = free_memory(device)
+        if need > DEVICE_MEMORY_SHARE * free:
+            problem = (
+                f"the {need / 2**20:,.0f} MiB of {spec.name!r} images exceed {DEVICE_MEMORY_SHARE:.0%} of the "
+                f"{free / 2**20:,.0f} MiB free on {device}"
+            )
+    if cfg.loader == "device" and problem is not None:
+        raise ConfigError(f"loader='device' cannot hold this run: {problem}; use --loader workers (or auto)")
+    if cfg.loader == "workers":
+        return "workers", "asked for with --loader workers"
+    if problem is not None:
+        return "workers", problem
+    return "device", "asked for with --loader device" if cfg.loader == "device" else f"all splits fit on {device}"
+
+
+def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None, kind: str | None = None) -> LoaderSet:
+    """Loaders for ``cfg.dataset``: shuffled, augmented training split; fixed validation carve-out; test split.
+
+    The pipeline is ``cfg.loader`` (``auto`` resolved by :func:`choose_loader`) unless ``kind`` forces one. Both
+    pipelines share the split logic (``losslab.data.load_splits``) and the epoch-seeded, DDP-sharded order
+    (``losslab.data.device.ShardSampler``); evaluation shards are neither padded nor cut.
+    """
+    from losslab.data import as_dataset, load_splits
+    from losslab.data.device import DeviceLoader, ShardSampler
+
+    erasing = erasing_of(cfg)
+    if cfg.randaugment:  # a bad policy string fails before any file is read
+        from losslab.data import build_transform, dataset_info
+
+        build_transform(dataset_info(cfg.dataset), True, cfg.img_size or 1, randaugment=cfg.randaugment)
+    splits = load_splits(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        img_size=cfg.img_size,
+    )
+    if kind is None:
+        kind, reason = choose_loader(cfg, splits, training_device(cfg))
+    else:
+        reason = "asked for by the caller"
+    n_train = len(splits["train"])
+    drop_last = n_train > cfg.batch_size
     eval_bs = eval_batch_size or max(cfg.batch_size, 256)
+    spec = splits["train"].spec
+    if kind == "device":
+        return LoaderSet(
+            train=DeviceLoader.from_split(
+                splits["train"],
+                cfg.batch_size,
+                train=True,
+                seed=cfg.seed,
+                drop_last=drop_last,
+                augment=cfg.augment,
+                erasing=erasing,
+            ),
+            val=DeviceLoader.from_split(splits["val"], eval_bs, train=False),
+            test=DeviceLoader.from_split(splits["test"], eval_bs, train=False),
+            spec=spec,
+            kind=kind,
+            reason=reason,
+            train_size=n_train,
+        )
     loader_kw = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    datasets = {
+        "train": as_dataset(splits["train"], cfg.augment, cfg.randaugment, erasing),
+        "val": as_dataset(splits["val"]),
+        "test": as_dataset(splits["test"]),
+    }
     return LoaderSet(
         train=DataLoader(
-            train,
+            datasets["train"],
             batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            drop_last=len(train) > cfg.batch_size,
+            sampler=ShardSampler(n_train, shuffle=True, seed=cfg.seed, even=True),
+            drop_last=drop_last,
             **loader_kw,
         ),
-        val=DataLoader(val, batch_size=eval_bs, **loader_kw),
-        test=DataLoader(test, batch_size=eval_bs, **loader_kw),
+        val=DataLoader(
+            datasets["val"],
+            batch_size=eval_bs,
+            sampler=ShardSampler(len(datasets["val"]), False, even=False),
+            **loader_kw,
+        ),
+        test=DataLoader(
+            datasets["test"],
+            batch_size=eval_bs,
+            sampler=ShardSampler(len(datasets["test"]), False, even=False),
+            **loader_kw,
+        ),
         spec=spec,
+        kind="workers",
+        reason=reason,
+        train_size=n_train,
     )
 
 

@@ -15,8 +15,12 @@ different regularizers incomparable. At each validation (the end-of-epoch weight
 factor statistics (``factors/...``) and models with fused-QKV attention the per-head product norms
 (``attention/qk_frob_norm``, ``attention/ov_nuclear_norm``, ...; see ``losslab.layers.attention``).
 Validation and test report plain cross entropy (``val/ce``) and top-1 accuracy whatever the training objective, so
-checkpoints are selected on the same metric for every loss. With ``logit_stats`` the module logs SGT's logit
-statistics (norm, |mean|, |max|, var) as per-batch averages over each epoch.
+checkpoints are selected on the same metric for every loss. They are exact over the whole split also under DDP:
+each rank sums correct predictions, cross entropy and counts over its (unpadded) shard, and the sums are
+all-reduced once at the end of the pass (sum of correct / sum of counts). A non-finite training loss is
+recorded without a device sync per step and checked at the end of the epoch, before any checkpoint of that epoch
+is written: the run stops with :class:`TrainingDivergedError`, the last good checkpoint stays. With ``logit_stats``
+the module logs SGT's logit statistics (norm, |mean|, |max|, var) as per-batch averages over each epoch.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from losslab.errors import LosslabError
 from losslab.objectives import logit_statistics
 from losslab.train.config import TrainConfig
 from losslab.train.optim import build_optimizer, build_scheduler
+
+
+class TrainingDivergedError(LosslabError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+EVAL_TALLY = ("correct1", "correct5", "ce_sum", "n")
 
 
 class ClassifierModule(pl.LightningModule):
@@ -61,6 +73,15 @@ class ClassifierModule(pl.LightningModule):
         self.always_on = list(always_on or [])
         self.mixup: Any | None = None  # timm Mixup (losslab.train.recipe), set by fit() when cfg asks for it
         self.save_hyperparameters({"config": config.to_dict()})
+        self._tally: torch.Tensor | None = None  # (4,) sums of EVAL_TALLY over this rank's evaluation batches
+        self._nonfinite: torch.Tensor | None = None  # bool: a non-finite loss in this epoch (no sync per step)
+        self.channels_last = False  # set by fit: inputs (and the model) in channels-last memory format
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last:
+            x, y = batch
+            return x.contiguous(memory_format=torch.channels_last), y
+        return batch
 
     # ------------------------------------------------------------------ regularizers
     def all_regularizers(self) -> list[Any]:
@@ -114,6 +135,8 @@ class ClassifierModule(pl.LightningModule):
                 self.log(f"reg/{reg.name}", term.detach(), on_step=False, on_epoch=True)
                 terms.append(term)
         total = sum(terms, loss.detach() if task_in_terms else loss)
+        bad = ~torch.isfinite(total.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", accuracy(logits.detach(), y), on_step=False, on_epoch=True)
         if self.config.logit_stats:
@@ -126,15 +149,55 @@ class ClassifierModule(pl.LightningModule):
             if value is not None:
                 self.log(f"reg/{reg.name}", value, on_step=False, on_epoch=True)
 
+    def on_train_epoch_end(self) -> None:
+        # Runs before ModelCheckpoint's hook of this epoch: a diverged epoch never overwrites last.ckpt.
+        bad, self._nonfinite = self._nonfinite, None
+        if bad is not None and bool(self.trainer.strategy.reduce(bad.float(), reduce_op="sum") > 0):
+            raise TrainingDivergedError(
+                f"training diverged: the loss became NaN or infinite in epoch {self.current_epoch}; the run stopped "
+                "and its last good checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. "
+                "Lower --lr, add --gradient-clip (e.g. 1.0), lower --lmbda, or use --precision 32"
+            )
+
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
-        logits = self.model(x)
-        self.log(f"{stage}/ce", F.cross_entropy(logits.float(), y), prog_bar=stage == "val")
-        self.log(f"{stage}/acc", accuracy(logits, y), prog_bar=stage == "val")
-        if stage == "test":
-            self.log("test/top5", accuracy(logits, y, topk=5))
+        logits = self.model(x).float()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, k)
+        hits = top == y.unsqueeze(-1)
+        step = torch.stack(
+            [
+                hits[:, 0].sum().to(torch.float64),
+                hits.any(dim=-1).sum().to(torch.float64),
+                F.cross_entropy(logits, y, reduction="sum").to(torch.float64),
+                torch.full((), y.numel(), dtype=torch.float64, device=y.device),
+            ]
+        )
+        self._tally = step if self._tally is None else self._tally + step
         if self.config.logit_stats:
             self._log_logit_stats(stage, logits)
+
+    def _log_eval_tally(self, stage: str) -> None:
+        """Log ``stage/acc``, ``stage/ce`` (and ``test/top5``) from the sums over every rank's shard."""
+        tally, self._tally = self._tally, None
+        if tally is None:
+            tally = torch.zeros(len(EVAL_TALLY), dtype=torch.float64, device=self.device)
+        correct1, correct5, ce_sum, n = self.trainer.strategy.reduce(tally, reduce_op="sum").tolist()
+        if n == 0:
+            return
+        self.log(f"{stage}/ce", ce_sum / n, prog_bar=stage == "val", sync_dist=False)
+        self.log(f"{stage}/acc", 100.0 * correct1 / n, prog_bar=stage == "val", sync_dist=False)
+        if stage == "test":
+            self.log("test/top5", 100.0 * correct5 / n, sync_dist=False)
+            self.log("test/n", n, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._tally = None
+
+    def on_test_epoch_start(self) -> None:
+        self._tally = None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_tally("test")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -147,6 +210,7 @@ class ClassifierModule(pl.LightningModule):
 
         if self.trainer.sanity_checking:
             return
+        self._log_eval_tally("val")
         for key, value in weight_statistics(self.model, per_layer=bool(self.all_regularizers())).items():
             self.log(key, value)
         lowrank = factor_statistics(self.model, self.trainer.optimizers[0].param_groups[0]["lr"])

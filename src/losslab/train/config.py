@@ -27,6 +27,9 @@ PrecisionName = Literal["32", "16-mixed", "bf16-mixed"]
 LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
 AttentionProducts = Literal["both", "qk", "ov"]
 MixupMode = Literal["batch", "pair", "elem"]
+LoaderName = Literal["auto", "device", "workers"]
+EraseMode = Literal["const", "pixel"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class TrainConfig(BaseModel):
@@ -57,7 +60,33 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="Standard training augmentation for the dataset (crop + flip).")
     randaugment: str | None = Field(None, description="timm RandAugment policy, e.g. rand-m9-mstd0.5; off if unset.")
     img_size: int | None = Field(None, description="Input image size; defaults to the dataset's native size.")
-    num_workers: int = Field(0, description="DataLoader worker processes.")
+    num_workers: int = Field(0, description="DataLoader worker processes (the workers loader).")
+
+    # --- input pipeline and speed (losslab.data.device, losslab.threads)
+    loader: LoaderName = Field(
+        "auto",
+        description="Input pipeline: device (splits held on the training device, batched augmentation), "
+        "workers (DataLoader, per-image transforms) or auto (device when every transform can be batched and the "
+        "data takes at most a quarter of the free device memory; the reason is logged and kept in result.json).",
+    )
+    cutout: int = Field(0, description="Cutout square side in pixels on training images (0 = off; FNL's WRN uses 16).")
+    reprob: float = Field(0.0, description="timm RandomErasing probability per training image (0 = off).")
+    remode: EraseMode = Field("const", description="RandomErasing fill: const (zeros) or pixel (N(0, 1) noise).")
+    recount: int = Field(1, description="RandomErasing boxes per image: uniform in 1..recount.")
+    val_every: int = Field(1, description="Validate every N epochs (the last epoch is always validated).")
+    compile: bool = Field(False, description="torch.compile the model (not with double-backward regularizers).")
+    compile_mode: CompileMode = Field(
+        "default", description="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune."
+    )
+    channels_last: bool | None = Field(
+        None, description="Channels-last memory format; default: on for conv nets on CUDA."
+    )
+    tf32: bool = Field(True, description="Allow TF32 matmuls/convolutions on CUDA; --no-tf32 for strict fp32.")
+    threads: int | None = Field(
+        None,
+        description="CPU threads of torch; default: LOSSLAB_THREADS, else OMP_NUM_THREADS, else the CPUs this "
+        "process may use (affinity, cgroup quota) minus those kept busy by other processes.",
+    )
 
     # --- model
     model: str = Field(
@@ -186,7 +215,7 @@ class TrainConfig(BaseModel):
     overwrite: bool = Field(False, description="Allow replacing a finished run folder of the same name.")
     progress: bool | None = Field(None, description="Progress bar; default: on when stderr is a terminal.")
 
-    @field_validator("k", "m", "lr", "batch_size", "epochs", "num_nodes", "gamma")
+    @field_validator("k", "m", "lr", "batch_size", "epochs", "num_nodes", "gamma", "val_every", "recount")
     @classmethod
     def _positive(cls, value: float, info: Any) -> float:
         if value <= 0:
@@ -205,6 +234,7 @@ class TrainConfig(BaseModel):
         "focal_alpha",
         "mixup",
         "cutmix",
+        "cutout",
     )
     @classmethod
     def _non_negative(cls, value: float) -> float:
@@ -219,11 +249,11 @@ class TrainConfig(BaseModel):
             raise ValueError("must be in (0, 1)")
         return value
 
-    @field_validator("mixup_prob", "mixup_switch_prob", "drop", "drop_path")
+    @field_validator("mixup_prob", "mixup_switch_prob", "drop", "drop_path", "reprob")
     @classmethod
     def _probability(cls, value: float) -> float:
         if not 0 <= value <= 1:
-            raise ValueError("must be in [0, 1]")
+            raise ValueError("must be a probability in [0, 1]")
         return value
 
     @field_validator("model_ema_decay")
@@ -231,6 +261,13 @@ class TrainConfig(BaseModel):
     def _decay(cls, value: float) -> float:
         if not 0 < value < 1:
             raise ValueError("must be in (0, 1), e.g. 0.9998")
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be >= 1 (leave unset for the automatic choice)")
         return value
 
     @field_validator("label_smoothing")

@@ -9,10 +9,13 @@ The same call backs ``losslab train`` and every study job::
 A run folder ``out_dir/run_name`` receives: ``config.yaml`` (the resolved config), ``metrics.csv`` (Lightning's
 CSV log), ``history.json`` (one row per epoch), ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (best
 validation accuracy; the test set is never used for selection), ``checkpoints/preregularized.ckpt`` when asked,
-and ``result.json`` with the test metrics of the best checkpoint (checkpoint paths relative to the run folder).
-Every file, checkpoints included, is written atomically. A run killed at any point resumes from ``last.ckpt``
-with ``resume=<run folder>``, keeping its metrics history; a finished run folder is never resumed, and is replaced
-only with ``overwrite=True`` once the new run has finished (see :mod:`losslab.train.run_folder`).
+and ``result.json`` with the test metrics of the best checkpoint (checkpoint paths relative to the run folder), the
+input pipeline used and why (``loader``), training throughput (``train_images_per_s``, validation excluded), the
+time from ``fit`` to the first training step, the torch thread choice and the speed settings (TF32, channels-last,
+compile). Every file, checkpoints included, is written atomically. A run killed at any point resumes from
+``last.ckpt`` with ``resume=<run folder>``, keeping its metrics history; a finished run folder is never resumed, and
+is replaced only with ``overwrite=True`` once the new run has finished (see :mod:`losslab.train.run_folder`). A
+loss that turns NaN/inf stops the run (``TrainingDivergedError``) before that epoch's checkpoint is written.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class RunResult:
     num_params_dense: int
     wall_time_s: float
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def compression_ratio(self) -> float:
@@ -81,6 +85,7 @@ class RunResult:
             "num_params_dense": self.num_params_dense,
             "compression_ratio": self.compression_ratio,
             "wall_time_s": self.wall_time_s,
+            **self.speed,
             "protocol": "top-1 accuracy (%) on the test split of the checkpoint with the best validation accuracy",
             "config": self.config.to_dict(),
         }
@@ -127,6 +132,122 @@ class SavePreregularized(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.save_checkpoint(self.path)
+
+
+class PlaceOnDevice(Callback):
+    """Moves device-pipeline loaders to the training device once the strategy knows it (after a DDP launch)."""
+
+    def __init__(self, loaders: list[Any]) -> None:
+        self.loaders = loaders
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for loader in self.loaders:
+            loader.to(trainer.strategy.root_device)
+
+
+class ValidateEvery(Callback):
+    """Validation every ``every`` epochs and always in the last one (Lightning's own setting skips the last)."""
+
+    def __init__(self, every: int, last_epoch: int) -> None:
+        self.every, self.last_epoch = every, last_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        validate = (epoch + 1) % self.every == 0 or epoch >= self.last_epoch
+        trainer.check_val_every_n_epoch = 1 if validate else 1 << 62
+
+
+class Throughput(Callback):
+    """Training images per second (first batch start to last batch end of each epoch, validation excluded) and
+    the wall-clock time of the first training step."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_step_s: float | None = None
+        self.first_step_unix: float | None = None
+        self.images = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - self.started
+            self.first_step_unix = time.time()
+        if self._t0 is None:
+            self._t0 = self._now(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self.images += int(batch[1].shape[0]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Validation runs before this hook, so measure the epoch's training part with on_validation_start too.
+        self._stop(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop(pl_module)
+
+    def _stop(self, pl_module: pl.LightningModule) -> None:
+        if self._t0 is not None:
+            self.seconds += self._now(pl_module) - self._t0
+            self._t0 = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+DOUBLE_BACKWARD = frozenset({"lp_grad", "l1grad", "l2grad"})
+
+
+def speed_settings(cfg: TrainConfig, model: nn.Module, regularizers: list[Any]) -> dict[str, Any]:
+    """Apply TF32, channels-last and torch.compile to ``model`` as ``cfg`` asks (checked first); what was applied.
+
+    TF32 is allowed on CUDA unless ``tf32=False``; channels-last defaults to on for conv nets on CUDA; compile
+    refuses regularizers that need double backward (torch.compile cannot differentiate its graph twice).
+    """
+    from losslab.train.build import training_device
+
+    cuda = training_device(cfg).type == "cuda"
+    if cfg.compile:
+        needs = sorted({r.name for r in regularizers if getattr(r, "name", "") in DOUBLE_BACKWARD})
+        if needs:
+            raise ConfigError(
+                f"compile (--compile) cannot train with {', '.join(needs)}: the regularizer differentiates the "
+                "gradient (double backward), which torch.compile does not support; drop --compile for this run "
+                "(eager mode with the closed-form double backwards is the fast path there)"
+            )
+        import torch._dynamo
+
+        if not hasattr(torch, "compile") or not torch._dynamo.is_dynamo_supported():
+            raise ConfigError(
+                f"compile (--compile): torch.compile is not available with torch {torch.__version__} on this "
+                "Python/platform; drop --compile"
+            )
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    is_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = (cuda and is_conv) if cfg.channels_last is None else cfg.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    return {"tf32": bool(cuda and cfg.tf32), "channels_last": bool(channels_last), "compiled": cfg.compile}
+
+
+def say(message: str) -> None:
+    """One line on stderr from rank zero (the input pipeline choice, throughput)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(f"losslab: {message}", file=sys.stderr, flush=True)
 
 
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
@@ -183,6 +304,7 @@ def quiet_lightning() -> None:
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*litlogger.*",
         ".*Checkpoint directory .* exists and is not empty.*",  # a resumed run's own checkpoints
+        ".*sync_dist=True.*when logging on epoch level.*",  # evaluation metrics are all-reduced sums already
     ):
         warnings.filterwarnings("ignore", message=message)
 
@@ -230,6 +352,9 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     hardware options, the run folder) is checked before the first training step; the run folder is locked
     while the run lasts (see :mod:`losslab.train.run_folder`).
     """
+    from losslab.threads import configure_threads
+
+    configure_threads(cfg.threads)
     quiet_lightning()
     check_logger_available(cfg.logger)
     check_lightning_options(cfg)
@@ -241,17 +366,23 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
 
 def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) -> RunResult:
     """``fit`` inside a claimed run folder: build, train into ``run.work``, test, write result.json."""
+    from losslab.threads import thread_report
+
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = make_loaders(cfg)
     model, num_dense = build_model(cfg, data.spec)
     objective = build_objective(cfg)
     schedule, always_on = build_regularization(cfg, model)
+    speed = speed_settings(cfg, model, [*always_on, *(schedule.regularizers() if schedule is not None else [])])
+    say(f"input pipeline: {data.kind} ({data.reason})")
     run_dir, resume_ckpt = run.create(), run.resume_ckpt
     write_yaml_atomic(run_dir / "config.yaml", cfg.to_dict())
 
     module = ClassifierModule(cfg, model, objective, schedule=schedule, always_on=always_on)
     module.mixup = build_mixup(cfg, data.spec.num_classes)
+    module.channels_last = speed["channels_last"]
+    throughput = Throughput(started)
     ckpt_dir = run_dir / "checkpoints"
     best = RunCheckpoint(
         dirpath=ckpt_dir,
@@ -269,6 +400,9 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) 
         KeepMetricsHistory(),
         *(callbacks or []),
     ]
+    all_callbacks += [PlaceOnDevice(data.device_loaders()), throughput]
+    if cfg.val_every > 1:
+        all_callbacks.append(ValidateEvery(cfg.val_every, cfg.epochs + cfg.cooldown_epochs - 1))
     first_reg = getattr(schedule, "first_regularized_epoch", None)
     if cfg.save_preregularized and first_reg:
         all_callbacks.append(SavePreregularized(ckpt_dir / "preregularized.ckpt", first_reg))
@@ -295,6 +429,7 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) 
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         deterministic="warn",
+        use_distributed_sampler=False,  # the loaders shard themselves (ShardSampler): no padded eval shards
     )
     trainer.fit(module, data.train, data.val, ckpt_path=str(resume_ckpt) if resume_ckpt else None, weights_only=True)
     best_path = Path(best.best_model_path) if best.best_model_path else ckpt_dir / "last.ckpt"
@@ -320,7 +455,17 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, callbacks: list[Callback] | None) 
         num_params_dense=num_dense,
         wall_time_s=time.perf_counter() - started,
         epochs=rows,
+        speed={
+            "loader": data.kind,
+            "loader_reason": data.reason,
+            "train_images_per_s": throughput.images_per_s,
+            "first_step_s": throughput.first_step_s,
+            "first_step_unix": throughput.first_step_unix,
+            **speed,
+            "threads": thread_report(),
+        },
     )
+    say(f"training throughput {throughput.images_per_s:,.0f} images/s ({data.kind} pipeline)")
     if trainer.is_global_zero:  # other DDP ranks must not write into a folder rank 0 may already have swapped
         write_json_atomic(run_dir / "result.json", result.to_dict())
     return result
