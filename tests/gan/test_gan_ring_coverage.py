@@ -1,17 +1,21 @@
-"""Mode coverage of the 2-D ring GAN (8 modes, radius 2, σ 0.02) with both losses, measured honestly.
+"""Mode coverage of the 2-D ring GAN (8 modes, radius 2, σ 0.02) with both losses at the toy defaults, measured.
 
-Measured on the 2-vCPU VM (fixed seed 0, one thread, MLP pair width 128, batch 128, Adam 5e-4 / β 0.5, 0.999,
-EMA 0.995, 4,096 training points, 3,840 steps ≈ 100 s per run; HQ = within 3σ of a mode, covered = ≥ 1 % of 10,000
-samples HQ at that mode):
+The toy defaults of :class:`~losslab.gan.config.GanConfig` (MLP pair 3 × 128, z 64, batch 128, Adam 1e-3 with
+β (0, 0.9), R1 γ = 1 on the reals, generator EMA 0.99, 10,000 training points, 20 epochs = 1,560 steps, about
+10–15 s per run on one thread of the 2-vCPU VM; HQ = within 3σ of a mode, covered = ≥ 1 % of 10,000 EMA samples HQ
+at that mode), seed 0:
 
-    loss          modes covered   HQ rate
-    logistic      0 / 8           0.000
-    rooted k = 2  1 / 8           0.219
-    rooted k = 8  2 / 8           0.530
+    loss          modes covered   HQ rate   (old defaults: lr 5e-4, β 0.5/0.999, no R1, EMA 0.995, 3,840 steps)
+    logistic      8 / 8           0.312     0 / 8, 0.000
+    rooted k = 2  8 / 8           0.296     1 / 8, 0.219
+    rooted k = 4  8 / 8           0.313
+    rooted k = 8  8 / 8           0.326     2 / 8, 0.530
 
-So at this CPU budget neither loss reaches the issue's ≥ 7 of 8 modes on the σ = 0.02 ring: the generators
-concentrate on one or two modes (mode collapse), rooted k = 8 producing the most high-quality samples. The test
-asserts the rooted k = 8 figures (≥ 2 modes, HQ ≥ 0.3), which a broken loss, step or metric would miss.
+Seeds 1 and 2 give 8 / 8 too for logistic and rooted k = 8 (HQ 0.31–0.33). Without R1, or with lr 2e-4, logistic
+covers 0 / 8 at seed 0. Each covered mode holds 3–5 % of the samples (12.5 % would be all of them HQ); the rest
+lie near the ring, outside 3σ of a mode. The test asserts ≥ 7 of 8 modes (the issue's bar) and HQ ≥ 0.25 for
+logistic and rooted k = 8, which the old defaults, a sign error in a loss, a wrong detach or a broken metric would
+miss.
 """
 
 from __future__ import annotations
@@ -24,18 +28,19 @@ from losslab.gan.data import load_gan_data
 from losslab.gan.metrics import mode_metrics
 
 
-def ring_run(loss: str, k: float, epochs: int = 120) -> dict:
+def ring_run(loss: str, k: float) -> dict:
     torch.set_num_threads(1)
-    cfg = GanConfig(data="ring", loss=loss, k=k, batch_size=128, lr=5e-4, ema_decay=0.995, toy_samples=4096)
-    data = load_gan_data("ring", n_toy=4096)
+    cfg = GanConfig(data="ring", loss=loss, k=k)  # the toy defaults
+    data = load_gan_data("ring", n_toy=cfg.toy_samples, seed=cfg.seed)
     trainer = GanTrainer(cfg, data)
-    for _ in range(epochs):
+    for _ in range(cfg.epochs):
         trainer.run_epoch()
     assert data.mixture is not None
     return mode_metrics(trainer.samples(10_000, 1), data.mixture)
 
 
 @pytest.mark.slow
-def test_rooted_ring_gan_produces_high_quality_modes() -> None:
-    m = ring_run("rooted", 8.0)
-    assert m["modes_covered"] >= 2 and m["hq_rate"] >= 0.3, m
+@pytest.mark.parametrize(("loss", "k"), [("logistic", 2.0), ("rooted", 8.0)])
+def test_ring_gan_covers_seven_of_eight_modes_at_the_toy_defaults(loss: str, k: float) -> None:
+    m = ring_run(loss, k)
+    assert m["modes_covered"] >= 7 and m["hq_rate"] >= 0.25, m

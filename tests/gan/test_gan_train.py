@@ -33,6 +33,28 @@ def test_bad_img_size_is_refused() -> None:
         GanConfig.build({"data": "ring", "img_size": 32})
 
 
+def test_optimiser_defaults_follow_the_data_kind_and_given_values_win() -> None:
+    image = GanConfig.build({"data": "digits"})
+    assert (image.batch_size, image.lr, image.beta1, image.beta2, image.r1_gamma, image.ema_decay) == (
+        64,
+        2e-4,
+        0.5,
+        0.999,
+        0.0,
+        0.999,
+    )  # DCGAN's
+    toy = GanConfig.build({"data": "ring", "lr": 3e-4})
+    assert (toy.batch_size, toy.lr, toy.beta1, toy.beta2, toy.r1_gamma, toy.ema_decay) == (
+        128,
+        3e-4,
+        0.0,
+        0.9,
+        1.0,
+        0.99,
+    )
+    assert GanConfig.build(toy.to_dict()) == toy  # a stored config (resume) reads back unchanged
+
+
 def test_r1_penalty_of_a_linear_discriminator_is_the_squared_weight_norm() -> None:
     D = nn.Linear(5, 1)
     x = torch.randn(7, 5, requires_grad=True)
@@ -78,6 +100,9 @@ def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
     assert [h["d_loss"] for h in straight.history] == [h["d_loss"] for h in resumed.history]
     with pytest.raises(ConfigError, match="already holds a finished run"):
         train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="straight"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is not a GAN run"):
+        train_gan(_tiny(epochs=1, resume=tmp_path / "empty"))
 
 
 def test_cli_train_writes_the_run_folder(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@
 One step (:meth:`GanTrainer.step`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
 terms of :func:`~losslab.objectives.gan.gan_term` (plus R1 (γ/2)·‖∇ₓD(x)‖² on the reals when ``r1_gamma`` > 0),
 then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``).
-Adam as in DCGAN (lr 2e-4, β 0.5/0.999; fused on CUDA). Data live on the device as one tensor; each epoch is a
-device-side permutation, and the losses are summed on the device and read once per epoch, so a step makes no host
-synchronisation.
+Adam (fused on CUDA; DCGAN's lr 2e-4, β 0.5/0.999 for images, the 2-D defaults in :mod:`losslab.gan.config`).
+Data live on the device as one tensor; each epoch is a device-side permutation, and the losses are summed on the
+device and read once per epoch, so a step makes no host synchronisation.
 
 Run folder ``out_dir/run_name``: ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
 continue bit-for-bit on the same device, RNG states included), ``samples/epoch_NNN.png`` (a grid of EMA-generator
@@ -223,14 +223,25 @@ def save_sample_grid(samples: Tensor, path: Path, data: GanData) -> Path:
     return path
 
 
+def resolve_gan_resume(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for a GAN ``resume``: a run folder holding checkpoints/last.ckpt or its .ckpt file."""
+    path = Path(path)
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"resume={str(path)!r} is not a GAN run: pass a folder made by `losslab gan train` (it holds "
+            "config.yaml and checkpoints/last.ckpt) or its checkpoints/last.ckpt"
+        )
+    return run_dir, ckpt
+
+
 def prepare_run_dir(cfg: GanConfig) -> tuple[Path, Path | None]:
     """(run folder, checkpoint to resume or None); refuses to overwrite a run unless ``overwrite``."""
     import shutil
 
-    from losslab.train.trainer import resolve_resume
-
     if cfg.resume is not None:
-        return resolve_resume(cfg.resume)
+        return resolve_gan_resume(cfg.resume)
     run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
     if run_dir.exists() and any(run_dir.iterdir()):
         if not cfg.overwrite:
@@ -248,9 +259,7 @@ def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
     """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer)."""
     import yaml
 
-    from losslab.train.trainer import resolve_resume
-
-    run_dir, _ = resolve_resume(resume)
+    run_dir, _ = resolve_gan_resume(resume)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     fixed = {"data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed"}
     changed = sorted(key for key in fixed & set(overrides) if overrides[key] != stored.get(key))
@@ -311,7 +320,7 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
     trainer = GanTrainer(cfg, data, device)
     history: list[dict[str, float]] = []
     if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)  # tensors, numbers, dicts
         trainer.load_state_dict(state["trainer"])
         history = state["history"]
     write_yaml_atomic(run_dir / "config.yaml", {**cfg.to_dict(), "resume": None, "overwrite": False})
