@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.study.records import (
+    LATER_KEYS,
     PLACEMENT_KEYS,
     RUNNER_KEYS,
     CompressionRecord,
@@ -47,8 +48,15 @@ def _digest(obj: Any) -> str:
 
 
 def train_key(config: dict[str, Any]) -> str:
-    """Deterministic id of a training point: a hash of its resolved TrainConfig minus runner/placement keys."""
-    return _digest({k: v for k, v in config.items() if k not in RUNNER_KEYS | PLACEMENT_KEYS})
+    """Deterministic id of a training point: a hash of its resolved TrainConfig minus runner/placement keys and
+    minus later-added keys at their defaults (:data:`LATER_KEYS`, so older stores keep their ids)."""
+    return _digest(
+        {
+            k: v
+            for k, v in config.items()
+            if k not in RUNNER_KEYS | PLACEMENT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+        }
+    )
 
 
 def compression_setting(section: CompressSection) -> dict[str, Any]:
