@@ -94,6 +94,14 @@ def given_options(values: dict[str, Any]) -> dict[str, Any]:
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
 # documented in docs/cli.md, and each entry here maps an old spelling to the one name it now has.
 DEPRECATED_FLAGS: dict[str, dict[str, str]] = {}
+DEPRECATED_FLAGS["quantize"] = {"--out": "--json"}
+DEPRECATED_FLAGS["lm quantize"] = {
+    "--sym": "--grid=sym",
+    "--ldlq-order": "--order",
+    "--calib-windows": "--calib-samples",
+    "--seed": "--calib-seed",
+    "--output": "--save-packed",
+}
 
 
 def rename_deprecated(command: str, args: list[str]) -> list[str]:

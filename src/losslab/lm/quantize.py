@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,10 +48,10 @@ from losslab.lm.models import (
     true_sequential_groups,
     weight_matrix,
 )
+from losslab.quant.engine import layer_seed, plan_layers
 from losslab.quant.gptq import HessianStats
-from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
-from losslab.quant.methods import QuantMethod
-from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
+from losslab.quant.methods import HessianAccumulator, LayerStats, QuantMethod
+from losslab.quant.result import LayerReport, QuantResult, layer_report
 from losslab.quant.weight_quant import WeightQuant
 
 
@@ -156,31 +156,31 @@ def _record_inputs(targets: dict[str, nn.Module], store: dict[str, Tensor]) -> I
 
 
 def _collect_stats(
-    method: QuantMethod,
+    methods: dict[str, QuantMethod],
     layer: nn.Module,
     float_layer: nn.Module,
-    names: list[str],
     calls: list[LayerCall],
     hidden_q: list[Tensor],
     hidden_f: list[Tensor] | None,
     metrics: bool,
     device: torch.device,
-) -> tuple[dict[str, Any], dict[str, HessianStats], list[Tensor] | None]:
-    """Stream every cached input through ``layer``; accumulate the method's and the metric statistics of the
-    linears ``names`` (relative to the layer).
+) -> tuple[dict[str, LayerStats | None], dict[str, HessianStats], list[Tensor] | None]:
+    """Stream every cached input through ``layer``; accumulate each linear's method statistics
+    (``methods``: linear name relative to the layer → its method) and the metric Hessians.
 
-    With two streams (GPFQ) each window is run twice (float-stream input through ``float_layer``, a float copy
-    of the layer, then quantized-stream input through ``layer``) and the pair of inputs of each linear updates
-    its statistics; the float stream's outputs are returned.
+    With two streams (a method reads the float network's inputs, GPFQ) each window is run twice (float-stream
+    input through ``float_layer``, a float copy of the layer, then quantized-stream input through ``layer``)
+    and the pair of inputs of each linear updates its statistics; the float stream's outputs are returned.
     """
-    targets = {n: layer.get_submodule(n) for n in names}
-    float_targets = {n: float_layer.get_submodule(n) for n in names}
-    stats = {n: method.new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
-    if method.stats == "none" and not metrics:
-        return stats, {}, None
-    hessians = {n: s for n, s in stats.items() if isinstance(s, HessianStats)}
-    if metrics and not hessians:
-        hessians = {n: HessianStats(weight_matrix(m).shape[1], device=device) for n, m in targets.items()}
+    targets = {n: layer.get_submodule(n) for n in methods}
+    float_targets = {n: float_layer.get_submodule(n) for n in methods}
+    stats = {n: methods[n].new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
+    hessians = {n: s.finalize() for n, s in stats.items() if isinstance(s, HessianAccumulator)}
+    if metrics:
+        for n, m in targets.items():
+            hessians.setdefault(n, HessianStats(weight_matrix(m).shape[1], device=device))
+    if hidden_f is None and not hessians and all(s is None for s in stats.values()):
+        return stats, {}, None  # nothing to collect and no float stream to advance
     outs_f = [] if hidden_f is not None else None
     x_f: dict[str, Tensor] = {}
     x_q: dict[str, Tensor] = {}
@@ -192,10 +192,36 @@ def _collect_stats(
             _run_layer(layer, [call], [hidden_q[i]])
         for name in targets:
             x_tilde = x_q[name]
-            method.update_stats(stats[name], x_f.get(name, x_tilde), x_tilde)
-            if hessians.get(name) is not None and hessians[name] is not stats[name]:
+            if stats[name] is not None:
+                stats[name].update(x_f.get(name, x_tilde), x_tilde)
+            if name in hessians and not isinstance(stats[name], HessianAccumulator):
                 hessians[name].update(x_tilde)
     return stats, hessians, outs_f
+
+
+def plan_decoder(
+    model: nn.Module,
+    method: QuantMethod,
+    overrides: Mapping[str, QuantMethod] | None = None,
+    skip: Iterable[str] = (),
+) -> dict[str, QuantMethod | None]:
+    """Method per decoder linear (full module name, in module order): None if a ``skip`` pattern matches, else
+    the first matching override, else ``method`` — :func:`losslab.quant.engine.plan_layers`, the engine's rule.
+
+    Patterns are fnmatch patterns on names relative to the model (``"*.fc2"``, ``"model.decoder.layers.0.*"``).
+    A plain linear name relative to a decoder layer (``"fc2"``, ``"self_attn.k_proj"``: the older form of
+    ``skip``) stands for that linear in every layer. A pattern that matches nothing raises ConfigError.
+    """
+    parts = decoder_parts(model)
+    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
+    names = [f"{prefix}.{i}.{n}" for i, layer in enumerate(parts.layers) for n in linear_targets(layer)]
+    relative = {n for layer in parts.layers for n in linear_targets(layer)}
+
+    def widen(pattern: str) -> str:
+        return f"{prefix}.*.{pattern}" if pattern in relative else pattern
+
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    return plan_layers(names, method, {widen(p): m for p, m in (overrides or {}).items()}, [widen(p) for p in skip])
 
 
 def plan_sequential_groups(
@@ -247,32 +273,6 @@ def plan_sequential_groups(
     return [g for g in plan if g]
 
 
-def _layer_report(
-    name: str, method: QuantMethod, wq: WeightQuant, weight: Tensor, hessian: Tensor | None, seconds: float
-) -> LayerReport:
-    q = wq.q.to(weight.dtype)
-    proxy = None if hessian is None else float(proxy_loss(weight.double(), q.double(), hessian.double()))
-    return LayerReport(
-        name=name,
-        kind="linear",
-        shape=tuple(weight.shape),
-        groups=1,
-        method=method.describe(),
-        bits=wq.bits,
-        levels=wq.levels,
-        storage_bits=wq.storage_bits,
-        grid=wq.grid,
-        group_size=getattr(method, "group_size", None),
-        n_weights=weight.numel(),
-        bits_per_weight=storage_bits_total(wq) / weight.numel(),
-        weight_mse=float(weight_mse(weight, q)),
-        sqnr_db=float(sqnr_db(weight, q)),
-        proxy_loss=proxy,
-        sparsity=float(sparsity(q)),
-        seconds=round(seconds, 4),
-    )
-
-
 def _to_cpu(wq: WeightQuant) -> WeightQuant:
     def move(v: Any) -> Any:
         if isinstance(v, Tensor):
@@ -292,6 +292,7 @@ def quantize_decoder(
     *,
     device: str | torch.device | None = None,
     skip: Iterable[str] = (),
+    overrides: Mapping[str, QuantMethod] | None = None,
     seed: int = 0,
     metrics: bool = False,
     keep_codes: bool = True,
@@ -310,10 +311,13 @@ def quantize_decoder(
             ``Identity16``).
         calib: calibration token windows ``(n, T)`` (int64).
         device: where layers are processed (default: the model's device).
-        skip: linear names relative to a decoder layer kept in float (e.g. ``("fc2",)``).
-        seed: random parts (incoherence transforms) use ``seed + running linear index`` (module order).
-        metrics: also gather H for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)H(W−Q)ᵀ); for
-            GPTQ/LDLQ it is always reported with the method's own H = (2/n)ΣX̃ᵀX̃ (n token rows).
+        skip: fnmatch patterns on names relative to the model kept in float (``"*.fc2"``); a plain name relative
+            to a decoder layer (``"fc2"``) means that linear in every layer (see :func:`plan_decoder`).
+        overrides: ``{pattern: method}``, first match wins (``{"*.fc2": RTN(bits=8)}``): the engine's rule.
+        seed: random parts (incoherence transforms, dither) of the i-th decoder linear (module order, skipped ones
+            counted) use ``seed + 2i``, the engine's rule (:func:`losslab.quant.engine.layer_seed`).
+        metrics: also gather X̃ᵀX̃ for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)Σ(W−Q)ᵀ) with
+            Σ = X̃ᵀX̃/n (n token rows of the partly quantized model); GPTQ/LDLQ always report it (Σ = H/2).
         keep_codes: keep the codes of every layer in ``result.weights`` (CPU) for :func:`save_packed`.
         calib_name, calib_seed: recorded in ``result.calibration``.
         true_sequential: re-collect the statistics after each sub-group of a layer is quantized (GPTQ's
@@ -337,46 +341,72 @@ def quantize_decoder(
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[0] == 0:
         raise LosslabError(f"calib must be a non-empty (n, T) int64 tensor of token windows, got {tuple(calib.shape)}")
     parts = decoder_parts(model)
-    skip = set(skip)
+    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
+    layer_plan = plan_decoder(model, method, overrides, skip)
+    full_names = list(layer_plan)
+    relative = [list(linear_targets(layer)) for layer in parts.layers]
+    always_skipped = {
+        n for n in relative[0] if all(layer_plan.get(f"{prefix}.{i}.{n}", 0) is None for i in range(len(relative)))
+    }
     plan = plan_sequential_groups(
-        model, true_sequential=true_sequential, sequential_groups=sequential_groups, skip=skip
+        model, true_sequential=true_sequential, sequential_groups=sequential_groups, skip=always_skipped
     )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     calls = capture_layer_inputs(model, calib, dev)
     hidden_q = [c.hidden for c in calls]
-    hidden_f = list(hidden_q) if method.stats == "gpfq" else None
+    two_streams = any(m is not None and m.reads_float for m in layer_plan.values())
+    hidden_f = list(hidden_q) if two_streams else None
     reports: list[LayerReport] = []
     weights: dict[str, list[WeightQuant]] = {}
-    counter = 0
     for index in tqdm(range(len(parts.layers)), desc=method.describe(), disable=not progress, leave=False):
         layer = parts.layers[index]
         home = next(layer.parameters()).device
         layer.to(dev)
-        names = [n for n in linear_targets(layer) if n not in skip]
-        groups = plan or [names]  # one group (default), or every linear skipped
+        methods = {n: layer_plan[f"{prefix}.{index}.{n}"] for n in relative[index]}
+        active = [n for n, m in methods.items() if m is not None]
+        groups = [[n for n in g if n in active] for g in plan] if plan else [active]
         # GPFQ's float stream must see the float layer also after the first group is quantized.
         float_layer = copy.deepcopy(layer) if hidden_f is not None and len(groups) > 1 else layer
+        outs_f = None
         for group in groups:
-            stats, hessians, outs_f = _collect_stats(
-                method, layer, float_layer, group, calls, hidden_q, hidden_f, metrics, dev
+            stats, hessians, outs = _collect_stats(
+                {n: methods[n] for n in group}, layer, float_layer, calls, hidden_q, hidden_f, metrics, dev
             )
+            outs_f = outs if outs is not None else outs_f
             for name in group:
                 module = layer.get_submodule(name)
                 t0 = time.perf_counter()
                 weight = weight_matrix(module).to(torch.float32, copy=True)
-                wq = method.quantize_layer(weight, stats[name], seed=seed + counter + names.index(name))
-                set_weight_matrix(module, wq.q.to(weight.dtype))
-                hessian = hessians[name].hessian if name in hessians else None
                 full = f"{prefix}.{index}.{name}"
-                reports.append(_layer_report(full, method, wq, weight, hessian, time.perf_counter() - t0))
+                acc = stats[name]
+                wq = methods[name].quantize_layer(
+                    weight, None if acc is None else acc.finalize(), seed=layer_seed(seed, full_names.index(full))
+                )
+                set_weight_matrix(module, wq.q.to(weight.dtype))
+                moments = [hessians[name].hessian.double() / 2] if name in hessians else None
+                reports.append(
+                    layer_report(
+                        full,
+                        "linear",
+                        tuple(weight.shape),
+                        methods[name],
+                        [wq],
+                        weight,
+                        moments,
+                        time.perf_counter() - t0,
+                    )
+                )
                 if keep_codes:
                     weights[full] = [_to_cpu(wq)]
             del stats, hessians
-        counter += len(names)
+        for name in relative[index]:
+            full = f"{prefix}.{index}.{name}"
+            if methods[name] is None:
+                w = weight_matrix(layer.get_submodule(name))
+                reports.append(layer_report(full, "linear", tuple(w.shape), None, [], w, None, 0.0))
         del float_layer
         hidden_q = _run_layer(layer, calls, hidden_q)
         hidden_f = outs_f
@@ -391,7 +421,7 @@ def quantize_decoder(
         layers=reports,
         weights=weights,
         method=method.describe(),
-        overrides={},
+        overrides={p: m.describe() for p, m in (overrides or {}).items()},
         calibration=calibration,
         seed=seed,
         seconds=time.perf_counter() - start,
