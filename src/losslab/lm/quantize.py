@@ -126,14 +126,72 @@ def capture_layer_inputs(model: nn.Module, windows: Tensor, device: torch.device
     return catcher.calls
 
 
-def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor]) -> list[Tensor]:
-    """Outputs of ``layer`` for each cached call, with ``hidden`` as the hidden-state inputs."""
-    outs = []
+def _batched(value: Any, n: int) -> Any:
+    """``value`` of one window's call, expanded to ``n`` windows along dim 0 (tensors of batch size 1)."""
+    if isinstance(value, Tensor):
+        return value.expand(n, *value.shape[1:]) if value.dim() >= 2 and value.shape[0] == 1 else value
+    if isinstance(value, tuple | list):
+        return type(value)(_batched(v, n) for v in value)
+    if isinstance(value, dict):
+        return {k: _batched(v, n) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, tuple | list):
+        return isinstance(b, tuple | list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or a == b
+
+
+def batchable(calls: list[LayerCall]) -> bool:
+    """Whether the windows can be forwarded together: every call has the first one's arguments (same mask,
+    positions; one hidden-state batch of 1 each)."""
+    first = calls[0]
+    return (
+        all(
+            c.hidden.shape == first.hidden.shape and _same(c.args, first.args) and _same(c.kwargs, first.kwargs)
+            for c in calls
+        )
+        and first.hidden.shape[0] == 1
+    )
+
+
+def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor], micro: int = 1) -> list[Tensor]:
+    """Outputs of ``layer`` for each cached call, with ``hidden`` as the hidden-state inputs; ``micro`` > 1
+    forwards that many windows at once (only for :func:`batchable` calls)."""
+    outs: list[Tensor] = []
     with torch.no_grad():
-        for call, h in zip(calls, hidden):
-            out = layer(h, *call.args, **call.kwargs)
-            outs.append(out[0] if isinstance(out, tuple | list) else out)
+        for start in range(0, len(calls), max(micro, 1)):
+            chunk = range(start, min(start + max(micro, 1), len(calls)))
+            call = calls[start]
+            if len(chunk) == 1:
+                h, args, kwargs = hidden[start], call.args, call.kwargs
+            else:
+                h = torch.cat([hidden[i] for i in chunk])  # [windows, T, d]
+                args, kwargs = _batched(call.args, len(chunk)), _batched(call.kwargs, len(chunk))
+            out = layer(h, *args, **kwargs)
+            out = out[0] if isinstance(out, tuple | list) else out
+            outs.extend(out.split(hidden[start].shape[0]) if len(chunk) > 1 else [out])
     return outs
+
+
+def auto_micro_batch(layer: nn.Module, calls: list[LayerCall], device: torch.device) -> int:
+    """Windows per forward on a CUDA device: the peak memory of one window's forward, measured, fitted into 40 %
+    of the free memory (1 elsewhere, or when the calls cannot be batched)."""
+    if device.type != "cuda" or len(calls) < 2 or not batchable(calls):
+        return 1
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    _run_layer(layer, calls[:1], [calls[0].hidden])
+    torch.cuda.synchronize(device)
+    per_window = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    free = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(len(calls), int(0.4 * free / per_window)))
 
 
 @contextmanager
@@ -164,6 +222,7 @@ def _collect_stats(
     hidden_f: list[Tensor] | None,
     metrics: bool,
     device: torch.device,
+    micro: int = 1,
 ) -> tuple[dict[str, LayerStats | None], dict[str, HessianStats], list[Tensor] | None]:
     """Stream every cached input through ``layer``; accumulate each linear's method statistics
     (``methods``: linear name relative to the layer → its method) and the metric Hessians.
@@ -184,19 +243,42 @@ def _collect_stats(
     outs_f = [] if hidden_f is not None else None
     x_f: dict[str, Tensor] = {}
     x_q: dict[str, Tensor] = {}
-    for i, call in enumerate(calls):
+    owner: dict[str, str] = {}  # linear -> the linear whose Hessian it shares (same input tensor: q/k/v)
+    step = max(micro, 1)
+    for i in range(0, len(calls), step):
+        chunk = calls[i : i + step]
         if hidden_f is not None:
             with _record_inputs(float_targets, x_f):
-                outs_f.extend(_run_layer(float_layer, [call], [hidden_f[i]]))
+                outs_f.extend(_run_layer(float_layer, chunk, hidden_f[i : i + step], step))
         with _record_inputs(targets, x_q):
-            _run_layer(layer, [call], [hidden_q[i]])
+            _run_layer(layer, chunk, hidden_q[i : i + step], step)
+        if i == 0:
+            owner = _shared_inputs(x_q, {n: isinstance(s, HessianAccumulator) for n, s in stats.items()})
         for name in targets:
+            if owner[name] != name:
+                continue  # its H is its owner's: one Hessian per distinct input
             x_tilde = x_q[name]
             if stats[name] is not None:
                 stats[name].update(x_f.get(name, x_tilde), x_tilde)
             if name in hessians and not isinstance(stats[name], HessianAccumulator):
                 hessians[name].update(x_tilde)
+    for name, first in owner.items():
+        if first != name:
+            stats[name] = stats[first] if isinstance(stats[first], HessianAccumulator) else stats[name]
+            if name in hessians:
+                hessians[name] = hessians[first]
     return stats, hessians, outs_f
+
+
+def _shared_inputs(inputs: dict[str, Tensor], hessian_only: dict[str, bool]) -> dict[str, str]:
+    """For each linear, the first linear that reads the very same input tensor and keeps only X̃ statistics
+    (a Hessian), else itself. q/k/v of an attention block share their input, so they share one H."""
+    owner: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, x in inputs.items():
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, hessian_only[name])
+        owner[name] = seen.setdefault(key, name) if hessian_only[name] else name
+    return owner
 
 
 def plan_decoder(
@@ -222,6 +304,35 @@ def plan_decoder(
 
     skip = [skip] if isinstance(skip, str) else list(skip)
     return plan_layers(names, method, {widen(p): m for p, m in (overrides or {}).items()}, [widen(p) for p in skip])
+
+
+class _LayerPrefetch:
+    """Copies the next decoder layer to a CUDA device on a side stream while the current one is solved.
+
+    ``start(layer)`` launches the copy; ``wait(layer)`` makes the compute stream wait for it (and marks the new
+    parameter memory as used by the compute stream, so the caching allocator does not hand it back early), then
+    moves the layer synchronously if it is not there yet. On other devices both are a plain ``layer.to(device)``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def start(self, layer: nn.Module) -> None:
+        if self.stream is None:
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            layer.to(self.device, non_blocking=True)
+
+    def wait(self, layer: nn.Module) -> None:
+        if self.stream is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self.stream)
+            for tensor in (*layer.parameters(), *layer.buffers()):
+                if tensor.device.type == "cuda":
+                    tensor.record_stream(main)
+        layer.to(self.device)
 
 
 def plan_sequential_groups(
@@ -301,6 +412,7 @@ def quantize_decoder(
     calib_seed: int | None = None,
     true_sequential: bool = False,
     sequential_groups: Sequence[Sequence[str]] | None = None,
+    micro_batch: int | None = None,
 ) -> QuantResult:
     """Quantize the linear layers of every decoder layer of ``model`` **in place**, one layer at a time.
 
@@ -330,6 +442,8 @@ def quantize_decoder(
             for its float stream.
         sequential_groups: explicit groups for ``true_sequential``: lists of linear names relative to a decoder
             layer, in forward order, each linear once.
+        micro_batch: windows forwarded at once; default: 1 on the CPU (bit-identical to one window at a time),
+            on CUDA sized to free memory (:func:`auto_micro_batch`; the sums then run in another order).
 
     Returns:
         ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear (in processing order) and
@@ -361,10 +475,22 @@ def quantize_decoder(
     hidden_f = list(hidden_q) if two_streams else None
     reports: list[LayerReport] = []
     weights: dict[str, list[WeightQuant]] = {}
+    homes = [next(layer.parameters()).device for layer in parts.layers]
+    micro: int | None = None
+    prefetch = _LayerPrefetch(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base_bytes = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
     for index in tqdm(range(len(parts.layers)), desc=method.describe(), disable=not progress, leave=False):
         layer = parts.layers[index]
-        home = next(layer.parameters()).device
-        layer.to(dev)
+        home = homes[index]
+        prefetch.wait(layer)  # layer i on the device (copied on the side stream while layer i-1 was solved)
+        if micro is None:
+            micro = auto_micro_batch(layer, calls, dev) if micro_batch is None else micro_batch
+            if micro > 1 and not batchable(calls):
+                raise LosslabError("micro_batch > 1 needs windows of one length with identical masks/positions")
+        if index + 1 < len(parts.layers):
+            prefetch.start(parts.layers[index + 1])
         methods = {n: layer_plan[f"{prefix}.{index}.{n}"] for n in relative[index]}
         active = [n for n, m in methods.items() if m is not None]
         groups = [[n for n in g if n in active] for g in plan] if plan else [active]
@@ -373,7 +499,7 @@ def quantize_decoder(
         outs_f = None
         for group in groups:
             stats, hessians, outs = _collect_stats(
-                {n: methods[n] for n in group}, layer, float_layer, calls, hidden_q, hidden_f, metrics, dev
+                {n: methods[n] for n in group}, layer, float_layer, calls, hidden_q, hidden_f, metrics, dev, micro
             )
             outs_f = outs if outs is not None else outs_f
             for name in group:
@@ -408,7 +534,7 @@ def quantize_decoder(
                 w = weight_matrix(layer.get_submodule(name))
                 reports.append(layer_report(full, "linear", tuple(w.shape), None, [], w, None, 0.0))
         del float_layer
-        hidden_q = _run_layer(layer, calls, hidden_q)
+        hidden_q = _run_layer(layer, calls, hidden_q, micro)
         hidden_f = outs_f
         layer.to(home)
         if dev.type == "cuda":
@@ -416,6 +542,9 @@ def quantize_decoder(
     model.train(was_training)
     calibration = {"windows": int(calib.shape[0]), "seqlen": int(calib.shape[1]), "seed": calib_seed}
     calibration.update(name=calib_name, true_sequential=bool(true_sequential), sequential_groups=plan)
+    calibration["micro_batch"] = micro
+    if dev.type == "cuda":  # peak device memory beyond what was allocated before: ≈ one layer + its activations
+        calibration["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(dev) - base_bytes)
     return QuantResult(
         model=model,
         layers=reports,
