@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -118,3 +119,19 @@ def test_micro_batched_windows_give_the_same_statistics() -> None:
     with torch.no_grad():
         ref, l1, l4 = (m(input_ids=calib).logits for m in (model, g1, g4))
     assert (l4 - ref).norm() <= 1.1 * (l1 - ref).norm()
+
+
+@pytest.mark.gpu
+def test_cuda_driver_keeps_the_model_on_the_cpu_and_reports_its_peak_memory() -> None:
+    model, calib = tiny_opt(seed=0), torch.randint(0, 256, (16, 64), generator=torch.Generator().manual_seed(0))
+    on_cpu, on_gpu = _HessianRecorder(), _HessianRecorder()
+    quantize_decoder(copy.deepcopy(model), on_cpu, calib, progress=False)
+    result = quantize_decoder(model, on_gpu, calib, device="cuda", progress=False)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert result.calibration["micro_batch"] > 1  # windows forwarded together, sized to free memory
+    layer_bytes = sum(p.numel() * p.element_size() for p in model.model.decoder.layers[0].parameters())
+    assert layer_bytes < result.calibration["peak_device_bytes"] < 64 * 2**20
+    for h_cpu, h_gpu in zip(on_cpu.seen, on_gpu.seen, strict=True):
+        torch.testing.assert_close(h_gpu.cpu(), h_cpu, rtol=1e-4, atol=1e-5)
+    gptq = quantize_decoder(copy.deepcopy(tiny_opt(seed=0)), GPTQ(bits=4), calib, device="cuda", progress=False)
+    assert len(gptq.layers) == 12 and all(r.sqnr_db > 10 for r in gptq.layers)
