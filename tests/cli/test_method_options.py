@@ -32,6 +32,10 @@ def test_every_dataclass_field_is_a_flag_of_both_commands() -> None:
         assert expected <= _flags(command)
         assert {"--bits", "--json", "--save-packed", "--device", "--calib-samples", "--calib-seed"} <= _flags(command)
     assert "--sym" not in _flags(lm.commands["quantize"]) and "--ldlq-order" not in _flags(lm.commands["quantize"])
+    assert {"--calib-batch-size", "--override", "--skip", "--keep-8bit", "--overwrite"} <= _flags(
+        lm.commands["quantize"]
+    )
+    assert {"--json", "--device", "--progress"} <= _flags(lm.commands["eval"])
 
 
 def test_a_new_field_adds_its_flag(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,6 +163,12 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
 @click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", type=int, help="Tokens per calibration window (default: the model's context).")
 @click.option(
+    "--calib-batch-size",
+    type=int,
+    default=None,
+    help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
+)
+@click.option(
     "--calib-seed", type=int, default=0, show_default=True, help="Calibration sampling seed (also the methods' seed)."
 )
 @click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
@@ -219,6 +225,7 @@ def quantize_cmd(**opts: Any) -> None:
             calib_name=str(source),
             calib_seed=opts["calib_seed"],
             true_sequential=opts["true_sequential"],
+            micro_batch=opts["calib_batch_size"],
         )
         click.echo(result.table())
         summary = result.summary()
@@ -251,6 +258,8 @@ def quantize_cmd(**opts: Any) -> None:
     help="Weights dtype (auto: fp16 on GPU, fp32 on CPU).",
 )
 @click.option("--device", help="Device (default cuda if available).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON (- = stdout).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 def eval_cmd(**opts: Any) -> None:
     """Perplexity = exp(mean token CE) with the GPTQ protocol (non-overlapping windows, tail dropped)."""
@@ -261,6 +270,9 @@ def eval_cmd(**opts: Any) -> None:
     from losslab.lm.packing import packed_tokenizer_source
     from losslab.lm.perplexity import perplexity
 
+    json_path = opts["json_path"]
+    if json_path not in (None, "-"):
+        check_output(Path(json_path), overwrite=opts["overwrite"], what="results JSON", flag="--json")
     device = _device(opts["device"])
     tok_source = opts["tokenizer"]
     if tok_source is None:
@@ -279,3 +291,14 @@ def eval_cmd(**opts: Any) -> None:
         model.to(device), windows, protocol=protocol_name(str(source), seqlen), progress=opts["progress"]
     )
     click.echo(f"{result.describe()}; model {opts['model']}, {str(dtype).removeprefix('torch.')}")
+    if json_path is not None:
+        import dataclasses
+        import json
+
+        from losslab.io import write_json_atomic
+
+        record = {**dataclasses.asdict(result), "model": str(opts["model"]), "dtype": str(dtype)}
+        if json_path == "-":
+            click.echo(json.dumps(record, indent=2))
+        else:
+            write_json_atomic(json_path, record)

@@ -454,6 +454,10 @@ def quantize_decoder(
         raise LosslabError(f"method={method!r} is not a losslab.quant method config (RTN(...), GPTQ(...), ...)")
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[0] == 0:
         raise LosslabError(f"calib must be a non-empty (n, T) int64 tensor of token windows, got {tuple(calib.shape)}")
+    if micro_batch is not None and (
+        isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+    ):
+        raise LosslabError(f"micro_batch={micro_batch!r} must be a positive integer (windows per forward) or None")
     parts = decoder_parts(model)
     prefix = next(n for n, m in model.named_modules() if m is parts.layers)
     layer_plan = plan_decoder(model, method, overrides, skip)
