@@ -68,7 +68,8 @@ def test_existing_results_are_not_overwritten(run_dir: Path, capsys: pytest.Capt
     [
         (["--bits", "9"], "--bits 9 is out of range"),
         (["--bits", "four"], "is not an integer"),
-        (["--method", "rtn", "--scalar", "1.2"], "--scalar applies to gpfq"),
+        (["--method", "rtn", "--lam", "0.1"], "--lam applies to gpfq"),
+        (["--method", "rtn", "--order", "act"], "--order applies to ldlq"),
         (["--method", "nope"], "unknown quantization method 'nope'"),
         (["--skip", "no_such_layer*"], "no_such_layer"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ, GPTQ, RTN, Identity16, quantize, quantize_many
-from losslab.quant.methods import QuantMethod, identity_weight_quant
+from losslab.quant.methods import GPFQAccumulator, HessianAccumulator, QuantMethod, identity_weight_quant
 from losslab.quant.rtn import rtn_weight
 from losslab.quant.weight_quant import WeightQuant
 
@@ -41,10 +42,13 @@ class _Recorder(QuantMethod):
 
     bits: int = 16
     seen: list = None  # type: ignore[assignment]
-    stats: ClassVar[str] = "hessian"
+    reads_quantized: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seen", [])
+
+    def new_stats(self, dim: int, device: torch.device) -> HessianAccumulator:
+        return HessianAccumulator(dim, device)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
         self.seen.append(stats)
@@ -96,8 +100,16 @@ def test_hessian_comes_from_partly_quantized_network(metrics: bool) -> None:
 
 @dataclass(frozen=True)
 class _GramRecorder(_Recorder):
+    """GPFQ's statistics protocol: both streams, paired Gram matrices, optionally one batch per layer."""
+
     fresh_batch_per_layer: bool = False
-    stats: ClassVar[str] = "gpfq"
+    reads_float: ClassVar[bool] = True
+
+    def new_stats(self, dim: int, device: torch.device) -> GPFQAccumulator:
+        return GPFQAccumulator(dim, device)
+
+    def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
+        return [index % n_batches] if self.fresh_batch_per_layer else range(n_batches)
 
 
 @pytest.mark.parametrize("fresh", [False, True])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from losslab.errors import ConfigError, LosslabError
+from losslab.quant.gpfq import GPFQStats
+from losslab.quant.gptq import HessianStats
 from losslab.quant.methods import GPFQ, GPTQ, LDLQ, PWLQ, QUANT_METHODS, RTN, Identity16, method_from_name
 
 
@@ -35,9 +38,13 @@ def test_bad_values_name_the_field(factory, field: str) -> None:
 
 
 def test_stats_kinds() -> None:
-    assert RTN(bits=4).stats == "none" and PWLQ(bits=4).stats == "none"
-    assert GPTQ(bits=4).stats == "hessian" and LDLQ(bits=4).stats == "hessian"
-    assert GPFQ(bits=4).stats == "gpfq"
+    assert not RTN(bits=4).needs_data and not PWLQ(bits=4).needs_data
+    assert RTN(bits=4).new_stats(3, torch.device("cpu")) is None
+    for m in (GPTQ(bits=4), LDLQ(bits=4)):  # H from the partly quantized network only
+        assert (m.reads_float, m.reads_quantized) == (False, True)
+        assert isinstance(m.new_stats(3, torch.device("cpu")).finalize(), HessianStats)
+    assert (GPFQ(bits=4).reads_float, GPFQ(bits=4).reads_quantized) == (True, True)
+    assert isinstance(GPFQ(bits=4).new_stats(3, torch.device("cpu")).finalize(), GPFQStats)
     assert GPFQ(bits=4, legacy_unfold=True, fresh_batch_per_layer=True).legacy_unfold
 
 

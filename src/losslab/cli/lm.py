@@ -1,8 +1,9 @@
 """``losslab lm``: finetune, quantize and evaluate Hugging Face causal LMs.
 
     losslab lm finetune --model facebook/opt-125m --out-dir runs/opt125m-rlo --loss root --k 5 --m 5
-    losslab lm quantize --model facebook/opt-125m --method gptq --bits 4 --calib c4 --output opt125m.gptq4.safetensors
+    losslab lm quantize --model facebook/opt-125m --method gptq --bits 4 --calib c4 --save-packed opt125m.g4.safetensors
     losslab lm quantize --model facebook/opt-125m --method gptq --bits 3 --act-order --true-sequential --json r.json
+    losslab lm quantize --model facebook/opt-125m --method gptq --bits 3 --override '*.fc2=gptq:8' --json r.json
     losslab lm eval --model opt125m.gptq4.safetensors --dataset wikitext2
 
 Offline, pass local folders (``--model /path``, saved with ``save_pretrained``) and ``--text-file``.
@@ -16,7 +17,15 @@ from typing import Any
 
 import click
 
-from losslab.cli.options import DeprecatedChoice, LosslabCommand, progress_option, resolve_progress
+from losslab.cli.method_options import LmQuantizeCommand, check_output, given_method_options
+from losslab.cli.options import (
+    DeprecatedChoice,
+    LosslabCommand,
+    json_option,
+    progress_option,
+    resolve_progress,
+    write_json_output,
+)
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
 
@@ -103,37 +112,45 @@ def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     )
 
 
-def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
-    from losslab.quant.methods import method_from_name
-
-    kwargs: dict[str, Any] = {"bits": bits}
-    grid = "sym" if opts["sym"] else "asym"
-    if name in ("rtn", "gptq"):
-        kwargs.update(grid=grid, group_size=opts["group_size"])
-    if name in ("gptq", "ldlq"):
-        kwargs.update(percdamp=opts["percdamp"])
-        if opts["incoherence"] != "none":
-            kwargs.update(incoherence=opts["incoherence"], grid="quip")
-        elif name == "ldlq":
-            kwargs.update(grid=grid)
-    if name in ("gptq", "ldlq"):
-        kwargs.update(act_order=opts["act_order"])
-    elif opts["act_order"]:
-        raise ConfigError(f"--act-order applies to gptq and ldlq, not --method {name}")
-    if name == "gptq":
-        kwargs.update(blocksize=opts["blocksize"], static_groups=opts["static_groups"])
-    elif opts["static_groups"]:
-        raise ConfigError(f"--static-groups applies to gptq only, not --method {name}")
-    if name == "ldlq":
-        kwargs.update(order=opts["ldlq_order"], npasses=opts["npasses"])
-    if name == "gpfq":
-        kwargs.update(scalar=opts["scalar"])
-    if opts["group_size"] is not None and name not in ("rtn", "gptq"):
-        raise ConfigError(f"--group-size applies to rtn and gptq, not --method {name}")
-    return method_from_name(name, **kwargs)
+def _parse_override(text: str) -> tuple[str, str, int]:
+    """``"*.fc2=rtn:8"`` → (pattern, method name, bits)."""
+    pattern, eq, spec = text.partition("=")
+    name, colon, bits = spec.partition(":")
+    if not (eq and colon and pattern and name and bits.strip().isdigit()):
+        raise ConfigError(f"--override {text!r} must look like PATTERN=METHOD:BITS, e.g. --override '*.fc2=rtn:8'")
+    return pattern, name, int(bits)
 
 
-@lm.command("quantize")
+def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[str]]:
+    """(one method config per --bits value, overrides by pattern, skip patterns) from the parsed flags.
+
+    The method options (generated flags) apply to the main method and to every ``--override`` method that has
+    them; ``--keep-8bit P`` is ``--override P=rtn:8``.
+    """
+    from losslab.quant.methods import build_methods, parse_bits
+
+    options = given_method_options(opts)
+    methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
+    overrides: dict[str, Any] = {}
+    specs = [_parse_override(t) for t in opts["override"]] + [(p, "rtn", 8) for p in opts["keep_8bit"]]
+    for pattern, name, bits in specs:
+        from losslab.quant.methods import QUANT_METHODS, method_classes
+
+        cls = method_classes().get(QUANT_METHODS.resolve(name))
+        have = {f for f in getattr(cls, "__dataclass_fields__", {})}
+        (overrides[pattern],) = build_methods([name], [bits], {k: v for k, v in options.items() if k in have})
+    return methods, overrides, list(opts["skip"])
+
+
+def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
+    """``path``, or with several bit widths ``stem.<method><bits>.suffix``."""
+    if path is None:
+        return None
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{method.name}{method.bits}{p.suffix}") if several else p
+
+
+@lm.command("quantize", cls=LmQuantizeCommand)
 @click.option("--model", required=True, help="Hub name or local folder of a float causal LM.")
 @click.option(
     "--method",
@@ -142,30 +159,20 @@ def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
     show_default=True,
     help="Per-layer quantizer.",
 )
-@click.option("--bits", type=int, default=4, show_default=True, help="Weight bits (2..8).")
-@click.option("--group-size", type=int, help="Columns per quantization group (rtn, gptq); default per row.")
 @click.option(
-    "--act-order",
-    is_flag=True,
-    help="GPTQ/LDLQ: quantize columns by decreasing Hessian diagonal, then restore their order.",
-)
-@click.option("--static-groups", is_flag=True, help="GPTQ: fit group grids on the original weight first.")
-@click.option("--sym", is_flag=True, help="Symmetric grid instead of asym (min/max with zero point).")
-@click.option(
-    "--incoherence",
-    type=click.Choice(["none", "hadamard", "kron", "butterfly"]),
-    default="none",
+    "--bits",
+    default="4",
     show_default=True,
-    help="QuIP incoherence processing (gptq/ldlq; uses the quip grid).",
+    help="Weight bits 2..8; a comma list (--bits 4,3) quantizes a fresh copy of the model per width.",
 )
 @click.option(
-    "--ldlq-order",
-    type=click.Choice(["natural", "ldlqRG"]),
-    default="natural",
-    show_default=True,
-    help="LDLQ column order (ldlqRG = QuIP's --quant ldlqRG).",
+    "--override",
+    multiple=True,
+    help="PATTERN=METHOD:BITS for the linears whose name (relative to the model) matches, e.g. '*.fc2=gptq:8'; "
+    "first match wins; the method options apply where the method has them (repeatable).",
 )
-@click.option("--npasses", type=int, default=0, show_default=True, help="LDLQ greedy passes.")
+@click.option("--keep-8bit", "keep_8bit", multiple=True, help="Linear-name pattern kept at 8-bit RTN (repeatable).")
+@click.option("--skip", multiple=True, help="Linear-name pattern kept in float, e.g. '*.fc2' or 'fc2' (every layer's).")
 @click.option(
     "--true-sequential",
     is_flag=True,
@@ -174,63 +181,94 @@ def _method(name: str, bits: int, opts: dict[str, Any]) -> Any:
     "linears see inputs from the quantized earlier ones. Default: all linears use the float layer's statistics. "
     "Other architectures are refused. No effect on rtn's weights.",
 )
-@click.option(
-    "--percdamp", type=float, default=0.01, show_default=True, help="Hessian damping (fraction of mean diag)."
-)
-@click.option("--blocksize", type=int, default=128, show_default=True, help="GPTQ column block size.")
-@click.option("--scalar", type=float, default=1.16, show_default=True, help="GPFQ alphabet scalar.")
 @click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@click.option("--calib-windows", type=int, default=128, show_default=True, help="Calibration windows.")
+@click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", type=int, help="Tokens per calibration window (default: the model's context).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Calibration sampling seed (Python random).")
-@click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
-@click.option("--output", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), help="Per-layer errors JSON (default next to --output)."
+    "--calib-batch-size",
+    type=int,
+    default=None,
+    help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
+@click.option(
+    "--calib-seed", type=int, default=0, show_default=True, help="Calibration sampling seed (also the methods' seed)."
+)
+@click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
+@click.option("--save-packed", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Per-layer errors JSON (default: next to --save-packed).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@progress_option
 def quantize_cmd(**opts: Any) -> None:
-    """Quantize the decoder layer by layer (GPTQ's sequential driver); embeddings and LM head stay float."""
+    """Quantize the decoder layer by layer (GPTQ's sequential driver); embeddings and LM head stay float.
+
+    Method options are the fields of the method configs, one flag each (--grid sym, --group-size 128, --act-order,
+    --incoherence hadamard, --order ldlqRG, --percdamp ...); with --incoherence and no --grid the quip grid is used.
+    """
+    with quiet_third_party(resolve_progress(opts["progress"])):
+        _quantize_lm(opts)
+
+
+def _quantize_lm(opts: dict[str, Any]) -> None:
     from losslab.lm.data import load_calibration
     from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
     from losslab.lm.packing import save_packed_lm
-    from losslab.lm.quantize import plan_sequential_groups, quantize_decoder
+    from losslab.lm.quantize import plan_decoder, plan_sequential_groups, quantize_decoder
 
-    method = _method(opts["method"], opts["bits"], opts)
-    if opts["output"] is None and opts["json_path"] is None:
-        raise ConfigError("give --output (packed model) and/or --json (per-layer errors); nothing would be saved")
+    methods, overrides, skip = lm_quantize_plan(opts)
+    if opts["save_packed"] is None and opts["json_path"] is None:
+        raise ConfigError("give --save-packed (packed model) and/or --json (per-layer errors); nothing would be saved")
+    several = len(methods) > 1
+    outputs = []
+    for method in methods:
+        packed = _point_path(opts["save_packed"], method, several)
+        json_path = _point_path(opts["json_path"], method, several) or packed.with_suffix(".json")
+        check_output(packed, overwrite=opts["overwrite"], what="packed model", flag="--save-packed")
+        check_output(json_path, overwrite=opts["overwrite"], what="per-layer errors JSON", flag="--json")
+        outputs.append((method, packed, json_path))
     tokenizer = load_tokenizer(opts["model"])
     model = load_causal_lm(opts["model"])
+    plan_decoder(model, methods[0], overrides, skip)  # patterns that match nothing: fail before data
     plan_sequential_groups(model, true_sequential=opts["true_sequential"])  # unsupported model: fail before data
     seqlen = check_seqlen(model, opts["seqlen"])
     source = opts["text_file"] or opts["calib"]
-    calib = load_calibration(tokenizer, source, opts["calib_windows"], seqlen, opts["seed"])
-    result = quantize_decoder(
-        model,
-        method,
-        calib,
-        device=_device(opts["device"]),
-        seed=opts["seed"],
-        progress=opts["progress"],
-        calib_name=str(source),
-        calib_seed=opts["seed"],
-        true_sequential=opts["true_sequential"],
-    )
-    click.echo(result.table())
-    summary = result.summary()
-    click.echo(
-        f"{summary['method']}: {summary['quantized_layers']} linears, {summary['avg_bits_per_weight']:.3f} "
-        f"bits/weight, {result.seconds:.1f} s; calibration {calib.shape[0]}x{calib.shape[1]} tokens "
-        f"from {source}, seed {opts['seed']}, {'true-sequential' if opts['true_sequential'] else 'per-layer'} "
-        "statistics (fake quantization; packed file stores codes)"
-    )
-    json_path = opts["json_path"] or str(Path(opts["output"]).with_suffix(".json"))
-    if opts["output"] is not None:
-        size = save_packed_lm(result, opts["output"], tokenizer=opts["model"])
-        click.echo(f"packed model: {opts['output']} ({size / 2**20:.2f} MiB)")
-    result.to_json(json_path)
-    click.echo(f"per-layer errors: {json_path}")
+    calib = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["calib_seed"])
+    for i, (method, packed, json_path) in enumerate(outputs):
+        if i > 0:
+            model = load_causal_lm(opts["model"])  # quantize_decoder works in place
+        result = quantize_decoder(
+            model,
+            method,
+            calib,
+            device=_device(opts["device"]),
+            skip=skip,
+            overrides=overrides,
+            seed=opts["calib_seed"],
+            progress=resolve_progress(opts["progress"]),
+            calib_name=str(source),
+            calib_seed=opts["calib_seed"],
+            true_sequential=opts["true_sequential"],
+            micro_batch=opts["calib_batch_size"],
+        )
+        click.echo(result.table())
+        summary = result.summary()
+        click.echo(
+            f"{summary['method']}: {summary['quantized_layers']} linears, {summary['avg_bits_per_weight']:.3f} "
+            f"bits/weight, {result.seconds:.1f} s; calibration {calib.shape[0]}x{calib.shape[1]} tokens "
+            f"from {source}, seed {opts['calib_seed']}, "
+            f"{'true-sequential' if opts['true_sequential'] else 'per-layer'} "
+            "statistics (fake quantization; packed file stores codes)"
+        )
+        if packed is not None:
+            size = save_packed_lm(result, packed, tokenizer=opts["model"])
+            click.echo(f"packed model: {packed} ({size / 2**20:.2f} MiB)")
+        result.to_json(json_path)
+        click.echo(f"per-layer errors: {json_path}")
 
 
 @lm.command("eval")
@@ -248,9 +286,16 @@ def quantize_cmd(**opts: Any) -> None:
     help="Weights dtype (auto: fp16 on GPU, fp32 on CPU).",
 )
 @click.option("--device", help="Device (default cuda if available).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
+@json_option("Write the result as JSON to")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@progress_option
 def eval_cmd(**opts: Any) -> None:
     """Perplexity = exp(mean token CE) with the GPTQ protocol (non-overlapping windows, tail dropped)."""
+    with quiet_third_party(resolve_progress(opts["progress"])):
+        _eval_lm(opts)
+
+
+def _eval_lm(opts: dict[str, Any]) -> None:
     import torch
 
     from losslab.lm.data import eval_windows, load_corpus, protocol_name, tokenize_text
@@ -258,6 +303,10 @@ def eval_cmd(**opts: Any) -> None:
     from losslab.lm.packing import packed_tokenizer_source
     from losslab.lm.perplexity import perplexity
 
+    json_path = opts["json_path"]
+    if json_path is not None and str(json_path) != "-":
+        check_output(Path(json_path), overwrite=opts["overwrite"], what="results JSON", flag="--json")
+    progress = resolve_progress(opts["progress"])
     device = _device(opts["device"])
     tok_source = opts["tokenizer"]
     if tok_source is None:
@@ -272,7 +321,11 @@ def eval_cmd(**opts: Any) -> None:
     source = opts["text_file"] or opts["dataset"]
     max_windows = opts["max_windows"] or (256 if source == "c4" else None)
     windows = eval_windows(tokenize_text(tokenizer, load_corpus(source, "test")), seqlen, max_windows)
-    result = perplexity(
-        model.to(device), windows, protocol=protocol_name(str(source), seqlen), progress=opts["progress"]
-    )
-    click.echo(f"{result.describe()}; model {opts['model']}, {str(dtype).removeprefix('torch.')}")
+    result = perplexity(model.to(device), windows, protocol=protocol_name(str(source), seqlen), progress=progress)
+    if json_path is None or str(json_path) != "-":  # `--json -`: stdout holds the JSON only
+        click.echo(f"{result.describe()}; model {opts['model']}, {str(dtype).removeprefix('torch.')}")
+    if json_path is not None:
+        import dataclasses
+
+        record = {**dataclasses.asdict(result), "model": str(opts["model"]), "dtype": str(dtype)}
+        write_json_output(json_path, record, overwrite=opts["overwrite"])

@@ -115,6 +115,14 @@ DEPRECATED_FLAGS: dict[str, dict[str, str]] = {
     "study run": {"--out": "--out-dir"},
     "report": {"--out": "--out-dir"},
     "demo": {"--out": "--out-dir"},
+    "quantize": {"--out": "--json"},
+    "lm quantize": {
+        "--sym": "--grid=sym",
+        "--ldlq-order": "--order",
+        "--calib-windows": "--calib-samples",
+        "--seed": "--calib-seed",
+        "--output": "--save-packed",
+    },
 }
 
 # Old values still accepted for one release, per option (the option's current flag name -> old -> new).

@@ -1,77 +1,32 @@
 """``losslab quantize``: post-training quantization of a trained classifier, with an accuracy table.
 
     losslab quantize runs/digits-small_cnn-root-s0 --method gpfq --method gptq --bits 8,4,3 --keep-8bit conv1
+    losslab quantize RUN --method gptq --grid sym --group-size 64 --act-order --json r.json --save-packed packed/
 
 One calibration cache serves every (method, bits) point. For each point the command evaluates top-1 accuracy on
 the checkpoint's test split, packs the weights (``save_packed``) to report the real file size, and prints::
 
-    method  bits  float top-1  quant top-1  drop  bits/weight  packed KiB  float KiB
+    method (with its non-default options)  bits  float top-1  quant top-1  drop  bits/weight  packed KiB  float KiB
 
-The same rows plus per-layer errors go to a JSON file (default ``<run>/quantize/<methods>.json``; an existing
-file is never replaced without ``--overwrite``). Accuracy is measured on fake-quantized weights (dequantized
-floats written back); the packed file is checked to rebuild the same weights.
+The same rows plus per-layer errors go to ``--json FILE`` (default ``<run>/quantize/<methods>.json``; an
+existing file is never replaced without ``--overwrite``; checked before any work, as is ``--save-packed DIR``).
+The method flags are generated from the method configs (:mod:`losslab.cli.method_options`); the run is loaded,
+calibrated and evaluated by :class:`losslab.quant.trained_run.TrainedRun` with the run's data settings.
+Accuracy is measured on fake-quantized weights (dequantized floats written back); the packed file is checked to
+rebuild the same weights.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
+from losslab.cli.method_options import QuantizeCommand, check_output, given_method_options
+from losslab.cli.options import progress_option, resolve_progress
 from losslab.errors import ConfigError
-
-METHOD_OPTIONS = {
-    "scalar": {"gpfq"},
-    "sparsity": {"gpfq"},
-    "lam": {"gpfq"},
-    "scheme": {"pwlq"},
-    "act_order": {"gptq", "ldlq"},
-    "group_size": {"rtn", "gptq"},
-    "grid": {"rtn", "gptq", "ldlq"},
-    "incoherence": {"gptq", "ldlq"},
-    "clip": {"rtn", "gptq"},
-    "breakpoint": {"pwlq"},
-}
-
-
-def parse_bits(values: tuple[str, ...]) -> list[int]:
-    """``("8,4", "3")`` -> [8, 4, 3]; each must be an integer 2..8."""
-    bits: list[int] = []
-    for value in values:
-        for part in value.split(","):
-            if not part.strip():
-                continue
-            try:
-                b = int(part)
-            except ValueError:
-                raise ConfigError(f"--bits {part!r} is not an integer; give bit widths like --bits 8,4,3") from None
-            if not 2 <= b <= 8:
-                raise ConfigError(f"--bits {b} is out of range: allowed 2 <= bits <= 8")
-            bits.append(b)
-    if not bits:
-        raise ConfigError("--bits is empty; give at least one bit width, e.g. --bits 4")
-    return bits
-
-
-def build_methods(names: tuple[str, ...], bits: list[int], options: dict[str, Any]) -> list[Any]:
-    """One method config per (name, bits), each receiving only the options that apply to it."""
-    from losslab.quant import QUANT_METHODS, method_from_name
-
-    canonical = [QUANT_METHODS.resolve(n) for n in names]
-    for key, value in options.items():
-        if value is not None and not METHOD_OPTIONS[key] & set(canonical):
-            raise ConfigError(
-                f"--{key.replace('_', '-')} applies to {', '.join(sorted(METHOD_OPTIONS[key]))}, "
-                f"not to the chosen method(s) {', '.join(canonical)}"
-            )
-    methods = []
-    for name in canonical:
-        kwargs = {k: v for k, v in options.items() if v is not None and name in METHOD_OPTIONS[k]}
-        methods.extend(method_from_name(name, bits=b, **kwargs) for b in bits)
-    return methods
 
 
 def float_size_bytes(model: Any) -> int:
@@ -79,7 +34,7 @@ def float_size_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-@click.command()
+@click.command(cls=QuantizeCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "--method",
@@ -95,108 +50,62 @@ def float_size_bytes(model: Any) -> int:
     multiple=True,
     default=("4",),
     show_default=True,
-    help="Weight bit width(s) 2..8: repeat or comma-separate (--bits 8,4,3); one calibration pass.",
-)
-@click.option("--scalar", type=float, default=None, help="GPFQ radius scalar C (default 1.16, ResNet-18's).")
-@click.option(
-    "--sparsity",
-    type=click.Choice(["l1", "l0"]),
-    default=None,
-    help="Sparse GPFQ: l1 soft-thresholds the argument of the quantizer by --lam; l0 zeroes |argument| <= --lam "
-    "and uses levels {0} U ±(lam + j·delta), delta = (C·rad − lam)/K.",
-)
-@click.option(
-    "--lam", type=float, default=None, help="Sparse GPFQ threshold lambda in weight units (needs --sparsity)."
+    help="Weight bit width(s) 2..8: comma-separate or repeat (--bits 8,4,3); one calibration pass.",
 )
 @click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration images.")
 @click.option("--calib-batch-size", type=int, default=64, show_default=True, help="Calibration batch size.")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration subset.")
-@click.option("--group-size", type=int, default=None, help="Columns per scale group (rtn, gptq); default per row.")
-@click.option("--act-order/--no-act-order", default=None, help="GPTQ/LDLQ: columns by decreasing Hessian diagonal.")
-@click.option(
-    "--grid",
-    type=click.Choice(["asym", "sym", "narrow"]),
-    default=None,
-    help="Uniform grid for rtn/gptq/ldlq (default asym).",
-)
-@click.option(
-    "--clip",
-    type=click.Choice(["max", "mse", "percentile"]),
-    default=None,
-    help="Range choice for rtn/gptq grids (default max).",
-)
-@click.option(
-    "--breakpoint",
-    type=click.Choice(["gaussian", "laplace", "search"]),
-    default=None,
-    help="PWLQ breakpoint rule (default gaussian).",
-)
-@click.option(
-    "--scheme",
-    type=click.Choice(["pw2", "pw1"]),
-    default=None,
-    help="PWLQ scheme: pw2 (non-overlapping, default) or pw1 (overlapping, worse; reproduction only).",
-)
-@click.option(
-    "--incoherence",
-    type=click.Choice(["hadamard", "kron", "butterfly"]),
-    default=None,
-    help="QuIP incoherence processing around gptq/ldlq.",
-)
 @click.option("--fold-bn", is_flag=True, help="Fold BatchNorm into the preceding conv before quantizing.")
 @click.option("--keep-8bit", "keep_8bit", multiple=True, help="Layer-name pattern kept at 8-bit RTN (repeatable).")
 @click.option("--skip", "skip", multiple=True, help="Layer-name pattern kept in float (repeatable).")
 @click.option("--act-bits", type=int, default=None, help="Also fake-quantize activations per tensor (bits).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file for the results.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the run's data folder.")
+@click.option("--download", is_flag=True, help="Download the run's dataset if it is missing.")
+@click.option("--device", default=None, help="Torch device (default cuda if available, else cpu).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON file for the results (default <run>/quantize/<methods>.json).",
+)
 @click.option(
     "--save-packed",
     type=click.Path(path_type=Path),
     default=None,
     help="Keep the packed safetensors files in this folder (else measured in a temporary folder).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing results JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results JSON / packed files.")
+@progress_option
 def quantize(
     checkpoint: Path,
     methods: tuple[str, ...],
     bits: tuple[str, ...],
-    scalar: float | None,
-    sparsity: str | None,
-    lam: float | None,
     calib_samples: int,
     calib_batch_size: int,
     calib_seed: int,
-    group_size: int | None,
-    act_order: bool | None,
-    grid: str | None,
-    clip: str | None,
-    breakpoint: str | None,
-    scheme: str | None,
-    incoherence: str | None,
     fold_bn: bool,
     keep_8bit: tuple[str, ...],
     skip: tuple[str, ...],
     act_bits: int | None,
     data_dir: Path | None,
-    out: Path | None,
+    download: bool,
+    device: str | None,
+    json_path: Path | None,
     save_packed: Path | None,
     overwrite: bool,
+    progress: bool | None,
+    **method_flags: Any,
 ) -> None:
-    """Quantize a trained classifier's weights and compare its accuracy with the float model."""
-    from losslab.quant import RTN
+    """Quantize a trained classifier's weights and compare its accuracy with the float model.
 
-    options = {
-        "scalar": scalar,
-        "sparsity": sparsity,
-        "lam": lam,
-        "scheme": scheme,
-        "act_order": act_order,
-        "group_size": group_size,
-        "grid": grid,
-        "incoherence": incoherence,
-        "clip": clip,
-        "breakpoint": breakpoint,
-    }
+    Method options are the fields of the method configs (one flag each, e.g. --grid sym, --group-size 64,
+    --act-order, --incoherence hadamard, --sparsity l1 --lam 0.01); each applies to the methods that have it.
+    """
+    from losslab.quant import RTN
+    from losslab.quant.methods import build_methods, parse_bits
+
+    options = given_method_options(method_flags)
     method_list = build_methods(methods, parse_bits(bits), options)
     overrides = {pattern: RTN(bits=8) for pattern in keep_8bit}
     report = quantize_checkpoint(
@@ -210,12 +119,27 @@ def quantize(
         fold_bn=fold_bn,
         act_bits=act_bits,
         data_dir=data_dir,
-        out=out,
+        download=download or None,
+        device=device,
+        out=json_path,
         save_packed=save_packed,
         overwrite=overwrite,
+        progress=resolve_progress(progress),
     )
     click.echo(report["table"])
     click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
+
+
+def method_label(method: Any) -> str:
+    """The method name with its non-default options, without ``bits`` (``gpfq sparsity=l1 lam=0.01``)."""
+    from dataclasses import fields
+
+    parts = [method.name]
+    for f in fields(method):
+        value = getattr(method, f.name)
+        if f.name != "bits" and value != f.default:
+            parts.append(f"{f.name}={value}")
+    return " ".join(parts)
 
 
 def quantize_checkpoint(
@@ -230,52 +154,54 @@ def quantize_checkpoint(
     fold_bn: bool = False,
     act_bits: int | None = None,
     data_dir: Path | None = None,
+    download: bool | None = None,
+    device: str | None = None,
     out: Path | None = None,
     save_packed: Path | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Quantize ``checkpoint`` with every method config, evaluate each, write the JSON; returns the report dict."""
-    from losslab.data import calibration_loader
-    from losslab.io import write_json_atomic
-    from losslab.quant import load_packed, quantize_many
-    from losslab.quant import save_packed as write_packed
-    from losslab.tables import format_table
-    from losslab.train import evaluate_model, load_run
-    from losslab.train.build import make_loaders
+    """Quantize ``checkpoint`` with every method config, evaluate each, write the JSON; returns the report dict.
 
-    run = load_run(checkpoint)
-    cfg = run.config if data_dir is None else run.config.model_copy(update={"data_dir": data_dir})
-    run_dir = run.checkpoint.parent.parent
+    The run's data settings (img_size, data_dir, download, val_fraction) apply to calibration and evaluation
+    (:class:`losslab.quant.trained_run.TrainedRun`); the output paths are checked before any work.
+    """
+    from losslab.io import write_json_atomic
+    from losslab.quant import load_packed
+    from losslab.quant import save_packed as write_packed
+    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
+    from losslab.tables import format_table
+
+    run = TrainedRun.load(checkpoint, data_dir=data_dir, download=download, device=device)
+    run_dir = run.run_dir
     out = out or run_dir / "quantize" / ("-".join(dict.fromkeys(m.name for m in methods)) + ".json")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; pass --out NEW.json or --overwrite to replace it")
-    test_loader = make_loaders(cfg).test
-    calib = calibration_loader(
-        cfg.dataset,
-        calib_samples,
-        batch_size=calib_batch_size,
-        seed=calib_seed,
-        data_dir=cfg.data_dir,
-        val_fraction=cfg.val_fraction,
-    )
-    float_metrics = evaluate_model(run.model, test_loader)
-    results = quantize_many(
-        run.model,
-        methods,
+    check_output(out, overwrite=overwrite, what="results JSON", flag="--json")
+    check_output(save_packed, overwrite=overwrite, what="packed files", flag="--save-packed", folder=True)
+    names = [f"{run_dir.name}.{m.name}.{m.bits}bit.safetensors" for m in methods]
+    if save_packed is not None and not overwrite:
+        taken = [n for n in names if (save_packed / n).exists()]
+        if taken:
+            raise ConfigError(f"{', '.join(taken)} already exist in {str(save_packed)!r}; pass --overwrite")
+    cfg = run.cfg
+    calib = run.calibration_loader(CalibrationSettings(calib_samples, calib_batch_size, calib_seed))
+    float_metrics = run.float_metrics
+    rows, records = [], []
+    points = run.quantize(
+        [methods],
         calib,
         overrides=overrides,
         skip=skip,
         fold_bn=fold_bn,
         act_bits=act_bits,
         seed=calib_seed,
-        progress=sys.stderr.isatty(),
+        calib_seed=calib_seed,
+        progress=progress,
     )
-    rows, records = [], []
     with tempfile.TemporaryDirectory() as tmp:
         pack_dir = save_packed or Path(tmp)
-        for method, result in zip(methods, results):
-            metrics = evaluate_model(result.model, test_loader)
-            path = pack_dir / f"{run_dir.name}.{method.name}.{method.bits}bit.safetensors"
+        for point, name in zip(points, names):
+            method, result, metrics = point.method, point.result, point.metrics
+            path = pack_dir / name
             size = write_packed(result, path, model_recipe=getattr(run.model, "losslab_recipe", None))
             reloaded = load_packed(path, model=run.model)
             packed_ok = _same_weights(reloaded, result.model)
@@ -283,7 +209,7 @@ def quantize_checkpoint(
             drop = float_metrics["top1"] - metrics["top1"]
             rows.append(
                 [
-                    method.name,
+                    method_label(method),
                     method.bits,
                     float_metrics["top1"],
                     metrics["top1"],
@@ -308,8 +234,9 @@ def quantize_checkpoint(
                 }
             )
     headers = ["method", "bits", "float top-1", "quant top-1", "drop", "bits/weight", "packed KiB", "float KiB"]
+    shape = "x".join(str(d) for d in next(iter(calib))[0].shape[1:])
     protocol = (
-        f"top-1 accuracy (%) on the {cfg.dataset} test split ({float_metrics['n']} images); weights "
+        f"top-1 accuracy (%) on the {cfg.dataset} test split ({float_metrics['n']} images, {shape}); weights "
         f"fake-quantized (dequantized floats), activations {f'{act_bits}-bit' if act_bits else 'float'}; "
         f"calibration: {calib_samples} training images, seed {calib_seed}; packed KiB = real safetensors "
         "file size (codes + scales + float layers)"
@@ -327,3 +254,11 @@ def _same_weights(a: Any, b: Any) -> bool:
 
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def build_methods(names: tuple[str, ...], bits: list[int], options: dict[str, Any]) -> list[Any]:
+    """One method config per (name, bits); see :func:`losslab.quant.methods.build_methods` (options that are
+    ``None`` count as not given)."""
+    from losslab.quant.methods import build_methods as build
+
+    return build(names, bits, {k: v for k, v in options.items() if v is not None})

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,10 +48,10 @@ from losslab.lm.models import (
     true_sequential_groups,
     weight_matrix,
 )
+from losslab.quant.engine import layer_seed, plan_layers
 from losslab.quant.gptq import HessianStats
-from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
-from losslab.quant.methods import QuantMethod
-from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
+from losslab.quant.methods import HessianAccumulator, LayerStats, QuantMethod
+from losslab.quant.result import LayerReport, QuantResult, layer_report
 from losslab.quant.weight_quant import WeightQuant
 
 
@@ -126,14 +126,72 @@ def capture_layer_inputs(model: nn.Module, windows: Tensor, device: torch.device
     return catcher.calls
 
 
-def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor]) -> list[Tensor]:
-    """Outputs of ``layer`` for each cached call, with ``hidden`` as the hidden-state inputs."""
-    outs = []
+def _batched(value: Any, n: int) -> Any:
+    """``value`` of one window's call, expanded to ``n`` windows along dim 0 (tensors of batch size 1)."""
+    if isinstance(value, Tensor):
+        return value.expand(n, *value.shape[1:]) if value.dim() >= 2 and value.shape[0] == 1 else value
+    if isinstance(value, tuple | list):
+        return type(value)(_batched(v, n) for v in value)
+    if isinstance(value, dict):
+        return {k: _batched(v, n) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, tuple | list):
+        return isinstance(b, tuple | list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or a == b
+
+
+def batchable(calls: list[LayerCall]) -> bool:
+    """Whether the windows can be forwarded together: every call has the first one's arguments (same mask,
+    positions; one hidden-state batch of 1 each)."""
+    first = calls[0]
+    return (
+        all(
+            c.hidden.shape == first.hidden.shape and _same(c.args, first.args) and _same(c.kwargs, first.kwargs)
+            for c in calls
+        )
+        and first.hidden.shape[0] == 1
+    )
+
+
+def _run_layer(layer: nn.Module, calls: list[LayerCall], hidden: list[Tensor], micro: int = 1) -> list[Tensor]:
+    """Outputs of ``layer`` for each cached call, with ``hidden`` as the hidden-state inputs; ``micro`` > 1
+    forwards that many windows at once (only for :func:`batchable` calls)."""
+    outs: list[Tensor] = []
     with torch.no_grad():
-        for call, h in zip(calls, hidden):
-            out = layer(h, *call.args, **call.kwargs)
-            outs.append(out[0] if isinstance(out, tuple | list) else out)
+        for start in range(0, len(calls), max(micro, 1)):
+            chunk = range(start, min(start + max(micro, 1), len(calls)))
+            call = calls[start]
+            if len(chunk) == 1:
+                h, args, kwargs = hidden[start], call.args, call.kwargs
+            else:
+                h = torch.cat([hidden[i] for i in chunk])  # [windows, T, d]
+                args, kwargs = _batched(call.args, len(chunk)), _batched(call.kwargs, len(chunk))
+            out = layer(h, *args, **kwargs)
+            out = out[0] if isinstance(out, tuple | list) else out
+            outs.extend(out.split(hidden[start].shape[0]) if len(chunk) > 1 else [out])
     return outs
+
+
+def auto_micro_batch(layer: nn.Module, calls: list[LayerCall], device: torch.device) -> int:
+    """Windows per forward on a CUDA device: the peak memory of one window's forward, measured, fitted into 40 %
+    of the free memory (1 elsewhere, or when the calls cannot be batched)."""
+    if device.type != "cuda" or len(calls) < 2 or not batchable(calls):
+        return 1
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    _run_layer(layer, calls[:1], [calls[0].hidden])
+    torch.cuda.synchronize(device)
+    per_window = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    free = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(len(calls), int(0.4 * free / per_window)))
 
 
 @contextmanager
@@ -156,46 +214,125 @@ def _record_inputs(targets: dict[str, nn.Module], store: dict[str, Tensor]) -> I
 
 
 def _collect_stats(
-    method: QuantMethod,
+    methods: dict[str, QuantMethod],
     layer: nn.Module,
     float_layer: nn.Module,
-    names: list[str],
     calls: list[LayerCall],
     hidden_q: list[Tensor],
     hidden_f: list[Tensor] | None,
     metrics: bool,
     device: torch.device,
-) -> tuple[dict[str, Any], dict[str, HessianStats], list[Tensor] | None]:
-    """Stream every cached input through ``layer``; accumulate the method's and the metric statistics of the
-    linears ``names`` (relative to the layer).
+    micro: int = 1,
+) -> tuple[dict[str, LayerStats | None], dict[str, HessianStats], list[Tensor] | None]:
+    """Stream every cached input through ``layer``; accumulate each linear's method statistics
+    (``methods``: linear name relative to the layer → its method) and the metric Hessians.
 
-    With two streams (GPFQ) each window is run twice (float-stream input through ``float_layer``, a float copy
-    of the layer, then quantized-stream input through ``layer``) and the pair of inputs of each linear updates
-    its statistics; the float stream's outputs are returned.
+    With two streams (a method reads the float network's inputs, GPFQ) each window is run twice (float-stream
+    input through ``float_layer``, a float copy of the layer, then quantized-stream input through ``layer``)
+    and the pair of inputs of each linear updates its statistics; the float stream's outputs are returned.
     """
-    targets = {n: layer.get_submodule(n) for n in names}
-    float_targets = {n: float_layer.get_submodule(n) for n in names}
-    stats = {n: method.new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
-    if method.stats == "none" and not metrics:
-        return stats, {}, None
-    hessians = {n: s for n, s in stats.items() if isinstance(s, HessianStats)}
-    if metrics and not hessians:
-        hessians = {n: HessianStats(weight_matrix(m).shape[1], device=device) for n, m in targets.items()}
+    targets = {n: layer.get_submodule(n) for n in methods}
+    float_targets = {n: float_layer.get_submodule(n) for n in methods}
+    stats = {n: methods[n].new_stats(weight_matrix(m).shape[1], device) for n, m in targets.items()}
+    hessians = {n: s.finalize() for n, s in stats.items() if isinstance(s, HessianAccumulator)}
+    if metrics:
+        for n, m in targets.items():
+            hessians.setdefault(n, HessianStats(weight_matrix(m).shape[1], device=device))
+    if hidden_f is None and not hessians and all(s is None for s in stats.values()):
+        return stats, {}, None  # nothing to collect and no float stream to advance
     outs_f = [] if hidden_f is not None else None
     x_f: dict[str, Tensor] = {}
     x_q: dict[str, Tensor] = {}
-    for i, call in enumerate(calls):
+    owner: dict[str, str] = {}  # linear -> the linear whose Hessian it shares (same input tensor: q/k/v)
+    step = max(micro, 1)
+    for i in range(0, len(calls), step):
+        chunk = calls[i : i + step]
         if hidden_f is not None:
             with _record_inputs(float_targets, x_f):
-                outs_f.extend(_run_layer(float_layer, [call], [hidden_f[i]]))
+                outs_f.extend(_run_layer(float_layer, chunk, hidden_f[i : i + step], step))
         with _record_inputs(targets, x_q):
-            _run_layer(layer, [call], [hidden_q[i]])
+            _run_layer(layer, chunk, hidden_q[i : i + step], step)
+        if i == 0:
+            owner = _shared_inputs(x_q, {n: isinstance(s, HessianAccumulator) for n, s in stats.items()})
         for name in targets:
+            if owner[name] != name:
+                continue  # its H is its owner's: one Hessian per distinct input
             x_tilde = x_q[name]
-            method.update_stats(stats[name], x_f.get(name, x_tilde), x_tilde)
-            if hessians.get(name) is not None and hessians[name] is not stats[name]:
+            if stats[name] is not None:
+                stats[name].update(x_f.get(name, x_tilde), x_tilde)
+            if name in hessians and not isinstance(stats[name], HessianAccumulator):
                 hessians[name].update(x_tilde)
+    for name, first in owner.items():
+        if first != name:
+            stats[name] = stats[first] if isinstance(stats[first], HessianAccumulator) else stats[name]
+            if name in hessians:
+                hessians[name] = hessians[first]
     return stats, hessians, outs_f
+
+
+def _shared_inputs(inputs: dict[str, Tensor], hessian_only: dict[str, bool]) -> dict[str, str]:
+    """For each linear, the first linear that reads the very same input tensor and keeps only X̃ statistics
+    (a Hessian), else itself. q/k/v of an attention block share their input, so they share one H."""
+    owner: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, x in inputs.items():
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, hessian_only[name])
+        owner[name] = seen.setdefault(key, name) if hessian_only[name] else name
+    return owner
+
+
+def plan_decoder(
+    model: nn.Module,
+    method: QuantMethod,
+    overrides: Mapping[str, QuantMethod] | None = None,
+    skip: Iterable[str] = (),
+) -> dict[str, QuantMethod | None]:
+    """Method per decoder linear (full module name, in module order): None if a ``skip`` pattern matches, else
+    the first matching override, else ``method`` — :func:`losslab.quant.engine.plan_layers`, the engine's rule.
+
+    Patterns are fnmatch patterns on names relative to the model (``"*.fc2"``, ``"model.decoder.layers.0.*"``).
+    A plain linear name relative to a decoder layer (``"fc2"``, ``"self_attn.k_proj"``: the older form of
+    ``skip``) stands for that linear in every layer. A pattern that matches nothing raises ConfigError.
+    """
+    parts = decoder_parts(model)
+    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
+    names = [f"{prefix}.{i}.{n}" for i, layer in enumerate(parts.layers) for n in linear_targets(layer)]
+    relative = {n for layer in parts.layers for n in linear_targets(layer)}
+
+    def widen(pattern: str) -> str:
+        return f"{prefix}.*.{pattern}" if pattern in relative else pattern
+
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    return plan_layers(names, method, {widen(p): m for p, m in (overrides or {}).items()}, [widen(p) for p in skip])
+
+
+class _LayerPrefetch:
+    """Copies the next decoder layer to a CUDA device on a side stream while the current one is solved.
+
+    ``start(layer)`` launches the copy; ``wait(layer)`` makes the compute stream wait for it (and marks the new
+    parameter memory as used by the compute stream, so the caching allocator does not hand it back early), then
+    moves the layer synchronously if it is not there yet. On other devices both are a plain ``layer.to(device)``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def start(self, layer: nn.Module) -> None:
+        if self.stream is None:
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            layer.to(self.device, non_blocking=True)
+
+    def wait(self, layer: nn.Module) -> None:
+        if self.stream is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self.stream)
+            for tensor in (*layer.parameters(), *layer.buffers()):
+                if tensor.device.type == "cuda":
+                    tensor.record_stream(main)
+        layer.to(self.device)
 
 
 def plan_sequential_groups(
@@ -247,32 +384,6 @@ def plan_sequential_groups(
     return [g for g in plan if g]
 
 
-def _layer_report(
-    name: str, method: QuantMethod, wq: WeightQuant, weight: Tensor, hessian: Tensor | None, seconds: float
-) -> LayerReport:
-    q = wq.q.to(weight.dtype)
-    proxy = None if hessian is None else float(proxy_loss(weight.double(), q.double(), hessian.double()))
-    return LayerReport(
-        name=name,
-        kind="linear",
-        shape=tuple(weight.shape),
-        groups=1,
-        method=method.describe(),
-        bits=wq.bits,
-        levels=wq.levels,
-        storage_bits=wq.storage_bits,
-        grid=wq.grid,
-        group_size=getattr(method, "group_size", None),
-        n_weights=weight.numel(),
-        bits_per_weight=storage_bits_total(wq) / weight.numel(),
-        weight_mse=float(weight_mse(weight, q)),
-        sqnr_db=float(sqnr_db(weight, q)),
-        proxy_loss=proxy,
-        sparsity=float(sparsity(q)),
-        seconds=round(seconds, 4),
-    )
-
-
 def _to_cpu(wq: WeightQuant) -> WeightQuant:
     def move(v: Any) -> Any:
         if isinstance(v, Tensor):
@@ -292,6 +403,7 @@ def quantize_decoder(
     *,
     device: str | torch.device | None = None,
     skip: Iterable[str] = (),
+    overrides: Mapping[str, QuantMethod] | None = None,
     seed: int = 0,
     metrics: bool = False,
     keep_codes: bool = True,
@@ -300,6 +412,7 @@ def quantize_decoder(
     calib_seed: int | None = None,
     true_sequential: bool = False,
     sequential_groups: Sequence[Sequence[str]] | None = None,
+    micro_batch: int | None = None,
 ) -> QuantResult:
     """Quantize the linear layers of every decoder layer of ``model`` **in place**, one layer at a time.
 
@@ -310,10 +423,13 @@ def quantize_decoder(
             ``Identity16``).
         calib: calibration token windows ``(n, T)`` (int64).
         device: where layers are processed (default: the model's device).
-        skip: linear names relative to a decoder layer kept in float (e.g. ``("fc2",)``).
-        seed: random parts (incoherence transforms) use ``seed + running linear index`` (module order).
-        metrics: also gather H for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)H(W−Q)ᵀ); for
-            GPTQ/LDLQ it is always reported with the method's own H = (2/n)ΣX̃ᵀX̃ (n token rows).
+        skip: fnmatch patterns on names relative to the model kept in float (``"*.fc2"``); a plain name relative
+            to a decoder layer (``"fc2"``) means that linear in every layer (see :func:`plan_decoder`).
+        overrides: ``{pattern: method}``, first match wins (``{"*.fc2": RTN(bits=8)}``): the engine's rule.
+        seed: random parts (incoherence transforms, dither) of the i-th decoder linear (module order, skipped ones
+            counted) use ``seed + 2i``, the engine's rule (:func:`losslab.quant.engine.layer_seed`).
+        metrics: also gather X̃ᵀX̃ for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)Σ(W−Q)ᵀ) with
+            Σ = X̃ᵀX̃/n (n token rows of the partly quantized model); GPTQ/LDLQ always report it (Σ = H/2).
         keep_codes: keep the codes of every layer in ``result.weights`` (CPU) for :func:`save_packed`.
         calib_name, calib_seed: recorded in ``result.calibration``.
         true_sequential: re-collect the statistics after each sub-group of a layer is quantized (GPTQ's
@@ -326,6 +442,8 @@ def quantize_decoder(
             for its float stream.
         sequential_groups: explicit groups for ``true_sequential``: lists of linear names relative to a decoder
             layer, in forward order, each linear once.
+        micro_batch: windows forwarded at once; default: 1 on the CPU (bit-identical to one window at a time),
+            on CUDA sized to free memory (:func:`auto_micro_batch`; the sums then run in another order).
 
     Returns:
         ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear (in processing order) and
@@ -336,49 +454,91 @@ def quantize_decoder(
         raise LosslabError(f"method={method!r} is not a losslab.quant method config (RTN(...), GPTQ(...), ...)")
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[0] == 0:
         raise LosslabError(f"calib must be a non-empty (n, T) int64 tensor of token windows, got {tuple(calib.shape)}")
+    if micro_batch is not None and (
+        isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+    ):
+        raise LosslabError(f"micro_batch={micro_batch!r} must be a positive integer (windows per forward) or None")
     parts = decoder_parts(model)
-    skip = set(skip)
+    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
+    layer_plan = plan_decoder(model, method, overrides, skip)
+    full_names = list(layer_plan)
+    relative = [list(linear_targets(layer)) for layer in parts.layers]
+    always_skipped = {
+        n for n in relative[0] if all(layer_plan.get(f"{prefix}.{i}.{n}", 0) is None for i in range(len(relative)))
+    }
     plan = plan_sequential_groups(
-        model, true_sequential=true_sequential, sequential_groups=sequential_groups, skip=skip
+        model, true_sequential=true_sequential, sequential_groups=sequential_groups, skip=always_skipped
     )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    prefix = next(n for n, m in model.named_modules() if m is parts.layers)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     calls = capture_layer_inputs(model, calib, dev)
     hidden_q = [c.hidden for c in calls]
-    hidden_f = list(hidden_q) if method.stats == "gpfq" else None
+    two_streams = any(m is not None and m.reads_float for m in layer_plan.values())
+    hidden_f = list(hidden_q) if two_streams else None
     reports: list[LayerReport] = []
     weights: dict[str, list[WeightQuant]] = {}
-    counter = 0
+    homes = [next(layer.parameters()).device for layer in parts.layers]
+    micro: int | None = None
+    prefetch = _LayerPrefetch(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base_bytes = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
     for index in tqdm(range(len(parts.layers)), desc=method.describe(), disable=not progress, leave=False):
         layer = parts.layers[index]
-        home = next(layer.parameters()).device
-        layer.to(dev)
-        names = [n for n in linear_targets(layer) if n not in skip]
-        groups = plan or [names]  # one group (default), or every linear skipped
+        home = homes[index]
+        prefetch.wait(layer)  # layer i on the device (copied on the side stream while layer i-1 was solved)
+        if micro is None:
+            micro = auto_micro_batch(layer, calls, dev) if micro_batch is None else micro_batch
+            if micro > 1 and not batchable(calls):
+                raise LosslabError("micro_batch > 1 needs windows of one length with identical masks/positions")
+        if index + 1 < len(parts.layers):
+            prefetch.start(parts.layers[index + 1])
+        methods = {n: layer_plan[f"{prefix}.{index}.{n}"] for n in relative[index]}
+        active = [n for n, m in methods.items() if m is not None]
+        groups = [[n for n in g if n in active] for g in plan] if plan else [active]
         # GPFQ's float stream must see the float layer also after the first group is quantized.
         float_layer = copy.deepcopy(layer) if hidden_f is not None and len(groups) > 1 else layer
+        outs_f = None
         for group in groups:
-            stats, hessians, outs_f = _collect_stats(
-                method, layer, float_layer, group, calls, hidden_q, hidden_f, metrics, dev
+            stats, hessians, outs = _collect_stats(
+                {n: methods[n] for n in group}, layer, float_layer, calls, hidden_q, hidden_f, metrics, dev, micro
             )
+            outs_f = outs if outs is not None else outs_f
             for name in group:
                 module = layer.get_submodule(name)
                 t0 = time.perf_counter()
                 weight = weight_matrix(module).to(torch.float32, copy=True)
-                wq = method.quantize_layer(weight, stats[name], seed=seed + counter + names.index(name))
-                set_weight_matrix(module, wq.q.to(weight.dtype))
-                hessian = hessians[name].hessian if name in hessians else None
                 full = f"{prefix}.{index}.{name}"
-                reports.append(_layer_report(full, method, wq, weight, hessian, time.perf_counter() - t0))
+                acc = stats[name]
+                wq = methods[name].quantize_layer(
+                    weight, None if acc is None else acc.finalize(), seed=layer_seed(seed, full_names.index(full))
+                )
+                set_weight_matrix(module, wq.q.to(weight.dtype))
+                moments = [hessians[name].hessian.double() / 2] if name in hessians else None
+                reports.append(
+                    layer_report(
+                        full,
+                        "linear",
+                        tuple(weight.shape),
+                        methods[name],
+                        [wq],
+                        weight,
+                        moments,
+                        time.perf_counter() - t0,
+                    )
+                )
                 if keep_codes:
                     weights[full] = [_to_cpu(wq)]
             del stats, hessians
-        counter += len(names)
+        for name in relative[index]:
+            full = f"{prefix}.{index}.{name}"
+            if methods[name] is None:
+                w = weight_matrix(layer.get_submodule(name))
+                reports.append(layer_report(full, "linear", tuple(w.shape), None, [], w, None, 0.0))
         del float_layer
-        hidden_q = _run_layer(layer, calls, hidden_q)
+        hidden_q = _run_layer(layer, calls, hidden_q, micro)
         hidden_f = outs_f
         layer.to(home)
         if dev.type == "cuda":
@@ -386,12 +546,15 @@ def quantize_decoder(
     model.train(was_training)
     calibration = {"windows": int(calib.shape[0]), "seqlen": int(calib.shape[1]), "seed": calib_seed}
     calibration.update(name=calib_name, true_sequential=bool(true_sequential), sequential_groups=plan)
+    calibration["micro_batch"] = micro
+    if dev.type == "cuda":  # peak device memory beyond what was allocated before: ≈ one layer + its activations
+        calibration["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(dev) - base_bytes)
     return QuantResult(
         model=model,
         layers=reports,
         weights=weights,
         method=method.describe(),
-        overrides={},
+        overrides={p: m.describe() for p, m in (overrides or {}).items()},
         calibration=calibration,
         seed=seed,
         seconds=time.perf_counter() - start,

@@ -35,8 +35,11 @@ from losslab.quant.methods import (
     QUANT_METHODS,
     RTN,
     Identity16,
+    LayerStats,
     QuantMethod,
+    build_methods,
     method_from_name,
+    method_options,
 )
 from losslab.quant.packed import load_packed, packed_size_bytes, read_packed_metadata, save_packed
 from losslab.quant.pwlq import optimal_breakpoint, pwlq_weight
@@ -58,9 +61,11 @@ __all__ = [
     "HessianStats",
     "Identity16",
     "LayerReport",
+    "LayerStats",
     "QuantMethod",
     "QuantResult",
     "WeightQuant",
+    "build_methods",
     "capture_input",
     "find_bn_pairs",
     "fit_grid",
@@ -78,6 +83,7 @@ __all__ = [
     "ldlq_weight",
     "load_packed",
     "method_from_name",
+    "method_options",
     "mse_clip_alpha",
     "optimal_breakpoint",
     "packed_size_bytes",

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,10 +46,9 @@ from tqdm.auto import tqdm
 from losslab.errors import ConfigError, LosslabError, check_range
 from losslab.quant.bn_fold import fold_batchnorm
 from losslab.quant.engine_act import calibrate_act_ranges, install_act_quant
-from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
-from losslab.quant.methods import QuantMethod
-from losslab.quant.result import LayerReport, QuantResult, storage_bits_total
-from losslab.quant.unfold import QuantLayer, grouped_weight, layer_inputs, legacy_gpfq_patches, n_groups
+from losslab.quant.methods import LayerStats, QuantMethod
+from losslab.quant.result import LayerReport, QuantResult, layer_report
+from losslab.quant.unfold import QuantLayer, grouped_weight, n_groups
 from losslab.quant.walk import (
     WALKS,
     Walker,
@@ -104,6 +102,12 @@ def _check_method(key: str, method: Any) -> None:
         )
 
 
+def layer_seed(seed: int, index: int) -> int:
+    """The seed of layer ``index`` (registration order of the quantizable layers, skipped ones counted): both
+    drivers use ``seed + 2·index``, so a method's two streams (incoherence U and V: seed, seed + 1) never repeat."""
+    return seed + 2 * index
+
+
 def plan_layers(
     names: Sequence[str],
     method: QuantMethod,
@@ -148,16 +152,16 @@ def _check_model(model: Any) -> list[tuple[str, QuantLayer]]:
 class _LayerStats:
     """Per-group method statistics plus the float-network Gram XᵀX and row count for the proxy loss."""
 
-    method_stats: list[Any]
+    method_stats: list[LayerStats | None]
     gram: list[Tensor]
     rows: int = 0
 
 
 def _stream_use(method: QuantMethod | None, metrics: bool) -> tuple[bool, bool] | None:
     """Which streams a layer's statistics read: (float network X, partly quantized network X̃); None = no data."""
-    if method is None or (method.stats == "none" and not metrics):
+    if method is None or not (method.needs_data or metrics):
         return None
-    return metrics or method.stats == "gpfq", method.stats != "none"
+    return metrics or method.reads_float, method.reads_quantized
 
 
 def _collect(
@@ -177,21 +181,24 @@ def _collect(
         [method.new_stats(dim, device) for _ in range(groups)],
         [torch.zeros(dim, dim, device=device, dtype=torch.float64) for _ in range(groups)] if metrics else [],
     )
-    legacy = getattr(method, "legacy_unfold", False) and isinstance(flayer, nn.Conv2d)
     for x_float, x_quant in pairs:
         x = x_float if x_float is not None else x_quant
         x_tilde = x_quant if x_quant is not None else x
-        if legacy:
-            rows, rows_tilde = legacy_gpfq_patches(flayer, x, x_tilde, generator)
-        else:
-            rows = layer_inputs(flayer, x).float()
-            rows_tilde = layer_inputs(qlayer, x_tilde).float() if x_tilde is not x else rows
+        rows, rows_tilde = method.layer_rows(flayer, qlayer, x, x_tilde, generator)  # [groups, rows, dim]
         for g in range(groups):
-            method.update_stats(stats.method_stats[g], rows[g], rows_tilde[g])
+            if stats.method_stats[g] is not None:
+                stats.method_stats[g].update(rows[g], rows_tilde[g])
             if metrics:
                 stats.gram[g] += (rows[g].T @ rows[g]).double()
         stats.rows += rows.shape[1]
     return stats
+
+
+def _finalized(stats: _LayerStats | None, group: int) -> Any:
+    """What ``quantize_layer`` reads for conv group ``group`` (None when the method keeps no statistics)."""
+    if stats is None or stats.method_stats[group] is None:
+        return None
+    return stats.method_stats[group].finalize()
 
 
 def _report(
@@ -204,43 +211,8 @@ def _report(
     seconds: float,
 ) -> LayerReport:
     kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
-    shape = tuple(layer.weight.shape)
-    n_weights = layer.weight.numel()
-    if method is None:
-        return LayerReport(
-            name, kind, shape, n_groups(layer), "float", None, None, None, "float", None, n_weights, 32.0
-        )
-    first = wqs[0]
-    q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape)
-    proxy = None
-    if stats is not None and stats.gram and stats.rows:
-        w_groups, q_groups = weight.reshape(len(wqs), -1, first.q.shape[-1]), q.reshape(len(wqs), -1, first.q.shape[-1])
-        proxy = sum(
-            float(proxy_loss(w_groups[g].double(), q_groups[g].double(), stats.gram[g] / stats.rows))
-            for g in range(len(wqs))
-        )
-    rel = [wq.extras.get("relative_error") for wq in wqs]
-    gpfq_rel = None if any(r is None for r in rel) else float(math.sqrt(sum(float(r) ** 2 for r in rel) / len(rel)))
-    return LayerReport(
-        name=name,
-        kind=kind,
-        shape=shape,
-        groups=n_groups(layer),
-        method=method.describe(),
-        bits=first.bits,
-        levels=first.levels,
-        storage_bits=first.storage_bits,
-        grid=first.grid,
-        group_size=getattr(method, "group_size", None),
-        n_weights=n_weights,
-        bits_per_weight=sum(storage_bits_total(wq) for wq in wqs) / n_weights,
-        weight_mse=float(weight_mse(weight, q)),
-        sqnr_db=float(sqnr_db(weight, q)),
-        proxy_loss=proxy,
-        gpfq_rel_error=gpfq_rel,
-        sparsity=float(sparsity(q)),
-        seconds=round(seconds, 4),
-    )
+    moments = [g / stats.rows for g in stats.gram] if stats is not None and stats.gram and stats.rows else None
+    return layer_report(name, kind, tuple(layer.weight.shape), method, wqs, weight, moments, seconds, n_groups(layer))
 
 
 def _run_one(
@@ -274,15 +246,14 @@ def _run_one(
             provider = walker.reach(name) if index <= last_data else None
             stats, use = None, uses[name]
             if use is not None and provider is not None:
-                fresh = getattr(method, "fresh_batch_per_layer", False)
-                batch_ids = [index % len(batches)] if fresh else range(len(batches))
+                batch_ids = method.calibration_batches(index, len(batches))
                 want_f, want_q = use[0], use[1] and (modified or not use[0])  # X̃ = X until a weight changes
                 stats = _collect(method, base, qmodel, name, provider(batch_ids, want_f, want_q), metrics, generator)
             if index == last_data:
                 walker.close()  # nothing after this layer needs data
             weight = qlayer.weight.detach().clone()
             wqs = [
-                method.quantize_layer(w, stats.method_stats[g] if stats else None, seed=seed + 2 * index)
+                method.quantize_layer(w, _finalized(stats, g), seed=layer_seed(seed, index))
                 for g, w in enumerate(grouped_weight(qlayer))
             ]
             q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
@@ -335,6 +306,7 @@ def quantize_many(
     calibration = {
         "images": sum(b.shape[0] for b in batches),
         "batches": len(batches),
+        "input_shape": list(batches[0].shape[1:]),
         "seed": calib_seed,
         "name": calib_name,
     }

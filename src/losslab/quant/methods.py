@@ -1,7 +1,8 @@
 """Quantization method configs: typed, validated at construction, each able to quantize one weight matrix.
 
-A method is a frozen dataclass that says which calibration statistics it needs (``stats``: ``"none"``,
-``"hessian"`` for GPTQ/LDLQ, ``"gpfq"`` for GPFQ's Gram matrices) and turns one ``[out, in]`` weight plus those
+A method is a frozen dataclass that owns its calibration statistics (:class:`LayerStats`: ``new_stats`` /
+``update(x, x̃)`` / ``finalize``; ``reads_float`` / ``reads_quantized`` say which inputs it needs: none for
+RTN/PWLQ, X̃ for GPTQ/LDLQ's H, both for GPFQ's Gram matrices) and turns one ``[out, in]`` weight plus those
 statistics into a :class:`~losslab.quant.weight_quant.WeightQuant` by calling the pure per-layer algorithms::
 
     from losslab.quant import GPTQ, RTN, quantize
@@ -14,11 +15,14 @@ Bad values raise :class:`losslab.errors.ConfigError` naming the field (e.g. ``bi
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
 from losslab.quant.gpfq import GPFQStats, check_sparsity, gpfq_weight_from_stats
@@ -29,10 +33,10 @@ from losslab.quant.ldlq import LDLQ_ORDERS, ldlq_weight
 from losslab.quant.pwlq import SCHEMES as PWLQ_SCHEMES
 from losslab.quant.pwlq import pwlq_weight
 from losslab.quant.rtn import rtn_weight
+from losslab.quant.unfold import layer_inputs, legacy_gpfq_patches
 from losslab.quant.weight_quant import WeightQuant
 from losslab.registry import Registry
 
-StatsKind = Literal["none", "hessian", "gpfq"]
 INCOHERENCE_TRANSFORMS = (None, "hadamard", "kron", "butterfly")
 
 QUANT_METHODS: Registry[QuantMethod] = Registry("quantization method")
@@ -54,34 +58,79 @@ def _check_group_size(group_size: int | None) -> None:
         raise ConfigError(f"group_size={group_size!r} must be a positive integer or None (one group per row)")
 
 
+class LayerStats(Protocol):
+    """Calibration statistics of one layer (or conv group), owned by its method: ``method.new_stats(dim, device)``
+    makes one, ``update(x, x_tilde)`` adds a batch of input rows ``[rows, dim]`` (``x`` from the float network,
+    ``x_tilde`` from the partly quantized one), ``finalize()`` returns what ``method.quantize_layer`` reads."""
+
+    def update(self, x: Tensor, x_tilde: Tensor) -> None: ...
+
+    def finalize(self) -> Any: ...
+
+
+class HessianAccumulator:
+    """GPTQ/LDLQ: H = (2/n)·ΣX̃ᵀX̃ over the partly quantized network's rows (``finalize()`` → HessianStats)."""
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.stats = HessianStats(dim, device=device)
+
+    def update(self, x: Tensor, x_tilde: Tensor) -> None:
+        self.stats.update(x_tilde)
+
+    def finalize(self) -> HessianStats:
+        return self.stats
+
+
+class GPFQAccumulator:
+    """GPFQ: G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX from paired rows (``finalize()`` → GPFQStats)."""
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.stats = GPFQStats(dim, device=device)
+
+    def update(self, x: Tensor, x_tilde: Tensor) -> None:
+        self.stats.update(x, x_tilde)
+
+    def finalize(self) -> GPFQStats:
+        return self.stats
+
+
 @dataclass(frozen=True)
 class QuantMethod:
-    """Base class: a per-layer quantizer config. Subclasses set ``stats`` and implement ``quantize_layer``.
+    """Base class: a per-layer quantizer config. Subclasses implement ``quantize_layer`` and, if they read
+    calibration data, ``new_stats`` plus the class flags ``reads_float`` (X from the float network) and
+    ``reads_quantized`` (X̃ from the partly quantized network). The drivers branch on nothing else.
 
     ``bits`` may be positional (``RTN(4)``); every other option is keyword-only.
     """
 
     bits: int
-    stats: ClassVar[StatsKind] = "none"
+    reads_float: ClassVar[bool] = False
+    reads_quantized: ClassVar[bool] = False
     name: ClassVar[str] = "method"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
 
-    def new_stats(self, dim: int, device: torch.device) -> Any:
-        """Empty statistics accumulator for a layer with ``dim`` input coordinates (None if not needed)."""
-        if self.stats == "hessian":
-            return HessianStats(dim, device=device)
-        if self.stats == "gpfq":
-            return GPFQStats(dim, device=device)
+    @property
+    def needs_data(self) -> bool:
+        """Whether the method reads any calibration input."""
+        return self.reads_float or self.reads_quantized
+
+    def new_stats(self, dim: int, device: torch.device) -> LayerStats | None:
+        """Empty statistics for a layer with ``dim`` input coordinates (None: the method reads no data)."""
         return None
 
-    def update_stats(self, stats: Any, x: Tensor, x_tilde: Tensor) -> None:
-        """Add one batch of rows: ``x`` from the float network, ``x_tilde`` from the partly quantized one."""
-        if self.stats == "hessian":
-            stats.update(x_tilde)
-        elif self.stats == "gpfq":
-            stats.update(x, x_tilde)
+    def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
+        """Which cached calibration batches layer ``index`` reads (all; GPFQ's reproduction mode: one)."""
+        return range(n_batches)
+
+    def layer_rows(
+        self, flayer: nn.Module, qlayer: nn.Module, x: Tensor, x_tilde: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Input rows ``[groups, rows, dim]`` of a layer for float input ``x`` and quantized input ``x_tilde``."""
+        rows = layer_inputs(flayer, x).float()
+        rows_tilde = layer_inputs(qlayer, x_tilde).float() if x_tilde is not x else rows
+        return rows, rows_tilde
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
         """Quantize one ``[out, in]`` weight given the statistics from :meth:`new_stats`."""
@@ -191,8 +240,22 @@ class GPFQ(QuantMethod):
     stochastic: bool = False
     sparsity: str | None = None
     lam: float = 0.0
-    stats: ClassVar[StatsKind] = "gpfq"
+    reads_float: ClassVar[bool] = True
+    reads_quantized: ClassVar[bool] = True
     name: ClassVar[str] = "gpfq"
+
+    def new_stats(self, dim: int, device: torch.device) -> GPFQAccumulator:
+        return GPFQAccumulator(dim, device)
+
+    def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
+        return [index % n_batches] if self.fresh_batch_per_layer else range(n_batches)
+
+    def layer_rows(
+        self, flayer: nn.Module, qlayer: nn.Module, x: Tensor, x_tilde: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        if self.legacy_unfold and isinstance(flayer, nn.Conv2d):
+            return legacy_gpfq_patches(flayer, x, x_tilde, generator)
+        return super().layer_rows(flayer, qlayer, x, x_tilde, generator)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -222,7 +285,10 @@ class _HessianMethod(QuantMethod):
     grid: str = "asym"
     clip: str = "max"
     incoherence: str | None = None
-    stats: ClassVar[StatsKind] = "hessian"
+    reads_quantized: ClassVar[bool] = True
+
+    def new_stats(self, dim: int, device: torch.device) -> HessianAccumulator:
+        return HessianAccumulator(dim, device)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -365,3 +431,165 @@ def method_from_name(name: str, **kwargs: Any) -> QuantMethod:
     except TypeError as err:
         cls = QUANT_METHODS.get(name)
         raise ConfigError(f"bad option for quantization method {name!r}: {err} (see help({cls.__name__}))") from err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Method options as data: one flag / study key per dataclass field, generated from the registered dataclasses.
+
+METHOD_OPTION_HELP: dict[str, str] = {
+    "grid": "Uniform grid: asym (min/max with zero point), sym, narrow; tensor grids gpfq, quip (QuIP's 2.4·RMS), "
+    "regulquant_uniform.",
+    "group_size": "Columns per scale group (default: one group per row).",
+    "clip": "Range choice: max (min-max), mse (best shrink on the squared error) or percentile.",
+    "per_tensor": "One range for the whole tensor instead of one per row/group.",
+    "scalar": "Radius scalar C of the GPFQ alphabet / gpfq grid (delta = C·mean_rows(max|W|)/K).",
+    "breakpoint": "PWLQ breakpoint: gaussian, laplace, search, or a float ratio r in (0, 0.5).",
+    "bias_correction": "PWLQ: correct the per-channel mean shift of the quantized weight.",
+    "scheme": "PWLQ scheme: pw2 (non-overlapping) or pw1 (overlapping; reproduction only).",
+    "per_channel": "PWLQ: one breakpoint per output channel (off: per tensor, the RegulQuant preset).",
+    "legacy_unfold": "GPFQ: sample conv patches as the original code did (reproduction).",
+    "fresh_batch_per_layer": "GPFQ: one calibration batch per layer, as the original code did (reproduction).",
+    "legacy_alphabet": "GPFQ: the original code's alphabet (reproduction).",
+    "stochastic": "GPFQ: stochastic rounding (seeded).",
+    "sparsity": "Sparse GPFQ: l1 (soft threshold by lam) or l0 (zero |arg| <= lam); none = dense.",
+    "lam": "Sparse GPFQ threshold lambda in weight units (needs sparsity).",
+    "percdamp": "Hessian damping as a fraction of the mean diagonal.",
+    "incoherence": "QuIP incoherence processing around GPTQ/LDLQ: none, hadamard, kron, butterfly.",
+    "blocksize": "GPTQ column block size (lazy batch updates).",
+    "act_order": "GPTQ/LDLQ: quantize columns by decreasing Hessian diagonal, then restore their order.",
+    "static_groups": "GPTQ: fit the group grids on the original weight before the error feedback.",
+    "order": "LDLQ column order: natural, act (= act_order) or ldlqRG (QuIP's --quant ldlqRG).",
+    "npasses": "LDLQ greedy passes after ldlqRG.",
+}
+
+OptionValue = bool | int | float | str | None
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """One method option (a dataclass field shared by the methods that have it) as the CLI and studies see it.
+
+    ``kinds`` are the accepted value types in parse order (``breakpoint``: float, then str); ``nullable``: the
+    field accepts ``None``, spelled ``none`` on the command line.
+    """
+
+    name: str
+    kinds: tuple[type, ...]
+    nullable: bool
+    methods: tuple[str, ...]
+    defaults: tuple[tuple[str, Any], ...]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        """``--group-size`` for ``group_size``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def is_bool(self) -> bool:
+        return self.kinds == (bool,)
+
+    def parse(self, text: str) -> OptionValue:
+        """A command-line string as this option's value (``"none"`` → None where allowed)."""
+        if self.nullable and text.lower() == "none":
+            return None
+        for kind in self.kinds:
+            if kind is str:
+                return text
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        names = " or ".join(k.__name__ for k in self.kinds)
+        raise ConfigError(f"{self.flag} {text!r} is not a valid value: give {names}")
+
+
+def _field_kinds(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    members = list(args) if args else [annotation]
+    nullable = type(None) in members
+    kinds = [m for m in members if m is not type(None)]
+    order = {bool: 0, int: 1, float: 2, str: 3}
+    return tuple(sorted(kinds, key=lambda k: order.get(k, 9))), nullable
+
+
+def method_classes() -> dict[str, type[QuantMethod]]:
+    """Canonical registry name → method dataclass, in registration order."""
+    return {name: QUANT_METHODS.get(name) for name in QUANT_METHODS.names() if QUANT_METHODS.resolve(name) == name}
+
+
+def method_options() -> list[MethodOption]:
+    """Every option of every registered method except ``bits`` (given by ``--bits`` / ``bits:``), in field order.
+
+    Generated from the dataclasses: adding a field to a method adds its flag to ``losslab quantize`` and
+    ``losslab lm quantize`` and its key to study files. Raises :class:`ConfigError` if a field has no help text in
+    :data:`METHOD_OPTION_HELP` or if two methods give one name different types (one name, one meaning).
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for method_name, cls in method_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name == "bits":
+                continue
+            kinds, nullable = _field_kinds(hints[f.name])
+            entry = found.setdefault(f.name, {"kinds": kinds, "nullable": nullable, "methods": [], "defaults": []})
+            if (entry["kinds"], entry["nullable"]) != (kinds, nullable):
+                raise ConfigError(f"method option {f.name!r} has different types in different methods")
+            entry["methods"].append(method_name)
+            entry["defaults"].append((method_name, f.default))
+    missing = sorted(set(found) - set(METHOD_OPTION_HELP))
+    if missing:
+        raise ConfigError(f"method options without help text in METHOD_OPTION_HELP: {', '.join(missing)}")
+    return [
+        MethodOption(
+            name, e["kinds"], e["nullable"], tuple(e["methods"]), tuple(e["defaults"]), METHOD_OPTION_HELP[name]
+        )
+        for name, e in found.items()
+    ]
+
+
+def build_methods(names: Sequence[str], bits: Sequence[int], options: Mapping[str, Any]) -> list[QuantMethod]:
+    """One method config per (name, bits), each given the options its dataclass has (the CLI and studies' path).
+
+    An option that none of the chosen methods has raises :class:`ConfigError` naming the methods it applies to;
+    the values are validated by the dataclasses themselves. With ``incoherence`` set and no ``grid`` the Hessian
+    methods use QuIP's ``quip`` grid (QuIP's ``--incoh_processing``).
+    """
+    canonical = [QUANT_METHODS.resolve(n) for n in names]
+    classes = {n: QUANT_METHODS.get(n) for n in canonical}
+    have = {n: {f.name for f in fields(cls)} for n, cls in classes.items()}
+    for key in options:
+        if not any(key in h for h in have.values()):
+            owners = sorted(n for n, cls in method_classes().items() if key in {f.name for f in fields(cls)})
+            flag = "--" + key.replace("_", "-")
+            if not owners:
+                raise ConfigError(f"{flag} is not a quantization method option")
+            chosen = ", ".join(canonical)
+            raise ConfigError(f"{flag} applies to {', '.join(owners)}, not to the chosen method(s) {chosen}")
+    methods = []
+    for name in canonical:
+        kwargs = {k: v for k, v in options.items() if k in have[name]}
+        if kwargs.get("incoherence") is not None and "grid" not in kwargs and "grid" in have[name]:
+            kwargs["grid"] = "quip"
+        methods.extend(method_from_name(name, bits=b, **kwargs) for b in bits)
+    return methods
+
+
+def parse_bits(values: str | Sequence[str | int]) -> list[int]:
+    """``"8,4,3"`` or ``("8,4", "3")`` → [8, 4, 3]; each an integer 2..8 (``--bits`` everywhere)."""
+    items = [values] if isinstance(values, str | int) else list(values)
+    bits: list[int] = []
+    for value in items:
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            try:
+                b = int(part)
+            except ValueError:
+                raise ConfigError(f"--bits {part!r} is not an integer; give bit widths like --bits 8,4,3") from None
+            if not 2 <= b <= 8:
+                raise ConfigError(f"--bits {b} is out of range: allowed 2 <= bits <= 8")
+            bits.append(b)
+    if not bits:
+        raise ConfigError("--bits is empty; give at least one bit width, e.g. --bits 4")
+    return bits

@@ -23,7 +23,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from losslab.io import write_text_atomic
 from losslab.quant.weight_quant import WeightQuant
@@ -39,8 +40,10 @@ class LayerReport:
     """One quantized (or skipped) layer: what was done and how much the weight moved.
 
     ``weight_mse`` = mean((W−Q)²); ``sqnr_db`` = 10·log10(Σw²/Σ(w−q)²); ``proxy_loss`` = tr((W−Q)H(W−Q)ᵀ)
-    with H = XᵀX/n from the *float* network's inputs (n rows: samples or conv patches), summed over conv
-    groups; ``gpfq_rel_error`` = ‖XWᵀ − X̃Qᵀ‖_F/‖XWᵀ‖_F (GPFQ only); ``sparsity`` = fraction of zero weights in Q.
+    with H = XᵀX/n of the layer's inputs (n rows: samples, conv patches or tokens), summed over conv groups: the
+    engine's traced walk uses the *float* network's inputs, the decoder driver the inputs of the partly
+    quantized model (GPTQ's H/2); ``gpfq_rel_error`` = ‖XWᵀ − X̃Qᵀ‖_F/‖XWᵀ‖_F (GPFQ only); ``sparsity`` =
+    fraction of zero weights in Q.
     """
 
     name: str
@@ -186,3 +189,58 @@ def _json_safe(obj: Any) -> Any:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def layer_report(
+    name: str,
+    kind: str,
+    shape: tuple[int, ...],
+    method: Any,
+    wqs: list[WeightQuant],
+    weight: Tensor,
+    second_moments: list[Tensor] | None,
+    seconds: float,
+    groups: int = 1,
+) -> LayerReport:
+    """The one per-layer report of both drivers (:mod:`losslab.quant.engine`, :mod:`losslab.lm.quantize`).
+
+    ``method`` None → a float (skipped) row. ``wqs``: one :class:`WeightQuant` per conv group (one for a linear);
+    ``weight``: the float weight; ``second_moments``: per group Σ = XᵀX/n of the layer's input rows (proxy loss
+    tr((W−Q)Σ(W−Q)ᵀ) summed over groups), or None for no proxy.
+    """
+    from losslab.quant.layer_metrics import proxy_loss, sparsity, sqnr_db, weight_mse
+
+    n_weights = int(math.prod(shape))
+    if method is None:
+        return LayerReport(name, kind, shape, groups, "float", None, None, None, "float", None, n_weights, 32.0)
+    first = wqs[0]
+    q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
+    proxy = None
+    if second_moments:
+        w_groups = weight.reshape(len(wqs), -1, first.q.shape[-1])
+        q_groups = q.reshape(len(wqs), -1, first.q.shape[-1])
+        proxy = sum(
+            float(proxy_loss(w_groups[g].double(), q_groups[g].double(), second_moments[g])) for g in range(len(wqs))
+        )
+    rel = [wq.extras.get("relative_error") for wq in wqs]
+    gpfq_rel = None if any(r is None for r in rel) else float(math.sqrt(sum(float(r) ** 2 for r in rel) / len(rel)))
+    return LayerReport(
+        name=name,
+        kind=kind,
+        shape=shape,
+        groups=groups,
+        method=method.describe(),
+        bits=first.bits,
+        levels=first.levels,
+        storage_bits=first.storage_bits,
+        grid=first.grid,
+        group_size=getattr(method, "group_size", None),
+        n_weights=n_weights,
+        bits_per_weight=sum(storage_bits_total(wq) for wq in wqs) / n_weights,
+        weight_mse=float(weight_mse(weight, q)),
+        sqnr_db=float(sqnr_db(weight, q)),
+        proxy_loss=proxy,
+        gpfq_rel_error=gpfq_rel,
+        sparsity=float(sparsity(q)),
+        seconds=round(seconds, 4),
+    )

@@ -10,20 +10,20 @@ killed earlier attempt finished training: its ``result.json`` is reused); the be
 evaluated on the test split (the float reference of every drop, same pipeline as the compressed models); each
 compression group (one method and option set, all its bit widths) is quantized with
 :func:`losslab.quant.quantize_many` from one calibration cache; every compressed model is evaluated on the test
-split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model.
+split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model. Loading,
+calibration (with the run's img_size/data settings), evaluation and quantization go through
+:class:`losslab.quant.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from losslab.errors import LosslabError
 from losslab.study.job import (
@@ -35,7 +35,7 @@ from losslab.study.job import (
     compression_setting,
     provenance,
 )
-from losslab.study.spec import Calibration, CompressSection
+from losslab.study.spec import CompressSection
 
 
 def weight_histogram(
@@ -68,22 +68,6 @@ def weight_histogram(
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
-def calibration_set(cfg: Any, calibration: Calibration) -> DataLoader:
-    """``calibration.samples`` training-split images (eval transform) drawn with ``calibration.seed``."""
-    from losslab.data import calibration_loader
-
-    return calibration_loader(
-        cfg.dataset,
-        calibration.samples,
-        calibration.batch_size,
-        calibration.seed,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        img_size=cfg.img_size,
-        val_fraction=cfg.val_fraction,
-    )
 
 
 def _device(cfg: Any) -> torch.device:
@@ -125,20 +109,16 @@ def _read_finished(path: Path, keys: tuple[str, ...] = ()) -> Any:
 
 def train_and_compress(job: StudyJob) -> JobResult:
     """The default study job (see the module docstring)."""
-    from losslab.quant import quantize_many
-    from losslab.train import TrainConfig, evaluate_model, load_run
-    from losslab.train.build import make_loaders
+    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
+    from losslab.train import TrainConfig
 
     section: CompressSection = job.compress_section()
     cfg = TrainConfig.build(job.config)
     train = _train(job) if job.needs_training else None
-    loaded = load_run(job.run_dir)
-    device = _device(cfg)
-    model = loaded.model.to(device)
-    test = make_loaders(cfg, eval_batch_size=section.eval_batch_size).test
-    start = time.perf_counter()
-    float_metrics = evaluate_model(model, test, device)
-    float_eval_s = time.perf_counter() - start
+    run = TrainedRun.load(job.run_dir, device=_device(cfg), eval_batch_size=section.eval_batch_size)
+    model = run.model
+    float_metrics = run.float_metrics
+    float_eval_s = run.float_eval_seconds
     bins = section.histogram_bins
     float_weights = {name: m.weight for name, m in _weight_layers(model)}
     record = None
@@ -147,28 +127,25 @@ def train_and_compress(job: StudyJob) -> JobResult:
         record = TrainRecord(
             job.config, job.run_dir, float_metrics, train[1], train[2], train[0], float_eval_s, train[3], hists
         )
-    calib = calibration_set(cfg, section.calibration)
+    c = section.calibration
+    calib = run.calibration_loader(CalibrationSettings(c.samples, c.batch_size, c.seed))
     setting = compression_setting(section)
     records = []
     groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[str, Any]]] = {}
     for key, point in job.points:
         groups.setdefault((point.method, point.options), []).append((key, point))
     for members in groups.values():
-        results = quantize_many(
-            model,
-            [p.build() for _, p in members],
+        points = run.quantize(
+            [[p.build() for _, p in members]],
             calib,
             skip=section.skip or None,
             fold_bn=section.fold_bn,
-            progress=False,
-            seed=section.calibration.seed,
-            calib_seed=section.calibration.seed,
-            calib_name=f"{cfg.dataset}/train",
+            seed=c.seed,
+            calib_seed=c.seed,
+            calib_name=f"{run.cfg.dataset}/train",
         )
-        for (key, point), result in zip(members, results):
-            start = time.perf_counter()
-            metrics = evaluate_model(result.model, test, device)
-            eval_s = time.perf_counter() - start
+        for (key, point), done in zip(members, points):
+            result = done.result
             qlayers = {r.name for r in result.layers if r.quantized}
             hists = [
                 weight_histogram(name, m.weight, bins, reference=float_weights[name])
@@ -180,11 +157,11 @@ def train_and_compress(job: StudyJob) -> JobResult:
                     key,
                     point,
                     setting,
-                    metrics,
+                    done.metrics,
                     result.summary(),
                     [asdict(r) for r in result.layers],
                     result.seconds,
-                    eval_s,
+                    done.eval_seconds,
                     hists,
                 )
             )

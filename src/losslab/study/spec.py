@@ -140,10 +140,12 @@ class CompressionPoint:
         return dict(self.options)
 
     def build(self) -> Any:
-        """The :class:`losslab.quant.QuantMethod` config for this point."""
-        from losslab.quant.methods import method_from_name
+        """The :class:`losslab.quant.QuantMethod` config for this point: the options are the method dataclass's
+        fields under the same names as the CLI flags (:func:`losslab.quant.methods.build_methods`, shared with
+        ``losslab quantize`` and ``lm quantize``; values validated once, by the dataclass)."""
+        from losslab.quant.methods import build_methods
 
-        return method_from_name(self.method, bits=self.bits, **self.options_dict())
+        return build_methods([self.method], [self.bits], self.options_dict())[0]
 
 
 @dataclass(frozen=True)

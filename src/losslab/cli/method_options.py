@@ -1,0 +1,115 @@
+"""Quantization method flags generated from the method dataclasses, shared by ``quantize`` and ``lm quantize``.
+
+Every field of every registered method (:func:`losslab.quant.methods.method_options`, ``bits`` excepted) is one
+flag with the field's name (``group_size`` → ``--group-size``; booleans ``--act-order/--no-act-order``;
+``--incoherence none`` clears a nullable option). The flags are added when the command is first parsed or its help
+is shown, so ``losslab --help`` does not import torch::
+
+    @click.command(cls=MethodOptionsCommand)
+    def quantize(**opts): methods = build_methods(names, parse_bits(opts["bits"]), given_method_options(opts))
+
+Values are checked once, by the dataclasses (``GPTQ(grid="nope")`` raises :class:`losslab.errors.ConfigError`).
+Output paths are checked before any work by :func:`check_output`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from losslab.cli.options import LosslabCommand, rename_deprecated
+from losslab.errors import ConfigError
+
+__all__ = [
+    "LmQuantizeCommand",
+    "MethodOptionsCommand",
+    "QuantizeCommand",
+    "check_output",
+    "given_method_options",
+    "method_click_options",
+]
+
+
+def method_click_options() -> list[click.Option]:
+    """One click option per method option (help names the methods it applies to)."""
+    from losslab.quant.methods import method_options
+
+    params: list[click.Option] = []
+    for option in method_options():
+        defaults = dict(option.defaults)
+        shown = sorted({repr(v) for v in defaults.values()})
+        help_text = f"{option.help} [{', '.join(option.methods)}; default {' / '.join(shown)}]"
+        if option.is_bool:
+            decl = f"{option.flag}/--no-{option.flag[2:]}"
+            params.append(click.Option([decl, option.name], default=None, help=help_text))
+        else:
+            metavar = "|".join(k.__name__.upper() for k in option.kinds) + ("|none" if option.nullable else "")
+            params.append(click.Option([option.flag, option.name], default=None, metavar=metavar, help=help_text))
+    return params
+
+
+class MethodOptionsCommand(LosslabCommand):
+    """A :class:`LosslabCommand` whose method-option flags are generated on first use.
+
+    ``deprecated_key`` names the command's entry in ``DEPRECATED_FLAGS`` (``"lm quantize"``), so old spellings
+    work also when the command is invoked through its group alone (``CliRunner().invoke(lm, ...)``).
+    """
+
+    _method_params_added = False
+    deprecated_key: str | None = None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if self.deprecated_key is None:
+            return super().parse_args(ctx, args)
+        return click.Command.parse_args(self, ctx, rename_deprecated(self.deprecated_key, args))
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._method_params_added:
+            self.params.extend(method_click_options())
+            self._method_params_added = True
+        return super().get_params(ctx)
+
+
+def given_method_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The method options the user typed, parsed to their field types (``"none"`` → None where allowed)."""
+    from losslab.quant.methods import method_options
+
+    given: dict[str, Any] = {}
+    for option in method_options():
+        value = opts.get(option.name)
+        if value is None:
+            continue
+        given[option.name] = value if option.is_bool else option.parse(value)
+    return given
+
+
+def check_output(path: Path | None, *, overwrite: bool, what: str, flag: str, folder: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be written: it exists (without ``--overwrite``; a folder may exist),
+    is the wrong kind, or its nearest existing parent is not a writable folder."""
+    if path is None:
+        return
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a file; give a folder for the {what}")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file name for the {what}")
+        if not folder and not overwrite:
+            raise ConfigError(f"{str(path)!r} already exists; pass {flag} NEW_PATH or --overwrite to replace it")
+        parent = path if folder else path.parent
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is not a writable folder")
+
+
+class QuantizeCommand(MethodOptionsCommand):
+    deprecated_key = "quantize"
+
+
+class LmQuantizeCommand(MethodOptionsCommand):
+    deprecated_key = "lm quantize"
