@@ -30,13 +30,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._aliases: dict[str, str] = {}
+        self._internal: set[str] = set()
 
     @staticmethod
     def _key(name: str) -> str:
         return name.strip().lower().replace("-", "_")
 
-    def register(self, name: str, *aliases: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator: register ``factory`` under ``name`` (and optional aliases)."""
+    def register(
+        self, name: str, *aliases: str, internal: bool = False
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: register ``factory`` under ``name`` (and optional aliases); ``internal`` entries work by name
+        but are not offered to users (listings and error messages leave them out)."""
 
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
             key = self._key(name)
@@ -45,6 +49,8 @@ class Registry(Generic[T]):
             self._factories[key] = factory
             for alias in aliases:
                 self._aliases[self._key(alias)] = key
+            if internal:
+                self._internal.add(key)
             return factory
 
         return decorate
@@ -66,8 +72,8 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)
 
     def names(self) -> list[str]:
-        """Sorted canonical names (aliases excluded)."""
-        return sorted(self._factories)
+        """Sorted canonical names (aliases and internal entries excluded)."""
+        return sorted(set(self._factories) - self._internal)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

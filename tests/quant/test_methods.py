@@ -49,7 +49,11 @@ def test_stats_kinds() -> None:
 
 
 def test_registry_and_labels() -> None:
-    assert set(QUANT_METHODS.names()) == {"rtn", "pwlq", "gpfq", "gptq", "ldlq", "identity16"}
+    assert set(QUANT_METHODS.names()) == {"rtn", "pwlq", "gpfq", "gptq", "ldlq"}  # what users are offered
+    assert method_from_name("identity16").name == "identity16"  # the internal reference still builds by name
+    with pytest.raises(LosslabError) as err:
+        method_from_name("nope")
+    assert "identity16" not in str(err.value) and "gptq" in str(err.value)
     method = method_from_name("GPTQ", bits=3, act_order=True)
     assert method == GPTQ(bits=3, act_order=True)
     assert method.describe() == "GPTQ(bits=3, act_order=True)"

@@ -86,11 +86,15 @@ def cache_calibration(calib: Iterable[Any], device: torch.device) -> list[Tensor
     return batches
 
 
+PATTERN_FLAGS = {"overrides": "--keep-8bit / --override", "skip": "--skip"}  # how the CLI spells each kind
+
+
 def _check_patterns(kind: str, patterns: Iterable[str], names: Sequence[str]) -> None:
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
             raise ConfigError(
-                f"{kind} pattern {pattern!r} matches no Conv2d/Linear layer; layer names are: {', '.join(names)}"
+                f"layer pattern {pattern!r} ({kind}; CLI {PATTERN_FLAGS.get(kind, kind)}) matches no Conv2d/Linear "
+                f"layer; layer names are: {', '.join(names)}"
             )
 
 

@@ -392,7 +392,7 @@ class LDLQ(_HessianMethod):
         )
 
 
-@QUANT_METHODS.register("identity16", "identity", "fp16")
+@QUANT_METHODS.register("identity16", "identity", "fp16", internal=True)
 @dataclass(frozen=True)
 class Identity16(QuantMethod):
     """A 16-bit no-op: the weight is kept exactly (for engine tests). Packed files store it as a float tensor."""
@@ -425,7 +425,7 @@ def identity_weight_quant(weight: Tensor) -> WeightQuant:
 
 
 def method_from_name(name: str, **kwargs: Any) -> QuantMethod:
-    """Build a method by registry name (``rtn``, ``pwlq``, ``gpfq``, ``gptq``, ``ldlq``, ``identity16``)."""
+    """Build a method by registry name (``rtn``, ``pwlq``, ``gpfq``, ``gptq``, ``ldlq``; ``identity16`` for tests)."""
     try:
         return QUANT_METHODS.create(name, **kwargs)
     except TypeError as err:

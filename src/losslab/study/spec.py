@@ -294,7 +294,7 @@ def _expand_training(file: StudyFile) -> tuple[tuple[dict[str, Any], ...], tuple
 def _check_methods(section: CompressSection) -> None:
     from losslab.quant.methods import QUANT_METHODS
 
-    names = [n for n in QUANT_METHODS.names() if n != "identity16"]  # the internal fp16 reference, not offered
+    names = QUANT_METHODS.names()  # the internal identity16 reference is not offered
     for i, entry in enumerate(section.methods):
         where = f"compress.methods[{i}]"
         try:
