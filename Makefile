@@ -7,10 +7,10 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,llm,ray]"
+	$(PY) -m pip install -e ".[test,llm,ray,seq2seq]"
 	touch $(STAMP)
 
 demo: $(STAMP)
