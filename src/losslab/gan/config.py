@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from losslab.errors import ConfigError
-
 IMAGE_DEFAULTS: dict[str, float] = {
     "batch_size": 64,
     "lr": 2e-4,
@@ -95,11 +93,12 @@ class GanConfig(BaseModel):
     @classmethod
     def build(cls, values: dict[str, Any]) -> GanConfig:
         """Validated config from ``values``; pydantic errors become one ConfigError naming the keys."""
+        from losslab.train.config import config_error_from
+
         try:
             return cls(**values)
         except ValidationError as err:
-            parts = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()]
-            raise ConfigError("bad GAN option(s): " + "; ".join(parts)) from err
+            raise config_error_from(err, cls, "losslab gan train") from None
 
     @property
     def is_toy(self) -> bool:

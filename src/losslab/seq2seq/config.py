@@ -82,7 +82,7 @@ class TranslateConfig(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise config_error_from(exc, cls) from None
+            raise config_error_from(exc, cls, "losslab translate train") from None
 
     @property
     def smoothing(self) -> float:

@@ -397,8 +397,9 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def config_error_from(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
-    """One readable ConfigError from a pydantic ValidationError: key, value, problem; unknown keys list choices."""
+def config_error_from(exc: ValidationError, model: type[BaseModel], command: str = "losslab train") -> ConfigError:
+    """One readable ConfigError from a pydantic ValidationError: key, value, problem; unknown keys list choices
+    (and point to ``command --help``)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "config"
@@ -407,7 +408,7 @@ def config_error_from(exc: ValidationError, model: type[BaseModel]) -> ConfigErr
 
             close = difflib.get_close_matches(key, list(model.model_fields), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            lines.append(f"unknown key {key!r}{hint} (see `losslab train --help` for all keys)")
+            lines.append(f"unknown key {key!r}{hint} (see `{command} --help` for all keys)")
         else:
             message = err["msg"].removeprefix("Value error, ")
             shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
