@@ -128,7 +128,9 @@ def quantize_time(
     calib = torch.randint(0, VOCAB, (windows, seqlen))
     _sync(device)
     start = time.perf_counter()
-    result = quantize_decoder(model, method_from_name(method, bits=4), calib, device=device, progress=False)
+    result = quantize_decoder(
+        model, method_from_name(method, bits=4), calib, device=device, progress=False, inplace=True
+    )
     _sync(device)
     return time.perf_counter() - start, result.summary()["mean_sqnr_db"], result.calibration
 

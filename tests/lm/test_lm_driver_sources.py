@@ -51,14 +51,16 @@ def test_decoder_source_and_engine_walk_give_identical_statistics_and_weights() 
     model, calib = tiny_opt(seed=0), _calib()
     walked, caught = _HessianRecorder(), _HessianRecorder()
     by_walk = quantize(model, walked, [w.view(1, -1) for w in calib], skip=["lm_head"], progress=False)
-    by_block = quantize_decoder(copy.deepcopy(model), caught, calib, progress=False)
+    by_block = quantize_decoder(copy.deepcopy(model), caught, calib, progress=False, inplace=True)
     assert [r.name for r in by_walk.layers if r.quantized] == [r.name for r in by_block.layers]
     assert len(walked.seen) == len(caught.seen) == 12
     assert all(torch.equal(a, b) for a, b in zip(walked.seen, caught.seen))
     # a real method, each linear re-collected after the previous one (the engine is sequential per layer)
     gptq_walk = quantize(model, GPTQ(bits=3), [w.view(1, -1) for w in calib], skip=["lm_head"], progress=False)
     gptq_block = copy.deepcopy(model)
-    quantize_decoder(gptq_block, GPTQ(bits=3), calib, progress=False, true_sequential=True, sequential_groups=OPT_ORDER)
+    quantize_decoder(
+        gptq_block, GPTQ(bits=3), calib, progress=False, true_sequential=True, sequential_groups=OPT_ORDER, inplace=True
+    )
     walk_state, block_state = gptq_walk.model.state_dict(), gptq_block.state_dict()
     assert all(torch.equal(walk_state[k], block_state[k]) for k in block_state)
 
@@ -74,6 +76,7 @@ def test_lm_quantize_overrides_and_skip_patterns(tmp_path) -> None:
         overrides={"*.fc2": RTN(bits=8)},
         skip=["model.decoder.layers.0.fc1"],
         progress=False,
+        inplace=True,
     )
     rows = {r.name: r for r in result.layers}
     for i in range(2):
@@ -105,8 +108,8 @@ def test_lm_quantize_overrides_and_skip_patterns(tmp_path) -> None:
 def test_micro_batched_windows_give_the_same_statistics() -> None:
     model, calib = tiny_opt(seed=0), _calib()
     one, four = _HessianRecorder(), _HessianRecorder()
-    a = quantize_decoder(copy.deepcopy(model), one, calib, progress=False)
-    b = quantize_decoder(copy.deepcopy(model), four, calib, progress=False, micro_batch=4)
+    a = quantize_decoder(copy.deepcopy(model), one, calib, progress=False, inplace=True)
+    b = quantize_decoder(copy.deepcopy(model), four, calib, progress=False, micro_batch=4, inplace=True)
     assert a.calibration["micro_batch"] == 1 and b.calibration["micro_batch"] == 4
     for h1, h4 in zip(one.seen, four.seen, strict=True):
         torch.testing.assert_close(h4, h1, rtol=1e-5, atol=1e-6)
@@ -114,8 +117,8 @@ def test_micro_batched_windows_give_the_same_statistics() -> None:
     # feedback carries each flip along its row (8.7 % of one layer's codes differ here), so the check is on
     # quality: the batched run's logits are as close to the float model's as the one-window run's
     g1, g4 = copy.deepcopy(model), copy.deepcopy(model)
-    quantize_decoder(g1, GPTQ(bits=4), calib, progress=False)
-    quantize_decoder(g4, GPTQ(bits=4), calib, progress=False, micro_batch=4)
+    quantize_decoder(g1, GPTQ(bits=4), calib, progress=False, inplace=True)
+    quantize_decoder(g4, GPTQ(bits=4), calib, progress=False, micro_batch=4, inplace=True)
     with torch.no_grad():
         ref, l1, l4 = (m(input_ids=calib).logits for m in (model, g1, g4))
     assert (l4 - ref).norm() <= 1.1 * (l1 - ref).norm()
@@ -125,13 +128,15 @@ def test_micro_batched_windows_give_the_same_statistics() -> None:
 def test_cuda_driver_keeps_the_model_on_the_cpu_and_reports_its_peak_memory() -> None:
     model, calib = tiny_opt(seed=0), torch.randint(0, 256, (16, 64), generator=torch.Generator().manual_seed(0))
     on_cpu, on_gpu = _HessianRecorder(), _HessianRecorder()
-    quantize_decoder(copy.deepcopy(model), on_cpu, calib, progress=False)
-    result = quantize_decoder(model, on_gpu, calib, device="cuda", progress=False)
+    quantize_decoder(copy.deepcopy(model), on_cpu, calib, progress=False, inplace=True)
+    result = quantize_decoder(model, on_gpu, calib, device="cuda", progress=False, inplace=True)
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert result.calibration["micro_batch"] > 1  # windows forwarded together, sized to free memory
     layer_bytes = sum(p.numel() * p.element_size() for p in model.model.decoder.layers[0].parameters())
     assert layer_bytes < result.calibration["peak_device_bytes"] < 64 * 2**20
     for h_cpu, h_gpu in zip(on_cpu.seen, on_gpu.seen, strict=True):
         torch.testing.assert_close(h_gpu.cpu(), h_cpu, rtol=1e-4, atol=1e-5)
-    gptq = quantize_decoder(copy.deepcopy(tiny_opt(seed=0)), GPTQ(bits=4), calib, device="cuda", progress=False)
+    gptq = quantize_decoder(
+        copy.deepcopy(tiny_opt(seed=0)), GPTQ(bits=4), calib, device="cuda", progress=False, inplace=True
+    )
     assert len(gptq.layers) == 12 and all(r.sqnr_db > 10 for r in gptq.layers)

@@ -35,13 +35,13 @@ def test_metrics_are_in_the_original_basis_and_dead_columns_are_not_amplified() 
     calib = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     reports = {}
     for method in (RTN(bits=3), GPTQ(bits=3), LDLQ(bits=3, grid="quip", incoherence="hadamard")):
-        result = quantize_decoder(_dead_model(), method, calib, metrics=True, progress=False)
+        result = quantize_decoder(_dead_model(), method, calib, metrics=True, progress=False, inplace=True)
         reports[method.name] = next(r for r in result.layers if r.name == FC2)
     ldlq = reports["ldlq"]
     # the reported figures are those of the weight the model now holds, in the model's basis
     model = _dead_model()
     float_w = model.get_submodule(FC2).weight.detach().clone()
-    quantize_decoder(model, LDLQ(bits=3, grid="quip", incoherence="hadamard"), calib, progress=False)
+    quantize_decoder(model, LDLQ(bits=3, grid="quip", incoherence="hadamard"), calib, progress=False, inplace=True)
     q = model.get_submodule(FC2).weight.detach()
     assert ldlq.weight_mse == float(weight_mse(float_w, q))
     assert ldlq.sqnr_db == float(sqnr_db(float_w, q))

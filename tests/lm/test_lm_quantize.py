@@ -50,7 +50,11 @@ def test_identity_quantizer_leaves_logits_unchanged(trained_model, token_ids) ->
     ids = token_ids["test"][: 2 * SEQ].view(2, SEQ)
     before = _logits(trained_model, ids)
     result = quantize_decoder(
-        trained_model, Identity16(), calibration_windows(token_ids["train"], 4, SEQ), progress=False
+        trained_model,
+        Identity16(),
+        calibration_windows(token_ids["train"], 4, SEQ),
+        progress=False,
+        inplace=True,
     )
     torch.testing.assert_close(_logits(trained_model, ids), before, rtol=1e-5, atol=1e-5)
     assert len(result.layers) == 2 * 6  # q, k, v, out, fc1, fc2 per layer; embeddings and head stay float
@@ -62,7 +66,9 @@ def test_sequential_rtn_equals_direct_rtn(trained_model, token_ids) -> None:
         for module in linear_targets(layer).values():
             with torch.no_grad():
                 module.weight.copy_(rtn_weight(module.weight.detach().clone(), 4).q)
-    quantize_decoder(trained_model, RTN(bits=4), calibration_windows(token_ids["train"], 2, SEQ), progress=False)
+    quantize_decoder(
+        trained_model, RTN(bits=4), calibration_windows(token_ids["train"], 2, SEQ), progress=False, inplace=True
+    )
     for (name, a), b in zip(trained_model.state_dict().items(), direct.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -82,7 +88,7 @@ def test_8bit_every_method_changes_perplexity_under_one_percent(trained_model, t
     ]
     for method in methods:
         model = copy.deepcopy(trained_model)
-        quantize_decoder(model, method, calib, progress=False)
+        quantize_decoder(model, method, calib, progress=False, inplace=True)
         ppl = perplexity(model, windows).ppl
         assert abs(ppl / base - 1) < 0.01, (method.describe(), base, ppl)
 
@@ -91,21 +97,23 @@ def test_8bit_every_method_changes_perplexity_under_one_percent(trained_model, t
 def test_3bit_gptq_and_ldlq_beat_rtn_mean_of_three_calibration_seeds(trained_model, token_ids) -> None:
     windows = eval_windows(token_ids["test"], SEQ)
     rtn = copy.deepcopy(trained_model)
-    quantize_decoder(rtn, RTN(bits=3), calibration_windows(token_ids["train"], 2, SEQ), progress=False)
+    quantize_decoder(rtn, RTN(bits=3), calibration_windows(token_ids["train"], 2, SEQ), progress=False, inplace=True)
     ppl_rtn = perplexity(rtn, windows).ppl
     for method in (GPTQ(bits=3), LDLQ(bits=3)):
         ppls = []
         for seed in (0, 1, 2):
             model = copy.deepcopy(trained_model)
             calib = calibration_windows(token_ids["train"], 16, SEQ, seed=seed)
-            quantize_decoder(model, method, calib, progress=False)
+            quantize_decoder(model, method, calib, progress=False, inplace=True)
             ppls.append(perplexity(model, windows).ppl)
         assert sum(ppls) / 3 < ppl_rtn, (method.describe(), ppls, ppl_rtn)
 
 
 def test_packed_file_rebuilds_the_fake_quantized_model(trained_model, token_ids, tmp_path) -> None:
     calib = calibration_windows(token_ids["train"], 4, SEQ)
-    result = quantize_decoder(trained_model, GPTQ(bits=3, act_order=True, group_size=32), calib, progress=False)
+    result = quantize_decoder(
+        trained_model, GPTQ(bits=3, act_order=True, group_size=32), calib, progress=False, inplace=True
+    )
     path = tmp_path / "tiny.gptq3.safetensors"
     save_packed_lm(result, path, tokenizer="byte-tokenizer")
     loaded = load_packed_lm(path)
@@ -119,6 +127,23 @@ def test_packed_file_rebuilds_the_fake_quantized_model(trained_model, token_ids,
 
 def test_bad_calibration_input_is_refused(trained_model) -> None:
     with pytest.raises(LosslabError, match="int64"):
-        quantize_decoder(trained_model, RTN(bits=4), torch.randn(2, SEQ), progress=False)
+        quantize_decoder(trained_model, RTN(bits=4), torch.randn(2, SEQ), progress=False, inplace=True)
     with pytest.raises(LosslabError, match="decoder layers"):
-        quantize_decoder(torch.nn.Linear(3, 3), RTN(bits=4), torch.zeros(1, 4, dtype=torch.long), progress=False)
+        quantize_decoder(
+            torch.nn.Linear(3, 3), RTN(bits=4), torch.zeros(1, 4, dtype=torch.long), progress=False, inplace=True
+        )
+
+
+def test_default_contract_is_the_engines_the_model_passed_in_is_not_modified(trained_model, token_ids) -> None:
+    """Like ``losslab.quant.quantize``: a quantized copy by default; ``inplace=True`` quantizes the model itself."""
+    model = copy.deepcopy(trained_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = calibration_windows(token_ids["train"], 2, SEQ)
+    copied = quantize_decoder(model, RTN(bits=3), calib, progress=False)
+    assert copied.model is not model
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    in_place = quantize_decoder(model, RTN(bits=3), calib, progress=False, inplace=True)
+    assert in_place.model is model
+    for key, value in copied.model.state_dict().items():
+        assert torch.equal(value, in_place.model.state_dict()[key]), key
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -76,7 +76,7 @@ def test_out_proj_hessian_comes_from_the_quantized_qkv(trained_model, token_ids,
     for ts in (False, True):
         seen.clear()
         model = copy.deepcopy(float_model)
-        result = quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=ts)
+        result = quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=ts, inplace=True)
         runs[ts] = (model, result, {n: _stats_of(seen, getattr(attn, n).weight) for n in ("q_proj", "out_proj")})
     model_ts, result_ts, h_ts = runs[True]
     h_ref = _out_proj_hessian_reference(float_model, model_ts, calib)
@@ -95,8 +95,8 @@ def test_out_proj_hessian_comes_from_the_quantized_qkv(trained_model, token_ids,
 def test_rtn_is_bit_identical_with_and_without_true_sequential(trained_model, token_ids) -> None:
     calib = calibration_windows(token_ids["train"], 2, SEQ)
     plain, seq = copy.deepcopy(trained_model), trained_model
-    a = quantize_decoder(plain, RTN(bits=3), calib, progress=False, metrics=True)
-    b = quantize_decoder(seq, RTN(bits=3), calib, progress=False, metrics=True, true_sequential=True)
+    a = quantize_decoder(plain, RTN(bits=3), calib, progress=False, metrics=True, inplace=True)
+    b = quantize_decoder(seq, RTN(bits=3), calib, progress=False, metrics=True, true_sequential=True, inplace=True)
     for (name, x), y in zip(plain.state_dict().items(), seq.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
     # the metric Hessians were re-collected: out_proj's proxy loss now uses inputs from the quantized q/k/v
@@ -112,7 +112,7 @@ def test_gptq_3bit_true_sequential_changes_weights_and_keeps_perplexity_sane(tra
     models, ppl = {}, {}
     for ts in (False, True):
         models[ts] = copy.deepcopy(trained_model)
-        quantize_decoder(models[ts], GPTQ(bits=3), calib, progress=False, true_sequential=ts)
+        quantize_decoder(models[ts], GPTQ(bits=3), calib, progress=False, true_sequential=ts, inplace=True)
         ppl[ts] = perplexity(models[ts], windows).ppl
     layers = {ts: decoder_parts(m).layers for ts, m in models.items()}
     weight = {ts: {n: m.weight for n, m in linear_targets(layers[ts][0]).items()} for ts in models}
@@ -132,7 +132,9 @@ def test_gpfq_float_stream_stays_float_under_true_sequential(trained_model, toke
     for ts in (False, True):
         for field, store in (("xx", xx), ("h_tilde", h_tilde)):
             seen = _record(monkeypatch, GPFQ, field)
-            quantize_decoder(copy.deepcopy(trained_model), GPFQ(bits=3), calib, progress=False, true_sequential=ts)
+            quantize_decoder(
+                copy.deepcopy(trained_model), GPFQ(bits=3), calib, progress=False, true_sequential=ts, inplace=True
+            )
             store[ts] = {k: _stats_of(seen, w) for k, w in probes.items()}
             monkeypatch.undo()
     for key in probes:  # XᵀX of the float network is the same; X̃ᵀX̃ differs once earlier groups are quantized
@@ -143,9 +145,15 @@ def test_gpfq_float_stream_stays_float_under_true_sequential(trained_model, toke
 def test_explicit_groups_equal_the_table(trained_model, token_ids) -> None:
     calib = calibration_windows(token_ids["train"], 2, SEQ)
     table = copy.deepcopy(trained_model)
-    quantize_decoder(table, GPTQ(bits=3), calib, progress=False, true_sequential=True)
+    quantize_decoder(table, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
     result = quantize_decoder(
-        trained_model, GPTQ(bits=3), calib, progress=False, true_sequential=True, sequential_groups=OPT_GROUPS
+        trained_model,
+        GPTQ(bits=3),
+        calib,
+        progress=False,
+        true_sequential=True,
+        sequential_groups=OPT_GROUPS,
+        inplace=True,
     )
     for (name, x), y in zip(table.state_dict().items(), trained_model.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
@@ -182,7 +190,7 @@ def test_table_matches_each_architecture_and_runs(family: str) -> None:
     layer = decoder_parts(model).layers[0]
     before = {n: m.weight.detach().clone() for n, m in linear_targets(layer).items()}
     calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    result = quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True)
+    result = quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
     assert [r.name.rsplit(".0.", 1)[1] for r in result.layers] == [n for g in plan for n in g]
     for name, module in linear_targets(layer).items():
         assert not torch.equal(module.weight, before[name]), name
@@ -200,7 +208,7 @@ def test_unsupported_architecture_is_refused_before_work_and_names_the_fix() -> 
     before = copy.deepcopy(model.state_dict())
     calib = torch.randint(0, 260, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(LosslabError, match=r"model_type='bloom'.*sequential_groups=.*drop --true-sequential") as err:
-        quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True)
+        quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
     assert "self_attention.query_key_value, self_attention.dense, mlp.dense_h_to_4h" in str(err.value)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -211,7 +219,13 @@ def test_unsupported_architecture_is_refused_before_work_and_names_the_fix() -> 
         ["mlp.dense_4h_to_h"],
     ]
     result = quantize_decoder(
-        model, GPTQ(bits=3), calib, progress=False, true_sequential=True, sequential_groups=groups
+        model,
+        GPTQ(bits=3),
+        calib,
+        progress=False,
+        true_sequential=True,
+        sequential_groups=groups,
+        inplace=True,
     )
     assert len(result.layers) == 4 and result.calibration["sequential_groups"] == groups
 
@@ -230,10 +244,16 @@ def test_bad_groups_are_refused(trained_model, groups, message: str) -> None:
     calib = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(LosslabError, match=message):
         quantize_decoder(
-            trained_model, RTN(bits=4), calib, progress=False, true_sequential=True, sequential_groups=groups
+            trained_model,
+            RTN(bits=4),
+            calib,
+            progress=False,
+            true_sequential=True,
+            sequential_groups=groups,
+            inplace=True,
         )
     with pytest.raises(LosslabError, match="only used with true_sequential=True"):
-        quantize_decoder(trained_model, RTN(bits=4), calib, progress=False, sequential_groups=OPT_GROUPS)
+        quantize_decoder(trained_model, RTN(bits=4), calib, progress=False, sequential_groups=OPT_GROUPS, inplace=True)
 
 
 def test_skipped_linears_leave_the_groups(trained_model) -> None:

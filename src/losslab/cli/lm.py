@@ -240,11 +240,12 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
     calib = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["calib_seed"])
     for i, (method, packed, json_path) in enumerate(outputs):
         if i > 0:
-            model = load_causal_lm(opts["model"])  # quantize_decoder works in place
+            model = load_causal_lm(opts["model"])  # the previous point quantized the loaded model in place
         result = quantize_decoder(
             model,
             method,
             calib,
+            inplace=True,
             device=_device(opts["device"]),
             skip=skip,
             overrides=overrides,

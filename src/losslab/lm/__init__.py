@@ -2,7 +2,7 @@
 
     from losslab.lm import TokenLossSpec, causal_lm_loss, quantize_decoder, perplexity
     loss = causal_lm_loss(model(ids).logits, ids, TokenLossSpec("root", k=5, m=5))
-    result = quantize_decoder(model, GPTQ(bits=4), calib_windows)       # in place, one decoder layer at a time
+    result = quantize_decoder(model, GPTQ(bits=4), calib_windows)       # a quantized copy (inplace=True: no copy)
     perplexity(model, eval_windows(test_ids, 2048)).ppl                 # exp(mean token CE)
 
 Heavy pieces (Lightning finetuning, the CLI) live in :mod:`losslab.lm.finetune` and :mod:`losslab.cli.lm`.

@@ -413,8 +413,13 @@ def quantize_decoder(
     true_sequential: bool = False,
     sequential_groups: Sequence[Sequence[str]] | None = None,
     micro_batch: int | None = None,
+    inplace: bool = False,
 ) -> QuantResult:
-    """Quantize the linear layers of every decoder layer of ``model`` **in place**, one layer at a time.
+    """Quantize the linear layers of every decoder layer of a copy of ``model``, one layer at a time.
+
+    The contract is the engine's (:func:`losslab.quant.quantize`): the model passed in is never modified and
+    ``result.model`` is the quantized copy. ``inplace=True`` quantizes ``model`` itself instead, so a large LM is
+    never held twice (``losslab lm quantize`` does this); ``result.model is model`` then.
 
     Args:
         model: a Hugging Face causal LM (OPT, Llama-style, GPT-2, GPT-NeoX); it stays where it is, only the
@@ -444,10 +449,12 @@ def quantize_decoder(
             layer, in forward order, each linear once.
         micro_batch: windows forwarded at once; default: 1 on the CPU (bit-identical to one window at a time),
             on CUDA sized to free memory (:func:`auto_micro_batch`; the sums then run in another order).
+        inplace: quantize ``model`` itself instead of a deep copy (saves one model's memory).
 
     Returns:
         ``QuantResult`` (``kind == "fake"``) with one ``LayerReport`` per linear (in processing order) and
-        ``result.model is model``; ``result.calibration`` holds ``windows``, ``seqlen``, ``seed``, ``name``,
+        ``result.model`` the quantized model (``model`` itself with ``inplace=True``); ``result.calibration``
+        holds ``windows``, ``seqlen``, ``seed``, ``name``,
         ``true_sequential`` and ``sequential_groups`` (the groups used, or ``None``).
     """
     if not isinstance(method, QuantMethod):
@@ -458,6 +465,9 @@ def quantize_decoder(
         isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
     ):
         raise LosslabError(f"micro_batch={micro_batch!r} must be a positive integer (windows per forward) or None")
+    decoder_parts(model)  # not a supported decoder: fail before copying it
+    if not inplace:
+        model = copy.deepcopy(model)
     parts = decoder_parts(model)
     prefix = next(n for n, m in model.named_modules() if m is parts.layers)
     layer_plan = plan_decoder(model, method, overrides, skip)
