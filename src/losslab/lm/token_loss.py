@@ -131,8 +131,40 @@ def _chunk_function(device: torch.device) -> Any:
     return _COMPILED_CHUNK["cuda"]
 
 
-class _FusedTokenLoss(torch.autograd.Function):
-    """Same contract as :class:`_ChunkedTokenLoss`, each chunk by :func:`fused_chunk`."""
+def in_place_chunk(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    out: torch.Tensor | None,
+    spec: TokenLossSpec,
+    denominator: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    """:func:`fused_chunk`'s contract in eager in-place steps, with one (R, V) workspace: for fp32 logits the
+    gradient buffer ``out`` itself is the workspace (no extra pass over the logits)."""
+    work_dtype = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
+    in_place = out is not None and out.dtype == work_dtype
+    w = out if in_place else torch.empty(z.shape, dtype=work_dtype, device=z.device)  # (R, V)
+    w.copy_(z)
+    valid = target != ignore_index  # (R,)
+    safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)  # (R, 1)
+    z_y = w.gather(1, safe)
+    z_max = w.amax(dim=1, keepdim=True)
+    w.sub_(z_max).exp_()  # exp(z − max)
+    total_exp = w.sum(dim=1, keepdim=True)
+    logp_y = (z_y - z_max - total_exp.log()).squeeze(1)
+    loss, weight = spec.loss_and_weight(logp_y)
+    if out is not None:
+        coef = torch.where(valid, weight / denominator, torch.zeros_like(weight)).unsqueeze(1)
+        w.mul_(coef / total_exp)  # w·p
+        w.scatter_add_(1, safe, -coef)  # w·(p − e_y)
+        if not in_place:
+            out.copy_(w)
+    return torch.where(valid, loss, torch.zeros_like(loss)).sum(dtype=torch.float64)
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """Sum of per-token losses divided by ``denominator``, computed chunk by chunk with ``chunk``
+    (:func:`in_place_chunk` or :func:`fused_chunk`); see the module docstring for the memory contract."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -143,82 +175,26 @@ class _FusedTokenLoss(torch.autograd.Function):
         denominator: float,
         ignore_index: int,
         workspace_mib: float,
+        chunk: Any,
     ) -> torch.Tensor:
         n, vocab = logits.shape
         grad = torch.empty_like(logits) if logits.requires_grad else None
-        chunk = _chunk_function(logits.device)
         rows = _chunk_rows(vocab, workspace_mib)
         total = torch.zeros((), dtype=torch.float64, device=logits.device)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            out = grad[start:stop] if grad is not None else None
+            out = grad[start:stop] if grad is not None else None  # (R, V) view of the gradient
             total += chunk(logits[start:stop], targets[start:stop], out, spec, denominator, ignore_index).double()
         if grad is not None:
             ctx.save_for_backward(grad)
         return (total / denominator).to(torch.promote_types(logits.dtype, torch.float32))
-
-    backward = None  # set below: the same in-place scaling as the chunked version
-
-
-class _ChunkedTokenLoss(torch.autograd.Function):
-    """Sum of per-token losses divided by ``denominator``; see the module docstring for the memory contract."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        spec: TokenLossSpec,
-        denominator: float,
-        ignore_index: int,
-        workspace_mib: float,
-    ) -> torch.Tensor:
-        n, vocab = logits.shape
-        need_grad = logits.requires_grad
-        grad = torch.empty_like(logits) if need_grad else None
-        total = torch.zeros((), dtype=torch.float64, device=logits.device)
-        rows = _chunk_rows(vocab, workspace_mib)
-        work_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            # fp32 workspace; for fp32 logits the gradient buffer itself is the workspace (no extra pass)
-            in_place = grad is not None and grad.dtype == work_dtype
-            z = (
-                grad[start:stop]
-                if in_place
-                else torch.empty((stop - start, vocab), dtype=work_dtype, device=logits.device)
-            )
-            z.copy_(logits[start:stop])
-            target = targets[start:stop]
-            valid = target != ignore_index
-            safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
-            z_y = z.gather(1, safe)
-            z_max = z.amax(dim=1, keepdim=True)
-            z.sub_(z_max).exp_()  # exp(z − max)
-            total_exp = z.sum(dim=1, keepdim=True)
-            logp_y = (z_y - z_max - total_exp.log()).squeeze(1)
-            loss, weight = spec.loss_and_weight(logp_y)
-            total += torch.where(valid, loss, torch.zeros_like(loss)).sum(dtype=torch.float64)
-            if grad is not None:
-                coef = torch.where(valid, weight / denominator, torch.zeros_like(weight)).unsqueeze(1)
-                z.mul_(coef / total_exp)  # w·p
-                z.scatter_add_(1, safe, -coef)  # w·(p − e_y)
-                if not in_place:
-                    grad[start:stop].copy_(z)
-            del z
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        return (total / denominator).to(work_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         if grad_output.item() != 1.0:  # in place; a second backward through this graph then raises
             grad.mul_(grad_output.to(grad.dtype))
-        return grad, None, None, None, None, None
-
-
-_FusedTokenLoss.backward = _ChunkedTokenLoss.backward  # type: ignore[method-assign]
+        return grad, None, None, None, None, None, None
 
 
 def token_loss(
@@ -256,8 +232,8 @@ def token_loss(
         denominator = float((flat_targets != ignore_index).sum().item())
     denominator = max(denominator, 1.0)
     with torch.autocast(device_type=flat_logits.device.type, enabled=False):
-        function = _FusedTokenLoss if fused else _ChunkedTokenLoss
-        return function.apply(flat_logits, flat_targets, spec, denominator, ignore_index, workspace_mib)
+        chunk = _chunk_function(flat_logits.device) if fused else in_place_chunk
+        return _ChunkedTokenLoss.apply(flat_logits, flat_targets, spec, denominator, ignore_index, workspace_mib, chunk)
 
 
 def causal_lm_loss(
