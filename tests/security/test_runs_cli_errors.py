@@ -95,3 +95,19 @@ def test_a_zero_byte_checkpoint_is_not_reported_as_aborted(tmp_path: Path, capsy
 
 def test_debug_flag_is_on_the_root_command() -> None:
     assert any(p.name == "debug" for p in app.cli.params)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["lm", "quantize", "--model", "m", "--calib-samples", "0", "--save-packed", "x.safetensors"],
+        ["lm", "quantize", "--model", "m", "--calib-windows", "0", "--save-packed", "x.safetensors"],
+        ["quantize", "run", "--method", "rtn", "--calib-samples", "0"],
+    ],
+)
+def test_zero_calibration_samples_is_a_usage_error_before_any_work(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "--calib-samples" in result.output and "x>=1" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -183,11 +183,15 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
 )
 @click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration windows.")
-@click.option("--seqlen", type=int, help="Tokens per calibration window (default: the model's context).")
+@click.option(
+    "--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration windows."
+)
+@click.option(
+    "--seqlen", type=click.IntRange(min=2), help="Tokens per calibration window (default: the model's context)."
+)
 @click.option(
     "--calib-batch-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
 )

@@ -52,8 +52,10 @@ def float_size_bytes(model: Any) -> int:
     show_default=True,
     help="Weight bit width(s) 2..8: comma-separate or repeat (--bits 8,4,3); one calibration pass.",
 )
-@click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration images.")
-@click.option("--calib-batch-size", type=int, default=64, show_default=True, help="Calibration batch size.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration images.")
+@click.option(
+    "--calib-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration batch size."
+)
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration subset.")
 @click.option("--fold-bn", is_flag=True, help="Fold BatchNorm into the preceding conv before quantizing.")
 @click.option("--keep-8bit", "keep_8bit", multiple=True, help="Layer-name pattern kept at 8-bit RTN (repeatable).")

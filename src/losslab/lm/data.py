@@ -164,6 +164,8 @@ def calibration_windows_from_documents(
 def load_calibration(tokenizer: object, source: str | Path, n_windows: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """Calibration windows ``(n_windows, seqlen)`` from ``c4`` (document sampling), another corpus's train split
     or a local text file (one stream)."""
+    if n_windows < 1:
+        raise LosslabError(f"n_windows={n_windows}: calibration needs at least one window (--calib-samples >= 1)")
     if str(source) == "c4":
         return calibration_windows_from_documents(tokenizer, _load_hf_documents("c4", "train"), n_windows, seqlen, seed)
     return calibration_windows(tokenize_text(tokenizer, load_corpus(source, "train")), n_windows, seqlen, seed)
