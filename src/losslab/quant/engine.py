@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 
 from losslab.errors import ConfigError, LosslabError, check_range
 from losslab.quant.bn_fold import fold_batchnorm
+from losslab.quant.driver import Collected, LayerJob, drive
 from losslab.quant.engine_act import calibrate_act_ranges, install_act_quant
 from losslab.quant.methods import LayerStats, QuantMethod
-from losslab.quant.result import LayerReport, QuantResult, layer_report
+from losslab.quant.result import LayerReport, QuantResult
 from losslab.quant.unfold import QuantLayer, grouped_weight, n_groups
 from losslab.quant.walk import (
     WALKS,
@@ -104,12 +105,6 @@ def _check_method(key: str, method: Any) -> None:
             f"{key}={method!r} is not a quantization method: use RTN(...), PWLQ(...), GPFQ(...), GPTQ(...), "
             "LDLQ(...) or Identity16() from losslab.quant"
         )
-
-
-def layer_seed(seed: int, index: int) -> int:
-    """The seed of layer ``index`` (registration order of the quantizable layers, skipped ones counted): both
-    drivers use ``seed + 2·index``, so a method's two streams (incoherence U and V: seed, seed + 1) never repeat."""
-    return seed + 2 * index
 
 
 def plan_layers(
@@ -198,25 +193,67 @@ def _collect(
     return stats
 
 
-def _finalized(stats: _LayerStats | None, group: int) -> Any:
-    """What ``quantize_layer`` reads for conv group ``group`` (None when the method keeps no statistics)."""
-    if stats is None or stats.method_stats[group] is None:
-        return None
-    return stats.method_stats[group].finalize()
+class WalkSource:
+    """The driver's source for any network (:mod:`losslab.quant.driver`): one unit per Conv2d/Linear layer in
+    registration order, its inputs reached by the traced walk (:class:`losslab.quant.walk.Walker`) over the cached
+    calibration batches, for the float network ``base`` (X) and the network being quantized ``qmodel`` (X̃)."""
 
+    def __init__(
+        self,
+        base: nn.Module,
+        qmodel: nn.Module,
+        plan: dict[str, QuantMethod | None],
+        batches: list[Tensor],
+        walker: Walker,
+        *,
+        seed: int,
+        metrics: bool,
+        progress: bool,
+        label: str,
+    ) -> None:
+        self.base, self.qmodel, self.plan, self.batches, self.walker = base, qmodel, plan, batches, walker
+        self.metrics, self.progress, self.label = metrics, progress, label
+        self.generator = torch.Generator().manual_seed(seed)
+        self.uses = {name: _stream_use(method, metrics) for name, method in plan.items()}
+        self.last_data = max((i for i, u in enumerate(self.uses.values()) if u is not None), default=-1)
+        self.modified = False  # X̃ = X until a weight changes
+        self._index = -1
 
-def _report(
-    name: str,
-    layer: QuantLayer,
-    method: QuantMethod | None,
-    wqs: list[WeightQuant],
-    weight: Tensor,
-    stats: _LayerStats | None,
-    seconds: float,
-) -> LayerReport:
-    kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
-    moments = [g / stats.rows for g in stats.gram] if stats is not None and stats.gram and stats.rows else None
-    return layer_report(name, kind, tuple(layer.weight.shape), method, wqs, weight, moments, seconds, n_groups(layer))
+    def units(self) -> Iterator[list[LayerJob]]:
+        for index, name in enumerate(tqdm(list(self.plan), desc=self.label, disable=not self.progress, leave=False)):
+            self._index = index
+            layer = self.qmodel.get_submodule(name)
+            kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
+            yield [LayerJob(name, index, layer, self.plan[name], kind, n_groups(layer))]
+
+    def collect(self, jobs: list[LayerJob]) -> dict[str, Collected]:
+        (job,) = jobs
+        provider = self.walker.reach(job.name) if self._index <= self.last_data else None
+        use, out = self.uses[job.name], {}
+        if use is not None and provider is not None:
+            batch_ids = job.method.calibration_batches(self._index, len(self.batches))
+            want_f, want_q = use[0], use[1] and (self.modified or not use[0])
+            pairs = provider(batch_ids, want_f, want_q)
+            stats = _collect(job.method, self.base, self.qmodel, job.name, pairs, self.metrics, self.generator)
+            moments = [g / stats.rows for g in stats.gram] if stats.gram and stats.rows else None
+            out[job.name] = Collected(list(stats.method_stats), moments)
+        if self._index == self.last_data:
+            self.walker.close()  # nothing after this layer needs data
+        return out
+
+    def float_weight(self, job: LayerJob) -> Tensor:
+        return job.module.weight.detach().clone()
+
+    def weight_groups(self, weight: Tensor, job: LayerJob) -> list[Tensor]:
+        return list(grouped_weight(job.module))
+
+    def write(self, job: LayerJob, q: Tensor) -> None:
+        with torch.no_grad():
+            self.modified = self.modified or not torch.equal(q, job.module.weight)
+            job.module.weight.copy_(q)
+
+    def keep(self, wqs: list[WeightQuant]) -> list[WeightQuant]:
+        return wqs
 
 
 def _run_one(
@@ -232,40 +269,13 @@ def _run_one(
     label: str,
 ) -> tuple[nn.Module, list[LayerReport], dict[str, list[WeightQuant]], dict[str, tuple[float, float]], int]:
     qmodel = copy.deepcopy(base)
-    generator = torch.Generator().manual_seed(seed)
-    reports, weights = [], {}
-    modified = False
     uses = {name: _stream_use(method, metrics) for name, method in plan.items()}
     streams = [s for i, s in enumerate(("f", "q")) if any(u is not None and u[i] for u in uses.values())]
-    last_data = max((i for i, u in enumerate(uses.values()) if u is not None), default=-1)
     skipped = [name for name, method in plan.items() if method is None]
     walker = Walker(walk_plan, {"f": base, "q": qmodel}, batches, streams, skipped)
+    source = WalkSource(base, qmodel, plan, batches, walker, seed=seed, metrics=metrics, progress=progress, label=label)
     try:
-        for index, name in enumerate(tqdm(list(plan), desc=label, disable=not progress, leave=False)):
-            method, qlayer = plan[name], qmodel.get_submodule(name)
-            start = time.perf_counter()
-            if method is None:
-                reports.append(_report(name, qlayer, None, [], qlayer.weight, None, 0.0))
-                continue
-            provider = walker.reach(name) if index <= last_data else None
-            stats, use = None, uses[name]
-            if use is not None and provider is not None:
-                batch_ids = method.calibration_batches(index, len(batches))
-                want_f, want_q = use[0], use[1] and (modified or not use[0])  # X̃ = X until a weight changes
-                stats = _collect(method, base, qmodel, name, provider(batch_ids, want_f, want_q), metrics, generator)
-            if index == last_data:
-                walker.close()  # nothing after this layer needs data
-            weight = qlayer.weight.detach().clone()
-            wqs = [
-                method.quantize_layer(w, _finalized(stats, g), seed=layer_seed(seed, index))
-                for g, w in enumerate(grouped_weight(qlayer))
-            ]
-            q = torch.cat([wq.q for wq in wqs]).reshape(weight.shape).to(weight.dtype)
-            with torch.no_grad():
-                qlayer.weight.copy_(q)
-            modified = modified or not torch.equal(q, weight)
-            weights[name] = wqs
-            reports.append(_report(name, qlayer, method, wqs, weight, stats, time.perf_counter() - start))
+        reports, weights = drive(source, seed=seed)
     finally:
         walker.close()
     ranges: dict[str, tuple[float, float]] = {}
