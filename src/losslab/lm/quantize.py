@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,10 +48,11 @@ from losslab.lm.models import (
     true_sequential_groups,
     weight_matrix,
 )
-from losslab.quant.engine import layer_seed, plan_layers
+from losslab.quant.driver import Collected, LayerJob, drive
+from losslab.quant.engine import plan_layers
 from losslab.quant.gptq import HessianStats
 from losslab.quant.methods import HessianAccumulator, LayerStats, QuantMethod
-from losslab.quant.result import LayerReport, QuantResult, layer_report
+from losslab.quant.result import QuantResult
 from losslab.quant.weight_quant import WeightQuant
 
 
@@ -396,6 +397,122 @@ def _to_cpu(wq: WeightQuant) -> WeightQuant:
     return replace(wq, **{f: move(getattr(wq, f)) for f in fields}, extras=move(wq.extras))
 
 
+class DecoderSource:
+    """The driver's source for causal LMs (:mod:`losslab.quant.driver`): the decoder-block catcher.
+
+    Block by block: the block is moved to ``device`` (the next one is copied on a side stream meanwhile); its
+    linears are collected group by group (one group, or GPTQ's true-sequential groups) in one pass over the cached
+    windows each, through hooks on the block's forward (:func:`_collect_stats`); after the block's last unit the
+    quantized block is run forward to give the next block its inputs (and, for methods that read the float
+    network, a float copy runs alongside), then the block goes back where it lives.
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        prefix: str,
+        layer_plan: dict[str, QuantMethod | None],
+        groups: list[list[str]] | None,
+        calls: list[LayerCall],
+        device: torch.device,
+        *,
+        metrics: bool,
+        keep_codes: bool,
+        micro_batch: int | None,
+        progress: bool,
+        label: str,
+    ) -> None:
+        self.blocks, self.prefix, self.layer_plan, self.groups = blocks, prefix, layer_plan, groups
+        self.calls, self.device, self.metrics, self.keep_codes = calls, device, metrics, keep_codes
+        self.micro_batch, self.progress, self.label = micro_batch, progress, label
+        self.index = {name: i for i, name in enumerate(layer_plan)}  # the seed rule's position
+        self.micro: int | None = None
+        self.hidden_q = [c.hidden for c in calls]
+        two_streams = any(m is not None and m.reads_float for m in layer_plan.values())
+        self.hidden_f: list[Tensor] | None = list(self.hidden_q) if two_streams else None
+        self._layer: nn.Module | None = None
+        self._float_layer: nn.Module | None = None
+        self._outs_f: list[Tensor] | None = None
+
+    def units(self) -> Iterator[list[LayerJob]]:
+        homes = [next(layer.parameters()).device for layer in self.blocks]
+        prefetch = _LayerPrefetch(self.device)
+        for b in tqdm(range(len(self.blocks)), desc=self.label, disable=not self.progress, leave=False):
+            layer = self.blocks[b]
+            prefetch.wait(layer)  # block b on the device (copied on the side stream while block b-1 was solved)
+            if self.micro is None:
+                self.micro = (
+                    auto_micro_batch(layer, self.calls, self.device) if self.micro_batch is None else self.micro_batch
+                )
+                if self.micro > 1 and not batchable(self.calls):
+                    raise LosslabError("micro_batch > 1 needs windows of one length with identical masks/positions")
+            if b + 1 < len(self.blocks):
+                prefetch.start(self.blocks[b + 1])
+            jobs = {}
+            for name in linear_targets(layer):
+                full = f"{self.prefix}.{b}.{name}"
+                jobs[name] = LayerJob(full, self.index[full], layer.get_submodule(name), self.layer_plan[full])
+            active = [n for n, job in jobs.items() if job.method is not None]
+            groups = [[n for n in g if n in active] for g in self.groups] if self.groups else [active]
+            # GPFQ's float stream must see the float block also after the first group is quantized.
+            multi = self.hidden_f is not None and len(groups) > 1
+            self._layer, self._float_layer, self._outs_f = layer, copy.deepcopy(layer) if multi else layer, None
+            for group in groups:
+                if not group:
+                    self._float_outputs()
+                yield [jobs[n] for n in group]
+            yield [job for job in jobs.values() if job.method is None]  # float rows, reported after the block's
+            self._float_outputs()
+            self._float_layer = None
+            self.hidden_q = _run_layer(layer, self.calls, self.hidden_q, self.micro)
+            self.hidden_f = self._outs_f
+            layer.to(homes[b])
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _float_outputs(self) -> None:
+        """The float stream's block outputs when no collect pass produced them (every linear of a group skipped)."""
+        if self.hidden_f is not None and self._outs_f is None:
+            _, _, self._outs_f = self._collect({})
+
+    def _collect(
+        self, methods: dict[str, QuantMethod]
+    ) -> tuple[dict[str, LayerStats | None], dict[str, HessianStats], list[Tensor] | None]:
+        assert self._layer is not None and self._float_layer is not None and self.micro is not None
+        return _collect_stats(
+            methods,
+            self._layer,
+            self._float_layer,
+            self.calls,
+            self.hidden_q,
+            self.hidden_f,
+            self.metrics,
+            self.device,
+            self.micro,
+        )
+
+    def collect(self, jobs: list[LayerJob]) -> dict[str, Collected]:
+        relative = {job.name.removeprefix(self.prefix).split(".", 2)[2]: job for job in jobs}
+        stats, hessians, outs = self._collect({n: job.method for n, job in relative.items()})
+        self._outs_f = outs if outs is not None else self._outs_f
+        return {
+            job.name: Collected([stats[n]], [hessians[n].hessian.double() / 2] if n in hessians else None)
+            for n, job in relative.items()
+        }
+
+    def float_weight(self, job: LayerJob) -> Tensor:
+        return weight_matrix(job.module).to(torch.float32, copy=True)
+
+    def weight_groups(self, weight: Tensor, job: LayerJob) -> list[Tensor]:
+        return [weight]
+
+    def write(self, job: LayerJob, q: Tensor) -> None:
+        set_weight_matrix(job.module, q)
+
+    def keep(self, wqs: list[WeightQuant]) -> list[WeightQuant] | None:
+        return [_to_cpu(wq) for wq in wqs] if self.keep_codes else None
+
+
 def quantize_decoder(
     model: nn.Module,
     method: QuantMethod,
@@ -432,7 +549,7 @@ def quantize_decoder(
             to a decoder layer (``"fc2"``) means that linear in every layer (see :func:`plan_decoder`).
         overrides: ``{pattern: method}``, first match wins (``{"*.fc2": RTN(bits=8)}``): the engine's rule.
         seed: random parts (incoherence transforms, dither) of the i-th decoder linear (module order, skipped ones
-            counted) use ``seed + 2i``, the engine's rule (:func:`losslab.quant.engine.layer_seed`).
+            counted) use ``seed + 2i``, the driver's rule (:func:`losslab.quant.driver.layer_seed`).
         metrics: also gather X̃ᵀX̃ for RTN/GPFQ so every layer reports the proxy loss tr((W−Q)Σ(W−Q)ᵀ) with
             Σ = X̃ᵀX̃/n (n token rows of the partly quantized model); GPTQ/LDLQ always report it (Σ = H/2).
         keep_codes: keep the codes of every layer in ``result.weights`` (CPU) for :func:`save_packed`.
@@ -471,7 +588,6 @@ def quantize_decoder(
     parts = decoder_parts(model)
     prefix = next(n for n, m in model.named_modules() if m is parts.layers)
     layer_plan = plan_decoder(model, method, overrides, skip)
-    full_names = list(layer_plan)
     relative = [list(linear_targets(layer)) for layer in parts.layers]
     always_skipped = {
         n for n in relative[0] if all(layer_plan.get(f"{prefix}.{i}.{n}", 0) is None for i in range(len(relative)))
@@ -484,75 +600,24 @@ def quantize_decoder(
     was_training = model.training
     model.eval()
     calls = capture_layer_inputs(model, calib, dev)
-    hidden_q = [c.hidden for c in calls]
-    two_streams = any(m is not None and m.reads_float for m in layer_plan.values())
-    hidden_f = list(hidden_q) if two_streams else None
-    reports: list[LayerReport] = []
-    weights: dict[str, list[WeightQuant]] = {}
-    homes = [next(layer.parameters()).device for layer in parts.layers]
-    micro: int | None = None
-    prefetch = _LayerPrefetch(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     base_bytes = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
-    for index in tqdm(range(len(parts.layers)), desc=method.describe(), disable=not progress, leave=False):
-        layer = parts.layers[index]
-        home = homes[index]
-        prefetch.wait(layer)  # layer i on the device (copied on the side stream while layer i-1 was solved)
-        if micro is None:
-            micro = auto_micro_batch(layer, calls, dev) if micro_batch is None else micro_batch
-            if micro > 1 and not batchable(calls):
-                raise LosslabError("micro_batch > 1 needs windows of one length with identical masks/positions")
-        if index + 1 < len(parts.layers):
-            prefetch.start(parts.layers[index + 1])
-        methods = {n: layer_plan[f"{prefix}.{index}.{n}"] for n in relative[index]}
-        active = [n for n, m in methods.items() if m is not None]
-        groups = [[n for n in g if n in active] for g in plan] if plan else [active]
-        # GPFQ's float stream must see the float layer also after the first group is quantized.
-        float_layer = copy.deepcopy(layer) if hidden_f is not None and len(groups) > 1 else layer
-        outs_f = None
-        for group in groups:
-            stats, hessians, outs = _collect_stats(
-                {n: methods[n] for n in group}, layer, float_layer, calls, hidden_q, hidden_f, metrics, dev, micro
-            )
-            outs_f = outs if outs is not None else outs_f
-            for name in group:
-                module = layer.get_submodule(name)
-                t0 = time.perf_counter()
-                weight = weight_matrix(module).to(torch.float32, copy=True)
-                full = f"{prefix}.{index}.{name}"
-                acc = stats[name]
-                wq = methods[name].quantize_layer(
-                    weight, None if acc is None else acc.finalize(), seed=layer_seed(seed, full_names.index(full))
-                )
-                set_weight_matrix(module, wq.q.to(weight.dtype))
-                moments = [hessians[name].hessian.double() / 2] if name in hessians else None
-                reports.append(
-                    layer_report(
-                        full,
-                        "linear",
-                        tuple(weight.shape),
-                        methods[name],
-                        [wq],
-                        weight,
-                        moments,
-                        time.perf_counter() - t0,
-                    )
-                )
-                if keep_codes:
-                    weights[full] = [_to_cpu(wq)]
-            del stats, hessians
-        for name in relative[index]:
-            full = f"{prefix}.{index}.{name}"
-            if methods[name] is None:
-                w = weight_matrix(layer.get_submodule(name))
-                reports.append(layer_report(full, "linear", tuple(w.shape), None, [], w, None, 0.0))
-        del float_layer
-        hidden_q = _run_layer(layer, calls, hidden_q, micro)
-        hidden_f = outs_f
-        layer.to(home)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+    source = DecoderSource(
+        parts.layers,
+        prefix,
+        layer_plan,
+        plan,
+        calls,
+        dev,
+        metrics=metrics,
+        keep_codes=keep_codes,
+        micro_batch=micro_batch,
+        progress=progress,
+        label=method.describe(),
+    )
+    reports, weights = drive(source, seed=seed)
+    micro = source.micro
     model.train(was_training)
     calibration = {"windows": int(calib.shape[0]), "seqlen": int(calib.shape[1]), "seed": calib_seed}
     calibration.update(name=calib_name, true_sequential=bool(true_sequential), sequential_groups=plan)
