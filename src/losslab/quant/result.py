@@ -202,7 +202,7 @@ def layer_report(
     seconds: float,
     groups: int = 1,
 ) -> LayerReport:
-    """The one per-layer report of both drivers (:mod:`losslab.quant.engine`, :mod:`losslab.lm.quantize`).
+    """The one per-layer report, written by the layer-wise driver (:func:`losslab.quant.driver.drive`) for every source.
 
     ``method`` None → a float (skipped) row. ``wqs``: one :class:`WeightQuant` per conv group (one for a linear);
     ``weight``: the float weight; ``second_moments``: per group Σ = XᵀX/n of the layer's input rows (proxy loss
