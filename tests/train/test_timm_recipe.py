@@ -17,7 +17,8 @@ from losslab.errors import ConfigError
 from losslab.objectives import create
 from losslab.train import TrainConfig, fit
 from losslab.train.build import build_model
-from losslab.train.recipe import ModelEma, mix_batch, mixed_loss
+from losslab.train.ema import ModelEma
+from losslab.train.recipe import mix_batch, mixed_loss
 
 
 def printed_config(*args: str) -> dict:

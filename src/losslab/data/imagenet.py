@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
 from losslab.data.image_files import ImageFiles
 from losslab.data.paths import missing_data_error
 from losslab.errors import DataNotFoundError
@@ -21,6 +19,8 @@ FOLDER = "imagenet"
 
 def load_image_folder(root: Path, classes: list[str]) -> ImageFiles:
     """All images under ``root/<class>/`` for the given class names (label = position in ``classes``)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     return ImageFiles([Path(p) for p, _ in samples], [t for _, t in samples], classes)
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torchvision import transforms as T
 
 from losslab.data.spec import DataSpec
 from losslab.errors import ConfigError
@@ -118,6 +117,8 @@ def build_transform(
     Output shape (spec.in_chans, img_size, img_size). ``train=False`` gives the deterministic eval transform
     (``randaugment`` is still validated, so a bad string fails for every split).
     """
+    from torchvision import transforms as T
+
     augment_policy = _randaugment(randaugment, spec) if randaugment else None
     ops: list[Callable[[Any], Any]] = []
     native = spec.img_size

@@ -10,7 +10,8 @@
     collapse(model)                                  # back to plain Conv2d/Linear, same function
 
 The Lightning callbacks of the normalization experiment (``RecordFrobNorms``, ``NormalizeToRecorded``,
-``factor_stats``) live in :mod:`losslab.layers.normalization` and are imported lazily from here.
+and the Lightning-free ``factor_stats``) live in :mod:`losslab.layers.normalization` and
+:mod:`losslab.layers.factor_stats`, imported lazily from here.
 """
 
 from __future__ import annotations
@@ -52,8 +53,14 @@ from losslab.layers.tensor_train import (
 )
 from losslab.lazy import lazy_exports
 
-_LAZY = ("RecordFrobNorms", "NormalizeToRecorded", "factor_stats", "rescale_to_norms", "product_frobenius_norms")
-__getattr__ = lazy_exports(__name__, dict.fromkeys(_LAZY, "losslab.layers.normalization"))
+_LAZY = {
+    "RecordFrobNorms": "losslab.layers.normalization",
+    "NormalizeToRecorded": "losslab.layers.normalization",
+    "factor_stats": "losslab.layers.factor_stats",
+    "rescale_to_norms": "losslab.layers.factor_stats",
+    "product_frobenius_norms": "losslab.layers.factor_stats",
+}
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

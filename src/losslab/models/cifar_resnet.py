@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
 from torch import nn
 
 from losslab.errors import ConfigError
 from losslab.models.entrypoint import build
+from losslab.models.registry import register_model
 from losslab.models.resnet_blocks import BasicBlock, make_stage, residual_block_names
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from losslab.errors import unknown_name_error
 from losslab.models.conv_bn_relu import ConvBNReLU
 from losslab.models.entrypoint import build
+from losslab.models.registry import register_model
 
 CONFIGS: dict[str, tuple[int | str, ...]] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),

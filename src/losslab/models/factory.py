@@ -23,10 +23,10 @@ import fnmatch
 import inspect
 from typing import Any
 
-import timm
 from torch import nn
 
 from losslab.errors import DataNotFoundError, LosslabError
+from losslab.models.registry import ENTRYPOINTS
 
 SMALL_IMAGE_MAX = 64
 PATCH_FAMILIES = ("vit_", "deit", "cait", "swin")
@@ -38,11 +38,13 @@ WEIGHT_SOURCE_KWARGS = frozenset(
 
 
 def _is_ours(name: str) -> bool:
-    return timm.models.model_entrypoint(name).__module__.startswith("losslab.models")
+    return name in ENTRYPOINTS
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """All model names (``fnmatch`` ``pattern``, e.g. ``"cifar_*"``): losslab's own first, then timm's, each sorted."""
+    import timm
+
     names = timm.list_models()
     if pattern is not None:
         names = fnmatch.filter(names, pattern)
@@ -63,6 +65,8 @@ def small_image_kwargs(name: str, img_size: int) -> dict[str, Any]:
 
 
 def _unknown_model(name: str) -> LosslabError:
+    import timm
+
     close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return LosslabError(
@@ -71,6 +75,7 @@ def _unknown_model(name: str) -> LosslabError:
 
 
 def _pretrained_missing(name: str, error: Exception, cache_dir: str | None) -> DataNotFoundError:
+    import timm
     from huggingface_hub import constants
 
     cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
@@ -95,10 +100,16 @@ def create_model(
 
     ``img_size`` is passed to models that take it (timm transformers, ``mlp``); for ``img_size <= 64``
     transformers also get :func:`small_image_kwargs` unless ``kwargs`` sets them. Other ``kwargs`` go to the
-    model's constructor. The result carries ``model.losslab_recipe`` (see :func:`model_recipe`).
+    model's constructor. The result carries ``model.losslab_recipe`` (see :func:`model_recipe`). losslab's own
+    architectures are built from their entrypoints directly (as ``timm.create_model`` would, without importing
+    timm); every other name goes through ``timm.create_model``.
     """
-    if not timm.is_model(name):
-        raise _unknown_model(name)
+    ours = _is_ours(name)
+    if not ours:
+        import timm
+
+        if not timm.is_model(name):
+            raise _unknown_model(name)
     if num_classes < 1 or in_chans < 1 or (img_size is not None and img_size < 1):
         raise LosslabError(
             f"num_classes={num_classes}, in_chans={in_chans}, img_size={img_size} are not allowed for model {name!r}: "
@@ -107,8 +118,15 @@ def create_model(
     build_kwargs = dict(kwargs)
     if img_size is not None:
         build_kwargs = {**small_image_kwargs(name, img_size), **build_kwargs}
-        if not _is_ours(name) or "img_size" in inspect.signature(timm.models.model_entrypoint(name)).parameters:
+        if not ours or "img_size" in inspect.signature(ENTRYPOINTS[name]).parameters:
             build_kwargs["img_size"] = img_size
+    if ours:  # timm.create_model drops None-valued kwargs and calls the entrypoint: the same, without timm
+        build = {k: v for k, v in build_kwargs.items() if v is not None}
+        model = ENTRYPOINTS[name](pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **build)
+        model.losslab_recipe = _recipe(name, num_classes, in_chans, img_size, kwargs)
+        return model
+    import timm
+
     try:
         model = timm.create_model(
             name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **build_kwargs
@@ -125,14 +143,18 @@ def create_model(
         if not pretrained or _is_ours(name):
             raise
         raise _pretrained_missing(name, error, kwargs.get("cache_dir")) from error
-    model.losslab_recipe = {
+    model.losslab_recipe = _recipe(name, num_classes, in_chans, img_size, kwargs)
+    return model
+
+
+def _recipe(name: str, num_classes: int, in_chans: int, img_size: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {
         "name": name,
         "num_classes": num_classes,
         "in_chans": in_chans,
         "img_size": img_size,
         "kwargs": copy.deepcopy(kwargs),
     }
-    return model
 
 
 def model_recipe(model: nn.Module) -> dict[str, Any]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from losslab.models.conv_bn_relu import ConvBNReLU
 from losslab.models.entrypoint import build
+from losslab.models.registry import register_model
 
 BLOCKS: tuple[tuple[int, int], ...] = (
     (32, 1),

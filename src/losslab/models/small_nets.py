@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from losslab.errors import ConfigError
 from losslab.models.conv_bn_relu import ConvBNReLU
 from losslab.models.entrypoint import build
+from losslab.models.registry import register_model
 
 
 class SmallCNN(nn.Module):

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
 from torch import nn
 
 from losslab.errors import ConfigError
 from losslab.models.cifar_resnet import CifarResNet
 from losslab.models.entrypoint import build
+from losslab.models.registry import register_model
 
 WRN_VARIANTS: tuple[tuple[int, int], ...] = ((16, 4), (16, 8), (22, 8), (28, 10), (40, 4))
 

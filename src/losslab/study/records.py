@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # TrainConfig keys that say where a run goes or how it is shown; they are not part of a training point.
 RUNNER_KEYS = frozenset({"out_dir", "run_name", "resume", "overwrite", "progress"})
 # Keys that say where data lives or how progress is shown; they do not change a training point's results.
-PLACEMENT_KEYS = frozenset({"data_dir", "download", "num_workers", "logger", "threads"})
+PLACEMENT_KEYS = frozenset({"data_dir", "download", "num_workers", "logger", "threads", "engine"})
 # TrainConfig keys added after the first store format: a training point's id leaves them out while they hold their
 # default, so the results of stores made before they existed are found (not trained again) after an upgrade. A new
 # config key belongs here with its default (tests/study check that every key outside the first format is listed).

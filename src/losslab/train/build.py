@@ -49,13 +49,19 @@ def erasing_of(cfg: TrainConfig) -> Any:
 
 
 def training_device(cfg: TrainConfig) -> torch.device:
-    """The device the run will train on, as far as it is known before the Trainer starts (for ``loader=auto``)."""
-    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if wants_gpu and torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    """The device the run trains on (for one device: the plain engine's; for ``loader=auto``: the first one).
+
+    ``--accelerator mps`` is Apple's GPU; a CUDA run uses the one listed index (``--devices 1,``) or the current
+    device.
+    """
+    accelerator = cfg.accelerator.lower()
+    if accelerator == "mps":
+        return torch.device("mps")
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not (wants_gpu and torch.cuda.is_available()):
+        return torch.device("cpu")
+    listed = [d for d in cfg.devices.split(",") if d.strip()] if "," in cfg.devices else []
+    return torch.device("cuda", int(listed[0]) if len(listed) == 1 else torch.cuda.current_device())
 
 
 def choose_loader(cfg: TrainConfig, splits: dict[str, Any], device: torch.device) -> tuple[str, str]:

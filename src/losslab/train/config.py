@@ -28,6 +28,7 @@ LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
 AttentionProducts = Literal["both", "qk", "ov"]
 MixupMode = Literal["batch", "pair", "elem"]
 LoaderName = Literal["auto", "device", "workers"]
+EngineName = Literal["auto", "plain", "lightning"]
 EraseMode = Literal["const", "pixel"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -73,6 +74,12 @@ class TrainConfig(BaseModel):
     reprob: float = Field(0.0, description="timm RandomErasing probability per training image (0 = off).")
     remode: EraseMode = Field("const", description="RandomErasing fill: const (zeros) or pixel (N(0, 1) noise).")
     recount: int = Field(1, description="RandomErasing boxes per image: uniform in 1..recount.")
+    engine: EngineName = Field(
+        "auto",
+        description="Training loop: plain (a PyTorch loop in this process on one device; starts seconds sooner, "
+        "no Lightning import), lightning (Lightning's Trainer: several devices or nodes, strategies, trackers, EMA) "
+        "or auto (plain unless the run needs Lightning; the reason is logged and kept in result.json).",
+    )
     val_every: int = Field(1, description="Validate every N epochs (the last epoch is always validated).")
     compile: bool = Field(False, description="torch.compile the model (not with double-backward regularizers).")
     compile_mode: CompileMode = Field(

@@ -1,0 +1,181 @@
+"""Which engine trains a run, and what every engine is given and returns.
+
+``fit`` builds the run's pieces once (:class:`RunParts`: loaders, model, objective, regularizers, speed settings,
+the claimed run folder) and hands them to one of two engines, which both return an :class:`EngineOutcome`:
+
+- ``plain`` (``losslab.train.engine_plain``): a plain PyTorch loop in this process on one device (CPU, one GPU
+  or MPS). It never imports Lightning, so a run reaches its first step a few seconds sooner, and its step is
+  the bare loop's plus the logging sums.
+- ``lightning`` (``losslab.train.engine_lightning``): Lightning's Trainer, for what needs it: several devices or
+  nodes, an explicit strategy, the tensorboard/mlflow/wandb loggers, model EMA, the factor-norm callbacks and
+  user-supplied Lightning callbacks.
+
+``engine=auto`` (the default) picks ``plain`` unless the run needs Lightning, and says why; a resumed run keeps
+the engine that wrote its checkpoint. Both write the same run folder and checkpoint layout (``state_dict`` with
+``model.`` keys and ``hyper_parameters["config"]``), so ``evaluate``, ``quantize`` and studies read either.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from losslab.errors import ConfigError
+from losslab.train.build import LoaderSet
+from losslab.train.config import TrainConfig
+
+#: The key a plain-engine checkpoint carries (Lightning's carry ``pytorch-lightning_version`` instead).
+ENGINE_KEY = "losslab_engine"
+
+
+@dataclass
+class RunParts:
+    """Everything an engine needs for one run, built once by ``fit``."""
+
+    cfg: TrainConfig
+    run_dir: Path  # the folder being written (the staging folder under --overwrite)
+    resume_ckpt: Path | None
+    data: LoaderSet
+    model: nn.Module
+    objective: nn.Module
+    schedule: Any | None  # losslab.regularizers.Schedule
+    always_on: list[Any]
+    mixup: Any | None  # timm Mixup
+    speed: dict[str, Any]
+    started: float  # time.perf_counter() when fit started
+
+
+@dataclass
+class EngineOutcome:
+    """What an engine reports back: the test metrics of the best checkpoint and the run's history and speed."""
+
+    tested: dict[str, float]  # test/acc, test/ce, test/top5, test/n
+    best_path: Path
+    best_val_acc: float
+    rows: list[dict[str, Any]] = field(default_factory=list)  # history.json
+    images_per_s: float = float("nan")
+    first_step_s: float | None = None
+    first_step_unix: float | None = None
+    writes_results: bool = True  # False on DDP ranks other than 0
+
+
+def parse_devices(devices: str) -> int | str | list[int]:
+    """Lightning's ``devices`` from a string: ``auto``, ``4`` or ``0,1``."""
+    if devices == "auto":
+        return devices
+    if "," in devices:
+        return [int(d) for d in devices.split(",") if d]
+    return int(devices) if devices.lstrip("-").isdigit() else devices
+
+
+def check_hardware(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for an accelerator or devices value this machine cannot run, before work."""
+    accelerator = cfg.accelerator.lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={cfg.accelerator!r} needs a CUDA GPU, but torch.cuda.is_available() is False on this "
+            f"machine (torch {torch.__version__}, CUDA build {torch.version.cuda}); use --accelerator cpu or auto"
+        )
+    try:
+        devices = parse_devices(cfg.devices)
+    except ValueError:
+        raise ConfigError(
+            f"devices={cfg.devices!r} is not allowed: use auto, a count (2, -1 = all) or a list of indices (0,1)"
+        ) from None
+    if isinstance(devices, str) and devices != "auto":
+        raise ConfigError(f"devices={cfg.devices!r} is not allowed: use auto, a count (2, -1 = all) or indices (0,1)")
+    if cfg.num_nodes < 1:
+        raise ConfigError(f"num_nodes={cfg.num_nodes!r} must be >= 1")
+
+
+def uses_cuda(cfg: TrainConfig) -> bool:
+    accelerator = cfg.accelerator.lower()
+    return torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
+
+
+def device_count(cfg: TrainConfig) -> int:
+    """How many devices of this node the run asks for (``auto`` = every GPU on a GPU run, else 1)."""
+    devices = parse_devices(cfg.devices)
+    if isinstance(devices, list):
+        return len(devices)
+    if devices == "auto" or devices == -1:
+        return torch.cuda.device_count() if uses_cuda(cfg) else 1
+    return int(devices)
+
+
+def lightning_needs(cfg: TrainConfig, callbacks: list[Any] | None) -> list[str]:
+    """Why ``cfg`` needs the Lightning engine (empty: the plain engine can run it)."""
+    reasons = []
+    if callbacks:
+        reasons.append("Lightning callbacks were passed to fit()")
+    if cfg.num_nodes > 1:
+        reasons.append(f"num_nodes={cfg.num_nodes}")
+    count = device_count(cfg)
+    if count != 1:
+        reasons.append(f"devices={cfg.devices!r} means {count} devices (DDP)")
+    if cfg.strategy != "auto":
+        reasons.append(f"strategy={cfg.strategy!r}")
+    if cfg.logger != "csv":
+        reasons.append(f"logger={cfg.logger!r}")
+    if cfg.model_ema:
+        reasons.append("model_ema (the EMA callback)")
+    if cfg.record_frob_norms is not None or cfg.normalize is not None:
+        reasons.append("record_frob_norms/normalize (the factor-norm callbacks)")
+    return reasons
+
+
+def checkpoint_engine(path: Path) -> str:
+    """``plain`` or ``lightning``: which engine wrote the checkpoint ``path``."""
+    from losslab.serialization import load_torch_file
+
+    ckpt = load_torch_file(path, what="checkpoint", mmap=True)
+    return "plain" if isinstance(ckpt, dict) and ckpt.get(ENGINE_KEY) == "plain" else "lightning"
+
+
+def choose_engine(cfg: TrainConfig, callbacks: list[Any] | None, resume_ckpt: Path | None) -> tuple[str, str]:
+    """(``plain`` | ``lightning``, reason) for ``cfg``; a ConfigError names the conflict when the asked-for engine
+    cannot run the config or resume its checkpoint."""
+    needs = lightning_needs(cfg, callbacks)
+    wrote = checkpoint_engine(resume_ckpt) if resume_ckpt is not None else None
+    if cfg.engine == "plain" and needs:
+        raise ConfigError(
+            f"engine='plain' trains one process on one device and cannot run this config: {'; '.join(needs)}. "
+            "Use --engine lightning (or auto)"
+        )
+    if wrote is not None and cfg.engine not in ("auto", wrote):
+        raise ConfigError(
+            f"--resume: {str(resume_ckpt)!r} was written by the {wrote} engine and resumes only with it; "
+            f"use --engine {wrote} (or auto)"
+        )
+    if wrote == "plain" and needs:
+        raise ConfigError(
+            f"--resume: {str(resume_ckpt)!r} was written by the plain engine, which cannot run this config "
+            f"({'; '.join(needs)}); resume with the run's original hardware and logger options"
+        )
+    if wrote is not None:
+        return wrote, f"resuming a checkpoint the {wrote} engine wrote"
+    if cfg.engine == "lightning":
+        return "lightning", "asked for with --engine lightning"
+    if needs:
+        return "lightning", "; ".join(needs)
+    return "plain", "asked for with --engine plain" if cfg.engine == "plain" else "one process on one device"
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device), as ``lightning.seed_everything`` does."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def show_progress(cfg: TrainConfig) -> bool:
+    """The progress bar setting: ``cfg.progress``, default on when stderr is a terminal."""
+    return sys.stderr.isatty() if cfg.progress is None else cfg.progress

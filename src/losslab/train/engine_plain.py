@@ -1,0 +1,300 @@
+"""The plain engine of ``fit``: one process, one device, a PyTorch loop around :class:`ClassifierTask`.
+
+Per epoch ``e`` (``losslab.train.engine`` says when ``fit`` picks this engine)::
+
+    lr = schedule(e); regularizers of e on
+    for x, y in train:                       # train.sampler.set_epoch(e): seeded (seed, e) order
+        zero_grad; with autocast: total = task.training_loss(x, y)
+        backward(scale · total); unscale; task.gradient_terms; clip; optimizer step
+    a NaN/inf loss in the epoch -> TrainingDivergedError (nothing of this epoch is written)
+    validate (every val_every epochs and the last); schedule.step(e + 1)
+    checkpoints/last.ckpt (+ best.ckpt on a strictly better val/acc); history.json and metrics.csv rows
+
+then the best checkpoint's weights are tested. Step-level scalars are summed on the device (batch-size weighted)
+and read once per epoch, so a step costs no host sync. The order of operations is Lightning's (zero_grad before
+backward; gradient-side terms after the AMP unscale, before clipping), so on CPU both engines train the same
+weights from the same seed. Checkpoints hold the Lightning engine's keys (``state_dict`` with ``model.``/
+``objective.`` prefixes, ``hyper_parameters``, ``optimizer_states``, ``lr_schedulers``, ``epoch``,
+``global_step``) plus ``losslab_engine: plain`` and the best score; they are written atomically after the
+epoch's schedule step, so a resume continues at epoch ``e + 1`` with that epoch's learning rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from losslab.errors import ConfigError
+from losslab.io import atomic_path, save_torch_atomic, write_json_atomic
+from losslab.train.build import training_device
+from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts, show_progress
+from losslab.train.task import EVAL_TALLY, ClassifierTask, diverged_error, tally_metrics
+
+
+class EpochMeans:
+    """Batch-size-weighted means of logged scalars over one epoch, summed on their device (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor | float] = {}
+        self.weights: dict[str, int] = {}
+        self.batch_size = 1
+
+    def log(self, name: str, value: Tensor | float, prog_bar: bool = False) -> None:
+        weighted = value.detach().float() * self.batch_size if isinstance(value, Tensor) else value * self.batch_size
+        self.sums[name] = self.sums[name] + weighted if name in self.sums else weighted
+        self.weights[name] = self.weights.get(name, 0) + self.batch_size
+
+    def means(self) -> dict[str, float]:
+        return {name: float(total) / self.weights[name] for name, total in self.sums.items()}
+
+
+class Precision:
+    """``cfg.precision`` on ``device``: the autocast context and, for 16-mixed on CUDA, the gradient scaler."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
+        if precision == "16-mixed" and device.type != "cuda":
+            raise ConfigError(
+                f"precision='16-mixed' needs a CUDA device (this run trains on {device}); use --precision bf16-mixed "
+                "or 32"
+            )
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, total: Tensor) -> None:
+        (self.scaler.scale(total) if self.scaler is not None else total).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+class History:
+    """``history.json`` (one row per epoch) and ``metrics.csv`` (the same rows plus the test row), both rewritten
+    atomically; a resumed run keeps the rows of the epochs before the one it restarts."""
+
+    def __init__(self, run_dir: Path, keep_before: int) -> None:
+        self.json_path, self.csv_path = run_dir / "history.json", run_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        if keep_before > 0 and self.json_path.is_file():
+            self.rows = [row for row in json.loads(self.json_path.read_text()) if row["epoch"] < keep_before]
+
+    def append(self, row: dict[str, Any], extra: Iterable[dict[str, Any]] = ()) -> None:
+        if row:
+            self.rows.append(row)
+            write_json_atomic(self.json_path, self.rows)
+        rows = [*self.rows, *extra]
+        keys = ["epoch", "step", *sorted({k for r in rows for k in r} - {"epoch", "step"})]
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class Throughput:
+    """Training images per second (validation excluded) and the time of the first training step."""
+
+    def __init__(self, started: float, device: torch.device) -> None:
+        self.started, self.device = started, device
+        self.first_step_s: float | None = None
+        self.first_step_unix: float | None = None
+        self.images, self.seconds = 0, 0.0
+        self._t0: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def step(self, images: int) -> None:
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - self.started
+            self.first_step_unix = time.time()
+        if self._t0 is None:
+            self._t0 = self._now()
+        self.images += images
+
+    def stop(self) -> None:
+        if self._t0 is not None:
+            self.seconds += self._now() - self._t0
+            self._t0 = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _to(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    x, y = batch
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _progress(iterable: Iterable[Any], on: bool, desc: str, total: int) -> Iterator[Any]:
+    if not on:
+        yield from iterable
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def evaluate(
+    task: ClassifierTask, loader: Iterable[Any], stage: str, device: torch.device, precision: Precision
+) -> dict[str, float]:
+    """``stage/acc``, ``stage/ce`` (test: ``test/top5``, ``test/n``) and logit statistics over ``loader``."""
+    was_training = task.model.training
+    task.model.eval()
+    tally = torch.zeros(len(EVAL_TALLY), dtype=torch.float64, device=device)
+    means = EpochMeans()
+    for batch in loader:
+        x, y = task.prepare(_to(batch, device))
+        means.batch_size = int(y.shape[0])
+        with precision.autocast():
+            tally += task.eval_tally((x, y), stage, means.log)
+    task.model.train(was_training)
+    return {**tally_metrics(stage, tally), **means.means()}
+
+
+def model_state(parts: RunParts) -> dict[str, Tensor]:
+    """The weights as the Lightning engine stores them (``model.``/``objective.`` prefixes)."""
+    state = {f"model.{k}": v for k, v in parts.model.state_dict().items()}
+    state.update({f"objective.{k}": v for k, v in parts.objective.state_dict().items()})
+    return state
+
+
+def load_model_state(parts: RunParts, state: dict[str, Tensor]) -> None:
+    for prefix, module in (("model.", parts.model), ("objective.", parts.objective)):
+        own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(own, strict=True)
+
+
+def run_plain(parts: RunParts) -> EngineOutcome:
+    """Train ``parts`` in this process on one device, then test the best checkpoint (see the module doc)."""
+    from losslab.serialization import load_torch_file
+
+    cfg, data, run_dir = parts.cfg, parts.data, parts.run_dir
+    device = training_device(cfg)
+    parts.model.to(device)
+    parts.objective.to(device)
+    for loader in data.device_loaders():
+        loader.to(device)
+    task = ClassifierTask(cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on)
+    task.mixup, task.channels_last = parts.mixup, parts.speed["channels_last"]
+    optimizer, schedule = task.optimizer_and_schedule()
+    precision = Precision(cfg.precision, device)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ckpt_dir = run_dir / "checkpoints"
+    best_path, last_path = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
+    start, step, best_score = 0, 0, None
+    if parts.resume_ckpt is not None:
+        state = load_torch_file(parts.resume_ckpt, what="checkpoint", map_location=device)
+        load_model_state(parts, state["state_dict"])
+        optimizer.load_state_dict(state["optimizer_states"][0])
+        schedule.load_state_dict(state["lr_schedulers"][0])
+        if precision.scaler is not None and state.get("grad_scaler"):
+            precision.scaler.load_state_dict(state["grad_scaler"])
+        start, step, best_score = int(state["epoch"]) + 1, int(state["global_step"]), state.get("best_score")
+        schedule.step(start)
+    history = History(run_dir, keep_before=start)
+    throughput = Throughput(parts.started, device)
+    total_epochs = cfg.epochs + cfg.cooldown_epochs
+    first_reg = getattr(parts.schedule, "first_regularized_epoch", None)
+    progress = show_progress(cfg)
+
+    def save(path: Path, epoch: int) -> None:
+        save_torch_atomic(
+            path,
+            {
+                ENGINE_KEY: "plain",
+                "epoch": epoch,
+                "global_step": step,
+                "state_dict": model_state(parts),
+                "hyper_parameters": {"config": cfg.to_dict()},
+                "optimizer_states": [optimizer.state_dict()],
+                "lr_schedulers": [schedule.state_dict()],
+                "grad_scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+                "best_score": best_score,
+            },
+        )
+
+    task.attach()
+    try:
+        for epoch in range(start, total_epochs):
+            parts.model.train()
+            task.start_epoch(epoch)
+            data.train.sampler.set_epoch(epoch)
+            means = EpochMeans()
+            lr = optimizer.param_groups[0]["lr"]
+            for batch in _progress(data.train, progress, f"epoch {epoch}", len(data.train)):
+                x, y = task.prepare(_to(batch, device))
+                throughput.step(int(y.shape[0]))
+                means.batch_size = int(y.shape[0])
+                optimizer.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    total = task.training_loss((x, y), epoch, means.log)
+                precision.backward(total)
+                precision.unscale(optimizer)
+                task.gradient_terms(epoch, means.log)
+                if cfg.gradient_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
+                precision.step(optimizer)
+                step += 1
+            throughput.stop()
+            bad = task.take_nonfinite()
+            if bad is not None and bool(bad):
+                raise diverged_error(epoch)
+            row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **means.means()}
+            if (epoch + 1) % cfg.val_every == 0 or epoch == total_epochs - 1:
+                row.update(evaluate(task, data.val, "val", device, precision))
+                row.update(task.validation_statistics(optimizer.param_groups[0]["lr"]))
+            schedule.step(epoch + 1)
+            score = row.get("val/acc")
+            improved = score is not None and (best_score is None or score > best_score)
+            if improved:
+                best_score = score
+                save(best_path, epoch)
+            save(last_path, epoch)
+            if cfg.save_preregularized and first_reg and epoch == first_reg - 1:
+                save(ckpt_dir / "preregularized.ckpt", epoch)
+            history.append(row)
+    finally:
+        task.detach()
+    tested_path = best_path if best_path.is_file() else last_path
+    load_model_state(parts, load_torch_file(tested_path, what="checkpoint", map_location=device)["state_dict"])
+    tested = evaluate(task, data.test, "test", device, precision)
+    history.append({}, extra=[{"epoch": total_epochs - 1, "step": step, **tested}])
+    scores = [row["val/acc"] for row in history.rows if "val/acc" in row]
+    return EngineOutcome(
+        tested=tested,
+        best_path=tested_path,
+        best_val_acc=best_score if best_score is not None else (max(scores) if scores else float("nan")),
+        rows=history.rows,
+        images_per_s=throughput.images_per_s,
+        first_step_s=throughput.first_step_s,
+        first_step_unix=throughput.first_step_unix,
+    )
+
+
+__all__ = ["EpochMeans", "Precision", "evaluate", "run_plain"]
