@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from losslab.errors import ConfigError
 from losslab.layers import AttentionFrobeniusDecay, attention_modules, factorize, spectral_rebalance_attention
 from losslab.layers.attention import _head_blocks
-from losslab.layers.factor_stats import factor_stats, lowrank_layers, product_frobenius_norms, rescale_to_norms
+from losslab.layers.factor_norms import factor_stats, lowrank_layers, product_frobenius_norms, rescale_to_norms
 from losslab.layers.normalization import NormalizeToRecorded, RecordFrobNorms
 
 

@@ -11,7 +11,7 @@
 
 The Lightning callbacks of the normalization experiment (``RecordFrobNorms``, ``NormalizeToRecorded``,
 and the Lightning-free ``factor_stats``) live in :mod:`losslab.layers.normalization` and
-:mod:`losslab.layers.factor_stats`, imported lazily from here.
+:mod:`losslab.layers.factor_norms`, imported lazily from here.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from losslab.lazy import lazy_exports
 _LAZY = {
     "RecordFrobNorms": "losslab.layers.normalization",
     "NormalizeToRecorded": "losslab.layers.normalization",
-    "factor_stats": "losslab.layers.factor_stats",
-    "rescale_to_norms": "losslab.layers.factor_stats",
-    "product_frobenius_norms": "losslab.layers.factor_stats",
+    "factor_stats": "losslab.layers.factor_norms",
+    "rescale_to_norms": "losslab.layers.factor_norms",
+    "product_frobenius_norms": "losslab.layers.factor_norms",
 }
 __getattr__ = lazy_exports(__name__, _LAZY)
 

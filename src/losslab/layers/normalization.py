@@ -6,7 +6,7 @@ Run 1 (``frob``) records n_l(e, i) = ‖U_l(M_l)V_lᵀ‖_F of every low-rank la
     trainer = Trainer(callbacks=[RecordFrobNorms("frob/frobnorms.pt")])        # FD run
     trainer = Trainer(callbacks=[NormalizeToRecorded("frob/frobnorms.pt")])    # no-FD run, same data order
 
-The per-epoch factor logs (``factor_stats``) and the norm helpers are in :mod:`losslab.layers.factor_stats`.
+The per-epoch factor logs (``factor_stats``) and the norm helpers are in :mod:`losslab.layers.factor_norms`.
 
 Layers are the model's :class:`~losslab.layers.lowrank.LowRankBase` modules in ``modules()`` order. The
 callbacks act in ``on_train_batch_end``, i.e. after the optimizer step of that batch (no gradient accumulation).
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from losslab.errors import ConfigError, DataNotFoundError
 from losslab.io import save_torch_atomic
-from losslab.layers.factor_stats import lowrank_layers, product_frobenius_norms, rescale_to_norms
+from losslab.layers.factor_norms import lowrank_layers, product_frobenius_norms, rescale_to_norms
 from losslab.serialization import load_torch_file
 
 

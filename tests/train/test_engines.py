@@ -1,0 +1,125 @@
+"""The plain engine against the Lightning engine (same weights from the same seed), its resume, and the choice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from losslab.errors import ConfigError
+from losslab.train import TrainConfig, fit
+from losslab.train.engine import choose_engine, lightning_needs
+
+BASE = {
+    "dataset": "digits",
+    "model": "small_cnn",
+    "epochs": 3,
+    "batch_size": 64,
+    "lr": 0.05,
+    "scheduler": "cosine",
+    "warmup_epochs": 1,
+    "progress": False,
+}
+
+
+def _weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+    return ckpt["state_dict"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"loss": "root", "regularizer": "lp_grad", "lmbda": 0.01, "reg_start_epoch": 1},
+        {"loss": "ce", "gradient_clip": 0.5, "val_every": 2, "optimizer": "adamw", "weight_decay": 0.01},
+    ],
+    ids=["lpgrad-phase", "clip-valevery-adamw"],
+)
+def test_plain_engine_trains_the_lightning_engines_weights(tmp_path: Path, extra: dict) -> None:
+    """Same seed, same config: the two engines end with identical weights, validation and test metrics."""
+    results = {}
+    for engine in ("plain", "lightning"):
+        cfg = TrainConfig(**BASE, **extra, engine=engine, out_dir=tmp_path, run_name=engine)
+        results[engine] = fit(cfg)
+    plain, light = results["plain"], results["lightning"]
+    assert plain.speed["engine"] == "plain" and light.speed["engine"] == "lightning"
+    a, b = _weights(plain.run_dir), _weights(light.run_dir)
+    model_keys = sorted(k for k in b if k.startswith("model."))
+    assert model_keys and sorted(k for k in a if k.startswith("model.")) == model_keys
+    for key in model_keys:
+        assert torch.equal(a[key], b[key]), key
+    f32 = 1e-6  # Lightning's logged metrics are float32; the plain engine's are the float64 sums' ratio
+    assert plain.test_acc == pytest.approx(light.test_acc, rel=f32)
+    assert plain.test_ce == pytest.approx(light.test_ce, rel=f32)
+    assert plain.best_val_acc == pytest.approx(light.best_val_acc, rel=f32)
+    val_plain = {r["epoch"]: r["val/acc"] for r in plain.epochs if "val/acc" in r}
+    val_light = {r["epoch"]: r["val/acc"] for r in light.epochs if "val/acc" in r}
+    assert val_plain and {e: pytest.approx(v, rel=f32) for e, v in val_plain.items()} == {
+        e: val_light[e] for e in val_plain
+    }
+    for row_p, row_l in zip(plain.epochs, light.epochs, strict=True):
+        assert row_p["train/loss"] == pytest.approx(row_l["train/loss"], rel=1e-6)
+        assert row_p["lr"] == pytest.approx(row_l["lr"], rel=f32)
+
+
+def test_plain_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain run stopped after epoch 2 and resumed ends with the weights of the uninterrupted run."""
+    from losslab.train import engine_plain
+
+    cfg = {**BASE, "epochs": 4, "loss": "root", "engine": "plain", "out_dir": tmp_path}
+    whole = fit(TrainConfig(**cfg, run_name="whole"))
+
+    real_append = engine_plain.History.append
+
+    def stop_after_epoch_1(self, row, extra=()):  # the process dies once epoch 1 is written
+        real_append(self, row, extra)
+        if row and row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_plain.History, "append", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(TrainConfig(**cfg, run_name="cut"))
+    monkeypatch.setattr(engine_plain.History, "append", real_append)
+    cut = tmp_path / "cut"
+    assert not (cut / "result.json").exists()
+    assert [r["epoch"] for r in json.loads((cut / "history.json").read_text())] == [0, 1]
+    resumed = fit(TrainConfig(**cfg, resume=cut))
+    assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2, 3]
+    a, b = _weights(whole.run_dir), _weights(cut)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.test_acc == whole.test_acc
+
+
+def test_auto_picks_and_explains(tmp_path: Path) -> None:
+    cfg = TrainConfig(**BASE)
+    assert choose_engine(cfg, None, None) == ("plain", "one process on one device")
+    engine, why = choose_engine(TrainConfig(**BASE, devices="2", accelerator="cpu"), None, None)
+    assert engine == "lightning" and "2 devices" in why
+    assert choose_engine(cfg, [object()], None)[0] == "lightning"
+    assert lightning_needs(TrainConfig(**BASE, model_ema=True), None) == ["model_ema (the EMA callback)"]
+    with pytest.raises(ConfigError, match=r"engine='plain'.*logger='tensorboard'.*--engine lightning"):
+        choose_engine(TrainConfig(**BASE, engine="plain", logger="tensorboard"), None, None)
+
+
+def test_resume_keeps_the_engine_that_wrote_the_checkpoint(tmp_path: Path) -> None:
+    light = fit(TrainConfig(**{**BASE, "epochs": 2}, engine="lightning", out_dir=tmp_path, run_name="light"))
+    ckpt = light.run_dir / "checkpoints" / "last.ckpt"
+    engine, why = choose_engine(TrainConfig(**BASE), None, ckpt)
+    assert (engine, why) == ("lightning", "resuming a checkpoint the lightning engine wrote")
+    with pytest.raises(ConfigError, match=r"written by the lightning engine.*--engine lightning"):
+        choose_engine(TrainConfig(**BASE, engine="plain"), None, ckpt)
+
+
+def test_plain_run_never_imports_lightning(tmp_path: Path) -> None:
+    code = (
+        "import sys; from losslab.train import TrainConfig, fit; "
+        f"r = fit(TrainConfig(epochs=1, progress=False, out_dir={str(tmp_path)!r})); "
+        "print(r.speed['engine'], 'lightning' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["plain", "False", "False"]
