@@ -17,7 +17,10 @@ from fake_jobs import fake_job
 
 from losslab.cli.app import cli, main
 from losslab.cli.options import LosslabCommand, command_key, rename_deprecated
+from losslab.quant.bits import BITS_RANGE
 from losslab.study import StudyStore, parse_study, run_study
+
+LOW, HIGH = BITS_RANGE
 
 
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -153,6 +156,18 @@ def test_logreg_json_file_is_not_overwritten_silently(tmp_path: Path) -> None:
         (["demo", "--workers", "0"], "workers=0"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
         (["train", "--k", "-1"], "k=-1.0"),
+        # --bits is checked while parsing, before the method flags (generated from the torch dataclasses) load
+        (["quantize", "run", "--bits", "9"], f"--bits 9 is out of range: allowed {LOW} <= bits <= {HIGH}"),
+        (["quantize", "run", "--grid", "sym", "--bits", "4", "--bits", "1"], "--bits 1 is out of range"),
+        (
+            ["quantize", "run", "--bits=8,x"],
+            f"--bits 'x' is not an integer: give whole bit widths from {LOW} to {HIGH}",
+        ),
+        (["lm", "quantize", "--model", "m", "--act-order", "--bits", "4.5"], "--bits '4.5' is not an integer"),
+        (
+            ["lm", "quantize", "--model", "m", "--seed", "1", "--bits", ","],
+            f"--bits is empty: give at least one bit width from {LOW} to {HIGH}",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_the_heavy_imports(

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from losslab.cli.app import cli
 from losslab.cli.lm import lm, lm_quantize_plan
@@ -110,3 +111,48 @@ def test_build_methods_validates_once_in_the_config() -> None:
         RTN(bits=4, group_size=64),
         GPTQ(bits=4, group_size=64),
     ]
+
+
+def test_bits_range_is_the_method_configs_range() -> None:
+    """--bits accepts exactly the widths the method dataclasses accept (one range: BITS_RANGE)."""
+    from losslab.quant.bits import BITS_RANGE, parse_bits
+
+    for cls in (RTN, GPTQ, LDLQ):
+        assert cls.bits_range == BITS_RANGE
+    for b in range(-1, 18):
+        try:
+            RTN(bits=b)
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        try:
+            cli_ok = parse_bits(str(b)) == [b]
+        except ConfigError:
+            cli_ok = False
+        assert cli_ok == config_ok == (BITS_RANGE[0] <= b <= BITS_RANGE[1]), b
+
+
+@pytest.mark.parametrize(
+    ("command", "group", "args", "message"),
+    [
+        (quantize, None, ["run", "--act-order", "--bits", "9"], "--bits 9 is out of range"),
+        (lm.commands["quantize"], lm, ["--model", "m", "--seed", "1", "--bits", "x"], "--bits 'x' is not an integer"),
+        (lm.commands["quantize"], lm, ["--model", "m", "--bits="], "--bits is empty"),
+    ],
+)
+def test_bad_bits_is_a_usage_error_while_parsing(
+    command: click.Command, group: click.Group | None, args: list[str], message: str
+) -> None:
+    with pytest.raises(click.UsageError) as info:
+        _params(command, group, args)
+    assert info.value.exit_code == 2 and message in info.value.format_message()
+    result = CliRunner().invoke(cli, [*([group.name] if group else []), command.name, *args])
+    assert result.exit_code == 2 and message in result.output and "Usage:" in result.output
+
+
+def test_early_bits_check_reads_the_tokens_as_click_does() -> None:
+    # "--bits" as the value of --skip is not the --bits flag; a generated flag's value is not a --bits value
+    params = _params(quantize, None, ["run", "--skip", "--bits", "--grid", "sym", "--bits", "8,3"])
+    assert params["skip"] == ("--bits",) and params["bits"] == ("8,3",) and params["grid"] == "sym"
+    params = _params(lm.commands["quantize"], lm, ["--model", "m", "--override", "*.fc2=rtn:8", "--bits", "2"])
+    assert lm_quantize_plan(params)[0] == [GPTQ(bits=2)]

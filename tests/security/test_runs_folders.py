@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from losslab.cli.app import main
 from losslab.errors import ConfigError, OutputError
 from losslab.train import TrainConfig, fit
-from losslab.train.run_folder import MARKER, check_run_name, claim_run_folder, lock_path
+from losslab.train.run_folder import MARKER, RunFolder, check_run_name, claim_run_folder, lock_path
 
 TINY = {"model": "mlp", "epochs": 1, "progress": False, "batch_size": 256}
 
@@ -258,3 +258,122 @@ def test_overwrite_through_a_symlink_is_refused(tmp_path: Path, finished_run: Pa
     with pytest.raises(ConfigError, match="not a run folder"):
         fit(TrainConfig(**TINY, out_dir=out, run_name="link", overwrite=True))
     assert tree(elsewhere) == before and (out / "link").is_symlink()
+
+
+def killed_swap(finished_run: Path, out: Path, *, new: str | None, old: bool = True, final: bool = False) -> None:
+    """The folders an `--overwrite` of run "old" leaves when killed (by hand, as commit() would leave them).
+
+    ``new``: "finished" / "unfinished" staging ``.old.new`` (None: none); ``old``: the old run in
+    ``.old.old-4242`` (it says "old run" in note.txt); ``final``: whether ``old`` itself is there (the new run).
+    """
+    out.mkdir(exist_ok=True)
+    if old:
+        (copy_run(finished_run, out, ".old.old-4242") / "note.txt").write_text("old run")
+    if new is not None:
+        staged = copy_run(finished_run, out, ".old.new")
+        (staged / "note.txt").write_text("new run")
+        if new == "unfinished":
+            (staged / "result.json").unlink()
+    if final:
+        (copy_run(finished_run, out) / "note.txt").write_text("new run")
+
+
+def claim(cfg: TrainConfig) -> RunFolder:
+    """Claim the run folder of ``cfg`` and let it go at once (what a claim repairs or refuses happens first)."""
+    with claim_run_folder(cfg) as run:
+        return run
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_kill_between_the_swap_renames_completes_the_swap(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No `old`, the old run in `.old.old-PID`, the finished new run in `.old.new`: the new run is put in place."""
+    killed_swap(finished_run, tmp_path, new="finished")
+    with claim_run_folder(TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True)) as run:
+        assert run.replaces and run.final == tmp_path / "old"
+    assert listing(tmp_path) == ["old"] and (tmp_path / "old" / "note.txt").read_text() == "new run"
+    err = capsys.readouterr().err
+    assert "completed an interrupted --overwrite" in err and "removed .old.old-4242" in err
+
+
+def test_a_kill_between_the_swap_renames_without_a_finished_new_run_restores_the_old_one(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    killed_swap(finished_run, tmp_path, new="unfinished")
+    before = tree(tmp_path / ".old.old-4242")
+    with pytest.raises(ConfigError, match="already holds a finished run"):  # a plain train of the name
+        claim(TrainConfig(**TINY, out_dir=tmp_path, run_name="old"))
+    assert listing(tmp_path) == ["old"] and tree(tmp_path / "old") == before  # byte for byte
+    err = capsys.readouterr().err
+    assert "restored" in err and ".old.old-4242" in err and "removed .old.new, the unfinished new run" in err
+
+
+def test_resume_of_a_run_left_aside_by_a_killed_swap_restores_and_resumes_it(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    killed_swap(finished_run, tmp_path, new=None)
+    (tmp_path / ".old.old-4242" / "result.json").unlink()  # an unfinished run: resumable
+    with claim_run_folder(TrainConfig(**TINY, resume=tmp_path / "old")) as run:
+        assert run.resume_ckpt == tmp_path / "old" / "checkpoints" / "last.ckpt" and run.resume_ckpt.is_file()
+    assert listing(tmp_path) == ["old"] and (tmp_path / "old" / "note.txt").read_text() == "old run"
+    assert "restored" in capsys.readouterr().err
+
+
+def test_a_kill_while_removing_the_replaced_run_finishes_the_removal(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    killed_swap(finished_run, tmp_path, new=None, final=True)
+    shutil.rmtree(tmp_path / ".old.old-4242" / "checkpoints")  # rmtree was cut short
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        claim(TrainConfig(**TINY, out_dir=tmp_path, run_name="old"))
+    assert listing(tmp_path) == ["old"] and (tmp_path / "old" / "note.txt").read_text() == "new run"
+    assert "removed .old.old-4242, the run an interrupted --overwrite replaced" in capsys.readouterr().err
+
+
+def test_an_unfinished_staging_folder_of_a_dead_process_is_removed_and_the_run_kept(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    killed_swap(finished_run, tmp_path, new="unfinished", old=False)
+    kept = copy_run(finished_run, tmp_path)
+    (kept / "result.json").unlink()
+    before = tree(kept)
+    with claim_run_folder(TrainConfig(**TINY, resume=kept)) as run:
+        assert run.resume_ckpt is not None
+    assert listing(tmp_path) == ["old"] and tree(kept) == before
+    assert "removed .old.new, the unfinished new run" in capsys.readouterr().err
+
+
+def test_two_old_runs_and_no_run_folder_are_left_for_the_user(tmp_path: Path, finished_run: Path) -> None:
+    killed_swap(finished_run, tmp_path, new=None)
+    copy_run(finished_run, tmp_path, ".old.old-77")
+    before = {name: tree(tmp_path / name) for name in listing(tmp_path)}
+    with pytest.raises(OutputError, match=r"2 old runs .*rename the one to keep to 'old'"):
+        claim(TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True))
+    assert {name: tree(tmp_path / name) for name in listing(tmp_path)} == before  # nothing removed
+
+
+def test_the_staging_folder_of_a_live_run_is_not_touched(tmp_path: Path, finished_run: Path) -> None:
+    copy_run(finished_run, tmp_path)
+    cfg = TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True)
+    with claim_run_folder(cfg) as run:
+        staged = run.create()
+        with pytest.raises(OutputError, match="in use by another losslab process"):
+            claim(cfg)
+        assert staged.is_dir() and (staged / MARKER).is_file()
+
+
+def test_a_kill_after_training_before_the_swap_completes_it(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The new run finished in `.old.new` (result.json written), the swap never started: the overwrite is done."""
+    killed_swap(finished_run, tmp_path, new="finished", old=False)
+    (copy_run(finished_run, tmp_path) / "note.txt").write_text("old run")
+    run = claim(TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True))
+    assert run.replaces and listing(tmp_path) == ["old"]
+    assert (tmp_path / "old" / "note.txt").read_text() == "new run"
+    err = capsys.readouterr().err
+    assert "completed an interrupted --overwrite" in err and "removed the run it replaced" in err

@@ -28,6 +28,7 @@ from losslab.cli.options import (
 )
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
+from losslab.quant.bits import BITS_RANGE, parse_bits
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
@@ -127,7 +128,7 @@ def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], l
     The method options (generated flags) apply to the main method and to every ``--override`` method that has
     them; ``--keep-8bit P`` is ``--override P=rtn:8``.
     """
-    from losslab.quant.methods import build_methods, parse_bits
+    from losslab.quant.methods import build_methods
 
     options = given_method_options(opts)
     methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
@@ -163,7 +164,8 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
     "--bits",
     default="4",
     show_default=True,
-    help="Weight bits 2..8; a comma list (--bits 4,3) quantizes a fresh copy of the model per width.",
+    help=f"Weight bits {BITS_RANGE[0]}..{BITS_RANGE[1]}; a comma list (--bits 4,3) quantizes a fresh copy of the "
+    "model per width.",
 )
 @click.option(
     "--override",

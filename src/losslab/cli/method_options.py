@@ -9,7 +9,9 @@ is shown, so ``losslab --help`` does not import torch::
     def quantize(**opts): methods = build_methods(names, parse_bits(opts["bits"]), given_method_options(opts))
 
 Values are checked once, by the dataclasses (``GPTQ(grid="nope")`` raises :class:`losslab.errors.ConfigError`).
-Output paths are checked before any work by :func:`check_output`.
+``--bits`` is checked earlier, while the arguments are parsed and before the flags are generated (which imports
+torch), against :data:`losslab.quant.bits.BITS_RANGE`, the range the dataclasses check. Output paths are checked
+before any work by :func:`check_output`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import click
 
-from losslab.cli.options import LosslabCommand, rename_deprecated
+from losslab.cli.options import LosslabCommand, command_key, rename_deprecated
 from losslab.errors import ConfigError
 
 __all__ = [
@@ -55,22 +57,58 @@ class MethodOptionsCommand(LosslabCommand):
     """A :class:`LosslabCommand` whose method-option flags are generated on first use.
 
     ``deprecated_key`` names the command's entry in ``DEPRECATED_FLAGS`` (``"lm quantize"``), so old spellings
-    work also when the command is invoked through its group alone (``CliRunner().invoke(lm, ...)``).
+    work also when the command is invoked through its group alone (``CliRunner().invoke(lm, ...)``). A bad
+    ``--bits`` is a usage error (exit status 2) raised before the method flags, and so torch, are loaded.
     """
 
     _method_params_added = False
+    _declared_count = 0
     deprecated_key: str | None = None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if self.deprecated_key is None:
-            return super().parse_args(ctx, args)
-        return click.Command.parse_args(self, ctx, rename_deprecated(self.deprecated_key, args))
+        args = rename_deprecated(self.deprecated_key or command_key(ctx), args)
+        self._check_bits_first(ctx, args)
+        return click.Command.parse_args(self, ctx, args)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not self._method_params_added:
+            self._declared_count = len(self.params)
             self.params.extend(method_click_options())
             self._method_params_added = True
         return super().get_params(ctx)
+
+    def declared_params(self) -> list[click.Parameter]:
+        """The parameters written on the command (without the generated method flags; loading them needs torch)."""
+        return self.params[: self._declared_count] if self._method_params_added else list(self.params)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        # the generated flags are options, which add nothing to the usage line: a usage error needs no torch
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.declared_params():
+            pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def _check_bits_first(self, ctx: click.Context, args: list[str]) -> None:
+        """Raise :class:`click.UsageError` for a bad ``--bits`` in ``args`` (checked by :func:`parse_bits`).
+
+        ``args`` is read by click's parser with the declared options only, so each token means what it means in
+        the full parse; the generated method flags are skipped as unknown. With ``--help`` nothing is checked.
+        """
+        from losslab.quant.bits import parse_bits
+
+        declared = self.declared_params()
+        if not any(p.name == "bits" for p in declared) or any(a in ctx.help_option_names for a in args):
+            return
+        probe = click.Command(self.name, params=declared, add_help_option=False)
+        probe_ctx = click.Context(probe, info_name=ctx.info_name, ignore_unknown_options=True, allow_extra_args=True)
+        opts, _, _ = probe.make_parser(probe_ctx).parse_args(args=list(args))
+        given = opts.get("bits")
+        if not isinstance(given, str | list | tuple):  # not given: the default applies
+            return
+        try:
+            parse_bits(given)
+        except ConfigError as err:
+            raise click.UsageError(str(err), ctx) from None
 
 
 def given_method_options(opts: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import click
 from losslab.cli.method_options import QuantizeCommand, check_output, given_method_options
 from losslab.cli.options import progress_option, resolve_progress
 from losslab.errors import ConfigError
+from losslab.quant.bits import BITS_RANGE, parse_bits
 
 
 def float_size_bytes(model: Any) -> int:
@@ -50,7 +51,8 @@ def float_size_bytes(model: Any) -> int:
     multiple=True,
     default=("4",),
     show_default=True,
-    help="Weight bit width(s) 2..8: comma-separate or repeat (--bits 8,4,3); one calibration pass.",
+    help=f"Weight bit width(s) {BITS_RANGE[0]}..{BITS_RANGE[1]}: comma-separate or repeat (--bits 8,4,3); "
+    "one calibration pass.",
 )
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration images.")
 @click.option(
@@ -105,7 +107,7 @@ def quantize(
     --act-order, --incoherence hadamard, --sparsity l1 --lam 0.01); each applies to the methods that have it.
     """
     from losslab.quant import RTN
-    from losslab.quant.methods import build_methods, parse_bits
+    from losslab.quant.methods import build_methods
 
     options = given_method_options(method_flags)
     method_list = build_methods(methods, parse_bits(bits), options)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
+from losslab.quant.bits import BITS_RANGE
 from losslab.quant.gpfq import GPFQStats, check_sparsity, gpfq_weight_from_stats
 from losslab.quant.gptq import HessianStats, gptq_weight
 from losslab.quant.grids import CLIP_METHODS, GRID_NAMES, RANGE_GRIDS
@@ -47,7 +48,7 @@ def _check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(repr, choices))}")
 
 
-def _check_bits(bits: int, low: int = 2, high: int = 8) -> None:
+def _check_bits(bits: int, low: int, high: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise ConfigError(f"bits={bits!r} must be an integer between {low} and {high}")
     check_range("bits", bits, low=low, high=high)
@@ -100,16 +101,18 @@ class QuantMethod:
     calibration data, ``new_stats`` plus the class flags ``reads_float`` (X from the float network) and
     ``reads_quantized`` (X̃ from the partly quantized network). The drivers branch on nothing else.
 
-    ``bits`` may be positional (``RTN(4)``); every other option is keyword-only.
+    ``bits`` may be positional (``RTN(4)``); every other option is keyword-only. ``bits_range`` is the allowed
+    (lowest, highest) width, :data:`losslab.quant.bits.BITS_RANGE` (also what ``--bits`` is checked against).
     """
 
     bits: int
+    bits_range: ClassVar[tuple[int, int]] = BITS_RANGE
     reads_float: ClassVar[bool] = False
     reads_quantized: ClassVar[bool] = False
     name: ClassVar[str] = "method"
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits)
+        _check_bits(self.bits, *self.bits_range)
 
     @property
     def needs_data(self) -> bool:
@@ -398,10 +401,8 @@ class Identity16(QuantMethod):
     """A 16-bit no-op: the weight is kept exactly (for engine tests). Packed files store it as a float tensor."""
 
     bits: int = 16
+    bits_range: ClassVar[tuple[int, int]] = (16, 16)
     name: ClassVar[str] = "identity16"
-
-    def __post_init__(self) -> None:
-        _check_bits(self.bits, 16, 16)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
         return identity_weight_quant(weight)
@@ -573,23 +574,3 @@ def build_methods(names: Sequence[str], bits: Sequence[int], options: Mapping[st
             kwargs["grid"] = "quip"
         methods.extend(method_from_name(name, bits=b, **kwargs) for b in bits)
     return methods
-
-
-def parse_bits(values: str | Sequence[str | int]) -> list[int]:
-    """``"8,4,3"`` or ``("8,4", "3")`` → [8, 4, 3]; each an integer 2..8 (``--bits`` everywhere)."""
-    items = [values] if isinstance(values, str | int) else list(values)
-    bits: list[int] = []
-    for value in items:
-        for part in str(value).split(","):
-            if not part.strip():
-                continue
-            try:
-                b = int(part)
-            except ValueError:
-                raise ConfigError(f"--bits {part!r} is not an integer; give bit widths like --bits 8,4,3") from None
-            if not 2 <= b <= 8:
-                raise ConfigError(f"--bits {b} is out of range: allowed 2 <= bits <= 8")
-            bits.append(b)
-    if not bits:
-        raise ConfigError("--bits is empty; give at least one bit width, e.g. --bits 4")
-    return bits

@@ -7,7 +7,7 @@
   best checkpoint and its score (Lightning forgets them when the stored folder differs from the current one).
 - :class:`KeepingCSVLogger`: Lightning's CSV logger deletes ``metrics.csv`` when it starts in a non-empty folder
   and appends to it in place; this one keeps the rows of the epochs a resumed run has already finished and
-  rewrites the file atomically on each save.
+  rewrites the file atomically on each save. ``hparams.yaml`` is written atomically too.
 
 ::
 
@@ -71,7 +71,8 @@ def _moved(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 
 class _KeepingWriter(ExperimentWriter):
     """The CSV experiment writer, but ``metrics.csv`` is rewritten atomically on each save (never a half-written
-    row) and the rows already in it when it starts (a resumed run's finished epochs) are kept."""
+    row), the rows already in it when it starts (a resumed run's finished epochs) are kept, and ``hparams.yaml``
+    is written atomically."""
 
     def __init__(self, log_dir: str) -> None:
         metrics_file = Path(log_dir) / _FabricExperimentWriter.NAME_METRICS_FILE
@@ -94,6 +95,16 @@ class _KeepingWriter(ExperimentWriter):
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Record hparams and write ``hparams.yaml`` atomically (Lightning rewrites it in place); the YAML is
+        Lightning's own (:func:`~lightning.pytorch.core.saving.save_hparams_to_yaml`), written to a temporary file
+        that replaces the old one only when complete."""
+        from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+        self.hparams.update(params)
+        with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
+            save_hparams_to_yaml(tmp, self.hparams)
 
     def save(self) -> None:
         """Append the recorded metrics and rewrite the file atomically (Lightning appends in place)."""

@@ -11,6 +11,11 @@ Rules (checked before any work):
   failure at any point (bad option, missing data, a crash, a full disk) leaves the old run intact.
 - ``--resume`` continues only an unfinished run (no ``result.json``): a finished run's schedule has ended, so
   training it further would need a new schedule; start a new run for that.
+- An ``--overwrite`` killed part-way leaves hidden siblings: ``.NAME.new`` (the new run) and, between the two
+  renames of the swap, ``.NAME.old-PID`` (the old run) with no ``NAME``. The next claim of the name (train,
+  resume or overwrite) repairs this under the lock before anything else (:func:`recover_interrupted_swap`): a
+  finished new run (it holds ``result.json``) completes the swap; otherwise the old run is put back and the
+  unfinished new one removed. Each step is said on stderr; a finished run is never removed silently.
 
 ::
 
@@ -25,8 +30,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +86,14 @@ def is_losslab_run(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def resume_run_dir(path: str | os.PathLike[str]) -> Path:
+    """The run folder ``--resume PATH`` names (a run folder, or a checkpoint file in one); it need not exist."""
+    path = Path(path)
+    if path.is_dir() or (not path.exists() and path.suffix != ".ckpt"):
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(run folder, checkpoint) for ``--resume`` given a run folder or a checkpoint file."""
     path = Path(path)
@@ -92,8 +106,25 @@ def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     from losslab.train.checkpoint import read_checkpoint
 
     read_checkpoint(ckpt, mmap=True)  # refuse a pickled-code, corrupt or foreign file before any work
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run_dir, ckpt
+    return resume_run_dir(ckpt), ckpt
+
+
+def staging_path(final: Path) -> Path:
+    """The hidden sibling a replacing run trains in: ``.NAME.new``."""
+    return final.parent / f".{final.name}.new"
+
+
+def old_path(final: Path, pid: int) -> Path:
+    """Where process ``pid`` moves the old run during the swap of an ``--overwrite``: ``.NAME.old-PID``."""
+    return final.parent / f".{final.name}.old-{pid}"
+
+
+def old_folders(final: Path) -> list[Path]:
+    """The ``.NAME.old-PID`` folders beside ``final`` (left by an ``--overwrite`` killed during its swap)."""
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{final.name}.old-") + r"[0-9]+")
+    return sorted(p for p in final.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
 @dataclass
@@ -109,7 +140,7 @@ class RunFolder:
     @property
     def staging(self) -> Path:
         """The hidden sibling a replacing run trains in (``.NAME.new``); only the lock holder uses it."""
-        return self.final.parent / f".{self.final.name}.new"
+        return staging_path(self.final)
 
     def create(self) -> Path:
         """Create the folder training writes to (a hidden staging sibling when replacing a run) and mark it."""
@@ -136,7 +167,7 @@ class RunFolder:
         """Put a staged run in place of the old one (two renames), then remove the old one."""
         if self.child or self.work is None or self.work == self.final:
             return
-        old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+        old = old_path(self.final, os.getpid())
         os.rename(self.final, old)
         try:
             os.rename(self.work, self.final)
@@ -189,6 +220,92 @@ def _unlock(final: Path, fh: IO[str] | None) -> None:
     with suppress(FileNotFoundError):
         os.unlink(lock_path(final))
     fh.close()
+
+
+def _is_finished(folder: Path) -> bool:
+    return (folder / RESULT).is_file()
+
+
+def _say(message: str) -> None:
+    print(f"losslab: {message}", file=sys.stderr, flush=True)
+
+
+def recover_interrupted_swap(final: Path, report: Callable[[str], None] = _say) -> list[str]:
+    """Repair what an ``--overwrite`` of run folder ``final`` killed part-way left; each step is passed to
+    ``report`` (a line on stderr) as soon as it is done, and the lines are returned.
+
+    Call with the run's lock held (no live process is using the siblings then). In order:
+
+    - ``.NAME.new`` holding a finished run (``result.json``): the swap is completed. A present ``NAME`` (the run
+      the overwrite replaces) is moved aside and removed; one that is not a losslab run is left alone, and so is
+      ``.NAME.new``.
+    - ``.NAME.new`` holding an unfinished run: removed (a killed attempt; it cannot be resumed under its name).
+    - ``.NAME.old-PID`` with no ``NAME``: the old run is put back (several of them: :class:`OutputError`, the
+      user picks one). With a finished run in ``NAME``, each is the run the overwrite replaced and is removed;
+      beside an unfinished ``NAME`` they are left in place and named on stderr.
+    """
+    done: list[str] = []
+
+    def note(line: str) -> None:
+        done.append(line)
+        report(line)
+
+    new = staging_path(final)
+    olds = old_folders(final)
+    present = final.is_symlink() or (final.exists() and (not final.is_dir() or any(final.iterdir())))
+    if new.is_dir() and not new.is_symlink():
+        if _is_finished(new):
+            if not present:
+                os.rename(new, final)
+                present = True
+                note(f"completed an interrupted --overwrite: the finished new run {new.name} is now {final}")
+            elif is_losslab_run(final) and not final.is_symlink():
+                aside = old_path(final, os.getpid())
+                os.rename(final, aside)
+                os.rename(new, final)
+                shutil.rmtree(aside)
+                note(
+                    f"completed an interrupted --overwrite: the finished new run {new.name} is now {final}; "
+                    "removed the run it replaced"
+                )
+            else:
+                note(
+                    f"left {new} (a finished run of an interrupted --overwrite) in place: {final} is not a "
+                    "losslab run folder, so it is not replaced; move one of them yourself"
+                )
+        else:
+            shutil.rmtree(new)
+            note(f"removed {new.name}, the unfinished new run of an --overwrite that was killed")
+    if olds and not present:
+        if len(olds) > 1:
+            names = ", ".join(str(p) for p in olds)
+            raise OutputError(
+                f"run folder {str(final)!r} is missing and {len(olds)} old runs of killed --overwrite runs are "
+                f"left beside it ({names}); rename the one to keep to {final.name!r}, then run again"
+            )
+        os.rename(olds[0], final)
+        note(f"restored {final} from {olds[0].name}: an --overwrite was killed before its new run was in place")
+    elif olds and _is_finished(final) and is_losslab_run(final):
+        for old in olds:
+            shutil.rmtree(old)
+            note(f"removed {old.name}, the run an interrupted --overwrite replaced ({final} holds the new run)")
+    elif olds:
+        names = ", ".join(p.name for p in olds)
+        note(f"left {names} beside the unfinished run {final}: a killed --overwrite's old run; keep or delete it")
+    return done
+
+
+def _recover(cfg: TrainConfig) -> None:
+    """Repair the leftovers of a killed ``--overwrite`` of the run ``cfg`` names, under its lock (if there are any)."""
+    final = resume_run_dir(cfg.resume) if cfg.resume is not None else Path(cfg.out_dir) / default_run_name(cfg)
+    new = staging_path(final)
+    if not (new.exists() or new.is_symlink()) and not old_folders(final):
+        return
+    lock = _lock(final)
+    try:
+        recover_interrupted_swap(final)
+    finally:
+        _unlock(final, lock)
 
 
 def _target(cfg: TrainConfig) -> Path:
@@ -275,6 +392,7 @@ def claim_run_folder(cfg: TrainConfig) -> Iterator[RunFolder]:
         yield _child_folder(cfg)
         return
     check_epochs(cfg)
+    _recover(cfg)
     final = _target(cfg)
     lock = _lock(final)
     run = RunFolder(final=final)
