@@ -5,7 +5,8 @@ Parts (``--parts``, default all that fit the device):
 
 - ``pipeline``: images/s of the input pipeline alone (no model) on random-pixel CIFAR-10 files written in the
   real python-pickle layout: ``DeviceLoader`` vs ``DataLoader`` with ``--workers`` workers (CPU target >= 4x).
-- ``train``: ``losslab train`` (``fit``) with ``--loader device`` and ``--loader workers``: training images/s
+- ``train``: ``losslab train`` (``fit``) with ``--loader device`` (plain and Lightning engines) and ``--loader
+  workers``: training images/s
   with start-up and validation excluded (``result.json: train_images_per_s``), and a bare PyTorch loop with the
   same model, batch, precision and optimizer on device-resident tensors with crop + flip on the device
   (GPU target: CIFAR ResNet-18 bf16 batch 512, losslab device <= 1.15x the bare loop's time per image).
@@ -101,7 +102,9 @@ def pipeline_alone(data_dir: Path, args: argparse.Namespace) -> dict[str, float]
     return rates
 
 
-def losslab_train(data_dir: Path, out: Path, args: argparse.Namespace, loader: str) -> dict[str, float]:
+def losslab_train(
+    data_dir: Path, out: Path, args: argparse.Namespace, loader: str, engine: str = "plain"
+) -> dict[str, float]:
     from losslab.train import TrainConfig, fit
 
     cfg = TrainConfig(
@@ -116,8 +119,9 @@ def losslab_train(data_dir: Path, out: Path, args: argparse.Namespace, loader: s
         devices="1",
         num_workers=args.workers,
         loader=loader,
+        engine=engine,
         out_dir=out,
-        run_name=f"bench-{loader}",
+        run_name=f"bench-{loader}-{engine}",
         overwrite=True,
         progress=False,
         val_every=args.epochs,
@@ -365,12 +369,13 @@ def main() -> None:
         if "pipeline" in parts:
             pipeline_alone(data_dir, args)
         if "train" in parts:
-            rates = {kind: losslab_train(data_dir, root / "runs", args, kind) for kind in ("device", "workers")}
+            runs = (("device", "plain"), ("device", "lightning"), ("workers", "plain"))
+            rates = {run: losslab_train(data_dir, root / "runs", args, *run) for run in runs}
             bare = bare_loop(data_dir, args)
-            for kind, r in rates.items():
+            for (kind, engine), r in rates.items():
                 print(
-                    f"losslab train --loader {kind}: {r['images_per_s']:,.0f} img/s -> {bare / r['images_per_s']:.2f}x "
-                    "the bare loop's time per image"
+                    f"losslab train --loader {kind} --engine {engine}: {r['images_per_s']:,.0f} img/s -> "
+                    f"{bare / r['images_per_s']:.2f}x the bare loop's time per image"
                 )
             print(f"bare loop ({args.model}, batch {args.batch_size}, {args.precision}): {bare:,.0f} img/s")
         if "startup" in parts:
