@@ -36,8 +36,9 @@ def _weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     [
         {"loss": "root", "regularizer": "lp_grad", "lmbda": 0.01, "reg_start_epoch": 1},
         {"loss": "ce", "gradient_clip": 0.5, "val_every": 2, "optimizer": "adamw", "weight_decay": 0.01},
+        {"loss": "sgt", "model_ema": True, "model_ema_decay": 0.9, "mixup": 0.2, "label_smoothing": 0.1},
     ],
-    ids=["lpgrad-phase", "clip-valevery-adamw"],
+    ids=["lpgrad-phase", "clip-valevery-adamw", "ema-mixup-sgt"],
 )
 def test_plain_engine_trains_the_lightning_engines_weights(tmp_path: Path, extra: dict) -> None:
     """Same seed, same config: the two engines end with identical weights, validation and test metrics."""
@@ -66,11 +67,13 @@ def test_plain_engine_trains_the_lightning_engines_weights(tmp_path: Path, extra
         assert row_p["lr"] == pytest.approx(row_l["lr"], rel=f32)
 
 
-def test_plain_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A plain run stopped after epoch 2 and resumed ends with the weights of the uninterrupted run."""
+@pytest.mark.parametrize("extra", [{}, {"model_ema": True, "model_ema_decay": 0.8}], ids=["plain", "ema"])
+def test_plain_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
+    """A plain run stopped after epoch 2 and resumed ends with the weights of the uninterrupted run (with EMA: the
+    average and the raw weights both continue)."""
     from losslab.train import engine_plain
 
-    cfg = {**BASE, "epochs": 4, "loss": "root", "engine": "plain", "out_dir": tmp_path}
+    cfg = {**BASE, "epochs": 4, "loss": "root", "engine": "plain", "out_dir": tmp_path, **extra}
     whole = fit(TrainConfig(**cfg, run_name="whole"))
 
     real_append = engine_plain.History.append
@@ -89,9 +92,16 @@ def test_plain_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest
     assert [r["epoch"] for r in json.loads((cut / "history.json").read_text())] == [0, 1]
     resumed = fit(TrainConfig(**cfg, resume=cut))
     assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2, 3]
-    a, b = _weights(whole.run_dir), _weights(cut)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for name in ("last.ckpt", "best.ckpt"):
+        a, b = _weights(whole.run_dir, name), _weights(cut, name)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    if extra:
+        raw = [
+            torch.load(r / "checkpoints/last.ckpt", weights_only=True)["ema_raw_state_dict"]
+            for r in (whole.run_dir, cut)
+        ]
+        assert all(torch.equal(raw[0][k], raw[1][k]) for k in raw[0])
     assert resumed.test_acc == whole.test_acc
 
 
@@ -101,7 +111,9 @@ def test_auto_picks_and_explains(tmp_path: Path) -> None:
     engine, why = choose_engine(TrainConfig(**BASE, devices="2", accelerator="cpu"), None, None)
     assert engine == "lightning" and "2 devices" in why
     assert choose_engine(cfg, [object()], None)[0] == "lightning"
-    assert lightning_needs(TrainConfig(**BASE, model_ema=True), None) == ["model_ema (the EMA callback)"]
+    assert lightning_needs(TrainConfig(**BASE, model_ema=True, mixup=0.2), None) == []
+    needs = lightning_needs(TrainConfig(**BASE, strategy="ddp", normalize="norms.pt"), None)
+    assert needs == ["strategy='ddp'", "record_frob_norms/normalize (the factor-norm callbacks)"]
     with pytest.raises(ConfigError, match=r"engine='plain'.*logger='tensorboard'.*--engine lightning"):
         choose_engine(TrainConfig(**BASE, engine="plain", logger="tensorboard"), None, None)
 

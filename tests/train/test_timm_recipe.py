@@ -17,7 +17,7 @@ from losslab.errors import ConfigError
 from losslab.objectives import create
 from losslab.train import TrainConfig, fit
 from losslab.train.build import build_model
-from losslab.train.ema import ModelEma
+from losslab.train.engine_lightning import ModelEma
 from losslab.train.recipe import mix_batch, mixed_loss
 
 

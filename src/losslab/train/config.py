@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     engine: EngineName = Field(
         "auto",
         description="Training loop: plain (a PyTorch loop in this process on one device; starts seconds sooner, "
-        "no Lightning import), lightning (Lightning's Trainer: several devices or nodes, strategies, trackers, EMA) "
+        "no Lightning import), lightning (Lightning's Trainer: several devices or nodes, strategies, trackers) "
         "or auto (plain unless the run needs Lightning; the reason is logged and kept in result.json).",
     )
     val_every: int = Field(1, description="Validate every N epochs (the last epoch is always validated).")

@@ -1,84 +1,82 @@
-"""Model EMA for the Lightning engine: timm's ``ModelEmaV3`` as a Lightning callback.
+"""Model EMA (timm's ``ModelEmaV3``) for both engines, without Lightning.
 
-Kept apart from :mod:`losslab.train.recipe` so that building a run's recipe does not import Lightning. The averaged
-weights are the ones validated, selected and saved (the checkpoint's ``state_dict`` holds the EMA weights, the raw
-weights travel in ``ema_raw_state_dict`` so ``--resume`` continues training them).
+As in timm's train.py, the averaged weights are the ones validated, selected and saved: a checkpoint's
+``state_dict`` holds the EMA weights and ``ema_raw_state_dict`` the raw ones, so ``evaluate``, ``quantize`` and
+studies see the EMA model and ``--resume`` continues training the raw weights::
+
+    ema = EmaWeights(decay=0.9998)
+    ema.start(model, raw_state=ckpt.get("ema_raw_state_dict"))   # after the checkpoint's weights were loaded
+    ...optimizer.step(); ema.update(model, step=global_step)
+    ema.swap_in(model); validate(model); ema.swap_out(model)
+    ema.into_checkpoint(model, checkpoint)                        # EMA weights in, raw weights kept
+
+The Lightning engine wraps it as a callback (``losslab.train.engine_lightning.ModelEma``); the plain engine calls
+it from its loop.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+from torch import Tensor, nn
 
 
-class ModelEma(Callback):
-    """timm's ``ModelEmaV3`` as a Lightning callback: updated after every optimizer step, swapped in for
-    validation, test and checkpoints (see the module docstring)."""
+class EmaWeights:
+    """An exponential moving average of a model's weights, swapped in for evaluation and saving."""
 
     def __init__(self, decay: float, warmup: bool = False) -> None:
         self.decay = decay
         self.warmup = warmup
-        self.ema: Any | None = None
-        self._raw: dict[str, Tensor] | None = None
-        self._pending_raw: dict[str, Tensor] | None = None
+        self.ema: Any | None = None  # timm.utils.ModelEmaV3
+        self._raw: dict[str, Tensor] | None = None  # the raw weights while the EMA ones are swapped in
+        self.pending_raw: dict[str, Tensor] | None = None  # raw weights of a resumed checkpoint
 
-    def _ensure(self, pl_module: pl.LightningModule) -> Any:
+    def ensure(self, model: nn.Module) -> Any:
+        """The ``ModelEmaV3`` of ``model`` (made on first use), on the model's device."""
         if self.ema is None:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(pl_module.model, decay=self.decay, use_warmup=self.warmup)
+            self.ema = ModelEmaV3(model, decay=self.decay, use_warmup=self.warmup)
             self.ema.requires_grad_(False)
-        self.ema.to(pl_module.device)
+        device = next(model.parameters()).device
+        self.ema.to(device)
         return self.ema
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ema = self._ensure(pl_module)
-        if self._pending_raw is not None:  # resumed: the checkpoint's state_dict held the EMA weights
-            ema.module.load_state_dict(pl_module.model.state_dict())
-            pl_module.model.load_state_dict(self._pending_raw)
-            self._pending_raw = None
+    def start(self, model: nn.Module, raw_state: dict[str, Tensor] | None = None) -> None:
+        """Begin (or resume) training ``model``: with a resumed checkpoint's raw weights, the weights now in
+        ``model`` (the checkpoint's EMA weights) become the average and the raw ones go back into the model."""
+        raw_state = raw_state if raw_state is not None else self.pending_raw
+        ema = self.ensure(model)
+        if raw_state is not None:
+            ema.module.load_state_dict(model.state_dict())
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in raw_state.items()})
+            self.pending_raw = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._ensure(pl_module).update(pl_module.model, step=trainer.global_step)
+    def update(self, model: nn.Module, step: int) -> None:
+        """Average in the weights after optimizer step number ``step`` (timm's warmup counts these)."""
+        self.ensure(model).update(model, step=step)
 
-    # --- swap the averaged weights in for evaluation and saving, and back for training
-    def _swap_in(self, pl_module: pl.LightningModule) -> None:
+    def swap_in(self, model: nn.Module) -> None:
         if self.ema is None or self._raw is not None:
             return
-        self._raw = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-        pl_module.model.load_state_dict(self.ema.module.state_dict())
+        self._raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.ema.module.state_dict())
 
-    def _swap_out(self, pl_module: pl.LightningModule) -> None:
+    def swap_out(self, model: nn.Module) -> None:
         if self._raw is not None:
-            pl_module.model.load_state_dict(self._raw)
+            model.load_state_dict(self._raw)
             self._raw = None
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._swap_in(pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._swap_out(pl_module)
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def into_checkpoint(self, model: nn.Module, checkpoint: dict[str, Any]) -> None:
+        """Put the EMA weights into ``checkpoint["state_dict"]`` (``model.`` keys) and the raw ones into
+        ``checkpoint["ema_raw_state_dict"]``."""
         if self.ema is None:
             return
-        raw = self._raw if self._raw is not None else pl_module.model.state_dict()
+        raw = self._raw if self._raw is not None else model.state_dict()
         checkpoint["ema_raw_state_dict"] = {k: v.detach().cpu().clone() for k, v in raw.items()}
         ema_state = self.ema.module.state_dict()
         for key in list(checkpoint["state_dict"]):
             inner = key.removeprefix("model.")
             if key.startswith("model.") and inner in ema_state:
                 checkpoint["state_dict"][key] = ema_state[inner].detach().cpu().clone()
-
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        raw = checkpoint.get("ema_raw_state_dict")
-        if raw is not None:
-            self._pending_raw = {k: torch.as_tensor(v) for k, v in raw.items()}

@@ -27,6 +27,7 @@ from losslab.io import write_json_atomic
 from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
+from losslab.train.ema import EmaWeights
 from losslab.train.engine import EngineOutcome, RunParts, parse_devices, show_progress
 
 
@@ -195,8 +196,6 @@ def check_lightning_options(cfg: TrainConfig) -> None:
 
 def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> EngineOutcome:
     """Train ``parts`` with Lightning's Trainer, then test the best checkpoint (see the module doc)."""
-    from losslab.train.ema import ModelEma
-
     cfg, run_dir, data = parts.cfg, parts.run_dir, parts.data
     # fit seeded the generators before building the model (seed_all); Lightning seeds DataLoader workers from these
     os.environ["PL_GLOBAL_SEED"], os.environ["PL_SEED_WORKERS"] = str(cfg.seed), "1"
@@ -273,6 +272,40 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
         first_step_unix=throughput.first_step_unix,
         writes_results=trainer.is_global_zero,
     )
+
+
+class ModelEma(Callback):
+    """:class:`losslab.train.ema.EmaWeights` as a Lightning callback: updated after every optimizer step, swapped
+    in for validation, test and checkpoints."""
+
+    def __init__(self, decay: float, warmup: bool = False) -> None:
+        self.weights = EmaWeights(decay, warmup)
+
+    @property
+    def ema(self) -> Any | None:
+        return self.weights.ema
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights.start(pl_module.model)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.weights.update(pl_module.model, step=trainer.global_step)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights.swap_in(pl_module.model)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights.swap_out(pl_module.model)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.weights.into_checkpoint(pl_module.model, checkpoint)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.weights.pending_raw = checkpoint.get("ema_raw_state_dict")
 
 
 def build_factor_callbacks(cfg: TrainConfig) -> list[Callback]:

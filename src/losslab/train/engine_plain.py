@@ -35,6 +35,7 @@ from torch import Tensor
 from losslab.errors import ConfigError
 from losslab.io import atomic_path, save_torch_atomic, write_json_atomic
 from losslab.train.build import training_device
+from losslab.train.ema import EmaWeights
 from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts, show_progress
 from losslab.train.task import EVAL_TALLY, ClassifierTask, diverged_error, tally_metrics
 
@@ -217,6 +218,9 @@ def run_plain(parts: RunParts) -> EngineOutcome:
             precision.scaler.load_state_dict(state["grad_scaler"])
         start, step, best_score = int(state["epoch"]) + 1, int(state["global_step"]), state.get("best_score")
         schedule.step(start)
+    ema = EmaWeights(cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
+    if ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
+        ema.start(parts.model, raw_state=state.get("ema_raw_state_dict") if parts.resume_ckpt is not None else None)
     history = History(run_dir, keep_before=start)
     throughput = Throughput(parts.started, device)
     total_epochs = cfg.epochs + cfg.cooldown_epochs
@@ -224,20 +228,20 @@ def run_plain(parts: RunParts) -> EngineOutcome:
     progress = show_progress(cfg)
 
     def save(path: Path, epoch: int) -> None:
-        save_torch_atomic(
-            path,
-            {
-                ENGINE_KEY: "plain",
-                "epoch": epoch,
-                "global_step": step,
-                "state_dict": model_state(parts),
-                "hyper_parameters": {"config": cfg.to_dict()},
-                "optimizer_states": [optimizer.state_dict()],
-                "lr_schedulers": [schedule.state_dict()],
-                "grad_scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-                "best_score": best_score,
-            },
-        )
+        checkpoint = {
+            ENGINE_KEY: "plain",
+            "epoch": epoch,
+            "global_step": step,
+            "state_dict": model_state(parts),
+            "hyper_parameters": {"config": cfg.to_dict()},
+            "optimizer_states": [optimizer.state_dict()],
+            "lr_schedulers": [schedule.state_dict()],
+            "grad_scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+            "best_score": best_score,
+        }
+        if ema is not None:
+            ema.into_checkpoint(parts.model, checkpoint)
+        save_torch_atomic(path, checkpoint)
 
     task.attach()
     try:
@@ -261,14 +265,20 @@ def run_plain(parts: RunParts) -> EngineOutcome:
                     torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
                 precision.step(optimizer)
                 step += 1
+                if ema is not None:
+                    ema.update(parts.model, step=step)
             throughput.stop()
             bad = task.take_nonfinite()
             if bad is not None and bool(bad):
                 raise diverged_error(epoch)
             row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **means.means()}
             if (epoch + 1) % cfg.val_every == 0 or epoch == total_epochs - 1:
+                if ema is not None:
+                    ema.swap_in(parts.model)
                 row.update(evaluate(task, data.val, "val", device, precision))
                 row.update(task.validation_statistics(optimizer.param_groups[0]["lr"]))
+                if ema is not None:
+                    ema.swap_out(parts.model)
             schedule.step(epoch + 1)
             score = row.get("val/acc")
             improved = score is not None and (best_score is None or score > best_score)

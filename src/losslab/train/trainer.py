@@ -8,7 +8,7 @@ The same call backs ``losslab train`` and every study job::
 
 One of two engines trains the run (``losslab.train.engine``): ``plain``, a PyTorch loop in this process on one
 device that never imports Lightning (the default whenever it can run the config), or ``lightning`` (several
-devices or nodes, strategies, experiment trackers, EMA and user callbacks). A run folder ``out_dir/run_name``
+devices or nodes, strategies, experiment trackers and user callbacks). A run folder ``out_dir/run_name``
 receives from either: ``config.yaml`` (the resolved config), ``metrics.csv`` (epoch metrics), ``history.json``
 (one row per epoch), ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (best validation accuracy; the test
 set is never used for selection), ``checkpoints/preregularized.ckpt`` when asked, and ``result.json`` with the
