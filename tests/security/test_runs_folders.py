@@ -377,3 +377,36 @@ def test_a_kill_after_training_before_the_swap_completes_it(
     assert (tmp_path / "old" / "note.txt").read_text() == "new run"
     err = capsys.readouterr().err
     assert "completed an interrupted --overwrite" in err and "removed the run it replaced" in err
+
+
+def test_ctrl_c_between_the_commit_renames_keeps_the_finished_new_run(
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A KeyboardInterrupt after the old run was moved aside and before the new one was moved in: the finished new
+    run is kept (not abandoned), and the next claim of the name puts it in place."""
+    import os as os_module
+
+    from losslab.train import run_folder
+
+    (copy_run(finished_run, tmp_path) / "note.txt").write_text("old run")
+    real_rename = os_module.rename
+    calls = []
+
+    def rename_then_interrupt(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the second rename of commit(): staged -> final
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    cfg = TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True)
+    with pytest.raises(KeyboardInterrupt), claim_run_folder(cfg) as run:
+        staged = run.create()
+        shutil.copytree(finished_run, staged, dirs_exist_ok=True)
+        (staged / "note.txt").write_text("new run")
+        monkeypatch.setattr(run_folder.os, "rename", rename_then_interrupt)
+        run.commit()
+    monkeypatch.setattr(run_folder.os, "rename", real_rename)
+    assert "kept the finished run" in capsys.readouterr().err
+    assert (tmp_path / ".old.new" / "note.txt").read_text() == "new run" and not (tmp_path / "old").exists()
+    claim(TrainConfig(**TINY, out_dir=tmp_path, run_name="old", overwrite=True))
+    assert listing(tmp_path) == ["old"] and (tmp_path / "old" / "note.txt").read_text() == "new run"

@@ -178,9 +178,18 @@ class RunFolder:
         shutil.rmtree(old)
 
     def abandon(self) -> None:
-        """Remove a staged folder after a failure (the old run was never touched)."""
-        if not self.child and self.work is not None and self.work != self.final and self.work.exists():
-            shutil.rmtree(self.work, ignore_errors=True)
+        """Remove a staged folder after a failure, unless it holds a finished run (result.json): then a failure or
+        Ctrl-C inside :meth:`commit` loses nothing, and the next claim of the name completes the swap."""
+        if self.child or self.work is None or self.work == self.final or not self.work.exists():
+            return
+        if (self.work / RESULT).is_file():
+            print(
+                f"losslab: kept the finished run in {str(self.work)!r}; the next run of this name (or --resume) "
+                "puts it in place",
+                file=sys.stderr,
+            )
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def lock_path(final: Path) -> Path:
