@@ -136,7 +136,11 @@ def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None, kind: str
             reason=reason,
             train_size=n_train,
         )
-    loader_kw = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    loader_kw = {
+        "num_workers": cfg.num_workers,
+        "persistent_workers": cfg.num_workers > 0,
+        "pin_memory": training_device(cfg).type == "cuda",  # page-locked batches: asynchronous copies to the GPU
+    }
     datasets = {
         "train": as_dataset(splits["train"], cfg.augment, cfg.randaugment, erasing),
         "val": as_dataset(splits["val"]),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -150,13 +151,31 @@ def _to(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _progress(iterable: Iterable[Any], on: bool, desc: str, total: int) -> Iterator[Any]:
-    if not on:
-        yield from iterable
-        return
-    from tqdm.auto import tqdm
+class Progress:
+    """One tqdm bar per epoch over the training batches (on a terminal or with --progress), closed with the epoch's
+    loss and validation accuracy; nothing otherwise."""
 
-    yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    def __init__(self, on: bool, total_epochs: int) -> None:
+        self.on, self.total_epochs = on, total_epochs
+        self.bar: Any | None = None
+
+    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
+        if not self.on:
+            yield from loader
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.total_epochs}", dynamic_ncols=True)
+        for batch in loader:
+            yield batch
+            self.bar.update(1)
+
+    def close(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            names = {"train/loss": "loss", "val/acc": "val_acc"}
+            self.bar.set_postfix({short: f"{row[k]:.4g}" for k, short in names.items() if k in row}, refresh=True)
+            self.bar.close()
+            self.bar = None
 
 
 @torch.no_grad()
@@ -204,6 +223,7 @@ def run_plain(parts: RunParts) -> EngineOutcome:
     task.mixup, task.channels_last = parts.mixup, parts.speed["channels_last"]
     optimizer, schedule = task.optimizer_and_schedule()
     precision = Precision(cfg.precision, device)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as Lightning sets it
     torch.use_deterministic_algorithms(True, warn_only=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     ckpt_dir = run_dir / "checkpoints"
@@ -225,7 +245,7 @@ def run_plain(parts: RunParts) -> EngineOutcome:
     throughput = Throughput(parts.started, device)
     total_epochs = cfg.epochs + cfg.cooldown_epochs
     first_reg = getattr(parts.schedule, "first_regularized_epoch", None)
-    progress = show_progress(cfg)
+    progress = Progress(show_progress(cfg), total_epochs)
 
     def save(path: Path, epoch: int) -> None:
         checkpoint = {
@@ -251,7 +271,7 @@ def run_plain(parts: RunParts) -> EngineOutcome:
             data.train.sampler.set_epoch(epoch)
             means = EpochMeans()
             lr = optimizer.param_groups[0]["lr"]
-            for batch in _progress(data.train, progress, f"epoch {epoch}", len(data.train)):
+            for batch in progress.batches(data.train, epoch):
                 x, y = task.prepare(_to(batch, device))
                 throughput.step(int(y.shape[0]))
                 means.batch_size = int(y.shape[0])
@@ -289,6 +309,7 @@ def run_plain(parts: RunParts) -> EngineOutcome:
             if cfg.save_preregularized and first_reg and epoch == first_reg - 1:
                 save(ckpt_dir / "preregularized.ckpt", epoch)
             history.append(row)
+            progress.close(row)
     finally:
         task.detach()
     tested_path = best_path if best_path.is_file() else last_path
