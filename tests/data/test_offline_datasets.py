@@ -103,42 +103,35 @@ def test_calibration_loader_digits_seeded_eval_transform() -> None:
     assert not torch.allclose(a, c)
 
 
-def test_digits_cache_equals_scikit_learn_split(tmp_path) -> None:
-    """The cached digits (pixels, labels, stratified test split) equal scikit-learn's; a damaged cache is rebuilt."""
-    import numpy as np
+def test_digits_equal_scikit_learns_split() -> None:
+    """The digits read without scikit-learn and split by the kept indices equal load_digits + train_test_split."""
     import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from losslab.data.digits import CACHE, load_digits_images
+    from losslab.data.digits import bundled_file, load_digits_images
+    from losslab.data.digits_split import TEST_INDICES
 
+    assert bundled_file() is not None  # the fast path is the one under test
     bunch = load_digits()
     train_idx, test_idx = train_test_split(
         list(range(len(bunch.target))), test_size=0.2, random_state=0, stratify=bunch.target
     )
+    assert tuple(sorted(test_idx)) == TEST_INDICES
     for train, idx in ((True, sorted(train_idx)), (False, sorted(test_idx))):
-        expected = torch.tensor(bunch.images[idx] / 16.0, dtype=torch.float32).unsqueeze(1)
-        first = load_digits_images(train, tmp_path)  # computes and writes the cache
-        assert (tmp_path / CACHE).is_file()
-        again = load_digits_images(train, tmp_path)  # reads it
-        for source in (first, again):
-            assert torch.equal(source.images, expected)
-            assert source.targets == [int(bunch.target[i]) for i in idx]
-    (tmp_path / CACHE).write_bytes(b"not an npz")
-    rebuilt = load_digits_images(False, tmp_path)
-    assert len(rebuilt) == 360 and np.load(tmp_path / CACHE)["is_test"].sum() == 360
+        source = load_digits_images(train)
+        assert torch.equal(source.images, torch.tensor(bunch.images[idx] / 16.0, dtype=torch.float32).unsqueeze(1))
+        assert source.targets == [int(bunch.target[i]) for i in idx]
 
 
-def test_cached_digits_do_not_import_scikit_learn(tmp_path) -> None:
-    """A second process reads the cached split without importing scikit-learn (about a second of start-up)."""
+def test_digits_load_without_importing_scikit_learn() -> None:
+    """Loading the digits imports neither scikit-learn nor scipy (about a second of start-up)."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from losslab.data.digits import load_digits_images; "
-        f"n = len(load_digits_images(True, Path({str(tmp_path)!r}))); print(n, 'sklearn' in sys.modules)"
+        "import sys; from losslab.data.digits import load_digits_images; "
+        "print(len(load_digits_images(True)), len(load_digits_images(False)), 'sklearn' in sys.modules)"
     )
-    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert first.stdout.split() == ["1437", "True"]
-    assert second.stdout.split() == ["1437", "False"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1437", "360", "False"]

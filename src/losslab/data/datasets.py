@@ -71,7 +71,7 @@ def train_val_indices(n: int, val_fraction: float, split_seed: int) -> tuple[lis
 
 def _load_source(name: str, data_dir: Path, train: bool, download: bool, options: dict[str, Any]) -> Any:
     if name == "digits":
-        return load_digits_images(train, data_dir)
+        return load_digits_images(train)
     if name == "fake":
         return FakeImages(train=train, **fake_options(options))
     if name in ("cifar10", "cifar100"):
