@@ -209,123 +209,156 @@ def load_model_state(parts: RunParts, state: dict[str, Tensor]) -> None:
         module.load_state_dict(own, strict=True)
 
 
-def run_plain(parts: RunParts) -> EngineOutcome:
-    """Train ``parts`` in this process on one device, then test the best checkpoint (see the module doc)."""
-    from losslab.serialization import load_torch_file
+class PlainLoop:
+    """One run of the plain engine: the optimizer, precision, EMA and history of ``parts`` on one device."""
 
-    cfg, data, run_dir = parts.cfg, parts.data, parts.run_dir
-    device = training_device(cfg)
-    parts.model.to(device)
-    parts.objective.to(device)
-    for loader in data.device_loaders():
-        loader.to(device)
-    task = ClassifierTask(cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on)
-    task.mixup, task.channels_last = parts.mixup, parts.speed["channels_last"]
-    optimizer, schedule = task.optimizer_and_schedule()
-    precision = Precision(cfg.precision, device)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as Lightning sets it
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    ckpt_dir = run_dir / "checkpoints"
-    best_path, last_path = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
-    start, step, best_score = 0, 0, None
-    if parts.resume_ckpt is not None:
-        state = load_torch_file(parts.resume_ckpt, what="checkpoint", map_location=device)
-        load_model_state(parts, state["state_dict"])
-        optimizer.load_state_dict(state["optimizer_states"][0])
-        schedule.load_state_dict(state["lr_schedulers"][0])
-        if precision.scaler is not None and state.get("grad_scaler"):
-            precision.scaler.load_state_dict(state["grad_scaler"])
-        start, step, best_score = int(state["epoch"]) + 1, int(state["global_step"]), state.get("best_score")
-        schedule.step(start)
-    ema = EmaWeights(cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
-    if ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
-        ema.start(parts.model, raw_state=state.get("ema_raw_state_dict") if parts.resume_ckpt is not None else None)
-    history = History(run_dir, keep_before=start)
-    throughput = Throughput(parts.started, device)
-    total_epochs = cfg.epochs + cfg.cooldown_epochs
-    first_reg = getattr(parts.schedule, "first_regularized_epoch", None)
-    progress = Progress(show_progress(cfg), total_epochs)
+    def __init__(self, parts: RunParts) -> None:
+        cfg, data = parts.cfg, parts.data
+        self.parts, self.cfg, self.data = parts, cfg, data
+        self.device = training_device(cfg)
+        parts.model.to(self.device)
+        parts.objective.to(self.device)
+        for loader in data.device_loaders():
+            loader.to(self.device)
+        self.task = ClassifierTask(
+            cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on
+        )
+        self.task.mixup, self.task.channels_last = parts.mixup, parts.speed["channels_last"]
+        self.optimizer, self.schedule = self.task.optimizer_and_schedule()
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.precision = Precision(cfg.precision, self.device)
+        self.ema = EmaWeights(cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
+        self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        self.ckpt_dir = parts.run_dir / "checkpoints"
+        self.start, self.step, self.best_score = 0, 0, None
+        self.throughput = Throughput(parts.started, self.device)
+        self.progress = Progress(show_progress(cfg), self.total_epochs)
 
-    def save(path: Path, epoch: int) -> None:
+    def resume(self) -> None:
+        """Continue from ``parts.resume_ckpt`` (a plain-engine checkpoint) at the epoch after the one it saved."""
+        from losslab.serialization import load_torch_file
+
+        raw_state = None
+        if self.parts.resume_ckpt is not None:
+            state = load_torch_file(self.parts.resume_ckpt, what="checkpoint", map_location=self.device)
+            load_model_state(self.parts, state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer_states"][0])
+            self.schedule.load_state_dict(state["lr_schedulers"][0])
+            if self.precision.scaler is not None and state.get("grad_scaler"):
+                self.precision.scaler.load_state_dict(state["grad_scaler"])
+            self.start, self.step = int(state["epoch"]) + 1, int(state["global_step"])
+            self.best_score = state.get("best_score")
+            self.schedule.step(self.start)
+            raw_state = state.get("ema_raw_state_dict")
+        if self.ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
+            self.ema.start(self.parts.model, raw_state=raw_state)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training split; the epoch's logged means (raises if a loss was NaN/inf)."""
+        model, task, optimizer, precision = self.parts.model, self.task, self.optimizer, self.precision
+        model.train()
+        task.start_epoch(epoch)
+        self.data.train.sampler.set_epoch(epoch)
+        means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
+        for batch in self.progress.batches(self.data.train, epoch):
+            x, y = task.prepare(_to(batch, self.device))  # (B, C, H, W), (B,)
+            self.throughput.step(int(y.shape[0]))
+            means.batch_size = int(y.shape[0])
+            optimizer.zero_grad(set_to_none=True)
+            with precision.autocast():
+                total = task.training_loss((x, y), epoch, means.log)
+            precision.backward(total)
+            precision.unscale(optimizer)
+            task.gradient_terms(epoch, means.log)
+            if self.cfg.gradient_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
+            precision.step(optimizer)
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(model, step=self.step)
+        self.throughput.stop()
+        bad = task.take_nonfinite()
+        if bad is not None and bool(bad):
+            raise diverged_error(epoch)
+        return {"epoch": epoch, "step": self.step, "lr": lr, **means.means()}
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics and statistics, on the EMA weights when there are some."""
+        if self.ema is not None:
+            self.ema.swap_in(self.parts.model)
+        out = evaluate(self.task, self.data.val, "val", self.device, self.precision)
+        out.update(self.task.validation_statistics(self.optimizer.param_groups[0]["lr"]))
+        if self.ema is not None:
+            self.ema.swap_out(self.parts.model)
+        return out
+
+    def save(self, path: Path, epoch: int) -> None:
+        """A checkpoint in the Lightning engine's layout (module doc), written atomically."""
         checkpoint = {
             ENGINE_KEY: "plain",
             "epoch": epoch,
-            "global_step": step,
-            "state_dict": model_state(parts),
-            "hyper_parameters": {"config": cfg.to_dict()},
-            "optimizer_states": [optimizer.state_dict()],
-            "lr_schedulers": [schedule.state_dict()],
-            "grad_scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-            "best_score": best_score,
+            "global_step": self.step,
+            "state_dict": model_state(self.parts),
+            "hyper_parameters": {"config": self.cfg.to_dict()},
+            "optimizer_states": [self.optimizer.state_dict()],
+            "lr_schedulers": [self.schedule.state_dict()],
+            "grad_scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
+            "best_score": self.best_score,
         }
-        if ema is not None:
-            ema.into_checkpoint(parts.model, checkpoint)
+        if self.ema is not None:
+            self.ema.into_checkpoint(self.parts.model, checkpoint)
         save_torch_atomic(path, checkpoint)
 
-    task.attach()
-    try:
-        for epoch in range(start, total_epochs):
-            parts.model.train()
-            task.start_epoch(epoch)
-            data.train.sampler.set_epoch(epoch)
-            means = EpochMeans()
-            lr = optimizer.param_groups[0]["lr"]
-            for batch in progress.batches(data.train, epoch):
-                x, y = task.prepare(_to(batch, device))
-                throughput.step(int(y.shape[0]))
-                means.batch_size = int(y.shape[0])
-                optimizer.zero_grad(set_to_none=True)
-                with precision.autocast():
-                    total = task.training_loss((x, y), epoch, means.log)
-                precision.backward(total)
-                precision.unscale(optimizer)
-                task.gradient_terms(epoch, means.log)
-                if cfg.gradient_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
-                precision.step(optimizer)
-                step += 1
-                if ema is not None:
-                    ema.update(parts.model, step=step)
-            throughput.stop()
-            bad = task.take_nonfinite()
-            if bad is not None and bool(bad):
-                raise diverged_error(epoch)
-            row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **means.means()}
-            if (epoch + 1) % cfg.val_every == 0 or epoch == total_epochs - 1:
-                if ema is not None:
-                    ema.swap_in(parts.model)
-                row.update(evaluate(task, data.val, "val", device, precision))
-                row.update(task.validation_statistics(optimizer.param_groups[0]["lr"]))
-                if ema is not None:
-                    ema.swap_out(parts.model)
-            schedule.step(epoch + 1)
-            score = row.get("val/acc")
-            improved = score is not None and (best_score is None or score > best_score)
-            if improved:
-                best_score = score
-                save(best_path, epoch)
-            save(last_path, epoch)
-            if cfg.save_preregularized and first_reg and epoch == first_reg - 1:
-                save(ckpt_dir / "preregularized.ckpt", epoch)
-            history.append(row)
-            progress.close(row)
-    finally:
-        task.detach()
-    tested_path = best_path if best_path.is_file() else last_path
-    load_model_state(parts, load_torch_file(tested_path, what="checkpoint", map_location=device)["state_dict"])
-    tested = evaluate(task, data.test, "test", device, precision)
-    history.append({}, extra=[{"epoch": total_epochs - 1, "step": step, **tested}])
-    scores = [row["val/acc"] for row in history.rows if "val/acc" in row]
-    return EngineOutcome(
-        tested=tested,
-        best_path=tested_path,
-        best_val_acc=best_score if best_score is not None else (max(scores) if scores else float("nan")),
-        rows=history.rows,
-        images_per_s=throughput.images_per_s,
-        first_step_s=throughput.first_step_s,
-        first_step_unix=throughput.first_step_unix,
-    )
+    def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        """Step the schedule, then write last.ckpt, best.ckpt on a strictly better val/acc, preregularized.ckpt."""
+        self.schedule.step(epoch + 1)
+        score = row.get("val/acc")
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score = score
+            self.save(self.ckpt_dir / "best.ckpt", epoch)
+        self.save(self.ckpt_dir / "last.ckpt", epoch)
+        first_reg = getattr(self.parts.schedule, "first_regularized_epoch", None)
+        if self.cfg.save_preregularized and first_reg and epoch == first_reg - 1:
+            self.save(self.ckpt_dir / "preregularized.ckpt", epoch)
+
+    def run(self) -> EngineOutcome:
+        """Train every remaining epoch, then test the best checkpoint."""
+        from losslab.serialization import load_torch_file
+
+        self.resume()
+        history = History(self.parts.run_dir, keep_before=self.start)
+        self.task.attach()
+        try:
+            for epoch in range(self.start, self.total_epochs):
+                row = self.train_epoch(epoch)
+                if (epoch + 1) % self.cfg.val_every == 0 or epoch == self.total_epochs - 1:
+                    row.update(self.validate())
+                self.end_epoch(epoch, row)
+                history.append(row)
+                self.progress.close(row)
+        finally:
+            self.task.detach()
+        best = self.ckpt_dir / "best.ckpt"
+        tested_path = best if best.is_file() else self.ckpt_dir / "last.ckpt"
+        tested_ckpt = load_torch_file(tested_path, what="checkpoint", map_location=self.device)
+        load_model_state(self.parts, tested_ckpt["state_dict"])
+        tested = evaluate(self.task, self.data.test, "test", self.device, self.precision)
+        history.append({}, extra=[{"epoch": self.total_epochs - 1, "step": self.step, **tested}])
+        scores = [row["val/acc"] for row in history.rows if "val/acc" in row]
+        best_val = self.best_score if self.best_score is not None else max(scores, default=float("nan"))
+        return EngineOutcome(
+            tested=tested,
+            best_path=tested_path,
+            best_val_acc=best_val,
+            rows=history.rows,
+            images_per_s=self.throughput.images_per_s,
+            first_step_s=self.throughput.first_step_s,
+            first_step_unix=self.throughput.first_step_unix,
+        )
 
 
-__all__ = ["EpochMeans", "Precision", "evaluate", "run_plain"]
+def run_plain(parts: RunParts) -> EngineOutcome:
+    """Train ``parts`` in this process on one device, then test the best checkpoint (see the module doc)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as Lightning sets it
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return PlainLoop(parts).run()
