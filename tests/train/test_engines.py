@@ -135,3 +135,30 @@ def test_plain_run_never_imports_lightning(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["plain", "False", "False"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
+def test_engines_agree_on_cuda(tmp_path: Path, precision: str) -> None:
+    """On one GPU (deterministic algorithms on in both engines) the plain engine trains the Lightning engine's
+    weights; with 16-mixed the plain checkpoint carries the gradient scaler's state for --resume."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    runs = {}
+    for engine in ("plain", "lightning"):
+        cfg = TrainConfig(
+            **{**BASE, "model": "cifar_resnet20", "dataset": "fake", "loss": "root"},
+            accelerator="gpu",
+            devices="1",
+            precision=precision,
+            engine=engine,
+            out_dir=tmp_path,
+            run_name=engine,
+        )
+        runs[engine] = fit(cfg)
+    a, b = _weights(runs["plain"].run_dir), _weights(runs["lightning"].run_dir)
+    for key in (k for k in b if k.startswith("model.")):
+        assert torch.equal(a[key].cpu(), b[key].cpu()), key
+    plain_ckpt = torch.load(runs["plain"].run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (plain_ckpt["grad_scaler"] is not None) == (precision == "16-mixed")
+    assert runs["plain"].speed["channels_last"] is True
