@@ -10,6 +10,9 @@ Parts (``--parts``, default all that fit the device):
   with start-up and validation excluded (``result.json: train_images_per_s``), and a bare PyTorch loop with the
   same model, batch, precision and optimizer on device-resident tensors with crop + flip on the device
   (GPU target: CIFAR ResNet-18 bf16 batch 512, losslab device <= 1.15x the bare loop's time per image).
+- ``engines``: the per-step overhead of the two training engines on a step too small to hide it (the digits
+  ``mlp``, batch 64): ``losslab train`` images/s with ``--engine plain`` vs ``--engine lightning``, runs in
+  ABBA order, each engine's best.
 - ``startup``: seconds from launching ``losslab train`` (digits) to its first training step (target <= 3 s).
 - ``threads``: a digits ``losslab train`` with a competing busy process, under the thread policy and with
   torch's default (one thread per core, OpenMP's default wait policy).
@@ -165,6 +168,31 @@ def bare_loop(data_dir: Path, args: argparse.Namespace) -> float:
         sync(device)
         rates.append(n_batches * args.batch_size / (time.perf_counter() - start))
     return max(rates[1:] or rates)  # the first epoch warms up (cuDNN autotuning, allocator)
+
+
+def engine_overhead(out: Path, args: argparse.Namespace, epochs: int = 10) -> dict[str, float]:
+    """Training images/s of the digits ``mlp`` (a step of a few microseconds of arithmetic) under each engine."""
+    from losslab.train import TrainConfig, fit
+
+    best: dict[str, float] = {}
+    for engine in ("plain", "lightning", "lightning", "plain"):
+        cfg = TrainConfig(
+            dataset="digits",
+            model="mlp",
+            batch_size=64,
+            epochs=epochs,
+            accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+            devices="1",
+            engine=engine,
+            out_dir=out,
+            run_name=f"engine-{engine}",
+            overwrite=True,
+            progress=False,
+            val_every=epochs,
+        )
+        rate = fit(cfg).speed["train_images_per_s"]
+        best[engine] = max(best.get(engine, 0.0), rate)
+    return best
 
 
 def startup(out: Path) -> tuple[float, float]:
@@ -345,7 +373,7 @@ def token_loss_speed(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--parts", default="pipeline,train,startup,threads,compile,graphs,tokenloss")
+    parser.add_argument("--parts", default="pipeline,train,engines,startup,threads,compile,graphs,tokenloss")
     parser.add_argument("--images", type=int, default=None, help="training images (default 50,000 CUDA, 6,000 CPU)")
     parser.add_argument("--model", default=None, help="default cifar_resnet18 on CUDA, small_cnn on CPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default 512 on CUDA, 128 on CPU")
@@ -382,6 +410,12 @@ def main() -> None:
                     f"{bare / r['images_per_s']:.2f}x the bare loop's time per image"
                 )
             print(f"bare loop ({args.model}, batch {args.batch_size}, {args.precision}): {bare:,.0f} img/s")
+        if "engines" in parts:
+            rates = engine_overhead(root / "runs", args)
+            print(
+                f"digits mlp, batch 64: plain engine {rates['plain']:,.0f} img/s, Lightning engine "
+                f"{rates['lightning']:,.0f} img/s -> plain {rates['plain'] / rates['lightning']:.2f}x"
+            )
         if "startup" in parts:
             total, in_fit = startup(root / "runs")
             print(

@@ -112,8 +112,8 @@ def test_auto_picks_and_explains(tmp_path: Path) -> None:
     assert engine == "lightning" and "2 devices" in why
     assert choose_engine(cfg, [object()], None)[0] == "lightning"
     assert lightning_needs(TrainConfig(**BASE, model_ema=True, mixup=0.2), None) == []
-    needs = lightning_needs(TrainConfig(**BASE, strategy="ddp", normalize="norms.pt"), None)
-    assert needs == ["strategy='ddp'", "record_frob_norms/normalize (the factor-norm callbacks)"]
+    needs = lightning_needs(TrainConfig(**BASE, strategy="ddp", logger="mlflow", normalize="norms.pt"), None)
+    assert needs == ["strategy='ddp'", "logger='mlflow'"]
     with pytest.raises(ConfigError, match=r"engine='plain'.*logger='tensorboard'.*--engine lightning"):
         choose_engine(TrainConfig(**BASE, engine="plain", logger="tensorboard"), None, None)
 
@@ -162,3 +162,28 @@ def test_engines_agree_on_cuda(tmp_path: Path, precision: str) -> None:
     plain_ckpt = torch.load(runs["plain"].run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (plain_ckpt["grad_scaler"] is not None) == (precision == "16-mixed")
     assert runs["plain"].speed["channels_last"] is True
+
+
+def test_normalization_experiment_is_the_same_in_both_engines(tmp_path: Path) -> None:
+    """FNL's §8 experiment: the recorded ||U V^T||_F of a Frobenius-decay run, and a run that follows them, are the
+    same under both engines; the follower's last step ends at the recorded norms."""
+    from losslab.layers.factor_norms import lowrank_layers, product_frobenius_norms
+    from losslab.train import load_run
+
+    factorized = {**BASE, "model": "mlp", "rank_scale": 0.5}
+    records = {}
+    for engine in ("plain", "lightning"):
+        path = tmp_path / f"{engine}.pt"
+        cfg = TrainConfig(**factorized, frobenius_decay=True, record_frob_norms=path, engine=engine)
+        fit(cfg.model_copy(update={"out_dir": tmp_path, "run_name": f"fd-{engine}"}))
+        records[engine] = torch.load(path, weights_only=True)
+    assert records["plain"].shape[:2] == (3, 20) and torch.equal(records["plain"], records["lightning"])
+    followed = {}
+    for engine in ("plain", "lightning"):
+        cfg = TrainConfig(**factorized, weight_decay=0.0, normalize=tmp_path / "plain.pt", engine=engine)
+        followed[engine] = fit(cfg.model_copy(update={"out_dir": tmp_path, "run_name": f"norm-{engine}"}))
+    a, b = _weights(followed["plain"].run_dir), _weights(followed["lightning"].run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
+    model = load_run(followed["plain"].run_dir / "checkpoints" / "last.ckpt").model
+    last_recorded = records["plain"][-1, -1]  # (layers,) after the last step of the last epoch
+    torch.testing.assert_close(product_frobenius_norms(lowrank_layers(model)), last_recorded, rtol=1e-6, atol=0)

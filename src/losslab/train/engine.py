@@ -7,8 +7,7 @@ the claimed run folder) and hands them to one of two engines, which both return 
   or MPS). It never imports Lightning, so a run reaches its first step a few seconds sooner, and its step is
   the bare loop's plus the logging sums.
 - ``lightning`` (``losslab.train.engine_lightning``): Lightning's Trainer, for what needs it: several devices or
-  nodes, an explicit strategy, the tensorboard/mlflow/wandb loggers, the factor-norm callbacks and user-supplied
-  Lightning callbacks.
+  nodes, an explicit strategy, the tensorboard/mlflow/wandb loggers and user-supplied Lightning callbacks.
 
 ``engine=auto`` (the default) picks ``plain`` unless the run needs Lightning, and says why; a resumed run keeps
 the engine that wrote its checkpoint. Both write the same run folder and checkpoint layout (``state_dict`` with
@@ -123,8 +122,6 @@ def lightning_needs(cfg: TrainConfig, callbacks: list[Any] | None) -> list[str]:
         reasons.append(f"strategy={cfg.strategy!r}")
     if cfg.logger != "csv":
         reasons.append(f"logger={cfg.logger!r}")
-    if cfg.record_frob_norms is not None or cfg.normalize is not None:
-        reasons.append("record_frob_norms/normalize (the factor-norm callbacks)")
     return reasons
 
 

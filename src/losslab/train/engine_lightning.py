@@ -1,8 +1,8 @@
 """The Lightning engine of ``fit``: Lightning's Trainer around :class:`losslab.train.classifier.ClassifierModule`.
 
 ``fit`` uses it for what the plain engine (``losslab.train.engine_plain``) does not run: several devices or nodes
-(DDP, FSDP, ...), an explicit Lightning strategy, the tensorboard/mlflow/wandb loggers, model EMA, the factor-norm
-callbacks and user-supplied Lightning callbacks. It writes the same run folder: ``metrics.csv`` (Lightning's CSV
+(DDP, FSDP, ...), an explicit Lightning strategy, the tensorboard/mlflow/wandb loggers and user-supplied Lightning
+callbacks (``--engine lightning`` also runs everything else). It writes the same run folder: ``metrics.csv`` (Lightning's CSV
 log, rows of finished epochs kept on resume), ``history.json``, ``checkpoints/{best,last}.ckpt`` written
 atomically (``AtomicCheckpointIO``), and it returns the same :class:`~losslab.train.engine.EngineOutcome`.
 """

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from losslab.errors import ConfigError
 from losslab.io import atomic_path, save_torch_atomic, write_json_atomic
+from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
 from losslab.train.build import training_device
 from losslab.train.ema import EmaWeights
 from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts, show_progress
@@ -228,6 +229,9 @@ class PlainLoop:
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.precision = Precision(cfg.precision, self.device)
         self.ema = EmaWeights(cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
+        # the normalization experiment (factorized.md §8): record or follow ||U(M)V^T||_F after every step
+        self.recorder = FrobNormRecorder(cfg.record_frob_norms) if cfg.record_frob_norms is not None else None
+        self.follower = FrobNormFollower(cfg.normalize) if cfg.normalize is not None else None
         self.total_epochs = cfg.epochs + cfg.cooldown_epochs
         self.ckpt_dir = parts.run_dir / "checkpoints"
         self.start, self.step, self.best_score = 0, 0, None
@@ -252,6 +256,10 @@ class PlainLoop:
             raw_state = state.get("ema_raw_state_dict")
         if self.ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
             self.ema.start(self.parts.model, raw_state=raw_state)
+        if self.recorder is not None:
+            self.recorder.start(self.parts.model)
+        if self.follower is not None:
+            self.follower.start(self.parts.model, len(self.data.train), self.total_epochs)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training split; the epoch's logged means (raises if a loss was NaN/inf)."""
@@ -260,7 +268,9 @@ class PlainLoop:
         task.start_epoch(epoch)
         self.data.train.sampler.set_epoch(epoch)
         means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
-        for batch in self.progress.batches(self.data.train, epoch):
+        if self.follower is not None:
+            self.follower.start_epoch()
+        for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
             x, y = task.prepare(_to(batch, self.device))  # (B, C, H, W), (B,)
             self.throughput.step(int(y.shape[0]))
             means.batch_size = int(y.shape[0])
@@ -274,12 +284,18 @@ class PlainLoop:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
             precision.step(optimizer)
             self.step += 1
+            for hook in (self.recorder, self.follower):
+                if hook is not None:
+                    hook.after_step(epoch, i)
             if self.ema is not None:
                 self.ema.update(model, step=self.step)
         self.throughput.stop()
         bad = task.take_nonfinite()
         if bad is not None and bool(bad):
             raise diverged_error(epoch)
+        for hook in (self.recorder, self.follower):
+            if hook is not None:
+                hook.end_epoch()
         return {"epoch": epoch, "step": self.step, "lr": lr, **means.means()}
 
     def validate(self) -> dict[str, float]:
