@@ -168,6 +168,12 @@ def test_logreg_json_file_is_not_overwritten_silently(tmp_path: Path) -> None:
             ["lm", "quantize", "--model", "m", "--seed", "1", "--bits", ","],
             f"--bits is empty: give at least one bit width from {LOW} to {HIGH}",
         ),
+        (
+            ["lm", "quantize", "--model", "m", "--override", "*.fc2=gptq:9"],
+            f"--override '*.fc2=gptq:9': bits 9 is out of range: allowed {LOW} <= bits <= {HIGH}",
+        ),
+        (["lm", "quantize", "--model", "m", "--override", "*.fc2=gptq"], "must look like PATTERN=METHOD:BITS"),
+        (["lm", "quantize", "--model", "m", "--override", "fc2=rtn:8,4"], "takes one bit width"),
     ],
 )
 def test_bad_arguments_fail_before_the_heavy_imports(

@@ -28,7 +28,7 @@ from losslab.cli.options import (
 )
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
-from losslab.quant.bits import BITS_RANGE, parse_bits
+from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
@@ -113,15 +113,6 @@ def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     )
 
 
-def _parse_override(text: str) -> tuple[str, str, int]:
-    """``"*.fc2=rtn:8"`` → (pattern, method name, bits)."""
-    pattern, eq, spec = text.partition("=")
-    name, colon, bits = spec.partition(":")
-    if not (eq and colon and pattern and name and bits.strip().isdigit()):
-        raise ConfigError(f"--override {text!r} must look like PATTERN=METHOD:BITS, e.g. --override '*.fc2=rtn:8'")
-    return pattern, name, int(bits)
-
-
 def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[str]]:
     """(one method config per --bits value, overrides by pattern, skip patterns) from the parsed flags.
 
@@ -133,7 +124,7 @@ def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], l
     options = given_method_options(opts)
     methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
     overrides: dict[str, Any] = {}
-    specs = [_parse_override(t) for t in opts["override"]] + [(p, "rtn", 8) for p in opts["keep_8bit"]]
+    specs = [parse_override(t) for t in opts["override"]] + [(p, "rtn", 8) for p in opts["keep_8bit"]]
     for pattern, name, bits in specs:
         from losslab.quant.methods import QUANT_METHODS, method_classes
 

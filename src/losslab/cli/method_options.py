@@ -89,12 +89,13 @@ class MethodOptionsCommand(LosslabCommand):
         return pieces
 
     def _check_bits_first(self, ctx: click.Context, args: list[str]) -> None:
-        """Raise :class:`click.UsageError` for a bad ``--bits`` in ``args`` (checked by :func:`parse_bits`).
+        """Raise :class:`click.UsageError` for a bad ``--bits`` or ``--override`` width in ``args`` (checked by
+        :func:`parse_bits`, :func:`parse_override`).
 
         ``args`` is read by click's parser with the declared options only, so each token means what it means in
         the full parse; the generated method flags are skipped as unknown. With ``--help`` nothing is checked.
         """
-        from losslab.quant.bits import parse_bits
+        from losslab.quant.bits import parse_bits, parse_override
 
         declared = self.declared_params()
         if not any(p.name == "bits" for p in declared) or any(a in ctx.help_option_names for a in args):
@@ -103,10 +104,11 @@ class MethodOptionsCommand(LosslabCommand):
         probe_ctx = click.Context(probe, info_name=ctx.info_name, ignore_unknown_options=True, allow_extra_args=True)
         opts, _, _ = probe.make_parser(probe_ctx).parse_args(args=list(args))
         given = opts.get("bits")
-        if not isinstance(given, str | list | tuple):  # not given: the default applies
-            return
         try:
-            parse_bits(given)
+            if isinstance(given, str | list | tuple):  # not given: the default applies
+                parse_bits(given)
+            for text in opts.get("override") or ():
+                parse_override(text)
         except ConfigError as err:
             raise click.UsageError(str(err), ctx) from None
 

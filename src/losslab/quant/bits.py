@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from losslab.errors import ConfigError
 
-__all__ = ["BITS_RANGE", "parse_bits"]
+__all__ = ["BITS_RANGE", "parse_bits", "parse_override"]
 
 BITS_RANGE: tuple[int, int] = (2, 8)
 """(lowest, highest) weight bit width of the quantization methods (both inclusive)."""
@@ -47,3 +47,16 @@ def parse_bits(values: str | int | Sequence[str | int], flag: str = "--bits") ->
     if not bits:
         raise ConfigError(f"{flag} is empty: give at least one bit width from {low} to {high}, e.g. {flag} 4")
     return bits
+
+
+def parse_override(text: str) -> tuple[str, str, int]:
+    """``"*.fc2=rtn:8"`` (``--override``) → (pattern, method name, bits), the width checked as :func:`parse_bits`
+    does; a ConfigError names the value and the expected shape."""
+    pattern, eq, spec = text.partition("=")
+    name, colon, bits = spec.partition(":")
+    if not (eq and colon and pattern and name and bits.strip()):
+        raise ConfigError(f"--override {text!r} must look like PATTERN=METHOD:BITS, e.g. --override '*.fc2=rtn:8'")
+    widths = parse_bits(bits, flag=f"--override {text!r}: bits")
+    if len(widths) != 1:
+        raise ConfigError(f"--override {text!r} takes one bit width, e.g. --override '{pattern}={name}:8'")
+    return pattern, name, widths[0]

@@ -2,9 +2,9 @@
 
 ``fit`` uses it for what the plain engine (``losslab.train.engine_plain``) does not run: several devices or nodes
 (DDP, FSDP, ...), an explicit Lightning strategy, the tensorboard/mlflow/wandb loggers and user-supplied Lightning
-callbacks (``--engine lightning`` also runs everything else). It writes the same run folder: ``metrics.csv`` (Lightning's CSV
-log, rows of finished epochs kept on resume), ``history.json``, ``checkpoints/{best,last}.ckpt`` written
-atomically (``AtomicCheckpointIO``), and it returns the same :class:`~losslab.train.engine.EngineOutcome`.
+callbacks (``--engine lightning`` also runs everything else). It writes the same run folder: ``metrics.csv``
+(Lightning's CSV log, rows of finished epochs kept on resume), ``history.json``, ``checkpoints/{best,last}.ckpt``
+written atomically (``AtomicCheckpointIO``), and it returns the same :class:`~losslab.train.engine.EngineOutcome`.
 """
 
 from __future__ import annotations
