@@ -42,21 +42,12 @@ __all__ = [
 
 
 class ClassifierModule(pl.LightningModule):
-    """Train ``model`` with ``objective`` under an optional regularization ``schedule`` (see ClassifierTask)."""
+    """A :class:`ClassifierTask` (same arguments: config, model, objective, schedule, always_on) in Lightning."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        model: nn.Module,
-        objective: nn.Module,
-        schedule: Any | None = None,
-        always_on: list[Any] | None = None,
-    ) -> None:
+    def __init__(self, config: TrainConfig, model: nn.Module, objective: nn.Module, **task: Any) -> None:
         super().__init__()
-        self.config = config
-        self.model = model
-        self.objective = objective
-        self.task = ClassifierTask(config, model, objective, schedule=schedule, always_on=always_on)
+        self.config, self.model, self.objective = config, model, objective  # submodules: "model.*" state keys
+        self.task = ClassifierTask(config, model, objective, **task)
         self.save_hyperparameters({"config": config.to_dict()})
         self._tally: Tensor | None = None  # (4,) sums of EVAL_TALLY over this rank's evaluation batches
 
