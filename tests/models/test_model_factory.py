@@ -86,3 +86,34 @@ def test_pretrained_timm_model_offline_raises_data_not_found(tmp_path, monkeypat
     with pytest.raises(DataNotFoundError, match="pretrained weights for 'resnet18'") as info:
         create_model("resnet18", num_classes=10, pretrained=True, cache_dir=str(tmp_path))
     assert str(tmp_path) in str(info.value) and "pretrained=False" in str(info.value)
+
+
+def test_losslab_models_are_built_as_timm_builds_them() -> None:
+    """create_model builds losslab's architectures from their entrypoints without timm; timm.create_model gives the
+    same module with the same initial weights from the same seed."""
+    import timm
+
+    from losslab.models import create_model
+
+    for name, kwargs in (("cifar_resnet20", {}), ("mlp", {"img_size": 8}), ("small_cnn", {})):
+        torch.manual_seed(0)
+        ours = create_model(name, num_classes=10, in_chans=1, **kwargs)
+        torch.manual_seed(0)
+        theirs = timm.create_model(name, num_classes=10, in_chans=1, **kwargs)
+        assert type(ours) is type(theirs)
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_models_enter_timms_registry_when_timm_is_imported_later() -> None:
+    """Importing losslab.models does not import timm; importing timm afterwards registers losslab's names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import losslab.models; before = 'timm' in sys.modules; import timm; "
+        "print(before, timm.is_model('cifar_resnet20'), timm.is_model('wrn28_10'), "
+        "timm.models.model_entrypoint('small_cnn').__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True", "losslab.models.small_nets"]
