@@ -187,3 +187,30 @@ def test_normalization_experiment_is_the_same_in_both_engines(tmp_path: Path) ->
     model = load_run(followed["plain"].run_dir / "checkpoints" / "last.ckpt").model
     last_recorded = records["plain"][-1, -1]  # (layers,) after the last step of the last epoch
     torch.testing.assert_close(product_frobenius_norms(lowrank_layers(model)), last_recorded, rtol=1e-6, atol=0)
+
+
+def test_plain_engine_stops_a_diverged_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN loss in epoch 1 stops the plain run with TrainingDivergedError before anything of epoch 1 is written;
+    last.ckpt stays the one of epoch 0 and the run can be resumed from it."""
+    from losslab.train.task import ClassifierTask, TrainingDivergedError
+
+    real = ClassifierTask.training_loss
+
+    def nan_in_epoch_1(self, batch, epoch, log):
+        total = real(self, batch, epoch, log)
+        return total * float("nan") if epoch == 1 else total
+
+    monkeypatch.setattr(ClassifierTask, "training_loss", nan_in_epoch_1)
+    cfg = TrainConfig(**{**BASE, "epochs": 3, "val_every": 2}, engine="plain", out_dir=tmp_path, run_name="nan")
+    with pytest.raises(TrainingDivergedError, match="epoch 1"):
+        fit(cfg)
+    run = tmp_path / "nan"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and not (run / "result.json").exists()
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [0]
+    monkeypatch.setattr(ClassifierTask, "training_loss", real)
+    resumed = fit(TrainConfig(**{**BASE, "epochs": 3, "val_every": 2}, engine="plain", resume=run))
+    assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2]
+    assert [r["epoch"] for r in resumed.epochs if "val/acc" in r] == [1, 2]  # every 2nd epoch and the last
