@@ -12,7 +12,7 @@ import torch
 
 from losslab.errors import ConfigError
 from losslab.train import TrainConfig, fit
-from losslab.train.engine import choose_engine, lightning_needs
+from losslab.train.engine import choose_engine, device_problem, lightning_needs
 
 BASE = {
     "dataset": "digits",
@@ -182,6 +182,10 @@ def test_normalization_experiment_is_the_same_in_both_engines(tmp_path: Path) ->
     for engine in ("plain", "lightning"):
         cfg = TrainConfig(**factorized, weight_decay=0.0, normalize=tmp_path / "plain.pt", engine=engine)
         followed[engine] = fit(cfg.model_copy(update={"out_dir": tmp_path, "run_name": f"norm-{engine}"}))
+    for row_p, row_l in zip(followed["plain"].epochs, followed["lightning"].epochs, strict=True):
+        factor_keys = [k for k in row_l if k.startswith("factors/")]
+        assert "factors/lr_over_frob" in factor_keys  # per-epoch statistics use the epoch's own lr in both
+        assert {k: row_p[k] for k in factor_keys} == {k: pytest.approx(row_l[k], rel=1e-6) for k in factor_keys}
     a, b = _weights(followed["plain"].run_dir), _weights(followed["lightning"].run_dir)
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
     model = load_run(followed["plain"].run_dir / "checkpoints" / "last.ckpt").model
@@ -214,3 +218,42 @@ def test_plain_engine_stops_a_diverged_run_and_keeps_the_last_good_checkpoint(
     resumed = fit(TrainConfig(**{**BASE, "epochs": 3, "val_every": 2}, engine="plain", resume=run))
     assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2]
     assert [r["epoch"] for r in resumed.epochs if "val/acc" in r] == [1, 2]  # every 2nd epoch and the last
+
+
+def test_a_resumed_recording_keeps_the_epochs_before_the_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--record-frob-norms with --resume: the record equals the uninterrupted run's (it used to restart)."""
+    from losslab.train import engine_plain
+
+    cfg = {**BASE, "model": "mlp", "rank_scale": 0.5, "frobenius_decay": True, "epochs": 4, "engine": "plain"}
+    fit(TrainConfig(**cfg, record_frob_norms=tmp_path / "whole.pt", out_dir=tmp_path, run_name="whole"))
+    real_append = engine_plain.History.append
+
+    def die_after_epoch_1_row(self, row, extra=()):
+        real_append(self, row, extra)
+        if row and row["epoch"] == 1:
+            raise KeyboardInterrupt  # after the row, before epoch 1's checkpoint: the resume redoes epoch 1
+
+    monkeypatch.setattr(engine_plain.History, "append", die_after_epoch_1_row)
+    cut = TrainConfig(**cfg, record_frob_norms=tmp_path / "cut.pt", out_dir=tmp_path, run_name="cut")
+    with pytest.raises(KeyboardInterrupt):
+        fit(cut)
+    monkeypatch.setattr(engine_plain.History, "append", real_append)
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    resumed = fit(cut.model_copy(update={"resume": tmp_path / "cut"}))
+    assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2, 3]
+    whole, again = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "cut"))
+    assert whole.shape[0] == 4 and torch.equal(whole, again)
+
+
+def test_plain_engine_refuses_bad_hardware_options_before_any_folder(tmp_path: Path) -> None:
+    """Accelerators and device lists the plain engine does not know go to Lightning's checks; a precision the
+    device cannot run is refused by the plain engine; both before the run folder exists."""
+    assert device_problem(TrainConfig(**BASE, accelerator="tpu")) == "accelerator='tpu'"
+    assert device_problem(TrainConfig(**BASE, accelerator="cpu", devices="0,")).startswith("devices='0,' lists GPU")
+    assert device_problem(TrainConfig(**BASE, accelerator="cpu", devices="-1")) == "devices='-1' is not one device"
+    assert device_problem(TrainConfig(**BASE, accelerator="cpu", devices="1")) is None
+    for bad in ({"accelerator": "foo"}, {"accelerator": "cpu", "devices": "0,"}, {"precision": "16-mixed"}):
+        cfg = TrainConfig(**BASE, accelerator=bad.get("accelerator", "cpu"), out_dir=tmp_path, run_name="hw")
+        with pytest.raises(ConfigError):
+            fit(cfg.model_copy(update=bad))
+        assert not (tmp_path / "hw").exists(), bad

@@ -62,9 +62,20 @@ class FrobNormRecorder:
         self._current: list[Tensor] = []
         self._layers: list[LowRankBase] = []
 
-    def start(self, model: nn.Module) -> None:
+    def start(self, model: nn.Module, keep_epochs: int = 0) -> None:
+        """Begin recording; a run resumed at epoch ``keep_epochs`` keeps the epochs already in ``path``."""
+        from losslab.serialization import load_torch_file
+
         self._layers = lowrank_layers(model)
         self._epochs, self._current = [], []
+        if keep_epochs > 0 and self.path.is_file():
+            held = load_torch_file(self.path, what="recorded norms")
+            self._epochs = list(held[:keep_epochs]) if isinstance(held, Tensor) and held.dim() == 3 else []
+            if len(self._epochs) != keep_epochs:
+                raise ConfigError(
+                    f"RecordFrobNorms: the run resumes at epoch {keep_epochs} but {self.path} holds "
+                    f"{len(self._epochs)} recorded epochs; record again from the start (a new run)"
+                )
 
     def after_step(self, epoch: int, batch_idx: int) -> None:
         self._current.append(product_frobenius_norms(self._layers))

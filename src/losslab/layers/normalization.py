@@ -35,7 +35,7 @@ class RecordFrobNorms(Callback):
         return self.recorder.path
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.recorder.start(pl_module)
+        self.recorder.start(pl_module, keep_epochs=trainer.current_epoch)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object, batch_idx: int

@@ -51,15 +51,14 @@ def erasing_of(cfg: TrainConfig) -> Any:
 def training_device(cfg: TrainConfig) -> torch.device:
     """The device the run trains on (for one device: the plain engine's; for ``loader=auto``: the first one).
 
-    ``--accelerator mps`` is Apple's GPU; a CUDA run uses the one listed index (``--devices 1,``) or the current
-    device.
+    ``auto`` is a CUDA GPU if there is one, else Apple's GPU (MPS) if there is one, else the CPU, as in
+    Lightning; a CUDA run uses the one listed index (``--devices 1,``) or the current device.
     """
     accelerator = cfg.accelerator.lower()
-    if accelerator == "mps":
-        return torch.device("mps")
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if not (wants_gpu and torch.cuda.is_available()):
-        return torch.device("cpu")
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return torch.device("mps") if accelerator == "mps" or (accelerator == "auto" and mps) else torch.device("cpu")
     listed = [d for d in cfg.devices.split(",") if d.strip()] if "," in cfg.devices else []
     return torch.device("cuda", int(listed[0]) if len(listed) == 1 else torch.cuda.current_device())
 

@@ -50,6 +50,7 @@ class ClassifierModule(pl.LightningModule):
         self.task = ClassifierTask(config, model, objective, **task)
         self.save_hyperparameters({"config": config.to_dict()})
         self._tally: Tensor | None = None  # (4,) sums of EVAL_TALLY over this rank's evaluation batches
+        self._epoch_lr: float | None = None  # the lr of the epoch in training (factor statistics use it)
 
     # mixup and channels_last are set by fit on the module; they belong to the task
     @property
@@ -88,7 +89,8 @@ class ClassifierModule(pl.LightningModule):
         self.task.detach()
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", self._epoch_lr, on_step=False, on_epoch=True)
         self.task.start_epoch(self.current_epoch)
 
     # ------------------------------------------------------------------ steps
@@ -138,7 +140,8 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self._log_eval_tally("val")
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        # the lr the epoch trained with (Lightning steps the schedule before this validation runs)
+        lr = self._epoch_lr if self._epoch_lr is not None else self.trainer.optimizers[0].param_groups[0]["lr"]
         for key, value in self.task.validation_statistics(lr).items():
             self.log(key, value)
 

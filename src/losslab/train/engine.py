@@ -93,9 +93,17 @@ def check_hardware(cfg: TrainConfig) -> None:
         raise ConfigError(f"num_nodes={cfg.num_nodes!r} must be >= 1")
 
 
+#: The accelerators the plain engine knows; any other name goes to Lightning, which runs or refuses it.
+PLAIN_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 def uses_cuda(cfg: TrainConfig) -> bool:
     accelerator = cfg.accelerator.lower()
     return torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def device_count(cfg: TrainConfig) -> int:
@@ -103,21 +111,56 @@ def device_count(cfg: TrainConfig) -> int:
     devices = parse_devices(cfg.devices)
     if isinstance(devices, list):
         return len(devices)
-    if devices == "auto" or devices == -1:
+    if devices == "auto" or (devices == -1 and uses_cuda(cfg)):
         return torch.cuda.device_count() if uses_cuda(cfg) else 1
     return int(devices)
 
 
+def device_problem(cfg: TrainConfig) -> str | None:
+    """Why the plain engine cannot place ``cfg`` on exactly one device it knows (None: it can)."""
+    accelerator = cfg.accelerator.lower()
+    if accelerator not in PLAIN_ACCELERATORS:
+        return f"accelerator={cfg.accelerator!r}"
+    if accelerator == "mps" and not mps_available():
+        return "accelerator='mps' (not available on this machine)"
+    count = device_count(cfg)
+    if count > 1:
+        return f"devices={cfg.devices!r} means {count} devices (DDP)"
+    if count != 1:
+        return f"devices={cfg.devices!r} is not one device"
+    devices = parse_devices(cfg.devices)
+    if isinstance(devices, list):
+        if not uses_cuda(cfg):
+            return f"devices={cfg.devices!r} lists GPU indices, and this run has no CUDA GPU"
+        if not 0 <= devices[0] < torch.cuda.device_count():
+            return f"devices={cfg.devices!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def precision_problem(cfg: TrainConfig) -> str | None:
+    """Why the plain engine cannot train ``cfg.precision`` on the run's device (None: it can)."""
+    from losslab.train.build import training_device
+
+    device = training_device(cfg)
+    if cfg.precision == "16-mixed" and device.type not in ("cuda", "mps"):
+        return (
+            f"precision='16-mixed' needs a GPU (this run trains on {device}); use --precision bf16-mixed or 32 "
+            "(the Lightning engine would switch to bf16-mixed with a warning)"
+        )
+    return None
+
+
 def lightning_needs(cfg: TrainConfig, callbacks: list[Any] | None) -> list[str]:
-    """Why ``cfg`` needs the Lightning engine (empty: the plain engine can run it)."""
+    """Why ``cfg`` needs the Lightning engine (empty: the plain engine can run it). Hardware options the plain
+    engine does not know go to Lightning too, whose own checks then run them or refuse them before any work."""
     reasons = []
     if callbacks:
         reasons.append("Lightning callbacks were passed to fit()")
     if cfg.num_nodes > 1:
         reasons.append(f"num_nodes={cfg.num_nodes}")
-    count = device_count(cfg)
-    if count != 1:
-        reasons.append(f"devices={cfg.devices!r} means {count} devices (DDP)")
+    placement = device_problem(cfg)
+    if placement is not None:
+        reasons.append(placement)
     if cfg.strategy != "auto":
         reasons.append(f"strategy={cfg.strategy!r}")
     if cfg.logger != "csv":

@@ -7,13 +7,15 @@ Per epoch ``e`` (``losslab.train.engine`` says when ``fit`` picks this engine)::
         zero_grad; with autocast: total = task.training_loss(x, y)
         backward(scale · total); unscale; task.gradient_terms; clip; optimizer step
     a NaN/inf loss in the epoch -> TrainingDivergedError (nothing of this epoch is written)
-    validate (every val_every epochs and the last); schedule.step(e + 1)
-    checkpoints/last.ckpt (+ best.ckpt on a strictly better val/acc); history.json and metrics.csv rows
+    validate (every val_every epochs and the last); history.json and metrics.csv rows
+    schedule.step(e + 1); checkpoints/last.ckpt (+ best.ckpt on a strictly better val/acc)
 
 then the best checkpoint's weights are tested. Step-level scalars are summed on the device (batch-size weighted)
-and read once per epoch, so a step costs no host sync. The order of operations is Lightning's (zero_grad before
+and read once per epoch, so a step costs no host sync. Within a step the order is Lightning's (zero_grad before
 backward; gradient-side terms after the AMP unscale, before clipping), so on CPU both engines train the same
-weights from the same seed. Checkpoints hold the Lightning engine's keys (``state_dict`` with ``model.``/
+weights from the same seed (Lightning steps the schedule before validating, this loop after; neither changes a
+weight). The history row is written before the epoch's checkpoints, so a kill between the two loses nothing: the
+resume redoes the epoch and writes its row again. Checkpoints hold the Lightning engine's keys (``state_dict`` with ``model.``/
 ``objective.`` prefixes, ``hyper_parameters``, ``optimizer_states``, ``lr_schedulers``, ``epoch``,
 ``global_step``) plus ``losslab_engine: plain`` and the best score; they are written atomically after the
 epoch's schedule step, so a resume continues at epoch ``e + 1`` with that epoch's learning rate.
@@ -64,11 +66,8 @@ class Precision:
 
     def __init__(self, precision: str, device: torch.device) -> None:
         self.dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
-        if precision == "16-mixed" and device.type != "cuda":
-            raise ConfigError(
-                f"precision='16-mixed' needs a CUDA device (this run trains on {device}); use --precision bf16-mixed "
-                "or 32"
-            )
+        if precision == "16-mixed" and device.type not in ("cuda", "mps"):  # fit checks this before any work
+            raise ConfigError(f"precision='16-mixed' needs a GPU (this run trains on {device})")
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
 
@@ -217,6 +216,8 @@ class PlainLoop:
         cfg, data = parts.cfg, parts.data
         self.parts, self.cfg, self.data = parts, cfg, data
         self.device = training_device(cfg)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the listed GPU (--devices 1,) is also the current one
         parts.model.to(self.device)
         parts.objective.to(self.device)
         for loader in data.device_loaders():
@@ -257,7 +258,7 @@ class PlainLoop:
         if self.ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
             self.ema.start(self.parts.model, raw_state=raw_state)
         if self.recorder is not None:
-            self.recorder.start(self.parts.model)
+            self.recorder.start(self.parts.model, keep_epochs=self.start)
         if self.follower is not None:
             self.follower.start(self.parts.model, len(self.data.train), self.total_epochs)
 
@@ -349,10 +350,11 @@ class PlainLoop:
                 row = self.train_epoch(epoch)
                 if (epoch + 1) % self.cfg.val_every == 0 or epoch == self.total_epochs - 1:
                     row.update(self.validate())
+                history.append(row)  # first: a resume from the epoch before drops this row and writes it again
                 self.end_epoch(epoch, row)
-                history.append(row)
                 self.progress.close(row)
         finally:
+            self.progress.close({})
             self.task.detach()
         best = self.ckpt_dir / "best.ckpt"
         tested_path = best if best.is_file() else self.ckpt_dir / "last.ckpt"

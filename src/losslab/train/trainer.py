@@ -38,7 +38,7 @@ from losslab.errors import ConfigError
 from losslab.io import write_json_atomic, write_yaml_atomic
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
 from losslab.train.config import TrainConfig
-from losslab.train.engine import RunParts, check_hardware, choose_engine, seed_all
+from losslab.train.engine import RunParts, check_hardware, choose_engine, precision_problem, seed_all
 from losslab.train.recipe import build_mixup
 from losslab.train.run_folder import RunFolder, claim_run_folder, is_child_rank, resolve_resume
 
@@ -176,6 +176,8 @@ def fit(cfg: TrainConfig, callbacks: list[Any] | None = None) -> RunResult:
 
         quiet_lightning()
         check_lightning_options(cfg)
+    elif (problem := precision_problem(cfg)) is not None:
+        raise ConfigError(problem)
     with claim_run_folder(cfg) as run:
         result = _fit_in(cfg, run, engine, why, callbacks)
         run.commit()
