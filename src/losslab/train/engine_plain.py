@@ -15,8 +15,8 @@ and read once per epoch, so a step costs no host sync. Within a step the order i
 backward; gradient-side terms after the AMP unscale, before clipping), so on CPU both engines train the same
 weights from the same seed (Lightning steps the schedule before validating, this loop after; neither changes a
 weight). The history row is written before the epoch's checkpoints, so a kill between the two loses nothing: the
-resume redoes the epoch and writes its row again. Checkpoints hold the Lightning engine's keys (``state_dict`` with ``model.``/
-``objective.`` prefixes, ``hyper_parameters``, ``optimizer_states``, ``lr_schedulers``, ``epoch``,
+resume redoes the epoch and writes its row again. Checkpoints hold the Lightning engine's keys (``state_dict``
+with ``model.``/``objective.`` prefixes, ``hyper_parameters``, ``optimizer_states``, ``lr_schedulers``, ``epoch``,
 ``global_step``) plus ``losslab_engine: plain`` and the best score; they are written atomically after the
 epoch's schedule step, so a resume continues at epoch ``e + 1`` with that epoch's learning rate.
 """
