@@ -194,7 +194,8 @@ def choose_engine(cfg: TrainConfig, callbacks: list[Any] | None, resume_ckpt: Pa
     if wrote == "plain" and needs:
         raise ConfigError(
             f"--resume: {str(resume_ckpt)!r} was written by the plain engine, which cannot run this config "
-            f"({'; '.join(needs)}); resume with the run's original hardware and logger options"
+            f"({'; '.join(needs)}); resume it on one device (--devices 1) with "
+            "--strategy auto and --logger csv"
         )
     if wrote is not None:
         return wrote, f"resuming a checkpoint the {wrote} engine wrote"
