@@ -48,6 +48,11 @@ def erasing_of(cfg: TrainConfig) -> Any:
     return Erasing(cutout=cfg.cutout, reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount)
 
 
+def mps_available() -> bool:
+    """Whether Apple's GPU (MPS) can be used here."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def training_device(cfg: TrainConfig) -> torch.device:
     """The device the run trains on (for one device: the plain engine's; for ``loader=auto``: the first one).
 
@@ -57,8 +62,8 @@ def training_device(cfg: TrainConfig) -> torch.device:
     accelerator = cfg.accelerator.lower()
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if not (wants_gpu and torch.cuda.is_available()):
-        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-        return torch.device("mps") if accelerator == "mps" or (accelerator == "auto" and mps) else torch.device("cpu")
+        use_mps = accelerator == "mps" or (accelerator == "auto" and mps_available())
+        return torch.device("mps") if use_mps else torch.device("cpu")
     listed = [d for d in cfg.devices.split(",") if d.strip()] if "," in cfg.devices else []
     return torch.device("cuda", int(listed[0]) if len(listed) == 1 else torch.cuda.current_device())
 

@@ -12,37 +12,32 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 
 from losslab.errors import ConfigError
-from losslab.io import write_json_atomic
 from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
 from losslab.train.ema import EmaWeights
-from losslab.train.engine import EngineOutcome, RunParts, parse_devices, show_progress
+from losslab.train.engine import EngineOutcome, History, RunParts, Throughput, parse_devices, show_progress
 
 
 class EpochHistory(Callback):
-    """Keeps one row of epoch-level metrics per epoch in ``history.json`` (rewritten atomically each epoch)."""
+    """Keeps one row of epoch-level metrics per epoch in ``history.json`` (:class:`History`, without the CSV)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.history = History(run_dir, keep_before=0, csv=False)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume, trainer.current_epoch is the restored epoch: rows from the lost epoch in flight go.
-        if self.path.exists():
-            previous = json.loads(self.path.read_text())
-            self.rows = [row for row in previous if row["epoch"] < trainer.current_epoch]
+        self.history = History(self.run_dir, keep_before=trainer.current_epoch, csv=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -50,8 +45,7 @@ class EpochHistory(Callback):
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for key, value in trainer.callback_metrics.items():
             row[key] = float(value)
-        self.rows.append(row)
-        write_json_atomic(self.path, self.rows)
+        self.history.append(row)
 
 
 class SavePreregularized(Callback):
@@ -89,50 +83,26 @@ class ValidateEvery(Callback):
         trainer.check_val_every_n_epoch = 1 if validate else 1 << 62
 
 
-class Throughput(Callback):
-    """Training images per second (first batch start to last batch end of each epoch, validation excluded) and
-    the wall-clock time of the first training step."""
+class ThroughputCallback(Callback):
+    """:class:`Throughput` in Lightning's hooks (validation excluded: it runs before ``on_train_epoch_end``)."""
 
     def __init__(self, started: float) -> None:
-        self.started = started
-        self.first_step_s: float | None = None
-        self.first_step_unix: float | None = None
-        self.images = 0
-        self.seconds = 0.0
-        self._t0: float | None = None
-
-    def _now(self, pl_module: pl.LightningModule) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
+        self.clock = Throughput(started)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if self.first_step_s is None:
-            self.first_step_s = time.perf_counter() - self.started
-            self.first_step_unix = time.time()
-        if self._t0 is None:
-            self._t0 = self._now(pl_module)
+        self.clock.device = pl_module.device
+        self.clock.step()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self.images += int(batch[1].shape[0]) * trainer.world_size
+        self.clock.count(int(batch[1].shape[0]) * trainer.world_size)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Validation runs before this hook, so measure the epoch's training part with on_validation_start too.
-        self._stop(pl_module)
+        self.clock.stop()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop(pl_module)
-
-    def _stop(self, pl_module: pl.LightningModule) -> None:
-        if self._t0 is not None:
-            self.seconds += self._now(pl_module) - self._t0
-            self._t0 = None
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        self.clock.stop()
 
 
 def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
@@ -202,7 +172,7 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
     module = ClassifierModule(cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on)
     module.mixup = parts.mixup
     module.channels_last = parts.speed["channels_last"]
-    throughput = Throughput(parts.started)
+    throughput = ThroughputCallback(parts.started)
     ckpt_dir = run_dir / "checkpoints"
     best = RunCheckpoint(
         dirpath=ckpt_dir,
@@ -216,7 +186,7 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
     )
     all_callbacks: list[Callback] = [
         best,
-        EpochHistory(run_dir / "history.json"),
+        EpochHistory(run_dir),
         KeepMetricsHistory(),
         *(callbacks or []),
     ]
@@ -267,9 +237,9 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
         best_path=best_path,
         best_val_acc=best_val_acc,
         rows=rows,
-        images_per_s=throughput.images_per_s,
-        first_step_s=throughput.first_step_s,
-        first_step_unix=throughput.first_step_unix,
+        images_per_s=throughput.clock.images_per_s,
+        first_step_s=throughput.clock.first_step_s,
+        first_step_unix=throughput.clock.first_step_unix,
         writes_results=trainer.is_global_zero,
     )
 

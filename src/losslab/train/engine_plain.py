@@ -24,10 +24,7 @@ epoch's schedule step, so a resume continues at epoch ``e + 1`` with that epoch'
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import os
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +33,11 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError
-from losslab.io import atomic_path, save_torch_atomic, write_json_atomic
+from losslab.io import save_torch_atomic
 from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
 from losslab.train.build import training_device
 from losslab.train.ema import EmaWeights
-from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts, show_progress
+from losslab.train.engine import ENGINE_KEY, EngineOutcome, History, RunParts, Throughput, show_progress
 from losslab.train.task import EVAL_TALLY, ClassifierTask, diverged_error, tally_metrics
 
 
@@ -89,61 +86,6 @@ class Precision:
             self.scaler.update()
         else:
             optimizer.step()
-
-
-class History:
-    """``history.json`` (one row per epoch) and ``metrics.csv`` (the same rows plus the test row), both rewritten
-    atomically; a resumed run keeps the rows of the epochs before the one it restarts."""
-
-    def __init__(self, run_dir: Path, keep_before: int) -> None:
-        self.json_path, self.csv_path = run_dir / "history.json", run_dir / "metrics.csv"
-        self.rows: list[dict[str, Any]] = []
-        if keep_before > 0 and self.json_path.is_file():
-            self.rows = [row for row in json.loads(self.json_path.read_text()) if row["epoch"] < keep_before]
-
-    def append(self, row: dict[str, Any], extra: Iterable[dict[str, Any]] = ()) -> None:
-        if row:
-            self.rows.append(row)
-            write_json_atomic(self.json_path, self.rows)
-        rows = [*self.rows, *extra]
-        keys = ["epoch", "step", *sorted({k for r in rows for k in r} - {"epoch", "step"})]
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-class Throughput:
-    """Training images per second (validation excluded) and the time of the first training step."""
-
-    def __init__(self, started: float, device: torch.device) -> None:
-        self.started, self.device = started, device
-        self.first_step_s: float | None = None
-        self.first_step_unix: float | None = None
-        self.images, self.seconds = 0, 0.0
-        self._t0: float | None = None
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def step(self, images: int) -> None:
-        if self.first_step_s is None:
-            self.first_step_s = time.perf_counter() - self.started
-            self.first_step_unix = time.time()
-        if self._t0 is None:
-            self._t0 = self._now()
-        self.images += images
-
-    def stop(self) -> None:
-        if self._t0 is not None:
-            self.seconds += self._now() - self._t0
-            self._t0 = None
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
 def _to(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -273,7 +215,8 @@ class PlainLoop:
             self.follower.start_epoch()
         for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
             x, y = task.prepare(_to(batch, self.device))  # (B, C, H, W), (B,)
-            self.throughput.step(int(y.shape[0]))
+            self.throughput.step()
+            self.throughput.count(int(y.shape[0]))
             means.batch_size = int(y.shape[0])
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
