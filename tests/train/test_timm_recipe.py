@@ -31,12 +31,19 @@ def printed_config(*args: str) -> dict:
     ("timm_flags", "losslab_flags"),
     [
         (["--sched", "multistep"], ["--scheduler", "multistep"]),
-        (["--data_dir", "/data/imagenet"], ["--data-dir", "/data/imagenet"]),
+        (
+            ["--dataset", "imagenet", "--data_dir", "/data/imagenet"],
+            ["--dataset", "imagenet", "--data-dir", "/data/imagenet"],
+        ),
         (["--amp"], ["--precision", "16-mixed"]),
         (["--amp", "--amp-dtype", "bfloat16"], ["--precision", "bf16-mixed"]),
         (["--smoothing", "0.1"], ["--label-smoothing", "0.1"]),
         (["--clip-grad", "5"], ["--gradient-clip", "5"]),
-        (["--modify-softmax", "0.25"], ["--loss", "sgt", "--sgt-alpha", "0.25"]),
+        # with the SGT fork's parser defaults (parser.py: --warmup-lr 0.01, --min-lr 1e-4)
+        (
+            ["--modify-softmax", "0.25"],
+            ["--loss", "sgt", "--sgt-alpha", "0.25", "--warmup-lr", "0.01", "--min-lr", "1e-4"],
+        ),
         (["--warmup-epochs", "5", "--cooldown-epochs", "2"], ["--warmup-epochs", "5", "--cooldown-epochs", "2"]),
         (["--dali"], []),
     ],
@@ -45,16 +52,20 @@ def test_timm_spelling_gives_the_losslab_config(timm_flags: list[str], losslab_f
     assert printed_config(*timm_flags) == printed_config(*losslab_flags)
 
 
-def test_sgt_recipe_pastes() -> None:
-    """SGT's README command line (less the launcher) is accepted and means SGT with its options."""
+def test_sgt_recipe_pastes(tmp_path: Path) -> None:
+    """SGT's README command line (less the launcher) is accepted and means SGT with its options, on the ImageNet
+    tree its data folder holds."""
+    for split in ("train", "val"):
+        (tmp_path / split / "n01440764").mkdir(parents=True)
     recipe = [
-        *("--data_dir", "/data/imagenet", "--dali", "--amp", "--momentum", "0.9", "--weight-decay", "5e-4"),
+        *("--data_dir", str(tmp_path), "--dali", "--amp", "--momentum", "0.9", "--weight-decay", "5e-4"),
         *("--sched", "cosine", "--model", "resnet18", "--batch-size", "256", "--lr", "1e-1", "--epochs", "90"),
         *("--warmup-epochs", "5", "--cooldown-epochs", "10", "--modify-softmax", "0.25", "--logit-stats"),
     ]
     cfg = printed_config(*recipe)
     assert cfg["loss"] == "sgt" and cfg["sgt_alpha"] == 0.25 and cfg["precision"] == "16-mixed"
     assert cfg["scheduler"] == "cosine" and cfg["cooldown_epochs"] == 10 and cfg["logit_stats"] is True
+    assert cfg["dataset"] == "imagenet" and cfg["data_dir"] == str(tmp_path)
 
 
 def test_modify_softmax_keeps_a_named_loss() -> None:

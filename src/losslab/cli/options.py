@@ -90,7 +90,7 @@ def options_from_model(
             if isinstance(click_type, list):  # a Literal: its values, plus any deprecated ones for this flag
                 click_type = DeprecatedChoice(click_type, flag)
             default = info.get_default(call_default_factory=True)
-            help_text = f"{info.description or ''} [default: {default}]"
+            help_text = help_with_default(info.description or "", default)
             names = [flag, *aliases.get(name, [])]
             if is_flag:
                 names = [f"{flag}/--no-{flag[2:]}", *aliases.get(name, [])]
@@ -100,6 +100,15 @@ def options_from_model(
         return func
 
     return decorate
+
+
+def help_with_default(description: str, default: Any) -> str:
+    """``description`` plus ``[default: X]``; nothing is added for a ``None`` or empty default (the description
+    says what an unset option means, e.g. "default $LOSSLAB_DATA_DIR") or where the description names a default."""
+    if default is None or default == [] or "default" in description.lower():
+        return description
+    shown = ",".join(str(v) for v in default) if isinstance(default, list) else default
+    return f"{description} [default: {shown}]"
 
 
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -185,10 +194,22 @@ class DeprecatedChoice(click.Choice):
 
 
 class LosslabCommand(click.Command):
-    """A click command that accepts the deprecated spellings listed in :data:`DEPRECATED_FLAGS` for it."""
+    """A click command that accepts the deprecated spellings listed in :data:`DEPRECATED_FLAGS` for it and keeps
+    the flags as typed (:func:`typed_flags`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, rename_deprecated(command_key(ctx), args))
+        args = rename_deprecated(command_key(ctx), args)
+        ctx.meta[TYPED_FLAGS] = frozenset(arg.partition("=")[0] for arg in args if arg.startswith("--"))
+        return super().parse_args(ctx, args)
+
+
+TYPED_FLAGS = "losslab.typed_flags"
+
+
+def typed_flags() -> frozenset[str]:
+    """The ``--flags`` of the running :class:`LosslabCommand` as the user spelled them (aliases included)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(TYPED_FLAGS, frozenset()) if ctx is not None else frozenset()
 
 
 def stderr_is_terminal() -> bool:

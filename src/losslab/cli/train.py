@@ -16,6 +16,7 @@ from losslab.cli.options import (
     overwrite_option,
     progress_option,
     resolve_progress,
+    typed_flags,
     write_json_output,
 )
 from losslab.errors import ConfigError
@@ -34,14 +35,27 @@ TRAIN_ALIASES = {
 }
 
 
+#: The SGT fork's own parser defaults that losslab's differ from (bishshoy/softmax-gradient-tampering parser.py,
+#: ``--warmup-lr`` default 0.01 and ``--min-lr`` default 1e-4); they apply when its recipe is pasted
+#: (``--modify-softmax`` spelled as the fork spells it) and the key is not given.
+SGT_PARSER_DEFAULTS: dict[str, float] = {"warmup_lr": 0.01, "min_lr": 1e-4}
+
+
 def timm_recipe_overrides(
-    overrides: dict[str, Any], file_values: dict[str, Any], amp: bool, amp_dtype: str | None
+    overrides: dict[str, Any],
+    file_values: dict[str, Any],
+    amp: bool,
+    amp_dtype: str | None,
+    spellings: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """``overrides`` with timm's recipe flags turned into config keys.
 
     ``--amp`` is ``precision=16-mixed`` (``bf16-mixed`` with ``--amp-dtype bfloat16``), as timm's autocast dtype;
     SGT's ``--modify-softmax A`` (``sgt_alpha``) selects the SGT objective when no loss is named anywhere, as in the
-    SGT fork of timm where that flag alone turns tampering on.
+    SGT fork of timm where that flag alone turns tampering on, and brings the fork's :data:`SGT_PARSER_DEFAULTS`
+    for the keys not given. ``spellings`` are the flags as typed. A data folder is never ignored: without a data
+    set named anywhere, the folder's layout picks it (:func:`losslab.data.layout.dataset_in_folder`); a data set
+    that reads no folder (digits, fake) with a folder is an error.
     """
     from losslab.errors import ConfigError
 
@@ -55,7 +69,28 @@ def timm_recipe_overrides(
         out["precision"] = precision
     if "sgt_alpha" in out and "loss" not in out and "loss" not in file_values:
         out["loss"] = "sgt"
+    if "--modify-softmax" in spellings:
+        for key, value in SGT_PARSER_DEFAULTS.items():
+            if key not in out and key not in file_values:
+                out[key] = value
+    if "resume" not in out:
+        _pick_dataset_from_folder(out, file_values)
     return out
+
+
+def _pick_dataset_from_folder(out: dict[str, Any], file_values: dict[str, Any]) -> None:
+    """Set ``out['dataset']`` from the data folder's layout when no data set is named; refuse an ignored folder."""
+    from losslab.data.layout import check_folder_use, dataset_in_folder
+
+    data_dir = out.get("data_dir", file_values.get("data_dir"))
+    if data_dir is None:
+        return
+    dataset = out.get("dataset", file_values.get("dataset"))
+    if dataset is not None:
+        check_folder_use(str(dataset), Path(data_dir))
+        return
+    found = out["dataset"] = dataset_in_folder(Path(data_dir))
+    click.echo(f"note: data folder {data_dir} holds {found!r}: training on --dataset {found}", err=True)
 
 
 @click.command(cls=LosslabCommand, context_settings={"show_default": False})
@@ -85,6 +120,7 @@ def timm_recipe_overrides(
     is_flag=True,
     help="Accepted so SGT's recipe pastes as is, and ignored: losslab picks its own input pipeline.",
 )
+@click.argument("data_folder", required=False, type=click.Path(path_type=Path), metavar="[DATA_DIR]")
 @options_from_model(TrainConfig, aliases=TRAIN_ALIASES)
 def train(
     config_file: Path | None,
@@ -93,18 +129,25 @@ def train(
     amp_dtype: str | None,
     validate: bool,
     dali: bool,
+    data_folder: Path | None,
     **flags: Any,
 ) -> None:
     """Train an image classifier. With no arguments: the rooted loss on the bundled digits data (~20 s on 2 CPU cores).
 
     Writes a run folder (config, metrics CSV, last/best checkpoints, result.json); --resume RUN continues a
-    killed run.
+    killed run. DATA_DIR (timm's positional data folder) is the same as --data-dir; without --dataset the
+    folder's layout picks the data set (train/<class>/ + val/<class>/ is imagenet).
     """
     from losslab.train.config import is_timm_checkpoint, read_yaml_mapping
 
     file_values = read_yaml_mapping(config_file) if config_file is not None else {}
+    given = given_options(flags)
+    if data_folder is not None:
+        if given.get("data_dir", data_folder) != data_folder:
+            raise click.UsageError(f"DATA_DIR {data_folder} and --data-dir {given['data_dir']} differ: give one")
+        given["data_dir"] = data_folder
     # the config is checked before the heavy imports below
-    overrides = timm_recipe_overrides(given_options(flags), file_values, amp, amp_dtype)
+    overrides = timm_recipe_overrides(given, file_values, amp, amp_dtype, typed_flags())
     if dali:
         click.echo("note: --dali is ignored; losslab chooses its own input pipeline", err=True)
     if validate:

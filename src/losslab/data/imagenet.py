@@ -1,7 +1,9 @@
 """ImageNet-1k (ILSVRC 2012) in ImageFolder layout: ``imagenet/train/<wnid>/*.JPEG`` and ``imagenet/val/<wnid>/*``.
 
 ImageNet cannot be downloaded automatically (its licence needs a sign-in); prepare the class-per-folder layout
-yourself. Classes are the sorted folder names of ``train/``; ``val/`` is losslab's ``test`` split::
+yourself. Classes are the sorted folder names of ``train/``; ``val/`` is losslab's ``test`` split. ``data_dir``
+may hold the ``imagenet/`` folder or be the tree itself (timm's ``--data_dir IMAGENET_DIR``, with ``train/`` and
+``val/`` directly inside)::
 
     source = load_imagenet(data_dir, train=True, download=False)
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from losslab.data.image_files import ImageFiles
+from losslab.data.layout import is_image_folder_tree
 from losslab.data.paths import missing_data_error
 from losslab.errors import DataNotFoundError
 
@@ -26,8 +29,10 @@ def load_image_folder(root: Path, classes: list[str]) -> ImageFiles:
 
 
 def load_imagenet(data_dir: Path, train: bool, download: bool) -> ImageFiles:
-    """The ``train/`` or ``val/`` tree under ``data_dir/imagenet``; classes from ``train/``."""
+    """The ``train/`` or ``val/`` tree under ``data_dir/imagenet`` (or ``data_dir`` itself); classes from ``train/``."""
     root = data_dir / FOLDER
+    if not (root / "train").is_dir() and is_image_folder_tree(data_dir):
+        root = data_dir  # timm's convention: the data folder is the ImageFolder tree itself
     split_dir = root / ("train" if train else "val")
     what = "the ImageFolder tree 'imagenet/' (train/<wnid>/*.JPEG and val/<wnid>/*.JPEG)"
     if not (root / "train").is_dir() or not split_dir.is_dir():
