@@ -75,6 +75,7 @@ def test_an_image_folder_tree_selects_imagenet_and_the_forks_defaults(
     assert cfg["dataset"] == "imagenet" and cfg["data_dir"] == str(tree)
     assert (cfg["warmup_lr"], cfg["min_lr"]) == (SEED_WARMUP_LR, SEED_MIN_LR)
     assert (cfg["loss"], cfg["sgt_alpha"], cfg["precision"]) == ("sgt", 0.25, "16-mixed")
+    assert cfg["optimizer"] == "nesterov"  # parser.py --opt sgd, which timm builds with nesterov=True
     assert "holds 'imagenet'" in err
     # timm's positional data folder means the same
     code, out2, _ = run(["train", str(tree), *SGT_LINE, "--print-config"], capsys)

@@ -6,9 +6,12 @@ Where losslab differs on purpose the study file's header says so; those differen
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from losslab.presets import preset_file, preset_names
 from losslab.study import load_study_spec
@@ -88,6 +91,7 @@ SGT = {
     "loss": "sgt",  # README --modify-softmax
     "logit_stats": True,  # README --logit-stats
     "precision": "16-mixed",  # README --amp
+    "optimizer": "nesterov",  # parser.py --opt default "sgd": timm's create_optimizer_v2 makes SGD(nesterov=True)
 }
 # ellenzhuwang/rooted_loss rlo-dnn/train.py
 RLO = {
@@ -207,3 +211,45 @@ def test_every_preset_names_its_seed_in_its_header(kind: str) -> None:
         # combined_protocol is a regularizer schedule; fnl_iwslt14's differences are kept with the translate config
         if "Not a seed recipe" not in header and name not in ("combined_protocol", "fnl_iwslt14"):
             assert "Difference" in header or "differs" in header or "differ" in header, name
+
+
+def readme_train_recipes() -> dict[str, list[str]]:
+    """The README's ``losslab train`` recipe lines (continuations joined), keyed by their trailing comment."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text().replace("\\\n", " ")
+    recipes = {}
+    for line in text.splitlines():
+        if line.startswith("losslab train ") and "#" in line:
+            command, _, comment = line.partition("#")
+            recipes[comment.strip()] = shlex.split(command)[2:]
+    return recipes
+
+
+REGULQUANT_COMBINED = {**REGULQUANT, "epochs": 110, "scheduler": "multistep", "milestones": [25, 50], "gamma": 0.15}
+README_EXPECTED: dict[str, dict[str, Any]] = {
+    "GPFQ lr study": {**LR_QUANT, "model": "resnet18", "lr": 1e-3},
+    "FNL": {**FNL_RESNET, "model": "cifar_resnet20", "rank_scale": 0.111, "spectral": True, "frobenius_decay": True},
+    "RegulQuant combined": REGULQUANT_COMBINED,
+    "RLO": {key: RLO[key] for key in ("optimizer", "batch_size", "epochs", "weight_decay", "scheduler")}
+    | {"lr": RLO_VIT_LR, "loss": "root"},
+    "SGT recipe": SGT,
+    "SGT's own line, pasted (docs/cli.md)": SGT,
+}
+
+
+@pytest.mark.parametrize("comment", sorted(README_EXPECTED))
+def test_readme_recipes_train_what_the_seeds_trained(comment: str, tmp_path: Path) -> None:
+    """The README's recipe lines, run through ``losslab train --print-config``, give the seeds' key values."""
+    from click.testing import CliRunner
+
+    from losslab.cli import cli
+
+    args = readme_train_recipes()[comment]
+    if "/data/imagenet" in args:  # the SGT lines' data folder: an ImageNet-style tree
+        for split in ("train", "val"):
+            (tmp_path / split / "n01440764").mkdir(parents=True)
+        args = [str(tmp_path) if a == "/data/imagenet" else a for a in args]
+    result = CliRunner().invoke(cli, ["train", *args, "--print-config"])
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(result.stdout)
+    expected = README_EXPECTED[comment]
+    assert {key: cfg[key] for key in expected} == expected

@@ -42,7 +42,18 @@ def printed_config(*args: str) -> dict:
         # with the SGT fork's parser defaults (parser.py: --warmup-lr 0.01, --min-lr 1e-4)
         (
             ["--modify-softmax", "0.25"],
-            ["--loss", "sgt", "--sgt-alpha", "0.25", "--warmup-lr", "0.01", "--min-lr", "1e-4"],
+            [
+                "--loss",
+                "sgt",
+                "--sgt-alpha",
+                "0.25",
+                "--warmup-lr",
+                "0.01",
+                "--min-lr",
+                "1e-4",
+                "--optimizer",
+                "nesterov",
+            ],
         ),
         (["--warmup-epochs", "5", "--cooldown-epochs", "2"], ["--warmup-epochs", "5", "--cooldown-epochs", "2"]),
         (["--dali"], []),

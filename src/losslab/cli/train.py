@@ -35,10 +35,10 @@ TRAIN_ALIASES = {
 }
 
 
-#: The SGT fork's own parser defaults that losslab's differ from (bishshoy/softmax-gradient-tampering parser.py,
-#: ``--warmup-lr`` default 0.01 and ``--min-lr`` default 1e-4); they apply when its recipe is pasted
-#: (``--modify-softmax`` spelled as the fork spells it) and the key is not given.
-SGT_PARSER_DEFAULTS: dict[str, float] = {"warmup_lr": 0.01, "min_lr": 1e-4}
+#: The SGT fork's own parser defaults that losslab's differ from (bishshoy/softmax-gradient-tampering parser.py:
+#: ``--warmup-lr`` 0.01, ``--min-lr`` 1e-4, ``--opt sgd``, which timm's optimizer factory builds as Nesterov SGD);
+#: they apply when its recipe is pasted (``--modify-softmax`` spelled as the fork spells it) and the key is not given.
+SGT_PARSER_DEFAULTS: dict[str, Any] = {"warmup_lr": 0.01, "min_lr": 1e-4, "optimizer": "nesterov"}
 
 
 def timm_recipe_overrides(
