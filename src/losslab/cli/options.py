@@ -233,6 +233,14 @@ def resolve_progress(progress: bool | None) -> bool:
     return stderr_is_terminal() if progress is None else progress
 
 
+def progress_mode(progress: bool | None) -> bool | str:
+    """``--progress`` for work that can report in plain lines: the user's choice, else a bar on a terminal and
+    ``"lines"`` (one stderr line per group of steps, :data:`losslab.quant.engine.LINES`) in logs and pipes."""
+    if progress is not None:
+        return progress
+    return True if stderr_is_terminal() else "lines"
+
+
 def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--json FILE`` (``-`` or a bare ``--json``: stdout), passed to the command as ``json_path``."""
     return click.option(

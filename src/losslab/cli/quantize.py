@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from losslab.cli.method_options import QuantizeCommand, check_output, given_method_options
-from losslab.cli.options import progress_option, resolve_progress
+from losslab.cli.options import progress_mode, progress_option
 from losslab.errors import ConfigError
 from losslab.quant.bits import BITS_RANGE, parse_bits
 
@@ -128,7 +128,7 @@ def quantize(
         out=json_path,
         save_packed=save_packed,
         overwrite=overwrite,
-        progress=resolve_progress(progress),
+        progress=progress_mode(progress),
     )
     click.echo(report["table"])
     click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
@@ -163,7 +163,7 @@ def quantize_checkpoint(
     out: Path | None = None,
     save_packed: Path | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Quantize ``checkpoint`` with every method config, evaluate each, write the JSON; returns the report dict.
 

@@ -208,7 +208,7 @@ class WalkSource:
         *,
         seed: int,
         metrics: bool,
-        progress: bool,
+        progress: bool | str,
         label: str,
     ) -> None:
         self.base, self.qmodel, self.plan, self.batches, self.walker = base, qmodel, plan, batches, walker
@@ -220,7 +220,7 @@ class WalkSource:
         self._index = -1
 
     def units(self) -> Iterator[list[LayerJob]]:
-        for index, name in enumerate(tqdm(list(self.plan), desc=self.label, disable=not self.progress, leave=False)):
+        for index, name in layer_progress(list(self.plan), self.progress, self.label):
             self._index = index
             layer = self.qmodel.get_submodule(name)
             kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
@@ -256,6 +256,29 @@ class WalkSource:
         return wqs
 
 
+#: ``progress`` value for one plain stderr line per group of layers (logs, pipes), instead of a tqdm bar.
+LINES = "lines"
+
+
+def layer_progress(names: list[str], progress: bool | str, label: str, lines: int = 10) -> Iterator[tuple[int, str]]:
+    """``enumerate(names)`` with progress on stderr: a tqdm bar (``progress=True``), nothing (``False``), or
+    (``"lines"``) one line per group of about ``len(names) / lines`` layers, printed once the group is quantized::
+
+        gpfq 4-bit: 12/54 layers quantized (layer2.0.conv1), 3.1 s
+    """
+    if progress != LINES:
+        yield from enumerate(tqdm(names, desc=label, disable=not progress, leave=False))
+        return
+    import sys
+
+    every, start = max(1, -(-len(names) // lines)), time.perf_counter()
+    for index, name in enumerate(names):
+        yield index, name
+        if (index + 1) % every == 0 or index + 1 == len(names):
+            elapsed = time.perf_counter() - start
+            print(f"{label}: {index + 1}/{len(names)} layers quantized ({name}), {elapsed:.1f} s", file=sys.stderr)
+
+
 def _run_one(
     base: nn.Module,
     plan: dict[str, QuantMethod | None],
@@ -265,7 +288,7 @@ def _run_one(
     act_bits: int | None,
     seed: int,
     metrics: bool,
-    progress: bool,
+    progress: bool | str,
     label: str,
 ) -> tuple[nn.Module, list[LayerReport], dict[str, list[WeightQuant]], dict[str, tuple[float, float]], int]:
     qmodel = copy.deepcopy(base)
@@ -294,7 +317,7 @@ def quantize_many(
     fold_bn: bool = False,
     act_bits: int | None = None,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     *,
     seed: int = 0,
     metrics: bool = True,
@@ -382,7 +405,7 @@ def quantize(
     fold_bn: bool = False,
     act_bits: int | None = None,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     *,
     seed: int = 0,
     metrics: bool = True,
@@ -402,7 +425,8 @@ def quantize(
         act_bits: if set, per-tensor fake-quantize each quantized layer's input with min/max ranges calibrated
             on ``calib`` after the weights are quantized; default weight-only.
         device: where to run (default: the model's device).
-        progress: tqdm bar over layers.
+        progress: a tqdm bar over layers (True), nothing (False), or ``"lines"``: one stderr line per group of
+            layers, for logs and pipes (:func:`layer_progress`).
         seed: seed for random parts (layer i uses ``seed + 2i``: incoherence U/V seeds, dither, stochastic
             rounding; legacy GPFQ patch sampling uses ``seed``).
         metrics: accumulate the float-network XᵀX per layer for the proxy loss (extra cost for RTN/PWLQ).

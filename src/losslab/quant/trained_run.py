@@ -151,7 +151,7 @@ class TrainedRun:
         seed: int = 0,
         calib_seed: int | None = None,
         calib_name: str | None = None,
-        progress: bool = False,
+        progress: bool | str = False,
     ) -> Iterator[QuantizedPoint]:
         """Quantize the model with every method (one calibration cache per group) and evaluate each result.
 
