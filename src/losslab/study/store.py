@@ -1,10 +1,12 @@
 """The results store of a study: one SQLite file (``study.db``) in the study folder, read by the report.
 
-Every finished job is written in one transaction (WAL mode), so a killed study keeps everything it finished and
-a half-written job never appears. The file records its schema version; a folder written by an incompatible
-losslab, or a file that is not a readable SQLite database, raises :class:`StudyStoreError` and is never
-modified. :meth:`StudyStore.open` (status, table, report) opens the file read-only (SQLite ``mode=ro``), so a
-study on a read-only disk or copied without write permission can still be inspected::
+Every finished job is written in one transaction (WAL mode while the study runs; a clean close checkpoints the WAL
+and returns the file to rollback journaling, so a finished study folder holds ``study.db`` alone), so a killed
+study keeps everything it finished and a half-written job never appears. The file records its schema version; a
+folder written by an incompatible losslab, or a file that is not a readable SQLite database, raises
+:class:`StudyStoreError` and is never modified. :meth:`StudyStore.open` (status, table, report) opens the file
+read-only (SQLite ``mode=ro``), so a study on a read-only disk or copied without write permission can still be
+inspected::
 
     from losslab.study import StudyStore
     with StudyStore.open("study_runs/quickstart") as store:
@@ -96,9 +98,10 @@ def db_path(path: str | Path) -> Path:
 class StudyStore:
     """An open study database. Use :meth:`open` (existing) or :meth:`create` (new or existing)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False) -> None:
         self._conn = conn
         self.path = path
+        self.readonly = readonly
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -152,10 +155,19 @@ class StudyStore:
             raise
         if not readonly:
             conn.execute("PRAGMA foreign_keys=ON")
-        return cls(conn, file)
+        return cls(conn, file, readonly)
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the connection. A writer first copies the WAL into the database and switches back to rollback
+        journaling, so a finished study leaves only ``study.db`` (no ``-wal``/``-shm`` files) and read-only readers
+        need no WAL index. While another connection reads, SQLite keeps WAL mode (nothing is lost either way)."""
+        if not self.readonly:
+            try:
+                self._conn.execute("PRAGMA busy_timeout=200")  # a reader still open: do not wait for it
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass  # busy: the next writer or reader finds the WAL and uses it
         self._conn.close()
 
     def __enter__(self) -> StudyStore:
