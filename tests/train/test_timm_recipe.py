@@ -13,7 +13,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from losslab.cli import cli
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, LosslabError
 from losslab.objectives import create
 from losslab.train import TrainConfig, fit
 from losslab.train.build import build_model
@@ -231,3 +231,21 @@ def test_resume_from_a_timm_checkpoint_starts_from_its_weights(tmp_path: Path) -
         assert torch.equal(built.state_dict()[key], value)
     with pytest.raises(Exception, match="does not fit"):
         build_model(TrainConfig(model="small_cnn", initial_checkpoint=path), _digits_spec())
+
+
+def test_a_mismatched_timm_checkpoint_names_the_keys_and_shapes(tmp_path: Path) -> None:
+    """The error lists what does not fit (counts, first keys, both shapes), not only torch's header line."""
+    from losslab.models import create_model
+    from losslab.train.checkpoint import load_timm_checkpoint
+
+    path, model = _timm_file(tmp_path)
+    head = [k for k, v in model.state_dict().items() if v.shape[0] == 10]  # the 10-class classifier's tensors
+    assert head
+    four = create_model("mlp", num_classes=4, in_chans=1, img_size=8)
+    with pytest.raises(LosslabError, match="does not fit") as info:
+        load_timm_checkpoint(four, path)
+    message = str(info.value)
+    assert f"{len(head)} shape mismatch(es), checkpoint vs model" in message
+    first = head[0]
+    assert f"{first} {tuple(model.state_dict()[first].shape)} vs {tuple(four.state_dict()[first].shape)}" in message
+    assert "Error(s) in loading" not in message and "\n" not in message

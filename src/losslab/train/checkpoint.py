@@ -173,14 +173,34 @@ def timm_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
 def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> nn.Module:
     """Load a timm checkpoint's weights into ``model`` (strict); a mismatch names the checkpoint and the keys."""
     state = timm_state_dict(path, use_ema=use_ema)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
         raise LosslabError(
-            f"timm checkpoint {str(path)!r} does not fit {type(model).__name__}: {str(exc).splitlines()[0]} "
+            f"timm checkpoint {str(path)!r} does not fit {type(model).__name__}: {mismatch} "
             "(build the same architecture and number of classes it was trained with)"
-        ) from None
+        )
+    model.load_state_dict(state, strict=True)
     return model
+
+
+def state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], show: int = 3) -> str:
+    """What keeps ``given`` from loading strictly into a model whose state dict is ``own`` ("" when it fits):
+    the counts of missing keys, unexpected keys and shape mismatches, each with its first ``show`` entries."""
+    shapes = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
+    ]
+    groups = (
+        ("missing key(s)", [k for k in own if k not in given]),
+        ("unexpected key(s)", [k for k in given if k not in own]),
+        ("shape mismatch(es), checkpoint vs model", shapes),
+    )
+    return "; ".join(
+        f"{len(items)} {label}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
+        for label, items in groups
+        if items
+    )
 
 
 def load_timm_run(
