@@ -24,6 +24,7 @@ epoch's checkpoint is written.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ def speed_settings(cfg: TrainConfig, model: nn.Module, regularizers: list[Any]) 
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.compile:
+        if not cuda:  # inductor's C++ backend imports cpp_extension, which warns "No CUDA runtime is found" on CPU
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         model.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     return {"tf32": bool(cuda and cfg.tf32), "channels_last": bool(channels_last), "compiled": cfg.compile}
 
