@@ -17,6 +17,7 @@ before any work by :func:`check_output`.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,19 @@ __all__ = [
 ]
 
 
-def method_click_options() -> list[click.Option]:
-    """One click option per method option (help names the methods it applies to)."""
+def method_click_options(methods: Collection[str] | None = None) -> list[click.Option]:
+    """One click option per method option that applies to one of ``methods`` (every method when None), its help
+    naming those methods and their defaults (a ``None`` default shown as ``none``, the value that means it)."""
     from losslab.quant.methods import method_options
 
     params: list[click.Option] = []
     for option in method_options():
-        defaults = dict(option.defaults)
-        shown = sorted({repr(v) for v in defaults.values()})
-        help_text = f"{option.help} [{', '.join(option.methods)}; default {' / '.join(shown)}]"
+        applies = [m for m in option.methods if methods is None or m in methods]
+        if not applies:  # a method the command does not offer: the flag could only ever be refused
+            continue
+        defaults = {m: v for m, v in dict(option.defaults).items() if m in applies}
+        shown = sorted({"none" if v is None else repr(v) for v in defaults.values()})
+        help_text = f"{option.help} [{', '.join(applies)}; default {' / '.join(shown)}]"
         if option.is_bool:
             decl = f"{option.flag}/--no-{option.flag[2:]}"
             params.append(click.Option([decl, option.name], default=None, help=help_text))
@@ -73,7 +78,10 @@ class MethodOptionsCommand(LosslabCommand):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not self._method_params_added:
             self._declared_count = len(self.params)
-            self.params.extend(method_click_options())
+            offered = next(
+                (p.type.choices for p in self.params if "--method" in p.opts and hasattr(p.type, "choices")), None
+            )
+            self.params.extend(method_click_options(offered))
             self._method_params_added = True
         return super().get_params(ctx)
 

@@ -80,11 +80,10 @@ def timm_recipe_overrides(
 
 def _pick_dataset_from_folder(out: dict[str, Any], file_values: dict[str, Any]) -> None:
     """Set ``out['dataset']`` from the data folder's layout when no data set is named; refuse an ignored folder."""
-    from losslab.data.layout import check_folder_use, dataset_in_folder
-
     data_dir = out.get("data_dir", file_values.get("data_dir"))
     if data_dir is None:
         return
+    from losslab.data.layout import check_folder_use, dataset_in_folder  # imports torch: only with a folder
     dataset = out.get("dataset", file_values.get("dataset"))
     if dataset is not None:
         check_folder_use(str(dataset), Path(data_dir))
