@@ -76,6 +76,7 @@ def test_an_image_folder_tree_selects_imagenet_and_the_forks_defaults(
     assert (cfg["loss"], cfg["sgt_alpha"], cfg["precision"]) == ("sgt", 0.25, "16-mixed")
     assert cfg["optimizer"] == "nesterov"  # parser.py --opt sgd, which timm builds with nesterov=True
     assert "holds 'imagenet'" in err
+    assert "the SGT fork's own defaults apply: --warmup-lr 0.01 --min-lr 0.0001 --optimizer nesterov" in err
     # timm's positional data folder means the same
     code, out2, _ = run(["train", str(tree), *SGT_LINE, "--print-config"], capsys)
     assert code == 0 and yaml.safe_load(out2) == cfg
