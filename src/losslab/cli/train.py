@@ -69,14 +69,14 @@ def timm_recipe_overrides(
         out["precision"] = precision
     if "sgt_alpha" in out and "loss" not in out and "loss" not in file_values:
         out["loss"] = "sgt"
+    if "resume" not in out:
+        _pick_dataset_from_folder(out, file_values)
     if "--modify-softmax" in spellings:
         taken = {k: v for k, v in SGT_PARSER_DEFAULTS.items() if k not in out and k not in file_values}
         out.update(taken)
         if taken:
             flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items())
             click.echo(f"note: --modify-softmax: the SGT fork's own defaults apply: {flags}", err=True)
-    if "resume" not in out:
-        _pick_dataset_from_folder(out, file_values)
     return out
 
 
