@@ -86,6 +86,7 @@ def _pick_dataset_from_folder(out: dict[str, Any], file_values: dict[str, Any]) 
     if data_dir is None:
         return
     from losslab.data.layout import check_folder_use, dataset_in_folder  # imports torch: only with a folder
+
     dataset = out.get("dataset", file_values.get("dataset"))
     if dataset is not None:
         check_folder_use(str(dataset), Path(data_dir))
