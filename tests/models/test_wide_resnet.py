@@ -28,13 +28,16 @@ def wrn_param_count(depth: int, width: int, classes: int) -> int:
     return total + _bn(c_in) + c_in * classes + classes
 
 
-def resnet_param_count(widths: tuple[int, int, int], n: int, classes: int) -> int:
-    """He et al.'s CIFAR ResNet with option-A (parameter-free) shortcuts."""
+def resnet_param_count(widths: tuple[int, int, int], n: int, classes: int, conv_shortcut: bool = False) -> int:
+    """He et al.'s CIFAR ResNet: option-A (parameter-free) shortcuts, or option B (1x1 conv without bias + BN where
+    the channel count changes), as the FNL seed's EigenDamage-Pytorch/models/resnet.py BasicBlock builds them."""
     total, c_in = 3 * widths[0] * 9 + _bn(widths[0]), widths[0]
     for c in widths:
         for i in range(n):
             cin = c_in if i == 0 else c
             total += 9 * cin * c + 9 * c * c + 2 * _bn(c)
+            if conv_shortcut and cin != c:
+                total += cin * c + _bn(c)
         c_in = c
     return total + c_in * classes + classes
 
@@ -61,7 +64,9 @@ def test_eigendamage_resnet32_widths_and_count() -> None:
         model = timm.create_model("cifar_resnet32_wide", num_classes=10)
     assert [model.layer1[0].conv1.out_channels, model.layer2[0].conv1.out_channels] == [64, 128]
     assert model.layer3[-1].conv2.out_channels == 256 and len(model.layer3) == 5
-    assert _count("cifar_resnet32_wide") == resnet_param_count((64, 128, 256), 5, 10)
+    assert isinstance(model.layer2[0].shortcut[0], torch.nn.Conv2d)  # the seed's 1x1 downsample + bn3
+    assert _count("cifar_resnet32_wide") == resnet_param_count((64, 128, 256), 5, 10, conv_shortcut=True)
+    assert resnet_param_count((64, 128, 256), 5, 10, True) - resnet_param_count((64, 128, 256), 5, 10) == 41_728
     assert _count("cifar_resnet32") == resnet_param_count((16, 32, 64), 5, 10)  # the formula's own check
 
 

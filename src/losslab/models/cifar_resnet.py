@@ -27,9 +27,17 @@ class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet of depth 6n+2 (n BasicBlocks per stage). Input (N, in_chans, H, W), output logits."""
 
     def __init__(
-        self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64)
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, ...] = (16, 32, 64),
+        shortcut: str = "A",
     ):
+        """``shortcut``: "A" zero-pads (He et al.'s CIFAR choice), "B" is a 1x1 conv + BatchNorm where shapes change."""
         super().__init__()
+        if shortcut not in ("A", "B"):
+            raise ConfigError(f"shortcut={shortcut!r} is not allowed: use 'A' (zero-pad) or 'B' (1x1 conv + BN)")
         if depth < 8 or (depth - 2) % 6:
             raise ConfigError(f"depth={depth} is not allowed: CIFAR ResNets have depth 6n+2 (20, 32, 44, 56, 110)")
         n = (depth - 2) // 6
@@ -37,9 +45,9 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         planes = widths[0]
-        self.layer1, planes = make_stage(BasicBlock, planes, widths[0], n, 1, "A")
-        self.layer2, planes = make_stage(BasicBlock, planes, widths[1], n, 2, "A")
-        self.layer3, planes = make_stage(BasicBlock, planes, widths[2], n, 2, "A")
+        self.layer1, planes = make_stage(BasicBlock, planes, widths[0], n, 1, shortcut)
+        self.layer2, planes = make_stage(BasicBlock, planes, widths[1], n, 2, shortcut)
+        self.layer3, planes = make_stage(BasicBlock, planes, widths[2], n, 2, shortcut)
         self.linear = nn.Linear(planes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):

@@ -10,8 +10,9 @@ in timm's registry; other sizes through ``WideResNet(depth, width)``::
     wrn = timm.create_model("wide_resnet28_10", num_classes=10)            # also: wrn28_10
     r32 = timm.create_model("cifar_resnet32_wide", num_classes=10)         # EigenDamage's ResNet-32, 64/128/256
 
-``cifar_resnet32_wide`` is He et al.'s CIFAR ResNet-32 (option-A shortcuts, :mod:`losslab.models.cifar_resnet`)
-at 4x width, stage widths 64/128/256 as in EigenDamage (Wang et al. 2019, §5) and FNL's model-compression table.
+``cifar_resnet32_wide`` is He et al.'s CIFAR ResNet-32 (:mod:`losslab.models.cifar_resnet`) at 4x width, stage
+widths 64/128/256, as EigenDamage (Wang et al. 2019, §5) and FNL's model-compression table build it: option-B
+shortcuts (a 1x1 conv + BatchNorm where the shape changes, as the seed's ``EigenDamage-Pytorch/models/resnet.py``).
 """
 
 from __future__ import annotations
@@ -121,5 +122,5 @@ def wrn28_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
 
 @register_model
 def cifar_resnet32_wide(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """EigenDamage's ResNet-32 for CIFAR: 5 BasicBlocks per stage with 64/128/256 channels (7.4 M parameters)."""
-    return build("cifar_resnet32_wide", CifarResNet, pretrained, kwargs, depth=32, widths=(64, 128, 256))
+    """EigenDamage's ResNet-32 for CIFAR: 5 BasicBlocks per stage with 64/128/256 channels, 1x1-conv shortcuts."""
+    return build("cifar_resnet32_wide", CifarResNet, pretrained, kwargs, depth=32, widths=(64, 128, 256), shortcut="B")
