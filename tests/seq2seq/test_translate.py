@@ -86,8 +86,8 @@ def test_beam_search_finds_a_better_scored_hypothesis_than_greedy() -> None:
 
 def test_factorized_parameter_count_is_the_closed_form() -> None:
     vocab = 50
-    cfg = TranslateConfig(arch="toy", rank_scale=0.25, spectral=True, vocab_size=vocab)
-    dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), vocab)
+    cfg = TranslateConfig(arch="toy", ffn_rank_scale=0.25, spectral=True, vocab_size=vocab)
+    dense = build_model(cfg.model_copy(update={"ffn_rank_scale": None, "spectral": False}), vocab)
     model = build_model(cfg, vocab)
     d, f, layers = 64, 128, 4  # toy preset: d_model 64, ffn 128, 2 encoder + 2 decoder layers
     r = round(0.25 * min(d, f))  # 16 for both fc1 (f×d) and fc2 (d×f)

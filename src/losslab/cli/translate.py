@@ -21,30 +21,25 @@ import click
 
 from losslab.cli.options import LosslabCommand, given_options, options_from_model
 from losslab.errors import ConfigError
-from losslab.seq2seq.config import SEED_ALIASES, TranslateConfig
+from losslab.seq2seq.config import (
+    FAIRSEQ_FLAGS,
+    MAX_BEAM,
+    SEED_ALIASES,
+    TranslateConfig,
+    check_seed_frobenius_decay,
+    fairseq_overrides,
+)
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _training_device(accelerator: str, devices: int) -> str:
     """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
-    import torch
+    from losslab.device import torch_device
 
     if devices != 1:
         raise ConfigError(f"--devices {devices}: losslab translate trains on one device; use --devices 1")
-    if accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--accelerator {accelerator}: no CUDA device is visible; use --accelerator cpu")
-        return "cuda"
-    return accelerator
+    return str(torch_device({"gpu": "cuda"}.get(accelerator, accelerator), flag="--accelerator"))
 
 
 def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
@@ -57,8 +52,24 @@ def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
         path = resolve_yaml(config_file, "configs")
         values = yaml.safe_load(Path(path).read_text()) or {}
         values = values.get("translate", values)
+    seed_flags = {key: flags.pop(key, None) for key in [_fairseq_key(f) for f in FAIRSEQ_FLAGS]}
+    values.update(fairseq_overrides(seed_flags))
     values.update(given_options(flags))
     return TranslateConfig.build(**values)
+
+
+def _fairseq_key(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def _fairseq_options(func: Any) -> Any:
+    """The seed's other fairseq flags (:data:`FAIRSEQ_FLAGS`): mapped to config values or refused with the fix."""
+    for flag, help_text in reversed(FAIRSEQ_FLAGS.items()):
+        if flag == "--no-epoch-checkpoints":
+            func = click.option(flag, _fairseq_key(flag), is_flag=True, default=None, help=help_text)(func)
+        else:
+            func = click.option(flag, _fairseq_key(flag), default=None, metavar="VALUE", help=help_text)(func)
+    return func
 
 
 def _out_dir(out_dir: str, overwrite: bool, resume: bool) -> Path:
@@ -93,14 +104,24 @@ def _common_out(func: Any) -> Any:
     func = _progress_option(func)
     func = click.option("--overwrite", is_flag=True, help="Replace an existing --out-dir.")(func)
     func = click.option("--resume", is_flag=True, help="Continue the run in --out-dir from checkpoint_last.pt.")(func)
-    func = click.option("--devices", type=int, default=1, show_default=True, help="Number of devices (only 1).")(func)
+    func = click.option(
+        "--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Number of devices (only 1)."
+    )(func)
     func = click.option(
         "--accelerator", type=click.Choice(ACCELERATORS), default="auto", show_default=True, help="cpu, gpu or auto."
     )(func)
     return click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Run folder.")(func)
 
 
-@translate.command("train", cls=LosslabCommand)
+class _TrainCommand(LosslabCommand):
+    """``translate train``: also refuses the seed's ``--frobenius-decay FLOAT`` with the losslab spelling."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        check_seed_frobenius_decay(args)
+        return super().parse_args(ctx, args)
+
+
+@translate.command("train", cls=_TrainCommand)
 @_common_out
 @click.option("--config", "config_file", default=None, help="YAML file (or shipped name) of config keys.")
 @click.option("--src-file", type=click.Path(), default=None, help="Training source text, one sentence per line.")
@@ -112,6 +133,7 @@ def _common_out(func: Any) -> Any:
 @click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
 @click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
 @options_from_model(TranslateConfig, aliases=SEED_ALIASES)
+@_fairseq_options
 def train_cmd(
     out_dir: str,
     overwrite: bool,
@@ -175,28 +197,31 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, exists=True), help="Trained run folder.")
 @click.option("--src-file", type=click.Path(), required=True, help="Source text, one sentence per line.")
 @click.option("--tgt-file", type=click.Path(), required=True, help="Reference translations, aligned.")
-@click.option("--beam", type=int, default=None, help="Beam size (default: the run's, 5).")
-@click.option("--lenpen", type=float, default=None, help="Length penalty (default: the run's).")
-@click.option("--device", default=None, help="Torch device (default: cuda if available).")
+@click.option("--beam", type=int, default=None, help=f"Beam size, 1..{MAX_BEAM} (default: the run's, 5).")
+@click.option("--lenpen", type=float, default=None, help="Length penalty, 0..10 (default: the run's).")
+@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N (default: cuda if available).")
 @click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
 @_progress_option
 def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
              device: str | None, json_file: str | None, progress: bool | None) -> None:  # fmt: skip
-    """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature."""
+    """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature.
+
+    With ``--json -`` stdout holds the JSON only (the summary lines go to stderr)."""
+    from losslab.device import torch_device
     from losslab.seq2seq.data import read_parallel
     from losslab.seq2seq.train import bleu_of, load_run
 
+    dev = torch_device(device)
     pairs = read_parallel(Path(src_file), Path(tgt_file))
-    dev = _device(device)
     model, tok, cfg = load_run(Path(out_dir), dev)
-    if lenpen is not None:
-        cfg = cfg.model_copy(update={"lenpen": lenpen})
-    import torch
-
-    result = bleu_of(model, tok, pairs, cfg, torch.device(dev), beam=beam, progress=_show(progress))
+    asked = given_options({"beam": beam, "lenpen": lenpen})
+    cfg = TranslateConfig.build(**{**cfg.model_dump(), **asked})  # the config's ranges check --beam and --lenpen
+    result = bleu_of(model, tok, pairs, cfg, dev, progress=_show(progress))
     result["tokenizer"] = tok.describe()
-    click.echo(f"tokenizer: {result['tokenizer']}")
-    click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)")
+    to_stderr = json_file == "-"
+    click.echo(f"tokenizer: {result['tokenizer']}", err=to_stderr)
+    click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)",
+               err=to_stderr)  # fmt: skip
     if json_file == "-":
         click.echo(json.dumps(result, indent=2))
     elif json_file:
@@ -207,26 +232,40 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
-@click.option("--epochs", type=int, default=12, show_default=True, help="Training epochs on the toy pair.")
-def demo_cmd(
-    out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, progress: bool | None, epochs: int
-) -> None:
-    """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training."""
+@click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True, help="Training epochs.")
+@click.option(
+    "--rank-scale",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
+    "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",
+)
+def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, progress: bool | None,
+             epochs: int, rank_scale: float | None) -> None:  # fmt: skip
+    """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training.
+
+    ``--rank-scale 0.5`` trains the FNL factorized model instead and prints both parameter counts."""
     import torch
 
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import bleu_of, build_model, train_translation
 
     dev = torch.device(_training_device(accelerator, devices))
+    fnl = {} if rank_scale is None else {"rank_scale": rank_scale, "spectral": True, "frobenius_decay": True}
+    cfg = TranslateConfig.build(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
+                                max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl)  # fmt: skip
     path = _out_dir(out_dir, overwrite, resume)
-    cfg = TranslateConfig(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs, max_tokens=1024,
-                          normalize_before=True, eval_batch_size=100)  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
     from losslab.seq2seq.tokenizer import SubwordTokenizer
 
     tok = SubwordTokenizer.train([t for p in corpus["train"] for t in p], cfg.vocab_size)
     torch.manual_seed(cfg.seed)
-    untrained = bleu_of(build_model(cfg, tok.vocab_size).to(dev), tok, corpus["test"], cfg, dev)
+    untrained_model = build_model(cfg, tok.vocab_size).to(dev)
+    if rank_scale is not None:
+        dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), tok.vocab_size)
+        n_dense, n_fnl = (sum(p.numel() for p in m.parameters()) for m in (dense, untrained_model))
+        click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, {n_fnl / n_dense:.3f}x)")
+    untrained = bleu_of(untrained_model, tok, corpus["test"], cfg, dev)
     click.echo(f"untrained test: {untrained['bleu_text']}")
     result = train_translation(cfg, corpus, path, device=dev, resume=resume, log=click.echo, progress=_show(progress))
     src, ref = corpus["test"][0]

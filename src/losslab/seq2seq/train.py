@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from losslab.regularizers.base import Regularizer
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import Corpus, collate, token_batches
-from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer
+from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_attention_dim, fnl_factorize
 from losslab.seq2seq.search import beam_search
 from losslab.seq2seq.tokenizer import SubwordTokenizer
 
@@ -46,17 +47,33 @@ def label_smoothed_ce(logits: Tensor, labels: Tensor, eps: float) -> Tensor:
     return ((1.0 - eps - eps_i) * nll + eps_i * (-logp.sum(-1))).mean()
 
 
-def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
-    """The preset model, factorized and rebalanced as ``cfg`` asks (attention projections stay dense)."""
-    overrides = {"normalize_before": cfg.normalize_before}
+def model_config(cfg: TranslateConfig, vocab_size: int) -> ModelConfig:
+    """The preset's sizes with the run's dropout, norm placement and FNL's attention width (int(s·d/H)·H)."""
+    overrides: dict[str, object] = {}
+    if cfg.normalize_before is not None:
+        overrides["normalize_before"] = cfg.normalize_before
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
-    model = Seq2SeqTransformer(ModelConfig.preset(cfg.arch, vocab_size, **overrides))
-    if cfg.rank_scale is not None:
+    base = ModelConfig.preset(cfg.arch, vocab_size, **overrides)
+    if cfg.rank_scale is not None and cfg.rank_scale < 1:
+        return replace(base, attention_dim=fnl_attention_dim(base.d_model, base.heads, cfg.rank_scale))
+    return base
+
+
+def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
+    """The preset model, factorized and rebalanced as ``cfg`` asks.
+
+    ``rank_scale`` s < 1 is FNL's: heads of int(s·d/H), then :func:`~losslab.seq2seq.model.fnl_factorize` (FFN,
+    embeddings, position tables, output). ``ffn_rank_scale`` factorizes the FFN Linears only.
+    """
+    model = Seq2SeqTransformer(model_config(cfg, vocab_size))
+    if cfg.rank_scale is not None and cfg.rank_scale < 1:
+        fnl_factorize(model, cfg.rank_scale, spectral=cfg.spectral)
+    if cfg.ffn_rank_scale is not None:
         from losslab.layers.factorize import factorize
 
         skip = ["*.q_proj", "*.k_proj", "*.v_proj", "*.out_proj", "output"]
-        factorize(model, rank_scale=cfg.rank_scale, spectral=cfg.spectral, skip=skip)
+        factorize(model, rank_scale=cfg.ffn_rank_scale, spectral=cfg.spectral, skip=skip)
     if cfg.attention_spectral_qk or cfg.attention_spectral_ov:
         from losslab.layers.attention import spectral_rebalance_attention
 
