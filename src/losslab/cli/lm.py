@@ -36,11 +36,10 @@ CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
 
 def _device(device: str | None) -> str:
-    import torch
+    """The ``--device`` value checked against this machine (one-line error when it has no such device)."""
+    from losslab.device import torch_device
 
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(torch_device(device))
 
 
 @click.group("lm")
@@ -103,6 +102,10 @@ def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     from losslab.lm.finetune import FinetuneConfig
 
     cfg = FinetuneConfig(progress=resolve_progress(progress), **kwargs)  # bad values fail before heavy imports
+    if cfg.accelerator in ("gpu", "cuda"):
+        from losslab.device import torch_device
+
+        torch_device("cuda", flag="--accelerator")  # no CUDA here: one line, before any model is loaded
     with quiet_third_party(cfg.progress):
         from losslab.lm.finetune import finetune
 
@@ -218,6 +221,7 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
     from losslab.lm.quantize import plan_decoder, plan_sequential_groups, quantize_decoder
 
     methods, overrides, skip = lm_quantize_plan(opts)
+    device = _device(opts["device"])  # a missing device fails before the model is loaded
     if opts["save_packed"] is None and opts["json_path"] is None:
         raise ConfigError("give --save-packed (packed model) and/or --json (per-layer errors); nothing would be saved")
     several = len(methods) > 1
@@ -243,7 +247,7 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
             method,
             calib,
             inplace=True,
-            device=_device(opts["device"]),
+            device=device,
             skip=skip,
             overrides=overrides,
             seed=opts["calib_seed"],
@@ -274,8 +278,8 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
 @click.option("--tokenizer", help="Tokenizer source (default: --model, or the one recorded in a packed file).")
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Test corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local test text (overrides --dataset).")
-@click.option("--seqlen", type=int, help="Window length (default: the model's context).")
-@click.option("--max-windows", type=int, help="Score only the first N windows (c4 defaults to 256).")
+@click.option("--seqlen", type=click.IntRange(min=2), help="Window length (default: the model's context).")
+@click.option("--max-windows", type=click.IntRange(min=1), help="Score only the first N windows (c4 defaults to 256).")
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -307,11 +311,12 @@ def _eval_lm(opts: dict[str, Any]) -> None:
     progress = resolve_progress(opts["progress"])
     device = _device(opts["device"])
     tok_source = opts["tokenizer"]
+    packed = opts["model"] if tok_source is None and Path(opts["model"]).is_file() else None
     if tok_source is None:
-        tok_source = packed_tokenizer_source(opts["model"]) if Path(opts["model"]).is_file() else opts["model"]
+        tok_source = packed_tokenizer_source(packed) if packed is not None else opts["model"]
     if tok_source is None:
         raise ConfigError(f"{opts['model']!r} records no tokenizer; pass --tokenizer NAME_OR_FOLDER")
-    tokenizer = load_tokenizer(tok_source)
+    tokenizer = load_tokenizer(tok_source, local_only=packed is not None)  # a local file never goes online
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     dtype = dtypes.get(opts["dtype"], torch.float16 if device.startswith("cuda") else torch.float32)
     model = load_causal_lm(opts["model"], dtype=dtype)

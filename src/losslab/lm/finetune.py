@@ -36,8 +36,10 @@ from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 from losslab.lm.perplexity import perplexity
 from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
 from losslab.serialization import load_torch_file
+from losslab.train.task import TrainingDivergedError
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
+MAX_GRAD_CLIP = 1e6  # also rejects inf (and NaN fails every comparison)
 _CE = TokenLossSpec(kind="ce")
 
 
@@ -87,12 +89,15 @@ class FinetuneConfig:
             raise unknown_name_error("precision", self.precision, PRECISIONS)
         for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every", "num_nodes"):
             check_range(key, getattr(self, key), low=1)
-        check_range("lr", self.lr, low=0.0, low_inclusive=False)
-        check_range("weight_decay", self.weight_decay, low=0.0)
+        check_range("lr", self.lr, low=0.0, high=10.0, low_inclusive=False)
+        check_range("weight_decay", self.weight_decay, low=0.0, high=1.0)
+        check_range("grad_clip", self.grad_clip, low=0.0, high=MAX_GRAD_CLIP, low_inclusive=False)
         check_range("warmup_steps", self.warmup_steps, low=0)
         check_range("val_fraction", self.val_fraction, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-        if self.max_steps is not None:
-            check_range("max_steps", self.max_steps, low=1)
+        check_range("seed", self.seed, low=0, high=2**32 - 1)
+        for key in ("max_steps", "max_eval_windows"):
+            if getattr(self, key) is not None:
+                check_range(key, getattr(self, key), low=1)
 
     def loss_spec(self) -> TokenLossSpec:
         """The training loss (``ce``, ``root`` or ``root_convex`` with k, m)."""
@@ -152,6 +157,11 @@ class CausalLMFinetune(pl.LightningModule):
             loss = causal_lm_loss(self._logits(micro), micro["labels"], self.spec, num_items=n_items)
             self.manual_backward(loss)
             total += loss.detach()
+        if not bool(torch.isfinite(total)):  # one sync per optimizer step; the update is never applied
+            raise TrainingDivergedError(
+                f"training diverged: the loss became NaN or infinite at step {self.global_step + 1}; the last "
+                "checkpoint (checkpoints/last.ckpt, if any) is kept. Lower --lr, --gradient-clip or --k"
+            )
         self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)

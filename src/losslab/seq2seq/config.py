@@ -41,6 +41,24 @@ PRESETS: dict[str, dict[str, int | float | bool | str]] = {
     "toy": dict(d_model=64, heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.0),
 }
 
+
+def fnl_attention_dim(d_model: int, heads: int, rank_scale: float) -> int:
+    """FNL's attention width under ``--rank-scale s``: each head shrinks to int(s·d/H), so H·int(s·d/H).
+
+    The seed's ``MultiheadAttention`` (fnl_paper, Transformer-PyTorch): ``key_dim = int(rank_scale * key_depth /
+    num_heads) * num_heads``. Refused when a head would have no dimension left.
+    """
+    from losslab.errors import ConfigError
+
+    head = int(rank_scale * d_model / heads)
+    if head < 1:
+        raise ConfigError(
+            f"rank_scale={rank_scale:g} leaves the {heads} heads of width d={d_model} with int(s·d/H)=0 dimensions; "
+            f"use rank_scale >= {heads / d_model:g}"
+        )
+    return head * heads
+
+
 # seed (FNL Transformer-PyTorch) spellings of the config's flags
 SEED_ALIASES: dict[str, list[str]] = {
     "frobenius_decay": ["--wd2fd"],
@@ -90,7 +108,8 @@ def fairseq_overrides(given: dict[str, str | bool | None]) -> dict[str, object]:
     }
     for key, (allowed, fix) in refusals.items():
         value = given.get(key)
-        if value is not None and str(value) != allowed and _number(value) != _number(allowed):
+        same_number = _number(value) is not None and _number(value) == _number(allowed)
+        if value is not None and str(value) != allowed and not same_number:
             raise ConfigError(f"--{key.replace('_', '-')} {value}: {fix}")
     if given.get("save_dir") is not None:
         raise ConfigError(f"--save-dir {given['save_dir']}: losslab names the run folder with --out-dir")
@@ -174,6 +193,9 @@ class TranslateConfig(BaseModel):
             raise ValueError(f"arch {self.arch!r} is unknown; choose one of: {', '.join(PRESETS)}")
         if self.loss != "ce" and self.label_smoothing:
             raise ValueError(f"label_smoothing applies to loss=ce only; with loss={self.loss} set it to 0")
+        if self.rank_scale is not None and self.rank_scale < 1:
+            sizes = PRESETS[self.arch]
+            fnl_attention_dim(int(sizes["d_model"]), int(sizes["heads"]), self.rank_scale)
         if self.rank_scale is not None and self.ffn_rank_scale is not None:
             raise ValueError("give rank_scale (FNL: FFN, embeddings, output, heads) or ffn_rank_scale (FFN only)")
         if (self.spectral or self.frobenius_decay) and not self.factorized:

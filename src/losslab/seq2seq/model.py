@@ -9,7 +9,7 @@ factorized layers; here every projection is an ``nn.Linear`` and attention itsel
 
     cfg = ModelConfig.preset("transformer_iwslt_de_en", vocab_size=10000)
     model = Seq2SeqTransformer(cfg)
-    fnl_factorize(model, rank_scale=0.5)     # FNL's --rank-scale (build the model with fnl_attention_dim first)
+    fnl_factorize(model, rank_scale=0.5)     # FNL: FFN, embeddings, output (heads: ModelConfig.attention_dim)
     logits = model(src, tgt_in)              # src (B, S), tgt_in (B, T) token ids, PAD = 0 -> (B, T, V)
     memory, src_pad = model.encode(src)      # decoding: model.decode(prefix, ...) or model.decode_step(...)
 """
@@ -84,21 +84,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)
-
-
-def fnl_attention_dim(d_model: int, heads: int, rank_scale: float) -> int:
-    """FNL's attention width under ``--rank-scale s``: each head shrinks to int(s·d/H), so H·int(s·d/H).
-
-    The seed's ``MultiheadAttention`` (fnl_paper, Transformer-PyTorch): ``key_dim = int(rank_scale * key_depth /
-    num_heads) * num_heads``. Refused when a head would have no dimension left.
-    """
-    head = int(rank_scale * d_model / heads)
-    if head < 1:
-        raise ConfigError(
-            f"rank_scale={rank_scale:g} leaves the {heads} heads of width d={d_model} with int(s·d/H)=0 dimensions; "
-            f"use rank_scale >= {heads / d_model:g}"
-        )
-    return head * heads
 
 
 class MultiHeadAttention(nn.Module):
@@ -321,7 +306,7 @@ def fnl_factorize(model: Seq2SeqTransformer, rank_scale: float, spectral: bool =
     The seed's ``FactorizedLinear``/``FactorizedEmbedding`` (rank int(round(s·min(m, n)))), for 0 < s < 1 only;
     with tied embeddings the output projection reads the factorized table (:meth:`Seq2SeqTransformer.logits`).
     ``spectral``: SI from the dense weights; otherwise losslab's factor-Kaiming init. The attention width is a
-    construction-time size (:func:`fnl_attention_dim`). Returns the number of layers replaced.
+    construction-time size (:func:`losslab.seq2seq.config.fnl_attention_dim`). Returns the number of layers replaced.
     """
     check_range("rank_scale", rank_scale, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
     names = fnl_factorized_names(model)

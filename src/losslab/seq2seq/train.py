@@ -24,16 +24,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, CorruptFileError
 from losslab.io import save_torch_atomic, write_json_atomic
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import Corpus, collate, token_batches
-from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_attention_dim, fnl_factorize
+from losslab.seq2seq.config import fnl_attention_dim
+from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_factorize
 from losslab.seq2seq.search import beam_search
 from losslab.seq2seq.tokenizer import SubwordTokenizer
+from losslab.serialization import load_torch_file
+from losslab.train.task import TrainingDivergedError
 
 CHECKPOINT = "checkpoint_last.pt"
 
@@ -199,10 +202,11 @@ def train_translation(
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
     dev = torch.device(device)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
     tok_path = out_dir / "tokenizer.json"
-    if resume and tok_path.is_file():
+    state = _resume_state(out_dir, cfg, dev) if resume else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if state is not None or (resume and tok_path.is_file()):
         tok = SubwordTokenizer.load(tok_path)
     else:
         tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
@@ -213,8 +217,7 @@ def train_translation(
     regs = build_regularizers(cfg, model)
     opt = build_optimizer(cfg, model, regs)
     step, epoch = 0, 0
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, epoch = state["step"], state["epoch"]
@@ -232,6 +235,8 @@ def train_translation(
             for group in opt.param_groups:
                 group["lr"] = inverse_sqrt_lr(cfg, step)
             loss = sequence_loss(cfg, model(src, tgt_in), labels)
+            if not math.isfinite(loss_value := loss.item()):
+                raise _diverged(epoch + 1, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for reg in regs:
@@ -241,13 +246,15 @@ def train_translation(
             opt.step()
             step += 1
             n_tok = int((labels != IGNORE_INDEX).sum())
-            total, count, tokens_seen = total + loss.item() * n_tok, count + n_tok, tokens_seen + n_tok
+            total, count, tokens_seen = total + loss_value * n_tok, count + n_tok, tokens_seen + n_tok
             if cfg.max_updates is not None and step >= cfg.max_updates:
                 break
         epoch += 1
         elapsed = time.perf_counter() - t0
         train_time += elapsed
         row = {"epoch": epoch, "step": step, "train_loss": total / max(count, 1), "tokens_per_s": count / elapsed}
+        if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
+            raise _diverged(epoch, step - 1, ckpt_path)  # an update made a weight NaN/inf: keep the last checkpoint
         _log_line(out_dir, row)
         log(f"epoch {epoch} step {step} loss {row['train_loss']:.4f} ({row['tokens_per_s']:.0f} target tokens/s)")
         save_torch_atomic(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -267,6 +274,62 @@ def train_translation(
     return result
 
 
+# TranslateConfig keys fixed by a run's checkpoint and tokenizer: a resume must not change them.
+ARCHITECTURE_KEYS = ("arch", "vocab_size", "rank_scale", "ffn_rank_scale", "normalize_before")
+
+
+def _resume_state(out_dir: Path, cfg: TranslateConfig, device: torch.device) -> dict[str, object] | None:
+    """The checkpoint to resume (None when the folder holds none), read through the safe loader, after checking
+    that ``cfg`` keeps the run's :data:`ARCHITECTURE_KEYS` (from the checkpoint, else from ``config.json``)."""
+    ckpt_path = out_dir / CHECKPOINT
+    state = None
+    if ckpt_path.is_file():
+        state = load_torch_file(ckpt_path, what="translation checkpoint", map_location=device)
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; start a new run")
+        if not {"model", "optimizer", "step", "epoch"} <= set(state):
+            raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; start a new run")
+        saved = upgrade_config(state["config"])
+    elif (out_dir / "config.json").is_file():
+        saved = upgrade_config(_read_json(out_dir / "config.json"))
+    else:
+        return None
+    changed = [f"{key}={saved.get(key)!r} (asked {getattr(cfg, key)!r})" for key in ARCHITECTURE_KEYS
+               if saved.get(key) != getattr(cfg, key)]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"--resume cannot change the run's architecture: {out_dir} was trained with {', '.join(changed)}; drop "
+            "those flags to continue it, or train a new run in another --out-dir"
+        )
+    return state
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CorruptFileError(f"{str(path)!r} is not readable JSON ({type(err).__name__}); train a new run") from None
+
+
+def upgrade_config(saved: object) -> dict[str, object]:
+    """A stored config dict in today's keys: runs saved before ``ffn_rank_scale`` existed used ``rank_scale`` for
+    the FFN-only factorization."""
+    if not isinstance(saved, dict):
+        raise CorruptFileError("the run's stored config is not a mapping; the run folder is damaged, train it again")
+    saved = dict(saved)
+    if "ffn_rank_scale" not in saved:
+        saved["ffn_rank_scale"], saved["rank_scale"] = saved.get("rank_scale"), None
+    return saved
+
+
+def _diverged(epoch: int, step: int, ckpt_path: Path) -> TrainingDivergedError:
+    kept = f"{ckpt_path} (the last finished epoch) is kept" if ckpt_path.is_file() else "no checkpoint was written"
+    return TrainingDivergedError(
+        f"training diverged: the loss became NaN or infinite in epoch {epoch} (update {step + 1}); {kept}. Lower "
+        "--lr, add --gradient-clip (e.g. 1.0) or lower --k"
+    )
+
+
 def load_run(
     out_dir: Path, device: str | torch.device = "cpu"
 ) -> tuple[Seq2SeqTransformer, SubwordTokenizer, TranslateConfig]:
@@ -274,8 +337,10 @@ def load_run(
     ckpt_path = out_dir / CHECKPOINT
     if not ckpt_path.is_file():
         raise ConfigError(f"{out_dir} holds no {CHECKPOINT}; train first (losslab translate train --out-dir ...)")
-    state = torch.load(ckpt_path, map_location=device, weights_only=True)
-    cfg = TranslateConfig(**state["config"])
+    state = load_torch_file(ckpt_path, what="translation checkpoint", map_location=device)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
+        raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; train the run again")
+    cfg = TranslateConfig.build(**upgrade_config(state["config"]))
     tok = SubwordTokenizer.load(out_dir / "tokenizer.json")
     model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
                                                "spectral": False}), tok.vocab_size)  # fmt: skip
