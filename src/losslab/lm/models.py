@@ -152,7 +152,9 @@ def refuse_custom_code(folder: Path) -> None:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CorruptFileError(f"{str(file)!r} is not readable JSON ({type(err).__name__}); re-save the model")
+            raise CorruptFileError(
+                f"{str(file)!r} is not readable JSON ({type(err).__name__}); re-save the model"
+            ) from None
         if isinstance(data, dict) and "auto_map" in data:
             raise UnsafeFileError(
                 f"{str(file)!r} names custom code (auto_map: {', '.join(map(str, data['auto_map']))}); losslab never "

@@ -29,9 +29,8 @@ from losslab.io import save_torch_atomic, write_json_atomic
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.seq2seq.bleu import corpus_bleu
-from losslab.seq2seq.config import TranslateConfig
+from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate, token_batches
-from losslab.seq2seq.config import fnl_attention_dim
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_factorize
 from losslab.seq2seq.search import beam_search
 from losslab.seq2seq.tokenizer import SubwordTokenizer
