@@ -36,7 +36,7 @@ def seed_parameter_count(v_src: int, v_tgt: int, s: float, d: int = 256, f: int 
     k = int(s * d / h) * h if s else d
 
     def matrix(m: int, n: int) -> int:
-        return int(round(s * min(m, n))) * (m + n) if factorized else m * n
+        return round(s * min(m, n)) * (m + n) if factorized else m * n  # int(round(·)) in the seed
 
     attention, ffn, norm = 4 * d * k, matrix(f, d) + matrix(d, f), 2 * d
     encoder = matrix(v_src, d) + matrix(positions, d) + layers * (attention + ffn + 2 * norm) + norm
@@ -81,7 +81,7 @@ def test_ffn_rank_scale_keeps_the_ffn_only_variant() -> None:
     lowrank = {n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankEmbedding))}
     assert lowrank == {f"{side}.{i}.{fc}" for side in ("encoder", "decoder") for i in range(2) for fc in ("fc1", "fc2")}
     assert all(a.q_proj.out_features == 256 for _, a in attention_modules(model))
-    with pytest.raises(ConfigError, match="rank_scale .* or ffn_rank_scale"):
+    with pytest.raises(ConfigError, match=r"rank_scale .* or ffn_rank_scale"):
         TranslateConfig.build(rank_scale=0.5, ffn_rank_scale=0.5)
 
 
@@ -135,8 +135,8 @@ def test_shipped_fnl_config_is_the_seeds_recipe() -> None:
 
     cfg = _config("fnl_iwslt14", {})
     assert cfg.arch == "transformer_small" and cfg.rank_scale == 0.5 and cfg.normalize_before is None
-    assert (cfg.optimizer, cfg.lr, cfg.warmup_init_lr, cfg.warmup_updates, cfg.max_updates) == ("nag", 0.25, 0.25,
-                                                                                                 4000, 100000)  # fmt: skip
+    schedule = (cfg.optimizer, cfg.lr, cfg.warmup_init_lr, cfg.warmup_updates, cfg.max_updates)
+    assert schedule == ("nag", 0.25, 0.25, 4000, 100000)
     assert (cfg.gradient_clip, cfg.dropout, cfg.max_tokens, cfg.label_smoothing) == (0.1, 0.2, 4000, 0.1)
 
 
