@@ -292,12 +292,13 @@ def test_translate_train_refuses_before_any_folder(
 
 def test_translate_resume_refuses_a_changed_vocabulary(tmp_path: Path, toy_run: tuple[Path, str, str]) -> None:
     run, src, tgt = toy_run
+    (run / "result.json").rename(run / "result.moved")  # an unfinished run: only the vocabulary stops the resume
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    code, output = _invoke(["translate", "train", "--out-dir", str(run), "--src-file", src, "--tgt-file", tgt,
-                            "--arch", "toy", "--vocab-size", "96", "--max-epochs", "2", "--resume",
+    code, output = _invoke(["translate", "train", "--resume", str(run), "--vocab-size", "96", "--max-epochs", "2",
                             "--accelerator", "cpu"])  # fmt: skip
-    assert code == 2 and "vocab_size=500 (asked 96)" in output
+    assert code == 2 and "vocab_size=500 (given 96)" in output
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (run / "result.moved").rename(run / "result.json")
 
 
 def test_translate_nonfinite_loss_stops_with_exit_2_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_translate_nonfinite_loss_stops_with_exit_2_and_keeps_the_last_checkpoin
                             "--arch", "toy", "--vocab-size", "80", "--max-epochs", "50", "--optimizer", "nag",
                             "--lr", "10", "--warmup-updates", "0", "--loss", "ce", "--accelerator", "cpu"])  # fmt: skip
     assert code == 2 and "training diverged: the loss became NaN or infinite" in output
-    state = load_torch_file(run / "checkpoint_last.pt")
+    state = load_torch_file(run / "checkpoints" / "last.ckpt")
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert state["epoch"] == epochs[-1] and not (run / "results.json").exists()
+    epochs = [row["epoch"] for row in json.loads((run / "history.json").read_text())]
+    assert state["epoch"] == epochs[-1] and not (run / "result.json").exists()

@@ -59,7 +59,7 @@ EXPERIMENTS = [
     Experiment("train", "--model mlp --epochs 3 --batch-size 256"),
     Experiment("logreg sweep", "--datasets iris_binary --k 2 --l2 0,1e-2 --seeds 0"),
     Experiment("gan train", "--data ring --epochs 3", marks=PENDING),
-    Experiment("translate train", "--epochs 3", marks=PENDING),
+    Experiment("translate train", "--toy --arch toy --vocab-size 80 --max-tokens 8192 --epochs 3 --accelerator cpu"),
     Experiment("lm finetune", "--max-steps 3", marks=PENDING),
 ]
 PARAMS = [experiment.param() for experiment in EXPERIMENTS]

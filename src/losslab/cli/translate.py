@@ -42,16 +42,17 @@ def _training_device(accelerator: str, devices: int) -> str:
     return str(torch_device({"gpu": "cuda"}.get(accelerator, accelerator), flag="--accelerator"))
 
 
-def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
-    values: dict[str, Any] = {}
+def _config(config_file: str | None, flags: dict[str, Any], stored: dict[str, Any] | None = None) -> Any:
+    """The run's config: a resumed run's stored config, then --config's keys, then the flags typed."""
+    values: dict[str, Any] = dict(stored or {})
     if config_file:
         import yaml
 
         from losslab.presets import resolve_yaml
 
         path = resolve_yaml(config_file, "configs")
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        values = values.get("translate", values)
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        values.update(loaded.get("translate", loaded))
     seed_flags = {key: flags.pop(key, None) for key in [_fairseq_key(f) for f in FAIRSEQ_FLAGS]}
     values.update(fairseq_overrides(seed_flags))
     values.update(given_options(flags))
@@ -72,17 +73,6 @@ def _fairseq_options(func: Any) -> Any:
     return func
 
 
-def _out_dir(out_dir: str, overwrite: bool, resume: bool) -> Path:
-    path = Path(out_dir)
-    if path.exists() and any(path.iterdir()) and not (overwrite or resume):
-        raise ConfigError(f"{path} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
-    if overwrite and path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    return path
-
-
 @click.group("translate")
 def translate() -> None:
     """Machine translation with a (factorized) Transformer: train, eval (BLEU, beam search), offline demo."""
@@ -90,7 +80,9 @@ def translate() -> None:
 
 def _progress_option(func: Any) -> Any:
     return click.option(
-        "--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal)."
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bars (default: a bar on a terminal, else one line per epoch on stderr).",
     )(func)
 
 
@@ -101,16 +93,24 @@ def _show(progress: bool | None) -> bool:
 
 
 def _common_out(func: Any) -> Any:
+    """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite) and the device."""
     func = _progress_option(func)
-    func = click.option("--overwrite", is_flag=True, help="Replace an existing --out-dir.")(func)
-    func = click.option("--resume", is_flag=True, help="Continue the run in --out-dir from checkpoint_last.pt.")(func)
+    func = click.option(
+        "--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished."
+    )(func)
+    func = click.option(
+        "--resume", type=click.Path(path_type=Path), default=None, help="Continue a killed run (its run folder)."
+    )(func)
     func = click.option(
         "--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Number of devices (only 1)."
     )(func)
     func = click.option(
         "--accelerator", type=click.Choice(ACCELERATORS), default="auto", show_default=True, help="cpu, gpu or auto."
     )(func)
-    return click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Run folder.")(func)
+    func = click.option(
+        "--run-name", default=None, help="The run folder's name inside --out-dir (default: --out-dir is the run)."
+    )(func)
+    return click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder.")(func)
 
 
 class _TrainCommand(LosslabCommand):
@@ -132,42 +132,60 @@ class _TrainCommand(LosslabCommand):
 @click.option("--test-tgt", type=click.Path(), default=None, help="Test target text.")
 @click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
 @click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
-@options_from_model(TranslateConfig, aliases=SEED_ALIASES)
+@options_from_model(TranslateConfig, aliases={**SEED_ALIASES, "max_epochs": [*SEED_ALIASES["max_epochs"], "--epochs"]})
 @_fairseq_options
 def train_cmd(
-    out_dir: str,
+    out_dir: Path | None,
+    run_name: str | None,
     overwrite: bool,
-    resume: bool,
+    resume: Path | None,
     accelerator: str,
     devices: int,
     progress: bool | None,
     config_file: str | None,
-    src_file: str | None,
-    tgt_file: str | None,
-    valid_src: str | None,
-    valid_tgt: str | None,
-    test_src: str | None,
-    test_tgt: str | None,
     download: bool,
     toy: bool,
     **flags: Any,
 ) -> None:
-    """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test."""
-    cfg = _config(config_file, flags)
+    """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test.
+
+    The run folder (--out-dir, or --out-dir/--run-name) holds config.yaml, tokenizer.json, history.json,
+    metrics.csv, checkpoints/last.ckpt and result.json; --resume RUN continues a killed run with its stored config
+    and data (flags given on top must keep its architecture)."""
+    data = {key: flags.pop(key) for key in DATA_FLAGS if key not in ("download", "toy")}
+    data.update(download=download, toy=toy)
+    stored: dict[str, Any] = {}
+    if resume is not None:
+        from losslab.seq2seq.train import stored_run_config
+
+        stored = stored_run_config(resume)
+        if not _given_data(data):
+            data = dict(stored.get("data") or {})
+    cfg = _config(config_file, flags, {k: v for k, v in stored.items() if k != "data"})
     device = _training_device(accelerator, devices)
-    corpus = _corpus(src_file, tgt_file, valid_src, valid_tgt, test_src, test_tgt, download, toy)
-    path = _out_dir(out_dir, overwrite, resume)
+    corpus = _corpus(**{key: data.get(key) for key in DATA_FLAGS})
     from losslab.seq2seq.train import train_translation
 
-    result = train_translation(
-        cfg, corpus, path, device=device, resume=resume, log=click.echo, progress=_show(progress)
-    )
+    result = train_translation(cfg, corpus, out_dir, device, run_name=run_name, resume=resume, overwrite=overwrite,
+                               data=_absolute(data), log=click.echo, progress=progress)  # fmt: skip
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
+DATA_FLAGS = ("src_file", "tgt_file", "valid_src", "valid_tgt", "test_src", "test_tgt", "download", "toy")
+
+
+def _given_data(data: dict[str, Any]) -> bool:
+    return any(bool(data.get(key)) for key in DATA_FLAGS)
+
+
+def _absolute(data: dict[str, Any]) -> dict[str, Any]:
+    """The data source as recorded in config.yaml (file paths absolute, so that --resume finds them)."""
+    return {key: (str(Path(v).resolve()) if isinstance(v, str) else v) for key, v in data.items() if v}
+
+
 def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, valid_tgt: str | None,
-            test_src: str | None, test_tgt: str | None, download: bool, toy: bool) -> dict:  # fmt: skip
-    given = sum([bool(src_file or tgt_file), download, toy])
+            test_src: str | None, test_tgt: str | None, download: bool | None, toy: bool | None) -> dict:  # fmt: skip
+    given = sum([bool(src_file or tgt_file), bool(download), bool(toy)])
     if given != 1:
         raise ConfigError("give exactly one data source: --src-file/--tgt-file, --download (IWSLT) or --toy")
     if toy:
@@ -240,8 +258,8 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
     help="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
     "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",
 )
-def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, progress: bool | None,
-             epochs: int, rank_scale: float | None) -> None:  # fmt: skip
+def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume: Path | None, accelerator: str,
+             devices: int, progress: bool | None, epochs: int, rank_scale: float | None) -> None:  # fmt: skip
     """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training.
 
     ``--rank-scale 0.5`` trains the FNL factorized model instead and prints both parameter counts."""
@@ -254,7 +272,6 @@ def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devi
     fnl = {} if rank_scale is None else {"rank_scale": rank_scale, "spectral": True, "frobenius_decay": True}
     cfg = TranslateConfig.build(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
                                 max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl)  # fmt: skip
-    path = _out_dir(out_dir, overwrite, resume)
     corpus = toy_corpus(1000, 100, 100, seed=0)
     from losslab.seq2seq.tokenizer import SubwordTokenizer
 
@@ -267,7 +284,8 @@ def demo_cmd(out_dir: str, overwrite: bool, resume: bool, accelerator: str, devi
         click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, {n_fnl / n_dense:.3f}x)")
     untrained = bleu_of(untrained_model, tok, corpus["test"], cfg, dev)
     click.echo(f"untrained test: {untrained['bleu_text']}")
-    result = train_translation(cfg, corpus, path, device=dev, resume=resume, log=click.echo, progress=_show(progress))
+    result = train_translation(cfg, corpus, out_dir, dev, run_name=run_name, resume=resume, overwrite=overwrite,
+                               data={"toy": True}, log=click.echo, progress=progress)  # fmt: skip
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

@@ -13,7 +13,6 @@ come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. A run folder ho
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,19 +24,20 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from losslab.errors import ConfigError, CorruptFileError
-from losslab.io import save_torch_atomic, write_json_atomic
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
+from losslab.runs import LAST_CKPT, History, Progress, RunSpec, Throughput, claim, load, progress_mode, save
+from losslab.runs.folder import CONFIG, resume_run_dir
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate, token_batches
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_factorize
 from losslab.seq2seq.search import beam_search
 from losslab.seq2seq.tokenizer import SubwordTokenizer
-from losslab.serialization import load_torch_file
 from losslab.train.task import TrainingDivergedError
 
-CHECKPOINT = "checkpoint_last.pt"
+LEGACY_CHECKPOINT = "checkpoint_last.pt"  # runs written before losslab.runs; read by load_run
+TOKENIZER = "tokenizer.json"
 
 
 def label_smoothed_ce(logits: Tensor, labels: Tensor, eps: float) -> Tensor:
@@ -183,131 +183,167 @@ def _trainable(
     return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
-def _log_line(out_dir: Path, row: dict[str, float]) -> None:
-    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+# TranslateConfig keys fixed by a run's checkpoint and tokenizer: a resume must not change them.
+ARCHITECTURE_KEYS = ("arch", "vocab_size", "rank_scale", "ffn_rank_scale", "normalize_before")
+#: The per-epoch summary a non-terminal stderr gets (``losslab.runs.Progress`` "lines" mode).
+PROGRESS_SUMMARY = {"train/loss": "loss", "train/tokens_per_s": "target tokens/s"}
+
+
+def run_spec(
+    cfg: TranslateConfig,
+    out_dir: Path | None,
+    run_name: str | None = None,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    data: dict[str, object] | None = None,
+) -> RunSpec:
+    """The run folder of a translation run: ``out_dir/run_name``, or ``out_dir`` itself without a run name; its
+    ``config.yaml`` holds the config and the data source (``data``), and a resume keeps :data:`ARCHITECTURE_KEYS`."""
+    if resume is None and out_dir is None:
+        raise ConfigError("give --out-dir (the run folder) or --resume RUN (a run to continue)")
+    if run_name is None and out_dir is not None:
+        out_dir, run_name = Path(out_dir).parent, Path(out_dir).name
+    config = {**cfg.model_dump(), "data": dict(data or {})}
+    return RunSpec(out_dir=Path(out_dir or "."), run_name=run_name or "", resume=resume, overwrite=overwrite,
+                   config=config, match_keys=ARCHITECTURE_KEYS, epochs=cfg.max_epochs)  # fmt: skip
+
+
+def stored_run_config(resume: Path) -> dict[str, object]:
+    """The ``config.yaml`` of the run ``--resume`` names (config keys plus ``data``), upgraded to today's keys."""
+    import yaml
+
+    stored_file = resume_run_dir(resume) / CONFIG
+    try:
+        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"{str(stored_file)!r} cannot be read ({type(err).__name__}); it is not a run to resume"
+        ) from None
+    return upgrade_config(stored)
 
 
 def train_translation(
     cfg: TranslateConfig,
     corpus: Corpus,
-    out_dir: Path,
+    out_dir: Path | None,
     device: str | torch.device = "cpu",
-    resume: bool = True,
+    *,
+    run_name: str | None = None,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    data: dict[str, object] | None = None,
     log: Callable[[str], None] = print,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, object]:
-    """Train on ``corpus["train"]``, report BLEU on the other splits; resumes from ``out_dir/checkpoint_last.pt``."""
+    """Train on ``corpus["train"]`` in a run folder (:func:`run_spec`, :mod:`losslab.runs`), report BLEU on the
+    other splits. ``resume`` continues a killed run from its ``checkpoints/last.ckpt``; ``overwrite`` replaces a
+    run losslab made, once the new one has finished. ``progress``: True a bar, False nothing, None a bar on a
+    terminal and one line per epoch otherwise. Returns ``result.json``'s content."""
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
     dev = torch.device(device)
-    ckpt_path = out_dir / CHECKPOINT
-    tok_path = out_dir / "tokenizer.json"
-    state = _resume_state(out_dir, cfg, dev) if resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if state is not None or (resume and tok_path.is_file()):
-        tok = SubwordTokenizer.load(tok_path)
-    else:
-        tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
-        tok.save(tok_path)
-    write_json_atomic(out_dir / "config.json", cfg.model_dump())
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, tok.vocab_size).to(dev)
-    regs = build_regularizers(cfg, model)
-    opt = build_optimizer(cfg, model, regs)
-    step, epoch = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, epoch = state["step"], state["epoch"]
-        log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
-    src_ids, tgt_ids = _trainable(tok, corpus["train"], model.cfg.max_positions - 1, log)
-    log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
-    tokens_seen, train_time = 0, 0.0
-    while epoch < cfg.max_epochs and (cfg.max_updates is None or step < cfg.max_updates):
-        model.train()
-        total, count = 0.0, 0
-        t0 = time.perf_counter()
-        batches = token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch)
-        for batch in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
-            src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in collate(src_ids, tgt_ids, batch))
-            for group in opt.param_groups:
-                group["lr"] = inverse_sqrt_lr(cfg, step)
-            loss = sequence_loss(cfg, model(src, tgt_in), labels)
-            if not math.isfinite(loss_value := loss.item()):
-                raise _diverged(epoch + 1, step, ckpt_path)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for reg in regs:
-                reg.grad_term(model)
-            if cfg.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip)
-            opt.step()
-            step += 1
-            n_tok = int((labels != IGNORE_INDEX).sum())
-            total, count, tokens_seen = total + loss_value * n_tok, count + n_tok, tokens_seen + n_tok
+    with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
+        work = run.create()
+        tok_path = work / TOKENIZER
+        if run.resume_ckpt is not None:
+            tok = SubwordTokenizer.load(tok_path)
+        else:
+            tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
+            tok.save(tok_path)
+        run.write_config()
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, tok.vocab_size).to(dev)
+        regs = build_regularizers(cfg, model)
+        opt = build_optimizer(cfg, model, regs)
+        step, start = 0, 0
+        if run.resume_ckpt is not None:
+            state = load(run.resume_ckpt, into={"model": model, "optimizer": opt}, map_location=dev)
+            step, start = int(state["step"]), int(state["epoch"]) + 1
+            log(f"resumed from {run.resume_ckpt} after epoch {start}, step {step}")
+        src_ids, tgt_ids = _trainable(tok, corpus["train"], model.cfg.max_positions - 1, log)
+        log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
+        history = History(work, keep_before=start)
+        clock = Throughput(time.perf_counter(), dev)
+        bar = Progress(progress_mode(progress), cfg.max_epochs, summary=PROGRESS_SUMMARY)
+        for epoch in range(start, cfg.max_epochs):
             if cfg.max_updates is not None and step >= cfg.max_updates:
                 break
-        epoch += 1
-        elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        row = {"epoch": epoch, "step": step, "train_loss": total / max(count, 1), "tokens_per_s": count / elapsed}
-        if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
-            raise _diverged(epoch, step - 1, ckpt_path)  # an update made a weight NaN/inf: keep the last checkpoint
-        _log_line(out_dir, row)
-        log(f"epoch {epoch} step {step} loss {row['train_loss']:.4f} ({row['tokens_per_s']:.0f} target tokens/s)")
-        save_torch_atomic(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                      "epoch": epoch, "config": cfg.model_dump()})  # fmt: skip
-    result: dict[str, object] = {
-        "epochs": epoch,
-        "steps": step,
-        "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
-    }
-    for split in ("valid", "test"):
-        if corpus.get(split):
-            result[split] = bleu_of(model, tok, corpus[split], cfg, dev, progress=progress)
-            scores = result[split]
-            log(f"{split}: {scores['bleu_text']} [{scores['signature']}] ({scores['sentences_per_s']:.1f} sentences/s)")
-    result["tokenizer"] = tok.describe()
-    write_json_atomic(out_dir / "results.json", result)
+            row, step = _epoch(cfg, model, regs, opt, (src_ids, tgt_ids), epoch, step, dev, clock, bar)
+            if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
+                raise _diverged(epoch + 1, step - 1, run.last_ckpt)  # an update made a weight NaN/inf
+            history.append(row)  # the row before the checkpoint: a kill between them redoes the epoch
+            save(run.last_ckpt, {"model": model, "optimizer": opt, "step": step, "epoch": epoch,
+                                 "config": cfg.model_dump()})  # fmt: skip
+            bar.close(row)
+        result = _evaluate_splits(cfg, model, tok, corpus, dev, log, progress)
+        result.update({"epochs": len(history.rows), "steps": step, "train_tokens_per_s": clock.images_per_s,
+                       "speed": clock.record(), "tokenizer": tok.describe(), "run_dir": str(run.final)})  # fmt: skip
+        run.write_result(result)
+        run.commit()
     return result
 
 
-# TranslateConfig keys fixed by a run's checkpoint and tokenizer: a resume must not change them.
-ARCHITECTURE_KEYS = ("arch", "vocab_size", "rank_scale", "ffn_rank_scale", "normalize_before")
+def _epoch(
+    cfg: TranslateConfig,
+    model: Seq2SeqTransformer,
+    regs: Sequence[Regularizer],
+    opt: torch.optim.Optimizer,
+    data: tuple[list[list[int]], list[list[int]]],
+    epoch: int,
+    step: int,
+    dev: torch.device,
+    clock: Throughput,
+    bar: Progress,
+) -> tuple[dict[str, float], int]:
+    """One epoch of token batches (0-based ``epoch``); its history row and the update count after it. A NaN/inf
+    loss raises :class:`TrainingDivergedError` before its update is applied."""
+    model.train()
+    src_ids, tgt_ids = data
+    total, count = 0.0, 0
+    batches = token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch + 1)
+    for batch in bar.batches(batches, epoch):
+        clock.step()
+        src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in collate(src_ids, tgt_ids, batch))
+        for group in opt.param_groups:
+            group["lr"] = inverse_sqrt_lr(cfg, step)
+        loss = sequence_loss(cfg, model(src, tgt_in), labels)
+        if not math.isfinite(loss_value := loss.item()):
+            raise _diverged(epoch + 1, step, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for reg in regs:
+            reg.grad_term(model)
+        if cfg.gradient_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip)
+        opt.step()
+        step += 1
+        n_tok = int((labels != IGNORE_INDEX).sum())
+        total, count = total + loss_value * n_tok, count + n_tok
+        clock.count(n_tok)
+        if cfg.max_updates is not None and step >= cfg.max_updates:
+            break
+    clock.stop()
+    return {"epoch": epoch, "step": step, "train/loss": total / max(count, 1),
+            "train/tokens_per_s": clock.images_per_s}, step  # fmt: skip
 
 
-def _resume_state(out_dir: Path, cfg: TranslateConfig, device: torch.device) -> dict[str, object] | None:
-    """The checkpoint to resume (None when the folder holds none), read through the safe loader, after checking
-    that ``cfg`` keeps the run's :data:`ARCHITECTURE_KEYS` (from the checkpoint, else from ``config.json``)."""
-    ckpt_path = out_dir / CHECKPOINT
-    state = None
-    if ckpt_path.is_file():
-        state = load_torch_file(ckpt_path, what="translation checkpoint", map_location=device)
-        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-            raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; start a new run")
-        if not {"model", "optimizer", "step", "epoch"} <= set(state):
-            raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; start a new run")
-        saved = upgrade_config(state["config"])
-    elif (out_dir / "config.json").is_file():
-        saved = upgrade_config(_read_json(out_dir / "config.json"))
-    else:
-        return None
-    changed = [f"{key}={saved.get(key)!r} (asked {getattr(cfg, key)!r})" for key in ARCHITECTURE_KEYS
-               if saved.get(key) != getattr(cfg, key)]  # fmt: skip
-    if changed:
-        raise ConfigError(
-            f"--resume cannot change the run's architecture: {out_dir} was trained with {', '.join(changed)}; drop "
-            "those flags to continue it, or train a new run in another --out-dir"
-        )
-    return state
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CorruptFileError(f"{str(path)!r} is not readable JSON ({type(err).__name__}); train a new run") from None
+def _evaluate_splits(
+    cfg: TranslateConfig,
+    model: Seq2SeqTransformer,
+    tok: SubwordTokenizer,
+    corpus: Corpus,
+    dev: torch.device,
+    log: Callable[[str], None],
+    progress: bool | None,
+) -> dict[str, object]:
+    """BLEU of the valid and test splits the corpus has."""
+    result: dict[str, object] = {}
+    for split in ("valid", "test"):
+        if corpus.get(split):
+            scores = bleu_of(model, tok, corpus[split], cfg, dev, progress=bool(progress))
+            result[split] = scores
+            log(f"{split}: {scores['bleu_text']} [{scores['signature']}] ({scores['sentences_per_s']:.1f} sentences/s)")
+    return result
 
 
 def upgrade_config(saved: object) -> dict[str, object]:
@@ -321,26 +357,29 @@ def upgrade_config(saved: object) -> dict[str, object]:
     return saved
 
 
-def _diverged(epoch: int, step: int, ckpt_path: Path) -> TrainingDivergedError:
-    kept = f"{ckpt_path} (the last finished epoch) is kept" if ckpt_path.is_file() else "no checkpoint was written"
+def _diverged(epoch: int, step: int, ckpt_path: Path | None) -> TrainingDivergedError:
     return TrainingDivergedError(
-        f"training diverged: the loss became NaN or infinite in epoch {epoch} (update {step + 1}); {kept}. Lower "
-        "--lr, add --gradient-clip (e.g. 1.0) or lower --k"
+        f"training diverged: the loss became NaN or infinite in epoch {epoch} (update {step + 1}); the run stopped "
+        "and its last checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. Lower --lr, add "
+        "--gradient-clip (e.g. 1.0) or lower --k"
     )
 
 
 def load_run(
     out_dir: Path, device: str | torch.device = "cpu"
 ) -> tuple[Seq2SeqTransformer, SubwordTokenizer, TranslateConfig]:
-    """The trained model, tokenizer and config of a run folder."""
-    ckpt_path = out_dir / CHECKPOINT
+    """The trained model, tokenizer and config of a run folder (``checkpoints/last.ckpt``; a run saved before the
+    shared run folder: ``checkpoint_last.pt``), read through the safe loader."""
+    ckpt_path = out_dir / LAST_CKPT
+    if not ckpt_path.is_file() and (out_dir / LEGACY_CHECKPOINT).is_file():
+        ckpt_path = out_dir / LEGACY_CHECKPOINT
     if not ckpt_path.is_file():
-        raise ConfigError(f"{out_dir} holds no {CHECKPOINT}; train first (losslab translate train --out-dir ...)")
-    state = load_torch_file(ckpt_path, what="translation checkpoint", map_location=device)
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
+        raise ConfigError(f"{out_dir} holds no {LAST_CKPT}; train first (losslab translate train --out-dir ...)")
+    state = load(ckpt_path, what="translation checkpoint", map_location=device)
+    if not isinstance(state.get("config"), dict) or "model" not in state:
         raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; train the run again")
     cfg = TranslateConfig.build(**upgrade_config(state["config"]))
-    tok = SubwordTokenizer.load(out_dir / "tokenizer.json")
+    tok = SubwordTokenizer.load(out_dir / TOKENIZER)
     model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
                                                "spectral": False}), tok.vocab_size)  # fmt: skip
     model.load_state_dict(state["model"])
