@@ -291,7 +291,7 @@ def test_translate_train_refuses_before_any_folder(
 
 
 def test_translate_resume_refuses_a_changed_vocabulary(tmp_path: Path, toy_run: tuple[Path, str, str]) -> None:
-    run, src, tgt = toy_run
+    run = toy_run[0]
     (run / "result.json").rename(run / "result.moved")  # an unfinished run: only the vocabulary stops the resume
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code, output = _invoke(["translate", "train", "--resume", str(run), "--vocab-size", "96", "--max-epochs", "2",
