@@ -199,7 +199,7 @@ def test_lm_cuda_without_cuda_is_one_line(command: str, tmp_path: Path, monkeypa
     flag = "--accelerator" if command == "finetune" else "--device"
     args[args.index(flag) + 1] = "cuda"
     code, message = _invoke(args)
-    assert code == 2 and message.startswith(f"{flag} cuda: no CUDA device is visible") and "\n" not in message
+    assert code == 2 and message.startswith(f"{flag} cuda: this machine has no CUDA device") and "\n" not in message
     assert not (tmp_path / "ft").exists() and not (tmp_path / "q.json").exists()
 
 
@@ -234,8 +234,9 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
         (["--beam", "-2"], "beam=-2: Input should be greater than or equal to 1"),
         (["--lenpen", "nan"], "lenpen=nan: Input should be a finite number"),
         (["--lenpen", "-1"], "lenpen=-1.0: Input should be greater than or equal to 0"),
-        (["--device", "cuda"], "--device cuda: no CUDA device is visible"),
-        (["--device", "bogus"], "--device 'bogus' is not a device"),
+        (["--device", "cuda"], "--device cuda: this machine has no CUDA device; use --device cpu"),
+        (["--device", "cuda:3"], "--device cuda:3: this machine has no CUDA device"),
+        (["--device", "bogus"], "--device bogus: not a device"),
     ],
 )
 def test_translate_eval_refuses_meaningless_values(
@@ -275,7 +276,7 @@ def test_translate_eval_json_dash_prints_only_json(toy_run: tuple[Path, str, str
         (["--device-id", "0"], "--accelerator"),
         (["--distributed-world-size", "2"], "one device"),
         (["--frobenius-decay", "1e-4"], "--frobenius-decay --weight-decay 1e-4"),
-        (["--accelerator", "gpu"], "--accelerator cuda: no CUDA device is visible"),
+        (["--accelerator", "gpu"], "--accelerator gpu: this machine has no CUDA device"),
     ],
 )
 def test_translate_train_refuses_before_any_folder(

@@ -37,9 +37,9 @@ CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
 def _device(device: str | None) -> str:
     """The ``--device`` value checked against this machine (one-line error when it has no such device)."""
-    from losslab.device import torch_device
+    from losslab.runs import resolve_device
 
-    return str(torch_device(device))
+    return str(resolve_device(device or "auto"))
 
 
 @click.group("lm")
@@ -103,9 +103,9 @@ def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
 
     cfg = FinetuneConfig(progress=resolve_progress(progress), **kwargs)  # bad values fail before heavy imports
     if cfg.accelerator in ("gpu", "cuda"):
-        from losslab.device import torch_device
+        from losslab.runs import resolve_device
 
-        torch_device("cuda", flag="--accelerator")  # no CUDA here: one line, before any model is loaded
+        resolve_device(cfg.accelerator, flag="--accelerator")  # no CUDA here: one line, before any model is loaded
     with quiet_third_party(cfg.progress):
         from losslab.lm.finetune import finetune
 

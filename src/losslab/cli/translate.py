@@ -35,11 +35,11 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 def _training_device(accelerator: str, devices: int) -> str:
     """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
-    from losslab.device import torch_device
+    from losslab.runs import resolve_device
 
     if devices != 1:
         raise ConfigError(f"--devices {devices}: losslab translate trains on one device; use --devices 1")
-    return str(torch_device({"gpu": "cuda"}.get(accelerator, accelerator), flag="--accelerator"))
+    return str(resolve_device(accelerator, flag="--accelerator"))
 
 
 def _config(config_file: str | None, flags: dict[str, Any], stored: dict[str, Any] | None = None) -> Any:
@@ -225,11 +225,11 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
     """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature.
 
     With ``--json -`` stdout holds the JSON only (the summary lines go to stderr)."""
-    from losslab.device import torch_device
+    from losslab.runs import resolve_device
     from losslab.seq2seq.data import read_parallel
     from losslab.seq2seq.train import bleu_of, load_run
 
-    dev = torch_device(device)
+    dev = resolve_device(device or "auto")
     pairs = read_parallel(Path(src_file), Path(tgt_file))
     model, tok, cfg = load_run(Path(out_dir), dev)
     asked = given_options({"beam": beam, "lenpen": lenpen})
