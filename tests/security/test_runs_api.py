@@ -152,4 +152,3 @@ def test_history_keeps_the_rows_before_the_resumed_epoch(tmp_path: Path) -> None
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == "epoch,step,test/acc,train/loss" and lines[-1] == "2,30,50.0,"
     assert len(lines) == 5
-

@@ -45,7 +45,8 @@ class Experiment:
     marks: tuple = field(default=())
 
     def start(self, out: Path, name: str) -> list[str]:
-        return [*self.command.split(), *self.tiny.split(), "--no-progress", "--out-dir", str(out), "--run-name", name]
+        tiny = self.tiny.format(**ASSETS).split()
+        return [*self.command.split(), *tiny, "--no-progress", "--out-dir", str(out), "--run-name", name]
 
     def resume(self, run: Path) -> list[str]:
         return [*self.command.split(), "--resume", str(run), "--no-progress"]
@@ -60,8 +61,26 @@ EXPERIMENTS = [
     Experiment("logreg sweep", "--datasets iris_binary --k 2 --l2 0,1e-2 --seeds 0"),
     Experiment("gan train", "--data ring --epochs 3", marks=PENDING),
     Experiment("translate train", "--toy --arch toy --vocab-size 80 --max-tokens 8192 --epochs 3 --accelerator cpu"),
-    Experiment("lm finetune", "--max-steps 3", marks=PENDING),
+    Experiment(
+        "lm finetune",
+        "--model {lm} --text-file {text} --max-steps 3 --checkpoint-every 1 --eval-every 1 --warmup-steps 0 "
+        "--block-size 32 --batch-size 2 --grad-accum 1 --max-eval-windows 2 --accelerator cpu --devices 1",
+    ),
 ]
+ASSETS: dict[str, str] = {}  # files the tiny runs read ({lm}: a tiny causal LM folder, {text}: its training text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _assets(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
+
+    root = tmp_path_factory.mktemp("assets")
+    tiny_opt(seed=0).save_pretrained(root / "tiny-lm")
+    byte_tokenizer().save_pretrained(root / "tiny-lm")
+    (root / "train.txt").write_text(synthetic_corpus(seed=0)["train"][:6000])
+    ASSETS.update(lm=str(root / "tiny-lm"), text=str(root / "train.txt"))
+
+
 PARAMS = [experiment.param() for experiment in EXPERIMENTS]
 
 

@@ -48,14 +48,14 @@ def lm() -> None:
 
 
 @lm.command("finetune", cls=LosslabCommand)
-@click.option("--model", required=True, help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
+@click.option("--model", help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
 @click.option(
     "--out-dir",
     "output_dir",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Run folder (checkpoints, logs, finetuned model).",
+    help="Run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name.",
 )
+@click.option("--run-name", help="The run folder's name inside --out-dir (default: --out-dir is the run folder).")
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
 @click.option(
@@ -95,18 +95,26 @@ def lm() -> None:
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Checkpoint every N steps.")
 @click.option("--max-eval-windows", type=int, help="Cap the held-out windows (quick runs).")
 @click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from --out-dir's last.ckpt.")
+@click.option("--resume", type=click.Path(), help="Continue a killed run (its run folder) with its stored config.")
+@click.option("--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished.")
 @progress_option
 def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
-    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable."""
-    from losslab.lm.finetune import FinetuneConfig
+    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
+    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig, stored_config
 
-    cfg = FinetuneConfig(progress=resolve_progress(progress), **kwargs)  # bad values fail before heavy imports
+    if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top
+        ctx = click.get_current_context()
+        typed = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        stored = {k: v for k, v in stored_config(kwargs["resume"]).items() if k not in RUN_KEYS}
+        kwargs = {**kwargs, **stored, **typed}
+    if kwargs["model"] is None:
+        raise ConfigError("give --model (a hub name or a local folder of a causal LM)")
+    cfg = FinetuneConfig(progress=progress, **kwargs)  # bad values fail before heavy imports
     if cfg.accelerator in ("gpu", "cuda"):
         from losslab.runs import resolve_device
 
         resolve_device(cfg.accelerator, flag="--accelerator")  # no CUDA here: one line, before any model is loaded
-    with quiet_third_party(cfg.progress):
+    with quiet_third_party(resolve_progress(cfg.progress)):
         from losslab.lm.finetune import finetune
 
         result = finetune(cfg)
