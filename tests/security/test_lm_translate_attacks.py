@@ -317,3 +317,13 @@ def test_translate_nonfinite_loss_stops_with_exit_2_and_keeps_the_last_checkpoin
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     epochs = [row["epoch"] for row in json.loads((run / "history.json").read_text())]
     assert state["epoch"] == epochs[-1] and not (run / "result.json").exists()
+
+
+def test_translate_demo_refuses_a_foreign_folder_before_any_work(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["translate", "demo", "--out-dir", str(mine), "--overwrite", "--epochs", "1",
+                                      "--accelerator", "cpu"])  # fmt: skip
+    assert result.exit_code != 0 and "not a losslab run folder" in str(result.exception)
+    assert "untrained" not in result.output and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

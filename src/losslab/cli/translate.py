@@ -230,10 +230,11 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
     from losslab.seq2seq.train import bleu_of, load_run
 
     dev = resolve_device(device or "auto")
+    asked = given_options({"beam": beam, "lenpen": lenpen})
+    TranslateConfig.build(**asked)  # the config's ranges check --beam and --lenpen before anything is loaded
     pairs = read_parallel(Path(src_file), Path(tgt_file))
     model, tok, cfg = load_run(Path(out_dir), dev)
-    asked = given_options({"beam": beam, "lenpen": lenpen})
-    cfg = TranslateConfig.build(**{**cfg.model_dump(), **asked})  # the config's ranges check --beam and --lenpen
+    cfg = cfg.model_copy(update=asked)
     result = bleu_of(model, tok, pairs, cfg, dev, progress=_show(progress))
     result["tokenizer"] = tok.describe()
     to_stderr = json_file == "-"
@@ -273,19 +274,17 @@ def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume
     cfg = TranslateConfig.build(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
                                 max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl)  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
-    from losslab.seq2seq.tokenizer import SubwordTokenizer
 
-    tok = SubwordTokenizer.train([t for p in corpus["train"] for t in p], cfg.vocab_size)
-    torch.manual_seed(cfg.seed)
-    untrained_model = build_model(cfg, tok.vocab_size).to(dev)
-    if rank_scale is not None:
-        dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), tok.vocab_size)
-        n_dense, n_fnl = (sum(p.numel() for p in m.parameters()) for m in (dense, untrained_model))
-        click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, {n_fnl / n_dense:.3f}x)")
-    untrained = bleu_of(untrained_model, tok, corpus["test"], cfg, dev)
-    click.echo(f"untrained test: {untrained['bleu_text']}")
+    def untrained(model: Any, tok: Any) -> None:
+        if rank_scale is not None:
+            dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), tok.vocab_size)
+            n_dense, n_fnl = (sum(p.numel() for p in m.parameters()) for m in (dense, model))
+            click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, "
+                       f"{n_fnl / n_dense:.3f}x)")  # fmt: skip
+        click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, dev)['bleu_text']}")
+
     result = train_translation(cfg, corpus, out_dir, dev, run_name=run_name, resume=resume, overwrite=overwrite,
-                               data={"toy": True}, log=click.echo, progress=progress)  # fmt: skip
+                               data={"toy": True}, log=click.echo, progress=progress, on_start=untrained)  # fmt: skip
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

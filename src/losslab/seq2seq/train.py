@@ -234,11 +234,13 @@ def train_translation(
     data: dict[str, object] | None = None,
     log: Callable[[str], None] = print,
     progress: bool | None = False,
+    on_start: Callable[[Seq2SeqTransformer, SubwordTokenizer], None] | None = None,
 ) -> dict[str, object]:
     """Train on ``corpus["train"]`` in a run folder (:func:`run_spec`, :mod:`losslab.runs`), report BLEU on the
     other splits. ``resume`` continues a killed run from its ``checkpoints/last.ckpt``; ``overwrite`` replaces a
     run losslab made, once the new one has finished. ``progress``: True a bar, False nothing, None a bar on a
-    terminal and one line per epoch otherwise. Returns ``result.json``'s content."""
+    terminal and one line per epoch otherwise. ``on_start(model, tokenizer)`` sees the model a new run starts
+    from (after the folder is claimed, before training). Returns ``result.json``'s content."""
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
     dev = torch.device(device)
@@ -256,6 +258,8 @@ def train_translation(
         regs = build_regularizers(cfg, model)
         opt = build_optimizer(cfg, model, regs)
         step, start = 0, 0
+        if run.resume_ckpt is None and on_start is not None:
+            on_start(model, tok)
         if run.resume_ckpt is not None:
             state = load(run.resume_ckpt, into={"model": model, "optimizer": opt}, map_location=dev)
             step, start = int(state["step"]), int(state["epoch"]) + 1
