@@ -282,8 +282,9 @@ class _RunRecord(pl.Callback):
         self.start_step = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
+        metrics = trainer.callback_metrics  # validation runs after the step's row: the next row carries it
         self.val = {f"val/{k[4:]}": float(metrics[k]) for k in ("val_ce", "val_ppl") if k in metrics}
+        self.val["val/at_step"] = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
@@ -297,7 +298,7 @@ class _RunRecord(pl.Callback):
         self.losses.clear()
         self.history.append(row)
         if self.mode == "lines":
-            shown = " ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items() if "/" in k)
+            shown = " ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items() if k in ("train/loss", "val/ppl"))
             print(f"step {step}/{self.total}: {shown}", file=sys.stderr, flush=True)
 
 
