@@ -84,6 +84,12 @@ def _assets(tmp_path_factory: pytest.TempPathFactory) -> None:
 PARAMS = [experiment.param() for experiment in EXPERIMENTS]
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors as users see them: one line (``LOSSLAB_DEBUG``, set by an earlier ``--debug``, adds a traceback)."""
+    monkeypatch.delenv("LOSSLAB_DEBUG", raising=False)
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (links not followed) with its content, to prove nothing was touched."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
