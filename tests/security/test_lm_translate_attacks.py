@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from losslab.cli import cli
 from losslab.errors import ConfigError
 from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
+from losslab.seq2seq.config import TranslateConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -155,6 +156,21 @@ def test_packed_recipe_with_a_huge_vocabulary_is_refused(tmp_path: Path) -> None
         load_packed_lm(path)
 
 
+def test_translation_tokenizer_with_a_huge_vocabulary_is_refused_before_allocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The vocabulary comes from the run's tokenizer.json: past the bound, or with tables that exceed memory, the
+    model is not built."""
+    from losslab import limits
+    from losslab.seq2seq.train import build_model
+
+    with pytest.raises(ConfigError, match="vocab_size=3,000,000 in 'tokenizer.json' is out of range"):
+        build_model(TranslateConfig(arch="toy"), 3_000_000)
+    monkeypatch.setattr(limits, "available_memory", lambda: 2**30)  # 1 GiB free: 3 × 500k × 256 floats is 1.43 GiB
+    with pytest.raises(ConfigError, match=r"the transformer_small model's 3 vocabulary table\(s\) needs 1\.43 GiB"):
+        build_model(TranslateConfig(arch="transformer_small"), 500_000)
+
+
 def test_check_allocation_against_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     from losslab import limits
 
@@ -176,6 +192,8 @@ def test_check_allocation_against_available_memory(monkeypatch: pytest.MonkeyPat
         (["lm", "finetune", "--lr", "inf"], "lr=inf is out of range"),
         (["lm", "finetune", "--k", "inf"], "k=inf is out of range"),
         (["lm", "finetune", "--max-eval-windows", "0"], "max_eval_windows=0 is out of range"),
+        (["lm", "finetune", "--batch-size", "10000000"], "batch_size=10000000 is out of range"),
+        (["lm", "finetune", "--epochs", "1000000000"], "epochs=1000000000 is out of range"),
     ],
 )
 def test_lm_numeric_flags_have_ranges(args: list[str], message: str, tmp_path: Path, no_network: None) -> None:

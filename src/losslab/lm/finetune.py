@@ -43,6 +43,7 @@ from losslab.train.task import TrainingDivergedError
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 MAX_GRAD_CLIP = 1e6  # also rejects inf (and NaN fails every comparison)
+MAX_BATCH = 65_536
 _CE = TokenLossSpec(kind="ce")
 
 
@@ -96,6 +97,9 @@ class FinetuneConfig:
             raise unknown_name_error("precision", self.precision, PRECISIONS)
         for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every", "num_nodes"):
             check_range(key, getattr(self, key), low=1)
+        for key in ("batch_size", "grad_accum"):  # blocks held at once: a typo here would exhaust memory
+            check_range(key, getattr(self, key), high=MAX_BATCH)
+        check_range("epochs", self.epochs, high=100_000)
         check_range("lr", self.lr, low=0.0, high=10.0, low_inclusive=False)
         check_range("weight_decay", self.weight_decay, low=0.0, high=1.0)
         check_range("grad_clip", self.grad_clip, low=0.0, high=MAX_GRAD_CLIP, low_inclusive=False)

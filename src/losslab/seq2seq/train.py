@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from losslab.errors import ConfigError, CorruptFileError
+from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.runs import LAST_CKPT, History, Progress, RunSpec, Throughput, claim, load, progress_mode, save
@@ -68,7 +69,11 @@ def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
     ``rank_scale`` s < 1 is FNL's: heads of int(s·d/H), then :func:`~losslab.seq2seq.model.fnl_factorize` (FFN,
     embeddings, position tables, output). ``ffn_rank_scale`` factorizes the FFN Linears only.
     """
-    model = Seq2SeqTransformer(model_config(cfg, vocab_size))
+    sizes = model_config(cfg, vocab_size)
+    check_count("vocab_size", vocab_size, low=8, high=MAX_VOCAB, source=TOKENIZER)
+    tables = 1 if sizes.tie_embeddings else 3  # source, target and output tables when untied
+    check_allocation(f"the {cfg.arch} model's {tables} vocabulary table(s)", 4 * tables * vocab_size * sizes.d_model)
+    model = Seq2SeqTransformer(sizes)
     if cfg.rank_scale is not None and cfg.rank_scale < 1:
         fnl_factorize(model, cfg.rank_scale, spectral=cfg.spectral)
     if cfg.ffn_rank_scale is not None:
