@@ -164,7 +164,7 @@ def test_translation_tokenizer_with_a_huge_vocabulary_is_refused_before_allocati
     from losslab import limits
     from losslab.seq2seq.train import build_model
 
-    with pytest.raises(ConfigError, match="vocab_size=3,000,000 in 'tokenizer.json' is out of range"):
+    with pytest.raises(ConfigError, match=r"vocab_size=3,000,000 in 'tokenizer\.json' is out of range"):
         build_model(TranslateConfig(arch="toy"), 3_000_000)
     monkeypatch.setattr(limits, "available_memory", lambda: 2**30)  # 1 GiB free: 3 × 500k × 256 floats is 1.43 GiB
     with pytest.raises(ConfigError, match=r"the transformer_small model's 3 vocabulary table\(s\) needs 1\.43 GiB"):
