@@ -1,14 +1,17 @@
 """``losslab translate``: train and evaluate a Transformer translation model, and an offline demo on a toy pair.
 
-    losslab translate demo --out-dir runs/toy --accelerator cpu     # offline: toy SVO->SOV pair, BLEU ~0 -> ~97
+    losslab translate demo --out-dir runs/toy --accelerator cpu     # offline: toy SVO->SOV pair, BLEU ~0 -> ~98
+    losslab translate demo --out-dir runs/toy-fnl --rank-scale 0.5  # the same with FNL's factorization
     losslab translate train --out-dir runs/iwslt --src-file train.de --tgt-file train.en \\
         --valid-src valid.de --valid-tgt valid.en --test-src test.de --test-tgt test.en --config fnl_iwslt14
-    losslab translate train --out-dir runs/iwslt --download --rank-scale 0.5 --spectral --wd2fd \\
-        --spectral-quekey --spectral-outval --wd2fd-quekey --wd2fd-outval      # FNL's flags are aliases
+    losslab translate train --out-dir runs/iwslt --download --arch transformer_small --rank-scale 0.5 --spectral \\
+        --wd2fd --spectral-quekey --spectral-outval --wd2fd-quekey --wd2fd-outval   # FNL's flags are aliases
+    losslab translate train --resume runs/iwslt                     # continue a killed run (stored config, data)
     losslab translate eval --out-dir runs/iwslt --src-file test.de --tgt-file test.en --beam 5 --json -
 
-Every config key (``losslab.seq2seq.train.TranslateConfig``) is a flag; ``--config`` reads a YAML file of them
-(or a shipped one by name, e.g. ``fnl_iwslt14``); flags given on the command line win.
+Every config key (``losslab.seq2seq.config.TranslateConfig``) is a flag; ``--config`` reads a YAML file of them
+(or a shipped one by name, e.g. ``fnl_iwslt14``); flags given on the command line win. The seed's other fairseq
+flags (``--criterion``, ``--lr-scheduler``, ...) are mapped or refused (:data:`FAIRSEQ_FLAGS`).
 """
 
 from __future__ import annotations

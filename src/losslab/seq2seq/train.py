@@ -2,13 +2,15 @@
 
 The losses are losslab's token losses (:mod:`losslab.lm.token_loss`: ``ce``, ``root``, ``root_convex``) with
 fairseq's label smoothing for ``ce``; the factorized layers, Frobenius decay and the per-head attention SI/FD
-come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. A run folder holds ``config.json``,
-``tokenizer.json``, ``checkpoint_last.pt`` (resumable), ``metrics.jsonl`` and ``results.json``::
+come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. The run folder is the shared one of
+:mod:`losslab.runs` (``config.yaml``, ``history.json``, ``metrics.csv``, ``checkpoints/last.ckpt``,
+``result.json``) plus ``tokenizer.json``::
 
     cfg = TranslateConfig(arch="toy", max_epochs=20, lr=1e-3)
-    result = train_translation(cfg, toy_corpus(), out_dir=Path("runs/toy"), device="cpu")
+    result = train_translation(cfg, toy_corpus(), Path("runs/toy"), device="cpu")
     result["test"]["bleu"], result["train_tokens_per_s"]
-    evaluate_translation(Path("runs/toy"), corpus["test"], beam=5)      # BLEU of a saved run
+    train_translation(cfg, corpus, None, resume=Path("runs/toy"))      # continue a killed run
+    model, tok, cfg = load_run(Path("runs/toy"))                        # then bleu_of(model, tok, pairs, cfg, dev)
 """
 
 from __future__ import annotations
