@@ -345,3 +345,36 @@ def test_translate_demo_refuses_a_foreign_folder_before_any_work(tmp_path: Path)
                                       "--accelerator", "cpu"])  # fmt: skip
     assert result.exit_code != 0 and "not a losslab run folder" in str(result.exception)
     assert "untrained" not in result.output and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("out_dir", [".", "..", "sub/.."])
+@pytest.mark.parametrize("command", ["translate train", "lm finetune"])
+def test_overwrite_of_dot_out_dirs_deletes_nothing(
+    out_dir: str, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --run-name, --out-dir is the run folder: '.', '..' and 'sub/..' name no run, so nothing is removed
+    (translate train used to rmtree whatever --out-dir named)."""
+    work = tmp_path / "a" / "b"
+    (work / "sub").mkdir(parents=True)
+    (work / "thesis.tex").write_text("years of work")
+    (tmp_path / "a" / "sibling.txt").write_text("mine too")
+    monkeypatch.chdir(work)
+    extra = ["--toy"] if command == "translate train" else ["--model", "m", "--text-file", "t.txt"]
+    code, message = _invoke([*command.split(), "--out-dir", out_dir, "--overwrite", *extra])
+    assert code == 2 and "one folder name inside --out-dir" in message
+    assert (work / "thesis.tex").read_text() == "years of work" and (tmp_path / "a" / "sibling.txt").is_file()
+
+
+def test_lm_finetune_resume_refuses_another_model_and_keeps_the_run(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path)
+    args = _lm_command("finetune", folder, tmp_path)
+    code, output = _invoke([*args, "--checkpoint-every", "1", "--no-progress"])
+    assert code == 0, output
+    run = tmp_path / "ft"
+    (run / "result.json").unlink()  # as a run killed after its last checkpoint leaves it
+    before = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = tmp_path / "other"
+    folder.rename(other)
+    code, message = _invoke(["lm", "finetune", "--resume", str(run), "--model", str(other)])
+    assert code == 2 and f"model={str(folder)!r} (given {str(other)!r})" in message
+    assert {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
