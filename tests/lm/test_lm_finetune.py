@@ -50,25 +50,30 @@ def test_fifty_rooted_loss_steps_lower_held_out_perplexity(tmp_path, text_files)
     result = finetune(cfg, model=tiny_opt(seed=0), tokenizer=byte_tokenizer())
     assert result.global_step == 50
     assert result.val_ppl_after < 0.5 * result.val_ppl_before  # perplexity is exp(CE), not exp(rooted loss)
-    stored = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
     assert stored["val_ppl_after"] == result.val_ppl_after
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert [row["step"] for row in json.loads((tmp_path / "run" / "history.json").read_text())] == [50]
 
 
 @pytest.mark.slow
 def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, text_files) -> None:
+    """Killed after step 3's checkpoint (as a kill would leave it: no result.json), --resume continues at step 3."""
+    run = tmp_path / "run"
     first = finetune(
         _config(tmp_path, *text_files, max_steps=3, checkpoint_every=1, warmup_steps=1),
         model=tiny_opt(seed=0),
         tokenizer=byte_tokenizer(),
     )
-    assert first.global_step == 3 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert first.global_step == 3 and (run / "checkpoints" / "last.ckpt").is_file()
+    (run / "result.json").unlink()
     second = finetune(
-        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1),
+        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1, resume=str(run)),
         model=tiny_opt(seed=1),
         tokenizer=byte_tokenizer(),
     )
     assert second.resumed_from_step == 3 and second.global_step == 5
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0, 1, 2, 3, 4]
 
 
 def test_missing_pad_token_and_bad_config_fail_before_work(tmp_path, text_files) -> None:

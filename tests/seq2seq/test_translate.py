@@ -86,8 +86,8 @@ def test_beam_search_finds_a_better_scored_hypothesis_than_greedy() -> None:
 
 def test_factorized_parameter_count_is_the_closed_form() -> None:
     vocab = 50
-    cfg = TranslateConfig(arch="toy", rank_scale=0.25, spectral=True, vocab_size=vocab)
-    dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), vocab)
+    cfg = TranslateConfig(arch="toy", ffn_rank_scale=0.25, spectral=True, vocab_size=vocab)
+    dense = build_model(cfg.model_copy(update={"ffn_rank_scale": None, "spectral": False}), vocab)
     model = build_model(cfg, vocab)
     d, f, layers = 64, 128, 4  # toy preset: d_model 64, ffn 128, 2 encoder + 2 decoder layers
     r = round(0.25 * min(d, f))  # 16 for both fc1 (f×d) and fc2 (d×f)
@@ -206,9 +206,9 @@ def test_toy_pair_is_learned_and_resumes(tmp_path: Path) -> None:
     corpus = toy_corpus(1000, 0, 100, seed=0)
     cfg = TranslateConfig(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=1, max_tokens=1024,
                           normalize_before=True, eval_batch_size=100)  # fmt: skip
-    first = train_translation(cfg, corpus, tmp_path, log=lambda _: None)
+    first = train_translation(cfg, corpus, tmp_path / "one", log=lambda _: None)
     assert first["test"]["bleu"] < 5.0
-    done = train_translation(cfg.model_copy(update={"max_epochs": 12}), corpus, tmp_path, log=lambda _: None)
+    done = train_translation(cfg.model_copy(update={"max_epochs": 12}), corpus, tmp_path / "twelve", log=lambda _: None)
     assert done["epochs"] == 12 and done["steps"] == 12 * first["steps"]
     assert done["test"]["bleu"] > 80.0, done["test"]["bleu_text"]
 
@@ -255,5 +255,5 @@ def test_inverse_sqrt_schedule_and_a_rooted_nag_run(tmp_path: Path) -> None:
     assert run.smoothing == 0.0
     result = train_translation(run, {"train": toy_corpus(120, 0, 0)["train"]}, tmp_path, log=lambda _: None)
     assert result["steps"] == 4
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 4 and math.isfinite(rows[-1]["train_loss"]) and rows[-1]["tokens_per_s"] > 0
+    rows = json.loads((tmp_path / "history.json").read_text())
+    assert rows[-1]["step"] == 4 and math.isfinite(rows[-1]["train/loss"]) and rows[-1]["train/tokens_per_s"] > 0

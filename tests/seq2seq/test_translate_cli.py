@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from losslab.cli import cli
@@ -33,11 +34,13 @@ def test_train_then_eval_from_files_with_seed_flags(tmp_path: Path) -> None:
             "--clip-norm", "0.1", "--accelerator", "cpu"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    saved = json.loads((run / "config.json").read_text())
+    saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["attention_fd_ov"] and saved["attention_spectral_qk"] and saved["gradient_clip"] == 0.1
-    assert "target tokens/s" in result.output and (run / "checkpoint_last.pt").is_file()
+    assert saved["data"] == {"src_file": str(Path(train_src).resolve()), "tgt_file": str(Path(train_tgt).resolve())}
+    assert "epoch 1/1: loss" in result.stderr and "target tokens/s" in result.stderr  # one line per epoch
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "result.json").is_file()
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code != 0 and "--resume" in str(again.exception)
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
     out = tmp_path / "bleu.json"
     eval_args = ["translate", "eval", "--out-dir", str(run), "--src-file", test_src, "--tgt-file", test_tgt,
                  "--beam", "2", "--json", str(out), "--device", "cpu"]  # fmt: skip
@@ -65,6 +68,6 @@ def test_demo_prints_bleu_before_and_after(tmp_path: Path) -> None:
                                       "--accelerator", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "untrained test: BLEU = " in result.output and "sacrebleu signature: nrefs:1" in result.output
-    assert json.loads((tmp_path / "d" / "results.json").read_text())["epochs"] == 1
+    assert json.loads((tmp_path / "d" / "result.json").read_text())["epochs"] == 1
     bad = CliRunner().invoke(cli, ["translate", "demo", "--out-dir", str(tmp_path / "e"), "--devices", "2"])
     assert bad.exit_code != 0 and "one device" in str(bad.exception)

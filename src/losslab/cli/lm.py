@@ -36,11 +36,10 @@ CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
 
 def _device(device: str | None) -> str:
-    import torch
+    """The ``--device`` value checked against this machine (one-line error when it has no such device)."""
+    from losslab.runs import resolve_device
 
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(device or "auto"))
 
 
 @click.group("lm")
@@ -49,14 +48,14 @@ def lm() -> None:
 
 
 @lm.command("finetune", cls=LosslabCommand)
-@click.option("--model", required=True, help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
+@click.option("--model", help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
 @click.option(
     "--out-dir",
     "output_dir",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Run folder (checkpoints, logs, finetuned model).",
+    help="Run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name.",
 )
+@click.option("--run-name", help="The run folder's name inside --out-dir (default: --out-dir is the run folder).")
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
 @click.option(
@@ -96,14 +95,26 @@ def lm() -> None:
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Checkpoint every N steps.")
 @click.option("--max-eval-windows", type=int, help="Cap the held-out windows (quick runs).")
 @click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from --out-dir's last.ckpt.")
+@click.option("--resume", type=click.Path(), help="Continue a killed run (its run folder) with its stored config.")
+@click.option("--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished.")
 @progress_option
 def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
-    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable."""
-    from losslab.lm.finetune import FinetuneConfig
+    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
+    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig, stored_config
 
-    cfg = FinetuneConfig(progress=resolve_progress(progress), **kwargs)  # bad values fail before heavy imports
-    with quiet_third_party(cfg.progress):
+    if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top
+        ctx = click.get_current_context()
+        typed = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        stored = {k: v for k, v in stored_config(kwargs["resume"]).items() if k not in RUN_KEYS}
+        kwargs = {**kwargs, **stored, **typed}
+    if kwargs["model"] is None:
+        raise ConfigError("give --model (a hub name or a local folder of a causal LM)")
+    cfg = FinetuneConfig(progress=progress, **kwargs)  # bad values fail before heavy imports
+    if cfg.accelerator in ("gpu", "cuda"):
+        from losslab.runs import resolve_device
+
+        resolve_device(cfg.accelerator, flag="--accelerator")  # no CUDA here: one line, before any model is loaded
+    with quiet_third_party(resolve_progress(cfg.progress)):
         from losslab.lm.finetune import finetune
 
         result = finetune(cfg)
@@ -218,6 +229,7 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
     from losslab.lm.quantize import plan_decoder, plan_sequential_groups, quantize_decoder
 
     methods, overrides, skip = lm_quantize_plan(opts)
+    device = _device(opts["device"])  # a missing device fails before the model is loaded
     if opts["save_packed"] is None and opts["json_path"] is None:
         raise ConfigError("give --save-packed (packed model) and/or --json (per-layer errors); nothing would be saved")
     several = len(methods) > 1
@@ -243,7 +255,7 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
             method,
             calib,
             inplace=True,
-            device=_device(opts["device"]),
+            device=device,
             skip=skip,
             overrides=overrides,
             seed=opts["calib_seed"],
@@ -274,8 +286,8 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
 @click.option("--tokenizer", help="Tokenizer source (default: --model, or the one recorded in a packed file).")
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Test corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local test text (overrides --dataset).")
-@click.option("--seqlen", type=int, help="Window length (default: the model's context).")
-@click.option("--max-windows", type=int, help="Score only the first N windows (c4 defaults to 256).")
+@click.option("--seqlen", type=click.IntRange(min=2), help="Window length (default: the model's context).")
+@click.option("--max-windows", type=click.IntRange(min=1), help="Score only the first N windows (c4 defaults to 256).")
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -307,11 +319,12 @@ def _eval_lm(opts: dict[str, Any]) -> None:
     progress = resolve_progress(opts["progress"])
     device = _device(opts["device"])
     tok_source = opts["tokenizer"]
+    packed = opts["model"] if tok_source is None and Path(opts["model"]).is_file() else None
     if tok_source is None:
-        tok_source = packed_tokenizer_source(opts["model"]) if Path(opts["model"]).is_file() else opts["model"]
+        tok_source = packed_tokenizer_source(packed) if packed is not None else opts["model"]
     if tok_source is None:
         raise ConfigError(f"{opts['model']!r} records no tokenizer; pass --tokenizer NAME_OR_FOLDER")
-    tokenizer = load_tokenizer(tok_source)
+    tokenizer = load_tokenizer(tok_source, local_only=packed is not None)  # a local file never goes online
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     dtype = dtypes.get(opts["dtype"], torch.float16 if device.startswith("cuda") else torch.float32)
     model = load_causal_lm(opts["model"], dtype=dtype)

@@ -212,13 +212,6 @@ def typed_flags() -> frozenset[str]:
     return ctx.meta.get(TYPED_FLAGS, frozenset()) if ctx is not None else frozenset()
 
 
-def stderr_is_terminal() -> bool:
-    """True when stderr is an interactive terminal (progress bars go there; logs and pipes get plain lines)."""
-    import sys
-
-    return sys.stderr.isatty()
-
-
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--progress/--no-progress`` (default ``None``: on when stderr is a terminal), for every long command."""
     return click.option(
@@ -229,8 +222,11 @@ def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_progress(progress: bool | None) -> bool:
-    """The effective ``--progress`` value: the user's choice, else whether stderr is a terminal."""
-    return stderr_is_terminal() if progress is None else progress
+    """The effective ``--progress`` value: the user's choice, else whether stderr is a terminal (the one decision,
+    :func:`losslab.runs.progress.show_progress`)."""
+    from losslab.runs.progress import show_progress
+
+    return show_progress(progress)
 
 
 def progress_mode(progress: bool | None) -> bool | str:

@@ -1,14 +1,17 @@
 """``losslab translate``: train and evaluate a Transformer translation model, and an offline demo on a toy pair.
 
-    losslab translate demo --out-dir runs/toy --accelerator cpu     # offline: toy SVO->SOV pair, BLEU ~0 -> ~97
+    losslab translate demo --out-dir runs/toy --accelerator cpu     # offline: toy SVO->SOV pair, BLEU ~0 -> ~98
+    losslab translate demo --out-dir runs/toy-fnl --rank-scale 0.5  # the same with FNL's factorization
     losslab translate train --out-dir runs/iwslt --src-file train.de --tgt-file train.en \\
         --valid-src valid.de --valid-tgt valid.en --test-src test.de --test-tgt test.en --config fnl_iwslt14
-    losslab translate train --out-dir runs/iwslt --download --rank-scale 0.5 --spectral --wd2fd \\
-        --spectral-quekey --spectral-outval --wd2fd-quekey --wd2fd-outval      # FNL's flags are aliases
+    losslab translate train --out-dir runs/iwslt --download --arch transformer_small --rank-scale 0.5 --spectral \\
+        --wd2fd --spectral-quekey --spectral-outval --wd2fd-quekey --wd2fd-outval   # FNL's flags are aliases
+    losslab translate train --resume runs/iwslt                     # continue a killed run (stored config, data)
     losslab translate eval --out-dir runs/iwslt --src-file test.de --tgt-file test.en --beam 5 --json -
 
-Every config key (``losslab.seq2seq.train.TranslateConfig``) is a flag; ``--config`` reads a YAML file of them
-(or a shipped one by name, e.g. ``fnl_iwslt14``); flags given on the command line win.
+Every config key (``losslab.seq2seq.config.TranslateConfig``) is a flag; ``--config`` reads a YAML file of them
+(or a shipped one by name, e.g. ``fnl_iwslt14``); flags given on the command line win. The seed's other fairseq
+flags (``--criterion``, ``--lr-scheduler``, ...) are mapped or refused (:data:`FAIRSEQ_FLAGS`).
 """
 
 from __future__ import annotations
@@ -21,55 +24,56 @@ import click
 
 from losslab.cli.options import LosslabCommand, given_options, options_from_model
 from losslab.errors import ConfigError
-from losslab.seq2seq.config import SEED_ALIASES, TranslateConfig
+from losslab.seq2seq.config import (
+    FAIRSEQ_FLAGS,
+    MAX_BEAM,
+    SEED_ALIASES,
+    TranslateConfig,
+    check_seed_frobenius_decay,
+    fairseq_overrides,
+)
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _training_device(accelerator: str, devices: int) -> str:
     """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
-    import torch
+    from losslab.runs import resolve_device
 
     if devices != 1:
         raise ConfigError(f"--devices {devices}: losslab translate trains on one device; use --devices 1")
-    if accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--accelerator {accelerator}: no CUDA device is visible; use --accelerator cpu")
-        return "cuda"
-    return accelerator
+    return str(resolve_device(accelerator, flag="--accelerator"))
 
 
-def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
-    values: dict[str, Any] = {}
+def _config(config_file: str | None, flags: dict[str, Any], stored: dict[str, Any] | None = None) -> Any:
+    """The run's config: a resumed run's stored config, then --config's keys, then the flags typed."""
+    values: dict[str, Any] = dict(stored or {})
     if config_file:
         import yaml
 
         from losslab.presets import resolve_yaml
 
         path = resolve_yaml(config_file, "configs")
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        values = values.get("translate", values)
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        values.update(loaded.get("translate", loaded))
+    seed_flags = {key: flags.pop(key, None) for key in [_fairseq_key(f) for f in FAIRSEQ_FLAGS]}
+    values.update(fairseq_overrides(seed_flags))
     values.update(given_options(flags))
     return TranslateConfig.build(**values)
 
 
-def _out_dir(out_dir: str, overwrite: bool, resume: bool) -> Path:
-    path = Path(out_dir)
-    if path.exists() and any(path.iterdir()) and not (overwrite or resume):
-        raise ConfigError(f"{path} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
-    if overwrite and path.exists():
-        import shutil
+def _fairseq_key(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
-        shutil.rmtree(path)
-    return path
+
+def _fairseq_options(func: Any) -> Any:
+    """The seed's other fairseq flags (:data:`FAIRSEQ_FLAGS`): mapped to config values or refused with the fix."""
+    for flag, help_text in reversed(FAIRSEQ_FLAGS.items()):
+        if flag == "--no-epoch-checkpoints":
+            func = click.option(flag, _fairseq_key(flag), is_flag=True, default=None, help=help_text)(func)
+        else:
+            func = click.option(flag, _fairseq_key(flag), default=None, metavar="VALUE", help=help_text)(func)
+    return func
 
 
 @click.group("translate")
@@ -79,7 +83,9 @@ def translate() -> None:
 
 def _progress_option(func: Any) -> Any:
     return click.option(
-        "--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal)."
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bars (default: a bar on a terminal, else one line per epoch on stderr).",
     )(func)
 
 
@@ -90,17 +96,35 @@ def _show(progress: bool | None) -> bool:
 
 
 def _common_out(func: Any) -> Any:
+    """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite) and the device."""
     func = _progress_option(func)
-    func = click.option("--overwrite", is_flag=True, help="Replace an existing --out-dir.")(func)
-    func = click.option("--resume", is_flag=True, help="Continue the run in --out-dir from checkpoint_last.pt.")(func)
-    func = click.option("--devices", type=int, default=1, show_default=True, help="Number of devices (only 1).")(func)
+    func = click.option(
+        "--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished."
+    )(func)
+    func = click.option(
+        "--resume", type=click.Path(path_type=Path), default=None, help="Continue a killed run (its run folder)."
+    )(func)
+    func = click.option(
+        "--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Number of devices (only 1)."
+    )(func)
     func = click.option(
         "--accelerator", type=click.Choice(ACCELERATORS), default="auto", show_default=True, help="cpu, gpu or auto."
     )(func)
-    return click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Run folder.")(func)
+    func = click.option(
+        "--run-name", default=None, help="The run folder's name inside --out-dir (default: --out-dir is the run)."
+    )(func)
+    return click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder.")(func)
 
 
-@translate.command("train", cls=LosslabCommand)
+class _TrainCommand(LosslabCommand):
+    """``translate train``: also refuses the seed's ``--frobenius-decay FLOAT`` with the losslab spelling."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        check_seed_frobenius_decay(args)
+        return super().parse_args(ctx, args)
+
+
+@translate.command("train", cls=_TrainCommand)
 @_common_out
 @click.option("--config", "config_file", default=None, help="YAML file (or shipped name) of config keys.")
 @click.option("--src-file", type=click.Path(), default=None, help="Training source text, one sentence per line.")
@@ -111,41 +135,60 @@ def _common_out(func: Any) -> Any:
 @click.option("--test-tgt", type=click.Path(), default=None, help="Test target text.")
 @click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
 @click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
-@options_from_model(TranslateConfig, aliases=SEED_ALIASES)
+@options_from_model(TranslateConfig, aliases={**SEED_ALIASES, "max_epochs": [*SEED_ALIASES["max_epochs"], "--epochs"]})
+@_fairseq_options
 def train_cmd(
-    out_dir: str,
+    out_dir: Path | None,
+    run_name: str | None,
     overwrite: bool,
-    resume: bool,
+    resume: Path | None,
     accelerator: str,
     devices: int,
     progress: bool | None,
     config_file: str | None,
-    src_file: str | None,
-    tgt_file: str | None,
-    valid_src: str | None,
-    valid_tgt: str | None,
-    test_src: str | None,
-    test_tgt: str | None,
     download: bool,
     toy: bool,
     **flags: Any,
 ) -> None:
-    """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test."""
-    cfg = _config(config_file, flags)
+    """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test.
+
+    The run folder (--out-dir, or --out-dir/--run-name) holds config.yaml, tokenizer.json, history.json,
+    metrics.csv, checkpoints/last.ckpt and result.json; --resume RUN continues a killed run with its stored config
+    and data (flags given on top must keep its architecture)."""
+    data = {key: flags.pop(key) for key in DATA_FLAGS if key not in ("download", "toy")}
+    data.update(download=download, toy=toy)
+    stored: dict[str, Any] = {}
+    if resume is not None:
+        from losslab.seq2seq.train import stored_run_config
+
+        stored = stored_run_config(resume)
+        if not _given_data(data):
+            data = dict(stored.get("data") or {})
+    cfg = _config(config_file, flags, {k: v for k, v in stored.items() if k != "data"})
     device = _training_device(accelerator, devices)
-    corpus = _corpus(src_file, tgt_file, valid_src, valid_tgt, test_src, test_tgt, download, toy)
-    path = _out_dir(out_dir, overwrite, resume)
+    corpus = _corpus(**{key: data.get(key) for key in DATA_FLAGS})
     from losslab.seq2seq.train import train_translation
 
-    result = train_translation(
-        cfg, corpus, path, device=device, resume=resume, log=click.echo, progress=_show(progress)
-    )
+    result = train_translation(cfg, corpus, out_dir, device, run_name=run_name, resume=resume, overwrite=overwrite,
+                               data=_absolute(data), log=click.echo, progress=progress)  # fmt: skip
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
+DATA_FLAGS = ("src_file", "tgt_file", "valid_src", "valid_tgt", "test_src", "test_tgt", "download", "toy")
+
+
+def _given_data(data: dict[str, Any]) -> bool:
+    return any(bool(data.get(key)) for key in DATA_FLAGS)
+
+
+def _absolute(data: dict[str, Any]) -> dict[str, Any]:
+    """The data source as recorded in config.yaml (file paths absolute, so that --resume finds them)."""
+    return {key: (str(Path(v).resolve()) if isinstance(v, str) else v) for key, v in data.items() if v}
+
+
 def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, valid_tgt: str | None,
-            test_src: str | None, test_tgt: str | None, download: bool, toy: bool) -> dict:  # fmt: skip
-    given = sum([bool(src_file or tgt_file), download, toy])
+            test_src: str | None, test_tgt: str | None, download: bool | None, toy: bool | None) -> dict:  # fmt: skip
+    given = sum([bool(src_file or tgt_file), bool(download), bool(toy)])
     if given != 1:
         raise ConfigError("give exactly one data source: --src-file/--tgt-file, --download (IWSLT) or --toy")
     if toy:
@@ -175,28 +218,32 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, exists=True), help="Trained run folder.")
 @click.option("--src-file", type=click.Path(), required=True, help="Source text, one sentence per line.")
 @click.option("--tgt-file", type=click.Path(), required=True, help="Reference translations, aligned.")
-@click.option("--beam", type=int, default=None, help="Beam size (default: the run's, 5).")
-@click.option("--lenpen", type=float, default=None, help="Length penalty (default: the run's).")
-@click.option("--device", default=None, help="Torch device (default: cuda if available).")
+@click.option("--beam", type=int, default=None, help=f"Beam size, 1..{MAX_BEAM} (default: the run's, 5).")
+@click.option("--lenpen", type=float, default=None, help="Length penalty, 0..10 (default: the run's).")
+@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N (default: cuda if available).")
 @click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
 @_progress_option
 def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
              device: str | None, json_file: str | None, progress: bool | None) -> None:  # fmt: skip
-    """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature."""
+    """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature.
+
+    With ``--json -`` stdout holds the JSON only (the summary lines go to stderr)."""
+    from losslab.runs import resolve_device
     from losslab.seq2seq.data import read_parallel
     from losslab.seq2seq.train import bleu_of, load_run
 
+    dev = resolve_device(device or "auto")
+    asked = given_options({"beam": beam, "lenpen": lenpen})
+    TranslateConfig.build(**asked)  # the config's ranges check --beam and --lenpen before anything is loaded
     pairs = read_parallel(Path(src_file), Path(tgt_file))
-    dev = _device(device)
     model, tok, cfg = load_run(Path(out_dir), dev)
-    if lenpen is not None:
-        cfg = cfg.model_copy(update={"lenpen": lenpen})
-    import torch
-
-    result = bleu_of(model, tok, pairs, cfg, torch.device(dev), beam=beam, progress=_show(progress))
+    cfg = cfg.model_copy(update=asked)
+    result = bleu_of(model, tok, pairs, cfg, dev, progress=_show(progress))
     result["tokenizer"] = tok.describe()
-    click.echo(f"tokenizer: {result['tokenizer']}")
-    click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)")
+    to_stderr = json_file == "-"
+    click.echo(f"tokenizer: {result['tokenizer']}", err=to_stderr)
+    click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)",
+               err=to_stderr)  # fmt: skip
     if json_file == "-":
         click.echo(json.dumps(result, indent=2))
     elif json_file:
@@ -207,28 +254,40 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
-@click.option("--epochs", type=int, default=12, show_default=True, help="Training epochs on the toy pair.")
-def demo_cmd(
-    out_dir: str, overwrite: bool, resume: bool, accelerator: str, devices: int, progress: bool | None, epochs: int
-) -> None:
-    """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training."""
+@click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True, help="Training epochs.")
+@click.option(
+    "--rank-scale",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
+    "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",
+)
+def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume: Path | None, accelerator: str,
+             devices: int, progress: bool | None, epochs: int, rank_scale: float | None) -> None:  # fmt: skip
+    """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training.
+
+    ``--rank-scale 0.5`` trains the FNL factorized model instead and prints both parameter counts."""
     import torch
 
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import bleu_of, build_model, train_translation
 
     dev = torch.device(_training_device(accelerator, devices))
-    path = _out_dir(out_dir, overwrite, resume)
-    cfg = TranslateConfig(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs, max_tokens=1024,
-                          normalize_before=True, eval_batch_size=100)  # fmt: skip
+    fnl = {} if rank_scale is None else {"rank_scale": rank_scale, "spectral": True, "frobenius_decay": True}
+    cfg = TranslateConfig.build(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
+                                max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl)  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
-    from losslab.seq2seq.tokenizer import SubwordTokenizer
 
-    tok = SubwordTokenizer.train([t for p in corpus["train"] for t in p], cfg.vocab_size)
-    torch.manual_seed(cfg.seed)
-    untrained = bleu_of(build_model(cfg, tok.vocab_size).to(dev), tok, corpus["test"], cfg, dev)
-    click.echo(f"untrained test: {untrained['bleu_text']}")
-    result = train_translation(cfg, corpus, path, device=dev, resume=resume, log=click.echo, progress=_show(progress))
+    def untrained(model: Any, tok: Any) -> None:
+        if rank_scale is not None:
+            dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), tok.vocab_size)
+            n_dense, n_fnl = (sum(p.numel() for p in m.parameters()) for m in (dense, model))
+            click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, "
+                       f"{n_fnl / n_dense:.3f}x)")  # fmt: skip
+        click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, dev)['bleu_text']}")
+
+    result = train_translation(cfg, corpus, out_dir, dev, run_name=run_name, resume=resume, overwrite=overwrite,
+                               data={"toy": True}, log=click.echo, progress=progress, on_start=untrained)  # fmt: skip
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

@@ -16,6 +16,7 @@ the hub contacted, after a quick reachability check, so an offline machine fails
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from losslab.errors import DataNotFoundError, LosslabError
+from losslab.errors import CorruptFileError, DataNotFoundError, LosslabError, UnsafeFileError
 
 # Attribute paths of the decoder layer list, for the families GPTQ-style drivers support.
 _LAYER_PATHS = ("model.decoder.layers", "model.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
@@ -134,10 +135,45 @@ def _reachable(host: str, port: int = 443, timeout: float = HUB_PROBE_TIMEOUT_S)
     return bool(ok)
 
 
-def _from_hub_or_local(loader: Callable[..., Any], name_or_path: str | Path, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` for a local folder, or a hub id: cache first, then the hub if reachable."""
+#: Files of a model folder that can name custom code (``auto_map``) for transformers to import.
+_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json")
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """:class:`UnsafeFileError` when ``folder``'s config names custom code (``auto_map``).
+
+    transformers would ask on stdin whether to run that code (and run it on "y"); losslab never runs code from a
+    model folder, so such a folder is refused before anything is loaded.
+    """
+    for name in _CODE_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise CorruptFileError(
+                f"{str(file)!r} is not readable JSON ({type(err).__name__}); re-save the model"
+            ) from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise UnsafeFileError(
+                f"{str(file)!r} names custom code (auto_map: {', '.join(map(str, data['auto_map']))}); losslab never "
+                "runs code from a model folder: use a model whose architecture transformers ships"
+            )
+
+
+def _from_hub_or_local(
+    loader: Callable[..., Any], name_or_path: str | Path, *, local_only: bool = False, **kwargs: Any
+) -> Any:
+    """``loader.from_pretrained`` for a local folder, or a hub id: cache first, then the hub if reachable.
+
+    Custom code is never run (``trust_remote_code=False``; a folder naming it is refused first). ``local_only``:
+    a hub id is read from the local cache only (no network), e.g. the tokenizer a local packed file names.
+    """
+    kwargs["trust_remote_code"] = False
     source = model_source(name_or_path)
     if isinstance(source, Path):
+        refuse_custom_code(source if source.is_dir() else source.parent)
         try:
             return loader(str(source), **kwargs)
         except (OSError, ValueError) as err:
@@ -147,14 +183,42 @@ def _from_hub_or_local(loader: Callable[..., Any], name_or_path: str | Path, **k
             ) from err
     try:
         return loader(source, local_files_only=True, **kwargs)  # cached: no network at all
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as err:
+        if local_only:
+            raise DataNotFoundError(
+                f"{source!r} is not in the local Hugging Face cache and losslab does not go online for it here "
+                f"({type(err).__name__}); pass --tokenizer /local/folder (saved with save_pretrained)"
+            ) from None
     if _hub_offline():
         raise DataNotFoundError(_offline_message(source, None) + " (the hub is not reachable and it is not cached)")
     try:
         return loader(source, **kwargs)
     except (OSError, ValueError) as err:
         raise DataNotFoundError(_offline_message(source, err)) from err
+
+
+#: Config keys whose value sizes a causal LM's tables (checked before anything is built).
+_SIZE_KEYS = ("vocab_size", "hidden_size", "n_embd", "d_model", "intermediate_size", "ffn_dim", "n_inner",
+              "num_hidden_layers", "n_layer", "max_position_embeddings", "n_positions")  # fmt: skip
+MAX_MODEL_DIM = 1 << 20  # widths, layer counts and context lengths above this are no real model's
+
+
+def check_config_size(config: Any, source: str | os.PathLike[str]) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (nothing allocated); a
+    :class:`~losslab.errors.ConfigError` when a declared size is absurd or the model would not fit in memory."""
+    from transformers import AutoModelForCausalLM
+
+    from losslab.limits import MAX_VOCAB, check_allocation, check_count
+
+    for key in _SIZE_KEYS:
+        value = getattr(config, key, None)
+        if value is not None:
+            check_count(key, value, high=MAX_VOCAB if key == "vocab_size" else MAX_MODEL_DIM, source=source)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    check_allocation(f"a {n_params:,}-parameter model", 4 * n_params, source=source)
+    return n_params
 
 
 def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
@@ -166,8 +230,11 @@ def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -
 
         model = load_packed_lm(source)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
+        if isinstance(source, Path):  # a local folder: its declared sizes are checked before anything is built
+            config = _from_hub_or_local(AutoConfig.from_pretrained, source)
+            check_config_size(config, source / "config.json")
         model = _from_hub_or_local(AutoModelForCausalLM.from_pretrained, source, dtype=dtype)
     if dtype is not None:
         model = model.to(dtype)
@@ -175,8 +242,10 @@ def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -
     return model.eval()
 
 
-def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> Any:
-    """The model's tokenizer (``AutoTokenizer``). ``pad_token="eos"`` sets pad = EOS (the RLO reference)."""
+def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None, local_only: bool = False) -> Any:
+    """The model's tokenizer (``AutoTokenizer``). ``pad_token="eos"`` sets pad = EOS (the RLO reference).
+
+    ``local_only``: a hub name is read from the local cache only (for the tokenizer a packed file records)."""
     from transformers import AutoTokenizer
 
     if pad_token not in (None, "eos"):
@@ -194,7 +263,7 @@ def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None) -> An
             f"folder {str(source)!r} holds no model or tokenizer files (config.json, tokenizer.json, ...); pass a "
             "folder saved with save_pretrained, a packed .safetensors file, or a hub name"
         )
-    tok = _from_hub_or_local(AutoTokenizer.from_pretrained, name_or_path)
+    tok = _from_hub_or_local(AutoTokenizer.from_pretrained, name_or_path, local_only=local_only)
     if pad_token == "eos":
         tok.pad_token = tok.eos_token
     return tok

@@ -46,6 +46,8 @@ def load_packed_lm(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuild a packed HF causal LM from its stored config (offline) with dequantized weights, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from losslab.lm.models import check_config_size
+
     recipe = read_packed_metadata(path).get("recipe") or {}
     if RECIPE_KEY not in recipe:
         raise LosslabError(f"{os.fspath(path)!r} is not a packed causal LM (no {RECIPE_KEY!r} in its recipe)")
@@ -53,7 +55,10 @@ def load_packed_lm(path: str | os.PathLike[str]) -> nn.Module:
     config_dict.pop("auto_map", None)  # remote code is never run for a packed file
     try:
         config = AutoConfig.for_model(config_dict.pop("model_type", None), **config_dict)
+        check_config_size(config, path)  # declared sizes are checked before the skeleton is allocated
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except LosslabError:
+        raise
     except (KeyError, ValueError, TypeError) as err:
         raise LosslabError(
             f"{os.fspath(path)!r} stores a model config transformers cannot build offline ({type(err).__name__}: "

@@ -41,6 +41,10 @@ IGNORE_INDEX = -100
 TOKEN_LOSS_KINDS = ("ce", "root", "root_convex")
 
 
+#: Upper bound of the rooted loss's k and m (larger values are typos; it also rejects inf).
+MAX_KM = 1e6
+
+
 @dataclass(frozen=True)
 class TokenLossSpec:
     """Which token loss to use: ``kind`` in ``ce | root | root_convex`` with its hyper-parameters.
@@ -58,8 +62,8 @@ class TokenLossSpec:
     def __post_init__(self) -> None:
         if self.kind not in TOKEN_LOSS_KINDS:
             raise unknown_name_error("token loss", self.kind, TOKEN_LOSS_KINDS)
-        check_range("k", self.k, low=0.0, low_inclusive=False)
-        check_range("m", self.m, low=0.0, low_inclusive=False)
+        check_range("k", self.k, low=0.0, high=MAX_KM, low_inclusive=False)
+        check_range("m", self.m, low=0.0, high=MAX_KM, low_inclusive=False)
         if self.max_log_weight is not None:
             check_range("max_log_weight", self.max_log_weight, low=0.0, low_inclusive=False)
 

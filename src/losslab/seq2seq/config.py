@@ -7,16 +7,57 @@ model-size presets. Imports only pydantic, so the CLI can build its flags withou
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PRESETS: dict[str, dict[str, int | float | bool]] = {
-    # fairseq's transformer_iwslt_de_en (the IWSLT14 baseline of FNL's Transformer experiments)
+from losslab.limits import MAX_VOCAB
+
+MAX_BEAM = 1000
+
+PRESETS: dict[str, dict[str, int | float | bool | str]] = {
+    # fairseq's transformer_iwslt_de_en (post-norm, sinusoidal positions, tied embeddings)
     "transformer_iwslt_de_en": dict(d_model=512, heads=4, ffn_dim=1024, encoder_layers=6, decoder_layers=6),
+    # the FNL seed's transformer_small (fnl_paper Transformer-PyTorch, fairseq/models/transformer.py): d 256,
+    # FFN 1024, 4 heads, 2+2 layers, pre-norm with a final norm, learned positions (1024 rows per side), untied
+    # embeddings and an output Linear with bias, bias-free attention/FFN projections, no √d embedding scale,
+    # U(-0.1, 0.1) / N(0, 0.1) init, dropout 0.1
+    "transformer_small": dict(
+        d_model=256,
+        heads=4,
+        ffn_dim=1024,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.1,
+        normalize_before=True,
+        learned_positions=True,
+        tie_embeddings=False,
+        bias=False,
+        embed_scale=False,
+        init="fnl",
+    ),
     # the offline toy pair
     "toy": dict(d_model=64, heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.0),
 }
+
+
+def fnl_attention_dim(d_model: int, heads: int, rank_scale: float) -> int:
+    """FNL's attention width under ``--rank-scale s``: each head shrinks to int(s·d/H), so H·int(s·d/H).
+
+    The seed's ``MultiheadAttention`` (fnl_paper, Transformer-PyTorch): ``key_dim = int(rank_scale * key_depth /
+    num_heads) * num_heads``. Refused when a head would have no dimension left.
+    """
+    from losslab.errors import ConfigError
+
+    head = int(rank_scale * d_model / heads)
+    if head < 1:
+        raise ConfigError(
+            f"rank_scale={rank_scale:g} leaves the {heads} heads of width d={d_model} with int(s·d/H)=0 dimensions; "
+            f"use rank_scale >= {heads / d_model:g}"
+        )
+    return head * heads
+
 
 # seed (FNL Transformer-PyTorch) spellings of the config's flags
 SEED_ALIASES: dict[str, list[str]] = {
@@ -27,42 +68,124 @@ SEED_ALIASES: dict[str, list[str]] = {
     "attention_fd_ov": ["--wd2fd-outval"],
     "gradient_clip": ["--clip-norm"],
     "max_updates": ["--max-update"],
+    "max_epochs": ["--max-epoch"],
 }
+
+# The seed's other fairseq training flags (fnl_paper Transformer-PyTorch, fairseq/options.py): flag -> help text.
+# :func:`fairseq_overrides` maps each to config values or refuses it with the losslab spelling.
+FAIRSEQ_FLAGS: dict[str, str] = {
+    "--criterion": "fairseq criterion: label_smoothed_cross_entropy (loss ce, --label-smoothing) or cross_entropy "
+    "(loss ce, no smoothing).",
+    "--lr-scheduler": "fairseq schedule: only inverse_sqrt (losslab's schedule) is accepted.",
+    "--momentum": "fairseq NAG momentum: only 0.99 (losslab's nag) is accepted.",
+    "--save-dir": "Refused: use --out-dir.",
+    "--device-id": "Refused: use --accelerator.",
+    "--distributed-world-size": "fairseq GPU count: only 1 is accepted (losslab translate trains on one device).",
+    "--no-epoch-checkpoints": "Accepted; losslab keeps only the last checkpoint.",
+}
+
+
+def fairseq_overrides(given: dict[str, str | bool | None]) -> dict[str, object]:
+    """Config values for the seed's fairseq flags the user typed (keys: flag names without ``--``, ``_`` for
+    ``-``); a :class:`~losslab.errors.ConfigError` naming losslab's spelling for those losslab does not run."""
+    from losslab.errors import ConfigError
+
+    values: dict[str, object] = {}
+    criterion = given.get("criterion")
+    if criterion is not None:
+        if criterion not in ("label_smoothed_cross_entropy", "cross_entropy"):
+            raise ConfigError(
+                f"--criterion {criterion}: losslab runs label_smoothed_cross_entropy or cross_entropy (as --loss ce); "
+                "for the rooted losses use --loss root or --loss root_convex"
+            )
+        values["loss"] = "ce"
+        if criterion == "cross_entropy":
+            values["label_smoothing"] = 0.0
+    refusals = {
+        "lr_scheduler": ("inverse_sqrt", "losslab translate uses the inverse_sqrt schedule only; drop the flag"),
+        "momentum": ("0.99", "losslab's nag uses momentum 0.99 only; drop the flag"),
+        "distributed_world_size": ("1", "losslab translate trains on one device; drop the flag"),
+    }
+    for key, (allowed, fix) in refusals.items():
+        value = given.get(key)
+        same_number = _number(value) is not None and _number(value) == _number(allowed)
+        if value is not None and str(value) != allowed and not same_number:
+            raise ConfigError(f"--{key.replace('_', '-')} {value}: {fix}")
+    if given.get("save_dir") is not None:
+        raise ConfigError(f"--save-dir {given['save_dir']}: losslab names the run folder with --out-dir")
+    if given.get("device_id") is not None:
+        raise ConfigError(f"--device-id {given['device_id']}: choose the device with --accelerator (cpu, gpu)")
+    return values
+
+
+def check_seed_frobenius_decay(args: list[str]) -> None:
+    """Refuse the seed's ``--frobenius-decay FLOAT`` (a coefficient there; a switch in losslab, λ = weight decay)."""
+    from losslab.errors import ConfigError
+
+    for flag, value in itertools.pairwise(args):
+        if flag == "--frobenius-decay" and _number(value) is not None:
+            raise ConfigError(
+                f"--frobenius-decay {value}: in losslab --frobenius-decay is a switch and its λ is --weight-decay; "
+                f"pass --frobenius-decay --weight-decay {value} (the seed's --wd2fd)"
+            )
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 class TranslateConfig(BaseModel):
     """Everything a translation run needs; every field is a ``losslab translate train`` flag."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: str = Field("transformer_iwslt_de_en", description=f"Model sizes preset: {', '.join(PRESETS)}.")
-    dropout: float | None = Field(None, description="Dropout (default: the preset's; fairseq IWSLT 0.3, FNL 0.2).")
-    normalize_before: bool = Field(False, description="Pre-norm layers (fairseq default: post-norm).")
-    vocab_size: int = Field(10000, description="Joint BPE vocabulary size (fairseq's IWSLT14 recipe: 10000).")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Dropout (default: the preset's; fairseq IWSLT 0.3, FNL seed 0.1)."
+    )
+    normalize_before: bool | None = Field(None, description="Pre-norm layers (default: the preset's).")
+    vocab_size: int = Field(
+        10000, ge=8, le=MAX_VOCAB, description="Joint BPE vocabulary size (fairseq's IWSLT14 recipe: 10000)."
+    )
     loss: Literal["ce", "root", "root_convex"] = Field("ce", description="Token loss (losslab.lm.token_loss).")
-    k: float = Field(5.0, description="Rooted-loss k.")
-    m: float = Field(5.0, description="Rooted-loss m.")
-    label_smoothing: float | None = Field(None, description="fairseq label smoothing (default 0.1 for ce, 0 else).")
+    k: float = Field(5.0, gt=0.0, description="Rooted-loss k.")
+    m: float = Field(5.0, gt=0.0, description="Rooted-loss m.")
+    label_smoothing: float | None = Field(
+        None, ge=0.0, lt=1.0, description="fairseq label smoothing (default 0.1 for ce, 0 else)."
+    )
     optimizer: Literal["adam", "nag"] = Field("adam", description="adam (betas 0.9, 0.98; decoupled WD) or nag.")
-    lr: float = Field(5e-4, description="Peak learning rate (inverse-sqrt schedule after warmup).")
-    warmup_updates: int = Field(4000, description="Linear warmup steps from warmup_init_lr to lr.")
-    warmup_init_lr: float = Field(1e-7, description="Learning rate at step 0.")
-    weight_decay: float = Field(1e-4, description="Weight decay (also λ of the Frobenius decays).")
-    gradient_clip: float | None = Field(None, description="Clip the gradient norm (fairseq --clip-norm).")
-    max_tokens: int = Field(4096, description="Tokens per batch (fairseq --max-tokens).")
-    max_epochs: int = Field(50, description="Stop after this many epochs.")
-    max_updates: int | None = Field(None, description="Stop after this many updates.")
-    rank_scale: float | None = Field(None, description="Factorize the FFN Linears at this rank scale.")
+    lr: float = Field(5e-4, gt=0.0, le=10.0, description="Peak learning rate (inverse-sqrt schedule after warmup).")
+    warmup_updates: int = Field(4000, ge=0, description="Linear warmup steps from warmup_init_lr to lr.")
+    warmup_init_lr: float = Field(1e-7, ge=0.0, le=10.0, description="Learning rate at step 0.")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="Weight decay (also λ of the Frobenius decays).")
+    gradient_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm (fairseq --clip-norm).")
+    max_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per batch (fairseq --max-tokens).")
+    max_epochs: int = Field(50, ge=1, description="Stop after this many epochs.")
+    max_updates: int | None = Field(None, ge=1, description="Stop after this many updates.")
+    rank_scale: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="FNL's --rank-scale s: factorize the FFN Linears, the token and position embeddings and the "
+        "output projection at rank round(s·min(m, n)) and shrink each attention head to int(s·d/H) (s = 1: dense).",
+    )
+    ffn_rank_scale: float | None = Field(
+        None, gt=0.0, le=16.0, description="Factorize only the FFN Linears at this rank scale (attention and "
+        "embeddings dense; s > 1 over-parameterizes); an alternative to rank_scale."
+    )  # fmt: skip
     spectral: bool = Field(False, description="Spectral init of the factorized layers.")
     frobenius_decay: bool = Field(False, description="Frobenius decay of the factorized layers.")
     attention_spectral_qk: bool = Field(False, description="Per-head spectral rebalance of Q_hᵀK_h.")
     attention_spectral_ov: bool = Field(False, description="Per-head spectral rebalance of O_hV_h.")
     attention_fd_qk: bool = Field(False, description="Per-head Frobenius decay of Q_hᵀK_h.")
     attention_fd_ov: bool = Field(False, description="Per-head Frobenius decay of O_hV_h.")
-    beam: int = Field(5, description="Beam size for BLEU.")
-    lenpen: float = Field(1.0, description="Length penalty: score / length**lenpen.")
-    eval_batch_size: int = Field(128, description="Sentences per generation batch.")
-    seed: int = Field(0, description="Training seed.")
+    beam: int = Field(5, ge=1, le=MAX_BEAM, description="Beam size for BLEU.")
+    lenpen: float = Field(1.0, ge=0.0, le=10.0, description="Length penalty: score / length**lenpen.")
+    eval_batch_size: int = Field(128, ge=1, le=100_000, description="Sentences per generation batch.")
+    seed: int = Field(0, ge=0, description="Training seed.")
 
     @model_validator(mode="after")
     def _check(self) -> TranslateConfig:
@@ -70,9 +193,22 @@ class TranslateConfig(BaseModel):
             raise ValueError(f"arch {self.arch!r} is unknown; choose one of: {', '.join(PRESETS)}")
         if self.loss != "ce" and self.label_smoothing:
             raise ValueError(f"label_smoothing applies to loss=ce only; with loss={self.loss} set it to 0")
-        if (self.spectral or self.frobenius_decay) and self.rank_scale is None:
-            raise ValueError("spectral / frobenius_decay act on factorized layers: give rank_scale (--rank-scale)")
+        if self.rank_scale is not None and self.rank_scale < 1:
+            sizes = PRESETS[self.arch]
+            fnl_attention_dim(int(sizes["d_model"]), int(sizes["heads"]), self.rank_scale)
+        if self.rank_scale is not None and self.ffn_rank_scale is not None:
+            raise ValueError("give rank_scale (FNL: FFN, embeddings, output, heads) or ffn_rank_scale (FFN only)")
+        if (self.spectral or self.frobenius_decay) and not self.factorized:
+            raise ValueError(
+                "spectral / frobenius_decay act on factorized layers: give rank_scale (--rank-scale) below 1 "
+                "or ffn_rank_scale"
+            )
         return self
+
+    @property
+    def factorized(self) -> bool:
+        """Whether the model has factorized layers (FNL's s < 1, or the FFN-only variant)."""
+        return (self.rank_scale is not None and self.rank_scale < 1) or self.ffn_rank_scale is not None
 
     @classmethod
     def build(cls, **values: object) -> TranslateConfig:

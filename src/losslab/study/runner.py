@@ -23,6 +23,7 @@ from typing import Any
 
 from losslab.errors import LosslabError
 from losslab.io import check_writable, write_yaml_atomic
+from losslab.runs.progress import show_progress
 from losslab.study.backends import JobFn, check_backend, execute_jobs
 from losslab.study.job import JobResult, StudyJob, compression_key, compression_setting, provenance, train_key
 from losslab.study.spec import StudySpec, load_study_spec
@@ -148,7 +149,7 @@ def run_study(
         write_yaml_atomic(study_dir / "study.yaml", spec.to_dict())
         jobs, total = plan_jobs(spec, store, study_dir)
         outcome = StudyOutcome(study_dir, total, total - len(jobs))
-        show = progress if progress is not None else sys.stderr.isatty()
+        show = show_progress(progress)  # the one decision (losslab.runs.progress): a bar on a terminal
         varied = varied_keys(spec.train_points())
         from tqdm.auto import tqdm
 

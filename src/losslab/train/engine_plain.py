@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,15 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError
-from losslab.io import save_torch_atomic
 from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
+from losslab.runs import checkpoint as run_checkpoint
+from losslab.runs.history import History, Throughput
+from losslab.runs.progress import Progress, progress_mode
+from losslab.runs.task import Task
 from losslab.train.build import training_device
 from losslab.train.ema import EmaWeights
-from losslab.train.engine import ENGINE_KEY, EngineOutcome, History, RunParts, Throughput, show_progress
-from losslab.train.task import EVAL_TALLY, ClassifierTask, diverged_error, tally_metrics
+from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts
+from losslab.train.task import ClassifierTask, diverged_error
 
 
 class EpochMeans:
@@ -88,66 +91,52 @@ class Precision:
             optimizer.step()
 
 
-def _to(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    x, y = batch
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (a tensor, or tuples/lists/dicts of them) on ``device``, copied asynchronously from pinned memory."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
 
 
-class Progress:
-    """One tqdm bar per epoch over the training batches (on a terminal or with --progress), closed with the epoch's
-    loss and validation accuracy; nothing otherwise."""
-
-    def __init__(self, on: bool, total_epochs: int) -> None:
-        self.on, self.total_epochs = on, total_epochs
-        self.bar: Any | None = None
-
-    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
-        if not self.on:
-            yield from loader
-            return
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.total_epochs}", dynamic_ncols=True)
-        for batch in loader:
-            yield batch
-            self.bar.update(1)
-
-    def close(self, row: dict[str, Any]) -> None:
-        if self.bar is not None:
-            names = {"train/loss": "loss", "val/acc": "val_acc"}
-            self.bar.set_postfix({short: f"{row[k]:.4g}" for k, short in names.items() if k in row}, refresh=True)
-            self.bar.close()
-            self.bar = None
+def training_modules(task: Task) -> list[torch.nn.Module]:
+    return [m for m in task.modules().values() if isinstance(m, torch.nn.Module)]
 
 
 @torch.no_grad()
 def evaluate(
-    task: ClassifierTask, loader: Iterable[Any], stage: str, device: torch.device, precision: Precision
+    task: Task, loader: Iterable[Any], stage: str, device: torch.device, precision: Precision
 ) -> dict[str, float]:
-    """``stage/acc``, ``stage/ce`` (test: ``test/top5``, ``test/n``) and logit statistics over ``loader``."""
-    was_training = task.model.training
-    task.model.eval()
-    tally = torch.zeros(len(EVAL_TALLY), dtype=torch.float64, device=device)
+    """``task.tally_metrics`` of the summed ``task.eval_tally`` over ``loader`` (modules in eval mode), plus the
+    means of what the task logged (classifier: ``stage/acc``, ``stage/ce``, test ``top5``/``n``, logit statistics)."""
+    modes = [(module, module.training) for module in training_modules(task)]
+    for module, _ in modes:
+        module.eval()
+    tally: Tensor | None = None
     means = EpochMeans()
     for batch in loader:
-        x, y = task.prepare(_to(batch, device))
-        means.batch_size = int(y.shape[0])
+        batch = task.prepare(to_device(batch, device))
+        means.batch_size = task.batch_size(batch)
         with precision.autocast():
-            tally += task.eval_tally((x, y), stage, means.log)
-    task.model.train(was_training)
-    return {**tally_metrics(stage, tally), **means.means()}
+            sums = task.eval_tally(batch, stage, means.log)
+        tally = sums if tally is None else tally + sums
+    for module, was_training in modes:
+        module.train(was_training)
+    return {**(task.tally_metrics(stage, tally) if tally is not None else {}), **means.means()}
 
 
-def model_state(parts: RunParts) -> dict[str, Tensor]:
-    """The weights as the Lightning engine stores them (``model.``/``objective.`` prefixes)."""
-    state = {f"model.{k}": v for k, v in parts.model.state_dict().items()}
-    state.update({f"objective.{k}": v for k, v in parts.objective.state_dict().items()})
-    return state
+def task_state(task: Task) -> dict[str, Tensor]:
+    """The weights of every module of ``task`` under its name (``model.``/``objective.``: Lightning's layout)."""
+    return {f"{name}.{k}": v for name, module in task.modules().items() for k, v in module.state_dict().items()}
 
 
-def load_model_state(parts: RunParts, state: dict[str, Tensor]) -> None:
-    for prefix, module in (("model.", parts.model), ("objective.", parts.objective)):
-        own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+def load_task_state(task: Task, state: dict[str, Tensor]) -> None:
+    """Load :func:`task_state`'s dict back into the task's modules (strict)."""
+    for name, module in task.modules().items():
+        own = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
         module.load_state_dict(own, strict=True)
 
 
@@ -160,14 +149,15 @@ class PlainLoop:
         self.device = training_device(cfg)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # the listed GPU (--devices 1,) is also the current one
-        parts.model.to(self.device)
-        parts.objective.to(self.device)
         for loader in data.device_loaders():
             loader.to(self.device)
-        self.task = ClassifierTask(
+        classifier = ClassifierTask(
             cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on
         )
-        self.task.mixup, self.task.channels_last = parts.mixup, parts.speed["channels_last"]
+        classifier.mixup, classifier.channels_last = parts.mixup, parts.speed["channels_last"]
+        self.task: Task = classifier  # from here on the loop uses only the task protocol (losslab.runs.task)
+        for module in training_modules(self.task):
+            module.to(self.device)
         self.optimizer, self.schedule = self.task.optimizer_and_schedule()
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.precision = Precision(cfg.precision, self.device)
@@ -179,16 +169,14 @@ class PlainLoop:
         self.ckpt_dir = parts.run_dir / "checkpoints"
         self.start, self.step, self.best_score = 0, 0, None
         self.throughput = Throughput(parts.started, self.device)
-        self.progress = Progress(show_progress(cfg), self.total_epochs)
+        self.progress = Progress(progress_mode(cfg.progress), self.total_epochs)
 
     def resume(self) -> None:
         """Continue from ``parts.resume_ckpt`` (a plain-engine checkpoint) at the epoch after the one it saved."""
-        from losslab.serialization import load_torch_file
-
         raw_state = None
         if self.parts.resume_ckpt is not None:
-            state = load_torch_file(self.parts.resume_ckpt, what="checkpoint", map_location=self.device)
-            load_model_state(self.parts, state["state_dict"])
+            state = run_checkpoint.load(self.parts.resume_ckpt, map_location=self.device)
+            load_task_state(self.task, state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer_states"][0])
             self.schedule.load_state_dict(state["lr_schedulers"][0])
             if self.precision.scaler is not None and state.get("grad_scaler"):
@@ -207,20 +195,21 @@ class PlainLoop:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training split; the epoch's logged means (raises if a loss was NaN/inf)."""
         model, task, optimizer, precision = self.parts.model, self.task, self.optimizer, self.precision
-        model.train()
+        for module in training_modules(task):
+            module.train()
         task.start_epoch(epoch)
         self.data.train.sampler.set_epoch(epoch)
         means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
         if self.follower is not None:
             self.follower.start_epoch()
         for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
-            x, y = task.prepare(_to(batch, self.device))  # (B, C, H, W), (B,)
+            batch = task.prepare(to_device(batch, self.device))  # classifier: (B, C, H, W), (B,)
             self.throughput.step()
-            self.throughput.count(int(y.shape[0]))
-            means.batch_size = int(y.shape[0])
+            means.batch_size = task.batch_size(batch)
+            self.throughput.count(means.batch_size)
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
-                total = task.training_loss((x, y), epoch, means.log)
+                total = task.training_loss(batch, epoch, means.log)
             precision.backward(total)
             precision.unscale(optimizer)
             task.gradient_terms(epoch, means.log)
@@ -253,12 +242,12 @@ class PlainLoop:
         return out
 
     def save(self, path: Path, epoch: int) -> None:
-        """A checkpoint in the Lightning engine's layout (module doc), written atomically."""
+        """A checkpoint in the Lightning engine's layout (module doc), written atomically (:mod:`losslab.runs`)."""
         checkpoint = {
             ENGINE_KEY: "plain",
             "epoch": epoch,
             "global_step": self.step,
-            "state_dict": model_state(self.parts),
+            "state_dict": task_state(self.task),
             "hyper_parameters": {"config": self.cfg.to_dict()},
             "optimizer_states": [self.optimizer.state_dict()],
             "lr_schedulers": [self.schedule.state_dict()],
@@ -267,7 +256,7 @@ class PlainLoop:
         }
         if self.ema is not None:
             self.ema.into_checkpoint(self.parts.model, checkpoint)
-        save_torch_atomic(path, checkpoint)
+        run_checkpoint.save(path, checkpoint)
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Step the schedule, then write last.ckpt, best.ckpt on a strictly better val/acc, preregularized.ckpt."""
@@ -283,8 +272,6 @@ class PlainLoop:
 
     def run(self) -> EngineOutcome:
         """Train every remaining epoch, then test the best checkpoint."""
-        from losslab.serialization import load_torch_file
-
         self.resume()
         history = History(self.parts.run_dir, keep_before=self.start)
         self.task.attach()
@@ -301,8 +288,8 @@ class PlainLoop:
             self.task.detach()
         best = self.ckpt_dir / "best.ckpt"
         tested_path = best if best.is_file() else self.ckpt_dir / "last.ckpt"
-        tested_ckpt = load_torch_file(tested_path, what="checkpoint", map_location=self.device)
-        load_model_state(self.parts, tested_ckpt["state_dict"])
+        tested_ckpt = run_checkpoint.load(tested_path, map_location=self.device)
+        load_task_state(self.task, tested_ckpt["state_dict"])
         tested = evaluate(self.task, self.data.test, "test", self.device, self.precision)
         history.append({}, extra=[{"epoch": self.total_epochs - 1, "step": self.step, **tested}])
         scores = [row["val/acc"] for row in history.rows if "val/acc" in row]

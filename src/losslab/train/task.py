@@ -18,13 +18,14 @@ several shards or ranks is the sum of their tallies, never a mean of means.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import LosslabError
+from losslab.runs.task import LogFn
 from losslab.train.config import TrainConfig
 
 
@@ -39,12 +40,6 @@ DIVERGED_HINT = (
 
 #: The sums an evaluation pass accumulates: top-1 hits, top-5 hits, summed cross entropy, sample count.
 EVAL_TALLY = ("correct1", "correct5", "ce_sum", "n")
-
-
-class LogFn(Protocol):
-    """How a step reports a scalar: the engine keeps the batch-size-weighted mean over the epoch."""
-
-    def __call__(self, name: str, value: Tensor | float, prog_bar: bool = False) -> None: ...
 
 
 class ClassifierTask:
@@ -101,6 +96,17 @@ class ClassifierTask:
             set_active = getattr(reg, "set_active", None)
             if set_active is not None:
                 set_active(any(reg is a for a in active))
+
+    # ------------------------------------------------------------------ the task protocol (losslab.runs.task)
+    def modules(self) -> dict[str, nn.Module]:
+        """The network and the loss module (a learnable loss has parameters): what a checkpoint holds."""
+        return {"model": self.model, "objective": self.objective}
+
+    def batch_size(self, batch: tuple[Tensor, Tensor]) -> int:
+        return int(batch[1].shape[0])
+
+    def tally_metrics(self, stage: str, tally: Tensor | list[float]) -> dict[str, float]:
+        return tally_metrics(stage, tally)
 
     # ------------------------------------------------------------------ steps
     def prepare(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
