@@ -6,7 +6,11 @@
 
 One step (:meth:`GanTrainer.step`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
 terms of :func:`~losslab.objectives.gan.gan_term` (plus R1 (γ/2)·‖∇ₓD(x)‖² on the reals when ``r1_gamma`` > 0),
-then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``).
+then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``) with
+StyleGAN2-ADA's ramp (:func:`ema_beta`: the half-life grows with the images seen, so a short run's EMA is not still
+mostly its initial weights). The EMA averages parameters only; its BatchNorm statistics are re-estimated for the
+averaged weights before it is sampled (:func:`recalibrate_batchnorm`, as SWA does) rather than copied from G, whose
+statistics belong to other weights. Both generators are measured; the samples show the EMA generator.
 Adam (fused on CUDA; DCGAN's lr 2e-4, β 0.5/0.999 for images, the 2-D defaults in :mod:`losslab.gan.config`).
 Data live on the device as one tensor; each epoch is a device-side permutation, and the losses are summed on the
 device and read once per epoch, so a step makes no host synchronisation.
@@ -14,13 +18,16 @@ device and read once per epoch, so a step makes no host synchronisation.
 Run folder ``out_dir/run_name``: ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
 continue bit-for-bit on the same device, RNG states included), ``samples/epoch_NNN.png`` (a grid of EMA-generator
 samples from fixed latents; a scatter over the modes for 2-D data), ``metrics.csv`` (per-epoch losses) and
-``result.json``. ``resume=RUN`` continues a killed run (same layout and rules as ``losslab train``).
+``result.json`` (``metrics``: the EMA generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the
+run (:class:`~losslab.train.task.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
+continues a killed run (same layout and rules as ``losslab train``).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from losslab.errors import ConfigError
 from losslab.gan.config import GanConfig
@@ -36,9 +43,52 @@ from losslab.gan.data import GanData, load_gan_data, load_images
 from losslab.gan.models import build_pair, count_parameters, generate
 from losslab.io import save_torch_atomic, write_atomic, write_json_atomic, write_yaml_atomic
 from losslab.objectives.gan import gan_term
+from losslab.serialization import load_torch_file
 
 GRID_SEED_OFFSET = 12_345
 EVAL_SEED_OFFSET = 54_321
+BN_SEED_OFFSET = 777
+BN_BATCHES = 16  # batches of fresh latents that estimate the EMA generator's BatchNorm statistics
+SAMPLES_FROM = "G_ema"  # the generator the sample grids and the reported metrics use
+
+
+def ema_beta(batch_size: int, nimg: int, ema_kimg: float, rampup: float) -> float:
+    """Per-step EMA decay of StyleGAN2-ADA (Karras et al. 2020, ``training_loop.py``): β = 0.5^(B / h).
+
+    The half-life h is ``ema_kimg``·1000 images, capped at ``rampup``·``nimg`` when ``rampup`` > 0 (``nimg``: images
+    seen before this step), so the first step copies G (β = 0) and the average covers the last ``rampup`` share of
+    training until it reaches ``ema_kimg``.
+    """
+    half_life = ema_kimg * 1000.0
+    if rampup > 0:
+        half_life = min(half_life, nimg * rampup)
+    return 0.5 ** (batch_size / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    gen: nn.Module, z_dim: int, batch_size: int, batches: int = BN_BATCHES, seed: int = 0
+) -> None:
+    """Re-estimate ``gen``'s BatchNorm running statistics for its current weights (SWA's ``update_bn``).
+
+    The running means/variances are reset and set to the plain average over ``batches`` train-mode forwards of
+    seeded latents (momentum ``None``); ``gen`` is left in eval mode. No-op without BatchNorm; the global RNG is
+    not touched.
+    """
+    norms = [m for m in gen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        momenta = [m.momentum for m in norms]
+        device = next(gen.parameters()).device
+        gen_z = torch.Generator().manual_seed(seed)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        gen.train()
+        for _ in range(batches):
+            gen(torch.randn(batch_size, z_dim, generator=gen_z).to(device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    gen.eval()
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -73,6 +123,9 @@ class GanResult:
     parameters: dict[str, int]
     train_seconds: float
     notes: list[str] = field(default_factory=list)
+    metrics_live: dict[str, Any] = field(default_factory=dict)
+    samples_from: str = SAMPLES_FROM
+    ema: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,11 +154,23 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas, **fused)
         self._g_params = list(self.G.parameters())
         self._ema_params = list(self.G_ema.parameters())
-        self._buffers = list(zip(self.G_ema.buffers(), self.G.buffers()))
         self.epoch = 0
+        self.nimg = 0  # images shown to G so far (the EMA ramp's clock)
+        self.ema_init_share = 1.0  # product of the EMA decays so far: the initial weights' share in G_ema
 
     def _term(self, logits: Tensor, term: str) -> Tensor:
         return gan_term(logits, term, self.cfg.loss, self.cfg.k).mean()
+
+    @property
+    def ema_kimg(self) -> float:
+        """The EMA half-life cap in kimg: ``ema_kimg`` or StyleGAN2-ADA's default batch·10/32."""
+        return self.cfg.ema_kimg if self.cfg.ema_kimg is not None else self.cfg.batch_size * 10 / 32
+
+    def current_ema_beta(self) -> float:
+        """The decay the next EMA update uses: the fixed ``ema_decay`` or :func:`ema_beta` at the images seen."""
+        if self.cfg.ema_decay is not None:
+            return self.cfg.ema_decay
+        return ema_beta(self.cfg.batch_size, self.nimg, self.ema_kimg, self.cfg.ema_rampup)
 
     def step(self, real: Tensor) -> Tensor:
         """One D update and one G update on the real batch [B, ...]; returns (d_loss, g_loss, r1) [3] on the device."""
@@ -138,10 +203,28 @@ class GanTrainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """G_ema ← decay·G_ema + (1 − decay)·G (parameters); buffers (BN statistics) copied."""
-        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - self.cfg.ema_decay)
-        for ema_buf, buf in self._buffers:
-            ema_buf.copy_(buf)
+        """G_ema ← β·G_ema + (1 − β)·G on the parameters (β: :meth:`current_ema_beta`); counts the batch's images.
+
+        BatchNorm statistics are not averaged or copied: :meth:`samples` re-estimates them for the EMA weights.
+        """
+        beta = self.current_ema_beta()
+        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
+        self.ema_init_share *= beta
+        self.nimg += self.cfg.batch_size
+
+    def ema_summary(self) -> dict[str, Any]:
+        """How the EMA was formed: fixed decay or ramp (kimg, rampup), the decay of the last step, its half-life in
+        steps, and the share of the initial weights still in the EMA (the product of all decays; 0 with the ramp)."""
+        beta = self.current_ema_beta()
+        half_life = math.log(0.5) / math.log(beta) if 0 < beta < 1 else (0.0 if beta == 0 else math.inf)
+        return {
+            "rule": "fixed" if self.cfg.ema_decay is not None else "stylegan2-ada ramp",
+            "kimg": self.ema_kimg,
+            "rampup": self.cfg.ema_rampup,
+            "last_decay": beta,
+            "half_life_steps": half_life,
+            "initial_weight_share": self.ema_init_share,
+        }
 
     def run_epoch(self, on_step: Any = None) -> dict[str, float]:
         """One pass over the data in a device-side random order; mean losses (one host sync)."""
@@ -157,6 +240,10 @@ class GanTrainer:
             if on_step is not None:
                 on_step()
         d_loss, g_loss, r1 = (sums / steps).tolist()
+        if not all(map(math.isfinite, (d_loss, g_loss, r1))):
+            from losslab.train.task import diverged_error
+
+            raise diverged_error(self.epoch + 1)
         self.epoch += 1
         return {
             "epoch": self.epoch,
@@ -175,6 +262,8 @@ class GanTrainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch,
+            "nimg": self.nimg,
+            "ema_init_share": self.ema_init_share,
             "cpu_rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -185,37 +274,57 @@ class GanTrainer:
         for name in ("G", "D", "G_ema", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(state[name])
         self.epoch = int(state["epoch"])
+        self.ema_init_share = float(state.get("ema_init_share", math.nan))
+        self.nimg = int(state.get("nimg", self.epoch * (len(self.real) // self.cfg.batch_size) * self.cfg.batch_size))
         torch.set_rng_state(state["cpu_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
-    def samples(self, n: int, seed: int) -> Tensor:
-        """``n`` EMA-generator samples from seeded latents (eval mode)."""
-        return generate(self.G_ema.eval(), n, self.cfg.z_dim, seed=seed)
+    def samples(self, n: int, seed: int, live: bool = False) -> Tensor:
+        """``n`` samples from seeded latents (eval mode) of the EMA generator (its BatchNorm statistics re-estimated
+        first) or, with ``live``, of the trained G (its own running statistics); the global RNG is not touched."""
+        if live:
+            out = generate(self.G.eval(), n, self.cfg.z_dim, seed=seed)
+            self.G.train()
+            return out
+        recalibrate_batchnorm(self.G_ema, self.cfg.z_dim, self.cfg.batch_size, seed=self.cfg.seed + BN_SEED_OFFSET)
+        return generate(self.G_ema, n, self.cfg.z_dim, seed=seed)
 
 
-def save_sample_grid(samples: Tensor, path: Path, data: GanData) -> Path:
-    """A PNG of ``samples``: an image grid (8 per row) or, for 2-D points, a scatter over the mixture's modes."""
+def run_label(cfg: GanConfig) -> str:
+    """The loss and k of a run, as figure titles and progress lines show it: ``logistic`` or ``root k=2``."""
+    return "logistic" if cfg.loss == "logistic" else f"root k={cfg.k:g}"
+
+
+def scatter_figure(samples: Tensor, data: GanData, title: str) -> Any:
+    """A matplotlib Figure of 2-D ``samples`` over the mixture's modes (red ×), titled ``title``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert data.mixture is not None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    pts = samples.float().cpu()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, label=f"{len(pts)} samples")
+    ax.scatter(data.mixture.modes[:, 0], data.mixture.modes[:, 1], marker="x", c="red", s=30, label="modes")
+    lim = float(data.mixture.modes.abs().max()) + 1.5
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper right", fontsize=7)
+    return fig
+
+
+def save_sample_grid(samples: Tensor, path: Path, data: GanData, title: str = "") -> Path:
+    """A PNG of ``samples``: an image grid (8 per row) or, for 2-D points, a titled scatter over the mixture's modes."""
     from losslab.io import atomic_path
 
     if data.is_toy:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from losslab.report.figures import save_figure
 
-        assert data.mixture is not None
-        fig, ax = plt.subplots(figsize=(4, 4))
-        pts = samples.float().cpu()
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-        ax.scatter(data.mixture.modes[:, 0], data.mixture.modes[:, 1], marker="x", c="red", s=30)
-        lim = float(data.mixture.modes.abs().max()) + 1.5
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        return save_figure(fig, path)
+        return save_figure(scatter_figure(samples, data, title), path)
     from torchvision.utils import save_image
 
     with atomic_path(path) as tmp:
@@ -278,32 +387,50 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         write_atomic(path, write)
 
 
-def evaluate_generator(trainer: GanTrainer, classifier_cache: Path | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Final metrics of the EMA generator (module docstring of :mod:`losslab.gan.metrics`) and notes."""
+def evaluate_generator(
+    trainer: GanTrainer, classifier_cache: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Final metrics of the EMA generator and of the live G (module docstring of :mod:`losslab.gan.metrics`), and
+    notes; both from the same seeded latents."""
     from losslab.gan import metrics as M
 
     cfg, data, notes = trainer.cfg, trainer.data, []
     seed = cfg.seed + EVAL_SEED_OFFSET
+    n = cfg.eval_samples or (10_000 if data.is_toy else 1_000)
+    fakes = [trainer.samples(n, seed), trainer.samples(n, seed, live=True)]  # EMA, live
     if data.is_toy:
         assert data.mixture is not None
-        return M.mode_metrics(trainer.samples(cfg.eval_samples or 10_000, seed), data.mixture), notes
-    fake = trainer.samples(cfg.eval_samples or 1_000, seed)
-    out: dict[str, Any] = {}
+        ema, live = (M.mode_metrics(fake, data.mixture) for fake in fakes)
+        return ema, live, notes
+    outs: list[dict[str, Any]] = [{}, {}]
     if cfg.data == "digits":
         clf, acc = M.digits_classifier(classifier_cache)
-        real = load_images("digits", fake.shape[-1], split="test").to(fake.device)
-        out = {**M.image_metrics(fake, real, clf), "classifier_test_accuracy": acc, "real_images": len(real)}
+        real = load_images("digits", fakes[0].shape[-1], split="test").to(fakes[0].device)
+        for out, fake in zip(outs, fakes):
+            out.update(M.image_metrics(fake, real, clf), classifier_test_accuracy=acc, real_images=len(real))
     else:
         notes.append(f"digits-FD and precision/recall use the digits classifier; not computed for {cfg.data!r}")
     if cfg.fid_weights is not None:
-        out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
+        for out, fake in zip(outs, fakes):
+            out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
     else:
         notes.append(M.fid_message(None) or "")
-    return out, notes
+    return outs[0], outs[1], notes
+
+
+def epoch_line(name: str, stats: dict[str, float], epochs: int) -> str:
+    """The progress line of one finished epoch (stderr when it is not a terminal)."""
+    return (
+        f"{name}: epoch {int(stats['epoch'])}/{epochs}, {int(stats['steps'])} steps, d_loss {stats['d_loss']:.4f}, "
+        f"g_loss {stats['g_loss']:.4f}, r1 {stats['r1']:.4g}, {stats['seconds']:.1f} s"
+    )
 
 
 def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
-    """Train (or continue) the run of ``cfg`` and write its folder; returns the :class:`GanResult`."""
+    """Train (or continue) the run of ``cfg`` and write its folder; returns the :class:`GanResult`.
+
+    Everything that can be refused (device, data, batch size, the run folder) is checked before the folder is made.
+    """
     device = resolve_device(cfg.accelerator)
     if cfg.fid_weights is not None and not Path(cfg.fid_weights).is_file():
         raise ConfigError(f"--fid-weights {str(cfg.fid_weights)!r} is not a file; give the local weights or drop it")
@@ -316,11 +443,11 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
             data_dir=cfg.data_dir,
             download=cfg.download,
         )
-    run_dir, ckpt = prepare_run_dir(cfg)
     trainer = GanTrainer(cfg, data, device)
+    run_dir, ckpt = prepare_run_dir(cfg)
     history: list[dict[str, float]] = []
     if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=True)  # tensors, numbers, dicts
+        state = load_torch_file(ckpt, what="GAN checkpoint", map_location=device)
         trainer.load_state_dict(state["trainer"])
         history = state["history"]
     write_yaml_atomic(run_dir / "config.yaml", {**cfg.to_dict(), "resume": None, "overwrite": False})
@@ -331,21 +458,28 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
         from tqdm import tqdm
 
         bar = tqdm(total=(cfg.epochs - trainer.epoch) * steps_per_epoch, desc=run_dir.name, file=sys.stderr)
-    grid_seed = cfg.seed + GRID_SEED_OFFSET
+    grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
+    n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
     while trainer.epoch < cfg.epochs:
         stats = trainer.run_epoch(on_step=bar.update if bar is not None else None)
         history.append(stats)
         if bar is not None:
             bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}")
-        n_grid = cfg.grid_samples if not data.is_toy else max(cfg.grid_samples, 2000)
+        else:
+            print(epoch_line(run_dir.name, stats, cfg.epochs), file=sys.stderr, flush=True)
         save_sample_grid(
-            trainer.samples(n_grid, grid_seed), run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png", data
+            trainer.samples(n_grid, grid_seed),
+            run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png",
+            data,
+            f"epoch {trainer.epoch}, {title}, EMA generator",
         )
         save_torch_atomic(run_dir / "checkpoints" / "last.ckpt", {"trainer": trainer.state_dict(), "history": history})
         _write_history(run_dir / "metrics.csv", history)
     if bar is not None:
         bar.close()
-    metrics, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt") if cfg.metrics else ({}, [])
+    metrics, live, notes = ({}, {}, [])
+    if cfg.metrics:
+        metrics, live, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt")
     result = GanResult(
         run_dir=run_dir,
         config=cfg.to_dict(),
@@ -353,12 +487,23 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
         steps=trainer.epoch * steps_per_epoch,
         history=history,
         metrics=metrics,
+        metrics_live=live,
         parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
         train_seconds=sum(h["seconds"] for h in history),
         notes=[n for n in notes if n],
+        ema=trainer.ema_summary(),
     )
     write_json_atomic(run_dir / "result.json", result.to_dict())
     return result
 
 
-__all__ = ["GanResult", "GanTrainer", "prepare_run_dir", "resolve_device", "resume_config", "train_gan"]
+__all__ = [
+    "GanResult",
+    "GanTrainer",
+    "ema_beta",
+    "prepare_run_dir",
+    "recalibrate_batchnorm",
+    "resolve_device",
+    "resume_config",
+    "train_gan",
+]
