@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import Callback
 
 from losslab.cli.app import main
 from losslab.errors import ConfigError, OutputError
+from losslab.runs.folder import MARKER, RunFolder, check_run_name, lock_path
 from losslab.train import TrainConfig, fit
-from losslab.train.run_folder import MARKER, RunFolder, check_run_name, claim_run_folder, lock_path
+from losslab.train.run_folder import claim_run_folder
 
 TINY = {"model": "mlp", "epochs": 1, "progress": False, "batch_size": 256}
 
@@ -386,7 +387,7 @@ def test_ctrl_c_between_the_commit_renames_keeps_the_finished_new_run(
     run is kept (not abandoned), and the next claim of the name puts it in place."""
     import os as os_module
 
-    from losslab.train import run_folder
+    from losslab.runs import folder as run_folder
 
     (copy_run(finished_run, tmp_path) / "note.txt").write_text("old run")
     real_rename = os_module.rename

@@ -3,7 +3,7 @@
     losslab logreg --dataset breast_cancer --loss rooted --k 3 --l2 1e-3
     losslab logreg --dataset breast_cancer --compare --k 3 --k 10 --json logreg.json
     losslab logreg --csv data.csv --target label --solver newton
-    losslab logreg sweep --datasets breast_cancer,wine_binary --k 1,3,10 --l2 0,1e-3 --seeds 0,1,2 --out-dir sweep
+    losslab logreg sweep --datasets breast_cancer,wine_binary --k 1,3,10 --l2 0,1e-3 --seeds 0,1,2 --run-name rlo
 
 Datasets (:mod:`losslab.data.binary_tables`) are scikit-learn's bundled tables (no download) turned into binary
 tasks, or a seeded separable set:
@@ -20,14 +20,14 @@ task gets a stratified train/test split seeded by ``--seed`` (default 30 % test)
 training split's mean and standard deviation. ``--compare`` fits the logistic loss and the rooted loss for every
 ``--k`` on the same split and prints iterations to tolerance and accuracies side by side; ``--json`` writes every
 fit (weights, per-iteration history, options) atomically. The fits are :func:`fit_logistic_regression` calls.
-``sweep`` runs :mod:`losslab.objectives.logreg_sweep` (a CSV row per fit and a plot of iterations and test accuracy
-vs k).
+``sweep`` runs :mod:`losslab.logreg.sweep` in a run folder (``--out-dir``/``--run-name``; a CSV row per fit and a
+plot of iterations and test accuracy vs k; ``--resume`` continues a killed sweep, ``--overwrite`` replaces a finished
+one).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -42,10 +42,6 @@ from losslab.cli.options import (
 )
 from losslab.errors import ConfigError
 
-if TYPE_CHECKING:
-    from losslab.data.binary_tables import BinarySplit
-    from losslab.objectives.logistic_regression import LogisticFit
-
 DATASET_NAMES = ("breast_cancer", "iris_binary", "digits_binary", "wine_binary", "synthetic_separable")
 """The bundled tasks of :data:`losslab.data.binary_tables.DATASETS`, spelled out so ``--help`` needs no torch import
 (a test checks the two agree)."""
@@ -56,72 +52,6 @@ class _LogregGroup(click.Group):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "[OPTIONS] | sweep [SWEEP OPTIONS]")
-
-
-def fit_split(split: BinarySplit, *, loss: str, k: float | None, **options: Any) -> LogisticFit:
-    """:func:`fit_logistic_regression` on the split's training rows."""
-    from losslab.objectives.logistic_regression import fit_logistic_regression
-
-    return fit_logistic_regression(split.X_train, split.y_train, loss=loss, k=k, **options)
-
-
-def check_runs(runs: list[tuple[str, float | None]], **options: Any) -> None:
-    """Raise :class:`ConfigError` if any (loss, k) of ``runs`` with ``options`` is not allowed (no work done)."""
-    from losslab.objectives.logistic_regression import check_options
-
-    settings = {key: options[key] for key in ("l2", "solver", "lr", "max_iter", "tol") if key in options}
-    for loss, k in runs:
-        check_options(loss=loss, k=k, **settings)
-
-
-def run_logreg(split: BinarySplit, runs: list[tuple[str, float | None]], **options: Any) -> dict[str, Any]:
-    """Fit every (loss, k) of ``runs`` on ``split`` with the same ``options``; returns table, records, protocol.
-
-    All settings are checked before the first fit.
-    """
-    from losslab.tables import format_table
-
-    check_runs(runs, **options)
-    rows, records = [], []
-    for loss, k in runs:
-        fit = fit_split(split, loss=loss, k=k, **options)
-        train_acc, test_acc = fit.score(split.X_train, split.y_train), fit.score(split.X_test, split.y_test)
-        weight_norm = float(fit.weights.norm())
-        rows.append(
-            [
-                loss,
-                "-" if fit.options.k is None else f"{fit.options.k:g}",
-                fit.iterations,
-                fit.function_evals,
-                "yes" if fit.converged else "no",
-                fit.stop_reason,
-                f"{fit.objective:.6f}",
-                f"{fit.grad_norm:.1e}",
-                f"{weight_norm:.3f}",
-                100 * train_acc,
-                100 * test_acc,
-            ]
-        )
-        records.append(
-            {
-                "loss": loss,
-                "k": fit.options.k,
-                "train_accuracy": train_acc,
-                "test_accuracy": test_acc,
-                "weight_norm": weight_norm,
-                **fit.to_dict(),
-            }
-        )
-    headers = ["loss", "k", "iters", "evals", "converged", "stop", "objective", "|grad F|", "|w|", "train %", "test %"]
-    info, first = split.describe(), records[0]["options"]
-    protocol = (
-        f"{info['name']}: {info['n_train']} train / {info['n_test']} test rows, {info['n_features']} features "
-        f"standardised on train, positive class {info['positive_class']!r}, stratified split seed {split.seed}; "
-        f"solver {first['solver']}, l2 {first['l2']:g}, tol {first['tol']:g} on ||grad F||_2, start w = 0; "
-        "objective F includes the rooted loss's constant k"
-    )
-    table = format_table(headers, rows, align="llrrllrrrrr")
-    return {"table": table, "protocol": protocol, "dataset": info, "runs": records}
 
 
 @click.group("logreg", invoke_without_command=True, cls=_LogregGroup)
@@ -168,6 +98,7 @@ def logreg(
     if click.get_current_context().invoked_subcommand is not None:
         return
     from losslab.data.binary_tables import load_split
+    from losslab.logreg.fits import check_runs, run_logreg
 
     check_new_output(json_path, overwrite)
     runs = _runs(loss, ks, compare)
@@ -202,12 +133,24 @@ def _runs(loss: str | None, ks: tuple[float, ...], compare: bool) -> list[tuple[
     return [(loss or "rooted", ks[0] if ks else None)]
 
 
-SWEEP_DEFAULTS = {
-    "datasets": "breast_cancer,wine_binary,iris_binary,digits_binary",
-    "k": "1,2,3,5,8,10,20,50",
-    "l2": "0,1e-3,1e-2",
-    "seeds": "0,1,2,3,4,5,6,7,8,9",
-}
+def _listed(values: tuple[float, ...] | tuple[int, ...] | tuple[str, ...]) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _sweep_defaults() -> dict[str, str]:
+    """The sweep options' defaults, spelled from :class:`losslab.logreg.sweep.SweepConfig` (no torch import)."""
+    from losslab.logreg.sweep import SweepConfig
+
+    base = SweepConfig()
+    return {
+        "datasets": _listed(base.datasets),
+        "k": _listed(base.k),
+        "l2": _listed(base.l2),
+        "seeds": _listed(base.seeds),
+    }
+
+
+SWEEP_DEFAULTS = _sweep_defaults()
 
 
 @logreg.command("sweep", cls=LosslabCommand)
@@ -220,9 +163,17 @@ SWEEP_DEFAULTS = {
 @click.option("--max-iter", type=int, default=None, help="Iteration cap [default: 10000].")
 @click.option("--tol", type=float, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
 @click.option("--test-fraction", type=float, default=0.3, show_default=True, help="Share of rows held out.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("logreg_sweep"), show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing sweep.csv / sweep.png in --out-dir.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on when stderr is a terminal].")
+@click.option(
+    "--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Folder of run folders."
+)
+@click.option("--run-name", default="logreg_sweep", show_default=True, help="The run folder's name inside --out-dir.")
+@click.option(
+    "--resume", type=click.Path(path_type=Path), default=None, help="Continue a killed sweep (its run folder)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace a finished sweep's run folder (only one losslab made).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar [default: a bar on a terminal, else a line per fit]."
+)
 def sweep(
     datasets: str,
     ks: list[float],
@@ -234,47 +185,46 @@ def sweep(
     tol: float | None,
     test_fraction: float,
     out_dir: Path,
+    run_name: str,
+    resume: Path | None,
     overwrite: bool,
     progress: bool | None,
 ) -> None:
-    """Sweep k × λ × data sets × seeds (logistic as reference): sweep.csv (one row per fit) and sweep.png.
+    """Sweep k × λ × data sets × seeds (logistic as reference) into a run folder: sweep.csv (one row per fit),
+    sweep.png, history.json / metrics.csv, checkpoints/last.ckpt (for --resume) and result.json.
 
     The plot shows iterations and test accuracy vs k, one line per data set (mean ± std over seeds), the logistic
     loss dashed. Each row equals `losslab logreg --dataset D --loss L --k K --l2 λ --seed S`.
     """
-    import sys
+    from losslab.logreg.sweep import SweepConfig, run_sweep_folder, stored_config, summary_table
 
-    from losslab.objectives.logreg_sweep import plot_sweep, run_sweep, summarize, sweep_grid, write_sweep_csv
-    from losslab.tables import format_table
-
-    csv_path, png_path = out_dir / "sweep.csv", out_dir / "sweep.png"
-    existing = [str(p) for p in (csv_path, png_path) if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"{', '.join(existing)} already exist; pass --overwrite or another --out-dir")
-    names = [name.strip() for name in datasets.split(",") if name.strip()]
-    points = sweep_grid(names, ks, l2s, seeds, include_logistic=not no_logistic)
-    given = {"max_iter": max_iter, "tol": tol}
-    options = {"solver": solver, **{key: v for key, v in given.items() if v is not None}}
-    if sys.stderr.isatty() if progress is None else progress:
-        with click.progressbar(length=len(points), label="logreg sweep", file=sys.stderr) as bar:
-            rows = run_sweep(points, test_fraction=test_fraction, on_row=lambda _: bar.update(1), **options)
+    ctx = click.get_current_context()
+    settings = {
+        "datasets": tuple(name.strip() for name in datasets.split(",") if name.strip()),
+        "k": tuple(ks),
+        "l2": tuple(l2s),
+        "seeds": tuple(seeds),
+        "include_logistic": not no_logistic,
+        "solver": solver,
+        "max_iter": max_iter,
+        "tol": tol,
+        "test_fraction": test_fraction,
+    }
+    params = {"datasets": "datasets", "k": "ks", "l2": "l2s", "seeds": "seeds", "include_logistic": "no_logistic"}
+    if resume is not None:  # the stored config, with the options given on this command line on top (must agree)
+        given = {
+            key: value
+            for key, value in settings.items()
+            if ctx.get_parameter_source(params.get(key, key)) != click.core.ParameterSource.DEFAULT
+        }
+        cfg = stored_config(resume, given)
     else:
-        rows = run_sweep(points, test_fraction=test_fraction, **options)
-    write_sweep_csv(rows, csv_path)
-    plot_sweep(rows, png_path)
-    iters, acc = summarize(rows, "iterations"), summarize(rows, "test_accuracy")
-    table = [
-        [
-            d,
-            f"{l2:g}",
-            loss,
-            "-" if k is None else f"{k:g}",
-            f"{m:.1f} ± {s:.1f}",
-            f"{100 * a[0]:.2f} ± {100 * a[1]:.2f}",
-            n,
-        ]
-        for (d, l2, loss, k), (m, s, n) in iters.items()
-        for a in [acc[(d, l2, loss, k)]]
-    ]
-    click.echo(format_table(["dataset", "l2", "loss", "k", "iterations", "test %", "seeds"], table, align="lrllrrr"))
-    click.echo(f"\n{len(rows)} fits ({solver}); rows: {csv_path}; plot: {png_path}")
+        cfg = SweepConfig.from_dict(settings)
+    done = run_sweep_folder(
+        cfg, out_dir=out_dir, run_name=run_name, resume=resume, overwrite=overwrite, progress=progress
+    )
+    click.echo(summary_table(done.rows))
+    click.echo(
+        f"\n{len(done.rows)} fits ({cfg.solver}); run folder: {done.run_dir}; rows: {done.csv_path}; "
+        f"plot: {done.png_path}"
+    )

@@ -196,13 +196,13 @@ def write_sweep_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, float | None], tuple[float, float, int]]:
     """(loss, k) → (mean, std, n) of ``metric`` over seeds (rows lacking it are skipped)."""
-    from losslab.objectives.logreg_sweep import _mean_std
+    from losslab.logreg.sweep import mean_std
 
     groups: dict[tuple[str, float | None], list[float]] = {}
     for row in rows:
         if row.get(metric) is not None:
             groups.setdefault((row["loss"], row["k"]), []).append(float(row[metric]))
-    return {key: (*_mean_std(v), len(v)) for key, v in groups.items()}
+    return {key: (*mean_std(v), len(v)) for key, v in groups.items()}
 
 
 def metric_range(rows: Sequence[dict[str, Any]], metric: str) -> tuple[float, float]:

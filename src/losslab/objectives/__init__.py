@@ -16,7 +16,6 @@ See docs/objectives.md and the objectives spec for formulas, numerics and the ma
 from losslab.objectives.cross_entropy import CrossEntropyLoss, cross_entropy
 from losslab.objectives.focal import FocalLoss, focal_loss, focal_rlo_paper
 from losslab.objectives.gan import GanLosses, gan_losses
-from losslab.objectives.logistic_regression import LogisticFit, LogisticObjective, fit_logistic_regression
 from losslab.objectives.registry import OBJECTIVES, create, list_objectives, objective_kwargs
 from losslab.objectives.rooted import RootedLoss, RootedLossConvex, rooted_logistic, rooted_loss, rooted_loss_convex
 from losslab.objectives.sgt import SGTCrossEntropyLoss, SoftmaxGradientTampering, sgt_cross_entropy
@@ -27,15 +26,12 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "GanLosses",
-    "LogisticFit",
-    "LogisticObjective",
     "RootedLoss",
     "RootedLossConvex",
     "SGTCrossEntropyLoss",
     "SoftmaxGradientTampering",
     "create",
     "cross_entropy",
-    "fit_logistic_regression",
     "focal_loss",
     "focal_rlo_paper",
     "gan_losses",

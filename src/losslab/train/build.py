@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from losslab.errors import ConfigError
+from losslab.runs.device import mps_available
 from losslab.train.config import TrainConfig
 
 
@@ -46,11 +47,6 @@ def erasing_of(cfg: TrainConfig) -> Any:
     from losslab.data.transforms import Erasing
 
     return Erasing(cutout=cfg.cutout, reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount)
-
-
-def mps_available() -> bool:
-    """Whether Apple's GPU (MPS) can be used here."""
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def training_device(cfg: TrainConfig) -> torch.device:

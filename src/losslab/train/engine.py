@@ -16,12 +16,7 @@ the engine that wrote its checkpoint. Both write the same run folder and checkpo
 
 from __future__ import annotations
 
-import csv as csv_module
-import json
 import random
-import sys
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +25,8 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError
-from losslab.io import atomic_path, write_json_atomic
-from losslab.train.build import LoaderSet, mps_available, training_device
+from losslab.runs.device import mps_available
+from losslab.train.build import LoaderSet, training_device
 from losslab.train.config import TrainConfig
 
 #: The key a plain-engine checkpoint carries (Lightning's carry ``pytorch-lightning_version`` instead).
@@ -211,70 +206,3 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def show_progress(cfg: TrainConfig) -> bool:
-    """The progress bar setting: ``cfg.progress``, default on when stderr is a terminal."""
-    return sys.stderr.isatty() if cfg.progress is None else cfg.progress
-
-
-class History:
-    """``history.json`` (one row per epoch) and, with ``csv``, ``metrics.csv`` (the same rows plus the test row),
-    rewritten atomically; a resumed run keeps the rows of the epochs before the one it restarts. (The Lightning
-    engine's CSV is Lightning's own logger's.)"""
-
-    def __init__(self, run_dir: Path, keep_before: int, csv: bool = True) -> None:
-        self.json_path = run_dir / "history.json"
-        self.csv_path = run_dir / "metrics.csv" if csv else None
-        self.rows: list[dict[str, Any]] = []
-        if keep_before > 0 and self.json_path.is_file():
-            self.rows = [row for row in json.loads(self.json_path.read_text()) if row["epoch"] < keep_before]
-
-    def append(self, row: dict[str, Any], extra: Iterable[dict[str, Any]] = ()) -> None:
-        if row:
-            self.rows.append(row)
-            write_json_atomic(self.json_path, self.rows)
-        if self.csv_path is None:
-            return
-        rows = [*self.rows, *extra]
-        keys = ["epoch", "step", *sorted({k for r in rows for k in r} - {"epoch", "step"})]
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv_module.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-class Throughput:
-    """Training images per second (validation excluded) and the time of the first training step: ``step`` at the
-    start of each training batch, ``count`` its images, ``stop`` when the epoch's training part ends."""
-
-    def __init__(self, started: float, device: torch.device | None = None) -> None:
-        self.started, self.device = started, device
-        self.first_step_s: float | None = None
-        self.first_step_unix: float | None = None
-        self.images, self.seconds = 0, 0.0
-        self._t0: float | None = None
-
-    def _now(self) -> float:
-        if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def step(self) -> None:
-        if self.first_step_s is None:
-            self.first_step_s = time.perf_counter() - self.started
-            self.first_step_unix = time.time()
-        if self._t0 is None:
-            self._t0 = self._now()
-
-    def count(self, images: int) -> None:
-        self.images += images
-
-    def stop(self) -> None:
-        if self._t0 is not None:
-            self.seconds += self._now() - self._t0
-            self._t0 = None
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")

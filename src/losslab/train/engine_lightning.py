@@ -21,11 +21,13 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 
 from losslab.errors import ConfigError
+from losslab.runs.history import History, Throughput
+from losslab.runs.progress import show_progress
 from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
 from losslab.train.ema import EmaWeights
-from losslab.train.engine import EngineOutcome, History, RunParts, Throughput, parse_devices, show_progress
+from losslab.train.engine import EngineOutcome, RunParts, parse_devices
 
 
 class EpochHistory(Callback):
@@ -199,7 +201,7 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
     all_callbacks.extend(build_factor_callbacks(cfg))
     if cfg.model_ema:
         all_callbacks.append(ModelEma(cfg.model_ema_decay, warmup=cfg.model_ema_warmup))
-    progress = show_progress(cfg)
+    progress = show_progress(cfg.progress)
     if progress:
         all_callbacks.append(TQDMProgressBar())
     trainer = pl.Trainer(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,11 @@ from torch import Tensor
 from losslab.errors import ConfigError
 from losslab.io import save_torch_atomic
 from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
+from losslab.runs.history import History, Throughput
+from losslab.runs.progress import Progress, progress_mode
 from losslab.train.build import training_device
 from losslab.train.ema import EmaWeights
-from losslab.train.engine import ENGINE_KEY, EngineOutcome, History, RunParts, Throughput, show_progress
+from losslab.train.engine import ENGINE_KEY, EngineOutcome, RunParts
 from losslab.train.task import EVAL_TALLY, ClassifierTask, diverged_error, tally_metrics
 
 
@@ -91,33 +93,6 @@ class Precision:
 def _to(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
     x, y = batch
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-class Progress:
-    """One tqdm bar per epoch over the training batches (on a terminal or with --progress), closed with the epoch's
-    loss and validation accuracy; nothing otherwise."""
-
-    def __init__(self, on: bool, total_epochs: int) -> None:
-        self.on, self.total_epochs = on, total_epochs
-        self.bar: Any | None = None
-
-    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
-        if not self.on:
-            yield from loader
-            return
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.total_epochs}", dynamic_ncols=True)
-        for batch in loader:
-            yield batch
-            self.bar.update(1)
-
-    def close(self, row: dict[str, Any]) -> None:
-        if self.bar is not None:
-            names = {"train/loss": "loss", "val/acc": "val_acc"}
-            self.bar.set_postfix({short: f"{row[k]:.4g}" for k, short in names.items() if k in row}, refresh=True)
-            self.bar.close()
-            self.bar = None
 
 
 @torch.no_grad()
@@ -179,7 +154,7 @@ class PlainLoop:
         self.ckpt_dir = parts.run_dir / "checkpoints"
         self.start, self.step, self.best_score = 0, 0, None
         self.throughput = Throughput(parts.started, self.device)
-        self.progress = Progress(show_progress(cfg), self.total_epochs)
+        self.progress = Progress(progress_mode(cfg.progress), self.total_epochs)
 
     def resume(self) -> None:
         """Continue from ``parts.resume_ckpt`` (a plain-engine checkpoint) at the epoch after the one it saved."""

@@ -18,7 +18,7 @@ excluded), the time from ``fit`` to the first training step, the torch thread ch
 (TF32, channels-last, compile). Every file, checkpoints included, is written atomically. A run killed at any point
 resumes from ``last.ckpt`` with ``resume=<run folder>``, keeping its metrics history; a finished run folder is
 never resumed, and is replaced only with ``overwrite=True`` once the new run has finished (see
-:mod:`losslab.train.run_folder`). A loss that turns NaN/inf stops the run (``TrainingDivergedError``) before that
+:mod:`losslab.runs.folder`). A loss that turns NaN/inf stops the run (``TrainingDivergedError``) before that
 epoch's checkpoint is written.
 """
 
@@ -35,12 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from losslab.errors import ConfigError
-from losslab.io import write_json_atomic, write_yaml_atomic
+from losslab.runs.folder import RunFolder, is_child_rank
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
 from losslab.train.config import TrainConfig
 from losslab.train.engine import RunParts, check_hardware, choose_engine, precision_problem, seed_all
 from losslab.train.recipe import build_mixup
-from losslab.train.run_folder import RunFolder, claim_run_folder, is_child_rank, resolve_resume
+from losslab.train.run_folder import claim_run_folder, resolve_resume
 
 __all__ = ["RunResult", "evaluate_model", "fit", "resolve_resume"]
 
@@ -161,7 +161,7 @@ def fit(cfg: TrainConfig, callbacks: list[Any] | None = None) -> RunResult:
 
     Everything that can be wrong with the config (unknown names, unreachable compression targets, missing data,
     hardware options, the run folder) is checked before the first training step; the run folder is locked
-    while the run lasts (see :mod:`losslab.train.run_folder`). ``callbacks`` are Lightning callbacks (they make
+    while the run lasts (see :mod:`losslab.runs.folder`). ``callbacks`` are Lightning callbacks (they make
     the run use the Lightning engine; see :mod:`losslab.train.engine`).
     """
     from losslab.threads import configure_threads
@@ -197,7 +197,7 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, engine: str, why: str, callbacks: 
     speed = speed_settings(cfg, model, [*always_on, *(schedule.regularizers() if schedule is not None else [])])
     say(f"engine: {engine} ({why}); input pipeline: {data.kind} ({data.reason})")
     run_dir = run.create()
-    write_yaml_atomic(run_dir / "config.yaml", cfg.to_dict())
+    run.write_config()
     parts = RunParts(
         cfg=cfg,
         run_dir=run_dir,
@@ -247,7 +247,7 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, engine: str, why: str, callbacks: 
     )
     say(f"training throughput {outcome.images_per_s:,.0f} images/s ({engine} engine, {data.kind} pipeline)")
     if outcome.writes_results:  # other DDP ranks must not write into a folder rank 0 may already have swapped
-        write_json_atomic(run_dir / "result.json", result.to_dict())
+        run.write_result(result.to_dict())
     return result
 
 

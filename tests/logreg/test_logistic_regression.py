@@ -16,8 +16,8 @@ from sklearn.svm import SVC
 from losslab.cli import cli, main
 from losslab.data.binary_tables import BinarySplit, load_split, synthetic_separable
 from losslab.errors import LosslabError
-from losslab.objectives import LogisticFit, LogisticObjective, fit_logistic_regression
-from losslab.objectives.logistic_regression import margin_loss_derivatives
+from losslab.logreg import LogisticFit, LogisticObjective, fit_logistic_regression
+from losslab.logreg.model import margin_loss_derivatives
 
 LOSSES = [("logistic", None), ("rooted", 3.0), ("rooted", 0.5)]
 

@@ -3,7 +3,7 @@
 The RLO seed's "logistic regression with RLO": a binary linear classifier trained by full-batch deterministic
 optimisation, so convergence and the effect of k can be measured exactly::
 
-    from losslab.objectives import fit_logistic_regression
+    from losslab.logreg import fit_logistic_regression
 
     fit = fit_logistic_regression(X, y, loss="rooted", k=3.0, l2=1e-3, solver="newton", tol=1e-8)
     fit.converged, fit.iterations, fit.history.objective[-1]
