@@ -15,24 +15,26 @@ Adam (fused on CUDA; DCGAN's lr 2e-4, β 0.5/0.999 for images, the 2-D defaults 
 Data live on the device as one tensor; each epoch is a device-side permutation, and the losses are summed on the
 device and read once per epoch, so a step makes no host synchronisation.
 
-Run folder ``out_dir/run_name``: ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
-continue bit-for-bit on the same device, RNG states included), ``samples/epoch_NNN.png`` (a grid of EMA-generator
-samples from fixed latents; a scatter over the modes for 2-D data), ``metrics.csv`` (per-epoch losses) and
-``result.json`` (``metrics``: the EMA generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the
-run (:class:`~losslab.train.task.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
-continues a killed run (same layout and rules as ``losslab train``).
+Run folder ``out_dir/run_name``, claimed through :mod:`losslab.runs` (the rules of every losslab run: a confined
+name, a lock, ``--overwrite`` only of losslab's folders and staged until the new run finishes, a resume checked
+against the stored config): ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
+continue bit-for-bit on the same device, RNG states included; read only through the safe loader),
+``samples/epoch_NNN.png`` (a grid of EMA-generator samples from fixed latents; a titled scatter over the modes for
+2-D data), ``history.json`` and ``metrics.csv`` (per-epoch losses) and ``result.json`` (``metrics``: the EMA
+generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the run
+(:class:`~losslab.train.task.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
+continues a killed run.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +43,10 @@ from losslab.errors import ConfigError
 from losslab.gan.config import GanConfig
 from losslab.gan.data import GanData, load_gan_data, load_images
 from losslab.gan.models import build_pair, count_parameters, generate
-from losslab.io import save_torch_atomic, write_atomic, write_json_atomic, write_yaml_atomic
 from losslab.objectives.gan import gan_term
-from losslab.serialization import load_torch_file
+
+if TYPE_CHECKING:
+    from losslab.runs import RunSpec
 
 GRID_SEED_OFFSET = 12_345
 EVAL_SEED_OFFSET = 54_321
@@ -91,19 +94,6 @@ def recalibrate_batchnorm(
     gen.eval()
 
 
-def resolve_device(accelerator: str) -> torch.device:
-    """torch device for ``accelerator`` (auto: cuda if available, else cpu); ConfigError if it is absent."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"accelerator={accelerator!r} but no CUDA device is visible; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("accelerator='mps' but MPS is not available; use --accelerator cpu")
-    return torch.device(accelerator)
-
-
 def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
     """Mean over the batch of ‖∇ₓD(x)‖² (``real`` must require grad; differentiable: create_graph)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)  # [B, ...]
@@ -125,7 +115,8 @@ class GanResult:
     notes: list[str] = field(default_factory=list)
     metrics_live: dict[str, Any] = field(default_factory=dict)
     samples_from: str = SAMPLES_FROM
-    ema: dict[str, float] = field(default_factory=dict)
+    ema: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -226,19 +217,21 @@ class GanTrainer:
             "initial_weight_share": self.ema_init_share,
         }
 
-    def run_epoch(self, on_step: Any = None) -> dict[str, float]:
-        """One pass over the data in a device-side random order; mean losses (one host sync)."""
-        batch = self.cfg.batch_size
-        steps = len(self.real) // batch
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.real) // self.cfg.batch_size
+
+    def run_epoch(self, indices: Iterable[int] | None = None) -> dict[str, float]:
+        """One pass over the data in a device-side random order; mean losses (one host sync). ``indices`` yields
+        the step numbers 0 … steps_per_epoch − 1 (a progress bar or clock may wrap them)."""
+        batch, steps = self.cfg.batch_size, self.steps_per_epoch
         order = torch.randperm(len(self.real), device=self.device)
         sums = torch.zeros(3, device=self.device)
         self.G.train()
         self.D.train()
         start = time.perf_counter()
-        for i in range(steps):
+        for i in range(steps) if indices is None else indices:
             sums += self.step(self.real[order[i * batch : (i + 1) * batch]])
-            if on_step is not None:
-                on_step()
         d_loss, g_loss, r1 = (sums / steps).tolist()
         if not all(map(math.isfinite, (d_loss, g_loss, r1))):
             from losslab.train.task import diverged_error
@@ -247,6 +240,7 @@ class GanTrainer:
         self.epoch += 1
         return {
             "epoch": self.epoch,
+            "step": self.epoch * steps,
             "d_loss": d_loss,
             "g_loss": g_loss,
             "r1": r1,
@@ -275,7 +269,7 @@ class GanTrainer:
             getattr(self, name).load_state_dict(state[name])
         self.epoch = int(state["epoch"])
         self.ema_init_share = float(state.get("ema_init_share", math.nan))
-        self.nimg = int(state.get("nimg", self.epoch * (len(self.real) // self.cfg.batch_size) * self.cfg.batch_size))
+        self.nimg = int(state.get("nimg", self.epoch * self.steps_per_epoch * self.cfg.batch_size))
         torch.set_rng_state(state["cpu_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -332,59 +326,47 @@ def save_sample_grid(samples: Tensor, path: Path, data: GanData, title: str = ""
     return path
 
 
-def resolve_gan_resume(path: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for a GAN ``resume``: a run folder holding checkpoints/last.ckpt or its .ckpt file."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
-        raise ConfigError(
-            f"resume={str(path)!r} is not a GAN run: pass a folder made by `losslab gan train` (it holds "
-            "config.yaml and checkpoints/last.ckpt) or its checkpoints/last.ckpt"
-        )
-    return run_dir, ckpt
+#: Config keys that fix what the checkpoint holds (network shapes, data, loss): a resume must not change them.
+MATCH_KEYS = ("data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed")
+#: What each epoch's progress line shows.
+PROGRESS_SUMMARY = {"d_loss": "d_loss", "g_loss": "g_loss", "r1": "r1"}
 
 
-def prepare_run_dir(cfg: GanConfig) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to resume or None); refuses to overwrite a run unless ``overwrite``."""
-    import shutil
+def run_spec(cfg: GanConfig) -> RunSpec:
+    """The :class:`losslab.runs.RunSpec` of ``cfg``'s run: its folder rules are those of every losslab run."""
+    from losslab import runs
 
-    if cfg.resume is not None:
-        return resolve_gan_resume(cfg.resume)
-    run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            state = "a finished run" if (run_dir / "result.json").exists() else "an unfinished run"
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} already holds {state}; pass --resume {str(run_dir)!r} to continue it, "
-                "a new --run-name, or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
+    name = cfg.run_name if cfg.run_name is not None else runs.safe_run_name(cfg.default_run_name())
+    return runs.RunSpec(
+        out_dir=Path(cfg.out_dir),
+        run_name=name,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        config={**cfg.to_dict(), "resume": None, "overwrite": False},
+        match_keys=MATCH_KEYS,
+        epochs=cfg.epochs,
+    )
 
 
 def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
-    """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer)."""
+    """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer); a changed
+    :data:`MATCH_KEYS` value is refused when the run folder is claimed."""
     import yaml
 
-    run_dir, _ = resolve_gan_resume(resume)
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    fixed = {"data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed"}
-    changed = sorted(key for key in fixed & set(overrides) if overrides[key] != stored.get(key))
-    if changed:
-        raise ConfigError(f"--resume keeps the run's {', '.join(changed)}; start a new run to change them")
+    from losslab.runs import CONFIG
+    from losslab.runs.folder import resume_run_dir
+
+    stored_file = resume_run_dir(resume) / CONFIG
+    try:
+        stored = yaml.safe_load(stored_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"resume={str(resume)!r} is not a GAN run: {str(stored_file)!r} cannot be read ({type(exc).__name__}); "
+            "pass a folder made by `losslab gan train` (it holds config.yaml and checkpoints/last.ckpt)"
+        ) from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{str(stored_file)!r} is not a GAN run config; pass a folder made by `losslab gan train`")
     return GanConfig.build({**stored, **overrides, "resume": resume})
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    def write(fh: Any) -> None:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-
-    if history:
-        write_atomic(path, write)
 
 
 def evaluate_generator(
@@ -418,20 +400,16 @@ def evaluate_generator(
     return outs[0], outs[1], notes
 
 
-def epoch_line(name: str, stats: dict[str, float], epochs: int) -> str:
-    """The progress line of one finished epoch (stderr when it is not a terminal)."""
-    return (
-        f"{name}: epoch {int(stats['epoch'])}/{epochs}, {int(stats['steps'])} steps, d_loss {stats['d_loss']:.4f}, "
-        f"g_loss {stats['g_loss']:.4f}, r1 {stats['r1']:.4g}, {stats['seconds']:.1f} s"
-    )
-
-
 def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
-    """Train (or continue) the run of ``cfg`` and write its folder; returns the :class:`GanResult`.
+    """Train (or continue) the run of ``cfg`` in its run folder (:mod:`losslab.runs`); returns the :class:`GanResult`.
 
-    Everything that can be refused (device, data, batch size, the run folder) is checked before the folder is made.
+    Everything that can be refused (device, data, batch size, the run folder and a resume's checkpoint and config) is
+    checked before the folder is made; an ``--overwrite`` trains in a staging folder and replaces the old run only
+    when it has finished.
     """
-    device = resolve_device(cfg.accelerator)
+    from losslab import runs
+
+    device = runs.resolve_device(cfg.accelerator, flag="--accelerator")
     if cfg.fid_weights is not None and not Path(cfg.fid_weights).is_file():
         raise ConfigError(f"--fid-weights {str(cfg.fid_weights)!r} is not a file; give the local weights or drop it")
     if data is None:
@@ -444,66 +422,63 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
             download=cfg.download,
         )
     trainer = GanTrainer(cfg, data, device)
-    run_dir, ckpt = prepare_run_dir(cfg)
-    history: list[dict[str, float]] = []
-    if ckpt is not None:
-        state = load_torch_file(ckpt, what="GAN checkpoint", map_location=device)
-        trainer.load_state_dict(state["trainer"])
-        history = state["history"]
-    write_yaml_atomic(run_dir / "config.yaml", {**cfg.to_dict(), "resume": None, "overwrite": False})
-    steps_per_epoch = len(trainer.real) // cfg.batch_size
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    bar = None
-    if show and trainer.epoch < cfg.epochs:
-        from tqdm import tqdm
-
-        bar = tqdm(total=(cfg.epochs - trainer.epoch) * steps_per_epoch, desc=run_dir.name, file=sys.stderr)
-    grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
-    n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
-    while trainer.epoch < cfg.epochs:
-        stats = trainer.run_epoch(on_step=bar.update if bar is not None else None)
-        history.append(stats)
-        if bar is not None:
-            bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}")
-        else:
-            print(epoch_line(run_dir.name, stats, cfg.epochs), file=sys.stderr, flush=True)
-        save_sample_grid(
-            trainer.samples(n_grid, grid_seed),
-            run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png",
-            data,
-            f"epoch {trainer.epoch}, {title}, EMA generator",
+    with runs.claim(run_spec(cfg)) as run:
+        work = run.create()
+        run.write_config()
+        if run.resume_ckpt is not None:
+            runs.load(run.resume_ckpt, into={"trainer": trainer}, map_location=device, what="GAN checkpoint")
+        history = runs.History(work, keep_before=trainer.epoch + 1)
+        clock = runs.Throughput(time.perf_counter(), device)
+        progress = runs.Progress(runs.progress_mode(cfg.progress), cfg.epochs, summary=PROGRESS_SUMMARY)
+        grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
+        n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
+        while trainer.epoch < cfg.epochs:
+            stats = trainer.run_epoch(_timed(progress.batches(range(trainer.steps_per_epoch), trainer.epoch), clock))
+            clock.stop()
+            history.append(stats)
+            save_sample_grid(
+                trainer.samples(n_grid, grid_seed),
+                work / "samples" / f"epoch_{trainer.epoch:03d}.png",
+                data,
+                f"epoch {trainer.epoch}, {title}, EMA generator",
+            )
+            runs.save(run.last_ckpt, {"trainer": trainer})
+            progress.close(stats)
+        metrics, live, notes = ({}, {}, [])
+        if cfg.metrics:
+            metrics, live, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt")
+        result = GanResult(
+            run_dir=run.final,
+            config=cfg.to_dict(),
+            epochs=trainer.epoch,
+            steps=trainer.epoch * trainer.steps_per_epoch,
+            history=history.rows,
+            metrics=metrics,
+            metrics_live=live,
+            parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
+            train_seconds=sum(h["seconds"] for h in history.rows),
+            notes=[n for n in notes if n],
+            ema=trainer.ema_summary(),
+            speed=clock.record(),
         )
-        save_torch_atomic(run_dir / "checkpoints" / "last.ckpt", {"trainer": trainer.state_dict(), "history": history})
-        _write_history(run_dir / "metrics.csv", history)
-    if bar is not None:
-        bar.close()
-    metrics, live, notes = ({}, {}, [])
-    if cfg.metrics:
-        metrics, live, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt")
-    result = GanResult(
-        run_dir=run_dir,
-        config=cfg.to_dict(),
-        epochs=trainer.epoch,
-        steps=trainer.epoch * steps_per_epoch,
-        history=history,
-        metrics=metrics,
-        metrics_live=live,
-        parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
-        train_seconds=sum(h["seconds"] for h in history),
-        notes=[n for n in notes if n],
-        ema=trainer.ema_summary(),
-    )
-    write_json_atomic(run_dir / "result.json", result.to_dict())
+        run.write_result(result.to_dict())
+        run.commit()
     return result
+
+
+def _timed(indices: Iterable[int], clock: Any) -> Iterator[int]:
+    """``indices``, with the throughput clock told of each step before it runs."""
+    for i in indices:
+        clock.step()
+        yield i
 
 
 __all__ = [
     "GanResult",
     "GanTrainer",
     "ema_beta",
-    "prepare_run_dir",
     "recalibrate_batchnorm",
-    "resolve_device",
     "resume_config",
+    "run_spec",
     "train_gan",
 ]
