@@ -40,7 +40,7 @@ def ring_run(loss: str, k: float) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("loss", "k"), [("logistic", 2.0), ("rooted", 8.0)])
+@pytest.mark.parametrize(("loss", "k"), [("logistic", 2.0), ("root", 8.0)])
 def test_ring_gan_covers_seven_of_eight_modes_at_the_toy_defaults(loss: str, k: float) -> None:
     m = ring_run(loss, k)
     assert m["modes_covered"] >= 7 and m["hq_rate"] >= 0.25, m

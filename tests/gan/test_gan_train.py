@@ -164,13 +164,17 @@ def test_cli_train_writes_the_run_folder(tmp_path: Path) -> None:
     assert (run / ".losslab-run").is_file() and (run / "config.yaml").is_file()
 
 
-def test_cli_bad_input_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_input_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out-dir gan_runs is relative: nothing may appear here
     with pytest.raises(SystemExit) as exc:
         main(["gan", "train", "--data", "ring", "--img-size", "32"])
     assert exc.value.code == 2 and "img_size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gan", "train", "--data", "digits", "--img-size", "24", "--epochs", "1"])
     assert "power of two" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.gpu
