@@ -153,3 +153,62 @@ def test_history_keeps_the_rows_before_the_resumed_epoch(tmp_path: Path) -> None
     assert lines[0] == "epoch,step,test/acc,train/loss" and lines[-1] == "2,30,50.0,"
     assert len(lines) == 5
 
+
+def toy_experiment(out: Path, name: str, *, epochs: int = 4, resume: Path | None = None, seed: int = 0) -> Path:
+    """A whole experiment on the runtime, as a new one would be written: a config, a step, and runs.* for the rest
+    (run folder, resume, history, safe loading, progress). Linear regression by SGD on a fixed random problem."""
+    config = {"epochs": epochs, "seed": seed, "lr": 0.05}
+    spec = runs.RunSpec(out_dir=out, run_name=name, resume=resume, config=config, match_keys=("seed",), epochs=epochs)
+    with runs.claim(spec) as run:
+        gen = torch.Generator().manual_seed(seed)
+        x, w_true = torch.randn(64, 3, generator=gen), torch.randn(3, 1, generator=gen)
+        y = x @ w_true
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+        start = 0
+        if run.resume_ckpt is not None:
+            start = runs.load(run.resume_ckpt, into={"model": model, "opt": opt})["epoch"] + 1
+        work = run.create()
+        run.write_config()
+        history = runs.History(work, keep_before=start)
+        progress = runs.Progress(runs.progress_mode(False), epochs)
+        for epoch in range(start, epochs):
+            for i in progress.batches(range(0, 64, 16), epoch):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x[i : i + 16]), y[i : i + 16])
+                loss.backward()
+                opt.step()
+            row = {"epoch": epoch, "step": 4 * (epoch + 1), "train/loss": float(loss)}
+            history.append(row)
+            runs.save(run.last_ckpt, {"model": model, "opt": opt, "epoch": epoch})
+            progress.close(row)
+        run.write_result({"weight": model.weight.tolist(), "bias": model.bias.tolist()})
+        run.commit()
+    return run.final
+
+
+def test_a_toy_experiment_killed_and_resumed_equals_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = toy_experiment(tmp_path, "whole")
+    real_save, saves = runs.save, []
+
+    def kill_third(path, objects):
+        saves.append(path)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+        return real_save(path, objects)
+
+    monkeypatch.setattr(runs, "save", kill_third)
+    with pytest.raises(KeyboardInterrupt):
+        toy_experiment(tmp_path, "cut")
+    monkeypatch.setattr(runs, "save", real_save)
+    with pytest.raises(ConfigError, match=r"trained with seed=0 \(given 1\)"):
+        toy_experiment(tmp_path, "cut", resume=tmp_path / "cut", seed=1)
+    cut = toy_experiment(tmp_path, "cut", resume=tmp_path / "cut")
+    assert json.loads((cut / "result.json").read_text()) == json.loads((whole / "result.json").read_text())
+    assert (cut / "history.json").read_text() == (whole / "history.json").read_text()
+    assert sorted(p.name for p in cut.iterdir()) == [
+        ".losslab-run", "checkpoints", "config.yaml", "history.json", "metrics.csv", "result.json",
+    ]  # fmt: skip

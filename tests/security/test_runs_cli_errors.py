@@ -59,7 +59,8 @@ def test_user_faults_are_one_line_and_exit_2(kind: str, fragment: str, capsys: p
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture) -> None:
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOSSLAB_DEBUG", "0")  # --debug sets it to 1 for the process; restored after the test
     with pytest.raises(SystemExit) as exit_info:
         main(["--debug", "boom", "losslab"])
     assert exit_info.value.code == 2

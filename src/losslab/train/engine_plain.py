@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError
-from losslab.io import save_torch_atomic
 from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
+from losslab.runs import checkpoint as run_checkpoint
 from losslab.runs.history import History, Throughput
 from losslab.runs.progress import Progress, progress_mode
 from losslab.train.build import training_device
@@ -158,11 +158,9 @@ class PlainLoop:
 
     def resume(self) -> None:
         """Continue from ``parts.resume_ckpt`` (a plain-engine checkpoint) at the epoch after the one it saved."""
-        from losslab.serialization import load_torch_file
-
         raw_state = None
         if self.parts.resume_ckpt is not None:
-            state = load_torch_file(self.parts.resume_ckpt, what="checkpoint", map_location=self.device)
+            state = run_checkpoint.load(self.parts.resume_ckpt, map_location=self.device)
             load_model_state(self.parts, state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer_states"][0])
             self.schedule.load_state_dict(state["lr_schedulers"][0])
@@ -228,7 +226,7 @@ class PlainLoop:
         return out
 
     def save(self, path: Path, epoch: int) -> None:
-        """A checkpoint in the Lightning engine's layout (module doc), written atomically."""
+        """A checkpoint in the Lightning engine's layout (module doc), written atomically (:mod:`losslab.runs`)."""
         checkpoint = {
             ENGINE_KEY: "plain",
             "epoch": epoch,
@@ -242,7 +240,7 @@ class PlainLoop:
         }
         if self.ema is not None:
             self.ema.into_checkpoint(self.parts.model, checkpoint)
-        save_torch_atomic(path, checkpoint)
+        run_checkpoint.save(path, checkpoint)
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Step the schedule, then write last.ckpt, best.ckpt on a strictly better val/acc, preregularized.ckpt."""
@@ -258,8 +256,6 @@ class PlainLoop:
 
     def run(self) -> EngineOutcome:
         """Train every remaining epoch, then test the best checkpoint."""
-        from losslab.serialization import load_torch_file
-
         self.resume()
         history = History(self.parts.run_dir, keep_before=self.start)
         self.task.attach()
@@ -276,7 +272,7 @@ class PlainLoop:
             self.task.detach()
         best = self.ckpt_dir / "best.ckpt"
         tested_path = best if best.is_file() else self.ckpt_dir / "last.ckpt"
-        tested_ckpt = load_torch_file(tested_path, what="checkpoint", map_location=self.device)
+        tested_ckpt = run_checkpoint.load(tested_path, map_location=self.device)
         load_model_state(self.parts, tested_ckpt["state_dict"])
         tested = evaluate(self.task, self.data.test, "test", self.device, self.precision)
         history.append({}, extra=[{"epoch": self.total_epochs - 1, "step": self.step, **tested}])
