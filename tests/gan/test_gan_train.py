@@ -213,6 +213,7 @@ def test_result_reports_the_ema_and_the_live_generator_and_both_parameter_counts
     assert "EMA generator (the samples" in result.output and "live generator: modes covered" in result.output
     data = json.loads((tmp_path / "ring_rooted_k2_seed0" / "result.json").read_text())
     assert data["samples_from"] == "G_ema" and data["ema"]["rule"] == "stylegan2-ada ramp"
+    assert data["speed"]["items_per_s"] > 0 and data["speed"]["threads"]
     assert data["ema"]["initial_weight_share"] == 0.0
     for key in ("metrics", "metrics_live"):
         assert data[key]["num_modes"] == 8 and sum(data[key]["mode_counts"]) <= 500

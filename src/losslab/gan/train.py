@@ -433,7 +433,8 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
         grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
         n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
         while trainer.epoch < cfg.epochs:
-            stats = trainer.run_epoch(_timed(progress.batches(range(trainer.steps_per_epoch), trainer.epoch), clock))
+            steps = progress.batches(range(trainer.steps_per_epoch), trainer.epoch)
+            stats = trainer.run_epoch(_timed(steps, clock, cfg.batch_size))
             clock.stop()
             history.append(stats)
             save_sample_grid(
@@ -466,10 +467,11 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
     return result
 
 
-def _timed(indices: Iterable[int], clock: Any) -> Iterator[int]:
-    """``indices``, with the throughput clock told of each step before it runs."""
+def _timed(indices: Iterable[int], clock: Any, batch_size: int) -> Iterator[int]:
+    """``indices``, with the throughput clock told of each step (and its real images) before it runs."""
     for i in indices:
         clock.step()
+        clock.count(batch_size)
         yield i
 
 
