@@ -11,7 +11,7 @@ EMA samples HQ at that mode), seed 0:
     rooted k = 4  8 / 8           0.307
     rooted k = 8  8 / 8           0.321     2 / 8, 0.530
 
-Seeds 1 and 2 give 8 / 8 too for logistic and rooted k = 8 (HQ 0.31–0.33). Without R1, or with lr 2e-4, logistic
+Seeds 1 and 2 give 8 / 8 too for logistic and rooted k = 8 (HQ 0.306–0.319). Without R1, or with lr 2e-4, logistic
 covers 0 / 8 at seed 0. Each covered mode holds 3–5 % of the samples (12.5 % would be all of them HQ); the rest
 lie near the ring, outside 3σ of a mode. The test asserts ≥ 7 of 8 modes (the issue's bar) and HQ ≥ 0.25 for
 logistic and rooted k = 8, which the old defaults, a sign error in a loss, a wrong detach or a broken metric would
