@@ -86,6 +86,11 @@ def test_sweep_reuses_a_run_only_for_equal_settings_and_never_replaces_outputs_s
     assert second != first and sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([first, second])
     assert json.loads((tmp_path / "runs" / second / "result.json").read_text())["config"]["lr"] == 2e-3
     assert json.loads((tmp_path / "runs" / first / "result.json").read_text())["config"]["lr"] == 1e-3
+    (tmp_path / "sweep.json").unlink()  # sweep.csv/png no longer marked as a sweep's: never replaced
+    code, err = _sweep(tmp_path, capsys, "--lr", "2e-3", "--overwrite")
+    assert code == 2 and "did not make" in err and (tmp_path / "sweep.csv").is_file()
+    (tmp_path / "sweep.csv").unlink()
+    (tmp_path / "sweep.png").unlink()
     shutil.rmtree(tmp_path / "runs" / second)  # a folder of the sweep's name that holds another config
     shutil.copytree(tmp_path / "runs" / first, tmp_path / "runs" / second)
     code, err = _sweep(tmp_path, capsys, "--lr", "2e-3")

@@ -111,22 +111,27 @@ def sweep_settings(base: GanConfig, ks: Sequence[float], seeds: Sequence[int], i
 
 
 def check_sweep_outputs(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuse (ConfigError) to replace sweep.csv/sweep.png made with other shared settings, or not by a GAN sweep,
-    unless ``overwrite``; a sweep over other k or seeds with the same settings rewrites them."""
-    existing = [name for name in ("sweep.csv", "sweep.png") if (out_dir / name).exists()]
-    if not existing or overwrite:
+    """Refuse (ConfigError) to replace sweep.csv/sweep.png that no GAN sweep made (no readable ``sweep.json``
+    beside them: never), or that one made with other shared settings (unless ``overwrite``); a sweep over other k
+    or seeds with the same settings rewrites them."""
+    existing = [name for name in ("sweep.csv", "sweep.png", "sweep.json") if (out_dir / name).exists()]
+    if not existing:
         return
     try:
         stored = json.loads((out_dir / "sweep.json").read_text())
     except (OSError, ValueError):
         stored = None
-    if not isinstance(stored, dict) or stored.get("settings_id") != settings["settings_id"]:
-        old = stored.get("settings", {}) if isinstance(stored, dict) else {}
-        changed = sorted(k for k in settings["settings"] if old.get(k) != settings["settings"][k]) if old else []
-        what = f"other settings ({', '.join(changed)} differ)" if changed else "other settings or by something else"
+    if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
         raise ConfigError(
-            f"{str(out_dir)!r} holds {' and '.join(existing)} made with {what}; use another --out-dir, or pass "
-            "--overwrite to replace them (the runs under runs/ are kept either way)"
+            f"{str(out_dir)!r} holds {' and '.join(existing)} that `losslab gan sweep` did not make (no readable "
+            "sweep.json); move them away or use another --out-dir"
+        )
+    if stored.get("settings_id") != settings["settings_id"] and not overwrite:
+        old = stored["settings"]
+        changed = sorted(k for k in settings["settings"] if old.get(k) != settings["settings"][k])
+        raise ConfigError(
+            f"{str(out_dir)!r} holds {' and '.join(existing)} made with other settings ({', '.join(changed)} "
+            "differ); use another --out-dir, or pass --overwrite to replace them (the runs under runs/ are kept)"
         )
 
 
