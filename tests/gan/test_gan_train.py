@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from losslab.cli import cli, main
 from losslab.errors import ConfigError
 from losslab.gan import GanConfig, GanTrainer, train_gan
 from losslab.gan.data import load_gan_data
-from losslab.gan.models import DCGANDiscriminator, DCGANGenerator
-from losslab.gan.train import r1_penalty
+from losslab.gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from losslab.gan.train import ema_beta, r1_penalty, recalibrate_batchnorm
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -35,23 +36,10 @@ def test_bad_img_size_is_refused() -> None:
 
 def test_optimiser_defaults_follow_the_data_kind_and_given_values_win() -> None:
     image = GanConfig.build({"data": "digits"})
-    assert (image.batch_size, image.lr, image.beta1, image.beta2, image.r1_gamma, image.ema_decay) == (
-        64,
-        2e-4,
-        0.5,
-        0.999,
-        0.0,
-        0.999,
-    )  # DCGAN's
+    assert (image.batch_size, image.lr, image.beta1, image.beta2, image.r1_gamma) == (64, 2e-4, 0.5, 0.999, 0.0)
     toy = GanConfig.build({"data": "ring", "lr": 3e-4})
-    assert (toy.batch_size, toy.lr, toy.beta1, toy.beta2, toy.r1_gamma, toy.ema_decay) == (
-        128,
-        3e-4,
-        0.0,
-        0.9,
-        1.0,
-        0.99,
-    )
+    assert (toy.batch_size, toy.lr, toy.beta1, toy.beta2, toy.r1_gamma) == (128, 3e-4, 0.0, 0.9, 1.0)
+    assert (image.ema_kimg, image.ema_rampup, image.ema_decay) == (None, 0.05, None)  # StyleGAN2-ADA's ramp
     assert GanConfig.build(toy.to_dict()) == toy  # a stored config (resume) reads back unchanged
 
 
@@ -77,8 +65,60 @@ def test_ema_update_is_the_convex_combination() -> None:
         torch.testing.assert_close(new, 0.9 * old + 0.1 * g)
 
 
+def test_ema_beta_is_stylegan2_adas_ramp() -> None:
+    """β = 0.5^(B / h), h = min(ema_kimg·1000, rampup·images seen) (StyleGAN2-ADA training_loop.py)."""
+    assert ema_beta(64, 0, 20.0, 0.05) == 0.0  # the first step copies G
+    assert ema_beta(64, 28_160, 20.0, 0.05) == pytest.approx(0.5 ** (64 / (0.05 * 28_160)), rel=1e-12)
+    assert ema_beta(64, 10**7, 20.0, 0.05) == pytest.approx(0.5 ** (64 / 20_000), rel=1e-12)  # capped at ema_kimg
+    assert ema_beta(64, 0, 20.0, 0.0) == pytest.approx(0.5 ** (64 / 20_000), rel=1e-12)  # no ramp
+
+
+def test_ema_of_a_short_run_holds_no_initial_weights() -> None:
+    """The README's digits run: 440 steps of batch 64. A fixed 0.999 kept 0.999^440 = 64 % of the initial weights;
+    the ramp's first step copies G, and the final half-life is 5 % of the images seen (22 steps)."""
+    betas, share = [], 1.0
+    for step in range(440):
+        betas.append(ema_beta(64, 64 * step, 64 * 10 / 32, 0.05))
+        share *= betas[-1]
+    assert pytest.approx(0.644, abs=1e-3) == 0.999**440 and share == 0.0
+    assert math.log(0.5) / math.log(betas[-1]) == pytest.approx(0.05 * 64 * 439 / 64, rel=1e-9)
+    trainer = GanTrainer(_tiny(), load_gan_data("ring", n_toy=256))
+    trainer.step(trainer.real[:64])
+    for ema, g in zip(trainer.G_ema.parameters(), trainer.G.parameters()):
+        torch.testing.assert_close(ema, g, rtol=0, atol=0)
+    trainer.step(trainer.real[64:128])
+    assert trainer.ema_summary()["initial_weight_share"] == 0.0
+
+
+def test_batchnorm_statistics_of_the_ema_are_estimated_for_its_weights() -> None:
+    """recalibrate_batchnorm sets running mean = mean of the BN inputs over all batches and running var = the mean of
+    the per-batch unbiased variances, from the seeded latents (closed form on Linear → BatchNorm1d)."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    gen[1].running_mean.fill_(5.0)  # stale statistics (as copied from another network) must not survive
+    recalibrate_batchnorm(gen, z_dim=4, batch_size=32, batches=5, seed=7)
+    z = torch.randn(5, 32, 4, generator=torch.Generator().manual_seed(7))  # the same draws, batch by batch
+    with torch.no_grad():
+        h = gen[0](z.reshape(-1, 4)).reshape(5, 32, 3).double()
+    torch.testing.assert_close(gen[1].running_mean.double(), h.mean((0, 1)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gen[1].running_var.double(), h.var(1, unbiased=True).mean(0), rtol=1e-5, atol=1e-6)
+    assert not gen.training and gen[1].momentum == 0.1
+
+
+def test_ema_generator_does_not_copy_gs_batchnorm_buffers() -> None:
+    data = load_gan_data("digits", img_size=8)
+    cfg = GanConfig.build({"data": "digits", "img_size": 8, "width": 4, "z_dim": 4, "batch_size": 16, "metrics": False})
+    trainer = GanTrainer(cfg, data)
+    for _ in range(3):
+        trainer.step(trainer.real[:16])
+    trainer.samples(4, seed=0)
+    g_bn = [m for m in trainer.G.modules() if isinstance(m, nn.BatchNorm2d)]
+    ema_bn = [m for m in trainer.G_ema.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert ema_bn and all(not torch.equal(a.running_mean, b.running_mean) for a, b in zip(ema_bn, g_bn))
+
+
 def test_step_trains_both_networks_with_r1() -> None:
-    trainer = GanTrainer(_tiny(r1_gamma=1.0, loss="rooted", k=4.0), load_gan_data("ring", n_toy=256))
+    trainer = GanTrainer(_tiny(r1_gamma=1.0, loss="root", k=4.0), load_gan_data("ring", n_toy=256))
     g0, d0 = [p.clone() for p in trainer.G.parameters()], [p.clone() for p in trainer.D.parameters()]
     out = trainer.step(trainer.real[:64])
     assert out.shape == (3,) and torch.isfinite(out).all() and out[2] > 0
@@ -90,18 +130,20 @@ def test_step_trains_both_networks_with_r1() -> None:
 def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
     straight = train_gan(_tiny(epochs=2, out_dir=tmp_path, run_name="straight", progress=False))
     train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="split", progress=False))
+    (tmp_path / "split" / "result.json").unlink()  # as if killed after epoch 1's checkpoint
     resumed = train_gan(_tiny(epochs=2, out_dir=tmp_path, resume=tmp_path / "split", progress=False))
     assert resumed.run_dir == tmp_path / "split" and resumed.epochs == 2
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["trainer"]
-    b = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=False)["trainer"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]
+    b = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]
     for name in ("G", "D", "G_ema"):
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
     assert [h["d_loss"] for h in straight.history] == [h["d_loss"] for h in resumed.history]
+    assert straight.metrics == resumed.metrics and straight.metrics_live == resumed.metrics_live
     with pytest.raises(ConfigError, match="already holds a finished run"):
         train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="straight"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="is not a GAN run"):
+    with pytest.raises(ConfigError, match="no checkpoint at"):
         train_gan(_tiny(epochs=1, resume=tmp_path / "empty"))
 
 
@@ -118,15 +160,21 @@ def test_cli_train_writes_the_run_folder(tmp_path: Path) -> None:
     for epoch in (1, 2):
         assert (run / "samples" / f"epoch_{epoch:03d}.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "metrics.csv").read_text().count("\n") == 3
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0, 1]
+    assert (run / ".losslab-run").is_file() and (run / "config.yaml").is_file()
 
 
-def test_cli_bad_input_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_input_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out-dir gan_runs is relative: nothing may appear here
     with pytest.raises(SystemExit) as exc:
         main(["gan", "train", "--data", "ring", "--img-size", "32"])
     assert exc.value.code == 2 and "img_size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gan", "train", "--data", "digits", "--img-size", "24", "--epochs", "1"])
     assert "power of two" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.gpu
@@ -141,3 +189,130 @@ def test_dcgan_step_makes_no_host_sync_on_cuda() -> None:
             trainer.step(trainer.real[:64])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the console entry point (user faults: one line, status 2)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _ring_args(tmp_path: Path, *extra: str) -> list[str]:
+    args = ["gan", "train", "--data", "ring", "--toy-samples", "256", "--batch-size", "128", "--width", "8"]
+    return [*args, "--epochs", "2", "--eval-samples", "500", "--out-dir", str(tmp_path), *extra]
+
+
+def test_result_reports_the_ema_and_the_live_generator_and_both_parameter_counts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, _ring_args(tmp_path, "--no-progress"))
+    assert result.exit_code == 0, result.output
+    assert "EMA generator (the samples" in result.output and "live generator: modes covered" in result.output
+    data = json.loads((tmp_path / "ring_rooted_k2_seed0" / "result.json").read_text())
+    assert data["samples_from"] == "G_ema" and data["ema"]["rule"] == "stylegan2-ada ramp"
+    assert data["speed"]["items_per_s"] > 0 and data["speed"]["threads"]
+    assert data["ema"]["initial_weight_share"] == 0.0
+    for key in ("metrics", "metrics_live"):
+        assert data[key]["num_modes"] == 8 and sum(data[key]["mode_counts"]) <= 500
+    # D is frozen during G's step: its parameters must still be counted (was 0)
+    want_d = sum(p.numel() for p in MLPDiscriminator(2, 8).parameters())
+    want_g = sum(p.numel() for p in MLPGenerator(64, 2, 8).parameters())
+    assert data["parameters"] == {"G": want_g, "D": want_d} and want_d > 0
+
+
+def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, _ring_args(tmp_path, "--no-metrics"))  # CliRunner's stderr is no terminal
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "d_loss" in lines[0]
+
+
+def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_step = GanTrainer.step
+
+    def step(self: GanTrainer, real: torch.Tensor) -> torch.Tensor:
+        out = real_step(self, real)
+        return out * math.nan if self.epoch == 1 else out  # the second epoch diverges
+
+    monkeypatch.setattr(GanTrainer, "step", step)
+    code, _, err = _main(_ring_args(tmp_path, "--epochs", "3", "--no-progress"), capsys)
+    run = tmp_path / "ring_rooted_k2_seed0"
+    assert code == 2 and "diverged" in err.splitlines()[-1] and "epoch 2" in err and "Traceback" not in err
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["trainer"]["epoch"] == 1 and not (run / "result.json").exists()
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--lr", "inf"),
+        ("--lr", "nan"),
+        ("--lr", "0"),
+        ("--k", "-3"),
+        ("--k", "inf"),
+        ("--epochs", "0"),
+        ("--beta1", "1"),
+        ("--r1-gamma", "-1"),
+        ("--ema-kimg", "0"),
+        ("--ema-rampup", "2"),
+        ("--ema-decay", "nan"),
+        ("--seed", "-1"),
+        ("--grid-samples", "0"),
+        ("--eval-samples", "-1"),
+        ("--toy-samples", "100000000"),
+        ("--batch-size", "1"),
+        ("--loss", "ce"),
+    ],
+)
+def test_out_of_range_flags_are_one_line_errors_before_any_folder(
+    tmp_path: Path, flag: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _main(_ring_args(tmp_path, *flag), capsys)
+    assert code == 2, err
+    assert flag[0].lstrip("-").replace("-", "_") in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rejected_run_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main(_ring_args(tmp_path, "--toy-samples", "64"), capsys)  # batch 128 > 64 points
+    assert code == 2 and "batch_size=128 exceeds" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["root", "rooted", "rlo", "ROOT"])
+def test_the_loss_vocabulary_is_the_objective_registrys(name: str) -> None:
+    assert GanConfig.build({"data": "ring", "loss": name}).loss == "root"
+    assert GanConfig.build({"data": "ring", "loss": "logistic"}).loss == "logistic"
+
+
+def test_cli_accepts_loss_root(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, _ring_args(tmp_path, "--loss", "root", "--k", "4", "--epochs", "1", "--no-metrics")
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ring_rooted_k4_seed0" / "result.json").read_text())["config"]["loss"] == "root"
+
+
+def test_2d_samples_are_titled_and_follow_grid_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import losslab.gan.train as gan_train
+
+    drawn = []
+
+    def record(data, title):
+        fig = real_figure(data[0], data[1], title)
+        ax = fig.axes[0]
+        drawn.append((ax.get_title(), len(ax.collections[0].get_offsets())))
+        return fig
+
+    real_figure = gan_train.scatter_figure
+    monkeypatch.setattr(gan_train, "scatter_figure", lambda samples, data, title: record((samples, data), title))
+    train_gan(_tiny(epochs=2, out_dir=tmp_path, loss="root", k=4.0, grid_samples=100, progress=False))
+    assert drawn == [("epoch 1, root k=4, EMA generator", 100), ("epoch 2, root k=4, EMA generator", 100)]
+    train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="logistic", loss="logistic", progress=False))
+    assert drawn[-1] == ("epoch 1, logistic, EMA generator", 2000)  # the 2-D default

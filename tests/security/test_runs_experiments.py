@@ -31,7 +31,6 @@ import torch
 from losslab import io as losslab_io
 from losslab.cli.app import main
 
-MIGRATING = "migrated by the gan/seqlm branches"
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,10 @@ class Experiment:
         return pytest.param(self, id=self.command.replace(" ", "-"), marks=self.marks)
 
 
-PENDING = (pytest.mark.xfail(run=False, reason=MIGRATING),)
 EXPERIMENTS = [
     Experiment("train", "--model mlp --epochs 3 --batch-size 256"),
     Experiment("logreg sweep", "--datasets iris_binary --k 2 --l2 0,1e-2 --seeds 0"),
-    Experiment("gan train", "--data ring --epochs 3", marks=PENDING),
+    Experiment("gan train", "--data ring --epochs 3 --toy-samples 256 --batch-size 64 --width 8 --eval-samples 200"),
     Experiment("translate train", "--toy --arch toy --vocab-size 80 --max-tokens 8192 --epochs 3 --accelerator cpu"),
     Experiment(
         "lm finetune",

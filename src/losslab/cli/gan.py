@@ -1,7 +1,7 @@
 """``losslab gan train`` and ``losslab gan sweep``: GAN training with the logistic or rooted loss (docs/gan.md).
 
-    losslab gan train --data ring --loss rooted --k 2 --epochs 30
-    losslab gan train --data digits --img-size 32 --loss rooted --k 2 --r1-gamma 0.1 --epochs 50
+    losslab gan train --data ring --loss root --k 2 --epochs 30
+    losslab gan train --data digits --img-size 32 --loss root --k 2 --r1-gamma 0.1 --epochs 50
     losslab gan train --resume gan_runs/ring_rooted_k2_seed0 --epochs 60
     losslab gan sweep --data ring --k 2,4,8 --seeds 0,1,2 --epochs 30 --out-dir gan_sweep
 
@@ -41,7 +41,13 @@ def train(**flags: Any) -> None:
     cfg = resume_config(overrides.pop("resume"), overrides) if "resume" in overrides else GanConfig.build(overrides)
     result = train_gan(cfg)
     click.echo(f"run {result.run_dir}: {result.epochs} epochs, {result.steps} steps, {result.train_seconds:.1f} s")
-    click.echo(_metrics_line(result.metrics))
+    if result.metrics:
+        ema = result.ema
+        click.echo(
+            f"EMA generator (the samples; half-life {ema['half_life_steps']:.0f} steps at the end, initial weights "
+            f"{100 * ema['initial_weight_share']:.2g} %): {_metrics_line(result.metrics)}"
+        )
+        click.echo(f"live generator: {_metrics_line(result.metrics_live)}")
     for note in result.notes:
         click.echo(f"note: {note}")
 
@@ -52,7 +58,7 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
             f"modes covered {metrics['modes_covered']}/{metrics['num_modes']}, high-quality rate "
             f"{metrics['hq_rate']:.3f}, MMD² {metrics['mmd2']:.4f}"
         )
-    parts = [f"{key} {value:.4g}" for key, value in metrics.items() if isinstance(value, float)]
+    parts = [f"{key} {value + 0.0:.4g}" for key, value in metrics.items() if isinstance(value, float)]
     return ", ".join(parts) or "no metrics"
 
 
@@ -61,16 +67,22 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 @click.option("--k", "ks", type=FloatList(), default=None, help="Rooted k values [default: 2,4,8].")
 @click.option("--seeds", type=IntList(), default=None, help="Training seeds [default: 0,1,2].")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
+@click.option("--overwrite", is_flag=True, help="Replace sweep.csv/sweep.png made with other settings.")
 @_gan_options(exclude=frozenset({"loss", "k", "seed", "run_name", "resume", "overwrite"}))
 def sweep(
-    config_file: str | None, ks: list[float] | None, seeds: list[int] | None, no_logistic: bool, **flags: Any
+    config_file: str | None,
+    ks: list[float] | None,
+    seeds: list[int] | None,
+    no_logistic: bool,
+    overwrite: bool,
+    **flags: Any,
 ) -> None:
-    """Logistic vs rooted k over seeds: runs in OUT_DIR/runs (reused/resumed), sweep.csv and sweep.png."""
+    """Logistic vs rooted k over seeds: runs in OUT_DIR/runs (reused only with equal settings), sweep.csv/.png."""
     import yaml
 
     from losslab.errors import ConfigError
     from losslab.gan.config import GanConfig
-    from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, summarize
+    from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, seeds_label, summarize
     from losslab.presets import resolve_yaml
     from losslab.tables import format_table
 
@@ -86,7 +98,7 @@ def sweep(
     overrides = {**stored, **given_options(flags)}
     out_dir = Path(overrides.pop("out_dir", "gan_sweep"))
     base = GanConfig.build(overrides)
-    rows = run_gan_sweep(base, ks, seeds, out_dir, include_logistic=not no_logistic)
+    rows = run_gan_sweep(base, ks, seeds, out_dir, include_logistic=not no_logistic, overwrite=overwrite)
     panels = TOY_PLOT if base.is_toy else IMAGE_PLOT
     stats = {metric: summarize(rows, metric) for metric, _ in panels}
     keys = list(dict.fromkeys((row["loss"], row["k"]) for row in rows))
@@ -95,13 +107,17 @@ def sweep(
     ]
     click.echo(format_table(["loss", "k", *(label for _, label in panels)], table))
     click.echo(
-        f"\n{len(rows)} runs, seeds {','.join(map(str, seeds))}; rows: {out_dir / 'sweep.csv'}; "
+        f"\n{len(rows)} runs, {seeds_label(len(set(seeds)))} ({','.join(map(str, seeds))}); "
+        f"rows: {out_dir / 'sweep.csv'}; "
         f"plot: {out_dir / 'sweep.png'}"
     )
 
 
 def _fmt(stat: tuple[float, float, int] | None) -> str:
-    return "-" if stat is None else f"{stat[0]:.3g} ± {stat[1]:.2g}"
+    """``mean ± std`` (just the mean for one seed; + 0.0 turns -0.0 into 0)."""
+    if stat is None:
+        return "-"
+    return f"{stat[0] + 0.0:.3g}" if stat[2] == 1 else f"{stat[0] + 0.0:.3g} ± {stat[1] + 0.0:.2g}"
 
 
 __all__ = ["gan"]

@@ -38,6 +38,7 @@ from losslab.gan.data import ToyMixture
 
 MIN_MODE_SHARE = 0.01
 HQ_SIGMAS = 3.0
+MIN_CLASSIFIER_ACCURACY = 0.9  # a cached digits classifier below this is refused (losslab's trains to ~98 %)
 
 
 def mode_metrics(samples: Tensor, mixture: ToyMixture, *, min_share: float = MIN_MODE_SHARE, seed: int = 1) -> dict:
@@ -149,7 +150,6 @@ def train_digits_classifier(epochs: int = 10, seed: int = 0) -> tuple[nn.Module,
     torch.manual_seed(seed)
     spec = dataset_info("digits")
     train = create_dataset("digits", "train", val_fraction=0.0, augment=True)
-    test = create_dataset("digits", "test")
     model = create_model("small_cnn", num_classes=10, in_chans=1)
     loss_fn = create("ce")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -164,32 +164,80 @@ def train_digits_classifier(epochs: int = 10, seed: int = 0) -> tuple[nn.Module,
             loss_fn(model(x), y).backward()
             opt.step()
             sched.step()
-    model.eval()
+    assert spec.in_chans == 1
+    return model, digits_test_accuracy(model)
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 over a state dict's keys, dtypes, shapes and bytes (sorted keys): the classifier cache's checksum."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def digits_test_accuracy(model: nn.Module) -> float:
+    """Top-1 accuracy of ``model`` on the 360 digits test images (float64 share)."""
+    from losslab.data import create_dataset
+
+    test = create_dataset("digits", "test")
     x_test = torch.stack([x for x, _ in test])
     with torch.no_grad():
-        acc = float((model(x_test).argmax(1) == torch.tensor(test.targets)).float().mean())
-    assert spec.in_chans == 1
+        return float((model.eval()(x_test).argmax(1) == torch.tensor(test.targets)).double().mean())
+
+
+def load_digits_classifier(path: Path) -> tuple[nn.Module, float]:
+    """The cached classifier at ``path``, verified before use: a losslab-written file (safe loader), the SHA-256 of
+    its weights as stored, finite weights, and its test accuracy recomputed ≥ :data:`MIN_CLASSIFIER_ACCURACY` and
+    equal to the stored one. Any failure is one :class:`CorruptFileError` naming the file."""
+    from losslab.errors import CorruptFileError
+    from losslab.models import create_model
+    from losslab.serialization import load_torch_file
+
+    fix = "delete it and losslab trains a new one (about 10 s)"
+    state = load_torch_file(path, what="digits classifier cache")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "sha256" not in state:
+        raise CorruptFileError(f"digits classifier cache {str(path)!r} was not written by this losslab; {fix}")
+    weights = state["model"]
+    if not all(isinstance(t, Tensor) for t in weights.values()) or state_digest(weights) != state["sha256"]:
+        raise CorruptFileError(f"digits classifier cache {str(path)!r} does not match its checksum; {fix}")
+    model = create_model("small_cnn", num_classes=10, in_chans=1)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CorruptFileError(f"digits classifier cache {str(path)!r} does not fit small_cnn ({err}); {fix}") from None
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise CorruptFileError(f"digits classifier cache {str(path)!r} holds NaN or inf values; {fix}")
+    acc = digits_test_accuracy(model)
+    if acc < MIN_CLASSIFIER_ACCURACY or abs(acc - float(state.get("test_accuracy", -1))) > 1e-6:
+        raise CorruptFileError(
+            f"digits classifier cache {str(path)!r} scores {100 * acc:.1f} % on the digits test set (stored "
+            f"{state.get('test_accuracy')!r}, needed >= {100 * MIN_CLASSIFIER_ACCURACY:.0f} %); {fix}"
+        )
     return model, acc
 
 
 def digits_classifier(cache: str | os.PathLike[str] | None = None, seed: int = 0) -> tuple[FeatureClassifier, float]:
-    """The digits feature classifier and its test accuracy; loaded from ``cache`` when it exists, else trained
-    (~10 s on one CPU core, ≥ 97 % test accuracy) and saved there."""
+    """The digits feature classifier and its test accuracy; loaded from ``cache`` when it exists (verified:
+    :func:`load_digits_classifier`), else trained (~10 s on one CPU core, ≥ 97 % test accuracy) and saved there with
+    the SHA-256 of its weights."""
     from losslab.data import dataset_info
     from losslab.io import save_torch_atomic
-    from losslab.models import create_model
 
     spec = dataset_info("digits")
     path = Path(cache) if cache is not None else None
-    if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = create_model("small_cnn", num_classes=10, in_chans=1)
-        model.load_state_dict(state["model"])
-        acc = float(state["test_accuracy"])
+    if path is not None and path.exists():
+        model, acc = load_digits_classifier(path)
     else:
         model, acc = train_digits_classifier(seed=seed)
         if path is not None:
-            save_torch_atomic(path, {"model": model.state_dict(), "test_accuracy": acc, "seed": seed})
+            weights = model.state_dict()
+            state = {"model": weights, "test_accuracy": acc, "seed": seed, "sha256": state_digest(weights)}
+            save_torch_atomic(path, state)
     return FeatureClassifier(model, spec.mean[0], spec.std[0]), acc
 
 

@@ -118,8 +118,8 @@ class MLPDiscriminator(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of parameters, whether or not they currently require grad (D is frozen during G's step)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def build_pair(data_shape: tuple[int, ...], z_dim: int, width: int, d_norm: bool = True) -> tuple[nn.Module, nn.Module]:

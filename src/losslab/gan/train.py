@@ -6,52 +6,92 @@
 
 One step (:meth:`GanTrainer.step`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
 terms of :func:`~losslab.objectives.gan.gan_term` (plus R1 (γ/2)·‖∇ₓD(x)‖² on the reals when ``r1_gamma`` > 0),
-then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``).
+then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``) with
+StyleGAN2-ADA's ramp (:func:`ema_beta`: the half-life grows with the images seen, so a short run's EMA is not still
+mostly its initial weights). The EMA averages parameters only; its BatchNorm statistics are re-estimated for the
+averaged weights before it is sampled (:func:`recalibrate_batchnorm`, as SWA does) rather than copied from G, whose
+statistics belong to other weights. Both generators are measured; the samples show the EMA generator.
 Adam (fused on CUDA; DCGAN's lr 2e-4, β 0.5/0.999 for images, the 2-D defaults in :mod:`losslab.gan.config`).
 Data live on the device as one tensor; each epoch is a device-side permutation, and the losses are summed on the
 device and read once per epoch, so a step makes no host synchronisation.
 
-Run folder ``out_dir/run_name``: ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
-continue bit-for-bit on the same device, RNG states included), ``samples/epoch_NNN.png`` (a grid of EMA-generator
-samples from fixed latents; a scatter over the modes for 2-D data), ``metrics.csv`` (per-epoch losses) and
-``result.json``. ``resume=RUN`` continues a killed run (same layout and rules as ``losslab train``).
+Run folder ``out_dir/run_name``, claimed through :mod:`losslab.runs` (the rules of every losslab run: a confined
+name, a lock, ``--overwrite`` only of losslab's folders and staged until the new run finishes, a resume checked
+against the stored config): ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
+continue bit-for-bit on the same device, RNG states included; read only through the safe loader),
+``samples/epoch_NNN.png`` (a grid of EMA-generator samples from fixed latents; a titled scatter over the modes for
+2-D data), ``history.json`` and ``metrics.csv`` (per-epoch losses) and ``result.json`` (``metrics``: the EMA
+generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the run
+(:class:`~losslab.train.task.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
+continues a killed run.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import sys
+import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from losslab.errors import ConfigError
 from losslab.gan.config import GanConfig
 from losslab.gan.data import GanData, load_gan_data, load_images
 from losslab.gan.models import build_pair, count_parameters, generate
-from losslab.io import save_torch_atomic, write_atomic, write_json_atomic, write_yaml_atomic
 from losslab.objectives.gan import gan_term
+
+if TYPE_CHECKING:
+    from losslab.runs import RunSpec
 
 GRID_SEED_OFFSET = 12_345
 EVAL_SEED_OFFSET = 54_321
+BN_SEED_OFFSET = 777
+BN_BATCHES = 16  # batches of fresh latents that estimate the EMA generator's BatchNorm statistics
+SAMPLES_FROM = "G_ema"  # the generator the sample grids and the reported metrics use
 
 
-def resolve_device(accelerator: str) -> torch.device:
-    """torch device for ``accelerator`` (auto: cuda if available, else cpu); ConfigError if it is absent."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"accelerator={accelerator!r} but no CUDA device is visible; use --accelerator cpu")
-        return torch.device("cuda")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("accelerator='mps' but MPS is not available; use --accelerator cpu")
-    return torch.device(accelerator)
+def ema_beta(batch_size: int, nimg: int, ema_kimg: float, rampup: float) -> float:
+    """Per-step EMA decay of StyleGAN2-ADA (Karras et al. 2020, ``training_loop.py``): β = 0.5^(B / h).
+
+    The half-life h is ``ema_kimg``·1000 images, capped at ``rampup``·``nimg`` when ``rampup`` > 0 (``nimg``: images
+    seen before this step), so the first step copies G (β = 0) and the average covers the last ``rampup`` share of
+    training until it reaches ``ema_kimg``.
+    """
+    half_life = ema_kimg * 1000.0
+    if rampup > 0:
+        half_life = min(half_life, nimg * rampup)
+    return 0.5 ** (batch_size / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    gen: nn.Module, z_dim: int, batch_size: int, batches: int = BN_BATCHES, seed: int = 0
+) -> None:
+    """Re-estimate ``gen``'s BatchNorm running statistics for its current weights (SWA's ``update_bn``).
+
+    The running means/variances are reset and set to the plain average over ``batches`` train-mode forwards of
+    seeded latents (momentum ``None``); ``gen`` is left in eval mode. No-op without BatchNorm; the global RNG is
+    not touched.
+    """
+    norms = [m for m in gen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        momenta = [m.momentum for m in norms]
+        device = next(gen.parameters()).device
+        gen_z = torch.Generator().manual_seed(seed)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        gen.train()
+        for _ in range(batches):
+            gen(torch.randn(batch_size, z_dim, generator=gen_z).to(device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    gen.eval()
 
 
 def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
@@ -73,6 +113,10 @@ class GanResult:
     parameters: dict[str, int]
     train_seconds: float
     notes: list[str] = field(default_factory=list)
+    metrics_live: dict[str, Any] = field(default_factory=dict)
+    samples_from: str = SAMPLES_FROM
+    ema: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,11 +145,23 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas, **fused)
         self._g_params = list(self.G.parameters())
         self._ema_params = list(self.G_ema.parameters())
-        self._buffers = list(zip(self.G_ema.buffers(), self.G.buffers()))
         self.epoch = 0
+        self.nimg = 0  # images shown to G so far (the EMA ramp's clock)
+        self.ema_init_share = 1.0  # product of the EMA decays so far: the initial weights' share in G_ema
 
     def _term(self, logits: Tensor, term: str) -> Tensor:
         return gan_term(logits, term, self.cfg.loss, self.cfg.k).mean()
+
+    @property
+    def ema_kimg(self) -> float:
+        """The EMA half-life cap in kimg: ``ema_kimg`` or StyleGAN2-ADA's default batch·10/32."""
+        return self.cfg.ema_kimg if self.cfg.ema_kimg is not None else self.cfg.batch_size * 10 / 32
+
+    def current_ema_beta(self) -> float:
+        """The decay the next EMA update uses: the fixed ``ema_decay`` or :func:`ema_beta` at the images seen."""
+        if self.cfg.ema_decay is not None:
+            return self.cfg.ema_decay
+        return ema_beta(self.cfg.batch_size, self.nimg, self.ema_kimg, self.cfg.ema_rampup)
 
     def step(self, real: Tensor) -> Tensor:
         """One D update and one G update on the real batch [B, ...]; returns (d_loss, g_loss, r1) [3] on the device."""
@@ -138,28 +194,53 @@ class GanTrainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """G_ema ← decay·G_ema + (1 − decay)·G (parameters); buffers (BN statistics) copied."""
-        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - self.cfg.ema_decay)
-        for ema_buf, buf in self._buffers:
-            ema_buf.copy_(buf)
+        """G_ema ← β·G_ema + (1 − β)·G on the parameters (β: :meth:`current_ema_beta`); counts the batch's images.
 
-    def run_epoch(self, on_step: Any = None) -> dict[str, float]:
-        """One pass over the data in a device-side random order; mean losses (one host sync)."""
-        batch = self.cfg.batch_size
-        steps = len(self.real) // batch
+        BatchNorm statistics are not averaged or copied: :meth:`samples` re-estimates them for the EMA weights.
+        """
+        beta = self.current_ema_beta()
+        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
+        self.ema_init_share *= beta
+        self.nimg += self.cfg.batch_size
+
+    def ema_summary(self) -> dict[str, Any]:
+        """How the EMA was formed: fixed decay or ramp (kimg, rampup), the decay of the last step, its half-life in
+        steps, and the share of the initial weights still in the EMA (the product of all decays; 0 with the ramp)."""
+        beta = self.current_ema_beta()
+        half_life = math.log(0.5) / math.log(beta) if 0 < beta < 1 else (0.0 if beta == 0 else math.inf)
+        return {
+            "rule": "fixed" if self.cfg.ema_decay is not None else "stylegan2-ada ramp",
+            "kimg": self.ema_kimg,
+            "rampup": self.cfg.ema_rampup,
+            "last_decay": beta,
+            "half_life_steps": half_life,
+            "initial_weight_share": self.ema_init_share,
+        }
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.real) // self.cfg.batch_size
+
+    def run_epoch(self, indices: Iterable[int] | None = None) -> dict[str, float]:
+        """One pass over the data in a device-side random order; returns its history row (mean losses; one host
+        sync). ``indices`` yields the step numbers 0 … steps_per_epoch − 1 (a progress bar or clock may wrap them)."""
+        batch, steps = self.cfg.batch_size, self.steps_per_epoch
         order = torch.randperm(len(self.real), device=self.device)
         sums = torch.zeros(3, device=self.device)
         self.G.train()
         self.D.train()
         start = time.perf_counter()
-        for i in range(steps):
+        for i in range(steps) if indices is None else indices:
             sums += self.step(self.real[order[i * batch : (i + 1) * batch]])
-            if on_step is not None:
-                on_step()
         d_loss, g_loss, r1 = (sums / steps).tolist()
+        if not all(map(math.isfinite, (d_loss, g_loss, r1))):
+            from losslab.train.task import diverged_error
+
+            raise diverged_error(self.epoch + 1)
         self.epoch += 1
         return {
-            "epoch": self.epoch,
+            "epoch": self.epoch - 1,  # the index of the finished epoch (0-based, as in every run's history)
+            "step": self.epoch * steps,
             "d_loss": d_loss,
             "g_loss": g_loss,
             "r1": r1,
@@ -175,6 +256,8 @@ class GanTrainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch,
+            "nimg": self.nimg,
+            "ema_init_share": self.ema_init_share,
             "cpu_rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -185,37 +268,57 @@ class GanTrainer:
         for name in ("G", "D", "G_ema", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(state[name])
         self.epoch = int(state["epoch"])
+        self.ema_init_share = float(state.get("ema_init_share", math.nan))
+        self.nimg = int(state.get("nimg", self.epoch * self.steps_per_epoch * self.cfg.batch_size))
         torch.set_rng_state(state["cpu_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
-    def samples(self, n: int, seed: int) -> Tensor:
-        """``n`` EMA-generator samples from seeded latents (eval mode)."""
-        return generate(self.G_ema.eval(), n, self.cfg.z_dim, seed=seed)
+    def samples(self, n: int, seed: int, live: bool = False) -> Tensor:
+        """``n`` samples from seeded latents (eval mode) of the EMA generator (its BatchNorm statistics re-estimated
+        first) or, with ``live``, of the trained G (its own running statistics); the global RNG is not touched."""
+        if live:
+            out = generate(self.G.eval(), n, self.cfg.z_dim, seed=seed)
+            self.G.train()
+            return out
+        recalibrate_batchnorm(self.G_ema, self.cfg.z_dim, self.cfg.batch_size, seed=self.cfg.seed + BN_SEED_OFFSET)
+        return generate(self.G_ema, n, self.cfg.z_dim, seed=seed)
 
 
-def save_sample_grid(samples: Tensor, path: Path, data: GanData) -> Path:
-    """A PNG of ``samples``: an image grid (8 per row) or, for 2-D points, a scatter over the mixture's modes."""
+def run_label(cfg: GanConfig) -> str:
+    """The loss and k of a run, as figure titles and progress lines show it: ``logistic`` or ``root k=2``."""
+    return "logistic" if cfg.loss == "logistic" else f"root k={cfg.k:g}"
+
+
+def scatter_figure(samples: Tensor, data: GanData, title: str) -> Any:
+    """A matplotlib Figure of 2-D ``samples`` over the mixture's modes (red ×), titled ``title``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert data.mixture is not None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    pts = samples.float().cpu()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, label=f"{len(pts)} samples")
+    ax.scatter(data.mixture.modes[:, 0], data.mixture.modes[:, 1], marker="x", c="red", s=30, label="modes")
+    lim = float(data.mixture.modes.abs().max()) + 1.5
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper right", fontsize=7)
+    return fig
+
+
+def save_sample_grid(samples: Tensor, path: Path, data: GanData, title: str = "") -> Path:
+    """A PNG of ``samples``: an image grid (8 per row) or, for 2-D points, a titled scatter over the mixture's modes."""
     from losslab.io import atomic_path
 
     if data.is_toy:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from losslab.report.figures import save_figure
 
-        assert data.mixture is not None
-        fig, ax = plt.subplots(figsize=(4, 4))
-        pts = samples.float().cpu()
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-        ax.scatter(data.mixture.modes[:, 0], data.mixture.modes[:, 1], marker="x", c="red", s=30)
-        lim = float(data.mixture.modes.abs().max()) + 1.5
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        return save_figure(fig, path)
+        return save_figure(scatter_figure(samples, data, title), path)
     from torchvision.utils import save_image
 
     with atomic_path(path) as tmp:
@@ -223,88 +326,90 @@ def save_sample_grid(samples: Tensor, path: Path, data: GanData) -> Path:
     return path
 
 
-def resolve_gan_resume(path: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for a GAN ``resume``: a run folder holding checkpoints/last.ckpt or its .ckpt file."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
-        raise ConfigError(
-            f"resume={str(path)!r} is not a GAN run: pass a folder made by `losslab gan train` (it holds "
-            "config.yaml and checkpoints/last.ckpt) or its checkpoints/last.ckpt"
-        )
-    return run_dir, ckpt
+#: Config keys that fix what the checkpoint holds (network shapes, data, loss): a resume must not change them.
+MATCH_KEYS = ("data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed")
+#: What each epoch's progress line shows.
+PROGRESS_SUMMARY = {"d_loss": "d_loss", "g_loss": "g_loss", "r1": "r1"}
 
 
-def prepare_run_dir(cfg: GanConfig) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to resume or None); refuses to overwrite a run unless ``overwrite``."""
-    import shutil
+def run_spec(cfg: GanConfig) -> RunSpec:
+    """The :class:`losslab.runs.RunSpec` of ``cfg``'s run: its folder rules are those of every losslab run."""
+    from losslab import runs
 
-    if cfg.resume is not None:
-        return resolve_gan_resume(cfg.resume)
-    run_dir = cfg.out_dir / (cfg.run_name or cfg.default_run_name())
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            state = "a finished run" if (run_dir / "result.json").exists() else "an unfinished run"
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} already holds {state}; pass --resume {str(run_dir)!r} to continue it, "
-                "a new --run-name, or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
+    name = cfg.run_name if cfg.run_name is not None else runs.safe_run_name(cfg.default_run_name())
+    return runs.RunSpec(
+        out_dir=Path(cfg.out_dir),
+        run_name=name,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        config={**cfg.to_dict(), "resume": None, "overwrite": False},
+        match_keys=MATCH_KEYS,
+        epochs=cfg.epochs,
+    )
 
 
 def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
-    """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer)."""
+    """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer); a changed
+    :data:`MATCH_KEYS` value is refused when the run folder is claimed."""
     import yaml
 
-    run_dir, _ = resolve_gan_resume(resume)
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    fixed = {"data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batch_size", "toy_samples", "seed"}
-    changed = sorted(key for key in fixed & set(overrides) if overrides[key] != stored.get(key))
-    if changed:
-        raise ConfigError(f"--resume keeps the run's {', '.join(changed)}; start a new run to change them")
+    from losslab.runs import CONFIG
+    from losslab.runs.folder import resume_run_dir
+
+    stored_file = resume_run_dir(resume) / CONFIG
+    try:
+        stored = yaml.safe_load(stored_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"resume={str(resume)!r} is not a GAN run: {str(stored_file)!r} cannot be read ({type(exc).__name__}); "
+            "pass a folder made by `losslab gan train` (it holds config.yaml and checkpoints/last.ckpt)"
+        ) from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{str(stored_file)!r} is not a GAN run config; pass a folder made by `losslab gan train`")
     return GanConfig.build({**stored, **overrides, "resume": resume})
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    def write(fh: Any) -> None:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-
-    if history:
-        write_atomic(path, write)
-
-
-def evaluate_generator(trainer: GanTrainer, classifier_cache: Path | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Final metrics of the EMA generator (module docstring of :mod:`losslab.gan.metrics`) and notes."""
+def evaluate_generator(
+    trainer: GanTrainer, classifier_cache: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Final metrics of the EMA generator and of the live G (module docstring of :mod:`losslab.gan.metrics`), and
+    notes; both from the same seeded latents."""
     from losslab.gan import metrics as M
 
     cfg, data, notes = trainer.cfg, trainer.data, []
     seed = cfg.seed + EVAL_SEED_OFFSET
+    n = cfg.eval_samples or (10_000 if data.is_toy else 1_000)
+    fakes = [trainer.samples(n, seed), trainer.samples(n, seed, live=True)]  # EMA, live
     if data.is_toy:
         assert data.mixture is not None
-        return M.mode_metrics(trainer.samples(cfg.eval_samples or 10_000, seed), data.mixture), notes
-    fake = trainer.samples(cfg.eval_samples or 1_000, seed)
-    out: dict[str, Any] = {}
+        ema, live = (M.mode_metrics(fake, data.mixture) for fake in fakes)
+        return ema, live, notes
+    outs: list[dict[str, Any]] = [{}, {}]
     if cfg.data == "digits":
         clf, acc = M.digits_classifier(classifier_cache)
-        real = load_images("digits", fake.shape[-1], split="test").to(fake.device)
-        out = {**M.image_metrics(fake, real, clf), "classifier_test_accuracy": acc, "real_images": len(real)}
+        real = load_images("digits", fakes[0].shape[-1], split="test").to(fakes[0].device)
+        for out, fake in zip(outs, fakes):
+            out.update(M.image_metrics(fake, real, clf), classifier_test_accuracy=acc, real_images=len(real))
     else:
         notes.append(f"digits-FD and precision/recall use the digits classifier; not computed for {cfg.data!r}")
     if cfg.fid_weights is not None:
-        out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
+        for out, fake in zip(outs, fakes):
+            out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
     else:
         notes.append(M.fid_message(None) or "")
-    return out, notes
+    return outs[0], outs[1], notes
 
 
 def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
-    """Train (or continue) the run of ``cfg`` and write its folder; returns the :class:`GanResult`."""
-    device = resolve_device(cfg.accelerator)
+    """Train (or continue) the run of ``cfg`` in its run folder (:mod:`losslab.runs`); returns the :class:`GanResult`.
+
+    Everything that can be refused (device, data, batch size, the run folder and a resume's checkpoint and config) is
+    checked before the folder is made; an ``--overwrite`` trains in a staging folder and replaces the old run only
+    when it has finished.
+    """
+    from losslab import runs
+
+    device = runs.resolve_device(cfg.accelerator, flag="--accelerator")
     if cfg.fid_weights is not None and not Path(cfg.fid_weights).is_file():
         raise ConfigError(f"--fid-weights {str(cfg.fid_weights)!r} is not a file; give the local weights or drop it")
     if data is None:
@@ -316,49 +421,66 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
             data_dir=cfg.data_dir,
             download=cfg.download,
         )
-    run_dir, ckpt = prepare_run_dir(cfg)
     trainer = GanTrainer(cfg, data, device)
-    history: list[dict[str, float]] = []
-    if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=True)  # tensors, numbers, dicts
-        trainer.load_state_dict(state["trainer"])
-        history = state["history"]
-    write_yaml_atomic(run_dir / "config.yaml", {**cfg.to_dict(), "resume": None, "overwrite": False})
-    steps_per_epoch = len(trainer.real) // cfg.batch_size
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    bar = None
-    if show and trainer.epoch < cfg.epochs:
-        from tqdm import tqdm
-
-        bar = tqdm(total=(cfg.epochs - trainer.epoch) * steps_per_epoch, desc=run_dir.name, file=sys.stderr)
-    grid_seed = cfg.seed + GRID_SEED_OFFSET
-    while trainer.epoch < cfg.epochs:
-        stats = trainer.run_epoch(on_step=bar.update if bar is not None else None)
-        history.append(stats)
-        if bar is not None:
-            bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}")
-        n_grid = cfg.grid_samples if not data.is_toy else max(cfg.grid_samples, 2000)
-        save_sample_grid(
-            trainer.samples(n_grid, grid_seed), run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png", data
+    with runs.claim(run_spec(cfg)) as run:
+        work = run.create()
+        run.write_config()
+        if run.resume_ckpt is not None:
+            runs.load(run.resume_ckpt, into={"trainer": trainer}, map_location=device, what="GAN checkpoint")
+        history = runs.History(work, keep_before=trainer.epoch)
+        clock = runs.Throughput(time.perf_counter(), device)
+        progress = runs.Progress(runs.progress_mode(cfg.progress), cfg.epochs, summary=PROGRESS_SUMMARY)
+        grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
+        n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
+        while trainer.epoch < cfg.epochs:
+            steps = progress.batches(range(trainer.steps_per_epoch), trainer.epoch)
+            stats = trainer.run_epoch(_timed(steps, clock, cfg.batch_size))
+            clock.stop()
+            history.append(stats)
+            save_sample_grid(
+                trainer.samples(n_grid, grid_seed),
+                work / "samples" / f"epoch_{trainer.epoch:03d}.png",
+                data,
+                f"epoch {trainer.epoch}, {title}, EMA generator",
+            )
+            runs.save(run.last_ckpt, {"trainer": trainer})
+            progress.close(stats)
+        metrics, live, notes = ({}, {}, [])
+        if cfg.metrics:
+            metrics, live, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt")
+        result = GanResult(
+            run_dir=run.final,
+            config=cfg.to_dict(),
+            epochs=trainer.epoch,
+            steps=trainer.epoch * trainer.steps_per_epoch,
+            history=history.rows,
+            metrics=metrics,
+            metrics_live=live,
+            parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
+            train_seconds=sum(h["seconds"] for h in history.rows),
+            notes=[n for n in notes if n],
+            ema=trainer.ema_summary(),
+            speed=clock.record(),
         )
-        save_torch_atomic(run_dir / "checkpoints" / "last.ckpt", {"trainer": trainer.state_dict(), "history": history})
-        _write_history(run_dir / "metrics.csv", history)
-    if bar is not None:
-        bar.close()
-    metrics, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt") if cfg.metrics else ({}, [])
-    result = GanResult(
-        run_dir=run_dir,
-        config=cfg.to_dict(),
-        epochs=trainer.epoch,
-        steps=trainer.epoch * steps_per_epoch,
-        history=history,
-        metrics=metrics,
-        parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
-        train_seconds=sum(h["seconds"] for h in history),
-        notes=[n for n in notes if n],
-    )
-    write_json_atomic(run_dir / "result.json", result.to_dict())
+        run.write_result(result.to_dict())
+        run.commit()
     return result
 
 
-__all__ = ["GanResult", "GanTrainer", "prepare_run_dir", "resolve_device", "resume_config", "train_gan"]
+def _timed(indices: Iterable[int], clock: Any, batch_size: int) -> Iterator[int]:
+    """``indices``, with the throughput clock told of each step (and its real images) before it runs."""
+    for i in indices:
+        clock.step()
+        clock.count(batch_size)
+        yield i
+
+
+__all__ = [
+    "GanResult",
+    "GanTrainer",
+    "ema_beta",
+    "recalibrate_batchnorm",
+    "resume_config",
+    "run_spec",
+    "train_gan",
+]

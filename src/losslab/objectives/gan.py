@@ -22,6 +22,7 @@ from losslab.objectives.logit_rows import compute_dtype
 from losslab.objectives.rooted import check_k, rooted_logistic, softplus
 
 GAN_KINDS = ("logistic", "rooted")
+GAN_KIND_ALIASES = {"root": "rooted", "rlo": "rooted"}  # the objective registry's names for the rooted loss
 
 
 class GanLosses(NamedTuple):
@@ -44,6 +45,7 @@ def gan_term(logits: Tensor, term: str, kind: str = "logistic", k: float = 2.0, 
     logistic: g = softplus(−D), d_fake = softplus(D), d_real = softplus(−D). rooted: softplus(s) → ℓ_k(−s), i.e.
     g = ℓ_k(D), d_fake = ℓ_k(−D), d_real = ℓ_k(D). Float32 math with autocast off; shaped like ``logits``.
     """
+    kind = GAN_KIND_ALIASES.get(kind, kind)
     if kind not in GAN_KINDS:
         raise ConfigError(f"kind={kind!r} is not allowed: choose one of {', '.join(GAN_KINDS)}")
     if term not in GAN_TERMS:
