@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,3 +165,103 @@ class _RecordingWriter:
 
     def flush(self) -> None:
         self.fh.flush()
+
+
+# ---------------------------------------------------------------------------------------------------- claiming
+#: The marker file of a folder losslab made for its outputs (a report folder, a study folder). Its JSON names the
+#: kind of folder; a folder without it that holds anything is the user's and is never written into.
+OUTPUT_MARKER = ".losslab-output"
+
+
+def claim_output(path: str | os.PathLike[str], *, overwrite: bool, what: str, flag: str) -> Path:
+    """Claim the file ``path`` before any work: it must be new, or ``overwrite`` replaces it (atomically, later).
+
+    Refused (:class:`losslab.errors.ConfigError`, naming ``flag`` and the fix): an existing file without
+    ``overwrite``; a folder; a symbolic link (the write would replace the link, not what it points at, which is
+    never what was meant); a parent that is a file or is not writable. ``-`` (stdout) is always allowed.
+    """
+    from losslab.errors import ConfigError
+
+    target = Path(path)
+    if str(target) == "-":
+        return target
+    if target.is_symlink():
+        raise ConfigError(f"{flag} {str(target)!r} is a symbolic link; give the path of a new file for the {what}")
+    if target.is_dir():
+        raise ConfigError(f"{flag} {str(target)!r} is a folder; give a file name for the {what}")
+    if target.exists() and not overwrite:
+        raise ConfigError(
+            f"{flag} {str(target)!r} already exists and losslab does not replace files silently; choose a new "
+            f"file for the {what}, or pass --overwrite to replace it"
+        )
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"{flag} {str(target)!r} is not a regular file; give a file name for the {what}")
+    _check_parent(target.parent, flag, what)
+    return target
+
+
+def _check_parent(parent: Path, flag: str, what: str) -> None:
+    """The nearest existing ancestor of ``parent`` must be a writable folder (the rest is created)."""
+    from losslab.errors import ConfigError
+
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write the {what} into {str(parent)!r}: it is not a writable folder")
+
+
+def claim_output_dir(
+    folder: str | os.PathLike[str],
+    *,
+    kind: str,
+    outputs: list[str],
+    overwrite: bool,
+    flag: str,
+    adopt: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Claim ``folder`` for losslab's outputs of ``kind`` ("report", "study"), before any work.
+
+    - a new or empty folder is created and marked (:data:`OUTPUT_MARKER`, JSON ``{"kind": kind}``);
+    - a folder marked for ``kind`` is reused; if any of ``outputs`` (names inside it) exists, only with
+      ``overwrite`` (``overwrite=True`` for outputs that are updated in place by design, e.g. a study's files);
+    - a folder that holds anything and no marker (or a marker of another kind) is the user's: refused, with or
+      without ``overwrite``. ``adopt(folder)`` may recognise a losslab folder made before markers existed (it is
+      then marked);
+    - a path that is a file or a symbolic link is refused.
+
+    Raises :class:`losslab.errors.ConfigError` naming ``flag`` and the fix; nothing is written then.
+    """
+    from losslab.errors import ConfigError
+
+    target = Path(folder)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ConfigError(f"{flag} {str(target)!r} is not a folder; give a new folder for the {kind}")
+    marker = target / OUTPUT_MARKER
+    if target.is_dir() and any(target.iterdir()):
+        if not _marked(marker, kind) and not (adopt is not None and adopt(target)):
+            raise ConfigError(
+                f"{flag} {str(target)!r} holds files losslab did not make for a {kind} (no {OUTPUT_MARKER} marker); "
+                f"losslab never writes into such a folder: give a new or empty folder"
+            )
+        taken = [name for name in outputs if os.path.lexists(target / name)]
+        if taken and not overwrite:
+            raise ConfigError(
+                f"{flag} {str(target)!r} already holds a {kind} ({', '.join(taken[:3])}); pass --overwrite to "
+                "replace it, or give a new folder"
+            )
+    else:
+        _check_parent(target, flag, kind)
+    check_writable(target)
+    if not _marked(marker, kind):
+        write_json_atomic(marker, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return target
+
+
+def _marked(marker: Path, kind: str) -> bool:
+    """True when ``marker`` is a regular file whose JSON names ``kind``."""
+    if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 4096:
+        return False
+    try:
+        return json.loads(marker.read_text()).get("kind") == kind
+    except (ValueError, AttributeError, OSError):
+        return False

@@ -259,9 +259,9 @@ def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
     return str(path)
 
 
-def check_new_output(path: Path | None, overwrite: bool) -> None:
-    """Raise :class:`losslab.errors.ConfigError` if ``path`` exists and ``overwrite`` is off (call before work)."""
-    from losslab.errors import ConfigError
+def check_new_output(path: Path | None, overwrite: bool, flag: str = "--json") -> None:
+    """Claim the output file ``path`` before work (:func:`losslab.io.claim_output`): new, or ``--overwrite``."""
+    from losslab.io import claim_output
 
-    if path is not None and str(path) != "-" and Path(path).exists() and not overwrite:
-        raise ConfigError(f"{str(path)!r} exists; pass --overwrite to replace it, or choose another file")
+    if path is not None:
+        claim_output(path, overwrite=overwrite, what="output", flag=flag)
