@@ -134,8 +134,14 @@ def write_yaml_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def save_torch_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically; a dict gets the SHA-256 of its content under
+    :data:`losslab.serialization.CHECKSUM_KEY`, which :func:`losslab.serialization.load_torch_file` verifies."""
     import torch
+
+    from losslab.serialization import CHECKSUM_KEY, content_digest
+
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: content_digest(obj)}
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         sink = _RecordingWriter(fh)

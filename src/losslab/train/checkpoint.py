@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError, CorruptFileError, LosslabError
-from losslab.serialization import load_torch_file
+from losslab.serialization import check_state_dict, load_torch_file
 from losslab.train.config import TrainConfig
 
 
@@ -68,7 +68,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     ``mmap=True`` checks a file cheaply (tensors stay on disk), e.g. before Lightning resumes from it.
     """
     ckpt_file = Path(path)
-    checkpoint = load_torch_file(ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap)
+    checkpoint = load_torch_file(
+        ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap, require_checksum=True
+    )
     config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise LosslabError(
@@ -100,6 +102,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
         spec,
     )
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    check_state_dict(state, model.state_dict(), ckpt_file)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -173,6 +176,7 @@ def timm_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
 def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> nn.Module:
     """Load a timm checkpoint's weights into ``model`` (strict); a mismatch names the checkpoint and the keys."""
     state = timm_state_dict(path, use_ema=use_ema)
+    _check_finite(state, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -181,6 +185,15 @@ def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = Fal
             "(build the same architecture and number of classes it was trained with)"
         ) from None
     return model
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Every floating tensor of a foreign state dict is finite (its keys and shapes are load_state_dict's check)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CorruptFileError(
+                f"timm checkpoint {str(path)!r}: tensor {key!r} holds NaN/Inf values; use another checkpoint"
+            )
 
 
 def load_timm_run(
