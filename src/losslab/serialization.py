@@ -105,22 +105,19 @@ def load_torch_file(
     map_location: str | torch.device = "cpu",
     allow: Sequence[type] = (),
     mmap: bool = False,
-    require_checksum: bool = False,
+    verify: bool = True,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with one clear :class:`LosslabError` for every way it can fail.
 
     ``what`` names the file's role in messages ("checkpoint", "state dict"). A dict written by
     :func:`losslab.io.save_torch_atomic` carries its content's SHA-256 (:data:`CHECKSUM_KEY`); it is verified and
-    removed here (``require_checksum``: a file without one is refused too). Raises :class:`DataNotFoundError`
+    removed here (``verify=False`` leaves it for the caller's :func:`verify_checksum`, e.g. to require it once
+    the file is known to be a losslab checkpoint). Raises :class:`DataNotFoundError`
     (missing), :class:`CorruptFileError` (empty, truncated, garbled, wrong checksum) or :class:`UnsafeFileError`
     (pickled code or objects other than tensors and plain data).
     """
-    return verify_checksum(
-        _load(path, what=what, map_location=map_location, allow=allow, mmap=mmap),
-        Path(path),
-        what,
-        required=require_checksum,
-    )
+    loaded = _load(path, what=what, map_location=map_location, allow=allow, mmap=mmap)
+    return verify_checksum(loaded, Path(path), what) if verify else loaded
 
 
 def _load(

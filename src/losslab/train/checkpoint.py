@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError, CorruptFileError, LosslabError
-from losslab.serialization import check_state_dict, load_torch_file
+from losslab.serialization import check_state_dict, load_torch_file, verify_checksum
 from losslab.train.config import TrainConfig
 
 
@@ -68,15 +68,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     ``mmap=True`` checks a file cheaply (tensors stay on disk), e.g. before Lightning resumes from it.
     """
     ckpt_file = Path(path)
-    checkpoint = load_torch_file(
-        ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap, require_checksum=True
-    )
+    checkpoint = load_torch_file(ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap, verify=False)
     config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise LosslabError(
             f"{str(ckpt_file)!r} is not a losslab classifier checkpoint (no stored config); "
             "checkpoints come from `losslab train`"
         )
+    verify_checksum(checkpoint, ckpt_file, "checkpoint", required=True)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptFileError(
