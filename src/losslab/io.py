@@ -271,3 +271,88 @@ def _marked(marker: Path, kind: str) -> bool:
         return json.loads(marker.read_text()).get("kind") == kind
     except (ValueError, AttributeError, OSError):
         return False
+
+
+# ---------------------------------------------------------------------------------------------------- reading YAML
+#: Largest YAML file (configs, studies, schedules) losslab reads: shipped ones are a few KiB.
+MAX_YAML_BYTES = 1 << 20
+#: Deepest nesting of a YAML document (mappings and sequences).
+MAX_YAML_DEPTH = 32
+#: Most values (scalars, mappings, sequences) a YAML document may expand to once its aliases are followed.
+MAX_YAML_NODES = 100_000
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects) that refuses nesting deeper than :data:`MAX_YAML_DEPTH`
+    while composing, before Python's recursion limit is reached."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _YamlLimit(f"nests deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _YamlLimit(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once aliases are expanded (memoized per node: linear time)."""
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = 0  # a recursive alias counts once; the constructor builds it as a shared reference
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        sizes[key] = min(1 + sum(_expanded_size(c, sizes) for c in children), MAX_YAML_NODES + 1)
+    return sizes[key]
+
+
+def load_yaml_file(path: str | os.PathLike[str], what: str = "YAML file") -> Any:
+    """Parse a YAML file safely and within bounds; :class:`losslab.errors.ConfigError` naming the file otherwise.
+
+    Refused before or while parsing: a file over :data:`MAX_YAML_BYTES`, a binary (non UTF-8) file, nesting over
+    :data:`MAX_YAML_DEPTH`, a document whose anchors/aliases expand to more than :data:`MAX_YAML_NODES` values
+    (a "billion laughs" file), invalid YAML, and any tag that would build a Python object.
+    """
+    from losslab.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{what} {str(file)!r} does not exist or is not a file; pass the path of a YAML file")
+    size = file.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{what} {str(file)!r} is {size:,} bytes; losslab reads YAML files of at most {MAX_YAML_BYTES:,} bytes "
+            "(a config or study is a few KiB): pass the right file"
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(file)!r} is not a text file (not UTF-8); pass a YAML file") from None
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise _YamlLimit(f"expands to more than {MAX_YAML_NODES:,} values through its anchors and aliases")
+        return loader.construct_document(node)
+    except _YamlLimit as exc:
+        raise ConfigError(f"{what} {str(file)!r} {exc}; losslab refuses it: write the values out plainly") from None
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{what} {str(file)!r} is not valid YAML ({detail}); fix the file's syntax") from None
+    finally:
+        loader.dispose()
