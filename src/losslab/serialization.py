@@ -24,6 +24,7 @@ import os
 import pickle
 import pickletools
 import re
+import struct
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ from typing import IO, Any
 import torch
 
 from losslab.errors import CorruptFileError, DataNotFoundError, UnsafeFileError
+
+#: What torch's legacy (non-zip) reader raises on bytes that are not a torch file (text, random data).
+_GARBLED = (KeyError, IndexError, TypeError, AttributeError, OverflowError, MemoryError, struct.error)
 
 _GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|GLOBAL) ([\w.]+)")
 
@@ -152,7 +156,7 @@ def _load(
                 "tensors, e.g. torch.save(model.state_dict(), path)"
             ) from None
         raise _corrupt(what, file, err) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
+    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError, *_GARBLED) as err:
         if isinstance(err, OSError) and not _looks_corrupt(err):
             raise
         raise _corrupt(what, file, err) from None

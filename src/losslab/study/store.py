@@ -122,7 +122,7 @@ class StudyStore:
     @classmethod
     def _connect(cls, file: Path, create: bool, readonly: bool = False) -> StudyStore:
         """Connect; ``create`` allows initialising an empty database (nothing stored can be lost by that)."""
-        untouched = f"{str(file)!r} was left untouched; move it away or use another study folder (--out)"
+        untouched = f"{str(file)!r} was left untouched; move it away or use another study folder (--out-dir)"
         if os.path.lexists(file) and not file.is_file():
             raise StudyStoreError(f"{str(file)!r} is not a file (a folder or a broken link); " + untouched)
         if file.is_file() and file.stat().st_size > 0:
@@ -132,7 +132,10 @@ class StudyStore:
                 raise StudyStoreError(
                     f"{str(file)!r} is not a SQLite database (corrupt or a different file); " + untouched
                 )
-        conn = _connect_readonly(file) if readonly else sqlite3.connect(file, timeout=60, isolation_level=None)
+        try:
+            conn = _connect_readonly(file) if readonly else sqlite3.connect(file, timeout=60, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StudyStoreError(f"{str(file)!r} cannot be read as a study database ({exc}); " + untouched) from None
         try:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
