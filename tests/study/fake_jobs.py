@@ -10,9 +10,9 @@ store and the report hold: float top-1 = 90 + seed + 10·lr, compressed top-1 = 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import random
 import time
+from pathlib import Path
 
 from losslab.study.job import CompressionRecord, JobResult, StudyJob, TrainRecord, WeightHistogram
 

@@ -299,7 +299,16 @@ def render_html_report(blocks: list[Block], root: Path) -> str:
 
 
 #: What a report folder holds; an existing one is replaced only with ``overwrite``.
-REPORT_OUTPUTS = ["report.md", "report.html", "figures", "summary.csv", "results.csv", "runs.csv", "layers.csv", "methods.csv"]
+REPORT_OUTPUTS = [
+    "report.md",
+    "report.html",
+    "figures",
+    "summary.csv",
+    "results.csv",
+    "runs.csv",
+    "layers.csv",
+    "methods.csv",
+]
 
 
 def build_report(
