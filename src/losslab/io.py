@@ -15,9 +15,11 @@ is then left as it was)::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -83,7 +85,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _sweep_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         if is_disk_error(exc):
             raise output_error(target, exc) from None
@@ -103,6 +106,30 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _sweep_stale_temporaries(target: Path) -> None:
+    """Remove ``.NAME.PID.XXXX.tmp`` files of ``target`` left by a process that was killed (SIGKILL, power cut)
+    between creating and renaming its temporary file; files of a live process are left alone."""
+    pattern = re.compile(re.escape(f".{target.name}.") + r"([0-9]+)\.[A-Za-z0-9_]+\.tmp")
+    for entry in os.scandir(target.parent):
+        found = pattern.fullmatch(entry.name)
+        if found is not None and entry.is_file(follow_symlinks=False) and not _alive(int(found.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is another user's, or cannot be asked: leave its files alone
+    return True
 
 
 def _current_umask() -> int:

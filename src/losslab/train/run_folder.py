@@ -55,6 +55,10 @@ def is_child_rank() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+#: Longest run name in bytes: ``.NAME.old-PID`` (PID up to 10 digits) must still fit 255 bytes.
+MAX_RUN_NAME_BYTES = 255 - len(".") - len(".old-") - 10
+
+
 def check_run_name(name: str) -> str:
     """``name`` if it is one plain folder name (no separators, not ``.``/``..``, not absolute), else ConfigError."""
     bad = (
@@ -70,6 +74,12 @@ def check_run_name(name: str) -> str:
         raise ConfigError(
             f"run_name={name!r} is not allowed: the run name is one folder name inside --out-dir (letters, digits, "
             "'-', '_', '.'; no '/', not '.' or '..'); put the parent folders in --out-dir instead"
+        )
+    if len(name.encode()) > MAX_RUN_NAME_BYTES:
+        raise ConfigError(
+            f"run_name is {len(name.encode())} bytes; at most {MAX_RUN_NAME_BYTES} are allowed so that the names "
+            "losslab derives from it (.NAME.new, .NAME.old-PID, .NAME.lock) fit a file name (255 bytes): "
+            "choose a shorter --run-name"
         )
     return name
 
