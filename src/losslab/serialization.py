@@ -65,7 +65,7 @@ def _feed(digest: Any, obj: Any) -> None:
         data = obj.detach().to("cpu").contiguous()
         digest.update(f"T{data.dtype}{tuple(data.shape)}".encode())
         if data.numel():
-            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     elif isinstance(obj, dict):
         digest.update(f"D{type(obj).__name__}{len(obj)}".encode())
         for key, value in obj.items():
