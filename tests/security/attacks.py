@@ -320,6 +320,19 @@ def _rows() -> list[Attack]:
         argv = ["quantize", str(env.run), "--method", "rtn", "--bits", "8", "--json", str(mine)]
         return Case(argv, "already exists", victims=[mine])
 
+    @add("train-overwrite-user-staging-folder", 2, "victim", "train")
+    def _(env: Env) -> Case:
+        run = Path(shutil.copytree(env.run, env.tmp / "o" / "good"))
+        mine = victim(env.tmp / "o" / ".good.new" / "result.json", "{}")  # the user's, named like losslab's staging
+        argv = ["train", "--out-dir", str(run.parent), "--run-name", "good", "--overwrite", "--epochs", "1"]
+        return Case(argv, "not a run losslab staged", victims=[mine, run / "result.json"])
+
+    @add("train-user-folder-named-like-a-backup", 2, "victim", "train")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "o" / ".good.old-123" / "result.json", "{}")  # NAME absent: not restored from it
+        argv = ["train", "--out-dir", str(mine.parent.parent), "--run-name", "good", "--epochs", "1", "--model", "mlp"]
+        return Case(argv, None, victims=[mine], present=[env.tmp / "o" / "good" / ".losslab-run"])
+
     # ---- class 3: integrity of every file read (forged)
     @add("evaluate-flipped-byte", 3, "forged", "evaluate")
     def _(env: Env) -> Case:
@@ -572,7 +585,12 @@ def _store_case(env: Env, how: str, command: list[str], message: str) -> Case:
 
 
 #: Attacks whose right outcome is that the command succeeds (it recovers, or does what was asked of it).
-FINE = {"report-existing-with-overwrite", "study-run-after-deleting-a-run-folder", "report-stale-temporary-file"}
+FINE = {
+    "train-user-folder-named-like-a-backup",
+    "report-existing-with-overwrite",
+    "study-run-after-deleting-a-run-folder",
+    "report-stale-temporary-file",
+}
 ATTACKS = _rows()
 
 
