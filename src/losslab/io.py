@@ -103,9 +103,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if is_disk_error(exc):
             raise output_error(target, exc) from None
         raise
+    except Exception as exc:  # a writer that wraps the OSError in its own error (safetensors, torch)
+        disk = _disk_error_in(exc)
+        if disk is not None:
+            raise output_error(target, disk) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _disk_error_in(exc: BaseException) -> OSError | None:
+    """The disk error (full, read-only, quota, ...) a library reported inside its own exception, if any: a chained
+    ``OSError``, or the text of one (safetensors reports "No space left on device (os error 28)" as a string)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if is_disk_error(seen):
+            return seen  # type: ignore[return-value]
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    for number in DISK_ERRNOS:
+        if os.strerror(number) in text:
+            return OSError(number, os.strerror(number))
+    return None
 
 
 def _sweep_stale_temporaries(target: Path) -> None:

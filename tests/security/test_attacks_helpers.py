@@ -171,3 +171,18 @@ def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_pat
         tmp.write_text("{}")
     assert not stale.exists() and live.exists() and other.exists()
     assert (tmp_path / "h.json").read_text() == "{}"
+
+
+def test_a_full_disk_inside_a_library_writer_is_a_disk_error(tmp_path: Path) -> None:
+    """safetensors reports ENOSPC as text in its own error; the write must say "no space", not "corrupt"."""
+    from safetensors import SafetensorError
+
+    from losslab.errors import OutputError
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(OutputError, match="no space left on the device"):
+        with atomic_path(target):
+            raise SafetensorError(
+                f'Error while serializing: IoError(Os {{ code: 28, kind: StorageFull, message: "{os.strerror(28)}" }})'
+            )
+    assert not target.exists() and list(tmp_path.iterdir()) == []
