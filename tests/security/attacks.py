@@ -135,17 +135,26 @@ TINY_STUDY = (
 )
 
 
-def cifar_mismatch(env: Env) -> Path:
-    """A cifar-10-batches-py folder whose first batch holds 4 images but 3 labels (the rest is well formed)."""
+def cifar_folder(env: Env, how: str = "mismatch") -> Path:
+    """A cifar-10-batches-py folder whose first batch is damaged: ``mismatch`` (4 images, 3 labels), ``list``
+    (a pickled list instead of a dict) or ``truncated`` (half of its bytes); the other files are well formed."""
     root = env.tmp / "cifar" / "cifar-10-batches-py"
     root.mkdir(parents=True)
     for b in range(1, 6):
-        labels = [1, 2, 3] if b == 1 else [1, 2, 3, 4]
+        labels = [1, 2, 3] if b == 1 and how == "mismatch" else [1, 2, 3, 4]
         data = np.zeros((4, 3072), dtype=np.uint8)
         (root / f"data_batch_{b}").write_bytes(pickle.dumps({b"labels": labels, b"data": data}))
+    first = root / "data_batch_1"
+    if how == "list":
+        first.write_bytes(pickle.dumps([1, 2, 3]))
+    elif how == "truncated":
+        first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
     (root / "test_batch").write_bytes(pickle.dumps({b"labels": [1], b"data": np.zeros((1, 3072), np.uint8)}))
     (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
     return root.parent
+
+
+CIFAR_TRAIN = ["train", "--dataset", "cifar10", "--model", "mlp", "--epochs", "1"]
 
 
 def broken_study(env: Env, how: str) -> Path:
@@ -372,7 +381,7 @@ def _rows() -> list[Attack]:
 
     @add("train-cifar-labels-shorter-than-data", 3, "forged", "train")
     def _(env: Env) -> Case:
-        data = cifar_mismatch(env)
+        data = cifar_folder(env)
         out = env.tmp / "o"
         argv = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "mlp", "--epochs", "1"]
         return Case([*argv, "--out-dir", str(out)], "holds 4 images but 3 labels")
@@ -516,6 +525,35 @@ def _rows() -> list[Attack]:
                     lambda env, how=how, command=command, message=message: _store_case(env, how, command, message),
                 )
             )
+
+    for how, message in (("list", "holds a list, not a dict"), ("truncated", "truncated or corrupt")):
+        rows.append(
+            Attack(
+                f"train-cifar-{how}-batch",
+                6,
+                "forged",
+                "train",
+                lambda env, how=how, message=message: Case(
+                    [*CIFAR_TRAIN, "--data-dir", str(cifar_folder(env, how)), "--out-dir", str(env.tmp / "o")],
+                    message,
+                ),
+            )
+        )
+    for command in (["study", "status"], ["study", "table"], ["report"]):
+        rows.append(
+            Attack(
+                f"{'-'.join(command)}-not-a-study",
+                6,
+                "forged",
+                " ".join(command),
+                lambda env, command=command: Case(
+                    [*command, str(victim(env.tmp / "notes" / "a.txt").parent)],
+                    "no study database",
+                    victims=[env.tmp / "notes" / "a.txt"],
+                    absent=[env.tmp / "notes" / "study.db"],
+                ),
+            )
+        )
 
     @add("train-resume-changed-architecture", 6, "forged", "train")
     def _(env: Env) -> Case:

@@ -180,9 +180,8 @@ def test_a_full_disk_inside_a_library_writer_is_a_disk_error(tmp_path: Path) -> 
     from losslab.errors import OutputError
 
     target = tmp_path / "model.safetensors"
-    with pytest.raises(OutputError, match="no space left on the device"):
-        with atomic_path(target):
-            raise SafetensorError(
-                f'Error while serializing: IoError(Os {{ code: 28, kind: StorageFull, message: "{os.strerror(28)}" }})'
-            )
+    with pytest.raises(OutputError, match="no space left on the device"), atomic_path(target):
+        raise SafetensorError(
+            f'Error while serializing: IoError(Os {{ code: 28, kind: StorageFull, message: "{os.strerror(28)}" }})'
+        )
     assert not target.exists() and list(tmp_path.iterdir()) == []
