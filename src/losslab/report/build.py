@@ -330,7 +330,14 @@ def build_report(
                 "`losslab study run STUDY.yaml` first (or let it finish a job)"
             )
         out = Path(out_dir) if out_dir is not None else store.path.parent / "report"
-        claim_output_dir(out, kind="report", outputs=REPORT_OUTPUTS, overwrite=overwrite, flag="--out-dir")
+        claim_output_dir(
+            out,
+            kind="report",
+            outputs=REPORT_OUTPUTS,
+            overwrite=overwrite,
+            flag="--out-dir",
+            adopt=lambda folder: out_dir is None,  # the study's own report/ folder, from before markers existed
+        )
         blocks = _blocks(results, store, out)
     finally:
         if store is not source:
