@@ -19,10 +19,12 @@ containers, strings and numpy arrays only (:data:`NUMPY_DATA_GLOBALS`) and refus
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import pickletools
 import re
+import struct
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +34,72 @@ import torch
 
 from losslab.errors import CorruptFileError, DataNotFoundError, UnsafeFileError
 
+#: What torch's legacy (non-zip) reader raises on bytes that are not a torch file (text, random data).
+_GARBLED = (KeyError, IndexError, TypeError, AttributeError, OverflowError, MemoryError, struct.error)
+
 _GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|GLOBAL) ([\w.]+)")
+
+
+#: The key under which :func:`losslab.io.save_torch_atomic` stores the SHA-256 of a saved dict's content.
+CHECKSUM_KEY = "losslab_sha256"
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of the content of a torch-saveable object, as it reads back after ``torch.load``.
+
+    The digest covers the structure (container types, lengths, dict keys in order, sets sorted by ``repr``),
+    every scalar and string (``repr``) and every tensor (dtype, shape and raw bytes of its contiguous CPU copy);
+    a top-level :data:`CHECKSUM_KEY` is left out. Any flipped byte of a value or tensor changes it; padding and
+    zip metadata that do not change what loads do not.
+    """
+    digest = hashlib.sha256()
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    """Add ``obj`` to ``digest`` (see :func:`content_digest`)."""
+    if isinstance(obj, torch.Tensor):
+        data = obj.detach().to("cpu").contiguous()
+        digest.update(f"T{data.dtype}{tuple(data.shape)}".encode())
+        if data.numel():
+            digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
+    elif isinstance(obj, dict):
+        digest.update(f"D{type(obj).__name__}{len(obj)}".encode())
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+    elif isinstance(obj, list | tuple):
+        digest.update(f"L{type(obj).__name__}{len(obj)}".encode())
+        for value in obj:
+            _feed(digest, value)
+    elif isinstance(obj, set | frozenset):
+        digest.update(f"S{len(obj)}".encode())
+        for value in sorted(obj, key=repr):
+            _feed(digest, value)
+    else:
+        digest.update(f"V{type(obj).__name__}:{obj!r}\0".encode())
+
+
+def verify_checksum(obj: Any, file: Path, what: str, *, required: bool = False) -> Any:
+    """Check and remove the :data:`CHECKSUM_KEY` of a loaded dict; :class:`CorruptFileError` if it does not match
+    (or, with ``required``, is absent). Returns ``obj`` without the key."""
+    if not isinstance(obj, dict) or CHECKSUM_KEY not in obj:
+        if required:
+            raise CorruptFileError(
+                f"{what} {str(file)!r} carries no losslab checksum: it was not written by losslab, or was edited "
+                f"and saved again by another tool. Fix: {_CHECKPOINT_HINT}"
+            )
+        return obj
+    stored = obj.pop(CHECKSUM_KEY)
+    if stored != content_digest(obj):
+        raise CorruptFileError(
+            f"{what} {str(file)!r} fails its checksum: its content changed after losslab wrote it (a damaged "
+            f"disk or copy, or an edit). Fix: {_CHECKPOINT_HINT}"
+        )
+    return obj
 
 
 def load_torch_file(
@@ -42,13 +109,30 @@ def load_torch_file(
     map_location: str | torch.device = "cpu",
     allow: Sequence[type] = (),
     mmap: bool = False,
+    verify: bool = True,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with one clear :class:`LosslabError` for every way it can fail.
 
-    ``what`` names the file's role in messages ("checkpoint", "state dict"). Raises :class:`DataNotFoundError`
-    (missing), :class:`CorruptFileError` (empty, truncated, garbled) or :class:`UnsafeFileError` (pickled code or
-    objects other than tensors and plain data).
+    ``what`` names the file's role in messages ("checkpoint", "state dict"). A dict written by
+    :func:`losslab.io.save_torch_atomic` carries its content's SHA-256 (:data:`CHECKSUM_KEY`); it is verified and
+    removed here (``verify=False`` leaves it for the caller's :func:`verify_checksum`, e.g. to require it once
+    the file is known to be a losslab checkpoint). Raises :class:`DataNotFoundError`
+    (missing), :class:`CorruptFileError` (empty, truncated, garbled, wrong checksum) or :class:`UnsafeFileError`
+    (pickled code or objects other than tensors and plain data).
     """
+    loaded = _load(path, what=what, map_location=map_location, allow=allow, mmap=mmap)
+    return verify_checksum(loaded, Path(path), what) if verify else loaded
+
+
+def _load(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    map_location: str | torch.device,
+    allow: Sequence[type],
+    mmap: bool,
+) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into one :class:`LosslabError`."""
     file = Path(path)
     if not file.is_file():
         raise DataNotFoundError(f"{what} {str(file)!r} does not exist (or is not a file)")
@@ -72,10 +156,51 @@ def load_torch_file(
                 "tensors, e.g. torch.save(model.state_dict(), path)"
             ) from None
         raise _corrupt(what, file, err) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
+    except (EOFError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError, *_GARBLED) as err:
         if isinstance(err, OSError) and not _looks_corrupt(err):
             raise
         raise _corrupt(what, file, err) from None
+
+
+def check_state_dict(
+    state: dict[str, Any], reference: dict[str, torch.Tensor], file: str | os.PathLike[str], what: str = "checkpoint"
+) -> None:
+    """Check a loaded state dict against the model it is for, before ``load_state_dict`` copies (and casts) it.
+
+    Every key of ``reference`` must be present and no other; each tensor must have the reference's shape; a
+    floating reference needs a floating tensor (an integer copy of float weights would load truncated) and an
+    integer or bool one the same dtype; every floating tensor must be finite (weights, biases, BatchNorm running
+    statistics alike). Raises :class:`CorruptFileError` naming the file and the first offending tensor.
+    """
+    where = f"{what} {str(file)!r}"
+    fix = f"Fix: {_CHECKPOINT_HINT}"
+    missing = [k for k in reference if k not in state]
+    extra = [k for k in state if k not in reference]
+    if missing or extra:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else ""]
+        raise CorruptFileError(
+            f"{where} does not match its model ({'; '.join(p for p in parts if p)}); it was edited or belongs to "
+            f"another architecture. {fix}"
+        )
+    for key, ref in reference.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise CorruptFileError(f"{where}: {key!r} is a {type(value).__name__}, not a tensor. {fix}")
+        if tuple(value.shape) != tuple(ref.shape):
+            raise CorruptFileError(
+                f"{where}: tensor {key!r} has shape {tuple(value.shape)} but the model needs {tuple(ref.shape)}; "
+                f"the file was edited or belongs to another architecture. {fix}"
+            )
+        if ref.is_floating_point() != value.is_floating_point() or (
+            not ref.is_floating_point() and value.dtype != ref.dtype
+        ):
+            raise CorruptFileError(
+                f"{where}: tensor {key!r} is {value.dtype} but the model holds {ref.dtype} (an integer copy of float "
+                f"weights would load truncated). {fix}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CorruptFileError(f"{where}: tensor {key!r} holds {bad} NaN/Inf value(s) of {value.numel()}. {fix}")
 
 
 #: The only globals a data pickle may name: numpy's array/dtype/scalar rebuilders (numpy 1 and 2 spellings) and

@@ -127,14 +127,20 @@ def configure_threads(requested: int | None = None) -> int:
     return n
 
 
+def max_threads() -> int:
+    """The most torch threads losslab accepts: 4 per CPU of this machine (more only oversubscribes)."""
+    return 4 * max(1, os.cpu_count() or 1)
+
+
 def threads_from_argv(argv: list[str]) -> int | None:
-    """The value of ``--threads N`` / ``--threads=N`` in a command line (None when absent or not a number)."""
+    """The value of ``--threads N`` / ``--threads=N`` in a command line (None when absent, not a number or above
+    :func:`max_threads`; the command's own validation then names the problem)."""
     for i, arg in enumerate(argv):
         value = arg.split("=", 1)[1] if arg.startswith("--threads=") else None
         if arg == "--threads" and i + 1 < len(argv):
             value = argv[i + 1]
         if value is not None:
-            return int(value) if value.isdigit() and int(value) > 0 else None
+            return int(value) if value.isdigit() and 0 < int(value) <= max_threads() else None
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
 
 from losslab.study.job import CompressionRecord, JobResult, StudyJob, TrainRecord, WeightHistogram
 
@@ -54,7 +55,9 @@ def fake_job(job: StudyJob) -> JobResult:
         raise RuntimeError("synthetic failure")
     fp = float_top1(cfg)
     train = None
-    if job.needs_training:
+    if job.needs_training:  # a stand-in run folder: the runner retrains a stored run whose checkpoints are gone
+        (Path(job.run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (Path(job.run_dir) / "checkpoints" / "best.ckpt").touch()
         epochs = [
             {
                 "epoch": e,

@@ -16,6 +16,7 @@ from fake_jobs import LAYERS, fake_job, float_top1, quant_top1
 
 from losslab.errors import LosslabError
 from losslab.study import StudyStore, StudyStoreError, parse_study, run_study
+from losslab.study.runner import claim_study_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,7 +102,7 @@ def test_a_failing_job_is_recorded_and_retried(tmp_path: Path, job_log: Path, mo
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     import fcntl
 
-    tmp_path.mkdir(exist_ok=True)
+    claim_study_dir(tmp_path)  # what the first run did before taking its lock
     with open(tmp_path / ".study.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(LosslabError, match="another `losslab study run` is using"):

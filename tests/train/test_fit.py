@@ -63,10 +63,12 @@ def test_evaluate_matches_result(one_epoch_run: Path) -> None:
 def test_load_run_rejects_foreign_checkpoint(one_epoch_run: Path, tmp_path: Path) -> None:
     import torch
 
+    from losslab.io import save_torch_atomic
+
     ckpt = torch.load(one_epoch_run / "checkpoints" / "best.ckpt", weights_only=False)
     ckpt["hyper_parameters"]["config"]["model"] = "mlp"
-    torch.save(ckpt, tmp_path / "other.ckpt")
-    with pytest.raises(LosslabError, match="does not fit model 'mlp'"):
+    save_torch_atomic(tmp_path / "other.ckpt", ckpt)  # resealed: its checksum matches the edited content
+    with pytest.raises(LosslabError, match="does not match its model"):
         load_run(tmp_path / "other.ckpt")
 
 

@@ -231,10 +231,11 @@ def resolve_progress(progress: bool | None) -> bool:
 
 def progress_mode(progress: bool | None) -> bool | str:
     """``--progress`` for work that can report in plain lines: the user's choice, else a bar on a terminal and
-    ``"lines"`` (one stderr line per group of steps, :data:`losslab.quant.engine.LINES`) in logs and pipes."""
-    if progress is not None:
-        return progress
-    return True if stderr_is_terminal() else "lines"
+    ``"lines"`` (one stderr line per group of steps, :data:`losslab.quant.engine.LINES`) in logs and pipes: the one
+    decision, :func:`losslab.runs.progress.progress_mode`, in the quantize engine's terms."""
+    from losslab.runs.progress import progress_mode as run_progress_mode
+
+    return {"bar": True, "off": False, "lines": "lines"}[run_progress_mode(progress)]
 
 
 def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -284,9 +285,9 @@ def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
     return str(path)
 
 
-def check_new_output(path: Path | None, overwrite: bool) -> None:
-    """Raise :class:`losslab.errors.ConfigError` if ``path`` exists and ``overwrite`` is off (call before work)."""
-    from losslab.errors import ConfigError
+def check_new_output(path: Path | None, overwrite: bool, flag: str = "--json") -> None:
+    """Claim the output file ``path`` before work (:func:`losslab.io.claim_output`): new, or ``--overwrite``."""
+    from losslab.io import claim_output
 
-    if path is not None and str(path) != "-" and Path(path).exists() and not overwrite:
-        raise ConfigError(f"{str(path)!r} exists; pass --overwrite to replace it, or choose another file")
+    if path is not None:
+        claim_output(path, overwrite=overwrite, what="output", flag=flag)

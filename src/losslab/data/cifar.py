@@ -36,6 +36,7 @@ class CifarLayout:
     label_key: str
     names_key: str
     url: str
+    classes: int
 
 
 LAYOUTS = {
@@ -47,6 +48,7 @@ LAYOUTS = {
         "labels",
         "label_names",
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        10,
     ),
     "cifar100": CifarLayout(
         "cifar-100-python",
@@ -56,6 +58,7 @@ LAYOUTS = {
         "fine_labels",
         "fine_label_names",
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        100,
     ),
 }
 
@@ -82,6 +85,33 @@ def _unpickle(path: Path) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
+def _batch_arrays(path: Path, batch: dict[str, Any], layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images (N x 3072 uint8) and labels (N ints in [0, classes)), checked before they are paired:
+    data and labels of different lengths, a wrong row size, pixel values outside 0..255 or labels outside the
+    classes are refused (:class:`CorruptFileError` naming the file)."""
+    where = f"CIFAR batch {str(path)!r}"
+    fix = "re-extract the data set from its archive (or delete it and use --download)"
+    if "data" not in batch or layout.label_key not in batch:
+        raise CorruptFileError(f"{where} has no 'data' and '{layout.label_key}' entries; {fix}")
+    try:
+        data = np.asarray(batch["data"])
+        labels = np.asarray(batch[layout.label_key])
+    except (ValueError, TypeError) as exc:
+        raise CorruptFileError(f"{where}: its data or labels are not arrays ({exc}); {fix}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype.kind not in "ui":
+        raise CorruptFileError(f"{where}: 'data' is {data.dtype} {data.shape}, not N x 3072 integers; {fix}")
+    if labels.ndim != 1 or labels.dtype.kind not in "ui" or len(labels) != len(data):
+        raise CorruptFileError(
+            f"{where} holds {len(data)} images but {labels.size} labels ({labels.dtype}); images would be paired "
+            f"with the wrong labels; {fix}"
+        )
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise CorruptFileError(f"{where}: pixel values outside 0..255; {fix}")
+    if labels.size and (labels.min() < 0 or labels.max() >= layout.classes):
+        raise CorruptFileError(f"{where}: labels outside 0..{layout.classes - 1}; {fix}")
+    return data.astype(np.uint8), labels.astype(np.int64)
+
+
 def _download(name: str, data_dir: Path) -> None:
     import torchvision
 
@@ -101,8 +131,14 @@ def load_cifar(data_dir: Path, name: str, train: bool, download: bool) -> CifarI
     if missing:
         what = f"the extracted '{layout.folder}' folder (python version, with {', '.join(f.name for f in files)})"
         raise missing_data_error(name, root, files, what, data_dir, can_download=True)
-    batches = [_unpickle(f) for f in files[:-1]]
-    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-    targets = [int(t) for b in batches for t in b[layout.label_key]]
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(files[-1])[layout.names_key]]
+    arrays = [_batch_arrays(f, _unpickle(f), layout) for f in files[:-1]]
+    data = np.concatenate([d for d, _ in arrays])
+    targets = [int(t) for _, labels in arrays for t in labels]
+    names = _unpickle(files[-1]).get(layout.names_key)
+    if not isinstance(names, list) or len(names) != layout.classes:
+        raise CorruptFileError(
+            f"CIFAR meta file {str(files[-1])!r} does not list {layout.classes} class names under "
+            f"'{layout.names_key}'; re-extract the data set from its archive"
+        )
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
     return CifarImages(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), targets, classes)

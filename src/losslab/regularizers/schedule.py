@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from torch import nn
 
 from losslab.errors import ConfigError
@@ -135,11 +134,10 @@ class Schedule:
 
         ``path`` may also name a shipped schedule (``combined_protocol``; :mod:`losslab.presets`).
         """
+        from losslab.io import load_yaml_file
         from losslab.presets import resolve_yaml
 
-        file = resolve_yaml(path, "configs")
-        with open(file, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+        config = load_yaml_file(resolve_yaml(path, "configs"), "regularizer schedule")
         return cls.from_dict(config, epochs=epochs)
 
     def active(self, epoch: int) -> list[Regularizer]:

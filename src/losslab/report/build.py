@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.errors import LosslabError
-from losslab.io import write_text_atomic
+from losslab.io import claim_output_dir, write_text_atomic
 from losslab.report import figures
 from losslab.report.tables import (
     StudyResults,
@@ -298,10 +298,28 @@ def render_html_report(blocks: list[Block], root: Path) -> str:
     )
 
 
-def build_report(source: StudyStore | str | Path, out_dir: str | Path | None = None) -> Path:
+#: What a report folder holds; an existing one is replaced only with ``overwrite``.
+REPORT_OUTPUTS = [
+    "report.md",
+    "report.html",
+    "figures",
+    "summary.csv",
+    "results.csv",
+    "runs.csv",
+    "layers.csv",
+    "methods.csv",
+]
+
+
+def build_report(
+    source: StudyStore | str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False
+) -> Path:
     """Write the report of a study (store, study folder or ``study.db``); returns the ``report.html`` path.
 
-    ``out_dir`` defaults to ``STUDY_DIR/report``. Raises :class:`LosslabError` if the study holds no results.
+    ``out_dir`` defaults to ``STUDY_DIR/report``. The folder is claimed before anything is drawn
+    (:func:`losslab.io.claim_output_dir`): a new or empty folder, or a losslab report folder, whose report is
+    replaced only with ``overwrite``; a folder of the user's is refused. Raises :class:`LosslabError` if the
+    study holds no results.
     """
     store = source if isinstance(source, StudyStore) else StudyStore.open(source)
     try:
@@ -312,6 +330,14 @@ def build_report(source: StudyStore | str | Path, out_dir: str | Path | None = N
                 "`losslab study run STUDY.yaml` first (or let it finish a job)"
             )
         out = Path(out_dir) if out_dir is not None else store.path.parent / "report"
+        claim_output_dir(
+            out,
+            kind="report",
+            outputs=REPORT_OUTPUTS,
+            overwrite=overwrite,
+            flag="--out-dir",
+            adopt=lambda folder: out_dir is None,  # the study's own report/ folder, from before markers existed
+        )
         blocks = _blocks(results, store, out)
     finally:
         if store is not source:

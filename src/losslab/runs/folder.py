@@ -69,6 +69,10 @@ def is_child_rank() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+#: Longest run name in bytes: ``.NAME.old-PID`` (PID up to 10 digits) must still fit 255 bytes.
+MAX_RUN_NAME_BYTES = 255 - len(".") - len(".old-") - 10
+
+
 def check_run_name(name: str) -> str:
     """``name`` if it is one plain folder name (no separators, not ``.``/``..``, not absolute), else ConfigError."""
     bad = (
@@ -84,6 +88,12 @@ def check_run_name(name: str) -> str:
         raise ConfigError(
             f"run_name={name!r} is not allowed: the run name is one folder name inside --out-dir (letters, digits, "
             "'-', '_', '.'; no '/', not '.' or '..'); put the parent folders in --out-dir instead"
+        )
+    if len(name.encode()) > MAX_RUN_NAME_BYTES:
+        raise ConfigError(
+            f"run_name is {len(name.encode())} bytes; at most {MAX_RUN_NAME_BYTES} are allowed so that the names "
+            "losslab derives from it (.NAME.new, .NAME.old-PID, .NAME.lock) fit a file name (255 bytes): "
+            "choose a shorter --run-name"
         )
     return name
 
@@ -189,8 +199,13 @@ class RunFolder:
             self.work = self.final
         elif self.replaces:
             self.work = self.staging
-            if self.work.exists():  # left by a killed earlier attempt; we hold the lock, so it is ours to clear
-                shutil.rmtree(self.work)
+            if self.work.exists() or self.work.is_symlink():
+                if self.work.is_symlink() or not is_losslab_run(self.work):
+                    raise OutputError(
+                        f"{str(self.work)!r} is in the way of --overwrite and has no {MARKER} marker, so it is not "
+                        "a run losslab staged: move or rename it, then run again"
+                    )
+                shutil.rmtree(self.work)  # left by a killed earlier attempt; we hold the lock, so it is ours
         else:
             self.work = self.final
         self.work.mkdir(parents=True, exist_ok=True)
@@ -300,7 +315,8 @@ def recover_interrupted_swap(final: Path, report: Callable[[str], None] = _say) 
     """Repair what an ``--overwrite`` of run folder ``final`` killed part-way left; each step is passed to
     ``report`` (a line on stderr) as soon as it is done, and the lines are returned.
 
-    Call with the run's lock held (no live process is using the siblings then). In order:
+    Call with the run's lock held (no live process is using the siblings then). Only siblings that carry the run
+    marker are touched (a folder of the user's that merely has such a name is left alone and named). In order:
 
     - ``.NAME.new`` holding a finished run (``result.json``): the swap is completed. A present ``NAME`` (the run
       the overwrite replaces) is moved aside and removed; one that is not a losslab run is left alone, and so is
@@ -317,9 +333,14 @@ def recover_interrupted_swap(final: Path, report: Callable[[str], None] = _say) 
         report(line)
 
     new = staging_path(final)
-    olds = old_folders(final)
+    olds = [p for p in old_folders(final) if is_losslab_run(p)]
+    foreign = [p for p in old_folders(final) if p not in olds]
+    if new.is_dir() and not new.is_symlink() and not is_losslab_run(new):
+        foreign.append(new)
+    for path in foreign:
+        note(f"left {path} in place: it has no {MARKER} marker, so it is not a run losslab made; move it yourself")
     present = final.is_symlink() or (final.exists() and (not final.is_dir() or any(final.iterdir())))
-    if new.is_dir() and not new.is_symlink():
+    if new.is_dir() and not new.is_symlink() and is_losslab_run(new):
         if _is_finished(new):
             if not present:
                 os.rename(new, final)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.errors import LosslabError
-from losslab.io import check_writable, write_yaml_atomic
+from losslab.io import claim_output_dir, write_yaml_atomic
 from losslab.runs.progress import show_progress
 from losslab.study.backends import JobFn, check_backend, execute_jobs
 from losslab.study.job import JobResult, StudyJob, compression_key, compression_setting, provenance, train_key
@@ -49,6 +49,29 @@ class StudyOutcome:
         return not self.failed and self.skipped + self.completed == self.total
 
 
+#: The files and folders a study folder holds besides its marker.
+STUDY_OUTPUTS = ["study.db", "study.yaml", RUNS_FOLDER, LOCK_NAME]
+
+
+def claim_study_dir(study_dir: Path) -> Path:
+    """Claim ``study_dir`` for a study (:func:`losslab.io.claim_output_dir`): new, empty, or a losslab study folder
+    (its marker, or a ``study.db`` made before markers existed); a rerun updates its files by design."""
+    return claim_output_dir(
+        study_dir,
+        kind="study",
+        outputs=STUDY_OUTPUTS,
+        overwrite=True,
+        flag="--out-dir",
+        adopt=lambda folder: (folder / "study.db").is_file(),
+    )
+
+
+def _run_folder_gone(study_dir: Path, run_dir: str) -> bool:
+    """True when a stored run's folder (or its best checkpoint) was deleted: the job must train it again."""
+    folder = study_dir / run_dir
+    return not (folder / "checkpoints").is_dir() or not any((folder / "checkpoints").glob("*.ckpt"))
+
+
 def plan_jobs(spec: StudySpec, store: StudyStore, study_dir: Path) -> tuple[list[StudyJob], int]:
     """The jobs still to run (grid order) and the total number of jobs in the grid."""
     setting = compression_setting(spec.file.compress)
@@ -63,8 +86,12 @@ def plan_jobs(spec: StudySpec, store: StudyStore, study_dir: Path) -> tuple[list
         missing = tuple((k, p) for p in points if (k := compression_key(key, p, setting)) not in done)
         if key in stored_runs and not missing:
             continue
+        retrain = key in stored_runs and _run_folder_gone(study_dir.resolve(), stored_runs[key])
+        if retrain:  # the stored compressions belong to the deleted weights: train again and redo every point
+            missing = tuple((compression_key(key, p, setting), p) for p in points)
         run_dir = study_dir.resolve() / (stored_runs.get(key) or f"{RUNS_FOLDER}/{key}")
-        jobs.append(StudyJob(key, config, str(run_dir), key not in stored_runs, missing, compress, spec.name))
+        needs_training = key not in stored_runs or retrain
+        jobs.append(StudyJob(key, config, str(run_dir), needs_training, missing, compress, spec.name))
     return jobs, len(train_points)
 
 
@@ -142,7 +169,7 @@ def run_study(
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     study_dir = Path(out_dir) if out_dir is not None else spec.default_out_dir()
-    check_writable(study_dir)  # a read-only or full disk fails here, not after the first job
+    claim_study_dir(study_dir)  # a user's folder, a read-only or full disk fail here, not after the first job
     job_fn = job_fn or _default_job_fn()
     with _study_lock(study_dir), StudyStore.create(study_dir) as store:
         store.record_spec(spec.name, spec.to_dict(), str(spec.source) if spec.source else None, provenance())

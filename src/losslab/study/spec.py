@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from losslab.errors import ConfigError
+from losslab.io import load_yaml_file
 from losslab.study.records import RUNNER_KEYS
 from losslab.train.config import TrainConfig, config_error_from
 
@@ -193,8 +195,24 @@ class StudySpec:
         return self.file.model_dump(mode="json", exclude_none=True)
 
 
+#: Most training points and compression points a study may expand to (checked before expanding).
+MAX_TRAIN_POINTS = 10_000
+MAX_COMPRESSION_POINTS = 10_000
+
+
+def _check_grid_size(where: str, count: int, limit: int) -> None:
+    """Refuse a grid whose product exceeds ``limit`` before it is expanded."""
+    if count > limit:
+        raise ConfigError(
+            f"{where} expands to {count:,} points; a study may have at most {limit:,}: split it into several studies "
+            "or list fewer values"
+        )
+
+
 def expand_compression(section: CompressSection) -> list[CompressionGroup]:
     """Expand method entries in file order into groups (one per option combination), each with its bit widths."""
+    total = sum(len(e.bits) * math.prod(len(v) for v in e.grid.values()) for e in section.methods)
+    _check_grid_size("compress.methods", total, MAX_COMPRESSION_POINTS)
     groups = []
     for entry in section.methods:
         axes = list(entry.grid)
@@ -266,6 +284,7 @@ def _expand_training(file: StudyFile) -> tuple[tuple[dict[str, Any], ...], tuple
         _check_axes("grid", grid)
         _check_train_keys("grid", grid)
     axes = list(grid)
+    _check_grid_size("the training grid", len(variants) * math.prod(len(v) for v in grid.values()), MAX_TRAIN_POINTS)
     points: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, variant in enumerate(variants):
@@ -340,10 +359,7 @@ def load_study_spec(path: str | Path) -> StudySpec:
     from losslab.presets import resolve_yaml
 
     path = resolve_yaml(path, "studies")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study file {str(path)!r} is not valid YAML: {exc}") from None
+    values = load_yaml_file(path, "study file") or {}
     try:
         return parse_study(values, source=path)
     except ConfigError as exc:

@@ -22,6 +22,7 @@ Tables: ``meta`` (schema version), ``specs`` (every study file run into the fold
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -108,9 +109,9 @@ class StudyStore:
     def open(cls, path: str | Path) -> StudyStore:
         """Open an existing study (folder or ``.db`` file) read-only; clear error if missing, corrupt, incompatible."""
         file = db_path(path)
-        if not file.is_file():
+        if not os.path.lexists(file):
             raise StudyStoreError(
-                f"no study database at {str(file)!r}; run `losslab study run STUDY.yaml --out {file.parent}` first"
+                f"no study database at {str(file)!r}; run `losslab study run STUDY.yaml --out-dir {file.parent}` first"
             )
         return cls._connect(file, create=False, readonly=True)
 
@@ -124,7 +125,9 @@ class StudyStore:
     @classmethod
     def _connect(cls, file: Path, create: bool, readonly: bool = False) -> StudyStore:
         """Connect; ``create`` allows initialising an empty database (nothing stored can be lost by that)."""
-        untouched = f"{str(file)!r} was left untouched; move it away or use another study folder (--out)"
+        untouched = f"{str(file)!r} was left untouched; move it away or use another study folder (--out-dir)"
+        if os.path.lexists(file) and not file.is_file():
+            raise StudyStoreError(f"{str(file)!r} is not a file (a folder or a broken link); " + untouched)
         if file.is_file() and file.stat().st_size > 0:
             with open(file, "rb") as fh:
                 head = fh.read(len(SQLITE_MAGIC))
@@ -132,7 +135,10 @@ class StudyStore:
                 raise StudyStoreError(
                     f"{str(file)!r} is not a SQLite database (corrupt or a different file); " + untouched
                 )
-        conn = _connect_readonly(file) if readonly else sqlite3.connect(file, timeout=60, isolation_level=None)
+        try:
+            conn = _connect_readonly(file) if readonly else sqlite3.connect(file, timeout=60, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StudyStoreError(f"{str(file)!r} cannot be read as a study database ({exc}); " + untouched) from None
         try:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -193,6 +199,7 @@ class StudyStore:
         prov = result.provenance
         with _transaction(self._conn) as conn:
             if result.train is not None:
+                _forget_train(conn, result.train_key)  # a run trained again (its folder was deleted) replaces it
                 _insert_train(conn, result, prov, self.path.parent)
             row = conn.execute("SELECT float_top1 FROM train_runs WHERE key = ?", (result.train_key,)).fetchone()
             if row is None:
@@ -335,6 +342,33 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     )
 
 
+def _expected_columns() -> dict[str, list[str]]:
+    """Every table of :data:`SCHEMA` with its column names (from an in-memory database built from it)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        return _columns(mem)
+    finally:
+        mem.close()
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: [c[1] for c in conn.execute(f"PRAGMA table_info('{n}')")] for n in names if n != "sqlite_sequence"}
+
+
+def _check_tables(conn: sqlite3.Connection, file: Path) -> None:
+    """Every table of the schema is present with its columns (a dropped or edited table is refused up front)."""
+    found = _columns(conn)
+    for table, columns in _expected_columns().items():
+        if found.get(table) != columns:
+            what = "is missing" if table not in found else "has other columns than losslab writes"
+            raise StudyStoreError(
+                f"{str(file)!r} is damaged: its table {table!r} {what}; it was left untouched. Restore the study "
+                "from a copy, or run the study into a new folder (--out-dir)"
+            )
+
+
 def _check_schema(conn: sqlite3.Connection, file: Path) -> None:
     import losslab
 
@@ -346,12 +380,26 @@ def _check_schema(conn: sqlite3.Connection, file: Path) -> None:
         )
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     version = meta.get("schema_version")
+    if version == str(SCHEMA_VERSION):
+        _check_tables(conn, file)
     if version != str(SCHEMA_VERSION):
         raise StudyStoreError(
             f"{str(file)!r} was written by {meta.get('created_by', 'an unknown losslab')} with study-store schema "
             f"{version}; this losslab {losslab.__version__} reads schema {SCHEMA_VERSION}. Read it with the losslab "
             "that wrote it, or run the study into a new folder (--out); the file was left untouched"
         )
+
+
+def _forget_train(conn: sqlite3.Connection, key: str) -> None:
+    """Remove a stored training run with its epochs, histograms and compressions (all made from its weights)."""
+    stale = [r[0] for r in conn.execute("SELECT key FROM compressions WHERE train_key = ?", (key,))]
+    for owner in stale:
+        conn.execute("DELETE FROM layer_errors WHERE compression_key = ?", (owner,))
+        conn.execute("DELETE FROM weight_hists WHERE owner_key = ?", (owner,))
+    conn.execute("DELETE FROM compressions WHERE train_key = ?", (key,))
+    conn.execute("DELETE FROM weight_hists WHERE owner_key = ?", (key,))
+    conn.execute("DELETE FROM epoch_metrics WHERE train_key = ?", (key,))
+    conn.execute("DELETE FROM train_runs WHERE key = ?", (key,))
 
 
 def _insert_train(conn: sqlite3.Connection, result: JobResult, prov: dict[str, str], folder: Path) -> None:

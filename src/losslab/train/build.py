@@ -11,7 +11,8 @@ so an unknown name fails before training with the list of valid choices::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, DataNotFoundError
 from losslab.runs.device import mps_available
 from losslab.train.config import TrainConfig
 
@@ -173,19 +174,50 @@ def make_loaders(cfg: TrainConfig, eval_batch_size: int | None = None, kind: str
     )
 
 
+def _create(cfg: TrainConfig, create: Callable[[], nn.Module]) -> nn.Module:
+    """``create()``; with ``--pretrained`` and the hub unreachable (or ``HF_HUB_OFFLINE``), from the local cache
+    only, and a cache miss is one clear error at once instead of a minute of download retries."""
+    if not cfg.pretrained:
+        return create()
+    from losslab.lm.models import _hub_offline
+
+    if not _hub_offline():
+        return create()
+    from huggingface_hub import constants
+
+    previous, cached = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True  # read at call time by hub downloads
+    try:
+        return create()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DataNotFoundError(
+            f"--pretrained: the weights of {cfg.model!r} are not in the local cache and the Hugging Face hub cannot "
+            f"be reached ({type(exc).__name__}); go online once to cache them, or train without --pretrained"
+        ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = cached
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
 def build_model(cfg: TrainConfig, spec: Any) -> tuple[nn.Module, int]:
     """The network for ``cfg`` (factorized if asked) and the parameter count of its dense version."""
     from losslab.models import create_model
     from losslab.train.recipe import check_model_accepts_drop, drop_kwargs
 
     try:
-        model = create_model(
-            cfg.model,
-            num_classes=spec.num_classes,
-            in_chans=spec.in_chans,
-            img_size=cfg.img_size or spec.img_size,
-            pretrained=cfg.pretrained,
-            **drop_kwargs(cfg),
+        model = _create(
+            cfg,
+            lambda: create_model(
+                cfg.model,
+                num_classes=spec.num_classes,
+                in_chans=spec.in_chans,
+                img_size=cfg.img_size or spec.img_size,
+                pretrained=cfg.pretrained,
+                **drop_kwargs(cfg),
+            ),
         )
     except TypeError as error:
         if drop_kwargs(cfg) and "drop" in str(error):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError, CorruptFileError, LosslabError
-from losslab.serialization import load_torch_file
+from losslab.serialization import check_state_dict, load_torch_file, verify_checksum
 from losslab.train.config import TrainConfig
 
 
@@ -68,13 +68,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     ``mmap=True`` checks a file cheaply (tensors stay on disk), e.g. before Lightning resumes from it.
     """
     ckpt_file = Path(path)
-    checkpoint = load_torch_file(ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap)
+    checkpoint = load_torch_file(ckpt_file, what="checkpoint", map_location=map_location, mmap=mmap, verify=False)
     config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise LosslabError(
             f"{str(ckpt_file)!r} is not a losslab classifier checkpoint (no stored config); "
             "checkpoints come from `losslab train`"
         )
+    verify_checksum(checkpoint, ckpt_file, "checkpoint", required=True)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptFileError(
@@ -100,6 +101,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
         spec,
     )
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    check_state_dict(state, model.state_dict(), ckpt_file)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -173,6 +175,7 @@ def timm_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
 def load_timm_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> nn.Module:
     """Load a timm checkpoint's weights into ``model`` (strict); a mismatch names the checkpoint and the keys."""
     state = timm_state_dict(path, use_ema=use_ema)
+    _check_finite(state, path)
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise LosslabError(
@@ -201,6 +204,15 @@ def state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Ten
         for label, items in groups
         if items
     )
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Every floating tensor of a foreign state dict is finite (its keys and shapes are load_state_dict's check)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CorruptFileError(
+                f"timm checkpoint {str(path)!r}: tensor {key!r} holds NaN/Inf values; use another checkpoint"
+            )
 
 
 def load_timm_run(

@@ -16,7 +16,6 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from losslab.errors import ConfigError
@@ -273,8 +272,26 @@ class TrainConfig(BaseModel):
     @field_validator("threads")
     @classmethod
     def _threads(cls, value: int | None) -> int | None:
+        from losslab.threads import max_threads
+
         if value is not None and value < 1:
             raise ValueError("must be >= 1 (leave unset for the automatic choice)")
+        if value is not None and value > max_threads():
+            raise ValueError(f"must be <= {max_threads()} (4 per CPU of this machine)")
+        return value
+
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, value: int | None) -> int | None:
+        if value is not None and not MIN_IMG_SIZE <= value <= MAX_IMG_SIZE:
+            raise ValueError(f"must be in [{MIN_IMG_SIZE}, {MAX_IMG_SIZE}] pixels (or unset for the dataset's own)")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if value > MAX_LOADER_WORKERS:
+            raise ValueError(f"must be <= {MAX_LOADER_WORKERS} worker processes")
         return value
 
     @field_validator("label_smoothing")
@@ -388,15 +405,18 @@ def is_timm_checkpoint(path: str | Path) -> bool:
     return Path(path).suffix in TIMM_SUFFIXES
 
 
+#: Bounds of sizes a config controls (checked before anything is allocated): input image side in pixels and
+#: DataLoader worker processes.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 2048
+MAX_LOADER_WORKERS = 64
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; a clear error otherwise."""
+    from losslab.io import load_yaml_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    values = load_yaml_file(path, "config file") or {}
     if not isinstance(values, dict):
         raise ConfigError(
             f"config file {str(path)!r} must hold a mapping of keys to values, got {type(values).__name__}"

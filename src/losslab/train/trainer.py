@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, LosslabError
 from losslab.runs.folder import RunFolder, is_child_rank
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
 from losslab.train.config import TrainConfig
@@ -260,12 +260,13 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: str | torch.dev
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct1 = correct5 = 0
+    correct1 = correct5 = nonfinite = 0
     ce_sum = 0.0
     n = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
+        nonfinite += int((~torch.isfinite(logits)).any(dim=-1).sum())
         ce_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         correct1 += int((top[:, 0] == y).sum())
@@ -274,4 +275,10 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: str | torch.dev
     model.train(was_training)
     if n == 0:
         raise ConfigError("evaluation loader is empty; check the dataset split and batch size")
+    if nonfinite:
+        raise LosslabError(
+            f"the model's logits are NaN/Inf on {nonfinite} of {n} images: an accuracy of it would mean nothing. "
+            "Its weights are damaged or diverged (or a compression produced non-finite values); use another "
+            "checkpoint or setting"
+        )
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "ce": ce_sum / n, "n": n}
