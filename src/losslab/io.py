@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import yaml
 
-from losslab.errors import OutputError
+from losslab.errors import ConfigError, OutputError
 
 # errno values that mean "the disk/folder refuses the write", as opposed to a bug in the caller.
 DISK_ERRNOS = {
@@ -164,3 +164,24 @@ class _RecordingWriter:
 
     def flush(self) -> None:
         self.fh.flush()
+
+
+def check_output(path: Path | None, *, overwrite: bool, what: str, flag: str, folder: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be written: it exists (without ``--overwrite``; a folder may exist),
+    is the wrong kind, or its nearest existing parent is not a writable folder."""
+    if path is None:
+        return
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a file; give a folder for the {what}")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file name for the {what}")
+        if not folder and not overwrite:
+            raise ConfigError(f"{str(path)!r} already exists; pass {flag} NEW_PATH or --overwrite to replace it")
+        parent = path if folder else path.parent
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is not a writable folder")

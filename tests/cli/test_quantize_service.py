@@ -11,7 +11,7 @@ import torch
 
 from losslab.cli import main
 from losslab.quant import engine
-from losslab.quant.trained_run import TrainedRun
+from losslab.compress.trained_run import TrainedRun
 from losslab.train import TrainConfig, fit
 
 

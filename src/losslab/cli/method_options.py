@@ -16,14 +16,13 @@ before any work by :func:`check_output`.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import click
 
 from losslab.cli.options import LosslabCommand, command_key, rename_deprecated
 from losslab.errors import ConfigError
+from losslab.io import check_output
 
 __all__ = [
     "LmQuantizeCommand",
@@ -124,27 +123,6 @@ def given_method_options(opts: dict[str, Any]) -> dict[str, Any]:
             continue
         given[option.name] = value if option.is_bool else option.parse(value)
     return given
-
-
-def check_output(path: Path | None, *, overwrite: bool, what: str, flag: str, folder: bool = False) -> None:
-    """Fail before any work if ``path`` cannot be written: it exists (without ``--overwrite``; a folder may exist),
-    is the wrong kind, or its nearest existing parent is not a writable folder."""
-    if path is None:
-        return
-    if path.exists():
-        if folder and not path.is_dir():
-            raise ConfigError(f"{flag} {str(path)!r} is a file; give a folder for the {what}")
-        if not folder and path.is_dir():
-            raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file name for the {what}")
-        if not folder and not overwrite:
-            raise ConfigError(f"{str(path)!r} already exists; pass {flag} NEW_PATH or --overwrite to replace it")
-        parent = path if folder else path.parent
-    else:
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is not a writable folder")
 
 
 class QuantizeCommand(MethodOptionsCommand):

@@ -12,7 +12,7 @@ compression group (one method and option set, all its bit widths) is quantized w
 :func:`losslab.quant.quantize_many` from one calibration cache; every compressed model is evaluated on the test
 split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model. Loading,
 calibration (with the run's img_size/data settings), evaluation and quantization go through
-:class:`losslab.quant.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
+:class:`losslab.compress.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _read_finished(path: Path, keys: tuple[str, ...] = ()) -> Any:
 
 def train_and_compress(job: StudyJob) -> JobResult:
     """The default study job (see the module docstring)."""
-    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
+    from losslab.compress.trained_run import CalibrationSettings, TrainedRun
     from losslab.train import TrainConfig
 
     section: CompressSection = job.compress_section()
