@@ -31,6 +31,42 @@ from losslab.errors import ConfigError
 from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
 
 
+def budget_options(command: Any) -> Any:
+    """The ``--budget`` flags shared by ``quantize`` and ``lm quantize``."""
+    for option in reversed(_BUDGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+_BUDGET_OPTIONS = [
+    click.option(
+        "--budget",
+        default=None,
+        help="Stored bits per quantized weight (scales and zero points included): choose each layer's width from "
+        "--bits-choices; a comma list (--budget 2.5,3,3.5) reuses one sensitivity table and draws the Pareto figure.",
+    ),
+    click.option(
+        "--bits-choices",
+        default="2,3,4,8",
+        show_default=True,
+        help="Candidate widths per layer for --budget.",
+    ),
+    click.option(
+        "--sensitivity",
+        default="proxy",
+        show_default=True,
+        help="Per-layer sensitivity for --budget: proxy (output error on calibration inputs), hawq (Hessian trace x "
+        "|W-Q|^2), loss (calibration loss increase), fisher (Fisher-weighted |W-Q|^2).",
+    ),
+    click.option(
+        "--solver", default="exact", show_default=True, help="--budget solver: exact (integer program), greedy."
+    ),
+    click.option(
+        "--tie", multiple=True, help="Layer-name pattern(s) ('a,b') whose layers take one width (repeatable)."
+    ),
+]
+
+
 @click.command(cls=QuantizeCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
@@ -81,27 +117,7 @@ from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
     help="PATTERN=METHOD:BITS for the layers whose name matches, e.g. 'fc=rtn:8'; first match wins; the method "
     "options apply where the method has them (repeatable).",
 )
-@click.option(
-    "--budget",
-    default=None,
-    help="Stored bits per quantized weight (scales and zero points included): choose each layer's width from "
-    "--bits-choices; a comma list (--budget 2.5,3,3.5) reuses one sensitivity table and draws the Pareto figure.",
-)
-@click.option(
-    "--bits-choices",
-    default="2,3,4,8",
-    show_default=True,
-    help="Candidate widths per layer for --budget.",
-)
-@click.option(
-    "--sensitivity",
-    default="proxy",
-    show_default=True,
-    help="Per-layer sensitivity for --budget: proxy (output error on calibration inputs), hawq (Hessian trace x "
-    "|W-Q|^2), loss (calibration loss increase), fisher (Fisher-weighted |W-Q|^2).",
-)
-@click.option("--solver", default="exact", show_default=True, help="--budget solver: exact (integer program), greedy.")
-@click.option("--tie", multiple=True, help="Layer-name pattern(s) ('a,b') whose layers take one width (repeatable).")
+@budget_options
 @click.option(
     "--figure",
     type=click.Path(path_type=Path),
@@ -126,7 +142,7 @@ def quantize(checkpoint: Path, **opts: Any) -> None:
         click.echo(report["table"])
         click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
         return
-    method, budget = budget_request(opts, options, click.get_current_context())
+    method, budget = budget_request(opts["methods"], opts, options, click.get_current_context())
     report = quantize_run_budget(checkpoint, method, budget, settings, echo=click.echo)
     click.echo(report["text"])
     click.echo(f"\nresults: {report['json']}\nfigure: {report['figure']}")
@@ -154,24 +170,32 @@ def quantize_options(opts: dict[str, Any], overrides: dict[str, Any]) -> Any:
     )
 
 
-def budget_request(opts: dict[str, Any], options: dict[str, Any], ctx: click.Context) -> tuple[Any, Any]:
+def budget_request(
+    names: tuple[str, ...], opts: dict[str, Any], options: dict[str, Any], ctx: click.Context
+) -> tuple[Any, Any]:
     """(the method, :class:`losslab.compress.budget.BudgetOptions`) of ``--budget``; bad combinations refused."""
     from click.core import ParameterSource
 
     from losslab.compress.budget import BudgetOptions, check_budget_request
     from losslab.quant.budget import parse_budgets
 
-    if len(opts["methods"]) != 1:
+    if len(names) != 1:
         raise ConfigError("--budget takes one --method (the widths are chosen for that method)")
     choices = parse_bits(opts["bits_choices"], flag="--bits-choices")
     if ctx.get_parameter_source("bits") is not ParameterSource.DEFAULT:
+        given = opts["bits"] if isinstance(opts["bits"], str) else ",".join(opts["bits"])
         raise ConfigError(
-            f"--budget chooses the widths itself: drop --bits {','.join(opts['bits'])} and give the candidates "
+            f"--budget chooses the widths itself: drop --bits {given} and give the candidates "
             "with --bits-choices, e.g. --bits-choices 2,3,4,8"
         )
-    (method,) = build_methods(opts["methods"], [max(choices)], options)
+    (method,) = build_methods(names, [max(choices)], options)
     budget = BudgetOptions(
-        parse_budgets(opts["budget"]), choices, opts["sensitivity"], opts["solver"], list(opts["tie"]), opts["figure"]
+        parse_budgets(opts["budget"]),
+        choices,
+        opts["sensitivity"],
+        opts["solver"],
+        list(opts["tie"]),
+        opts.get("figure"),
     )
     check_budget_request(method, budget)
     return method, budget
