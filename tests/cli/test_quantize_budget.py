@@ -129,3 +129,17 @@ def test_a_budget_between_the_narrowest_width_and_the_cheapest_plan_names_the_ch
     err = capsys.readouterr().err
     assert info.value.code == 2 and "below the cheapest plan" in err and "give --budget >=" in err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("metric", ["hawq", "fisher", "loss"])
+def test_loss_based_metrics_rank_the_narrow_width_as_worse(run_dir: Path, tmp_path: Path, metric: str) -> None:
+    args = ["quantize", str(run_dir), "--method", "rtn", "--budget", "3", "--bits-choices", "2,8"]
+    args += ["--sensitivity", metric, "--json", str(tmp_path / "m.json"), "--calib-samples", "16"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    (entry,) = json.loads((tmp_path / "m.json").read_text())["results"]
+    for layer in entry["allocation"]:
+        narrow, wide = layer["choices"]
+        # 8 bits is near float: its effect is far smaller (the loss change of an undertrained net may be < 0)
+        assert narrow["bits"] == 2 and abs(narrow["sensitivity"]) > 10 * abs(wide["sensitivity"]), layer
+        assert metric == "loss" or wide["sensitivity"] >= 0

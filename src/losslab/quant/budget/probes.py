@@ -8,7 +8,8 @@ decoder). Every probe weights a batch by its number of samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,6 +59,20 @@ def loss_with_weights(
                 model.get_submodule(name).weight.copy_(w)
 
 
+@contextmanager
+def _grad_on(params: Sequence[Tensor]) -> Iterator[None]:
+    """Gradients enabled and flowing to ``params`` (a loaded model may hold frozen weights); restored after."""
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def hutchinson_traces(
     model: nn.Module, names: Sequence[str], batches: Sequence[Any], loss_fn: LossFn, probes: int = 8, seed: int = 0
 ) -> dict[str, float]:
@@ -67,14 +82,14 @@ def hutchinson_traces(
     generator = torch.Generator().manual_seed(seed)
     sums = [0.0] * len(names)
     count = sum(_size(b) for b in batches)
-    for _ in range(probes):
-        vs = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
-        for batch in batches:
-            loss = loss_fn(model, batch)
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            hvs = torch.autograd.grad(grads, params, vs)
-            for k, (v, hv) in enumerate(zip(vs, hvs)):
-                sums[k] += float((v * hv).sum()) * _size(batch) / count
+    with _grad_on(params):
+        for _ in range(probes):
+            vs = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
+            for batch in batches:
+                grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+                hvs = torch.autograd.grad(grads, params, vs)
+                for k, (v, hv) in enumerate(zip(vs, hvs)):
+                    sums[k] += float((v * hv).sum()) * _size(batch) / count
     return {n: s / probes for n, s in zip(names, sums)}
 
 
@@ -85,10 +100,11 @@ def fisher_diagonal(
     params = [model.get_submodule(n).weight for n in names]
     acc = [torch.zeros_like(p) for p in params]
     count = 0
-    for batch in batches:
-        for i in range(_size(batch)):
-            grads = torch.autograd.grad(loss_fn(model, _slice(batch, i)), params)
-            for a, g in zip(acc, grads):
-                a += g.detach() ** 2
-            count += 1
+    with _grad_on(params):
+        for batch in batches:
+            for i in range(_size(batch)):
+                grads = torch.autograd.grad(loss_fn(model, _slice(batch, i)), params)
+                for a, g in zip(acc, grads):
+                    a += g.detach() ** 2
+                count += 1
     return {n: a / count for n, a in zip(names, acc)}

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError
@@ -104,6 +103,5 @@ def width_run(
             fixed += bits
             continue
         q = result.model.get_submodule(name).weight.detach()
-        with torch.no_grad():
-            rows[name] = LayerRow(_sensitivity(metric, name, reports[name], q, probe), bits)
+        rows[name] = LayerRow(_sensitivity(metric, name, reports[name], q, probe), bits)
     return WidthRun(rows, fixed, dict(metrics or {}), result.summary()["avg_bits_per_weight"])
