@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from losslab.quant.budget import (
 from losslab.quant.methods import QuantMethod
 from losslab.tables import format_table
 
-__all__ = ["BudgetOptions", "check_budget_request", "quantize_run_budget"]
+__all__ = ["BudgetOptions", "budget_points", "check_budget_request", "quantize_run_budget"]
 
 
 @dataclass
@@ -212,6 +213,26 @@ def _stored_bits(result: Any) -> int:
     return sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
 
 
+def budget_points(
+    run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any = print
+) -> tuple[SensitivityTable, list[list[str]], Iterator[tuple[Allocation, Any, int]]]:
+    """The run's sensitivity table, its knapsack items and, lazily, per budget ``(plan, quantized and evaluated
+    point, stored bits)``. Every plan is solved before the first point is quantized (an impossible budget fails
+    first); the stored bits of each result are recounted and must equal the plan's."""
+    table, groups = sensitivity_table(run, method, budget, opts, calib, echo)
+    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+
+    def points() -> Iterator[tuple[Allocation, Any, int]]:
+        for alloc in allocations:
+            point = _quantize_point(run, method, calib, opts, {**alloc.overrides(method), **opts.overrides})
+            stored = _stored_bits(point.result)
+            if stored != alloc.stored_bits:
+                raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+            yield alloc, point, stored
+
+    return table, groups, points()
+
+
 def quantize_run_budget(
     checkpoint: Path, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, echo: Any = print
 ) -> dict[str, Any]:
@@ -229,15 +250,10 @@ def quantize_run_budget(
     names = [f"{run.run_dir.name}.{method.name}.budget{b}.safetensors" for b in budget.budgets]
     check_output(opts.save_packed, overwrite=opts.overwrite, what="packed files", flag="--save-packed", folder=True)
     calib = run.calibration_loader(CalibrationSettings(opts.calib_samples, opts.calib_batch_size, opts.calib_seed))
-    table, groups = sensitivity_table(run, method, budget, opts, calib, echo)
-    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]  # impossible budgets: now
+    table, groups, points = budget_points(run, method, budget, opts, calib, echo)
     texts, entries = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for alloc, name in zip(allocations, names):
-            point = _quantize_point(run, method, calib, opts, {**alloc.overrides(method), **opts.overrides})
-            stored = _stored_bits(point.result)
-            if stored != alloc.stored_bits:
-                raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+        for (alloc, point, stored), name in zip(points, names):
             size, packed_ok = pack_and_check(point.result, (opts.save_packed or Path(tmp)) / name, run)
             entries.append(_entry(table, alloc, point, size, packed_ok, stored))
             texts.append(_budget_text(table, alloc, entries[-1], run.float_metrics, budget.sensitivity))
