@@ -59,6 +59,9 @@ def pareto_figure(
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8, color=colour)
         if name in float_metric:
             ax.axhline(float_metric[name], color=colour, ls=":", lw=1, label=f"{name}: float")
+    xs = [p[0] for c in budgeted.values() for p in c] + [p[0] for u in uniform.values() for p in u]
+    if xs:
+        ax.set_xlim(min(xs) - 0.3, max(xs) + 0.7)  # room for the width labels
     ax.set_xlabel("stored bits per weight (codes + scales + zero points)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=11)
