@@ -188,3 +188,40 @@ def _point_rows(point: Any, run: Any, float_metrics: dict[str, float], size: int
         **result.to_dict(),
     }
     return row, record
+
+
+def evaluate_packed(
+    path: Path,
+    split: str = "test",
+    *,
+    data_dir: Path | None = None,
+    dataset: str | None = None,
+    img_size: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5/CE of a packed classifier file (``losslab quantize --save-packed``) on ``split``.
+
+    The architecture comes from the file's recipe; the dataset and input size from its calibration record
+    (``summary.calibration``: ``name`` ``"<dataset>/train"`` and ``input_shape``) unless given. The model is
+    evaluated as packed: dequantized weights, BatchNorm folding and activation quantization as stored.
+    """
+    import torch
+
+    from losslab.quant import load_packed
+    from losslab.quant.packed import read_packed_metadata
+    from losslab.train import TrainConfig, evaluate_model
+    from losslab.train.build import make_loaders
+
+    calibration = (read_packed_metadata(path).get("summary") or {}).get("calibration") or {}
+    name = dataset or str(calibration.get("name") or "").split("/")[0]
+    if not name:
+        raise ConfigError(f"{str(path)!r} records no calibration dataset; pass --dataset NAME")
+    shape = calibration.get("input_shape") or []
+    cfg = TrainConfig(dataset=name, img_size=img_size or (shape[-1] if shape else None), progress=False)
+    if data_dir is not None:
+        cfg = cfg.model_copy(update={"data_dir": data_dir})
+    loaders = make_loaders(cfg)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_packed(path).to(device)
+    metrics = evaluate_model(model, loaders.test if split == "test" else loaders.val, device)
+    return {**metrics, "dataset": name, "split": split, "checkpoint": str(path)}
