@@ -149,3 +149,16 @@ def test_cache_is_keyed_and_a_killed_computation_resumes(tmp_path: Path) -> None
         assert other.path != TableCache(tmp_path, key).path
         fill_table([2], ["a"], {"a": 100}, 0, "proxy", run_width_counter(calls), other)
         assert calls == [2]
+
+
+def test_quant_does_not_import_train_or_compress() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, losslab.quant, losslab.quant.budget, losslab.quant.budget.runner, losslab.quant.engine\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('losslab.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    modules = set(done.stdout.split())
+    assert not {m for m in modules if m.startswith(("losslab.train", "losslab.compress", "losslab.cli"))}
