@@ -103,17 +103,11 @@ def _ppl(job: LmBudgetJob, model: nn.Module) -> dict[str, float]:
     return {"ppl": perplexity(model, job.eval_windows, device=job.device).ppl}
 
 
-def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any = print) -> dict:
-    """Allocate and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget."""
-    from losslab.lm.packing import save_packed_lm
+def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any) -> tuple[Any, list]:
+    """The LM's sensitivity table (cached next to the JSON) and its knapsack items (q/k/v tied per block)."""
     from losslab.lm.quantize import plan_decoder
     from losslab.quant.budget.runner import Probe, budgeted_layers, width_run
 
-    check_budget_request(method, budget)
-    check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
-    packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
-    for path in packed:
-        check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
     plan = plan_decoder(job.model, method, job.overrides, job.skip)
     layers = budgeted_layers(plan, method)
     groups = tie_groups(layers, budget.ties, default_ties(layers))
@@ -138,46 +132,59 @@ def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOpti
         cache,
         lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
     )
-    texts, entries = [], []
-    for b, path in zip(budget.budgets, packed):
-        alloc = allocate(table, b, budget.solver, groups)
-        result = _quantize(job, method, {**alloc.overrides(method), **job.overrides})
-        stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
-        if stored != alloc.stored_bits:
-            raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
-        size = None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer)
-        metrics = _ppl(job, result.model)
-        entries.append(
-            {
-                "budget": b,
-                "solver": alloc.solver,
-                "stored_bits_per_weight": stored / alloc.total_weights,
-                "stored_bits": stored,
-                "quantized_weights": alloc.total_weights,
-                "predicted_sensitivity": alloc.predicted_sensitivity,
-                "note": alloc.note,
-                "metrics": metrics,
-                "packed_file": None if path is None else str(path),
-                "packed_bytes": size,
-                "allocation": alloc.rows(table),
-            }
-        )
-        ppl = f", perplexity {metrics['ppl']:.4f}" if metrics else ""
-        texts.append(
-            f"{allocation_table(table, alloc)}\nbudget {b} ({alloc.solver}): {stored / alloc.total_weights:.4f} "
-            f"stored bits/weight (<= {b}), predicted {budget.sensitivity} sensitivity "
-            f"{alloc.predicted_sensitivity:.4e}{ppl}" + (f"\nnote: {alloc.note}" if alloc.note else "")
-        )
+    return table, groups
+
+
+def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None) -> dict[str, Any]:
+    """Quantize with the plan, check its stored bits, pack (when asked) and score it: the JSON entry."""
+    from losslab.lm.packing import save_packed_lm
+
+    result = _quantize(job, method, {**alloc.overrides(method), **job.overrides})
+    stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
+    if stored != alloc.stored_bits:
+        raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+    return {
+        "budget": alloc.budget,
+        "solver": alloc.solver,
+        "stored_bits_per_weight": stored / alloc.total_weights,
+        "stored_bits": stored,
+        "quantized_weights": alloc.total_weights,
+        "predicted_sensitivity": alloc.predicted_sensitivity,
+        "note": alloc.note,
+        "metrics": _ppl(job, result.model),
+        "packed_file": None if path is None else str(path),
+        "packed_bytes": None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
+        "allocation": alloc.rows(table),
+    }
+
+
+def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
+    ppl = f", perplexity {entry['metrics']['ppl']:.4f}" if entry["metrics"] else ""
+    return (
+        f"{allocation_table(table, alloc)}\nbudget {alloc.budget} ({alloc.solver}): "
+        f"{entry['stored_bits_per_weight']:.4f} stored bits/weight (<= {alloc.budget}), predicted {metric} "
+        f"sensitivity {alloc.predicted_sensitivity:.4e}{ppl}" + (f"\nnote: {alloc.note}" if alloc.note else "")
+    )
+
+
+def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any = print) -> dict:
+    """Allocate and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget.
+    Every plan is solved before the first budgeted model is quantized (an impossible budget fails first)."""
+    check_budget_request(method, budget)
+    check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
+    packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
+    for path in packed:
+        check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
+    table, groups = _lm_table(job, method, budget, echo)
+    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    entries = [_lm_point(job, method, table, alloc, path) for alloc, path in zip(allocations, packed)]
+    texts = [_lm_text(table, a, e, budget.sensitivity) for a, e in zip(allocations, entries)]
     uniform = [
         {"bits": w, "stored_bits_per_weight": run.stored_bits_per_weight, **run.metrics}
         for w, run in sorted(table.widths.items())
     ]
-    texts.append(
-        format_table(
-            ["uniform bits", "stored bits/weight", "perplexity"],
-            [[u["bits"], f"{u['stored_bits_per_weight']:.4f}", f"{u.get('ppl', float('nan')):.4f}"] for u in uniform],
-        )
-    )
+    rows = [[u["bits"], f"{u['stored_bits_per_weight']:.4f}", f"{u.get('ppl', float('nan')):.4f}"] for u in uniform]
+    texts.append(format_table(["uniform bits", "stored bits/weight", "perplexity"], rows))
     record = {"model": job.name, "method": method.describe(), "sensitivity": budget.sensitivity}
     record |= {"solver": budget.solver, "ties": [g for g in groups if len(g) > 1], "uniform": uniform}
     write_json_atomic(job.out, json.loads(json.dumps({**record, "results": entries}, default=str)))
