@@ -62,6 +62,8 @@ def pareto_figure(
     xs = [p[0] for c in budgeted.values() for p in c] + [p[0] for u in uniform.values() for p in u]
     if xs:
         ax.set_xlim(min(xs) - 0.3, max(xs) + 0.7)  # room for the width labels
+    low, high = ax.get_ylim()
+    ax.set_ylim(low - 0.06 * (high - low), high)
     ax.set_xlabel("stored bits per weight (codes + scales + zero points)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=11)
