@@ -260,7 +260,8 @@ def quantize_run_budget(
     uniform = _uniform_rows(table)
     shown = [[b, f"{s:.4f}", f"{acc:.2f}", f"{t:.4e}"] for b, s, acc, t in uniform]
     texts.append(format_table(["uniform bits", "stored bits/weight", "top-1", f"{budget.sensitivity} total"], shown))
-    _figure(entries, uniform, run.float_metrics["top1"], figure, f"{run.run_dir.name}: {method_label(method)}")
+    title = f"{run.run_dir.name}: budgeted widths ({budget.sensitivity}, {budget.solver}) vs uniform widths"
+    _figure(entries, uniform, run.float_metrics["top1"], figure, method_label(method), title)
     write_json_atomic(
         out,
         {
@@ -305,9 +306,11 @@ def _uniform_rows(table: SensitivityTable) -> list[list[Any]]:
     ]
 
 
-def _figure(entries: list[dict], uniform: list[list[Any]], float_top1: float, path: Path, name: str) -> None:
+def _figure(
+    entries: list[dict], uniform: list[list[Any]], float_top1: float, path: Path, name: str, title: str
+) -> None:
     from losslab.report.budget import pareto_figure
 
     curve = [(e["stored_bits_per_weight"], e["metrics"]["top1"]) for e in entries]
     points = [(r[1], r[2], f"{r[0]}-bit") for r in uniform]
-    pareto_figure({name: curve}, {name: points}, {name: float_top1}, path)
+    pareto_figure({name: curve}, {name: points}, {name: float_top1}, path, title=title)

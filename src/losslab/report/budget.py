@@ -37,7 +37,7 @@ def pareto_figure(
     title: str = "accuracy vs storage: budgeted widths against uniform widths",
 ) -> Path:
     """Draw the figure to ``path`` (PNG, written atomically) and return the path."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, name in enumerate(budgeted):
         colour = colours[k % len(colours)]
@@ -68,7 +68,7 @@ def pareto_figure(
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
