@@ -44,7 +44,9 @@ def bits_in_file(path: Path) -> dict[str, int]:
     return out
 
 
-def test_budget_plan_is_optimal_and_the_packed_file_fits(run_dir: Path, tmp_path: Path) -> None:
+def test_budget_plan_is_optimal_and_the_packed_file_fits(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["quantize", str(run_dir), "--method", "gptq", "--budget", "2.6,3.4", "--bits-choices", "2,4,8"]
     args += ["--keep-8bit", "fc", "--json", str(tmp_path / "b.json"), "--save-packed", str(tmp_path / "p"), *CALIB]
     out = CliRunner().invoke(cli, args)
@@ -72,6 +74,11 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(run_dir: Path, tmp_path
         )
         assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9)
         assert entry["packed_matches_fake"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "p").iterdir()}
+    with pytest.raises(SystemExit) as info:  # the packed files exist: refused before any work
+        main([*args[: -len(CALIB)], *CALIB, "--json", str(tmp_path / "other.json")])
+    assert info.value.code == 2 and "already exist" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "p").iterdir()} == before
 
 
 def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Path, tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from losslab.compress.quantize_run import QuantizeOptions, load_run, method_label, pack_and_check
+from losslab.compress.quantize_run import (
+    QuantizeOptions,
+    check_packed_names,
+    load_run,
+    method_label,
+    pack_and_check,
+)
 from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
 from losslab.quant.budget import (
@@ -248,7 +254,7 @@ def quantize_run_budget(
     check_output(out, overwrite=opts.overwrite, what="results JSON", flag="--json")
     check_output(figure, overwrite=opts.overwrite, what="Pareto figure", flag="--figure")
     names = [f"{run.run_dir.name}.{method.name}.budget{b}.safetensors" for b in budget.budgets]
-    check_output(opts.save_packed, overwrite=opts.overwrite, what="packed files", flag="--save-packed", folder=True)
+    check_packed_names(opts.save_packed, names, opts.overwrite)
     calib = run.calibration_loader(CalibrationSettings(opts.calib_samples, opts.calib_batch_size, opts.calib_seed))
     table, groups, points = budget_points(run, method, budget, opts, calib, echo)
     texts, entries = [], []

@@ -85,7 +85,9 @@ def pack_and_check(result: Any, path: Path, run: Any) -> tuple[int, bool]:
     return size, _same_weights(load_packed(path, model=run.model), result.model)
 
 
-def _check_packed_names(save_packed: Path | None, names: list[str], overwrite: bool) -> None:
+def check_packed_names(save_packed: Path | None, names: list[str], overwrite: bool) -> None:
+    """Before any work: ``--save-packed`` is a writable folder and none of ``names`` exists in it (unless
+    ``--overwrite``)."""
     check_output(save_packed, overwrite=overwrite, what="packed files", flag="--save-packed", folder=True)
     if save_packed is not None and not overwrite:
         taken = [n for n in names if (save_packed / n).exists()]
@@ -125,7 +127,7 @@ def quantize_run(checkpoint: Path, methods: list[QuantMethod], opts: QuantizeOpt
     out = opts.out or run.run_dir / "quantize" / ("-".join(dict.fromkeys(m.name for m in methods)) + ".json")
     check_output(out, overwrite=opts.overwrite, what="results JSON", flag="--json")
     names = [f"{run.run_dir.name}.{m.name}.{m.bits}bit.safetensors" for m in methods]
-    _check_packed_names(opts.save_packed, names, opts.overwrite)
+    check_packed_names(opts.save_packed, names, opts.overwrite)
     calib = run.calibration_loader(CalibrationSettings(opts.calib_samples, opts.calib_batch_size, opts.calib_seed))
     float_metrics = run.float_metrics
     points = run.quantize(
