@@ -70,3 +70,7 @@ def check_range(
     if high is not None:
         parts.append(f"{key} {'<=' if high_inclusive else '<'} {high:g}")
     raise ConfigError(f"{key}={value!r} is out of range: allowed {' and '.join(parts)}")
+
+
+class TrainingDivergedError(LosslabError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""

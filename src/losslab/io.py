@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import yaml
 
-from losslab.errors import OutputError
+from losslab.errors import ConfigError, OutputError
 
 # errno values that mean "the disk/folder refuses the write", as opposed to a bug in the caller.
 DISK_ERRNOS = {
@@ -233,7 +233,6 @@ def claim_output(path: str | os.PathLike[str], *, overwrite: bool, what: str, fl
     ``overwrite``; a folder; a symbolic link (the write would replace the link, not what it points at, which is
     never what was meant); a parent that is a file or is not writable. ``-`` (stdout) is always allowed.
     """
-    from losslab.errors import ConfigError
 
     target = Path(path)
     if str(target) == "-":
@@ -255,7 +254,6 @@ def claim_output(path: str | os.PathLike[str], *, overwrite: bool, what: str, fl
 
 def _check_parent(parent: Path, flag: str, what: str) -> None:
     """The nearest existing ancestor of ``parent`` must be a writable folder (the rest is created)."""
-    from losslab.errors import ConfigError
 
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -284,7 +282,6 @@ def claim_output_dir(
 
     Raises :class:`losslab.errors.ConfigError` naming ``flag`` and the fix; nothing is written then.
     """
-    from losslab.errors import ConfigError
 
     target = Path(folder)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -373,7 +370,6 @@ def load_yaml_file(path: str | os.PathLike[str], what: str = "YAML file") -> Any
     :data:`MAX_YAML_DEPTH`, a document whose anchors/aliases expand to more than :data:`MAX_YAML_NODES` values
     (a "billion laughs" file), invalid YAML, and any tag that would build a Python object.
     """
-    from losslab.errors import ConfigError
 
     file = Path(path)
     if not file.is_file():
@@ -403,3 +399,17 @@ def load_yaml_file(path: str | os.PathLike[str], what: str = "YAML file") -> Any
         raise ConfigError(f"{what} {str(file)!r} is not valid YAML ({detail}); fix the file's syntax") from None
     finally:
         loader.dispose()
+
+
+def check_output(path: Path | None, *, overwrite: bool, what: str, flag: str, folder: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be written: a file goes through :func:`claim_output` (new, or
+    replaced with ``--overwrite``); a folder may exist but must be a writable folder."""
+
+    if path is None:
+        return
+    if not folder:
+        claim_output(path, overwrite=overwrite, what=what, flag=flag)
+        return
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is a file; give a folder for the {what}")
+    _check_parent(path, flag, what)

@@ -80,3 +80,18 @@ def test_bad_input(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list
     assert info.value.code == 2
     assert fragment in capsys.readouterr().err
     assert not (run_dir / "never.json").exists()
+
+
+def test_evaluate_reads_a_packed_classifier(run_dir: Path, tmp_path: Path) -> None:
+    args = ["quantize", str(run_dir), "--method", "rtn", "--bits", "3", "--override", "fc=rtn:8"]
+    args += ["--calib-samples", "64", "--save-packed", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert "RTN(bits=8): fc" in out.output  # the kept column names the overridden layer
+    (record,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert record["summary"]["overrides"] == {"fc": "RTN(bits=8)"}
+    res = CliRunner().invoke(cli, ["evaluate", record["packed_file"], "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["dataset"] == "digits" and metrics["top1"] == pytest.approx(record["quant_top1"], abs=1e-9)
+    assert metrics["ce"] == pytest.approx(record["quant_ce"], rel=1e-6)

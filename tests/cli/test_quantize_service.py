@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from losslab.cli import main
+from losslab.compress.trained_run import TrainedRun
 from losslab.quant import engine
-from losslab.quant.trained_run import TrainedRun
 from losslab.train import TrainConfig, fit
 
 

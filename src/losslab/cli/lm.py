@@ -26,9 +26,10 @@ from losslab.cli.options import (
     resolve_progress,
     write_json_output,
 )
+from losslab.cli.quantize import budget_options
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
-from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
+from losslab.quant.bits import BITS_RANGE, parse_bits
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
@@ -128,21 +129,55 @@ def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], l
     """(one method config per --bits value, overrides by pattern, skip patterns) from the parsed flags.
 
     The method options (generated flags) apply to the main method and to every ``--override`` method that has
-    them; ``--keep-8bit P`` is ``--override P=rtn:8``.
+    them; ``--keep-8bit P`` is ``--override P=rtn:8`` (:func:`losslab.cli.quantize.build_overrides`).
     """
+    from losslab.cli.quantize import build_overrides
     from losslab.quant.methods import build_methods
 
     options = given_method_options(opts)
     methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
-    overrides: dict[str, Any] = {}
-    specs = [parse_override(t) for t in opts["override"]] + [(p, "rtn", 8) for p in opts["keep_8bit"]]
-    for pattern, name, bits in specs:
-        from losslab.quant.methods import QUANT_METHODS, method_classes
+    return methods, build_overrides(opts["override"], opts["keep_8bit"], options), list(opts["skip"])
 
-        cls = method_classes().get(QUANT_METHODS.resolve(name))
-        have = {f for f in getattr(cls, "__dataclass_fields__", {})}
-        (overrides[pattern],) = build_methods([name], [bits], {k: v for k, v in options.items() if k in have})
-    return methods, overrides, list(opts["skip"])
+
+def _quantize_lm_budget(opts: dict[str, Any], overrides: dict[str, Any], skip: list[str]) -> None:
+    """``lm quantize --budget``: load the model and data, call :func:`losslab.compress.lm_budget.quantize_lm_budget`."""
+    from losslab.cli.quantize import budget_request
+    from losslab.compress.lm_budget import LmBudgetJob, quantize_lm_budget
+    from losslab.lm.data import eval_windows, load_calibration, load_corpus, tokenize_text
+    from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
+
+    method, budget = budget_request((opts["method"],), opts, given_method_options(opts), click.get_current_context())
+    out = Path(opts["json_path"]) if opts["json_path"] else Path(opts["save_packed"]).with_suffix(".json")
+    check_output(out, overwrite=opts["overwrite"], what="results JSON", flag="--json")
+    tokenizer = load_tokenizer(opts["model"])
+    model = load_causal_lm(opts["model"])
+    seqlen = check_seqlen(model, opts["seqlen"])
+    source = opts["text_file"] or opts["calib"]
+    calib = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["calib_seed"])
+    test = None
+    if opts["eval_text"]:
+        test = eval_windows(tokenize_text(tokenizer, load_corpus(opts["eval_text"], "test")), seqlen)
+    job = LmBudgetJob(
+        model,
+        str(opts["model"]),
+        calib,
+        out,
+        eval_windows=test,
+        save_packed=Path(opts["save_packed"]) if opts["save_packed"] else None,
+        tokenizer=str(opts["model"]),
+        overrides=overrides,
+        skip=skip,
+        calib_name=str(source),
+        seed=opts["calib_seed"],
+        device=_device(opts["device"]),
+        true_sequential=opts["true_sequential"],
+        micro_batch=opts["calib_batch_size"],
+        overwrite=opts["overwrite"],
+        progress=resolve_progress(opts["progress"]),
+    )
+    report = quantize_lm_budget(job, method, budget, echo=click.echo)
+    click.echo(report["text"])
+    click.echo(f"results: {report['json']}")
 
 
 def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
@@ -177,6 +212,13 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
 )
 @click.option("--keep-8bit", "keep_8bit", multiple=True, help="Linear-name pattern kept at 8-bit RTN (repeatable).")
 @click.option("--skip", multiple=True, help="Linear-name pattern kept in float, e.g. '*.fc2' or 'fc2' (every layer's).")
+@budget_options
+@click.option(
+    "--eval-text",
+    default=None,
+    help="With --budget: test corpus (wikitext2, ptb, c4) or local text file scored for perplexity at each width "
+    "and budget (default: none, no perplexity).",
+)
 @click.option(
     "--true-sequential",
     is_flag=True,
@@ -232,6 +274,9 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
     device = _device(opts["device"])  # a missing device fails before the model is loaded
     if opts["save_packed"] is None and opts["json_path"] is None:
         raise ConfigError("give --save-packed (packed model) and/or --json (per-layer errors); nothing would be saved")
+    if opts["budget"] is not None:
+        _quantize_lm_budget(opts, overrides, skip)
+        return
     several = len(methods) > 1
     outputs = []
     for method in methods:

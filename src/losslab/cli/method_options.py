@@ -16,16 +16,14 @@ before any work by :func:`check_output`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 import click
 
 from losslab.cli.options import LosslabCommand, command_key, rename_deprecated
 from losslab.errors import ConfigError
-from losslab.io import claim_output
+from losslab.io import check_output
 
 __all__ = [
     "LmQuantizeCommand",
@@ -133,23 +131,6 @@ def given_method_options(opts: dict[str, Any]) -> dict[str, Any]:
             continue
         given[option.name] = value if option.is_bool else option.parse(value)
     return given
-
-
-def check_output(path: Path | None, *, overwrite: bool, what: str, flag: str, folder: bool = False) -> None:
-    """Fail before any work if ``path`` cannot be written: a file goes through :func:`losslab.io.claim_output`
-    (new, or replaced with ``--overwrite``); a folder may exist but must be a writable folder."""
-    if path is None:
-        return
-    if not folder:
-        claim_output(path, overwrite=overwrite, what=what, flag=flag)
-        return
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {str(path)!r} is a file; give a folder for the {what}")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is not a writable folder")
 
 
 class QuantizeCommand(MethodOptionsCommand):

@@ -2,37 +2,69 @@
 
     losslab quantize runs/digits-small_cnn-root-s0 --method gpfq --method gptq --bits 8,4,3 --keep-8bit conv1
     losslab quantize RUN --method gptq --grid sym --group-size 64 --act-order --json r.json --save-packed packed/
+    losslab quantize RUN --method gptq --budget 2.5,3,3.5 --bits-choices 2,3,4,8 --sensitivity proxy
 
 One calibration cache serves every (method, bits) point. For each point the command evaluates top-1 accuracy on
 the checkpoint's test split, packs the weights (``save_packed``) to report the real file size, and prints::
 
-    method (with its non-default options)  bits  float top-1  quant top-1  drop  bits/weight  packed KiB  float KiB
+    method (non-default options)  bits  float top-1  quant top-1  drop  bits/weight  packed KiB  float KiB  kept
 
+(``kept``: the layers kept in float by ``--skip`` or given another method by ``--keep-8bit``/``--override``).
 The same rows plus per-layer errors go to ``--json FILE`` (default ``<run>/quantize/<methods>.json``; an
 existing file is never replaced without ``--overwrite``; checked before any work, as is ``--save-packed DIR``).
-The method flags are generated from the method configs (:mod:`losslab.cli.method_options`); the run is loaded,
-calibrated and evaluated by :class:`losslab.quant.trained_run.TrainedRun` with the run's data settings.
-Accuracy is measured on fake-quantized weights (dequantized floats written back); the packed file is checked to
-rebuild the same weights.
+``--budget B`` chooses a width per layer from ``--bits-choices`` under B stored bits per weight
+(:mod:`losslab.compress.budget`, docs/budget.md). The command parses its flags, calls one function of
+:mod:`losslab.compress` and prints; the method flags are generated from the method configs
+(:mod:`losslab.cli.method_options`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from losslab.cli.method_options import QuantizeCommand, check_output, given_method_options
+from losslab.cli.method_options import QuantizeCommand, given_method_options
 from losslab.cli.options import progress_mode, progress_option
 from losslab.errors import ConfigError
-from losslab.quant.bits import BITS_RANGE, parse_bits
+from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
 
 
-def float_size_bytes(model: Any) -> int:
-    """Bytes of the model's parameters and buffers as stored (fp32 for a trained classifier)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+def budget_options(command: Any) -> Any:
+    """The ``--budget`` flags shared by ``quantize`` and ``lm quantize``."""
+    for option in reversed(_BUDGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+_BUDGET_OPTIONS = [
+    click.option(
+        "--budget",
+        default=None,
+        help="Stored bits per quantized weight (scales and zero points included): choose each layer's width from "
+        "--bits-choices; a comma list (--budget 2.5,3,3.5) reuses one sensitivity table and draws the Pareto figure.",
+    ),
+    click.option(
+        "--bits-choices",
+        default="2,3,4,8",
+        show_default=True,
+        help="Candidate widths per layer for --budget.",
+    ),
+    click.option(
+        "--sensitivity",
+        default="proxy",
+        show_default=True,
+        help="Per-layer sensitivity for --budget: proxy (output error on calibration inputs), hawq (Hessian trace x "
+        "|W-Q|^2), loss (calibration loss increase), fisher (Fisher-weighted |W-Q|^2).",
+    ),
+    click.option(
+        "--solver", default="exact", show_default=True, help="--budget solver: exact (integer program), greedy."
+    ),
+    click.option(
+        "--tie", multiple=True, help="Layer-name pattern(s) ('a,b') whose layers take one width (repeatable)."
+    ),
+]
 
 
 @click.command(cls=QuantizeCommand)
@@ -79,185 +111,107 @@ def float_size_bytes(model: Any) -> int:
     default=None,
     help="Keep the packed safetensors files in this folder (else measured in a temporary folder).",
 )
+@click.option(
+    "--override",
+    multiple=True,
+    help="PATTERN=METHOD:BITS for the layers whose name matches, e.g. 'fc=rtn:8'; first match wins; the method "
+    "options apply where the method has them (repeatable).",
+)
+@budget_options
+@click.option(
+    "--figure",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Pareto figure (PNG) of --budget (default: the JSON's name with .png).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing results JSON / packed files.")
 @progress_option
-def quantize(
-    checkpoint: Path,
-    methods: tuple[str, ...],
-    bits: tuple[str, ...],
-    calib_samples: int,
-    calib_batch_size: int,
-    calib_seed: int,
-    fold_bn: bool,
-    keep_8bit: tuple[str, ...],
-    skip: tuple[str, ...],
-    act_bits: int | None,
-    data_dir: Path | None,
-    download: bool,
-    device: str | None,
-    json_path: Path | None,
-    save_packed: Path | None,
-    overwrite: bool,
-    progress: bool | None,
-    **method_flags: Any,
-) -> None:
+def quantize(checkpoint: Path, **opts: Any) -> None:
     """Quantize a trained classifier's weights and compare its accuracy with the float model.
 
     Method options are the fields of the method configs (one flag each, e.g. --grid sym, --group-size 64,
     --act-order, --incoherence hadamard, --sparsity l1 --lam 0.01); each applies to the methods that have it.
     """
-    from losslab.quant import RTN
-    from losslab.quant.methods import build_methods
+    from losslab.compress.budget import quantize_run_budget
+    from losslab.compress.quantize_run import quantize_run
 
-    options = given_method_options(method_flags)
-    method_list = build_methods(methods, parse_bits(bits), options)
-    overrides = {pattern: RTN(bits=8) for pattern in keep_8bit}
-    report = quantize_checkpoint(
-        checkpoint,
-        method_list,
-        calib_samples=calib_samples,
-        calib_batch_size=calib_batch_size,
-        calib_seed=calib_seed,
+    options = given_method_options(opts)
+    settings = quantize_options(opts, build_overrides(opts["override"], opts["keep_8bit"], options))
+    if opts["budget"] is None:
+        report = quantize_run(checkpoint, build_methods(opts["methods"], parse_bits(opts["bits"]), options), settings)
+        click.echo(report["table"])
+        click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
+        return
+    method, budget = budget_request(opts["methods"], opts, options, click.get_current_context())
+    report = quantize_run_budget(checkpoint, method, budget, settings, echo=click.echo)
+    click.echo(report["text"])
+    click.echo(f"\nresults: {report['json']}\nfigure: {report['figure']}")
+
+
+def quantize_options(opts: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """The :class:`losslab.compress.quantize_run.QuantizeOptions` of the parsed flags."""
+    from losslab.compress.quantize_run import QuantizeOptions
+
+    return QuantizeOptions(
+        calib_samples=opts["calib_samples"],
+        calib_batch_size=opts["calib_batch_size"],
+        calib_seed=opts["calib_seed"],
         overrides=overrides,
-        skip=list(skip),
-        fold_bn=fold_bn,
-        act_bits=act_bits,
-        data_dir=data_dir,
-        download=download or None,
-        device=device,
-        out=json_path,
-        save_packed=save_packed,
-        overwrite=overwrite,
-        progress=progress_mode(progress),
+        skip=list(opts["skip"]),
+        fold_bn=opts["fold_bn"],
+        act_bits=opts["act_bits"],
+        data_dir=opts["data_dir"],
+        download=opts["download"] or None,
+        device=opts["device"],
+        out=opts["json_path"],
+        save_packed=opts["save_packed"],
+        overwrite=opts["overwrite"],
+        progress=progress_mode(opts["progress"]),
     )
-    click.echo(report["table"])
-    click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
 
 
-def method_label(method: Any) -> str:
-    """The method name with its non-default options, without ``bits`` (``gpfq sparsity=l1 lam=0.01``)."""
-    from dataclasses import fields
+def budget_request(
+    names: tuple[str, ...], opts: dict[str, Any], options: dict[str, Any], ctx: click.Context
+) -> tuple[Any, Any]:
+    """(the method, :class:`losslab.compress.budget.BudgetOptions`) of ``--budget``; bad combinations refused."""
+    from click.core import ParameterSource
 
-    parts = [method.name]
-    for f in fields(method):
-        value = getattr(method, f.name)
-        if f.name != "bits" and value != f.default:
-            parts.append(f"{f.name}={value}")
-    return " ".join(parts)
+    from losslab.compress.budget import BudgetOptions, check_budget_request
+    from losslab.quant.budget import parse_budgets
 
-
-def quantize_checkpoint(
-    checkpoint: Path,
-    methods: list[Any],
-    *,
-    calib_samples: int = 256,
-    calib_batch_size: int = 64,
-    calib_seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    skip: list[str] | None = None,
-    fold_bn: bool = False,
-    act_bits: int | None = None,
-    data_dir: Path | None = None,
-    download: bool | None = None,
-    device: str | None = None,
-    out: Path | None = None,
-    save_packed: Path | None = None,
-    overwrite: bool = False,
-    progress: bool | str = False,
-) -> dict[str, Any]:
-    """Quantize ``checkpoint`` with every method config, evaluate each, write the JSON; returns the report dict.
-
-    The run's data settings (img_size, data_dir, download, val_fraction) apply to calibration and evaluation
-    (:class:`losslab.quant.trained_run.TrainedRun`); the output paths are checked before any work.
-    """
-    from losslab.io import write_json_atomic
-    from losslab.quant import load_packed
-    from losslab.quant import save_packed as write_packed
-    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
-    from losslab.tables import format_table
-
-    run = TrainedRun.load(checkpoint, data_dir=data_dir, download=download, device=device)
-    run_dir = run.run_dir
-    out = out or run_dir / "quantize" / ("-".join(dict.fromkeys(m.name for m in methods)) + ".json")
-    check_output(out, overwrite=overwrite, what="results JSON", flag="--json")
-    check_output(save_packed, overwrite=overwrite, what="packed files", flag="--save-packed", folder=True)
-    names = [f"{run_dir.name}.{m.name}.{m.bits}bit.safetensors" for m in methods]
-    if save_packed is not None and not overwrite:
-        taken = [n for n in names if (save_packed / n).exists()]
-        if taken:
-            raise ConfigError(f"{', '.join(taken)} already exist in {str(save_packed)!r}; pass --overwrite")
-    cfg = run.cfg
-    calib = run.calibration_loader(CalibrationSettings(calib_samples, calib_batch_size, calib_seed))
-    float_metrics = run.float_metrics
-    rows, records = [], []
-    points = run.quantize(
-        [methods],
-        calib,
-        overrides=overrides,
-        skip=skip,
-        fold_bn=fold_bn,
-        act_bits=act_bits,
-        seed=calib_seed,
-        calib_seed=calib_seed,
-        progress=progress,
+    if len(names) != 1:
+        raise ConfigError("--budget takes one --method (the widths are chosen for that method)")
+    choices = parse_bits(opts["bits_choices"], flag="--bits-choices")
+    if ctx.get_parameter_source("bits") is not ParameterSource.DEFAULT:
+        given = opts["bits"] if isinstance(opts["bits"], str) else ",".join(opts["bits"])
+        raise ConfigError(
+            f"--budget chooses the widths itself: drop --bits {given} and give the candidates "
+            "with --bits-choices, e.g. --bits-choices 2,3,4,8"
+        )
+    (method,) = build_methods(names, [max(choices)], options)
+    budget = BudgetOptions(
+        parse_budgets(opts["budget"]),
+        choices,
+        opts["sensitivity"],
+        opts["solver"],
+        list(opts["tie"]),
+        opts.get("figure"),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_dir = save_packed or Path(tmp)
-        for point, name in zip(points, names):
-            method, result, metrics = point.method, point.result, point.metrics
-            path = pack_dir / name
-            size = write_packed(result, path, model_recipe=getattr(run.model, "losslab_recipe", None))
-            reloaded = load_packed(path, model=run.model)
-            packed_ok = _same_weights(reloaded, result.model)
-            summary = result.summary()
-            drop = float_metrics["top1"] - metrics["top1"]
-            rows.append(
-                [
-                    method_label(method),
-                    method.bits,
-                    float_metrics["top1"],
-                    metrics["top1"],
-                    drop,
-                    summary["avg_bits_per_weight"],
-                    size / 1024,
-                    float_size_bytes(run.model) / 1024,
-                ]
-            )
-            records.append(
-                {
-                    "method": method.describe(),
-                    "bits": method.bits,
-                    "quant_top1": metrics["top1"],
-                    "quant_top5": metrics["top5"],
-                    "quant_ce": metrics["ce"],
-                    "drop": drop,
-                    "packed_bytes": size,
-                    "packed_matches_fake": packed_ok,
-                    "packed_file": str(path) if save_packed else None,
-                    **result.to_dict(),
-                }
-            )
-    headers = ["method", "bits", "float top-1", "quant top-1", "drop", "bits/weight", "packed KiB", "float KiB"]
-    shape = "x".join(str(d) for d in next(iter(calib))[0].shape[1:])
-    protocol = (
-        f"top-1 accuracy (%) on the {cfg.dataset} test split ({float_metrics['n']} images, {shape}); weights "
-        f"fake-quantized (dequantized floats), activations {f'{act_bits}-bit' if act_bits else 'float'}; "
-        f"calibration: {calib_samples} training images, seed {calib_seed}; packed KiB = real safetensors "
-        "file size (codes + scales + float layers)"
-    )
-    table = format_table(headers, rows)
-    write_json_atomic(
-        out, {"checkpoint": str(run.checkpoint), "float": float_metrics, "protocol": protocol, "results": records}
-    )
-    return {"table": table, "rows": rows, "protocol": protocol, "json": str(out), "float": float_metrics}
+    check_budget_request(method, budget)
+    return method, budget
 
 
-def _same_weights(a: Any, b: Any) -> bool:
-    """Whether two models hold bit-identical parameters."""
-    import torch
+def build_overrides(specs: tuple[str, ...], keep_8bit: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """``--override PATTERN=METHOD:BITS`` and ``--keep-8bit P`` (= ``P=rtn:8``) as ``{pattern: method}``; the
+    method options apply to each override method that has them."""
+    from losslab.quant.methods import QUANT_METHODS, method_classes
 
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    overrides: dict[str, Any] = {}
+    for pattern, name, bits in [parse_override(t) for t in specs] + [(p, "rtn", 8) for p in keep_8bit]:
+        cls = method_classes().get(QUANT_METHODS.resolve(name))
+        have = set(getattr(cls, "__dataclass_fields__", {}))
+        (overrides[pattern],) = build_methods((name,), [bits], {k: v for k, v in options.items() if k in have})
+    return overrides
 
 
 def build_methods(names: tuple[str, ...], bits: list[int], options: dict[str, Any]) -> list[Any]:

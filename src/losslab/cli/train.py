@@ -215,8 +215,17 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:1 [default: cuda if available].")
 @click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
-@click.option("--dataset", default=None, help="timm checkpoints only: the dataset to evaluate on (required).")
-@click.option("--img-size", type=int, default=None, help="timm checkpoints only: input size (default: the data's).")
+@click.option(
+    "--dataset",
+    default=None,
+    help="timm checkpoints (required) and packed files (default: the file's calibration dataset): the dataset.",
+)
+@click.option(
+    "--img-size",
+    type=int,
+    default=None,
+    help="timm checkpoints and packed files: input size (default: the data's / the file's calibration input).",
+)
 @json_option("Also write the metrics as JSON to")
 @overwrite_option
 @progress_option
@@ -232,12 +241,43 @@ def evaluate(
     overwrite: bool,
     progress: bool | None,
 ) -> None:
-    """Top-1/top-5 accuracy and cross entropy of a trained classifier: a losslab run folder or .ckpt, or a timm
+    """Top-1/top-5 accuracy and cross entropy of a trained classifier: a losslab run folder or .ckpt, a packed
+    .safetensors file of `losslab quantize --save-packed` (dataset and input size from the file), or a timm
     checkpoint (.pth.tar of timm's train.py, with --dataset)."""
     if not checkpoint.exists():  # before the heavy imports
         raise ConfigError(f"{str(checkpoint)!r} does not exist; pass a run folder (runs/NAME) or a .ckpt file")
     check_new_output(json_path, overwrite)
-    metrics = evaluate_checkpoint(
+    if checkpoint.suffix == ".safetensors":  # a packed file of `losslab quantize --save-packed`
+        from losslab.compress.quantize_run import evaluate_packed
+
+        if model is not None:
+            raise click.UsageError("--model is for timm checkpoints; a packed file stores its architecture")
+        metrics = evaluate_packed(
+            checkpoint, split, data_dir=data_dir, dataset=dataset, img_size=img_size, device=device
+        )
+    else:
+        metrics = _evaluate_checkpoint_metrics(
+            checkpoint, split, data_dir, model, dataset, img_size, device, resolve_progress(progress)
+        )
+    if json_path is not None and str(json_path) == "-":
+        write_json_output(json_path, metrics, overwrite=overwrite)
+        return
+    _print_metrics(metrics)
+    if json_path is not None:
+        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
+
+
+def _evaluate_checkpoint_metrics(
+    checkpoint: Path,
+    split: str,
+    data_dir: Path | None,
+    model: str | None,
+    dataset: str | None,
+    img_size: int | None,
+    device: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    return evaluate_checkpoint(
         checkpoint,
         split,
         data_dir,
@@ -245,14 +285,8 @@ def evaluate(
         dataset=dataset,
         img_size=img_size,
         device=device,
-        progress=resolve_progress(progress),
+        progress=progress,
     )
-    if json_path is not None and str(json_path) == "-":
-        write_json_output(json_path, metrics, overwrite=overwrite)
-        return
-    _print_metrics(metrics)
-    if json_path is not None:
-        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

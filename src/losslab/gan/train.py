@@ -22,7 +22,7 @@ continue bit-for-bit on the same device, RNG states included; read only through 
 ``samples/epoch_NNN.png`` (a grid of EMA-generator samples from fixed latents; a titled scatter over the modes for
 2-D data), ``history.json`` and ``metrics.csv`` (per-epoch losses) and ``result.json`` (``metrics``: the EMA
 generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the run
-(:class:`~losslab.train.task.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
+(:class:`~losslab.errors.TrainingDivergedError`) before that epoch's checkpoint is written. ``resume=RUN``
 continues a killed run.
 """
 

@@ -34,12 +34,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from losslab.errors import ConfigError, check_range, unknown_name_error
+from losslab.errors import ConfigError, TrainingDivergedError, check_range, unknown_name_error
 from losslab.lm.data import eval_windows, load_corpus, require_pad_token, tokenize_text, training_blocks
 from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 from losslab.lm.perplexity import perplexity
 from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
-from losslab.train.task import TrainingDivergedError
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 MAX_GRAD_CLIP = 1e6  # also rejects inf (and NaN fails every comparison)

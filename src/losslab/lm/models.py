@@ -19,20 +19,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from losslab.errors import CorruptFileError, DataNotFoundError, LosslabError, UnsafeFileError
+from losslab.hub import hub_offline as _hub_offline
+from losslab.hub import reachable as _reachable  # noqa: F401  (tests clear its cache)
 
 # Attribute paths of the decoder layer list, for the families GPTQ-style drivers support.
 _LAYER_PATHS = ("model.decoder.layers", "model.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
@@ -65,7 +63,6 @@ SEQUENTIAL_GROUPS: MappingProxyType[str, tuple[tuple[str, ...], ...]] = MappingP
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 #: Suffixes of model files: a name ending in one is a mistyped local path, not a hub id.
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar", ".json")
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def is_hub_id(name: str) -> bool:
@@ -104,35 +101,6 @@ def _offline_message(name: str, err: Exception | None) -> str:
         f"could not load {name!r}{cause}. If you are offline, pass a local folder with --model /local/path (save one "
         "with save_pretrained), or go online once so the Hugging Face cache holds it."
     )
-
-
-def _hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set or the hub's host cannot be reached within a few seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    from huggingface_hub import constants
-
-    return not _reachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co")
-
-
-@lru_cache(maxsize=8)
-def _reachable(host: str, port: int = 443, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host`` opens within ``timeout`` s (DNS included; proxies: assume yes)."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # the proxy decides; a direct probe would say nothing
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)  # getaddrinfo ignores the socket timeout: bound the wait here
-    return bool(ok)
 
 
 #: Files of a model folder that can name custom code (``auto_map``) for transformers to import.

@@ -21,6 +21,7 @@ from typing import Any
 from losslab.errors import LosslabError
 from losslab.io import claim_output_dir, write_text_atomic
 from losslab.report import figures
+from losslab.report.budget import budget_frontier
 from losslab.report.tables import (
     StudyResults,
     accuracy_pivot,
@@ -122,14 +123,14 @@ def _write_csvs(results: StudyResults, store: StudyStore, out: Path) -> list[dic
                 "options": r["options"],
                 "avg_bits_per_weight": (r["summary"] or {}).get("avg_bits_per_weight"),
             }
-            for r in results.compressions
+            for r in [*results.compressions, *results.budgets]
         ],
     )
     write_csv(
         out / "runs.csv",
         [{**_flat(r, ("config",)), **{f"config.{k}": v for k, v in r["config"].items()}} for r in results.runs],
     )
-    labels = {r["key"]: r for r in results.compressions}
+    labels = {r["key"]: r for r in [*results.compressions, *results.budgets]}
     write_csv(
         out / "layers.csv",
         [
@@ -202,6 +203,17 @@ def _blocks(results: StudyResults, store: StudyStore, out: Path) -> list[Block]:
                 "(error bars: ± 1 std over seeds, clipped to 100 %; 'float' = uncompressed).",
             )
         )
+    frontier = budget_frontier(results, fig_dir / "budget_frontier.png")
+    if frontier is not None:
+        blocks += [
+            Heading("Accuracy vs storage under a budget"),
+            FigureBlock(
+                "figures/budget_frontier.png",
+                "Test top-1 against stored bits per weight (codes + scales + zero points): widths chosen per layer "
+                "under each budget (curve, mean over seeds) against the same method at uniform widths (points); "
+                "dotted: float top-1 of each training variant.",
+            ),
+        ]
     option = figures.heatmap_option(results)
     scale = figures.drop_scale(results, option) if option is not None else None
     heat = [

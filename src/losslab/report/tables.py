@@ -43,6 +43,7 @@ class StudyResults:
     variants: list[str]
     provenance: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # budgeted compressions (options["budget"])
 
     def methods(self) -> list[str]:
         """Compression labels in the order first stored."""
@@ -91,6 +92,8 @@ def _collect(store: StudyStore) -> StudyResults:
     for row in compressions:
         run = by_key[row["train_key"]]
         row["variant"], row["seed"], row["float_top1"] = run["variant"], run["seed"], run["float_top1"]
+    budgets = [r for r in compressions if "budget" in (r["options"] or {})]
+    compressions = [r for r in compressions if "budget" not in (r["options"] or {})]
     specs = store.specs()
     last = specs[-1] if specs else {"name": store.path.parent.name, "spec": {}}
     provenance = [
@@ -107,6 +110,7 @@ def _collect(store: StudyStore) -> StudyResults:
         variants=list(dict.fromkeys(r["variant"] for r in runs)),
         provenance=provenance,
         failures=store.failures(),
+        budgets=budgets,
     )
 
 

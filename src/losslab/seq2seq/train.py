@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from losslab.errors import ConfigError, CorruptFileError
+from losslab.errors import ConfigError, CorruptFileError, TrainingDivergedError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
@@ -37,7 +37,6 @@ from losslab.seq2seq.data import Corpus, collate, token_batches
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_factorize
 from losslab.seq2seq.search import beam_search
 from losslab.seq2seq.tokenizer import SubwordTokenizer
-from losslab.train.task import TrainingDivergedError
 
 LEGACY_CHECKPOINT = "checkpoint_last.pt"  # runs written before losslab.runs; read by load_run
 TOKENIZER = "tokenizer.json"

@@ -12,7 +12,7 @@ compression group (one method and option set, all its bit widths) is quantized w
 :func:`losslab.quant.quantize_many` from one calibration cache; every compressed model is evaluated on the test
 split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model. Loading,
 calibration (with the run's img_size/data settings), evaluation and quantization go through
-:class:`losslab.quant.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
+:class:`losslab.compress.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _read_finished(path: Path, keys: tuple[str, ...] = ()) -> Any:
 
 def train_and_compress(job: StudyJob) -> JobResult:
     """The default study job (see the module docstring)."""
-    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
+    from losslab.compress.trained_run import CalibrationSettings, TrainedRun
     from losslab.train import TrainConfig
 
     section: CompressSection = job.compress_section()
@@ -132,8 +132,10 @@ def train_and_compress(job: StudyJob) -> JobResult:
     setting = compression_setting(section)
     records = []
     groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[tuple[str, Any]]] = {}
+    budgeted = [(key, point) for key, point in job.points if "budget" in point.options_dict()]
     for key, point in job.points:
-        groups.setdefault((point.method, point.options), []).append((key, point))
+        if (key, point) not in budgeted:
+            groups.setdefault((point.method, point.options), []).append((key, point))
     for members in groups.values():
         points = run.quantize(
             [[p.build() for _, p in members]],
@@ -165,4 +167,49 @@ def train_and_compress(job: StudyJob) -> JobResult:
                     hists,
                 )
             )
+    records += budget_records(run, calib, budgeted, section, setting)
     return JobResult(job.train_key, record, records, provenance())
+
+
+def budget_records(
+    run: Any, calib: Any, members: list[tuple[str, Any]], section: CompressSection, setting: dict[str, Any]
+) -> list[CompressionRecord]:
+    """The budgeted points of one trained model (:mod:`losslab.compress.budget`): one sensitivity table per
+    method and option set (cached in the run folder), one knapsack plan and quantized model per budget. The
+    record's summary adds ``budget``, ``predicted_sensitivity`` and ``allocation`` (layer → width)."""
+    from losslab.compress.budget import BudgetOptions, budget_points
+    from losslab.compress.quantize_run import QuantizeOptions
+
+    c = section.calibration
+    opts = QuantizeOptions(c.samples, c.batch_size, c.seed, skip=list(section.skip), fold_bn=section.fold_bn)
+    by_table: dict[tuple[Any, ...], list[tuple[str, Any]]] = {}
+    for key, point in members:
+        shared = tuple((k, v) for k, v in point.options if k != "budget")
+        by_table.setdefault((point.method, shared), []).append((key, point))
+    records = []
+    for members_of_table in by_table.values():
+        first = members_of_table[0][1].options_dict()
+        budget = BudgetOptions(
+            [p.options_dict()["budget"] for _, p in members_of_table],
+            list(first["bits_choices"]),
+            first["sensitivity"],
+            first["solver"],
+        )
+        _, _, points = budget_points(run, members_of_table[0][1].build(), budget, opts, calib, echo=lambda *_: None)
+        for (key, point), (alloc, done, stored) in zip(members_of_table, points):
+            summary = {**done.result.summary(), "budget": alloc.budget, "stored_bits": stored}
+            summary |= {"predicted_sensitivity": alloc.predicted_sensitivity, "allocation": alloc.chosen}
+            records.append(
+                CompressionRecord(
+                    key,
+                    point,
+                    setting,
+                    done.metrics,
+                    summary,
+                    [asdict(r) for r in done.result.layers],
+                    done.result.seconds,
+                    done.eval_seconds,
+                    [],
+                )
+            )
+    return records

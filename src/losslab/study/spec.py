@@ -86,6 +86,38 @@ class MethodEntry(BaseModel):
         return value
 
 
+class BudgetEntry(BaseModel):
+    """One method whose widths are chosen per layer under stored-bits budgets (``losslab quantize --budget``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(description="Quantization method name (gptq, gpfq, ldlq, rtn, pwlq).")
+    budgets: list[float] = Field(description="Stored bits per quantized weight, one compressed model each.")
+    bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 8], description="Candidate widths per layer.")
+    sensitivity: str = Field("proxy", description="proxy, hawq, loss or fisher (docs/budget.md).")
+    solver: str = Field("exact", description="exact or greedy.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Fixed method options.")
+    label: str | None = Field(None, description="Name in tables and figures; default: '<method> budget'.")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, value: list[float]) -> list[float]:
+        if not value or any(not b > 0 for b in value):
+            raise ValueError("must list positive stored bits per weight, e.g. budgets: [2.5, 3.0, 3.5]")
+        return value
+
+    @field_validator("bits_choices")
+    @classmethod
+    def _choices(cls, value: list[int]) -> list[int]:
+        if len(set(value)) < 2:
+            raise ValueError("needs at least two distinct widths, e.g. bits_choices: [2, 3, 4, 8]")
+        return sorted(set(value))
+
+
+BUDGET_KEYS = ("budget", "bits_choices", "sensitivity", "solver")
+"""Options of a budgeted :class:`CompressionPoint` that are not method options."""
+
+
 class CompressSection(BaseModel):
     """How every trained model is compressed and evaluated."""
 
@@ -97,6 +129,9 @@ class CompressSection(BaseModel):
     skip: list[str] = Field(default_factory=list, description="Layer names kept in float (e.g. first/last).")
     eval_batch_size: int = Field(256, gt=0, description="Batch size of test-set evaluation.")
     histogram_bins: int = Field(64, ge=8, le=512, description="Bins of the stored weight histograms.")
+    budget: list[BudgetEntry] = Field(
+        default_factory=list, description="Methods with per-layer widths under stored-bits budgets (an axis)."
+    )
 
     @field_validator("methods")
     @classmethod
@@ -147,7 +182,8 @@ class CompressionPoint:
         ``losslab quantize`` and ``lm quantize``; values validated once, by the dataclass)."""
         from losslab.quant.methods import build_methods
 
-        return build_methods([self.method], [self.bits], self.options_dict())[0]
+        options = {k: v for k, v in self.options_dict().items() if k not in BUDGET_KEYS}
+        return build_methods([self.method], [self.bits], options)[0]
 
 
 @dataclass(frozen=True)
@@ -224,7 +260,25 @@ def expand_compression(section: CompressSection) -> list[CompressionGroup]:
                 label += "(" + ", ".join(f"{k}={v}" for k, v in axis_values.items()) + ")"
             points = tuple(CompressionPoint(entry.method, b, options, label) for b in entry.bits)
             groups.append(CompressionGroup(entry.method, options, label, points))
-    return groups
+    return groups + [_budget_group(entry) for entry in section.budget]
+
+
+def _budget_group(entry: BudgetEntry) -> CompressionGroup:
+    """A budget entry as one group: a point per budget, at the widest candidate width, with the budget settings
+    in its options (:data:`BUDGET_KEYS`; the study pipeline sends such points to :mod:`losslab.compress.budget`)."""
+    from losslab.quant.budget import check_sensitivity
+
+    check_sensitivity(entry.sensitivity)
+    if entry.solver not in ("exact", "greedy"):
+        raise ConfigError(f"compress.budget solver={entry.solver!r} is not known: choose exact or greedy")
+    base = {**entry.options, "bits_choices": tuple(entry.bits_choices), "sensitivity": entry.sensitivity}
+    base["solver"] = entry.solver
+    label = entry.label or f"{entry.method} budget"
+    points = tuple(
+        CompressionPoint(entry.method, max(entry.bits_choices), tuple(sorted({**base, "budget": b}.items())), label)
+        for b in entry.budgets
+    )
+    return CompressionGroup(entry.method, tuple(sorted(base.items())), label, points)
 
 
 def _study_file_error(exc: ValidationError) -> ConfigError:

@@ -179,9 +179,9 @@ def _create(cfg: TrainConfig, create: Callable[[], nn.Module]) -> nn.Module:
     only, and a cache miss is one clear error at once instead of a minute of download retries."""
     if not cfg.pretrained:
         return create()
-    from losslab.lm.models import _hub_offline
+    from losslab.hub import hub_offline
 
-    if not _hub_offline():
+    if not hub_offline():
         return create()
     from huggingface_hub import constants
 

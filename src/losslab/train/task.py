@@ -24,14 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losslab.errors import LosslabError
+from losslab.errors import TrainingDivergedError
 from losslab.runs.task import LogFn
 from losslab.train.config import TrainConfig
-
-
-class TrainingDivergedError(LosslabError):
-    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
-
 
 DIVERGED_HINT = (
     "the run stopped and its last good checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. "

@@ -5,7 +5,7 @@ The workflow is: load the run → build its test and calibration loaders with th
 the dataset) → evaluate the float model → quantize with :func:`losslab.quant.quantize_many` (one calibration
 cache per group of methods) → evaluate every quantized model on the same test loader::
 
-    from losslab.quant.trained_run import CalibrationSettings, TrainedRun
+    from losslab.compress.trained_run import CalibrationSettings, TrainedRun
     run = TrainedRun.load("runs/digits-small_cnn-root-s0", device="cpu")
     calib = run.calibration_loader(CalibrationSettings(samples=256, batch_size=64, seed=0))
     print(run.float_metrics)                                   # evaluated once, on first use

@@ -1,0 +1,322 @@
+"""``losslab quantize RUN --budget B``: widths chosen per layer from measured sensitivity under a storage budget.
+
+Workflow: check the request (before any work) → load the run → the sensitivity table, one uniform run of the
+driver per candidate width (cached in ``<run>/quantize/budget/``, resumed per width, keyed by run, calibration,
+method, layer plan and metric; the uniform runs are also the uniform points of the Pareto figure) → for every
+budget, the knapsack plan (:func:`losslab.quant.budget.allocate`) → quantize once more with the plan as per-layer
+overrides, evaluate, pack and check that the packed file stores exactly the planned bits → text tables, JSON and
+the Pareto figure::
+
+    from losslab.compress.budget import BudgetOptions, quantize_run_budget
+    report = quantize_run_budget(run, GPTQ(bits=4), BudgetOptions([2.5, 3.0], [2, 3, 4, 8]), QuantizeOptions())
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from losslab.compress.quantize_run import (
+    QuantizeOptions,
+    check_packed_names,
+    load_run,
+    method_label,
+    pack_and_check,
+)
+from losslab.errors import ConfigError, LosslabError
+from losslab.io import check_output
+from losslab.quant.budget import (
+    SOLVERS,
+    Allocation,
+    SensitivityTable,
+    TableCache,
+    allocate,
+    check_sensitivity,
+    fill_table,
+    tie_groups,
+)
+from losslab.quant.methods import QuantMethod
+from losslab.tables import format_table
+
+__all__ = ["BudgetOptions", "budget_points", "check_budget_request", "quantize_run_budget"]
+
+
+@dataclass
+class BudgetOptions:
+    """``--budget`` values (stored bits per weight), ``--bits-choices``, ``--sensitivity``, ``--solver``, ``--tie``
+    patterns, the figure path (default next to the JSON) and the Hutchinson probe count of ``hawq``."""
+
+    budgets: list[float]
+    choices: list[int]
+    sensitivity: str = "proxy"
+    solver: str = "exact"
+    ties: list[str] = field(default_factory=list)
+    figure: Path | None = None
+    hutchinson_probes: int = 8
+
+
+def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
+    """Refuse, before any work: an unknown metric or solver, fewer than two widths, a width outside the method's
+    range, or a budget below the narrowest width (no plan can store fewer bits than its codes)."""
+    check_sensitivity(budget.sensitivity)
+    if budget.solver not in SOLVERS:
+        raise ConfigError(f"--solver {budget.solver!r} is not known: choose one of {', '.join(SOLVERS)}")
+    if len(set(budget.choices)) < 2:
+        raise ConfigError(
+            f"--budget chooses a width per layer: give at least two widths in --bits-choices (got "
+            f"{','.join(map(str, budget.choices))}), e.g. --bits-choices 2,3,4,8"
+        )
+    low, high = method.bits_range
+    outside = [b for b in budget.choices if not low <= b <= high]
+    if outside:
+        raise ConfigError(
+            f"--bits-choices {','.join(map(str, outside))} is outside {method.name}'s range {low}..{high}"
+        )
+    too_low = [b for b in budget.budgets if b < min(budget.choices)]
+    if too_low:
+        raise ConfigError(
+            f"--budget {too_low[0]} is below the narrowest width {min(budget.choices)} (every layer stores at least "
+            "its codes): raise the budget or add a narrower width to --bits-choices"
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_key(run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions) -> dict[str, Any]:
+    """Everything a sensitivity row depends on (the widths are not in it: each width is its own entry)."""
+    return {
+        "checkpoint_sha256": _file_sha256(run.checkpoint),
+        "calibration": {
+            "dataset": run.cfg.dataset,
+            "img_size": run.cfg.img_size,
+            "samples": opts.calib_samples,
+            "batch_size": opts.calib_batch_size,
+            "seed": opts.calib_seed,
+        },
+        "method": method_label(method),
+        "overrides": {p: m.describe() for p, m in opts.overrides.items()},
+        "skip": list(opts.skip),
+        "fold_bn": opts.fold_bn,
+        "act_bits": opts.act_bits,
+        "sensitivity": budget.sensitivity,
+        "hutchinson_probes": budget.hutchinson_probes if budget.sensitivity == "hawq" else None,
+    }
+
+
+def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
+    """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics."""
+    if budget.sensitivity == "proxy":
+        return None
+    import torch.nn.functional as F
+
+    from losslab.quant.bn_fold import fold_batchnorm
+    from losslab.quant.budget.runner import Probe
+
+    model = copy.deepcopy(run.model).eval()
+    if opts.fold_bn:
+        fold_batchnorm(model, inplace=True)
+    batches = [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib]
+
+    def cross_entropy(net: Any, batch: Any) -> Any:
+        return F.cross_entropy(net(batch[0]), batch[1])
+
+    return Probe(model, batches, cross_entropy, layers, budget.hutchinson_probes, opts.calib_seed)
+
+
+def _quantize_point(run: Any, method: QuantMethod, calib: Any, opts: QuantizeOptions, overrides: dict) -> Any:
+    (point,) = run.quantize(
+        [[method]],
+        calib,
+        overrides=overrides,
+        skip=opts.skip,
+        fold_bn=opts.fold_bn,
+        act_bits=opts.act_bits,
+        seed=opts.calib_seed,
+        calib_seed=opts.calib_seed,
+        progress=opts.progress,
+    )
+    return point
+
+
+def sensitivity_table(
+    run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any
+) -> tuple[SensitivityTable, list[list[str]]]:
+    """The run's table for ``budget.choices`` (cached) and the knapsack items (tie groups)."""
+    from losslab.quant.budget.runner import budgeted_layers, width_run
+    from losslab.quant.engine import plan_layers, quant_layers
+
+    names = [n for n, _ in quant_layers(run.model)]
+    plan = plan_layers(names, method, opts.overrides, opts.skip)
+    layers = budgeted_layers(plan, method)
+    groups = tie_groups(layers, budget.ties)
+    weights = {n: run.model.get_submodule(n).weight.numel() for n in layers}
+    fixed = sum(run.model.get_submodule(n).weight.numel() for n, m in plan.items() if m is not None and m is not method)
+    probe = _probe(run, budget, calib, layers, opts)
+
+    def run_width(bits: int) -> Any:
+        point = _quantize_point(run, replace(method, bits=bits), calib, opts, opts.overrides)
+        return width_run(point.result, layers, budget.sensitivity, probe, point.metrics)
+
+    cache = TableCache(run.run_dir / "quantize" / "budget", _cache_key(run, method, budget, opts))
+    table = fill_table(
+        budget.choices,
+        layers,
+        weights,
+        fixed,
+        budget.sensitivity,
+        run_width,
+        cache,
+        lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
+    )
+    return table, groups
+
+
+def allocation_table(table: SensitivityTable, alloc: Allocation) -> str:
+    """Layer, weights, each width's sensitivity and stored bits, the chosen width."""
+    widths = sorted(table.widths)
+    headers = ["layer", "weights"]
+    for b in widths:
+        headers += [f"{b}b sens", f"{b}b bits"]
+    rows = []
+    for n in table.layers:
+        row: list[Any] = [n, table.weights[n]]
+        for c in table.choices(n):
+            row += [f"{c['sensitivity']:.3e}", c["stored_bits"]]
+        rows.append([*row, alloc.chosen[n]])
+    return format_table([*headers, "chosen"], rows)
+
+
+def _entry(table: SensitivityTable, alloc: Allocation, point: Any, size: int, packed_ok: bool, stored: int) -> dict:
+    return {
+        "budget": alloc.budget,
+        "solver": alloc.solver,
+        "stored_bits_per_weight": stored / alloc.total_weights,
+        "stored_bits": stored,
+        "quantized_weights": alloc.total_weights,
+        "predicted_sensitivity": alloc.predicted_sensitivity,
+        "note": alloc.note,
+        "metrics": point.metrics,
+        "packed_bytes": size,
+        "packed_matches_fake": packed_ok,
+        "allocation": alloc.rows(table),
+    }
+
+
+def _stored_bits(result: Any) -> int:
+    from losslab.quant.result import storage_bits_total
+
+    return sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
+
+
+def budget_points(
+    run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any = print
+) -> tuple[SensitivityTable, list[list[str]], Iterator[tuple[Allocation, Any, int]]]:
+    """The run's sensitivity table, its knapsack items and, lazily, per budget ``(plan, quantized and evaluated
+    point, stored bits)``. Every plan is solved before the first point is quantized (an impossible budget fails
+    first); the stored bits of each result are recounted and must equal the plan's."""
+    table, groups = sensitivity_table(run, method, budget, opts, calib, echo)
+    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+
+    def points() -> Iterator[tuple[Allocation, Any, int]]:
+        for alloc in allocations:
+            point = _quantize_point(run, method, calib, opts, {**alloc.overrides(method), **opts.overrides})
+            stored = _stored_bits(point.result)
+            if stored != alloc.stored_bits:
+                raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+            yield alloc, point, stored
+
+    return table, groups, points()
+
+
+def quantize_run_budget(
+    checkpoint: Path, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, echo: Any = print
+) -> dict[str, Any]:
+    """Quantize ``checkpoint`` at every budget; returns ``{"text", "json", "figure", "results"}`` (see module doc)."""
+    from losslab.compress.trained_run import CalibrationSettings
+    from losslab.io import write_json_atomic
+
+    check_budget_request(method, budget)
+    run = load_run(checkpoint, opts)
+    stem = f"budget-{method.name}-{budget.sensitivity}"
+    out = opts.out or run.run_dir / "quantize" / f"{stem}.json"
+    figure = budget.figure or out.with_suffix(".png")
+    check_output(out, overwrite=opts.overwrite, what="results JSON", flag="--json")
+    check_output(figure, overwrite=opts.overwrite, what="Pareto figure", flag="--figure")
+    names = [f"{run.run_dir.name}.{method.name}.budget{b}.safetensors" for b in budget.budgets]
+    check_packed_names(opts.save_packed, names, opts.overwrite)
+    calib = run.calibration_loader(CalibrationSettings(opts.calib_samples, opts.calib_batch_size, opts.calib_seed))
+    table, groups, points = budget_points(run, method, budget, opts, calib, echo)
+    texts, entries = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for (alloc, point, stored), name in zip(points, names):
+            size, packed_ok = pack_and_check(point.result, (opts.save_packed or Path(tmp)) / name, run)
+            entries.append(_entry(table, alloc, point, size, packed_ok, stored))
+            texts.append(_budget_text(table, alloc, entries[-1], run.float_metrics, budget.sensitivity))
+    uniform = _uniform_rows(table)
+    shown = [[b, f"{s:.4f}", f"{acc:.2f}", f"{t:.4e}"] for b, s, acc, t in uniform]
+    texts.append(format_table(["uniform bits", "stored bits/weight", "top-1", f"{budget.sensitivity} total"], shown))
+    title = f"{run.run_dir.name}: budgeted widths ({budget.sensitivity}, {budget.solver}) vs uniform widths"
+    _figure(entries, uniform, run.float_metrics["top1"], figure, method_label(method), title)
+    write_json_atomic(
+        out,
+        {
+            "checkpoint": str(run.checkpoint),
+            "method": method.describe(),
+            "sensitivity": budget.sensitivity,
+            "solver": budget.solver,
+            "bits_choices": sorted(table.widths),
+            "ties": [g for g in groups if len(g) > 1],
+            "float": run.float_metrics,
+            "uniform": [dict(zip(("bits", "stored_bits_per_weight", "top1", "total_sensitivity"), r)) for r in uniform],
+            "results": entries,
+        },
+    )
+    return {"text": "\n\n".join(texts), "json": str(out), "figure": str(figure), "results": entries}
+
+
+def _budget_text(table: SensitivityTable, alloc: Allocation, entry: dict, float_metrics: dict, metric: str) -> str:
+    acc = entry["metrics"]["top1"]
+    lines = [
+        allocation_table(table, alloc),
+        f"budget {alloc.budget} ({alloc.solver}): {entry['stored_bits_per_weight']:.4f} stored bits/weight "
+        f"(<= {alloc.budget}; {entry['stored_bits']} bits over {alloc.total_weights} weights, scales and zero "
+        f"points included), predicted {metric} sensitivity {alloc.predicted_sensitivity:.4e}, top-1 {acc:.2f} % "
+        f"(float {float_metrics['top1']:.2f}, drop {float_metrics['top1'] - acc:.2f}), packed "
+        f"{entry['packed_bytes'] / 1024:.1f} KiB",
+    ]
+    if alloc.note:
+        lines.append(f"note: {alloc.note}")
+    return "\n".join(lines)
+
+
+def _uniform_rows(table: SensitivityTable) -> list[list[Any]]:
+    return [
+        [
+            b,
+            round(run.stored_bits_per_weight, 4),
+            run.metrics.get("top1"),
+            sum(r.sensitivity for r in run.rows.values()),
+        ]
+        for b, run in sorted(table.widths.items())
+    ]
+
+
+def _figure(
+    entries: list[dict], uniform: list[list[Any]], float_top1: float, path: Path, name: str, title: str
+) -> None:
+    from losslab.compress.pareto import pareto_figure
+
+    curve = [(e["stored_bits_per_weight"], e["metrics"]["top1"]) for e in entries]
+    points = [(r[1], r[2], f"{r[0]}-bit") for r in uniform]
+    pareto_figure({name: curve}, {name: points}, {name: float_top1}, path, title=title)

@@ -1,0 +1,195 @@
+"""``losslab lm quantize --budget B``: per-linear widths of a causal LM under a stored-bits budget.
+
+The same steps as :mod:`losslab.compress.budget`, with the decoder driver (:func:`losslab.lm.quantize.quantize_decoder`)
+as the source of the uniform runs: one run per candidate width gives every linear's sensitivity and stored bits
+(cached next to the JSON, keyed by model, calibration, method, layer plan and metric); the q/k/v projections of
+each decoder block are tied by default; the realised metric is the perplexity on ``eval_windows`` when given::
+
+    report = quantize_lm_budget(LmBudgetJob(model, "facebook/opt-125m", calib, ...), GPTQ(bits=4), budget)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from losslab.compress.budget import BudgetOptions, allocation_table, check_budget_request
+from losslab.compress.quantize_run import method_label
+from losslab.errors import LosslabError
+from losslab.io import check_output, write_json_atomic
+from losslab.quant.budget import TableCache, allocate, default_ties, fill_table, tie_groups
+from losslab.quant.methods import QuantMethod
+from losslab.quant.result import storage_bits_total
+from losslab.tables import format_table
+
+__all__ = ["LmBudgetJob", "quantize_lm_budget"]
+
+
+@dataclass
+class LmBudgetJob:
+    """A loaded float LM, its name (hub id or folder: part of the cache key), calibration windows ``(n, T)``,
+    optional test windows for perplexity, the layer plan, where results go and the driver's settings."""
+
+    model: nn.Module
+    name: str
+    calib: Tensor
+    out: Path
+    eval_windows: Tensor | None = None
+    save_packed: Path | None = None
+    tokenizer: str | None = None
+    overrides: dict[str, QuantMethod] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+    calib_name: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    true_sequential: bool = False
+    micro_batch: int | None = None
+    overwrite: bool = False
+    progress: bool = False
+
+
+def _lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
+    return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+
+def _key(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions) -> dict[str, Any]:
+    calib = hashlib.sha256(job.calib.cpu().numpy().tobytes()).hexdigest()
+    weights = hashlib.sha256()
+    for t in job.model.state_dict().values():
+        weights.update(t.detach().float().reshape(-1)[:1024].cpu().numpy().tobytes())
+    return {
+        "model": job.name,
+        "weights_sample_sha256": weights.hexdigest(),
+        "calibration": {"name": job.calib_name, "windows_sha256": calib, "seed": job.seed},
+        "method": method_label(method),
+        "overrides": {p: m.describe() for p, m in job.overrides.items()},
+        "skip": list(job.skip),
+        "true_sequential": job.true_sequential,
+        "sensitivity": budget.sensitivity,
+        "eval_windows": None if job.eval_windows is None else list(job.eval_windows.shape),
+    }
+
+
+def _quantize(job: LmBudgetJob, method: QuantMethod, overrides: dict[str, QuantMethod]) -> Any:
+    from losslab.lm.quantize import quantize_decoder
+
+    return quantize_decoder(
+        job.model,
+        method,
+        job.calib,
+        device=job.device,
+        skip=job.skip,
+        overrides=overrides,
+        seed=job.seed,
+        metrics=True,
+        progress=job.progress,
+        calib_name=job.calib_name,
+        calib_seed=job.seed,
+        true_sequential=job.true_sequential,
+        micro_batch=job.micro_batch,
+    )
+
+
+def _ppl(job: LmBudgetJob, model: nn.Module) -> dict[str, float]:
+    if job.eval_windows is None:
+        return {}
+    from losslab.lm.perplexity import perplexity
+
+    return {"ppl": perplexity(model, job.eval_windows, device=job.device).ppl}
+
+
+def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any) -> tuple[Any, list]:
+    """The LM's sensitivity table (cached next to the JSON) and its knapsack items (q/k/v tied per block)."""
+    from losslab.lm.quantize import plan_decoder
+    from losslab.quant.budget.runner import Probe, budgeted_layers, width_run
+
+    plan = plan_decoder(job.model, method, job.overrides, job.skip)
+    layers = budgeted_layers(plan, method)
+    groups = tie_groups(layers, budget.ties, default_ties(layers))
+    weights = {n: job.model.get_submodule(n).weight.numel() for n in layers}
+    fixed = sum(job.model.get_submodule(n).weight.numel() for n, m in plan.items() if m is not None and m is not method)
+    probe = None
+    if budget.sensitivity != "proxy":
+        probe = Probe(job.model, list(job.calib.split(1)), _lm_loss, layers, budget.hutchinson_probes, job.seed)
+
+    def run_width(bits: int) -> Any:
+        result = _quantize(job, replace(method, bits=bits), job.overrides)
+        return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model))
+
+    cache = TableCache(job.out.parent / "budget-cache", _key(job, method, budget))
+    table = fill_table(
+        budget.choices,
+        layers,
+        weights,
+        fixed,
+        budget.sensitivity,
+        run_width,
+        cache,
+        lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
+    )
+    return table, groups
+
+
+def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None) -> dict[str, Any]:
+    """Quantize with the plan, check its stored bits, pack (when asked) and score it: the JSON entry."""
+    from losslab.lm.packing import save_packed_lm
+
+    result = _quantize(job, method, {**alloc.overrides(method), **job.overrides})
+    stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
+    if stored != alloc.stored_bits:
+        raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+    return {
+        "budget": alloc.budget,
+        "solver": alloc.solver,
+        "stored_bits_per_weight": stored / alloc.total_weights,
+        "stored_bits": stored,
+        "quantized_weights": alloc.total_weights,
+        "predicted_sensitivity": alloc.predicted_sensitivity,
+        "note": alloc.note,
+        "metrics": _ppl(job, result.model),
+        "packed_file": None if path is None else str(path),
+        "packed_bytes": None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
+        "allocation": alloc.rows(table),
+    }
+
+
+def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
+    ppl = f", perplexity {entry['metrics']['ppl']:.4f}" if entry["metrics"] else ""
+    return (
+        f"{allocation_table(table, alloc)}\nbudget {alloc.budget} ({alloc.solver}): "
+        f"{entry['stored_bits_per_weight']:.4f} stored bits/weight (<= {alloc.budget}), predicted {metric} "
+        f"sensitivity {alloc.predicted_sensitivity:.4e}{ppl}" + (f"\nnote: {alloc.note}" if alloc.note else "")
+    )
+
+
+def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any = print) -> dict:
+    """Allocate and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget.
+    Every plan is solved before the first budgeted model is quantized (an impossible budget fails first)."""
+    check_budget_request(method, budget)
+    check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
+    packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
+    for path in packed:
+        check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
+    table, groups = _lm_table(job, method, budget, echo)
+    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    entries = [_lm_point(job, method, table, alloc, path) for alloc, path in zip(allocations, packed)]
+    texts = [_lm_text(table, a, e, budget.sensitivity) for a, e in zip(allocations, entries)]
+    uniform = [
+        {"bits": w, "stored_bits_per_weight": run.stored_bits_per_weight, **run.metrics}
+        for w, run in sorted(table.widths.items())
+    ]
+    rows = [[u["bits"], f"{u['stored_bits_per_weight']:.4f}", f"{u.get('ppl', float('nan')):.4f}"] for u in uniform]
+    texts.append(format_table(["uniform bits", "stored bits/weight", "perplexity"], rows))
+    record = {"model": job.name, "method": method.describe(), "sensitivity": budget.sensitivity}
+    record |= {"solver": budget.solver, "ties": [g for g in groups if len(g) > 1], "uniform": uniform}
+    write_json_atomic(job.out, json.loads(json.dumps({**record, "results": entries}, default=str)))
+    return {"text": "\n\n".join(texts), "json": str(job.out), "results": entries}
+
+
+def _budget_path(path: Path, budget: float) -> Path:
+    return path.with_name(f"{path.stem}.budget{budget}{path.suffix}")

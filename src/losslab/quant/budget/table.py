@@ -1,0 +1,184 @@
+"""Per-layer sensitivity tables: for each candidate width, each budgeted layer's sensitivity and stored bits.
+
+The table comes from the one layer-wise driver: for every width b in the choices the network is quantized once,
+uniformly at b (the user's ``skip``/``overrides`` layers kept as they are), and each budgeted layer's row is read
+off the driver's per-layer report (:class:`losslab.quant.result.LayerReport`):
+
+* ``stored_bits`` = Σ :func:`losslab.quant.result.storage_bits_total` over the layer's weight blocks (codes,
+  scales, zero points, look-up tables, act-order indices: what the packed file holds), i.e.
+  ``bits_per_weight · n_weights``;
+* ``sensitivity`` by metric (``--sensitivity``):
+
+  - ``proxy``: the report's proxy loss tr((W−Q)Σ(W−Q)ᵀ), Σ = XᵀX/n of the layer's calibration inputs;
+  - ``hawq``: HAWQ-V2's Tr(H_W)/|W| · ‖W−Q‖² with the Hessian trace from Hutchinson on the calibration loss;
+  - ``fisher``: Σ F_ii (W−Q)_i², F the empirical Fisher diagonal (mean squared per-batch gradient);
+  - ``loss``: the calibration loss of the float network with only this layer's weight replaced by Q, minus
+    the float loss (one forward pass over the calibration set per layer and width).
+
+  The Q of a layer is the one its uniform-b run wrote (layers quantized sequentially, as always).
+
+The table is cached as JSON (:class:`TableCache`) under a key of everything it depends on (run, calibration,
+method settings, widths, metric); each width's rows are written, atomically, as soon as that width is done, so a
+killed computation resumes at the next width, and a change of any key item starts a new table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from losslab.errors import ConfigError
+from losslab.io import write_json_atomic
+
+__all__ = ["SENSITIVITIES", "LayerRow", "SensitivityTable", "TableCache", "WidthRun", "fill_table"]
+
+SENSITIVITIES = ("proxy", "hawq", "loss", "fisher")
+TABLE_FORMAT = 1
+
+
+def check_sensitivity(name: str) -> str:
+    """``name`` if it is a known metric, else a ConfigError listing them."""
+    if name not in SENSITIVITIES:
+        raise ConfigError(f"--sensitivity {name!r} is not known: choose one of {', '.join(SENSITIVITIES)}")
+    return name
+
+
+@dataclass
+class LayerRow:
+    """One layer at one width: its sensitivity and stored bits (exact integer)."""
+
+    sensitivity: float
+    stored_bits: int
+
+
+@dataclass
+class WidthRun:
+    """What one uniform run at one width gives the table: per budgeted layer a row, the stored bits of the fixed
+    layers (``skip`` excluded, ``overrides`` included), and the uniform model's metrics (accuracy, ...)."""
+
+    rows: dict[str, LayerRow]
+    fixed_bits: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stored_bits_per_weight: float | None = None
+
+
+@dataclass
+class SensitivityTable:
+    """Layers (in order) with their weight counts, and per width the :class:`WidthRun`."""
+
+    layers: list[str]
+    weights: dict[str, int]
+    fixed_weights: int
+    widths: dict[int, WidthRun]
+    metric: str
+
+    def choices(self, layer: str) -> list[dict[str, Any]]:
+        """``[{"bits", "sensitivity", "stored_bits"}, ...]`` of ``layer``, narrowest width first."""
+        return [
+            {"bits": b, "sensitivity": run.rows[layer].sensitivity, "stored_bits": run.rows[layer].stored_bits}
+            for b, run in sorted(self.widths.items())
+        ]
+
+    @property
+    def fixed_bits(self) -> int:
+        """Stored bits of the layers the plan does not choose (the same at every width)."""
+        return next(iter(self.widths.values())).fixed_bits
+
+    @property
+    def total_weights(self) -> int:
+        """Weights that count in bits per weight: budgeted plus fixed (quantized) layers."""
+        return sum(self.weights.values()) + self.fixed_weights
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "weights": self.weights,
+            "fixed_weights": self.fixed_weights,
+            "metric": self.metric,
+            "widths": {
+                str(b): {
+                    "rows": {n: [r.sensitivity, r.stored_bits] for n, r in run.rows.items()},
+                    "fixed_bits": run.fixed_bits,
+                    "metrics": run.metrics,
+                    "stored_bits_per_weight": run.stored_bits_per_weight,
+                }
+                for b, run in sorted(self.widths.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SensitivityTable:
+        widths = {
+            int(b): WidthRun(
+                {n: LayerRow(float(s), int(c)) for n, (s, c) in w["rows"].items()},
+                int(w["fixed_bits"]),
+                dict(w["metrics"]),
+                w.get("stored_bits_per_weight"),
+            )
+            for b, w in obj["widths"].items()
+        }
+        return cls(list(obj["layers"]), dict(obj["weights"]), int(obj["fixed_weights"]), widths, obj["metric"])
+
+
+class TableCache:
+    """The table's JSON file in ``folder``, named by the SHA-256 of its key (``sensitivity-<hash>.json``).
+
+    The key holds everything the rows depend on; a file whose stored key differs is never read. Writes are
+    atomic (:func:`losslab.io.write_json_atomic`).
+    """
+
+    def __init__(self, folder: Path, key: Mapping[str, Any]) -> None:
+        self.key = {"format": TABLE_FORMAT, **key}
+        text = json.dumps(self.key, sort_keys=True, default=str)
+        self.path = Path(folder) / f"sensitivity-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+    def load(self) -> SensitivityTable | None:
+        """The cached (possibly partial) table, or None when there is none for this key."""
+        if not self.path.exists():
+            return None
+        obj = json.loads(self.path.read_text())
+        if json.loads(json.dumps(self.key, sort_keys=True, default=str)) != obj.get("key"):
+            return None
+        return SensitivityTable.from_json(obj["table"])
+
+    def save(self, table: SensitivityTable) -> None:
+        write_json_atomic(self.path, {"key": json.loads(json.dumps(self.key, default=str)), "table": table.to_json()})
+
+
+def fill_table(
+    widths: Sequence[int],
+    layers: Sequence[str],
+    weights: Mapping[str, int],
+    fixed_weights: int,
+    metric: str,
+    run_width: Callable[[int], WidthRun],
+    cache: TableCache | None = None,
+    on_width: Callable[[int, bool], None] | None = None,
+) -> SensitivityTable:
+    """The table for ``widths``: cached widths read back, missing ones computed by ``run_width(b)`` in order,
+    each saved as soon as it is done. ``on_width(b, cached)`` is told about each width (progress output)."""
+    table = cache.load() if cache is not None else None
+    if table is None:
+        table = SensitivityTable(list(layers), dict(weights), fixed_weights, {}, metric)
+    for b in widths:
+        cached = b in table.widths
+        if not cached:
+            run = run_width(b)
+            missing = [n for n in layers if n not in run.rows]
+            if missing:
+                raise ConfigError(f"the {b}-bit run reported no row for {', '.join(missing)}")
+            bad = [n for n, r in run.rows.items() if not math.isfinite(r.sensitivity)]
+            if bad:
+                raise ConfigError(f"the {metric} sensitivity of {', '.join(bad)} at {b} bits is not finite")
+            table.widths[b] = run
+            if cache is not None:
+                cache.save(table)
+        if on_width is not None:
+            on_width(b, cached)
+    table.widths = {b: table.widths[b] for b in widths}
+    return table

@@ -1,0 +1,61 @@
+"""`losslab lm quantize --budget` on the tiny offline OPT: q/k/v of a block share one width, the packed files
+store at most B bits per weight, the plan is the brute-force optimum over the tied items."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from losslab.cli.lm import lm
+from losslab.lm.packing import load_packed_lm
+from losslab.quant.packed import read_packed_metadata
+
+
+@pytest.fixture
+def text_files(corpus, tmp_path):
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text(corpus["train"])
+    val.write_text(corpus["validation"])
+    return train, val
+
+
+@pytest.mark.slow
+def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, text_files) -> None:
+    folder = tmp_path / "tiny-opt"
+    trained_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    train, val = text_files
+    out = tmp_path / "tiny.safetensors"
+    args = ["quantize", "--model", str(folder), "--method", "gptq", "--budget", "3.25", "--bits-choices", "2,3,4"]
+    args += ["--text-file", str(train), "--eval-text", str(val), "--calib-samples", "4", "--seqlen", "64"]
+    args += ["--save-packed", str(out), "--device", "cpu", "--no-progress"]
+    res = CliRunner().invoke(lm, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    (entry,) = report["results"]
+    chosen = {a["layer"]: a["chosen_bits"] for a in entry["allocation"]}
+    assert len(chosen) == 12 and len(report["ties"]) == 2  # 2 decoder blocks x 6 linears; q/k/v tied per block
+    for tie in report["ties"]:
+        assert len({chosen[n] for n in tie}) == 1
+    assert entry["stored_bits_per_weight"] <= 3.25
+    packed = Path(entry["packed_file"])
+    assert read_packed_metadata(packed)["summary"]["avg_bits_per_weight"] == pytest.approx(
+        entry["stored_bits_per_weight"], rel=1e-12
+    )
+    load_packed_lm(packed)  # the file loads back
+    assert entry["metrics"]["ppl"] > 1 and [u["bits"] for u in report["uniform"]] == [2, 3, 4]
+    # optimal over the knapsack items (tie groups and single linears)
+    rows = {a["layer"]: a["choices"] for a in entry["allocation"]}
+    groups = report["ties"] + [[n] for n in rows if not any(n in t for t in report["ties"])]
+    room = int(Fraction("3.25") * entry["quantized_weights"])
+    best = min(
+        sum(rows[n][j]["sensitivity"] for g, j in zip(groups, combo) for n in g)
+        for combo in itertools.product(range(3), repeat=len(groups))
+        if sum(rows[n][j]["stored_bits"] for g, j in zip(groups, combo) for n in g) <= room
+    )
+    assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9)
