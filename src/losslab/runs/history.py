@@ -38,10 +38,15 @@ class History:
 
     def append(self, row: dict[str, Any], extra: Iterable[dict[str, Any]] = ()) -> None:
         """Add ``row`` (skipped when empty) and rewrite both files; ``extra`` rows go to the CSV only."""
+        self.extend([row] if row else [], extra)
+
+    def extend(self, rows: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]] = ()) -> None:
+        """Add several rows with one rewrite of each file (a sweep's group of fits)."""
         from losslab.io import atomic_path, write_json_atomic
 
-        if row:
-            self.rows.append(row)
+        new = list(rows)
+        if new:
+            self.rows.extend(new)
             write_json_atomic(self.json_path, self.rows)
         if self.csv_path is None:
             return
