@@ -138,9 +138,12 @@ def train(
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    from losslab.runs import is_child_rank
     from losslab.train import fit
 
     result = fit(cfg)
+    if is_child_rank():  # torchrun: rank 0 reports
+        return
     click.echo(
         f"run {result.run_dir}: test accuracy {result.test_acc:.2f}% (best validation {result.best_val_acc:.2f}%), "
         f"test CE {result.test_ce:.4f}, {result.num_params:,} parameters"
