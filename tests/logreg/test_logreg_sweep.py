@@ -81,8 +81,8 @@ class Killed(Exception):
 def test_a_killed_sweep_resumes_at_the_first_fit_it_had_not_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed after fit 3's history row and before its checkpoint: --resume redoes fit 3 only, and the finished
-    sweep equals an uninterrupted one (rows, history.json) except for the wall-clock column."""
+    """Killed after the second group's history rows (fits 3-5) and before its checkpoint: --resume redoes that group
+    only, and the finished sweep equals an uninterrupted one (rows, history.json) except for the wall-clock column."""
     cfg = SweepConfig(datasets=("iris_binary",), k=(2.0, 8.0), l2=(0.0, 1e-2), seeds=(0,))
     reference = run_sweep_folder(cfg, out_dir=tmp_path, run_name="ref", progress=False)
     assert len(reference.rows) == 6
@@ -99,17 +99,21 @@ def test_a_killed_sweep_resumes_at_the_first_fit_it_had_not_saved(
 
     real_ckpt_save = runs.save
 
-    def kill_at_fourth(path, objects):
-        if objects["epoch"] == 3:
+    saved = []
+
+    def kill_at_second(path, objects):
+        saved.append(objects["epoch"])
+        if len(saved) == 2:
             raise Killed
         return real_ckpt_save(path, objects)
 
-    monkeypatch.setattr(runs, "save", kill_at_fourth)
+    monkeypatch.setattr(runs, "save", kill_at_second)
     with pytest.raises(Killed):
         run_sweep_folder(cfg, out_dir=tmp_path, run_name="cut", progress=False)
     monkeypatch.setattr(runs, "save", real_ckpt_save)
     cut = tmp_path / "cut"
-    assert not (cut / "result.json").exists() and len(json.loads((cut / "history.json").read_text())) == 4
+    assert saved == [2, 5]  # one checkpoint per (data set, seed, λ) group: fits 0-2, then 3-5
+    assert not (cut / "result.json").exists() and len(json.loads((cut / "history.json").read_text())) == 6
     fits.clear()
     with pytest.raises(LosslabError, match="already holds an unfinished run; pass --resume"):
         run_sweep_folder(cfg, out_dir=tmp_path, run_name="cut", progress=False)

@@ -183,9 +183,12 @@ def train(
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    from losslab.runs import is_child_rank
     from losslab.train import fit
 
     result = fit(cfg)
+    if is_child_rank():  # torchrun: rank 0 reports
+        return
     click.echo(
         f"run {result.run_dir}: test accuracy {result.test_acc:.2f}% (best validation {result.best_val_acc:.2f}%), "
         f"test CE {result.test_ce:.4f}, {result.num_params:,} parameters"
@@ -213,7 +216,7 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:1 [default: cuda if available].")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto: cuda if available].")
 @click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
 @click.option(
     "--dataset",
@@ -309,13 +312,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a run (or a timm checkpoint for ``model`` on ``dataset``) and evaluate it on ``split``; the dict also
     names the dataset and checkpoint."""
-    import torch
-
+    from losslab.runs.device import resolve_device
     from losslab.train import evaluate_model, load_run
     from losslab.train.build import make_loaders
     from losslab.train.checkpoint import load_timm_run
     from losslab.train.config import is_timm_checkpoint
 
+    dev = resolve_device(device or "auto")  # a device this machine lacks: one line, before anything is loaded
     if is_timm_checkpoint(checkpoint):
         run = load_timm_run(checkpoint, model, dataset, img_size, data_dir)
     else:
@@ -329,6 +332,5 @@ def evaluate_checkpoint(
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate_model(run.model.to(device), loader, device)
+    metrics = evaluate_model(run.model.to(dev), loader, dev)
     return {**metrics, "dataset": cfg.dataset, "split": split, "checkpoint": str(run.checkpoint)}

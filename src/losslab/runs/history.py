@@ -29,19 +29,27 @@ class History:
     before the one it restarts (``keep_before``), so a kill between a checkpoint and its row loses nothing: the
     resume redoes that epoch and writes its row again."""
 
-    def __init__(self, run_dir: Path, keep_before: int, csv: bool = True) -> None:
+    def __init__(self, run_dir: Path, keep_before: int, csv: bool = True, write: bool = True) -> None:
         self.json_path = Path(run_dir) / HISTORY
         self.csv_path = Path(run_dir) / METRICS if csv else None
+        self.write = write  # False on a DDP rank other than 0: the rows are kept, the files are rank 0's
         self.rows: list[dict[str, Any]] = []
         if keep_before > 0 and self.json_path.is_file():
             self.rows = [row for row in json.loads(self.json_path.read_text()) if row["epoch"] < keep_before]
 
     def append(self, row: dict[str, Any], extra: Iterable[dict[str, Any]] = ()) -> None:
         """Add ``row`` (skipped when empty) and rewrite both files; ``extra`` rows go to the CSV only."""
+        self.extend([row] if row else [], extra)
+
+    def extend(self, rows: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]] = ()) -> None:
+        """Add several rows with one rewrite of each file (a sweep's group of fits)."""
         from losslab.io import atomic_path, write_json_atomic
 
-        if row:
-            self.rows.append(row)
+        new = list(rows)
+        self.rows.extend(new)
+        if not self.write:
+            return
+        if new:
             write_json_atomic(self.json_path, self.rows)
         if self.csv_path is None:
             return

@@ -106,6 +106,8 @@ def device_count(cfg: TrainConfig) -> int:
     devices = parse_devices(cfg.devices)
     if isinstance(devices, list):
         return len(devices)
+    if devices == "auto" and torchrun_world() > 1:  # torchrun started one process per device: this one uses one
+        return 1
     if devices == "auto" or (devices == -1 and uses_cuda(cfg)):
         return torch.cuda.device_count() if uses_cuda(cfg) else 1
     return int(devices)
@@ -206,3 +208,29 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def torchrun_world() -> int:
+    """The number of processes a ``torchrun`` launch started (``WORLD_SIZE``; 1 without torchrun)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def start_plain_distributed(cfg: TrainConfig) -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group for the plain engine: NCCL with one GPU per
+    process (``cuda:LOCAL_RANK``), else gloo (CPU). True when this call started it (the caller ends it)."""
+    import os
+
+    import torch.distributed as dist
+
+    if torchrun_world() == 1 or dist.is_initialized():
+        return False
+    cuda = training_device(cfg).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True

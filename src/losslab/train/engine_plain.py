@@ -57,8 +57,48 @@ class EpochMeans:
         self.sums[name] = self.sums[name] + weighted if name in self.sums else weighted
         self.weights[name] = self.weights.get(name, 0) + self.batch_size
 
-    def means(self) -> dict[str, float]:
-        return {name: float(total) / self.weights[name] for name, total in self.sums.items()}
+    def means(self, ranks: Ranks | None = None) -> dict[str, float]:
+        """The means over this process's batches, or over every rank's (sums and weights summed over ranks)."""
+        if ranks is None or ranks.world == 1:
+            return {name: float(total) / self.weights[name] for name, total in self.sums.items()}
+        names = sorted(self.sums)  # the same names on every rank: they run the same code on their shard
+        packed = torch.tensor([[float(self.sums[n]), float(self.weights[n])] for n in names], dtype=torch.float64)
+        total = ranks.sum(packed)
+        return {name: float(row[0]) / float(row[1]) for name, row in zip(names, total, strict=True)}
+
+
+class Ranks:
+    """This process's place in a ``torchrun`` launch (one process, rank 0, without one): rank 0 writes the run
+    folder; sums (metrics, evaluation tallies) are all-reduced so every rank sees the global values."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self.on = dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size() if self.on else 1
+        self.rank = dist.get_rank() if self.on else 0
+        self.device = device if device.type == "cuda" else torch.device("cpu")  # gloo reduces CPU tensors
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over ranks (a new tensor on the caller's device)."""
+        if self.world == 1:
+            return tensor
+        import torch.distributed as dist
+
+        moved = tensor.detach().to(self.device, copy=True)
+        dist.all_reduce(moved)
+        return moved.to(tensor.device)
+
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. until rank 0 has written the checkpoints the others read)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 class Precision:
@@ -108,7 +148,12 @@ def training_modules(task: Task) -> list[torch.nn.Module]:
 
 @torch.no_grad()
 def evaluate(
-    task: Task, loader: Iterable[Any], stage: str, device: torch.device, precision: Precision
+    task: Task,
+    loader: Iterable[Any],
+    stage: str,
+    device: torch.device,
+    precision: Precision,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
     """``task.tally_metrics`` of the summed ``task.eval_tally`` over ``loader`` (modules in eval mode), plus the
     means of what the task logged (classifier: ``stage/acc``, ``stage/ce``, test ``top5``/``n``, logit statistics)."""
@@ -125,7 +170,10 @@ def evaluate(
         tally = sums if tally is None else tally + sums
     for module, was_training in modes:
         module.train(was_training)
-    return {**(task.tally_metrics(stage, tally) if tally is not None else {}), **means.means()}
+    if ranks is not None and ranks.world > 1:  # every rank evaluated its shard: the tally is a sum over ranks
+        local = tally if tally is not None else torch.zeros(0, dtype=torch.float64, device=device)
+        tally = ranks.sum(local)
+    return {**(task.tally_metrics(stage, tally) if tally is not None else {}), **means.means(ranks)}
 
 
 def task_state(task: Task) -> dict[str, Tensor]:
@@ -158,6 +206,13 @@ class PlainLoop:
         self.task: Task = classifier  # from here on the loop uses only the task protocol (losslab.runs.task)
         for module in training_modules(self.task):
             module.to(self.device)
+        self.ranks = Ranks(self.device)
+        if self.ranks.world > 1:  # torchrun: DDP averages the model's gradients in backward; other params by hand
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            classifier.forward_model = DistributedDataParallel(parts.model, device_ids=ids)
+        self.other_params = [p for p in parts.objective.parameters() if p.requires_grad]
         self.optimizer, self.schedule = self.task.optimizer_and_schedule()
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.precision = Precision(cfg.precision, self.device)
@@ -169,7 +224,7 @@ class PlainLoop:
         self.ckpt_dir = parts.run_dir / "checkpoints"
         self.start, self.step, self.best_score = 0, 0, None
         self.throughput = Throughput(parts.started, self.device)
-        self.progress = Progress(progress_mode(cfg.progress), self.total_epochs)
+        self.progress = Progress(progress_mode(cfg.progress) if self.ranks.writes else "off", self.total_epochs)
 
     def resume(self) -> None:
         """Continue from ``parts.resume_ckpt`` (a plain-engine checkpoint) at the epoch after the one it saved."""
@@ -206,11 +261,12 @@ class PlainLoop:
             batch = task.prepare(to_device(batch, self.device))  # classifier: (B, C, H, W), (B,)
             self.throughput.step()
             means.batch_size = task.batch_size(batch)
-            self.throughput.count(means.batch_size)
+            self.throughput.count(means.batch_size * self.ranks.world)
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
                 total = task.training_loss(batch, epoch, means.log)
             precision.backward(total)
+            self.average_other_grads()
             precision.unscale(optimizer)
             task.gradient_terms(epoch, means.log)
             if self.cfg.gradient_clip is not None:
@@ -224,18 +280,28 @@ class PlainLoop:
                 self.ema.update(model, step=self.step)
         self.throughput.stop()
         bad = task.take_nonfinite()
+        if self.ranks.world > 1:  # a NaN on any rank stops every rank
+            bad = self.ranks.sum(torch.zeros((), device=self.device) if bad is None else bad.float()) > 0
         if bad is not None and bool(bad):
             raise diverged_error(epoch)
         for hook in (self.recorder, self.follower):
             if hook is not None:
                 hook.end_epoch()
-        return {"epoch": epoch, "step": self.step, "lr": lr, **means.means()}
+        return {"epoch": epoch, "step": self.step, "lr": lr, **means.means(self.ranks)}
+
+    def average_other_grads(self) -> None:
+        """Under torchrun: average the gradients DDP does not (the objective's own parameters) over ranks."""
+        if self.ranks.world == 1:
+            return
+        for param in self.other_params:
+            if param.grad is not None:
+                param.grad.copy_(self.ranks.sum(param.grad) / self.ranks.world)
 
     def validate(self) -> dict[str, float]:
         """Validation metrics and statistics, on the EMA weights when there are some."""
         if self.ema is not None:
             self.ema.swap_in(self.parts.model)
-        out = evaluate(self.task, self.data.val, "val", self.device, self.precision)
+        out = evaluate(self.task, self.data.val, "val", self.device, self.precision, self.ranks)
         out.update(self.task.validation_statistics(self.optimizer.param_groups[0]["lr"]))
         if self.ema is not None:
             self.ema.swap_out(self.parts.model)
@@ -256,7 +322,8 @@ class PlainLoop:
         }
         if self.ema is not None:
             self.ema.into_checkpoint(self.parts.model, checkpoint)
-        run_checkpoint.save(path, checkpoint)
+        if self.ranks.writes:  # under torchrun rank 0 writes; every rank holds the same weights
+            run_checkpoint.save(path, checkpoint)
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Step the schedule, then write last.ckpt, best.ckpt on a strictly better val/acc, preregularized.ckpt."""
@@ -269,11 +336,12 @@ class PlainLoop:
         first_reg = getattr(self.parts.schedule, "first_regularized_epoch", None)
         if self.cfg.save_preregularized and first_reg and epoch == first_reg - 1:
             self.save(self.ckpt_dir / "preregularized.ckpt", epoch)
+        self.ranks.barrier()  # the checkpoints are on disk before any rank goes on (and may read them)
 
     def run(self) -> EngineOutcome:
         """Train every remaining epoch, then test the best checkpoint."""
         self.resume()
-        history = History(self.parts.run_dir, keep_before=self.start)
+        history = History(self.parts.run_dir, keep_before=self.start, write=self.ranks.writes)
         self.task.attach()
         try:
             for epoch in range(self.start, self.total_epochs):
@@ -290,7 +358,7 @@ class PlainLoop:
         tested_path = best if best.is_file() else self.ckpt_dir / "last.ckpt"
         tested_ckpt = run_checkpoint.load(tested_path, map_location=self.device)
         load_task_state(self.task, tested_ckpt["state_dict"])
-        tested = evaluate(self.task, self.data.test, "test", self.device, self.precision)
+        tested = evaluate(self.task, self.data.test, "test", self.device, self.precision, self.ranks)
         history.append({}, extra=[{"epoch": self.total_epochs - 1, "step": self.step, **tested}])
         scores = [row["val/acc"] for row in history.rows if "val/acc" in row]
         best_val = self.best_score if self.best_score is not None else max(scores, default=float("nan"))
@@ -302,6 +370,7 @@ class PlainLoop:
             images_per_s=self.throughput.images_per_s,
             first_step_s=self.throughput.first_step_s,
             first_step_unix=self.throughput.first_step_unix,
+            writes_results=self.ranks.writes,
         )
 
 

@@ -65,6 +65,7 @@ class ClassifierTask:
         self.mixup: Any | None = None  # timm Mixup (losslab.train.recipe), set by fit() when cfg asks for it
         self.channels_last = False  # inputs (and the model) in channels-last memory format
         self._nonfinite: Tensor | None = None  # bool: a non-finite loss since the last check (no sync per step)
+        self.forward_model: nn.Module | None = None  # the training forward's module when it wraps model (DDP)
 
     # ------------------------------------------------------------------ regularizers
     def all_regularizers(self) -> list[Any]:
@@ -118,10 +119,10 @@ class ClassifierTask:
             from losslab.train.recipe import mix_batch, mixed_loss
 
             x, y, y2, lam = mix_batch(self.mixup, x, y)
-            logits = self.model(x)  # (B, C)
+            logits = self._train_forward(x)  # (B, C)
             loss = mixed_loss(self.objective, logits, y, y2, lam)
         else:
-            logits = self.model(x)  # (B, C)
+            logits = self._train_forward(x)  # (B, C)
             loss = self.objective(logits, y)
         terms = []
         task_in_terms = False  # a fused term already carries ∂loss/∂θ: backpropagate loss.detach() then
@@ -141,6 +142,10 @@ class ClassifierTask:
         if self.config.logit_stats:
             self.log_logit_stats("train", logits.detach(), log)
         return total
+
+    def _train_forward(self, x: Tensor) -> Tensor:
+        """The training forward: through ``forward_model`` (DistributedDataParallel's gradient sync) when set."""
+        return (self.forward_model if self.forward_model is not None else self.model)(x)
 
     def gradient_terms(self, epoch: int, log: LogFn) -> None:
         """Apply the active gradient-side terms (after the AMP unscale, before clipping and the optimizer step)."""

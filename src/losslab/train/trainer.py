@@ -39,7 +39,14 @@ from losslab.errors import ConfigError, LosslabError
 from losslab.runs.folder import RunFolder, is_child_rank
 from losslab.train.build import build_model, build_objective, build_regularization, make_loaders
 from losslab.train.config import TrainConfig
-from losslab.train.engine import RunParts, check_hardware, choose_engine, precision_problem, seed_all
+from losslab.train.engine import (
+    RunParts,
+    check_hardware,
+    choose_engine,
+    precision_problem,
+    seed_all,
+    start_plain_distributed,
+)
 from losslab.train.recipe import build_mixup
 from losslab.train.run_folder import claim_run_folder, resolve_resume
 
@@ -181,9 +188,16 @@ def fit(cfg: TrainConfig, callbacks: list[Any] | None = None) -> RunResult:
         check_lightning_options(cfg)
     elif (problem := precision_problem(cfg)) is not None:
         raise ConfigError(problem)
-    with claim_run_folder(cfg) as run:
-        result = _fit_in(cfg, run, engine, why, callbacks)
-        run.commit()
+    started_dist = engine == "plain" and start_plain_distributed(cfg)  # torchrun: one process per device
+    try:
+        with claim_run_folder(cfg) as run:
+            result = _fit_in(cfg, run, engine, why, callbacks)
+            run.commit()
+    finally:
+        if started_dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return result
 
 
@@ -200,7 +214,8 @@ def _fit_in(cfg: TrainConfig, run: RunFolder, engine: str, why: str, callbacks: 
     speed = speed_settings(cfg, model, [*always_on, *(schedule.regularizers() if schedule is not None else [])])
     say(f"engine: {engine} ({why}); input pipeline: {data.kind} ({data.reason})")
     run_dir = run.create()
-    run.write_config()
+    if not is_child_rank():  # rank 0 writes the run folder
+        run.write_config()
     parts = RunParts(
         cfg=cfg,
         run_dir=run_dir,
