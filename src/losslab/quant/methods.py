@@ -458,7 +458,7 @@ def method_from_name(name: str, **kwargs: Any) -> QuantMethod:
 
 METHOD_OPTION_HELP: dict[str, str] = {
     "grid": "Uniform grid: asym (min/max with zero point), sym, narrow; tensor grids gpfq (the GPFQ seed's alphabet, "
-    "2^b+1 levels, one scale per layer), quip (QuIP's 2.4·RMS), regulquant_uniform. GPFQ takes asym, sym, narrow, gpfq.",
+    "2^b+1 levels, one scale per layer), quip (QuIP's 2.4·RMS), regulquant_uniform. GPFQ: asym, sym, narrow, gpfq.",
     "group_size": "Columns per scale group (default: one group per row).",
     "clip": "Range choice: max (min-max), mse (best shrink on the squared error) or percentile.",
     "per_tensor": "One range for the whole tensor instead of one per row/group.",
