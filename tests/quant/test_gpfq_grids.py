@@ -151,3 +151,14 @@ def test_method_grid_options_and_dtypes() -> None:
         GPFQ(bits=3, grid="gpfq", group_size=64)
     with pytest.raises(ConfigError, match="grid"):
         GPFQ(bits=3, grid="quip")
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_stochastic_rounding_on_a_range_grid_gram_equals_sample_form(grid: str) -> None:
+    w, x, xt = _pair(200)
+    kw = {"bits": 3, "grid": grid, "group_size": 10, "stochastic": True}
+    gram = gpfq_weight(w, x, xt, generator=torch.Generator().manual_seed(3), **kw)
+    sample = gpfq_weight_sample_form(w, x, xt, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(gram.codes, sample.codes)  # same draws, same arguments in float64
+    nearest = gpfq_weight(w, x, xt, bits=3, grid=grid, group_size=10)
+    assert not torch.equal(gram.codes, nearest.codes)
