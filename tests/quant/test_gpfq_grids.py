@@ -115,7 +115,7 @@ def test_one_column_and_orthogonal_columns_equal_rtn(grid: str, clip: str, group
 def test_fp32_fast_path_matches_float64_up_to_rare_flips() -> None:
     w, x, xt = _pair(400, n=64, d=64)
     ref = gpfq_weight(w, x, xt, bits=4, grid="asym")
-    fast_stats = GPFQStats(64, dtype=torch.float32, signal=False)
+    fast_stats = GPFQStats(64, dtype=torch.float32, solve_only=True)
     fast_stats.update(x.float(), xt.float())
     fast = gpfq_weight_from_stats(w.float(), fast_stats, 4, grid="asym")
     assert fast_stats.xx is None and "relative_error" not in fast.extras
@@ -162,3 +162,23 @@ def test_stochastic_rounding_on_a_range_grid_gram_equals_sample_form(grid: str) 
     assert torch.equal(gram.codes, sample.codes)  # same draws, same arguments in float64
     nearest = gpfq_weight(w, x, xt, bits=3, grid=grid, group_size=10)
     assert not torch.equal(gram.codes, nearest.codes)
+
+
+@pytest.mark.parametrize("d", [40, 300])
+def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: int) -> None:
+    w, x, xt = _pair(500, n=16, d=d)
+    full, lower = GPFQStats(d), GPFQStats(d, solve_only=True)
+    for rows in range(0, 500, 250):
+        full.update(x[rows : rows + 250], xt[rows : rows + 250])
+        lower.update(x[rows : rows + 250], xt[rows : rows + 250])
+    first = GPFQStats(d, solve_only=True)
+    first.update(x)  # X̃ = X: one product for both
+    want = (xt.T @ x, xt.T @ xt)
+    for got, ref in zip((lower.g, lower.h_tilde), want, strict=True):
+        torch.testing.assert_close(torch.tril(got), torch.tril(ref), rtol=1e-12, atol=1e-9)
+        assert got.count_nonzero() < d * d or d <= 128  # strict upper blocks skipped once there are two blocks
+    torch.testing.assert_close(torch.tril(first.g), torch.tril(x.T @ x), rtol=1e-12, atol=1e-9)
+    assert torch.equal(first.g, first.h_tilde) and lower.xx is None
+    a = gpfq_weight_from_stats(w, full, 3, grid="asym", group_size=32)
+    b = gpfq_weight_from_stats(w, lower, 3, grid="asym", group_size=32)
+    assert torch.equal(a.codes, b.codes) and "relative_error" in a.extras and "relative_error" not in b.extras

@@ -70,6 +70,8 @@ __all__ = [
     "GPFQStats",
     "RangeAlphabet",
     "SparseAlphabet",
+    "add_lower_gram",
+    "check_gpfq_grid",
     "check_sparsity",
     "gpfq_alphabet",
     "gpfq_gram_codes",
@@ -223,14 +225,32 @@ class GPFQGram:
     count: int
 
 
+MIN_TRIANGLE_BLOCK = 128
+TRIANGLE_BLOCKS = 8
+
+
+def add_lower_gram(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += aᵀb on the lower block triangle only: for row blocks i of ``acc`` (``[d, d]``), acc[i, :end_i] +=
+    a[:, i]ᵀ·b[:, :end_i] — every entry on or below the diagonal (and the upper part of the diagonal blocks), at
+    (k + 1)/2k of a full GEMM's flops for k = min(8, ⌊d/128⌋) equal blocks (one full GEMM below d = 256). The
+    strict upper blocks stay untouched."""
+    d = acc.shape[0]
+    blocks = max(1, min(TRIANGLE_BLOCKS, d // MIN_TRIANGLE_BLOCK))
+    block = -(-d // blocks)
+    for i0 in range(0, d, block):
+        i1 = min(i0 + block, d)
+        acc[i0:i1, :i1].addmm_(a[:, i0:i1].T, b[:, :i1])
+
+
 @dataclass
 class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
-    XᵀX only serves the residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F); ``signal=False`` skips it, one GEMM of three
-    (the fast path of the range grids; the column loop reads only G and H̃). CPU batches with NaN/inf are refused at
-    ``update``; on an accelerator :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no
-    per-batch sync).
+    ``solve_only=True`` accumulates only what the column solve reads (the fast path of the range grids): the lower
+    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), with :func:`add_lower_gram`, and no XᵀX,
+    which only serves the residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: about 1.1 GEMMs
+    per batch instead of three. CPU batches with NaN/inf are refused at ``update``; on an accelerator
+    :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
@@ -241,7 +261,7 @@ class GPFQStats:
     dim: int
     dtype: torch.dtype = torch.float64
     device: torch.device | str | None = None
-    signal: bool = True
+    solve_only: bool = False
     g: Tensor = field(init=False)
     h_tilde: Tensor = field(init=False)
     xx: Tensor | None = field(init=False)
@@ -252,7 +272,7 @@ class GPFQStats:
             return torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
 
         self.g, self.h_tilde = zeros(), zeros()
-        self.xx = zeros() if self.signal else None
+        self.xx = None if self.solve_only else zeros()
 
     def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
         """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
@@ -264,17 +284,23 @@ class GPFQStats:
                 raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")  # type: ignore[union-attr]
             check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)  # type: ignore[arg-type]
         xs = x.to(self.dtype)
-        if same:
+        xt = xs if same else x_tilde.to(self.dtype)  # type: ignore[union-attr]
+        if self.solve_only and same:
+            lower = torch.zeros_like(self.g)
+            add_lower_gram(lower, xs, xs)
+            self.g.add_(lower)
+            self.h_tilde.add_(lower)
+        elif self.solve_only:
+            add_lower_gram(self.h_tilde, xt, xt)
+            add_lower_gram(self.g, xt, xs)
+        elif same:
             xx = xs.T @ xs
             for acc in (self.g, self.h_tilde, self.xx):
-                if acc is not None:
-                    acc.add_(xx)
+                acc.add_(xx)  # type: ignore[union-attr]
         else:
-            xt = x_tilde.to(self.dtype)  # type: ignore[union-attr]
             self.g.addmm_(xt.T, xs)
             self.h_tilde.addmm_(xt.T, xt)
-            if self.xx is not None:
-                self.xx.addmm_(xs.T, xs)
+            self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
         self.count += x.shape[0]
 
     def finalize(self) -> GPFQGram:

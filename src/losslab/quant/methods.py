@@ -83,10 +83,13 @@ class HessianAccumulator:
 
 
 class GPFQAccumulator:
-    """GPFQ: G = X̃ᵀX, H̃ = X̃ᵀX̃ and (``signal``) XᵀX from paired rows in ``dtype`` (``finalize()`` → GPFQStats)."""
+    """GPFQ: G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX from paired rows in ``dtype`` (``solve_only``: the lower triangles of G
+    and H̃ only; ``finalize()`` → GPFQStats)."""
 
-    def __init__(self, dim: int, device: torch.device, dtype: torch.dtype = torch.float64, signal: bool = True) -> None:
-        self.stats = GPFQStats(dim, dtype=dtype, device=device, signal=signal)
+    def __init__(
+        self, dim: int, device: torch.device, dtype: torch.dtype = torch.float64, solve_only: bool = False
+    ) -> None:
+        self.stats = GPFQStats(dim, dtype=dtype, device=device, solve_only=solve_only)
 
     def update(self, x: Tensor, x_tilde: Tensor) -> None:
         self.stats.update(x, x_tilde)
@@ -258,12 +261,13 @@ class GPFQ(QuantMethod):
     @property
     def reproduces_seed(self) -> bool:
         """The seed alphabet: float64 statistics with XᵀX (bit-exact reproduction and the ‖U‖_F report); the range
-        grids take the fast path, float32 G and H̃ only (two GEMMs per batch instead of three)."""
+        grids take the fast path, the lower triangles of G and H̃ in float32 (about 1.1 GEMMs per batch instead of
+        three; no residual report)."""
         return self.grid == SEED_GRID
 
     def new_stats(self, dim: int, device: torch.device) -> GPFQAccumulator:
         seed = self.reproduces_seed
-        return GPFQAccumulator(dim, device, torch.float64 if seed else torch.float32, signal=seed)
+        return GPFQAccumulator(dim, device, torch.float64 if seed else torch.float32, solve_only=not seed)
 
     def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
         return [index % n_batches] if self.fresh_batch_per_layer else range(n_batches)
