@@ -93,6 +93,15 @@ def run_brevitas(model: nn.Module, bits: int, calib: list[Tensor]) -> tuple[nn.M
     return qmodel, time.process_time() - start
 
 
+def print_row(
+    bits: int, label: str, seconds: float, base: float, bpw: float | None, quality: tuple[float, float]
+) -> None:
+    """One table row, printed as soon as it is measured."""
+    bpw_text = "-" if bpw is None else f"{bpw:.2f}"
+    acc, err = quality
+    print(f"{bits:>4}  {label:<34}{seconds:>9.2f}{seconds / base:>7.2f}{bpw_text:>8}{acc:>8.2f}{err:>16.3e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the issue's setup: cifar_resnet18, 256 images")
@@ -116,22 +125,19 @@ def main() -> None:
     print(f"float top-1 {float_acc:.2f}")
     print(f"{'bits':>4}  {'method':<34}{'seconds':>9}{'/GPTQ':>7}{'bits/w':>8}{'top-1':>8}{'rel. logit err':>16}")
     for bits in args.bits:
-        rows: list[tuple[str, float, float | None, nn.Module]] = []
         base = None
         for method in [GPTQ(bits=bits), GPTQ(bits=bits, grid="narrow")] + [GPFQ(bits=bits, grid=g) for g in args.grids]:
             qmodel, seconds, bpw = run_losslab(model, method, calib)
             base = seconds if base is None else base
-            rows.append((method.describe(), seconds, bpw, qmodel))
+            print_row(bits, method.describe(), seconds, base, bpw, evaluate(qmodel, ref, x_test, y_test))
         if args.brevitas:
             try:
                 qmodel, seconds = run_brevitas(model, bits, calib)
-                rows.append(("brevitas GPFQ per-channel narrow", seconds, None, qmodel))
             except Exception as err:  # an optional comparison: say why it did not run
                 print(f"brevitas skipped: {type(err).__name__}: {err}")
-        for label, seconds, bpw, qmodel in rows:
-            acc, err = evaluate(qmodel, ref, x_test, y_test)
-            bpw_text = "-" if bpw is None else f"{bpw:.2f}"
-            print(f"{bits:>4}  {label:<34}{seconds:>9.2f}{seconds / base:>7.2f}{bpw_text:>8}{acc:>8.2f}{err:>16.3e}")
+            else:
+                label = "brevitas GPFQ per-channel narrow"
+                print_row(bits, label, seconds, base, None, evaluate(qmodel, ref, x_test, y_test))
 
 
 if __name__ == "__main__":
