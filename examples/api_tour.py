@@ -24,7 +24,7 @@ print(f"float test accuracy {result.test_acc:.2f}%  ({result.num_params:,} param
 run = load_run(result.run_dir)
 test = make_loaders(run.config).test
 calib = calibration_loader("digits", n_samples=256, batch_size=64, seed=0)
-for method in (GPTQ(bits=3, act_order=True), GPFQ(bits=3, scalar=1.16)):
+for method in (GPTQ(bits=3, act_order=True), GPFQ(bits=3), GPFQ(bits=3, grid="gpfq")):
     q = quantize(run.model, method, calib, overrides={"fc": RTN(bits=8)}, progress=False)
     acc = evaluate_model(q.model, test)["top1"]
     s = q.summary()

@@ -133,7 +133,12 @@ def test_gpfq_float_stream_stays_float_under_true_sequential(trained_model, toke
         for field, store in (("xx", xx), ("h_tilde", h_tilde)):
             seen = _record(monkeypatch, GPFQ, field)
             quantize_decoder(
-                copy.deepcopy(trained_model), GPFQ(bits=3), calib, progress=False, true_sequential=ts, inplace=True
+                copy.deepcopy(trained_model),
+                GPFQ(bits=3, grid="gpfq"),
+                calib,
+                progress=False,
+                true_sequential=ts,
+                inplace=True,
             )
             store[ts] = {k: _stats_of(seen, w) for k, w in probes.items()}
             monkeypatch.undo()

@@ -166,7 +166,7 @@ class _Net(nn.Module):
 def test_packed_equals_fake_bit_exactly(mode: str, tmp_path: Path) -> None:
     model = _Net().eval()
     calib = [torch.randn(4, 3, 8, 8) for _ in range(2)]
-    result = quantize(model, GPFQ(bits=3, sparsity=mode, lam=0.02), calib, progress=False)
+    result = quantize(model, GPFQ(bits=3, grid="gpfq", sparsity=mode, lam=0.02), calib, progress=False)
     assert all(layer.grid == f"gpfq_{mode}" for layer in result.layers)
     assert any(layer.sparsity > 0 for layer in result.layers)
     save_packed(result, tmp_path / "m.safetensors")
@@ -197,8 +197,8 @@ def test_bad_arguments_raise() -> None:
 
 
 def test_cli_options_reach_gpfq_only() -> None:
-    (method,) = build_methods(("gpfq",), [3], {"sparsity": "l0", "lam": 0.05})
-    assert method == GPFQ(bits=3, sparsity="l0", lam=0.05)
-    assert method.describe() == "GPFQ(bits=3, sparsity='l0', lam=0.05)"
+    (method,) = build_methods(("gpfq",), [3], {"sparsity": "l0", "lam": 0.05, "grid": "gpfq"})
+    assert method == GPFQ(bits=3, sparsity="l0", lam=0.05, grid="gpfq")
+    assert method.describe() == "GPFQ(bits=3, sparsity='l0', lam=0.05, grid='gpfq')"
     with pytest.raises(ConfigError, match="--lam applies to gpfq"):
         build_methods(("rtn",), [3], {"lam": 0.05})

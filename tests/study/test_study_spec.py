@@ -24,7 +24,7 @@ def base_study(**changes: object) -> dict:
         "compress": {
             "methods": [
                 {"method": "rtn", "bits": [8, 4]},
-                {"method": "gpfq", "bits": [4, 2], "grid": {"scalar": [1.16, 2.0]}},
+                {"method": "gpfq", "bits": [4, 2], "options": {"grid": "gpfq"}, "grid": {"scalar": [1.16, 2.0]}},
             ]
         },
     }

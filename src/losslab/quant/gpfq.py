@@ -33,6 +33,7 @@ by the :class:`SparseAlphabet` quantizers; both forms share them, so the Gram fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,10 +49,14 @@ from losslab.quant.blocked_solve import (
     check_weight_matrix,
 )
 from losslab.quant.grids import (
+    CLIP_METHODS,
+    RANGE_GRIDS,
     LevelGrid,
     UniformGrid,
     check_bits,
+    check_group_size,
     fit_grid,
+    fit_weight_grid,
     gpfq_radius,
     make_weight_quant,
     transposed_grid,
@@ -59,10 +64,14 @@ from losslab.quant.grids import (
 from losslab.quant.weight_quant import WeightQuant
 
 __all__ = [
+    "GPFQ_GRIDS",
     "SPARSITY_MODES",
     "GPFQGram",
     "GPFQStats",
+    "RangeAlphabet",
     "SparseAlphabet",
+    "add_lower_gram",
+    "check_gpfq_grid",
     "check_sparsity",
     "gpfq_alphabet",
     "gpfq_gram_codes",
@@ -73,6 +82,8 @@ __all__ = [
 ]
 
 SPARSITY_MODES = ("l1", "l0")
+GPFQ_GRIDS = (*RANGE_GRIDS, "gpfq")
+SEED_GRID = "gpfq"
 
 
 @dataclass(frozen=True)
@@ -142,25 +153,104 @@ class SparseAlphabet:
         return LevelGrid(self.values)
 
 
-Alphabet = UniformGrid | LevelGrid | SparseAlphabet
+@dataclass(frozen=True)
+class RangeAlphabet:
+    """GPFQ on a range grid (``asym``, ``sym``, ``narrow``; quantization spec §2): 2^b (narrow 2^b − 1) levels per
+    row or per group of ``group_size`` consecutive columns, fitted on the original W (min/max, percentile or MSE
+    clip) before the column loop, so a b-bit layer stores b bits per weight plus its scales (and zero points).
+
+    𝒬 of column t is round-to-nearest (half to even) on the grid of t's row/group, clamped to the code range;
+    ``lam`` > 0 soft-thresholds the argument first (the L1 variant: q = 𝒬(sign(x)·max(|x| − λ, 0)); 0 is a level of
+    every range grid, so this is the penalized greedy step of :class:`SparseAlphabet` ``l1`` on this grid).
+    ``grid`` holds params ``[out, n_groups]``; ``group_index`` ``[in]`` maps columns to groups (``None``: one).
+    """
+
+    grid: UniformGrid
+    group_index: Tensor | None
+    name: str
+    lam: float = 0.0
+    alpha: Tensor | None = None
+
+    def full(self) -> UniformGrid:
+        """The grid with per-column params ``[out, in]`` (``[out, 1]`` without groups)."""
+        return self.grid if self.group_index is None else self.grid.columns(self.group_index)
+
+    def encode(self, arg: Tensor) -> Tensor:
+        """Codes of ``arg`` ``[out, in]`` (all columns at once; for tests and the RTN comparison)."""
+        return self.full().encode(_soft_threshold(arg, self.lam))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Level values of ``codes`` ``[out, in]``."""
+        return self.full().decode(codes)
+
+    @property
+    def levels(self) -> int:
+        """2^b (``narrow``: 2^b − 1)."""
+        return self.grid.levels
+
+
+Alphabet = UniformGrid | LevelGrid | SparseAlphabet | RangeAlphabet
+
+
+def _soft_threshold(x: Tensor, lam: float) -> Tensor:
+    """s_λ(x) = sign(x)·max(|x| − λ, 0) (``x`` itself for λ = 0)."""
+    return x if lam == 0 else torch.sign(x) * (x.abs() - lam).clamp_min(0)
+
+
+def _column_alphabets(alphabet: Alphabet, transpose: bool) -> Callable[[int], Alphabet]:
+    """``t`` → the alphabet of column t: params ``[out, 1]``, or ``[1, out]`` with ``transpose`` (the Gram loop runs
+    on Pᵀ). Every alphabet but a grouped range grid is shared by all columns."""
+    if isinstance(alphabet, RangeAlphabet):
+        grid = alphabet.grid
+        if alphabet.group_index is None:
+            shared = transposed_grid(grid) if transpose else grid
+            return lambda t: shared
+        groups = [grid.column(k) for k in range(grid.scale.shape[1])]
+        if transpose:
+            groups = [transposed_grid(g) for g in groups]
+        index = alphabet.group_index.tolist()
+        return lambda t: groups[index[t]]
+    shared_alpha = transposed_grid(alphabet) if transpose and isinstance(alphabet, UniformGrid) else alphabet
+    return lambda t: shared_alpha
 
 
 @dataclass(frozen=True)
 class GPFQGram:
-    """Finalized GPFQ statistics: G = X̃ᵀX, H̃ = X̃ᵀX̃, XᵀX (all ``[in, in]``) and the number of rows m."""
+    """Finalized GPFQ statistics: G = X̃ᵀX, H̃ = X̃ᵀX̃, XᵀX (all ``[in, in]``; XᵀX ``None`` when not tracked) and the
+    number of rows m."""
 
     g: Tensor
     h_tilde: Tensor
-    xx: Tensor
+    xx: Tensor | None
     count: int
+
+
+MIN_TRIANGLE_BLOCK = 128
+TRIANGLE_BLOCKS = 8
+
+
+def add_lower_gram(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += aᵀb on the lower block triangle only: for row blocks i of ``acc`` (``[d, d]``), acc[i, :end_i] +=
+    a[:, i]ᵀ·b[:, :end_i] — every entry on or below the diagonal (and the upper part of the diagonal blocks), at
+    (k + 1)/2k of a full GEMM's flops for k = min(8, ⌊d/128⌋) equal blocks (one full GEMM below d = 256). The
+    strict upper blocks stay untouched."""
+    d = acc.shape[0]
+    blocks = max(1, min(TRIANGLE_BLOCKS, d // MIN_TRIANGLE_BLOCK))
+    block = -(-d // blocks)
+    for i0 in range(0, d, block):
+        i1 = min(i0 + block, d)
+        acc[i0:i1, :i1].addmm_(a[:, i0:i1].T, b[:, :i1])
 
 
 @dataclass
 class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
-    CPU batches with NaN/inf are refused at ``update``; on an accelerator :func:`gpfq_weight_from_stats` refuses the
-    accumulated statistics instead (no per-batch sync).
+    ``solve_only=True`` accumulates only what the column solve reads (the fast path of the range grids): the lower
+    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), with :func:`add_lower_gram`, and no XᵀX,
+    which only serves the residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: about 1.1 GEMMs
+    per batch instead of three. CPU batches with NaN/inf are refused at ``update``; on an accelerator
+    :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
@@ -171,43 +261,57 @@ class GPFQStats:
     dim: int
     dtype: torch.dtype = torch.float64
     device: torch.device | str | None = None
+    solve_only: bool = False
     g: Tensor = field(init=False)
     h_tilde: Tensor = field(init=False)
-    xx: Tensor = field(init=False)
+    xx: Tensor | None = field(init=False)
     count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         def zeros() -> Tensor:
             return torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
 
-        self.g, self.h_tilde, self.xx = zeros(), zeros(), zeros()
+        self.g, self.h_tilde = zeros(), zeros()
+        self.xx = None if self.solve_only else zeros()
 
     def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
         """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
         ``None`` or the same tensor means X̃ = X, computed with one GEMM)."""
         check_rows_input("GPFQStats.update: x", x, self.dim)
-        if x_tilde is not None and x_tilde is not x:
-            if x_tilde.shape != x.shape:
-                raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")
-            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)
+        same = x_tilde is None or x_tilde is x
+        if not same:
+            if x_tilde.shape != x.shape:  # type: ignore[union-attr]
+                raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")  # type: ignore[union-attr]
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)  # type: ignore[arg-type]
         xs = x.to(self.dtype)
-        xx = xs.T @ xs
-        self.xx.add_(xx)
-        if x_tilde is None or x_tilde is x:
-            self.g.add_(xx)
-            self.h_tilde.add_(xx)
+        xt = xs if same else x_tilde.to(self.dtype)  # type: ignore[union-attr]
+        if self.solve_only and same:
+            lower = torch.zeros_like(self.g)
+            add_lower_gram(lower, xs, xs)
+            self.g.add_(lower)
+            self.h_tilde.add_(lower)
+        elif self.solve_only:
+            add_lower_gram(self.h_tilde, xt, xt)
+            add_lower_gram(self.g, xt, xs)
+        elif same:
+            xx = xs.T @ xs
+            for acc in (self.g, self.h_tilde, self.xx):
+                acc.add_(xx)  # type: ignore[union-attr]
         else:
-            xt = x_tilde.to(self.dtype)
             self.g.addmm_(xt.T, xs)
             self.h_tilde.addmm_(xt.T, xt)
+            self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
         self.count += x.shape[0]
 
     def finalize(self) -> GPFQGram:
         """The accumulated statistics (copies)."""
-        return GPFQGram(self.g.clone(), self.h_tilde.clone(), self.xx.clone(), self.count)
+        xx = None if self.xx is None else self.xx.clone()
+        return GPFQGram(self.g.clone(), self.h_tilde.clone(), xx, self.count)
 
 
-def check_sparsity(sparsity: str | None, lam: float, stochastic: bool = False, legacy_alphabet: bool = False) -> None:
+def check_sparsity(
+    sparsity: str | None, lam: float, stochastic: bool = False, legacy_alphabet: bool = False, grid: str = SEED_GRID
+) -> None:
     """Raise :class:`ConfigError` for a bad sparsity option (checks that do not need the weight)."""
     if sparsity is not None and sparsity not in SPARSITY_MODES:
         raise ConfigError(str(unknown_name_error("sparsity", sparsity, ("None", *SPARSITY_MODES))))
@@ -218,6 +322,44 @@ def check_sparsity(sparsity: str | None, lam: float, stochastic: bool = False, l
         raise ConfigError(
             f"sparsity={sparsity!r} needs the deterministic uniform GPFQ alphabet: "
             "set stochastic=False and legacy_alphabet=False"
+        )
+    if sparsity == "l0" and grid != SEED_GRID:
+        raise ConfigError(
+            f"sparsity='l0' is defined on the seed alphabet only (levels {{0}} ∪ ±(lam + jδ)), not on grid={grid!r}: "
+            "set grid='gpfq', or use sparsity='l1', which works on every grid"
+        )
+
+
+def check_gpfq_grid(
+    grid: str,
+    group_size: int | None = None,
+    clip: str = "max",
+    *,
+    scalar: float = 1.16,
+    quantile: float = 1.0,
+    legacy_alphabet: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` for a grid option GPFQ cannot honour: an unknown grid, groups or a clip on the
+    seed alphabet, or the seed alphabet's own options (``scalar``, ``quantile``, ``legacy_alphabet``) on a range
+    grid, where they would silently do nothing."""
+    if grid not in GPFQ_GRIDS:
+        raise ConfigError(str(unknown_name_error("grid", grid, GPFQ_GRIDS)))
+    check_group_size(group_size)
+    if clip not in CLIP_METHODS:
+        raise ConfigError(str(unknown_name_error("clip", clip, CLIP_METHODS)))
+    if grid == SEED_GRID:
+        if group_size is not None or clip != "max":
+            raise ConfigError(
+                f"grid='gpfq' (the seed alphabet) has one scale per layer: group_size={group_size!r} and "
+                f"clip={clip!r} need a range grid ({', '.join(RANGE_GRIDS)}); drop them or pick one of those grids"
+            )
+        return
+    if legacy_alphabet:
+        raise ConfigError("legacy_alphabet=True is the seed's alphabet: set grid='gpfq' with it")
+    if scalar != 1.16 or quantile != 1.0:
+        raise ConfigError(
+            f"scalar/quantile set the radius of the seed alphabet (grid='gpfq') and do nothing on grid={grid!r}: "
+            "drop them, or set grid='gpfq'"
         )
 
 
@@ -230,18 +372,31 @@ def gpfq_alphabet(
     *,
     sparsity: str | None = None,
     lam: float = 0.0,
+    grid: str = SEED_GRID,
+    group_size: int | None = None,
+    clip: str = "max",
 ) -> Alphabet:
     """The GPFQ alphabet for ``weight`` (params broadcast over its rows).
 
-    Default: δ·{−K..K}, δ = scalar·rad/K, rad = mean_rows(quantile_j|W_ij|). ``legacy_alphabet``: the sorted levels
-    linspace(−1, 1, 2^b)·scalar·rad plus 0 (the alphabet behind the published ImageNet numbers). Both 2^b + 1 levels.
-    ``sparsity`` (``"l1"`` / ``"l0"``, threshold ``lam`` ≥ 0 in weight units): a :class:`SparseAlphabet` on the
-    radius C·rad = scalar·rad; ``l0`` needs lam < C·rad.
+    ``grid="gpfq"`` (the seed's alphabet, one scale per layer): δ·{−K..K}, δ = scalar·rad/K,
+    rad = mean_rows(quantile_j|W_ij|). ``legacy_alphabet``: the sorted levels linspace(−1, 1, 2^b)·scalar·rad plus 0
+    (the alphabet behind the published ImageNet numbers). Both 2^b + 1 levels. ``sparsity`` (``"l1"`` / ``"l0"``,
+    threshold ``lam`` ≥ 0 in weight units): a :class:`SparseAlphabet` on the radius C·rad = scalar·rad; ``l0`` needs
+    lam < C·rad. ``grid`` ``asym`` / ``sym`` / ``narrow``: a :class:`RangeAlphabet` per row or per ``group_size``
+    columns with range choice ``clip`` (``sparsity="l1"`` soft-thresholds by ``lam`` on it).
     """
     check_bits(bits)
     check_range("scalar", scalar, low=0, low_inclusive=False)
     check_range("quantile", quantile, low=0, high=1, low_inclusive=False)
-    check_sparsity(sparsity, lam, legacy_alphabet=legacy_alphabet)
+    check_gpfq_grid(grid, group_size, clip, scalar=scalar, quantile=quantile, legacy_alphabet=legacy_alphabet)
+    check_sparsity(sparsity, lam, legacy_alphabet=legacy_alphabet, grid=grid)
+    if grid != SEED_GRID:
+        fitted = fit_weight_grid(weight, bits, grid, group_size=group_size, clip=clip)
+        n_groups = fitted.grid.scale.shape[1]
+        index = None
+        if n_groups > 1:
+            index = torch.arange(weight.shape[1], device=weight.device) // group_size  # type: ignore[operator]
+        return RangeAlphabet(fitted.grid, index, grid, lam if sparsity == "l1" else 0.0, fitted.alpha)
     if sparsity is not None:
         rad = gpfq_radius(weight, quantile)
         radius = scalar * rad if rad > 0 else torch.ones((), dtype=weight.dtype, device=weight.device)
@@ -263,12 +418,15 @@ def gpfq_alphabet(
     return LevelGrid(torch.sort(values).values)
 
 
-def _encode(alphabet: Alphabet, arg: Tensor, stochastic: bool, generator: torch.Generator | None) -> Tensor:
-    """𝒬 in code units: nearest level, or stochastic rounding (down with probability 1 − frac(arg/δ))."""
+def _encode(
+    alphabet: Alphabet, arg: Tensor, stochastic: bool, generator: torch.Generator | None, lam: float = 0.0
+) -> Tensor:
+    """𝒬 in code units: nearest level (after the L1 soft threshold ``lam`` of a range grid), or stochastic rounding
+    (down with probability 1 − frac(y), y = arg/δ plus the zero point)."""
     if not stochastic:
-        return alphabet.encode(arg)
+        return alphabet.encode(_soft_threshold(arg, lam))
     assert isinstance(alphabet, UniformGrid)
-    y = arg / alphabet.scale
+    y = alphabet.continuous(arg)
     low = torch.floor(y)
     up = torch.rand(y.shape, generator=generator, dtype=y.dtype, device=y.device) < (y - low)
     return (low + up).clamp_(alphabet.qmin, alphabet.qmax)
@@ -298,7 +456,8 @@ def gpfq_gram_codes(
     w = weight.to(dtype)
     n_in = w.shape[1]
     h = gram.h_tilde
-    alpha = transposed_grid(alphabet) if isinstance(alphabet, UniformGrid) else alphabet
+    column = _column_alphabets(alphabet, transpose=True)
+    lam = alphabet.lam if isinstance(alphabet, RangeAlphabet) else 0.0
     pt = torch.tril(gram.g) @ w.T  # Pᵀ [in, out]
     codes = torch.empty_like(pt)
     qt = torch.empty_like(pt)
@@ -308,7 +467,8 @@ def gpfq_gram_codes(
     def quantize(t: int, p: Tensor) -> Tensor:  # p = P[:, t] [out] → writes codes[t], args[t]; returns q_t [out]
         if hdiag[t] != 0:
             torch.div(p, hdiag[t], out=args[t])
-        c = _encode(alpha, args[t : t + 1], stochastic, generator)
+        alpha = column(t)
+        c = _encode(alpha, args[t : t + 1], stochastic, generator, lam)
         if forced_codes is not None:
             c = forced_codes[:, t][None].to(dtype)
         codes[t : t + 1] = c
@@ -349,6 +509,8 @@ def gpfq_sample_codes(
     dtype = x.dtype
     w = weight.to(dtype)
     n_out, n_in = w.shape
+    column = _column_alphabets(alphabet, transpose=False)
+    lam = alphabet.lam if isinstance(alphabet, RangeAlphabet) else 0.0
     u = torch.zeros(n_out, x.shape[0], dtype=dtype, device=x.device)
     codes = torch.empty(n_out, n_in, dtype=dtype, device=x.device)
     args = torch.zeros(n_out, n_in, dtype=dtype, device=x.device)
@@ -357,15 +519,18 @@ def gpfq_sample_codes(
         norm2 = col_t @ col_t
         if norm2 != 0:
             args[:, t] = (u @ col_t + w[:, t] * (col @ col_t)) / norm2
-        c = _encode(alphabet, args[:, t : t + 1], stochastic, generator)
+        alpha = column(t)
+        c = _encode(alpha, args[:, t : t + 1], stochastic, generator, lam)
         codes[:, t : t + 1] = c
-        q = alphabet.decode(c)[:, 0]
+        q = alpha.decode(c)[:, 0]
         u.addr_(w[:, t], col).addr_(q, col_t, alpha=-1)
     return codes, args, u
 
 
 def _residual_extras(w: Tensor, q: Tensor, gram: GPFQGram) -> dict[str, object]:
-    """Per-row ‖u_d‖² = wᵀ(XᵀX)w − 2qᵀGw + qᵀH̃q, ‖U‖_F and ‖U‖_F/‖XWᵀ‖_F."""
+    """Per-row ‖u_d‖² = wᵀ(XᵀX)w − 2qᵀGw + qᵀH̃q, ‖U‖_F and ‖U‖_F/‖XWᵀ‖_F (none without XᵀX)."""
+    if gram.xx is None:
+        return {}
     signal = ((w @ gram.xx) * w).sum(1)
     res = signal - 2 * ((q @ gram.g) * w).sum(1) + ((q @ gram.h_tilde) * q).sum(1)
     res = res.clamp_min(0)
@@ -387,6 +552,7 @@ def _check_common(
     lam: float = 0.0,
     solver: str = "auto",
     inner: int = DEFAULT_INNER,
+    grid: str = SEED_GRID,
 ) -> None:
     check_bits(bits)
     check_range("blocksize", blocksize, low=1)
@@ -394,13 +560,23 @@ def _check_common(
     check_weight_matrix(weight)
     if stochastic and legacy_alphabet:
         raise ConfigError("stochastic=True needs the uniform GPFQ alphabet: set legacy_alphabet=False")
-    check_sparsity(sparsity, lam, stochastic, legacy_alphabet)
+    check_sparsity(sparsity, lam, stochastic, legacy_alphabet, grid)
 
 
 def _package(
     weight: Tensor, codes: Tensor, alphabet: Alphabet, bits: int, legacy: bool, extras: dict[str, object]
 ) -> WeightQuant:
     q = alphabet.decode(codes)
+    if isinstance(alphabet, RangeAlphabet):
+        sparse = f"-L1 λ={alphabet.lam:g}" if alphabet.lam else ""
+        label = f"{bits}-bit GPFQ{sparse} {alphabet.name} ({alphabet.levels} levels)"
+        extras = {**extras, "label": label}
+        if alphabet.lam:
+            extras["lam"] = alphabet.lam
+        if alphabet.alpha is not None:
+            extras["clip_alpha"] = alphabet.alpha
+        grid = alphabet.grid
+        return make_weight_quant(weight, codes, q, grid, alphabet.name, bits, alphabet.group_index, extras)
     if isinstance(alphabet, SparseAlphabet):
         name = f"gpfq_{alphabet.mode}"
         label = f"{bits}-bit GPFQ-{alphabet.mode.upper()} λ={alphabet.lam:g} ({alphabet.levels} levels)"
@@ -426,6 +602,9 @@ def gpfq_weight_from_stats(
     legacy_alphabet: bool = False,
     sparsity: str | None = None,
     lam: float = 0.0,
+    grid: str = SEED_GRID,
+    group_size: int | None = None,
+    clip: str = "max",
     solver: str = "auto",
     inner: int = DEFAULT_INNER,
 ) -> WeightQuant:
@@ -435,15 +614,27 @@ def gpfq_weight_from_stats(
     ``extras``: ``residual_sq`` (‖u_d‖² per row), ``residual_norm`` (‖U‖_F), ``relative_error``
     (‖U‖_F/‖XWᵀ‖_F), ``delta``, ``label`` (and ``lam`` with sparsity).
     """
-    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner)
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner, grid)
     gram = stats.finalize() if isinstance(stats, GPFQStats) else stats
     if gram.g.shape != (weight.shape[1], weight.shape[1]):
         raise LosslabError(f"statistics are {tuple(gram.g.shape)} but the weight has {weight.shape[1]} columns")
     calib = "the calibration data (and the model's activations on it)"
     for name, t in (("G = X̃ᵀX", gram.g), ("H̃ = X̃ᵀX̃", gram.h_tilde), ("XᵀX", gram.xx)):
-        check_finite(f"the GPFQ statistic {name}", t, calib)
+        if t is not None:
+            check_finite(f"the GPFQ statistic {name}", t, calib)
     w = weight.to(gram.g.dtype)
-    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
+    alphabet = gpfq_alphabet(
+        w,
+        bits,
+        scalar,
+        quantile,
+        legacy_alphabet,
+        sparsity=sparsity,
+        lam=lam,
+        grid=grid,
+        group_size=group_size,
+        clip=clip,
+    )
     codes, _ = gpfq_gram_codes(w, gram, alphabet, blocksize, stochastic, generator, solver=solver, inner=inner)
     wq = _package(weight, codes, alphabet, bits, legacy_alphabet, {})
     wq.extras.update(_residual_extras(w, alphabet.decode(codes), gram))
@@ -464,6 +655,9 @@ def gpfq_weight(
     legacy_alphabet: bool = False,
     sparsity: str | None = None,
     lam: float = 0.0,
+    grid: str = SEED_GRID,
+    group_size: int | None = None,
+    clip: str = "max",
     stats_dtype: torch.dtype = torch.float64,
     solver: str = "auto",
     inner: int = DEFAULT_INNER,
@@ -471,7 +665,7 @@ def gpfq_weight(
     """GPFQ in the Gram form from inputs ``x`` ``[m, in]`` (float network) and ``x_tilde`` (quantized network,
     default ``x``). Statistics are accumulated in ``stats_dtype`` (float64 default, float32 optional).
     ``solver``/``inner``: the column solver (see :func:`gpfq_gram_codes`)."""
-    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner)
+    _check_common(weight, bits, blocksize, stochastic, legacy_alphabet, sparsity, lam, solver, inner, grid)
     stats = GPFQStats(weight.shape[1], dtype=stats_dtype, device=weight.device)
     stats.update(x, x_tilde)
     return gpfq_weight_from_stats(
@@ -486,6 +680,9 @@ def gpfq_weight(
         legacy_alphabet=legacy_alphabet,
         sparsity=sparsity,
         lam=lam,
+        grid=grid,
+        group_size=group_size,
+        clip=clip,
         solver=solver,
         inner=inner,
     )
@@ -504,17 +701,31 @@ def gpfq_weight_sample_form(
     legacy_alphabet: bool = False,
     sparsity: str | None = None,
     lam: float = 0.0,
+    grid: str = SEED_GRID,
+    group_size: int | None = None,
+    clip: str = "max",
 ) -> WeightQuant:
     """Reference: the original sample-space GPFQ loop (runs in ``x``'s dtype, O(out·m) memory).
 
     ``extras`` holds the same residual fields as the Gram form, computed from the stored U.
     """
-    _check_common(weight, bits, 1, stochastic, legacy_alphabet, sparsity, lam)
+    _check_common(weight, bits, 1, stochastic, legacy_alphabet, sparsity, lam, grid=grid)
     check_rows_input("x", x, weight.shape[1], finite=True)
     if x_tilde is not None and x_tilde is not x:
         check_rows_input("x_tilde", x_tilde, weight.shape[1], finite=True)
     w = weight.to(x.dtype)
-    alphabet = gpfq_alphabet(w, bits, scalar, quantile, legacy_alphabet, sparsity=sparsity, lam=lam)
+    alphabet = gpfq_alphabet(
+        w,
+        bits,
+        scalar,
+        quantile,
+        legacy_alphabet,
+        sparsity=sparsity,
+        lam=lam,
+        grid=grid,
+        group_size=group_size,
+        clip=clip,
+    )
     codes, _, u = gpfq_sample_codes(w, x, x_tilde, alphabet, stochastic, generator)
     res = u.pow(2).sum(1)
     signal = (x @ w.T).pow(2).sum()

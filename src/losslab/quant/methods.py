@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
 from losslab.quant.bits import BITS_RANGE
-from losslab.quant.gpfq import GPFQStats, check_sparsity, gpfq_weight_from_stats
+from losslab.quant.gpfq import SEED_GRID, GPFQStats, check_gpfq_grid, check_sparsity, gpfq_weight_from_stats
 from losslab.quant.gptq import HessianStats, gptq_weight
 from losslab.quant.grids import CLIP_METHODS, GRID_NAMES, RANGE_GRIDS
 from losslab.quant.incoherence import incoherence_quantize
@@ -83,10 +83,13 @@ class HessianAccumulator:
 
 
 class GPFQAccumulator:
-    """GPFQ: G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX from paired rows (``finalize()`` → GPFQStats)."""
+    """GPFQ: G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX from paired rows in ``dtype`` (``solve_only``: the lower triangles of G
+    and H̃ only; ``finalize()`` → GPFQStats)."""
 
-    def __init__(self, dim: int, device: torch.device) -> None:
-        self.stats = GPFQStats(dim, device=device)
+    def __init__(
+        self, dim: int, device: torch.device, dtype: torch.dtype = torch.float64, solve_only: bool = False
+    ) -> None:
+        self.stats = GPFQStats(dim, dtype=dtype, device=device, solve_only=solve_only)
 
     def update(self, x: Tensor, x_tilde: Tensor) -> None:
         self.stats.update(x, x_tilde)
@@ -229,11 +232,16 @@ class PWLQ(QuantMethod):
 class GPFQ(QuantMethod):
     """Greedy path-following quantization (Zhang, Zhou, Saab 2023; spec §5), Gram form.
 
-    Alphabet {−K…K}·δ, K = 2^(b−1), δ = scalar·mean_rows(max|W|)/K: **2^b + 1 levels** (b+1 storage bits).
-    ``legacy_unfold`` / ``fresh_batch_per_layer`` / ``legacy_alphabet`` reproduce the original code (spec §5.2).
-    ``sparsity``: ``"l1"`` (q = 𝒬(sign(x)·max(|x| − lam, 0)) on the same alphabet) or ``"l0"`` (δ = (C·rad − lam)/K,
-    levels {0} ∪ ±(lam + jδ), j = 0…K, zero when |x| ≤ lam; 2^b + 3 levels); ``lam`` ≥ 0 is in weight units and,
-    for ``l0``, must stay below every quantized layer's C·rad (see :class:`losslab.quant.gpfq.SparseAlphabet`).
+    ``grid``: ``asym`` (default), ``sym`` or ``narrow`` — 2^b (narrow 2^b − 1) levels per row, or per ``group_size``
+    columns, fitted on the original W with range choice ``clip`` (max, mse, percentile): b stored bits per weight
+    plus scales, like GPTQ/LDLQ/RTN; statistics in float32. ``grid="gpfq"`` is the seed's alphabet {−K…K}·δ,
+    K = 2^(b−1), δ = scalar·mean_rows(max|W|)/K: **2^b + 1 levels** (b+1 storage bits), one scale per layer,
+    statistics in float64 (the faithful reproduction). ``legacy_unfold`` / ``fresh_batch_per_layer`` /
+    ``legacy_alphabet`` reproduce the original code (spec §5.2; ``legacy_alphabet`` needs ``grid="gpfq"``).
+    ``sparsity``: ``"l1"`` (q = 𝒬(sign(x)·max(|x| − lam, 0)), on every grid) or ``"l0"`` (seed alphabet only:
+    δ = (C·rad − lam)/K, levels {0} ∪ ±(lam + jδ), j = 0…K, zero when |x| ≤ lam; 2^b + 3 levels); ``lam`` ≥ 0 is in
+    weight units and, for ``l0``, must stay below every quantized layer's C·rad (see
+    :class:`losslab.quant.gpfq.SparseAlphabet`).
     """
 
     scalar: float = 1.16
@@ -243,12 +251,23 @@ class GPFQ(QuantMethod):
     stochastic: bool = False
     sparsity: str | None = None
     lam: float = 0.0
+    grid: str = "asym"
+    group_size: int | None = None
+    clip: str = "max"
     reads_float: ClassVar[bool] = True
     reads_quantized: ClassVar[bool] = True
     name: ClassVar[str] = "gpfq"
 
+    @property
+    def reproduces_seed(self) -> bool:
+        """The seed alphabet: float64 statistics with XᵀX (bit-exact reproduction and the ‖U‖_F report); the range
+        grids take the fast path, the lower triangles of G and H̃ in float32 (about 1.1 GEMMs per batch instead of
+        three; no residual report)."""
+        return self.grid == SEED_GRID
+
     def new_stats(self, dim: int, device: torch.device) -> GPFQAccumulator:
-        return GPFQAccumulator(dim, device)
+        seed = self.reproduces_seed
+        return GPFQAccumulator(dim, device, torch.float64 if seed else torch.float32, solve_only=not seed)
 
     def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
         return [index % n_batches] if self.fresh_batch_per_layer else range(n_batches)
@@ -263,7 +282,8 @@ class GPFQ(QuantMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("scalar", self.scalar, low=0, low_inclusive=False)
-        check_sparsity(self.sparsity, self.lam, self.stochastic, self.legacy_alphabet)
+        check_gpfq_grid(self.grid, self.group_size, self.clip, scalar=self.scalar, legacy_alphabet=self.legacy_alphabet)
+        check_sparsity(self.sparsity, self.lam, self.stochastic, self.legacy_alphabet, self.grid)
 
     def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
 
@@ -277,6 +297,9 @@ class GPFQ(QuantMethod):
             legacy_alphabet=self.legacy_alphabet,
             sparsity=self.sparsity,
             lam=self.lam,
+            grid=self.grid,
+            group_size=self.group_size,
+            clip=self.clip,
         )
 
 
@@ -438,8 +461,8 @@ def method_from_name(name: str, **kwargs: Any) -> QuantMethod:
 # Method options as data: one flag / study key per dataclass field, generated from the registered dataclasses.
 
 METHOD_OPTION_HELP: dict[str, str] = {
-    "grid": "Uniform grid: asym (min/max with zero point), sym, narrow; tensor grids gpfq, quip (QuIP's 2.4·RMS), "
-    "regulquant_uniform.",
+    "grid": "Uniform grid: asym (min/max with zero point), sym, narrow; tensor grids gpfq (the GPFQ seed's alphabet, "
+    "2^b+1 levels, one scale per layer), quip (QuIP's 2.4·RMS), regulquant_uniform. GPFQ: asym, sym, narrow, gpfq.",
     "group_size": "Columns per scale group (default: one group per row).",
     "clip": "Range choice: max (min-max), mse (best shrink on the squared error) or percentile.",
     "per_tensor": "One range for the whole tensor instead of one per row/group.",

@@ -5,7 +5,10 @@ Format (``format_version`` 2). Tensors, for each quantized layer ``L`` and conv 
 - ``L.g{k}.codes``: uint8 buffer, the integer codes (minus ``code_offset``) bit-packed little-endian with
   ``code_bits`` bits each, row-major over ``[out/groups, in]``;
 - ``L.g{k}.scale`` (fp16 when that is exact, else fp32), ``L.g{k}.zero``, ``L.g{k}.group_index``, ``L.g{k}.lut``
-  when the grid has them; ``L.g{k}.x.<path>`` tensors of ``extras["incoherence"]`` (rotation seeds, r, ...);
+  when the grid has them; ``L.g{k}.x.<path>`` tensors of ``extras["incoherence"]`` (rotation seeds, r, ...) and of
+  ``extras["lut_params"]``: a level table defined by a few parameters (PWLQ's range m and breakpoint p per row, plus
+  the bias-correction shift and gain) is stored as those parameters and rebuilt on load
+  (:func:`losslab.quant.pwlq.pwlq_level_table`), not as its 2^(b+1) entries per row;
 - ``L.g{k}.q``: the float weight for the 16-bit ``identity`` grid;
 
 plus every other entry of the model's state dict unchanged (biases, BatchNorm, unquantized layers). The
@@ -46,6 +49,7 @@ from losslab.errors import CorruptFileError, DataNotFoundError, LosslabError
 from losslab.io import atomic_path
 from losslab.quant.bn_fold import fold_batchnorm
 from losslab.quant.engine_act import install_act_quant
+from losslab.quant.pwlq import pwlq_level_table
 from losslab.quant.result import QuantResult
 from losslab.quant.weight_quant import WeightQuant
 
@@ -121,16 +125,17 @@ def _pack_group(key: str, wq: WeightQuant, tensors: dict[str, Tensor]) -> dict[s
         code_dtype=str(wq.codes.dtype).removeprefix("torch."),
     )
     tensors[f"{key}.codes"] = pack_bits(codes - offset, meta["code_bits"])
+    lut_params = wq.extras.get("lut_params")
     for name in _PARAM_FIELDS:
         value = getattr(wq, name)
-        if value is None:
+        if value is None or (name == "lut" and lut_params is not None):
             continue
         value = value.detach().cpu()
         if name == "scale" and value.dtype == torch.float32 and torch.equal(value.half().float(), value):
             meta["scale_dtype"] = "float32"
             value = value.half()
         tensors[f"{key}.{name}"] = value.contiguous().clone()
-    extras = {k: v for k, v in wq.extras.items() if k == "incoherence"}
+    extras = {k: v for k, v in wq.extras.items() if k in ("incoherence", "lut_params")}
     meta["extras"] = _flatten_extras(f"{key}.x", extras, tensors)
     return meta
 
@@ -157,6 +162,9 @@ def _unpack_group(key: str, meta: dict[str, Any], tensors: dict[str, Tensor]) ->
         if value is not None and name == "scale" and "scale_dtype" in meta:
             value = value.to(_dtype(meta["scale_dtype"]))
         params[name] = value
+    extras = _restore_extras(meta.get("extras", {}), tensors)
+    if "lut_params" in extras:  # the level table is stored as the parameters that define it
+        params["lut"] = pwlq_level_table(extras["lut_params"], shape[0])
     wq = WeightQuant(
         q=torch.empty(0, dtype=dtype),
         codes=codes.reshape(shape).to(_dtype(meta["code_dtype"])),
@@ -164,7 +172,7 @@ def _unpack_group(key: str, meta: dict[str, Any], tensors: dict[str, Tensor]) ->
         levels=meta["levels"],
         storage_bits=meta["storage_bits"],
         grid=meta["grid"],
-        extras=_restore_extras(meta.get("extras", {}), tensors),
+        extras=extras,
         **params,
     )
     return wq.dequantize()

@@ -13,7 +13,11 @@ tail levels inside (−p, p) are never used. Same regions. Per region |w − q| 
 
 **Storage caveat:** both schemes have 2^(b+1) levels (pw2: 2^b + 2·2^(b−1)), like (b+1)-bit uniform. Show b-bit
 PWLQ next to b-bit *and* (b+1)-bit uniform; ``storage_bits`` is b + 1. Codes index a per-row level table ``lut``
-(pw2: negative tail, centre, positive tail; pw1: tail grid, centre grid).
+(pw2: negative tail, centre, positive tail; pw1: tail grid, centre grid), which is a function of the range m and the
+breakpoint p alone (:func:`pwlq_level_table`). What is stored, and counted in bits per weight, is therefore b + 1
+bits per weight plus m and p per row (per tensor with ``per_channel=False``) and, with bias correction, a shift and a
+gain per row, each at the weight's float width (32 bits): 8-bit PWLQ of a 64×576 layer costs 9 + 64/576 ≈ 9.11 bits
+per weight (``extras["lut_params"]``; the table is rebuilt from them when a packed file is loaded).
 
 Breakpoint: m̃ = m/std(w) (unbiased). For a symmetric density f with CDF F, taking each piece's squared error ∝ its
 step², the expected error of pw2 is ∝ (m̃ − p)² + m̃(2p − m̃)(2F(p) − 1), with derivative
@@ -29,6 +33,7 @@ p̃* ≈ 0.8030·√m̃ − 0.3167.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,7 +48,9 @@ __all__ = [
     "SCHEMES",
     "gaussian_breakpoint_closed_form",
     "laplace_breakpoint_closed_form",
+    "lut_param_bits",
     "optimal_breakpoint",
+    "pwlq_level_table",
     "pwlq_weight",
 ]
 
@@ -99,41 +106,77 @@ def optimal_breakpoint(m_tilde: float, dist: str = "gaussian", tol: float = 1e-3
     return (lo + hi) / 2
 
 
-def _centre(w: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """b-bit ``sym`` grid on [−p, p] (per row): codes 0…2^b − 1 of clamp(w, −p, p) and the ``[rows, 2^b]`` levels."""
+def _centre_levels(p: Tensor, bits: int) -> Tensor:
+    """The b-bit ``sym`` centre grid on [−p, p] per row: ``[rows, 2^b]`` levels."""
     half = 2 ** (bits - 1)
+    c = torch.arange(-half, half, dtype=p.dtype, device=p.device)
+    return grid_from_range(-p, p, bits, "sym").decode(c[None, :])
+
+
+def _centre_codes(w: Tensor, p: Tensor, bits: int) -> Tensor:
+    """Codes 0…2^b − 1 of clamp(w, −p, p) on the centre grid (per row)."""
     grid = grid_from_range(-p, p, bits, "sym")
-    c = torch.arange(-half, half, dtype=w.dtype, device=w.device)
-    codes = grid.encode(torch.minimum(torch.maximum(w, -p[:, None]), p[:, None])) + half
-    return codes, grid.decode(c[None, :])
+    return grid.encode(torch.minimum(torch.maximum(w, -p[:, None]), p[:, None])) + 2 ** (bits - 1)
 
 
-def _pw2_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """pw2 codes for ``w`` ``[rows, cols]`` (per-row m, p ``[rows]``) and the ``[rows, 2^(b+1)]`` level table:
-    negative tail (offset −m), centre, positive tail (offset p); tail step (m − p)/(2^(b−1) − 1)."""
+def _pw2_levels(m: Tensor, p: Tensor, bits: int) -> Tensor:
+    """pw2's ``[rows, 2^(b+1)]`` level table from m, p ``[rows]``: negative tail (offset −m), centre, positive tail
+    (offset p); tail step (m − p)/(2^(b−1) − 1)."""
     half = 2 ** (bits - 1)
     m_, p_ = m[:, None], p[:, None]
     tail_step = (m_ - p_) / (half - 1)
     j = torch.arange(half, dtype=m.dtype, device=m.device)
-    centre_codes, centre_levels = _centre(w, p, bits)
-    lut = torch.cat([-m_ + tail_step * j, centre_levels, p_ + tail_step * j], 1)
+    return torch.cat([-m_ + tail_step * j, _centre_levels(p, bits), p_ + tail_step * j], 1)
+
+
+def _pw1_levels(m: Tensor, p: Tensor, bits: int) -> Tensor:
+    """pw1's ``[rows, 2^(b+1)]`` level table: the b-bit ``sym`` grid on [−m, m], then the centre grid on [−p, p]."""
+    half = 2 ** (bits - 1)
+    c = torch.arange(-half, half, dtype=m.dtype, device=m.device)
+    return torch.cat([grid_from_range(-m, m, bits, "sym").decode(c[None, :]), _centre_levels(p, bits)], 1)
+
+
+def _pw2_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """pw2 codes for ``w`` ``[rows, cols]`` (per-row m, p ``[rows]``) and the level table of :func:`_pw2_levels`."""
+    half = 2 ** (bits - 1)
+    m_, p_ = m[:, None], p[:, None]
+    tail_step = (m_ - p_) / (half - 1)
     pos_codes = torch.round((w - p_) / tail_step).clamp_(0, half - 1) + 3 * half
     neg_codes = torch.round((w + m_) / tail_step).clamp_(0, half - 1)
-    codes = torch.where(w > p_, pos_codes, torch.where(w < -p_, neg_codes, centre_codes + half))
-    return codes.long(), lut
+    codes = torch.where(w > p_, pos_codes, torch.where(w < -p_, neg_codes, _centre_codes(w, p, bits) + half))
+    return codes.long(), _pw2_levels(m, p, bits)
 
 
 def _pw1_quantize(w: Tensor, m: Tensor, p: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """pw1 codes and the ``[rows, 2^(b+1)]`` level table: b-bit ``sym`` grid on [−m, m] (codes 0…2^b − 1, used for
-    |w| > p) then the b-bit ``sym`` centre grid on [−p, p] (codes 2^b…2^(b+1) − 1, used for |w| ≤ p)."""
+    """pw1 codes (tail grid codes 0…2^b − 1 for |w| > p, centre codes 2^b…2^(b+1) − 1 for |w| ≤ p) and the level
+    table of :func:`_pw1_levels`."""
     half = 2 ** (bits - 1)
-    tail = grid_from_range(-m, m, bits, "sym")
-    c = torch.arange(-half, half, dtype=w.dtype, device=w.device)
-    tail_codes = tail.encode(w) + half
-    centre_codes, centre_levels = _centre(w, p, bits)
-    lut = torch.cat([tail.decode(c[None, :]), centre_levels], 1)
-    codes = torch.where(w.abs() > p[:, None], tail_codes, centre_codes + 2 * half)
-    return codes.long(), lut
+    tail_codes = grid_from_range(-m, m, bits, "sym").encode(w) + half
+    codes = torch.where(w.abs() > p[:, None], tail_codes, _centre_codes(w, p, bits) + 2 * half)
+    return codes.long(), _pw1_levels(m, p, bits)
+
+
+_LEVELS = {"pw2": _pw2_levels, "pw1": _pw1_levels}
+
+
+def lut_param_bits(params: dict[str, Any]) -> int:
+    """Bits the level table's defining parameters take as stored: every tensor in ``params`` at its dtype's width
+    (m and p per row or per tensor; shift and gain per row with bias correction)."""
+    return sum(int(v.numel()) * v.element_size() * 8 for v in params.values() if isinstance(v, Tensor))
+
+
+def pwlq_level_table(params: dict[str, Any], rows: int) -> Tensor:
+    """The ``[rows, 2^(b+1)]`` level table that PWLQ's stored parameters define (what a packed file rebuilds).
+
+    ``params`` (``extras["lut_params"]`` of a PWLQ :class:`WeightQuant`): ``scheme``, ``bits``, ``m`` and ``p``
+    (``[rows]``, or ``[1]`` per tensor), and with bias correction ``shift`` and ``gain`` ``[rows, 1]``:
+    levels ← (levels + shift)·gain.
+    """
+    m, p = params["m"].expand(rows), params["p"].expand(rows)
+    lut = _LEVELS[params["scheme"]](m, p, params["bits"])
+    if "shift" in params:
+        lut = (lut + params["shift"]) * params["gain"]
+    return lut
 
 
 _QUANTIZERS = {"pw2": _pw2_quantize, "pw1": _pw1_quantize}
@@ -203,14 +246,16 @@ def pwlq_weight(
     else:
         ratio = torch.full_like(m, float(breakpoint))
     p = ratio * m
+    params: dict[str, Any] = {"scheme": scheme, "bits": bits, "m": m.clone(), "p": p.clone()}  # [1] per tensor
     if not per_channel:
         m, p, ratio = m.expand(rows), p.expand(rows), ratio.expand(rows)
     codes, lut = _QUANTIZERS[scheme](w, m, p, bits)
     if bias_correction:
         q0 = lut.gather(1, codes)
         q_std = q0.std(1, keepdim=True)
-        gain = w.std(1, keepdim=True) / torch.where(q_std > 0, q_std, torch.ones_like(q_std))
-        lut = (lut + w.mean(1, keepdim=True) - q0.mean(1, keepdim=True)) * gain
+        params["gain"] = w.std(1, keepdim=True) / torch.where(q_std > 0, q_std, torch.ones_like(q_std))
+        params["shift"] = w.mean(1, keepdim=True) - q0.mean(1, keepdim=True)
+        lut = (lut + params["shift"]) * params["gain"]
     q = lut.gather(1, codes)
     levels = 2 ** (bits + 1)
     return WeightQuant(
@@ -230,6 +275,7 @@ def pwlq_weight(
             "scheme": scheme,
             "per_channel": per_channel,
             "bias_correction": bias_correction,
+            "lut_params": params,
             "label": f"{bits}-bit PWLQ {scheme} ({levels} levels, {bits + 1} storage bits)",
         },
     )

@@ -11,7 +11,9 @@ zero points behind it are in ``result.weights`` (one :class:`WeightQuant` per co
     result.to_json("out/quant.json")
 
 Bit budget: codes count ``storage_bits`` each, scales 16 bits (fp16, the usual deployment convention), zero
-points ``bits`` each, lookup tables 16 bits per entry, act-order group indices ⌈log2 n_groups⌉ bits per column.
+points ``bits`` each, lookup tables 16 bits per entry, act-order group indices ⌈log2 n_groups⌉ bits per column; a
+level table defined by parameters (PWLQ: range and breakpoint per row) counts those parameters at their stored width
+instead of its entries.
 Float (skipped) layers count 32 bits per weight in ``avg_bits_all_layers``.
 """
 
@@ -80,7 +82,11 @@ def storage_bits_total(wq: WeightQuant) -> int:
         total += int(wq.scale.numel()) * SCALE_BITS
     if wq.zero is not None:
         total += int(wq.zero.numel()) * wq.bits
-    if wq.lut is not None:
+    if "lut_params" in wq.extras:  # a level table defined by a few parameters (PWLQ): those are what is stored
+        from losslab.quant.pwlq import lut_param_bits
+
+        total += lut_param_bits(wq.extras["lut_params"])
+    elif wq.lut is not None:
         total += int(wq.lut.numel()) * LUT_BITS
     if wq.group_index is not None and wq.scale is not None and wq.scale.shape[-1] > 1:
         total += int(wq.group_index.numel()) * math.ceil(math.log2(wq.scale.shape[-1]))
@@ -153,14 +159,16 @@ class QuantResult:
         return text
 
     def table(self) -> str:
-        """A plain-text per-layer table (name, shape, bits, levels, grid, SQNR, proxy loss, sparsity), aligned to
-        the longest layer name (:func:`losslab.tables.format_table`); float layers show only name and shape."""
+        """A plain-text per-layer table (name, shape, bits, levels, grid, stored bits per weight with the overhead
+        of scales/zeros/tables over the code bits, SQNR, proxy loss, sparsity), aligned to the longest layer name
+        (:func:`losslab.tables.format_table`); float layers show only name and shape."""
         rows = []
         for r in self.layers:
             shape = "x".join(map(str, r.shape))
             if not r.quantized:
-                rows.append([r.name, shape, "float", "", "", "", "", ""])
+                rows.append([r.name, shape, "float", "", "", "", "", "", "", ""])
                 continue
+            overhead = r.bits_per_weight - (r.storage_bits or 0)
             rows.append(
                 [
                     r.name,
@@ -168,13 +176,15 @@ class QuantResult:
                     str(r.bits),
                     str(r.levels),
                     r.grid,
+                    f"{r.bits_per_weight:.3f}",
+                    f"+{overhead:.3f}",
                     _fmt(r.sqnr_db, ".2f"),
                     _fmt(r.proxy_loss, ".3e"),
                     _fmt(r.sparsity, ".3f"),
                 ]
             )
-        headers = ["layer", "shape", "bits", "levels", "grid", "SQNR dB", "proxy", "sparse"]
-        return format_table(headers, rows, align="llrrrrrr")
+        headers = ["layer", "shape", "bits", "levels", "grid", "bits/w", "overhead", "SQNR dB", "proxy", "sparse"]
+        return format_table(headers, rows, align="llrrrrrrrr")
 
 
 def _json_safe(obj: Any) -> Any:
