@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from landscape.oracle import data, dense_hessian, mlp, operator, small_cnn
 from losslab.landscape import ProbeSettings, lanczos_eigenvalues, run_probes, spectral_density
-from tests.landscape.conftest import data, dense_hessian, mlp, operator, small_cnn
 
 CASES = {
     "mlp": (lambda: mlp(0), (4,)),
@@ -121,7 +121,12 @@ def test_same_seed_same_numbers_and_batch_size_invariance() -> None:
     big = run_probes(operator(model, x, y, size=512), settings)
     for key in ("eigenvalues", "eigen_residuals", "trace", "trace_stderr"):
         assert first[key] == again[key]
-    torch.testing.assert_close(torch.tensor(first["eigenvalues"], dtype=torch.float64), torch.tensor(big["eigenvalues"], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(first["eigenvalues"], dtype=torch.float64),
+        torch.tensor(big["eigenvalues"], dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
     assert first["trace"] == pytest.approx(big["trace"], rel=1e-12)
 
 

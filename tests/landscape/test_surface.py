@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from landscape.oracle import ce, data, operator, small_cnn
 from losslab.landscape import loss_line, loss_plane
 from losslab.landscape.surface import filter_normalized_direction
-from tests.landscape.conftest import ce, data, operator, small_cnn
 
 
 def test_direction_filters_have_the_weights_norms_and_biases_zero() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from landscape.oracle import ce, data, mlp, operator
 from losslab.landscape import HessianOperator, hutch_plus_plus, hutchinson, sharpness
-from tests.landscape.conftest import ce, data, mlp, operator
 
 
 def dominant_matrix(dim: int = 60, seed: int = 0) -> torch.Tensor:
@@ -121,16 +121,20 @@ def test_adaptive_sharpness_invariant_under_relu_rescaling() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
     x, y = data(64, (4,))
-    before = {k: sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, k, True, samples=4, steps=4, seed=2)["value"]
-              for k in ("average", "worst")}
+    before = {
+        k: sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, k, True, samples=4, steps=4, seed=2)["value"]
+        for k in ("average", "worst")
+    }
     plain_before = sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, "average", False, samples=4, seed=2)["value"]
     c = 7.0
     with torch.no_grad():
         net[0].weight.mul_(c)
         net[0].bias.mul_(c)
         net[2].weight.div_(c)
-    after = {k: sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, k, True, samples=4, steps=4, seed=2)["value"]
-             for k in ("average", "worst")}
+    after = {
+        k: sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, k, True, samples=4, steps=4, seed=2)["value"]
+        for k in ("average", "worst")
+    }
     plain_after = sharpness(HessianOperator(net, ce, [(x, y)]), 0.3, "average", False, samples=4, seed=2)["value"]
     for k in before:
         assert after[k] == pytest.approx(before[k], rel=1e-9)

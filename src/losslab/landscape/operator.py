@@ -11,6 +11,7 @@ depend on how the probe set is cut into batches. Hessian-vector products never b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -49,8 +50,9 @@ def select_parameters(model: nn.Module, pattern: str | None = None, weights_only
 class HessianOperator:
     """L(θ), ∇L(θ) and H(θ)·v over a probe set for the parameters ``params`` (default: all that require grad).
 
-    ``batches`` are (inputs, targets) pairs kept on ``device``; ``method`` is ``"auto"`` (forward-over-reverse,
-    falling back to double backward the first time the model refuses it), ``"func"`` or ``"double"``.
+    ``batches`` are (inputs, targets) pairs kept on ``device``; ``method`` is ``"func"`` (forward-over-reverse),
+    ``"double"`` (double backward) or ``"auto"``: the first product is computed both ways and the faster is kept
+    (``self.method`` says which), double backward when the model refuses forward-mode AD.
     """
 
     def __init__(
@@ -125,7 +127,9 @@ class HessianOperator:
     def loss(self) -> float:
         """L(θ) = Σ_b (n_b/N)·loss_b(θ) at the current parameters."""
         with torch.no_grad():
-            return float(sum(w * self.loss_fn(self.model(x), y).double() for w, (x, y) in zip(self.weights, self.batches)))
+            return float(
+                sum(w * self.loss_fn(self.model(x), y).double() for w, (x, y) in zip(self.weights, self.batches))
+            )
 
     def check_finite(self) -> float:
         """L(θ), or :class:`NonFiniteLossError` when it is NaN or infinite."""
@@ -151,14 +155,24 @@ class HessianOperator:
     def hvp(self, vec: Tensor) -> Tensor:
         """H(θ)·v over the whole probe set (batches weighted by size), v and the result flat."""
         self.hvp_count += 1
-        if self.method != "double":
-            try:
-                return self._accumulate(vec, self._hvp_func)
-            except (RuntimeError, NotImplementedError):
-                if self.method == "func":
-                    raise
-                self.method = "double"  # the model refuses forward-mode AD: double backward from now on
-        return self._accumulate(vec, self._hvp_double)
+        if self.method == "auto":
+            return self._choose(vec)
+        return self._accumulate(vec, self._hvp_func if self.method == "func" else self._hvp_double)
+
+    def _choose(self, vec: Tensor) -> Tensor:
+        """First product under ``auto``: time both ways and keep the faster; double backward when the model refuses
+        forward-mode AD (a custom autograd function without a jvp, say)."""
+        start = time.perf_counter()
+        try:
+            result = self._accumulate(vec, self._hvp_func)
+        except (RuntimeError, NotImplementedError):
+            self.method = "double"
+            return self._accumulate(vec, self._hvp_double)
+        func_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        self._accumulate(vec, self._hvp_double)
+        self.method = "double" if time.perf_counter() - start < func_seconds else "func"
+        return result
 
     __call__ = hvp
 

@@ -69,8 +69,9 @@ def sharpness(
     return {"value": value, "rho": rho, "kind": kind, "adaptive": adaptive, "base_loss": base}
 
 
-def _ascend(op: HessianOperator, theta: Tensor, scale: Tensor, u: Tensor, best: float, rho: float, steps: int,
-            loss_at: Any) -> float:
+def _ascend(
+    op: HessianOperator, theta: Tensor, scale: Tensor, u: Tensor, best: float, rho: float, steps: int, loss_at: Any
+) -> float:
     """The best loss rise seen along projected normalized gradient ascent in the ρ-ball from ``u``."""
     for _ in range(steps):
         op.set_theta(theta + scale * u)

@@ -217,6 +217,8 @@ def spectral_density(
     width = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
     sigma = sigma if sigma is not None else 0.01 * width
     grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_points, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    kernel = torch.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / sigma) ** 2) / (
+        sigma * math.sqrt(2 * math.pi)
+    )
     density = (weights[..., None] * kernel).sum(1).mean(0)
     return Density(nodes, weights, grid, density, sigma, moments.tolist(), stderr.tolist())

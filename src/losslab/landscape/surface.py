@@ -59,7 +59,8 @@ def loss_line(op: HessianOperator, points: int = 21, span: float = 1.0, seed: in
 
 
 def loss_plane(op: HessianOperator, points: int = 11, span: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """``{"alpha", "beta", "loss"}``: L(θ + a·d₁ + b·d₂) on a ``points`` × ``points`` grid (loss[i][j]: beta_i, alpha_j)."""
+    """``{"alpha", "beta", "loss"}``: L(θ + a·d₁ + b·d₂) on a ``points`` × ``points`` grid, loss[i][j] at
+    (alpha_j, beta_i)."""
     check_range("points", points, low=2)
     gen = torch.Generator(device=op.device).manual_seed(seed + 1)
     d1, d2 = filter_normalized_direction(op, gen), filter_normalized_direction(op, gen)

@@ -1,4 +1,4 @@
-"""Small float64 models with their dense Hessians from torch.func.hessian (the oracle)."""
+"""Test helpers: small float64 models with their dense Hessians from torch.func.hessian (the oracle)."""
 
 from __future__ import annotations
 
@@ -69,5 +69,7 @@ def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: lis
     return torch.cat(rows, 0)
 
 
-def operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, size: int = 16, method: str = "auto") -> HessianOperator:
+def operator(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, size: int = 16, method: str = "auto"
+) -> HessianOperator:
     return HessianOperator(model, ce, batches(x, y, size), method=method)
