@@ -119,8 +119,8 @@ def probe_run(
     }
     key = _settings_key(settings, extra)
     out = run_dir / RESULT_NAME
-    done = _reusable(out, key, overwrite) if write else None
     batches, n = probe_batches(loaded.config, samples, split, settings.seed, batch_size)
+    done = _reusable(out, key, overwrite) if write else None
     op = HessianOperator(model, loss_fn, batches, params=params, device=dev)
     op.check_finite()
     bar = _bar(len(settings.probes), progress, run_dir.name)
