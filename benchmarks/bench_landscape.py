@@ -1,0 +1,140 @@
+"""Top Hessian eigenvalue and trace of CIFAR ResNet-20: losslab's Lanczos / Hutch++ against PyHessian's power
+iteration / Hutchinson, at the same accuracy, measured in one run.
+
+PyHessian (Yao et al. 2020) is re-implemented here with its published algorithms (its package-index release calls
+the removed ``torch.eig``): power iteration v ← Hv/‖Hv‖, λ = vᵀHv, and Hutchinson with Rademacher vectors, each
+Hessian-vector product by double backward summed over batches. losslab's side is ``HessianOperator(method="auto")``
+(the faster of forward-over-reverse and double backward) with :func:`lanczos_eigenvalues` / :func:`hutch_plus_plus`.
+
+"Same accuracy" is relative error ≤ ``--accuracy`` (1e-3):
+
+- eigenvalue: the reference is a long converged Lanczos run (residual ≤ 1e-7·λ). Power iteration is charged the
+  products until its estimate is within 1e-3 of it and stays there (knowledge it does not have in practice);
+  Lanczos is charged what its own stopping rule (residual ≤ 1e-3·λ) spends, plus the measured residual, and its
+  answer is checked to be within 1e-3;
+- trace: the products each estimator needs for a standard error ≤ 1e-3·|trace|, from its per-sample variance
+  measured on ``--pilot`` samples (Hutchinson: (σ/(1e-3·|tr|))²; Hutch++: 2·rank + (σ_deflated/(1e-3·|tr|))²),
+  times the measured seconds per product.
+
+Run with one thread (the machine is shared)::
+
+    .venv/bin/python benchmarks/bench_landscape.py            # 2,048 random CIFAR-shaped images
+    .venv/bin/python benchmarks/bench_landscape.py --quick    # 128 images, fewer pilot samples
+    .venv/bin/python benchmarks/bench_landscape.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from losslab.landscape import HessianOperator, hutch_plus_plus, hutchinson, lanczos_eigenvalues
+from losslab.models import create_model
+
+
+def power_iteration(
+    op: HessianOperator, steps: int, seed: int, ref: float, accuracy: float, confirm: int = 5
+) -> list[float]:
+    """PyHessian's eigenvalue loop: the Rayleigh quotient after each product; stops ``confirm`` products after the
+    first estimate within ``accuracy`` of ``ref`` (those confirm whether it stays there)."""
+    gen = torch.Generator(device=op.device).manual_seed(seed)
+    v = torch.randn(op.dim, generator=gen, device=op.device, dtype=op.dtype)
+    v /= v.norm()
+    out: list[float] = []
+    streak = 0
+    for _ in range(steps):
+        hv = op.hvp(v)
+        out.append(float(v @ hv))
+        v = hv / hv.norm()
+        streak = streak + 1 if abs(out[-1] - ref) <= accuracy * abs(ref) else 0
+        if streak > confirm:
+            break
+    return out
+
+
+def first_within(estimates: list[float], ref: float, accuracy: float) -> int | None:
+    """The 1-based index from which every estimate is within ``accuracy`` of ``ref`` (None if never)."""
+    ok = [abs(e - ref) <= accuracy * abs(ref) for e in estimates]
+    for i in range(len(ok)):
+        if all(ok[i:]):
+            return i + 1
+    return None
+
+
+def cpu_seconds(fn, *args, repeat: int = 2) -> float:
+    """Mean CPU seconds of ``fn(*args)`` (CPU time, not wall: the machine is shared; one thread)."""
+    start = time.process_time()
+    for _ in range(repeat):
+        fn(*args)
+    return (time.process_time() - start) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="128 images, 8 pilot samples")
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--accuracy", type=float, default=1e-3)
+    parser.add_argument("--pilot", type=int, default=None, help="samples to measure each trace estimator's variance")
+    parser.add_argument("--rank", type=int, default=10, help="Hutch++ deflation rank")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.images or (128 if args.quick else 2048)
+    pilot = args.pilot or (8 if args.quick else 30)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10).to(dev).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    batches = list(zip(x.split(args.batch_size), y.split(args.batch_size)))
+    ours = HessianOperator(model, F.cross_entropy, batches, device=dev)
+    theirs = HessianOperator(model, F.cross_entropy, batches, method="double", device=dev)
+    print(f"CIFAR ResNet-20, {n} images, {ours.dim:,} parameters, device {dev}, {torch.get_num_threads()} thread(s)")
+
+    v = torch.randn(ours.dim, device=dev)
+    ours.hvp(v)  # auto: times both ways, keeps the faster
+    t_ours, t_theirs = cpu_seconds(ours.hvp, v), cpu_seconds(theirs.hvp, v)
+    print(f"one product (CPU s): losslab ({ours.method}) {t_ours:.2f}, PyHessian double backward {t_theirs:.2f}")
+
+    # ---------------------------------------------------------------- top eigenvalue
+    ref = lanczos_eigenvalues(ours.hvp, ours.dim, k=1, tol=1e-7, max_steps=150, seed=123, dtype=ours.dtype, device=dev)
+    lam = ref.values[0]
+    print(f"reference top eigenvalue {lam:.6f} (residual {ref.residuals[0]:.1e}, {ref.steps} Lanczos steps)")
+    steps = 100
+    power = power_iteration(theirs, steps, 0, lam, args.accuracy)
+    n_power = first_within(power, lam, args.accuracy)
+    eig = lanczos_eigenvalues(
+        ours.hvp, ours.dim, k=1, tol=args.accuracy, max_steps=steps, seed=0, dtype=ours.dtype, device=dev
+    )
+    n_lanczos = eig.steps + 1  # + the product of the measured residual
+    lanczos_ok = abs(eig.values[0] - lam) <= args.accuracy * abs(lam)
+    print(
+        f"power iteration: within {args.accuracy:g} after {n_power} products; "
+        f"Lanczos (own residual stop): {n_lanczos} products, error {abs(eig.values[0] - lam) / abs(lam):.1e}"
+    )
+    if n_power is not None and lanczos_ok:
+        eig_ratio = (n_power * t_theirs) / (n_lanczos * t_ours)
+        print(f"top eigenvalue speed-up: {eig_ratio:.1f}x (target >= 3x)")
+
+    # ---------------------------------------------------------------- trace
+    hpp = hutch_plus_plus(ours.hvp, ours.dim, rank=args.rank, samples=pilot, seed=0, dtype=ours.dtype, device=dev)
+    hut = hutchinson(theirs.hvp, theirs.dim, samples=pilot, seed=0, dtype=theirs.dtype, device=dev)
+    tr = hpp.trace
+    need_hpp = 2 * args.rank + (hpp.stderr * pilot**0.5 / (args.accuracy * abs(tr))) ** 2
+    need_hut = (hut.stderr * pilot**0.5 / (args.accuracy * abs(tr))) ** 2
+    print(
+        f"trace {tr:.4f} ± {hpp.stderr:.4f} (Hutch++), Hutchinson {hut.trace:.4f} ± {hut.stderr:.4f} "
+        f"({pilot} samples each)"
+    )
+    print(f"products for stderr <= {args.accuracy:g}·|trace|: Hutch++ {need_hpp:,.0f}, Hutchinson {need_hut:,.0f}")
+    print(f"trace speed-up: {(need_hut * t_theirs) / (need_hpp * t_ours):.1f}x (target >= 2x)")
+
+
+if __name__ == "__main__":
+    main()
