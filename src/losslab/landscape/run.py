@@ -34,7 +34,7 @@ DEFAULT_SAMPLES = 2048
 RESULT_NAME = "landscape.json"
 FIGURE_DIR = "landscape"
 
-__all__ = ["DEFAULT_SAMPLES", "landscape_loss", "probe_batches", "probe_run"]
+__all__ = ["DEFAULT_SAMPLES", "landscape_loss", "probe_batches", "probe_run", "result_key", "stored_result"]
 
 
 def landscape_loss(cfg: Any, kind: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -77,10 +77,49 @@ def probe_batches(
     return [(x, y) for x, y in loader], n
 
 
-def _settings_key(settings: ProbeSettings, extra: dict[str, Any]) -> dict[str, Any]:
+def result_key(
+    checkpoint: Path, settings: ProbeSettings, samples: int | str | None, split: str, loss: str, layer: str | None
+) -> dict[str, Any]:
+    """What a stored result must match to be reused: the settings (probes aside), the data and the checkpoint file
+    (path in the run folder, size, modification time), as JSON."""
     key = settings.to_json()
     key.pop("probes")
-    return {**key, **extra}
+    stat = checkpoint.stat()
+    key |= {
+        "samples_asked": samples,
+        "split": split,
+        "loss": loss,
+        "layer": layer,
+        "checkpoint": str(checkpoint.relative_to(checkpoint.parent.parent)),
+        "checkpoint_bytes": stat.st_size,
+        "checkpoint_mtime_ns": stat.st_mtime_ns,
+    }
+    return json.loads(json.dumps(key, default=str))
+
+
+def stored_result(
+    path: str | Path,
+    settings: ProbeSettings,
+    samples: int | str | None = None,
+    split: str = "train",
+    loss: str = "run",
+    layer: str | None = None,
+) -> dict[str, Any] | None:
+    """The run's stored ``landscape.json`` when it was computed with these settings and holds every probe asked
+    for, else None (nothing loaded but the JSON)."""
+    from losslab.train.checkpoint import checkpoint_path
+
+    ckpt = checkpoint_path(path)
+    out = ckpt.parent.parent / RESULT_NAME
+    try:
+        stored = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(stored, dict) or stored.get("settings") != result_key(
+        ckpt, settings, samples, split, loss, layer
+    ):
+        return None
+    return stored if set(settings.probes) <= set(stored.get("probes_done", [])) else None
 
 
 def probe_run(
@@ -107,17 +146,7 @@ def probe_run(
     model = loaded.model.to(dev).eval()
     params = select_parameters(model, layer)
     loss_fn = landscape_loss(loaded.config, loss)
-    stat = loaded.checkpoint.stat()
-    extra = {
-        "samples_asked": samples,
-        "split": split,
-        "loss": loss,
-        "layer": layer,
-        "checkpoint": str(loaded.checkpoint.relative_to(run_dir)),
-        "checkpoint_bytes": stat.st_size,
-        "checkpoint_mtime_ns": stat.st_mtime_ns,
-    }
-    key = _settings_key(settings, extra)
+    key = result_key(loaded.checkpoint, settings, samples, split, loss, layer)
     out = run_dir / RESULT_NAME
     batches, n = probe_batches(loaded.config, samples, split, settings.seed, batch_size)
     done = _reusable(out, key, overwrite) if write else None
@@ -150,7 +179,7 @@ def _reusable(out: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any]
         stored = json.loads(out.read_text())
     except (OSError, json.JSONDecodeError):
         stored = None
-    if isinstance(stored, dict) and stored.get("settings") == json.loads(json.dumps(key, default=str)):
+    if isinstance(stored, dict) and stored.get("settings") == key:
         return stored
     if overwrite:
         return None
