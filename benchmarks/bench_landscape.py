@@ -21,6 +21,7 @@ Run with one thread (the machine is shared)::
     .venv/bin/python benchmarks/bench_landscape.py            # 2,048 random CIFAR-shaped images
     .venv/bin/python benchmarks/bench_landscape.py --quick    # 128 images, fewer pilot samples
     .venv/bin/python benchmarks/bench_landscape.py --device cuda
+    .venv/bin/python benchmarks/bench_landscape.py --run runs/digits-small_cnn-root-s0   # a trained model
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--accuracy", type=float, default=1e-3)
     parser.add_argument("--pilot", type=int, default=None, help="samples to measure each trace estimator's variance")
     parser.add_argument("--rank", type=int, default=10, help="Hutch++ deflation rank")
+    parser.add_argument("--run", default=None, help="probe this trained losslab run instead of ResNet-20 at init")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -87,15 +89,25 @@ def main() -> None:
     n = args.images or (128 if args.quick else 2048)
     pilot = args.pilot or (8 if args.quick else 30)
     dev = torch.device(args.device)
-    torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=10).to(dev).eval()
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, 32, 32, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    batches = list(zip(x.split(args.batch_size), y.split(args.batch_size)))
+    if args.run is not None:  # a trained losslab run on its default probe set (2,048 training images or fewer)
+        from losslab.landscape.run import probe_batches
+        from losslab.train import load_run
+
+        loaded = load_run(args.run)
+        model = loaded.model.to(dev).eval()
+        batches, n = probe_batches(loaded.config, None, "train", 0, args.batch_size)
+        what = f"trained run {args.run} ({loaded.config.model}, {loaded.config.dataset})"
+    else:
+        torch.manual_seed(0)
+        model = create_model("cifar_resnet20", num_classes=10).to(dev).eval()
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(n, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (n,), generator=gen)
+        batches = list(zip(x.split(args.batch_size), y.split(args.batch_size)))
+        what = "CIFAR ResNet-20 at initialization, random images and labels"
     ours = HessianOperator(model, F.cross_entropy, batches, device=dev)
     theirs = HessianOperator(model, F.cross_entropy, batches, method="double", device=dev)
-    print(f"CIFAR ResNet-20, {n} images, {ours.dim:,} parameters, device {dev}, {torch.get_num_threads()} thread(s)")
+    print(f"{what}: {n} images, {ours.dim:,} parameters, device {dev}, {torch.get_num_threads()} thread(s)")
 
     v = torch.randn(ours.dim, device=dev)
     ours.hvp(v)  # auto: times both ways, keeps the faster
