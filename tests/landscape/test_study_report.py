@@ -68,6 +68,7 @@ STUDY = {
 }
 
 
+@pytest.mark.slow
 def test_study_probes_each_model_once_and_reports(tmp_path: Path) -> None:
     from losslab.report import build_report
     from losslab.study.runner import plan_jobs
