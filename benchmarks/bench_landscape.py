@@ -8,10 +8,9 @@ Hessian-vector product by double backward summed over batches. losslab's side is
 
 "Same accuracy" is relative error ≤ ``--accuracy`` (1e-3):
 
-- eigenvalue: the reference is a long converged Lanczos run (residual ≤ 1e-7·λ). Power iteration is charged the
-  products until its estimate is within 1e-3 of it and stays there (knowledge it does not have in practice);
-  Lanczos is charged what its own stopping rule (residual ≤ 1e-3·λ) spends, plus the measured residual, and its
-  answer is checked to be within 1e-3;
+- eigenvalue: the reference is a long converged Lanczos run (residual ≤ 1e-7·λ). Both methods are charged the
+  products until their estimate is within 1e-3 (and 1e-5) of it and stays there (a stopping oracle neither has
+  in practice), from the same start vector; Lanczos's own stopping rule (residual ≤ 1e-3·λ) is printed too;
 - trace: the products each estimator needs for a standard error ≤ 1e-3·|trace|, from its per-sample variance
   measured on ``--pilot`` samples (Hutchinson: (σ/(1e-3·|tr|))²; Hutch++: 2·rank + (σ_deflated/(1e-3·|tr|))²),
   times the measured seconds per product.
@@ -34,6 +33,9 @@ import torch.nn.functional as F
 
 from losslab.landscape import HessianOperator, hutch_plus_plus, hutchinson, lanczos_eigenvalues
 from losslab.models import create_model
+
+#: Eigenvalue accuracies reported (relative error to the converged reference); the first is the target's.
+ACCURACIES = (1e-3, 1e-5)
 
 
 def power_iteration(
@@ -118,21 +120,31 @@ def main() -> None:
     ref = lanczos_eigenvalues(ours.hvp, ours.dim, k=1, tol=1e-7, max_steps=150, seed=123, dtype=ours.dtype, device=dev)
     lam = ref.values[0]
     print(f"reference top eigenvalue {lam:.6f} (residual {ref.residuals[0]:.1e}, {ref.steps} Lanczos steps)")
-    steps = 100
-    power = power_iteration(theirs, steps, 0, lam, args.accuracy)
-    n_power = first_within(power, lam, args.accuracy)
-    eig = lanczos_eigenvalues(
-        ours.hvp, ours.dim, k=1, tol=args.accuracy, max_steps=steps, seed=0, dtype=ours.dtype, device=dev
+    power = power_iteration(theirs, 100, 0, lam, min(ACCURACIES))
+    ritz: list[list[float]] = []
+    lanczos_eigenvalues(
+        ours.hvp, ours.dim, k=1, tol=0.0, max_steps=40, seed=0, dtype=ours.dtype, device=dev, history=ritz
     )
-    n_lanczos = eig.steps + 1  # + the product of the measured residual
-    lanczos_ok = abs(eig.values[0] - lam) <= args.accuracy * abs(lam)
+    own = lanczos_eigenvalues(
+        ours.hvp, ours.dim, k=1, tol=args.accuracy, max_steps=100, seed=0, dtype=ours.dtype, device=dev
+    )
     print(
-        f"power iteration: within {args.accuracy:g} after {n_power} products; "
-        f"Lanczos (own residual stop): {n_lanczos} products, error {abs(eig.values[0] - lam) / abs(lam):.1e}"
+        f"Lanczos with its own stopping rule (residual <= {args.accuracy:g}·λ): {own.steps} steps + 1 residual "
+        f"product, error {abs(own.values[0] - lam) / abs(lam):.1e}"
     )
-    if n_power is not None and lanczos_ok:
-        eig_ratio = (n_power * t_theirs) / (n_lanczos * t_ours)
-        print(f"top eigenvalue speed-up: {eig_ratio:.1f}x (target >= 3x)")
+    eig_ratio = None
+    for acc in ACCURACIES:
+        n_power = first_within(power, lam, acc)
+        n_lanczos = first_within([h[0] for h in ritz], lam, acc)
+        line = f"eigenvalue within {acc:g}: power iteration {n_power} products, Lanczos {n_lanczos} products"
+        if n_power is not None and n_lanczos is not None:
+            ratio = (n_power * t_theirs) / (n_lanczos * t_ours)
+            line += f" -> speed-up {ratio:.1f}x"
+            if acc == args.accuracy:
+                eig_ratio = ratio
+        print(line)
+    if eig_ratio is not None:
+        print(f"top eigenvalue speed-up at {args.accuracy:g}: {eig_ratio:.1f}x (target >= 3x)")
 
     # ---------------------------------------------------------------- trace
     hpp = hutch_plus_plus(ours.hvp, ours.dim, rank=args.rank, samples=pilot, seed=0, dtype=ours.dtype, device=dev)

@@ -74,11 +74,12 @@ def lanczos_eigenvalues(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    history: list[list[float]] | None = None,
 ) -> Eigen:
     """The ``k`` algebraically largest (or smallest) eigenvalues of the symmetric operator ``matvec`` of size ``dim``.
 
     Stops when every wanted Ritz pair's residual bound is at most ``tol``·max|θ|, after ``max_steps`` steps, or
-    when the Krylov space is the whole space.
+    when the Krylov space is the whole space. ``history``, if given, receives the wanted Ritz values of each step.
     """
     check_range("k", k, low=1)
     if which not in ("largest", "smallest"):
@@ -100,6 +101,8 @@ def lanczos_eigenvalues(
         beta = float(w.norm())
         theta, s = torch.linalg.eigh(tridiagonal(alphas, betas))
         pick = _wanted(theta, k, which)
+        if history is not None:
+            history.append([float(theta[i]) for i in pick])
         scale = max(float(theta.abs().max()), 1e-300)
         if len(alphas) >= k and all(abs(beta * float(s[-1, i])) <= tol * scale for i in pick):
             break
