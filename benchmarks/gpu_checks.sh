@@ -39,4 +39,6 @@ run bench_solve_fp64 "$py" benchmarks/bench_solve.py --device cuda --dtype float
 run bench_train "$py" benchmarks/bench_train.py --device cuda --epochs 3
 run train_gpu_smoke "$py" -m losslab.cli train --dataset fake --model cifar_resnet20 --epochs 2 --loader device \
   --compile --precision bf16-mixed --out-dir "$out/runs" --run-name compiled --overwrite --no-progress
+# issue 19: ResNet-20 top eigenvalue (>= 3x) and trace (>= 2x) vs PyHessian's power iteration / Hutchinson, 2,048 images
+run bench_landscape "$py" benchmarks/bench_landscape.py --device cuda
 exit "$status"

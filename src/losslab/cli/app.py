@@ -53,6 +53,7 @@ def _register_commands() -> None:
     """Attach every command; each module imports only click at load time, so ``--help`` stays fast."""
     from losslab.cli.catalog import list_datasets_cmd, list_models_cmd, list_objectives_cmd, list_regularizers_cmd
     from losslab.cli.gan import gan
+    from losslab.cli.landscape import landscape
     from losslab.cli.lm import lm
     from losslab.cli.logreg import logreg
     from losslab.cli.quantize import quantize
@@ -61,7 +62,7 @@ def _register_commands() -> None:
     from losslab.cli.train import evaluate, train
     from losslab.cli.translate import translate
 
-    for command in (train, evaluate, quantize, lm, logreg, gan, translate, study, report, demo):
+    for command in (train, evaluate, quantize, lm, logreg, gan, translate, study, report, demo, landscape):
         cli.add_command(command)
     for command in (list_models_cmd, list_objectives_cmd, list_regularizers_cmd, list_datasets_cmd):
         cli.add_command(command)

@@ -385,3 +385,48 @@ def _eval_lm(opts: dict[str, Any]) -> None:
 
         record = {**dataclasses.asdict(result), "model": str(opts["model"]), "dtype": str(dtype)}
         write_json_output(json_path, record, overwrite=opts["overwrite"])
+
+
+@lm.command("landscape")
+@click.option("--model", required=True, help="Hub name or local folder of a causal LM.")
+@click.option("--probes", default="eig,trace", show_default=True, help="eig, trace, density, sharpness, kurtosis.")
+@click.option("--top-k", type=int, default=1, show_default=True, help="Top eigenvalues (Lanczos).")
+@click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
+@click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
+@click.option("--calib-samples", type=int, default=8, show_default=True, help="Calibration windows probed.")
+@click.option("--seqlen", type=int, help="Window length (default: the model's context).")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Windows per pass (not the answer).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the windows and the probes.")
+@click.option("--device", help="Device (default cuda if available).")
+@json_option("Write the result as JSON to")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@progress_option
+def landscape_cmd(**opts: Any) -> None:
+    """Top Hessian eigenvalue and trace (and other probes) of a causal LM on calibration windows."""
+    from losslab.landscape import ProbeSettings, parse_probes
+    from losslab.landscape.lm import probe_lm
+    from losslab.lm.data import load_calibration
+    from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
+
+    if opts["top_k"] <= 0:
+        raise ConfigError(f"--top-k {opts['top_k']}: pass a positive number of eigenvalues")
+    settings = ProbeSettings(probes=parse_probes(opts["probes"]), top_k=opts["top_k"], seed=opts["seed"])
+    json_path = opts["json_path"]
+    if json_path is not None and str(json_path) != "-":
+        check_output(Path(json_path), overwrite=opts["overwrite"], what="results JSON", flag="--json")
+    with quiet_third_party(resolve_progress(opts["progress"])):
+        tokenizer = load_tokenizer(opts["model"])
+        model = load_causal_lm(opts["model"])
+        seqlen = check_seqlen(model, opts["seqlen"])
+        source = opts["text_file"] or opts["calib"]
+        windows = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["seed"])
+        result = probe_lm(model, windows, settings, opts["batch_size"], _device(opts["device"]))
+    result["model"] = str(opts["model"])
+    from losslab.cli.landscape import summary_table
+
+    if json_path is None or str(json_path) != "-":
+        click.echo(
+            summary_table({**result, "samples": result["windows"], "split": str(source), "loss": "next-token CE"})
+        )
+    if json_path is not None:
+        write_json_output(json_path, result, overwrite=opts["overwrite"])

@@ -242,6 +242,7 @@ def _blocks(results: StudyResults, store: StudyStore, out: Path) -> list[Block]:
     logits = figures.logit_statistics(results, fig_dir / "logit_statistics.png")
     if logits is not None:
         blocks += [Heading("Logit statistics"), FigureBlock("figures/logit_statistics.png", "Logit statistics.")]
+    blocks += _landscape_blocks(results, store, out)
     if results.failures:
         blocks += [
             Heading("Failed jobs"),
@@ -258,6 +259,44 @@ def _blocks(results: StudyResults, store: StudyStore, out: Path) -> list[Block]:
     blocks.append(
         Paragraph(f"Tables as CSV: summary.csv ({len(summary)} rows), results.csv, runs.csv, layers.csv, methods.csv.")
     )
+    return blocks
+
+
+def _landscape_blocks(results: StudyResults, store: StudyStore, out: Path) -> list[Block]:
+    """ "Landscape vs compression" (losslab.report.landscape), when the study's models were probed."""
+    from losslab.report import landscape as ls
+
+    rows = ls.landscape_rows(results, ls.read_landscapes(results, store.path.parent))
+    if not rows:
+        return []
+    ranked = ls.ranking(rows)
+    write_csv(out / "landscape.csv", [{k: v for k, v in r.items() if k not in ("x", "y", "variants")} for r in rows])
+    blocks: list[Block] = [
+        Heading("Landscape vs compression"),
+        Paragraph(
+            "Kendall's τ-b between each loss-landscape probe (losslab landscape, per trained model) and the top-1 "
+            "drop at each (method, bits), with a 95 % bootstrap interval over the models; granulated τ (Jiang et "
+            "al. 2020): τ among models differing in one training option only, averaged over the rest. "
+            + ls.verdict(ranked)
+        ),
+        Table(
+            ["probe", "mean τ", "mean granulated τ", "points with interval excluding 0"],
+            [
+                [
+                    r["probe"],
+                    _fmt(r["mean_tau"], "+.2f"),
+                    _fmt(r["mean_granulated_tau"], "+.2f"),
+                    f"{r['significant']}/{r['points']}",
+                ]
+                for r in ranked
+            ],
+            "landscape.csv",
+        ),
+    ]
+    for i, r in enumerate(ranked):
+        path = ls.scatter(rows, r["probe"], out / "figures" / f"landscape_{i}.png")
+        if path is not None:
+            blocks.append(FigureBlock(f"figures/{path.name}", f"{r['probe']} vs top-1 drop, one colour per variant."))
     return blocks
 
 

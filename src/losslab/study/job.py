@@ -90,6 +90,7 @@ class StudyJob:
     points: tuple[tuple[str, CompressionPoint], ...]
     compress: dict[str, Any]
     study: str
+    landscape: dict[str, Any] | None = None  # the study's landscape section, when this model still needs probing
 
     def compress_section(self) -> CompressSection:
         """The study's compression settings, parsed."""

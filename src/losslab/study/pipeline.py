@@ -10,7 +10,8 @@ killed earlier attempt finished training: its ``result.json`` is reused); the be
 evaluated on the test split (the float reference of every drop, same pipeline as the compressed models); each
 compression group (one method and option set, all its bit widths) is quantized with
 :func:`losslab.quant.quantize_many` from one calibration cache; every compressed model is evaluated on the test
-split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model. Loading,
+split. Weight histograms of every Conv2d/Linear layer are kept for the float and each compressed model. With a
+``landscape:`` section the model is then probed once (:mod:`losslab.study.landscape_stage`). Loading,
 calibration (with the run's img_size/data settings), evaluation and quantization go through
 :class:`losslab.compress.trained_run.TrainedRun`, the service that ``losslab quantize`` uses too.
 """
@@ -168,6 +169,10 @@ def train_and_compress(job: StudyJob) -> JobResult:
                 )
             )
     records += budget_records(run, calib, budgeted, section, setting)
+    if job.landscape is not None:  # the landscape stage: stored in the run folder, reused when done
+        from losslab.study.landscape_stage import probe_trained_model
+
+        probe_trained_model(job.run_dir, job.landscape, device=str(run.device))
     return JobResult(job.train_key, record, records, provenance())
 
 

@@ -26,6 +26,7 @@ from losslab.io import claim_output_dir, write_yaml_atomic
 from losslab.runs.progress import show_progress
 from losslab.study.backends import JobFn, check_backend, execute_jobs
 from losslab.study.job import JobResult, StudyJob, compression_key, compression_setting, provenance, train_key
+from losslab.study.landscape_stage import landscape_done
 from losslab.study.spec import StudySpec, load_study_spec
 from losslab.study.store import StudyStore
 
@@ -79,19 +80,21 @@ def plan_jobs(spec: StudySpec, store: StudyStore, study_dir: Path) -> tuple[list
     stored_runs = {r["key"]: r["run_dir"] for r in store.train_runs()}
     done = store.done_compression_keys()
     compress = spec.file.compress.model_dump(mode="json")
+    landscape = spec.file.landscape.model_dump(mode="json") if spec.file.landscape is not None else None
     jobs = []
     train_points = spec.train_points()
     for config in train_points:
         key = train_key(config)
         missing = tuple((k, p) for p in points if (k := compression_key(key, p, setting)) not in done)
-        if key in stored_runs and not missing:
-            continue
+        run_dir = study_dir.resolve() / (stored_runs.get(key) or f"{RUNS_FOLDER}/{key}")
         retrain = key in stored_runs and _run_folder_gone(study_dir.resolve(), stored_runs[key])
         if retrain:  # the stored compressions belong to the deleted weights: train again and redo every point
             missing = tuple((compression_key(key, p, setting), p) for p in points)
-        run_dir = study_dir.resolve() / (stored_runs.get(key) or f"{RUNS_FOLDER}/{key}")
+        probe = landscape if landscape is not None and (retrain or not landscape_done(run_dir, landscape)) else None
+        if key in stored_runs and not missing and probe is None:
+            continue
         needs_training = key not in stored_runs or retrain
-        jobs.append(StudyJob(key, config, str(run_dir), needs_training, missing, compress, spec.name))
+        jobs.append(StudyJob(key, config, str(run_dir), needs_training, missing, compress, spec.name, probe))
     return jobs, len(train_points)
 
 

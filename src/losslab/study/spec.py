@@ -141,6 +141,35 @@ class CompressSection(BaseModel):
         return value
 
 
+class LandscapeSection(BaseModel):
+    """Loss-landscape probes of every trained model (``losslab landscape``; docs/landscape.md), run once per model
+    as a stored stage of its job (``landscape.json`` in its run folder, reused for the same settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probes: list[str] = Field(
+        default_factory=lambda: ["eig", "trace", "sharpness", "kurtosis"], description="Probe names (see PROBES)."
+    )
+    samples: int | None = Field(None, gt=0, description="Probe-set images (default 2,048 or the whole split).")
+    seed: int = Field(0, description="Seed of the probe set and of the probes.")
+    loss: str = Field("ce", description="run (each model's own objective) or ce (comparable across objectives).")
+    top_k: int = Field(3, gt=0, description="Top eigenvalues.")
+
+    @field_validator("probes")
+    @classmethod
+    def _probes(cls, value: list[str]) -> list[str]:
+        from losslab.landscape.probes import parse_probes
+
+        return list(parse_probes(",".join(value)))
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, value: str) -> str:
+        if value not in ("run", "ce"):
+            raise ValueError("must be run or ce")
+        return value
+
+
 class StudyFile(BaseModel):
     """The top level of a study YAML file (see the module docstring)."""
 
@@ -153,6 +182,7 @@ class StudyFile(BaseModel):
     variants: list[dict[str, Any]] | None = Field(None, description="Coupled option sets merged into train.")
     grid: dict[str, list[Any]] | None = Field(None, description="TrainConfig key -> values (product).")
     compress: CompressSection
+    landscape: LandscapeSection | None = Field(None, description="Loss-landscape probes of every trained model.")
     out_dir: str | None = Field(None, description="Study folder; default study_runs/<name>.")
 
     @field_validator("name")
@@ -288,9 +318,11 @@ def _study_file_error(exc: ValidationError) -> ConfigError:
         loc = [str(part) for part in err["loc"]]
         key = ".".join(loc) or "study"
         if err["type"] == "extra_forbidden":
-            section: type[BaseModel] = {"compress": CompressSection, "calibration": Calibration}.get(
-                loc[-2] if len(loc) > 1 else "", StudyFile
-            )
+            section: type[BaseModel] = {
+                "compress": CompressSection,
+                "calibration": Calibration,
+                "landscape": LandscapeSection,
+            }.get(loc[-2] if len(loc) > 1 else "", StudyFile)
             if len(loc) > 2 and loc[-3] == "methods":
                 section = MethodEntry
             allowed = list(section.model_fields)

@@ -1,0 +1,218 @@
+"""The loss of a model over a fixed probe set, its gradient and Hessian-vector products, as flat vectors.
+
+    op = HessianOperator(model, loss_fn, batches)          # model in eval mode, params that require grad
+    op.loss(), op.gradient(), op.hvp(v)                    # v, results: flat tensors of op.dim entries
+
+The loss is the probe set's mean, L(θ) = Σ_b (n_b/N)·loss_b(θ) with ``loss_b`` a batch mean, so the answer does not
+depend on how the probe set is cut into batches. Hessian-vector products never build the Hessian: forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``, Pearlmutter's R-operator) where the model allows it, else double backward
+(∇(∇L·v)). Parameters the loss does not use contribute zero rows (never an error).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from losslab.errors import ConfigError, LosslabError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Any, Tensor]
+
+__all__ = ["HessianOperator", "LossFn", "select_parameters"]
+
+
+class NonFiniteLossError(LosslabError):
+    """The loss is NaN or infinite at the probed weights."""
+
+
+def select_parameters(model: nn.Module, pattern: str | None = None, weights_only: bool = False) -> dict[str, Tensor]:
+    """The parameters probed: those that require gradients, whose name contains ``pattern`` (if given), and with
+    ``weights_only`` only tensors of two or more dimensions (conv/linear weights, no biases or norm scales)."""
+    chosen = {
+        name: p
+        for name, p in model.named_parameters()
+        if p.requires_grad and (pattern is None or pattern in name) and (not weights_only or p.dim() >= 2)
+    }
+    if not chosen:
+        where = f" matching {pattern!r}" if pattern else ""
+        raise ConfigError(
+            f"the model has no trainable parameters{where} to probe; pick another --layer (names as in "
+            "model.named_parameters()) or a model with trainable weights"
+        )
+    return chosen
+
+
+class HessianOperator:
+    """L(θ), ∇L(θ) and H(θ)·v over a probe set for the parameters ``params`` (default: all that require grad).
+
+    ``batches`` are (inputs, targets) pairs kept on ``device``; ``method`` is ``"func"`` (forward-over-reverse),
+    ``"double"`` (double backward) or ``"auto"``: the first product is computed both ways and the faster is kept
+    (``self.method`` says which), double backward when the model refuses forward-mode AD.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Iterable[Batch],
+        params: dict[str, Tensor] | None = None,
+        method: str = "auto",
+        device: torch.device | str | None = None,
+    ) -> None:
+        if method not in ("auto", "func", "double"):
+            raise ConfigError(f"method={method!r}: choose auto, func or double")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.params = dict(params) if params is not None else select_parameters(model)
+        self.names = list(self.params)
+        self.shapes = [p.shape for p in self.params.values()]
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.dim = sum(self.sizes)
+        first = next(iter(self.params.values()))
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = first.dtype
+        self.batches = [(_to(x, self.device), _to(y, self.device)) for x, y in batches]
+        if not self.batches:
+            raise ConfigError("the probe set is empty: pass at least one batch (--samples >= 1)")
+        counts = [len(y) for _, y in self.batches]
+        self.weights = [n / sum(counts) for n in counts]
+        self.samples = sum(counts)
+        self.method = method
+        self.hvp_count = 0
+
+    def restricted(self, names: Sequence[str]) -> HessianOperator:
+        """The operator of the parameter block ``names`` (the diagonal block H_BB; the rest held fixed), sharing
+        this one's device-resident batches."""
+        sub = object.__new__(HessianOperator)
+        sub.__dict__.update(self.__dict__)
+        sub.params = {n: self.params[n] for n in names}
+        sub.names = list(names)
+        sub.shapes = [p.shape for p in sub.params.values()]
+        sub.sizes = [p.numel() for p in sub.params.values()]
+        sub.dim = sum(sub.sizes)
+        sub.hvp_count = 0
+        return sub
+
+    # ------------------------------------------------------------------ vectors
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """One flat vector from per-parameter tensors (in ``self.names`` order)."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vec: Tensor) -> list[Tensor]:
+        """Per-parameter views of a flat vector."""
+        return [v.view(s) for v, s in zip(vec.split(self.sizes), self.shapes)]
+
+    def theta(self) -> Tensor:
+        """The probed parameters as one flat vector (a copy)."""
+        return self.flatten([p.detach() for p in self.params.values()])
+
+    @torch.no_grad()
+    def set_theta(self, vec: Tensor) -> None:
+        """Write a flat vector into the probed parameters (in place)."""
+        for p, v in zip(self.params.values(), self.unflatten(vec)):
+            p.copy_(v)
+
+    def block_slices(self, groups: dict[str, list[str]]) -> dict[str, list[slice]]:
+        """The flat-vector slices of each group of parameter names."""
+        starts = dict(zip(self.names, torch.tensor([0, *self.sizes]).cumsum(0).tolist()))
+        size = dict(zip(self.names, self.sizes))
+        return {g: [slice(starts[n], starts[n] + size[n]) for n in names] for g, names in groups.items()}
+
+    # ------------------------------------------------------------------ loss and gradient
+    def loss(self) -> float:
+        """L(θ) = Σ_b (n_b/N)·loss_b(θ) at the current parameters."""
+        with torch.no_grad():
+            return float(
+                sum(w * self.loss_fn(self.model(x), y).double() for w, (x, y) in zip(self.weights, self.batches))
+            )
+
+    def check_finite(self) -> float:
+        """L(θ), or :class:`NonFiniteLossError` when it is NaN or infinite."""
+        value = self.loss()
+        if not torch.isfinite(torch.tensor(value)):
+            raise NonFiniteLossError(
+                f"the loss is {value} at the probed weights: the checkpoint is diverged or the probe data is broken; "
+                "probe an earlier checkpoint (checkpoints/last.ckpt or best.ckpt) or train again"
+            )
+        return value
+
+    def gradient(self) -> Tensor:
+        """∇L(θ) as a flat vector (zeros for unused parameters)."""
+        total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
+        params = list(self.params.values())
+        for w, (x, y) in zip(self.weights, self.batches):
+            loss = self.loss_fn(self.model(x), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+            total.add_(self.flatten(grads), alpha=w)
+        return total
+
+    # ------------------------------------------------------------------ Hessian-vector products
+    def hvp(self, vec: Tensor) -> Tensor:
+        """H(θ)·v over the whole probe set (batches weighted by size), v and the result flat."""
+        self.hvp_count += 1
+        if self.method == "auto":
+            return self._choose(vec)
+        return self._accumulate(vec, self._hvp_func if self.method == "func" else self._hvp_double)
+
+    def _choose(self, vec: Tensor) -> Tensor:
+        """First product under ``auto``: time both ways and keep the faster; double backward when the model refuses
+        forward-mode AD (a custom autograd function without a jvp, say)."""
+        start = time.perf_counter()
+        try:
+            result = self._accumulate(vec, self._hvp_func)
+        except (RuntimeError, NotImplementedError):
+            self.method = "double"
+            return self._accumulate(vec, self._hvp_double)
+        func_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        self._accumulate(vec, self._hvp_double)
+        self.method = "double" if time.perf_counter() - start < func_seconds else "func"
+        return result
+
+    __call__ = hvp
+
+    def _accumulate(self, vec: Tensor, one: Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]) -> Tensor:
+        tangent = self.unflatten(vec.to(device=self.device, dtype=self.dtype))
+        total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
+        for w, (x, y) in zip(self.weights, self.batches):
+            total.add_(self.flatten(one(tangent, x, y)), alpha=w)
+        return total
+
+    def _hvp_func(self, tangent: list[Tensor], x: Any, y: Tensor) -> list[Tensor]:
+        from torch.func import functional_call, grad, jvp
+
+        fixed = {n: t.detach() for n, t in self.model.named_parameters() if n not in self.params}
+        fixed.update(dict(self.model.named_buffers()))
+        primals = {n: p.detach() for n, p in self.params.items()}
+
+        def batch_loss(p: dict[str, Tensor]) -> Tensor:
+            return self.loss_fn(functional_call(self.model, {**fixed, **p}, (x,)), y)
+
+        tangents = dict(zip(self.names, tangent))
+        _, hv = jvp(grad(batch_loss), (primals,), (tangents,))
+        return [hv[n] for n in self.names]
+
+    def _hvp_double(self, tangent: list[Tensor], x: Any, y: Tensor) -> list[Tensor]:
+        params = list(self.params.values())
+        loss = self.loss_fn(self.model(x), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True, materialize_grads=True)
+        dot = sum((g * t).sum() for g, t in zip(grads, tangent) if g.requires_grad)
+        if not isinstance(dot, Tensor):  # no gradient depends on the parameters: the Hessian is zero
+            return [torch.zeros_like(p) for p in params]
+        return list(torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True))
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` (a tensor, or a dict/tuple of tensors) on ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj

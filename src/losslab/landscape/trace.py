@@ -1,0 +1,123 @@
+"""Trace of a symmetric operator from matrix-vector products: Hutchinson and Hutch++, with standard errors.
+
+    est = hutchinson(op.hvp, op.dim, samples=100, seed=0)         # mean of vᵀHv, v Rademacher
+    est = hutch_plus_plus(op.hvp, op.dim, rank=10, samples=100)   # Meyer, Musco, Musco & Woodruff (SOSA 2021)
+
+Hutchinson: tr(H) ≈ (1/n)·Σ vᵢᵀHvᵢ with Rademacher vᵢ (unbiased; Var = 2·Σ_{i≠j} H_ij² per sample), standard error
+std/√n over the samples. Hutch++: Q = orth(H·S) for a Rademacher S with ``rank`` columns; tr(H) = tr(QᵀHQ) +
+tr((I−QQᵀ)H(I−QQᵀ)), the first exact, the second by Hutchinson on the deflated operator, whose standard error is the
+estimator's (conditional on Q; Hutch++ is unbiased because each part is). Deflating the few dominant eigenvalues
+of a network Hessian removes most of the variance. Sampling stops early once the standard error is at most
+``tol``·|estimate| (the absolute value, so a negative trace stops too), after ``min_samples``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from losslab.errors import check_range
+
+MatVec = Callable[[Tensor], Tensor]
+
+__all__ = ["TraceEstimate", "hutch_plus_plus", "hutchinson"]
+
+
+@dataclass
+class TraceEstimate:
+    """The estimate, its standard error, the number of random samples and of matrix-vector products."""
+
+    trace: float
+    stderr: float
+    samples: int
+    matvecs: int
+
+
+def rademacher(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of independent ±1 entries."""
+    return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype).mul_(2).sub_(1)
+
+
+def _sampled(
+    quad: Callable[[Tensor], float],
+    dim: int,
+    gen: torch.Generator,
+    samples: int,
+    tol: float | None,
+    min_samples: int,
+    offset: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[float, float, int]:
+    """(offset + mean, stderr, n) of quad(v) over Rademacher v, stopping when stderr <= tol·|offset + mean|."""
+    values: list[float] = []
+    for _ in range(samples):
+        values.append(quad(rademacher((dim,), gen, dtype, device)))
+        n = len(values)
+        if tol is not None and n >= max(min_samples, 2):
+            mean, err = _mean_stderr(values)
+            if err <= tol * abs(offset + mean):
+                break
+    mean, err = _mean_stderr(values)
+    return offset + mean, err, len(values)
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
+
+
+def hutchinson(
+    matvec: MatVec,
+    dim: int,
+    samples: int = 100,
+    seed: int = 0,
+    tol: float | None = None,
+    min_samples: int = 10,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
+    """Hutchinson's estimate of tr(H) with at most ``samples`` products (module docstring)."""
+    check_range("samples", samples, low=1)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    trace, err, n = _sampled(lambda v: float(v @ matvec(v)), dim, gen, samples, tol, min_samples, 0.0, dtype, device)
+    return TraceEstimate(trace, err, n, n)
+
+
+def hutch_plus_plus(
+    matvec: MatVec,
+    dim: int,
+    rank: int = 10,
+    samples: int = 100,
+    seed: int = 0,
+    tol: float | None = None,
+    min_samples: int = 10,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
+    """Hutch++ estimate of tr(H): exact on the span of H·S (``rank`` columns), Hutchinson on the rest.
+
+    With ``rank`` ≥ ``dim`` the deflation covers the whole space and the trace is exact (stderr 0).
+    """
+    check_range("rank", rank, low=1)
+    check_range("samples", samples, low=1)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    r = min(rank, dim)
+    sketch = torch.stack([matvec(s).to(dtype) for s in rademacher((r, dim), gen, dtype, device)], 1)
+    q, _ = torch.linalg.qr(sketch)  # [dim, r]
+    exact = float(sum(float(q[:, i] @ matvec(q[:, i].contiguous()).to(dtype)) for i in range(r)))
+    if r == dim:
+        return TraceEstimate(exact, 0.0, 0, 2 * r)
+
+    def deflated(v: Tensor) -> float:
+        v = v - q @ (q.T @ v)
+        return float(v @ matvec(v).to(dtype))
+
+    trace, err, n = _sampled(deflated, dim, gen, samples, tol, min_samples, exact, dtype, device)
+    return TraceEstimate(trace, err, n, 2 * r + n)
