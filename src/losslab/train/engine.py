@@ -225,9 +225,11 @@ def start_plain_distributed(cfg: TrainConfig) -> bool:
     process (``cuda:LOCAL_RANK``), else gloo (CPU). True when this call started it (the caller ends it)."""
     import os
 
+    if torchrun_world() == 1:
+        return False
     import torch.distributed as dist
 
-    if torchrun_world() == 1 or dist.is_initialized():
+    if dist.is_initialized():
         return False
     cuda = training_device(cfg).type == "cuda"
     if cuda:
