@@ -280,13 +280,14 @@ def _landscape_blocks(results: StudyResults, store: StudyStore, out: Path) -> li
             + ls.verdict(ranked)
         ),
         Table(
-            ["probe", "mean τ", "mean granulated τ", "points with interval excluding 0"],
+            ["probe", "mean τ", "mean granulated τ", "intervals > 0", "intervals < 0"],
             [
                 [
                     r["probe"],
                     _fmt(r["mean_tau"], "+.2f"),
                     _fmt(r["mean_granulated_tau"], "+.2f"),
-                    f"{r['significant']}/{r['points']}",
+                    f"{r['positive']}/{r['points']}",
+                    f"{r['negative']}/{r['points']}",
                 ]
                 for r in ranked
             ],

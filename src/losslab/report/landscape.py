@@ -138,7 +138,7 @@ def landscape_rows(results: StudyResults, landscapes: dict[str, dict[str, Any]])
 
 
 def ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Probes ordered by mean τ over the compression points (high first), with how many intervals exclude 0."""
+    """Probes ordered by |mean τ| over the compression points, with how many intervals exclude 0 on each side."""
     by_probe: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_probe.setdefault(r["probe"], []).append(r)
@@ -151,27 +151,35 @@ def ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "probe": probe,
                 "mean_tau": sum(taus) / len(taus) if taus else float("nan"),
                 "mean_granulated_tau": sum(psis) / len(psis) if psis else float("nan"),
-                "significant": sum(1 for r in rs if r["tau_low"] > 0 or r["tau_high"] < 0),
+                "positive": sum(1 for r in rs if r["tau_low"] > 0),
+                "negative": sum(1 for r in rs if r["tau_high"] < 0),
                 "points": len(rs),
             }
         )
     return sorted(out, key=lambda r: -abs(r["mean_tau"]) if not math.isnan(r["mean_tau"]) else 0.0)
 
 
+def predicts(r: dict[str, Any]) -> bool:
+    """A probe predicts the drop when its intervals exclude 0 at half the points or more, all on one side."""
+    return (r["positive"] == 0 or r["negative"] == 0) and 2 * (r["positive"] + r["negative"]) >= r["points"]
+
+
 def verdict(ranked: list[dict[str, Any]]) -> str:
-    """The plain statement of the section."""
-    predictive = [r for r in ranked if r["significant"]]
-    if not predictive:
+    """The plain statement of the section, with the number of intervals expected to exclude 0 by chance."""
+    total = sum(r["points"] for r in ranked)
+    excluding = sum(r["positive"] + r["negative"] for r in ranked)
+    chance = f"{excluding} of {total} intervals exclude 0, where about {0.05 * total:.0f} would by chance"
+    good = [r for r in ranked if predicts(r)]
+    if not good:
         return (
-            "No probe predicts the accuracy drop: at every (method, bits) point the 95 % bootstrap interval of "
-            "every probe's Kendall τ contains 0."
+            f"No probe predicts the accuracy drop: {chance}, and no probe's intervals exclude 0 at half its "
+            "(method, bits) points or more with one sign."
         )
     names = ", ".join(
-        f"{r['probe']} ({r['significant']}/{r['points']} points, mean τ {r['mean_tau']:+.2f})" for r in predictive
+        f"{r['probe']} ({'+' if r['positive'] else '-'}, {r['positive'] + r['negative']}/{r['points']} points)"
+        for r in good
     )
-    return (
-        f"Probes whose τ interval excludes 0 at some (method, bits) point: {names}. The others do not predict the drop."
-    )
+    return f"Probes whose τ interval excludes 0 at half the points or more, with one sign: {names} ({chance})."
 
 
 def scatter(rows: list[dict[str, Any]], probe: str, path: Path) -> Path | None:
