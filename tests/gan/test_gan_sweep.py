@@ -136,6 +136,12 @@ def test_sweep_plot_labels_each_k_and_keeps_bars_in_range() -> None:
     band = rate.patches[0]
     band_y = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]
     assert band_y.min() >= 0 and band_y.max() <= 1  # logistic 0.795 ± 0.276
+    none = sweep_figure(_rows_for({("logistic", None): [0, 0], ("root", 2.0): [0, 0]}, "modes_covered"), TOY_PLOT[:1])
+    bottom, top = none.axes[0].get_ylim()
+    ticks = [t for t in none.axes[0].get_yticks() if bottom <= t <= top]  # all zero: still whole-number ticks
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    mmd = sweep_figure(_rows_for({("root", 2.0): [0.02, 0.7], ("root", 4.0): [-0.001, 0.003]}, "mmd2"), TOY_PLOT[2:])
+    assert min(_errorbar_ys(mmd.axes[0])) >= 0  # MMD² ≥ 0: 0.36 ± 0.48 stops at 0
     titles = [ax.get_title() for ax in fig.axes]
     assert all("2 seeds" in t for t in titles)
     one_seed = sweep_figure([r for r in rows if r["seed"] == 0], TOY_PLOT[:1])

@@ -38,7 +38,7 @@ METRIC_RANGE: dict[str, tuple[float | None, float | None]] = {
     "precision": (0.0, 1.0),
     "recall": (0.0, 1.0),
     "digits_fd": (0.0, None),
-    "mmd2": (None, None),  # the unbiased estimate can be slightly negative
+    "mmd2": (0.0, None),  # MMD² ≥ 0 (its unbiased estimate can dip slightly below; bars stop at 0)
 }
 INTEGER_METRICS = frozenset({"modes_covered"})
 #: Config keys that place or show a run without changing its result: left out of its identity.
@@ -219,8 +219,10 @@ def metric_range(rows: Sequence[dict[str, Any]], metric: str) -> tuple[float, fl
 
 
 def clipped_errors(means: Sequence[float], stds: Sequence[float], low: float, high: float) -> list[list[float]]:
-    """Asymmetric error bars [[below...], [above...]] of mean ± std cut at the metric's range [low, high]."""
-    return [[min(s, m - low) for m, s in zip(means, stds)], [min(s, high - m) for m, s in zip(means, stds)]]
+    """Asymmetric error bars [[below...], [above...]] of mean ± std cut at the metric's range [low, high] (never
+    negative, for a mean estimated just outside the range)."""
+    below = [max(0.0, min(s, m - low)) for m, s in zip(means, stds)]
+    return [below, [max(0.0, min(s, high - m)) for m, s in zip(means, stds)]]
 
 
 def seeds_label(n: int) -> str:
@@ -254,9 +256,10 @@ def sweep_figure(rows: Sequence[dict[str, Any]], panels: Sequence[tuple[str, str
             mean, std, _ = stats[("logistic", None)]
             ax.axhline(mean, color="k", ls="--", lw=1, label="logistic")
             ax.axhspan(max(mean - std, low), min(mean + std, high), color="k", alpha=0.08)
-        if metric in INTEGER_METRICS:
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         bottom, top = ax.get_ylim()
+        if metric in INTEGER_METRICS:  # whole-number ticks need a span of at least one unit
+            bottom, top = math.floor(bottom) - 0.5, max(math.ceil(top), math.floor(bottom) + 1) + 0.5
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(max(bottom, low - 0.05 * (top - bottom)), min(top, high + 0.05 * (top - bottom)))
         ax.set_xlabel("k (rooted loss)")
         ax.set_title(f"{label} (mean ± std, {seeds_label(n_seeds)})", fontsize=9)
