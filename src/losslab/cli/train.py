@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.options import (
     LosslabCommand,
     check_new_output,
@@ -213,10 +214,15 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda:1 [default: cuda if available].")
+@shared_option("device", "default: cuda if available")
 @click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
 @click.option("--dataset", default=None, help="timm checkpoints only: the dataset to evaluate on (required).")
-@click.option("--img-size", type=int, default=None, help="timm checkpoints only: input size (default: the data's).")
+@click.option(
+    "--img-size",
+    type=number_type(int, ge=1),
+    default=None,
+    help="timm checkpoints only: input size (default: the data's).",
+)
 @json_option("Also write the metrics as JSON to")
 @overwrite_option
 @progress_option
