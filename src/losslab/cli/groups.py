@@ -132,15 +132,13 @@ class LossName(click.ParamType):
         return ", ".join(self.allowed) if self.allowed else "any name `losslab objectives` lists"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        name = str(value).strip().lower().replace("-", "_")
-        if name in BINARY_LOSSES:
-            canonical = name
-        else:
-            from losslab.objectives.registry import OBJECTIVES
+        from losslab.objectives.registry import OBJECTIVES
 
-            canonical = OBJECTIVES.resolve(name) if name in OBJECTIVES else None
+        name = str(value).strip().lower().replace("-", "_")
+        canonical = name if name in BINARY_LOSSES else OBJECTIVES.resolve(name) if name in OBJECTIVES else None
         if canonical is None or (self.allowed is not None and canonical not in self.allowed):
-            self.fail(f"{value!r} is not a loss here; choose one of: {self.choices_text()} (rooted = root)", param, ctx)
+            names = ", ".join(self.allowed or OBJECTIVES.names())
+            self.fail(f"{value!r} is not a loss here; choose one of: {names} (aliases: rooted = root)", param, ctx)
         return canonical
 
 
@@ -186,7 +184,9 @@ def concept_help(name: str, detail: str = "", default: Any = None, *, loss: Loss
     text = CONCEPTS[name].help
     if loss is not None:
         text = f"{text}: {loss.choices_text()} (aliases from `losslab objectives`, e.g. rooted = root)"
-    if detail:
+    if detail.lower().startswith(text.lower()):  # the detail already starts with the shared wording
+        text = detail
+    elif detail:
         text = f"{text}; {detail[:1].lower()}{detail[1:]}"
     text = text.rstrip(".") + "."
     if default is not None and default is not False and "default" not in detail.lower():
