@@ -10,7 +10,6 @@ default and help that starts with the concept's wording. Genuine differences are
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -18,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from losslab.cli.app import cli
-from losslab.cli.groups import CONCEPTS, FloatList, IntList, LossName, SharedOption
+from losslab.cli.groups import CONCEPTS, FloatList, IntList, LossName, SharedOption, command_params, walk_commands
 
 OTHER_BRANCH = "owned by another branch (issue 18's quantize/lm-quantize owner); unify when merged"
 
@@ -58,19 +57,8 @@ DEFAULT_DIFFERS: dict[tuple[str, str], str] = {
 }
 
 
-def walk(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
-    """(path without the program name, command) for every command under ``group`` (groups that run are commands)."""
-    for name, command in sorted(group.commands.items()):
-        path = f"{prefix} {name}".strip()
-        if isinstance(command, click.Group):
-            if command.invoke_without_command:
-                yield path, command
-            yield from walk(command, path)
-        else:
-            yield path, command
+COMMANDS = dict(walk_commands(cli))
 
-
-COMMANDS = dict(walk(cli))
 FLAG_CONCEPT = {concept.flag: name for name, concept in CONCEPTS.items()}
 
 
@@ -78,7 +66,7 @@ def concept_options() -> dict[str, list[tuple[str, click.Option]]]:
     """concept -> [(command, option)] for every option spelled like a shared concept."""
     found: dict[str, list[tuple[str, click.Option]]] = {name: [] for name in CONCEPTS}
     for path, command in COMMANDS.items():
-        for param in command.params:
+        for param in command_params(command):
             if isinstance(param, click.Option):
                 for flag in param.opts:
                     if flag in FLAG_CONCEPT:
@@ -172,7 +160,7 @@ def numeric_options() -> list[tuple[str, str, click.ParamType]]:
     """(command, flag, type) for every option whose values are numbers."""
     out = []
     for path, command in COMMANDS.items():
-        for param in command.params:
+        for param in command_params(command):
             if not isinstance(param, click.Option) or param.is_flag:
                 continue
             kind = param.type
@@ -226,7 +214,7 @@ def test_every_numeric_option_refuses_nan_inf_and_out_of_range(path: str, flag: 
     if (path, flag) in PENDING_NUMERIC:
         pytest.xfail(PENDING_NUMERIC[(path, flag)])
     command = COMMANDS[path]
-    kind = next(p.type for p in command.params if isinstance(p, click.Option) and flag in p.opts)
+    kind = next(p.type for p in command_params(command) if isinstance(p, click.Option) and flag in p.opts)
     bad = ["nan", "inf", "-inf"]
     outside = out_of_range(kind)
     if outside is None:

@@ -14,7 +14,7 @@ bad value exits with status 2 and a message naming the flag before any work star
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,3 +260,21 @@ def token_loss_options(
 # The list forms of --k and --seed (the sweeps): each value checked as the single flag checks it.
 K_LIST = FloatList(CONCEPTS["k"].make_type())
 SEED_LIST = IntList(CONCEPTS["seed"].make_type())
+
+
+def walk_commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    """(path without the program name, command) for every command under ``group``, recursively; a group that also
+    runs on its own (``logreg``) is a command too."""
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}".strip()
+        if isinstance(command, click.Group):
+            if command.invoke_without_command:
+                yield path, command
+            yield from walk_commands(command, path)
+        else:
+            yield path, command
+
+
+def command_params(command: click.Command) -> list[click.Parameter]:
+    """All of ``command``'s parameters, those it adds when asked (the quantizers' method flags) included."""
+    return command.get_params(click.Context(command))
