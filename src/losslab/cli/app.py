@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
             _fail(cause)
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a bad flag or value: one line naming it, before any work
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -222,11 +222,12 @@ def shared_option(
         "help": concept_help(name, detail, shown, loss=loss),
         **extra,
     }
-    if concept.is_flag:
-        kwargs["is_flag"] = True
+    flag = concept.flag
+    if concept.is_flag:  # --overwrite/--no-overwrite: the negative form states the default explicitly
+        flag, kwargs["is_flag"] = f"{flag}/--no-{flag[2:]}", True
     elif "type" not in kwargs:  # a command may narrow the type (an input folder that must exist)
         kwargs["type"] = loss if loss is not None else concept.make_type()
-    return click.option(concept.flag, *aliases, dest or name, **kwargs)
+    return click.option(flag, *aliases, dest or name, **kwargs)
 
 
 def run_options(
