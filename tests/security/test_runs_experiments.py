@@ -32,7 +32,6 @@ from losslab import io as losslab_io
 from losslab.cli.app import main
 
 
-
 @dataclass(frozen=True)
 class Experiment:
     """A command that writes a run folder, and the flags of a tiny run of it with at least 3 checkpoints (epochs or
