@@ -45,10 +45,6 @@ DEFAULT_VARIES: dict[str, str] = {
     "loss": "the loss each experiment's paper trains with (root for classifiers/LMs, ce for fairseq translation)",
     "k": "the k each source recommends: 3 (RLO classifiers, logistic regression), 2 (RLO GAN), 5 (FNL/LM token loss)",
     "m": "as k: 3 for classifiers, 5 for the token losses",
-    "accelerator": "translate/gan pick one device ('auto'); train/lm finetune pass Lightning's default ('auto') too, "
-    "but train's field default is set by its engine",
-    "calib_samples": "ImageNet-style calibration (256 images) vs GPTQ's 128 text windows",
-    "calib_batch_size": "a fixed image batch vs one sized from the windows (None)",
 }
 
 # (command, concept): a default that differs from the concept's other commands, with the reason.
