@@ -155,7 +155,7 @@ def test_logreg_json_file_is_not_overwritten_silently(tmp_path: Path) -> None:
     [
         (["demo", "--workers", "0"], "workers=0"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
-        (["train", "--k", "-1"], "k=-1.0"),
+        (["train", "--k", "-1"], "Invalid value for '--k': -1.0 is not in the range 0<x"),
         # --bits is checked while parsing, before the method flags (generated from the torch dataclasses) load
         (["quantize", "run", "--bits", "9"], f"--bits 9 is out of range: allowed {LOW} <= bits <= {HIGH}"),
         (["quantize", "run", "--grid", "sym", "--bits", "4", "--bits", "1"], "--bits 1 is out of range"),

@@ -289,8 +289,8 @@ def test_cli_csv_with_text_labels(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--k", "0"], "k=0.0 is out of range: allowed k > 0"),
-        (["--compare", "--k", "3", "--k", "-1"], "k=-1.0 is out of range"),
+        (["--k", "0"], "Invalid value for '--k': 0.0 is not in the range 0<x"),
+        (["--compare", "--k", "3", "--k", "-1"], "Invalid value for '--k': -1.0 is not in the range 0<x"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'; choose one of: breast_cancer, digits_binary"),
         (["--csv", "CSV", "--target", "kind"], "--target 'kind' is not a column of"),
         (["--csv", "CSV", "--target", "label"], "--target 'label' has 3 distinct value(s) (a, b, c)"),
@@ -301,7 +301,7 @@ def test_cli_csv_with_text_labels(tmp_path: Path) -> None:
         (["--k", "3", "--k", "10"], "add --compare to fit several"),
         (["--loss", "logistic", "--k", "3"], "applies only to loss='rooted'"),
         (["--solver", "newton", "--lr", "0.1"], "applies only to solver='gd'"),
-        (["--test-fraction", "1.5"], "test_fraction=1.5 is out of range"),
+        (["--test-fraction", "1.5"], "Invalid value for '--test-fraction': 1.5 is not in the range 0<x<1"),
     ],
 )
 def test_cli_bad_input_errors(

@@ -84,11 +84,11 @@ def test_finished_run_is_not_overwritten(one_epoch_run: Path, capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--loss", "cee"], "unknown objective 'cee'; choose one of: ce, focal"),
+        (["--loss", "cee"], "'cee' is not a loss here; choose one of: ce, focal"),
         (["--model", "resnet_nope"], "resnet_nope"),
         (["--dataset", "mnist2"], "mnist2"),
-        (["--k", "-1"], "k=-1.0: must be > 0"),
-        (["--lr", "-0.1"], "lr=-0.1: must be > 0"),
+        (["--k", "-1"], "Invalid value for '--k': -1.0 is not in the range 0<x"),
+        (["--lr", "-0.1"], "Invalid value for '--lr': -0.1 is not in the range x>0"),
         (["--regularizer", "l3norm", "--lmbda", "0.1"], "unknown regularizer 'l3norm'"),
         (["--optimizer", "lbfgs"], "lbfgs"),
     ],

@@ -25,6 +25,7 @@ import pickle
 import sys
 import traceback
 import zipfile
+from typing import Any
 
 import click
 
@@ -33,7 +34,34 @@ from losslab.cli.quiet import VERBOSE_KEY
 from losslab.errors import LosslabError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def usage_error_line(exc: click.UsageError) -> str:
+    """A bad flag or value as one line naming it (click's own display takes three)."""
+    where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+    return f"error: {exc.format_message()}{where}"
+
+
+class LosslabGroup(click.Group):
+    """The root group: usage errors are one line on stderr, exit status 2, also when run by click directly."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            click.echo(usage_error_line(exc), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=LosslabGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="losslab")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error (also LOSSLAB_DEBUG=1).")
 @click.option(
@@ -133,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(cause)
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a bad flag or value: one line naming it, before any work
+        click.echo(usage_error_line(exc), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from losslab.cli.options import FloatList, IntList, LosslabCommand, given_options, options_from_model
+from losslab.cli.groups import K_LIST, SEED_LIST, shared_option
+from losslab.cli.options import LosslabCommand, given_options, options_from_model
 
 
 @click.group("gan")
@@ -64,10 +65,10 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 @gan.command("sweep", cls=LosslabCommand)
 @click.option("--config", "config_file", default=None, help="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
-@click.option("--k", "ks", type=FloatList(), default=None, help="Rooted k values [default: 2,4,8].")
-@click.option("--seeds", type=IntList(), default=None, help="Training seeds [default: 0,1,2].")
+@click.option("--k", "ks", type=K_LIST, default=None, help="Rooted k values [default: 2,4,8].")
+@click.option("--seeds", type=SEED_LIST, default=None, help="Training seeds [default: 0,1,2].")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
-@click.option("--overwrite", is_flag=True, help="Replace sweep.csv/sweep.png made with other settings.")
+@shared_option("overwrite", "sweep.csv/sweep.png made with other settings", default=False)
 @_gan_options(exclude=frozenset({"loss", "k", "seed", "run_name", "resume", "overwrite"}))
 def sweep(
     config_file: str | None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import TOKEN_LOSSES, number_type, shared_option, token_loss_options
 from losslab.cli.method_options import LmQuantizeCommand, check_output, given_method_options
 from losslab.cli.options import (
     DeprecatedChoice,
@@ -48,38 +49,67 @@ def lm() -> None:
     """Causal language models: rooted-loss finetuning, layer-wise quantization, perplexity."""
 
 
+# The numeric ranges are FinetuneConfig's checks (losslab.lm.finetune imports torch), applied at parse time.
 @lm.command("finetune", cls=LosslabCommand)
 @click.option("--model", help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
-@click.option(
-    "--out-dir",
-    "output_dir",
-    type=click.Path(file_okay=False),
-    help="Run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name.",
+@shared_option(
+    "out_dir",
+    "the run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name",
+    dest="output_dir",
 )
-@click.option("--run-name", help="The run folder's name inside --out-dir (default: --out-dir is the run folder).")
+@shared_option("run_name", "default: --out-dir is the run folder")
 @click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
 @click.option(
     "--val-file", type=click.Path(dir_okay=False), help="Local validation text (else last 10% of --text-file)."
 )
-@click.option("--block-size", type=int, default=256, show_default=True, help="Tokens per training block.")
 @click.option(
-    "--loss",
-    type=click.Choice(["ce", "root", "root_convex"]),
-    default="root",
-    show_default=True,
-    help="Training loss; perplexity is always exp(CE).",
+    "--block-size", type=number_type(int, ge=1), default=256, show_default=True, help="Tokens per training block."
 )
-@click.option("--k", type=float, default=5.0, show_default=True, help="Rooted loss k.")
-@click.option("--m", type=float, default=5.0, show_default=True, help="Rooted loss m (a loss scale).")
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--warmup-steps", type=int, default=500, show_default=True, help="Linear warmup steps, then decay.")
-@click.option("--epochs", type=int, default=1, show_default=True, help="Epochs (ignored with --max-steps).")
-@click.option("--max-steps", type=int, help="Optimizer steps to train (overrides --epochs).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Blocks per micro-batch per device.")
-@click.option("--grad-accum", type=int, default=2, show_default=True, help="Micro-batches per optimizer step.")
-@click.option("--gradient-clip", "grad_clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip.")
+@token_loss_options(TOKEN_LOSSES, loss="root", k=5.0, m=5.0)
+@click.option(
+    "--lr", type=number_type(float, gt=0, le=10), default=1e-5, show_default=True, help="AdamW learning rate."
+)
+@click.option(
+    "--weight-decay", type=number_type(float, ge=0, le=1), default=0.01, show_default=True, help="AdamW weight decay."
+)
+@click.option(
+    "--warmup-steps",
+    type=number_type(int, ge=0),
+    default=500,
+    show_default=True,
+    help="Linear warmup steps, then decay.",
+)
+@click.option(
+    "--epochs",
+    type=number_type(int, ge=1, le=100_000),
+    default=1,
+    show_default=True,
+    help="Epochs (ignored with --max-steps).",
+)
+@click.option("--max-steps", type=number_type(int, ge=1), help="Optimizer steps to train (overrides --epochs).")
+@click.option(
+    "--batch-size",
+    type=number_type(int, ge=1, le=65_536),
+    default=4,
+    show_default=True,
+    help="Blocks per micro-batch per device.",
+)
+@click.option(
+    "--grad-accum",
+    type=number_type(int, ge=1, le=65_536),
+    default=2,
+    show_default=True,
+    help="Micro-batches per optimizer step.",
+)
+@click.option(
+    "--gradient-clip",
+    "grad_clip",
+    type=number_type(float, gt=0, le=1e6),
+    default=1.0,
+    show_default=True,
+    help="Gradient-norm clip.",
+)
 @click.option(
     "--precision",
     type=DeprecatedChoice(list(PRECISIONS), "--precision"),
@@ -88,21 +118,32 @@ def lm() -> None:
     help="Lightning precision (old bf16/fp16 still accepted).",
 )
 @click.option("--devices", default="auto", show_default=True, help="Lightning devices (e.g. 2 for two GPUs, DDP).")
-@click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator (cpu, gpu, auto).")
-@click.option("--num-nodes", type=int, default=1, show_default=True, help="Lightning nodes (multi-node DDP).")
+@shared_option("accelerator", "Lightning's accelerator", default="auto")
+@click.option(
+    "--num-nodes", type=number_type(int, ge=1), default=1, show_default=True, help="Lightning nodes (multi-node DDP)."
+)
 @click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, fsdp, ...")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed for data order and init.")
-@click.option("--eval-every", type=int, default=500, show_default=True, help="Validate every N optimizer steps.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Checkpoint every N steps.")
-@click.option("--max-eval-windows", type=int, help="Cap the held-out windows (quick runs).")
+@shared_option("seed", "data order and init", default=42)
+@click.option(
+    "--eval-every",
+    type=number_type(int, ge=1),
+    default=500,
+    show_default=True,
+    help="Validate every N optimizer steps.",
+)
+@click.option(
+    "--checkpoint-every", type=number_type(int, ge=1), default=500, show_default=True, help="Checkpoint every N steps."
+)
+@click.option("--max-eval-windows", type=number_type(int, ge=1), help="Cap the held-out windows (quick runs).")
 @click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@click.option("--resume", type=click.Path(), help="Continue a killed run (its run folder) with its stored config.")
-@click.option("--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished.")
+@shared_option("resume", "with its stored config")
+@shared_option("overwrite", "a run folder, once the new run has finished", default=False)
 @progress_option
 def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
     from losslab.lm.finetune import RUN_KEYS, FinetuneConfig, stored_config
 
+    kwargs.update({key: str(kwargs[key]) for key in ("output_dir", "resume") if kwargs[key] is not None})  # str keys
     if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top
         ctx = click.get_current_context()
         typed = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
@@ -340,9 +381,9 @@ def _quantize_lm(opts: dict[str, Any]) -> None:
     show_default=True,
     help="Weights dtype (auto: fp16 on GPU, fp32 on CPU).",
 )
-@click.option("--device", help="Device (default cuda if available).")
+@shared_option("device", "default: cuda if available")
 @json_option("Write the result as JSON to")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@shared_option("overwrite", "an existing --json file", default=False)
 @progress_option
 def eval_cmd(**opts: Any) -> None:
     """Perplexity = exp(mean token CE) with the GPTQ protocol (non-overlapping windows, tail dropped)."""

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import click
 
+from losslab.cli.groups import K_LIST, SEED_LIST, number_type, shared_option
 from losslab.cli.options import (
     FloatList,
-    IntList,
     LosslabCommand,
     check_new_output,
     json_option,
@@ -41,6 +41,16 @@ from losslab.cli.options import (
     write_json_output,
 )
 from losslab.errors import ConfigError
+
+# The losses losslab logreg fits, in the shared vocabulary (--loss rooted = root), and their names in losslab.logreg.
+LOGREG_LOSSES = ("logistic", "root")
+LOGREG_NAMES = {"root": "rooted"}
+
+# The numeric options of logreg and logreg sweep (losslab.logreg.model's checks, at parse time).
+L2 = number_type(float, ge=0)
+MAX_ITER = number_type(int, ge=1)
+TOL = number_type(float, ge=0)
+TEST_FRACTION = number_type(float, gt=0, lt=1)
 
 DATASET_NAMES = ("breast_cancer", "iris_binary", "digits_binary", "wine_binary", "synthetic_separable")
 """The bundled tasks of :data:`losslab.data.binary_tables.DATASETS`, spelled out so ``--help`` needs no torch import
@@ -58,18 +68,21 @@ class _LogregGroup(click.Group):
 @click.option("--dataset", default=None, help=f"Bundled task: {', '.join(DATASET_NAMES)} [default: breast_cancer].")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV file with a header row.")
 @click.option("--target", default=None, help="Label column of --csv (exactly two distinct values).")
-@click.option("--loss", default=None, help="logistic or rooted [default: rooted]; not with --compare.")
-@click.option(
-    "--k", "ks", type=float, multiple=True, help="Rooted loss k > 0 [default: 3]; repeat with --compare (--k 3 --k 10)."
-)
-@click.option("--l2", type=float, default=0.0, show_default=True, help="L2 penalty (l2/2)||w||^2 (not on b).")
+@shared_option("loss", "not with --compare", losses=LOGREG_LOSSES, config_default="root")
+@shared_option("k", "repeat with --compare (--k 3 --k 10)", dest="ks", multiple=True, config_default=3.0)
+@click.option("--l2", type=L2, default=0.0, show_default=True, help="L2 penalty (l2/2)||w||^2 (not on b).")
 @click.option("--solver", default=None, help="lbfgs, newton or gd [default: lbfgs].")
-@click.option("--lr", type=float, default=None, help="Fixed step for --solver gd [default: Armijo backtracking].")
-@click.option("--max-iter", type=int, default=None, help="Iteration cap [default: 10000].")
-@click.option("--tol", type=float, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
+@click.option(
+    "--lr",
+    type=number_type(float, gt=0),
+    default=None,
+    help="Fixed step for --solver gd [default: Armijo backtracking].",
+)
+@click.option("--max-iter", type=MAX_ITER, default=None, help="Iteration cap [default: 10000].")
+@click.option("--tol", type=TOL, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
 @click.option("--no-intercept", is_flag=True, help="Fit w only (f(x) = w·x).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split (and synthetic data).")
-@click.option("--test-fraction", type=float, default=0.3, show_default=True, help="Share of rows held out.")
+@shared_option("seed", "of the split (and synthetic data)", default=0)
+@click.option("--test-fraction", type=TEST_FRACTION, default=0.3, show_default=True, help="Share of rows held out.")
 @click.option("--compare", is_flag=True, help="Fit logistic and rooted (each --k) on the same split, side by side.")
 @json_option("Write every fit (weights, history, options) to")
 @overwrite_option
@@ -130,7 +143,7 @@ def _runs(loss: str | None, ks: tuple[float, ...], compare: bool) -> list[tuple[
         return [("logistic", None), *(("rooted", k) for k in (dict.fromkeys(ks) or [None]))]
     if len(ks) > 1:
         raise ConfigError(f"--k was given {len(ks)} times; give one k, or add --compare to fit several")
-    return [(loss or "rooted", ks[0] if ks else None)]
+    return [(LOGREG_NAMES.get(loss or "root", loss or "root"), ks[0] if ks else None)]
 
 
 def _listed(values: tuple[float, ...] | tuple[int, ...] | tuple[str, ...]) -> str:
@@ -155,22 +168,25 @@ SWEEP_DEFAULTS = _sweep_defaults()
 
 @logreg.command("sweep", cls=LosslabCommand)
 @click.option("--datasets", default=SWEEP_DEFAULTS["datasets"], show_default=True, help="Comma list of bundled tasks.")
-@click.option("--k", "ks", type=FloatList(), default=SWEEP_DEFAULTS["k"], show_default=True, help="Rooted k values.")
-@click.option("--l2", "l2s", type=FloatList(), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
-@click.option("--seeds", type=IntList(), default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")
+@click.option(
+    "--k",
+    "ks",
+    type=K_LIST,
+    default=SWEEP_DEFAULTS["k"],
+    show_default=True,
+    help="Rooted loss k values (each as --k of losslab logreg).",
+)
+@click.option("--l2", "l2s", type=FloatList(L2), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
+@click.option("--seeds", type=SEED_LIST, default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference fits.")
 @click.option("--solver", default="lbfgs", show_default=True, help="lbfgs, newton or gd.")
-@click.option("--max-iter", type=int, default=None, help="Iteration cap [default: 10000].")
-@click.option("--tol", type=float, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
-@click.option("--test-fraction", type=float, default=0.3, show_default=True, help="Share of rows held out.")
-@click.option(
-    "--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Folder of run folders."
-)
-@click.option("--run-name", default="logreg_sweep", show_default=True, help="The run folder's name inside --out-dir.")
-@click.option(
-    "--resume", type=click.Path(path_type=Path), default=None, help="Continue a killed sweep (its run folder)."
-)
-@click.option("--overwrite", is_flag=True, help="Replace a finished sweep's run folder (only one losslab made).")
+@click.option("--max-iter", type=MAX_ITER, default=None, help="Iteration cap [default: 10000].")
+@click.option("--tol", type=TOL, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
+@click.option("--test-fraction", type=TEST_FRACTION, default=0.3, show_default=True, help="Share of rows held out.")
+@shared_option("out_dir", "the folder of run folders", default=Path("runs"))
+@shared_option("run_name", default="logreg_sweep")
+@shared_option("resume", "a sweep")
+@shared_option("overwrite", "a finished sweep's run folder", default=False)
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: a bar on a terminal, else a line per fit]."
 )

@@ -20,6 +20,9 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from losslab.cli.groups import CONCEPTS as SHARED_CONCEPTS
+from losslab.cli.groups import FloatList, IntList, field_bounds, number_type, shared_option
+
 
 def _unwrap_optional(annotation: Any) -> Any:
     args = typing.get_args(annotation)
@@ -29,48 +32,45 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-class IntList(click.ParamType):
-    """Comma-separated integers: ``25,50`` -> [25, 50]."""
-
-    name = "INT,INT,..."
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
-        if isinstance(value, list):
-            return value
-        try:
-            return [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
-
-
-class FloatList(click.ParamType):
-    """Comma-separated numbers: ``0,1e-3`` -> [0.0, 0.001]."""
-
-    name = "X,Y,..."
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
-        if isinstance(value, list):
-            return value
-        try:
-            return [float(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-
-
-def _click_type(annotation: Any) -> tuple[Any, bool]:
-    """(click type, is_flag) for a field annotation."""
+def _click_type(annotation: Any, info: Any = None) -> tuple[Any, bool]:
+    """(click type, is_flag) for a field annotation; numbers get the field's bounds (and floats must be finite)."""
     annotation = _unwrap_optional(annotation)
+    bounds = field_bounds(info) if info is not None else {}
     if annotation is bool:
         return None, True
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)], False
-    if typing.get_origin(annotation) is list:
-        return IntList(), False
+    if typing.get_origin(annotation) is list:  # list[int] or list[Annotated[int, Field(ge=1)]]: items get bounds
+        item = (typing.get_args(annotation) or (int,))[0]
+        item_bounds: dict[str, float] = {}
+        if typing.get_origin(item) is typing.Annotated:
+            item, *extras = typing.get_args(item)
+            for extra in extras:
+                item_bounds.update(field_bounds(extra))
+        return (FloatList if item is float else IntList)(number_type(item, **item_bounds)), False
     if annotation is Path:
         return click.Path(path_type=Path), False
-    if annotation in (int, float, str):
-        return annotation, False
+    if annotation in (int, float):
+        return number_type(annotation, **bounds), False
     return str, False
+
+
+def _loss_choices(annotation: Any, info: Any) -> list[str] | None:
+    """The canonical losses a ``loss`` field takes: its Literal's values, else ``json_schema_extra["losses"]``."""
+    annotation = _unwrap_optional(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return extra.get("losses")
+
+
+def _shared_field_option(name: str, info: Any, names: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The option of a config field whose name is a shared concept (:data:`losslab.cli.groups.CONCEPTS`)."""
+    default = info.get_default(call_default_factory=True)
+    losses = _loss_choices(info.annotation, info) if name == "loss" else None
+    aliases = [n for n in names if n != "--" + name.replace("_", "-")]
+    detail = (info.description or "").rstrip(".")
+    return shared_option(name, detail, config_default=default, losses=losses, aliases=aliases)
 
 
 def options_from_model(
@@ -86,7 +86,10 @@ def options_from_model(
             if name in exclude:
                 continue
             flag = "--" + name.replace("_", "-")
-            click_type, is_flag = _click_type(info.annotation)
+            if name in SHARED_CONCEPTS:
+                func = _shared_field_option(name, info, [flag, *aliases.get(name, [])])(func)
+                continue
+            click_type, is_flag = _click_type(info.annotation, info)
             if isinstance(click_type, list):  # a Literal: its values, plus any deprecated ones for this flag
                 click_type = DeprecatedChoice(click_type, flag)
             default = info.get_default(call_default_factory=True)
@@ -253,19 +256,12 @@ def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def out_dir_option(help_text: str, default: Path | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--out-dir DIR``: the folder a command writes its outputs into, passed as ``out_dir``."""
-    return click.option(
-        "--out-dir",
-        "out_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=default,
-        show_default=default is not None,
-        help=help_text,
-    )
+    return shared_option("out_dir", help_text, default=default)
 
 
 def overwrite_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--overwrite``: allow replacing an existing output (never done silently)."""
-    return click.option("--overwrite", is_flag=True, help="Replace an existing output file.")(func)
+    return shared_option("overwrite", "an output file", default=False)(func)
 
 
 def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.options import (
     LosslabCommand,
     check_new_output,
@@ -216,7 +217,7 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto: cuda if available].")
+@shared_option("device", "default: cuda if available")
 @click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
 @click.option(
     "--dataset",
@@ -225,7 +226,7 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
 )
 @click.option(
     "--img-size",
-    type=int,
+    type=number_type(int, ge=1),
     default=None,
     help="timm checkpoints and packed files: input size (default: the data's / the file's calibration input).",
 )

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.options import LosslabCommand, given_options, options_from_model
 from losslab.errors import ConfigError
 from losslab.seq2seq.config import (
@@ -32,8 +33,6 @@ from losslab.seq2seq.config import (
     check_seed_frobenius_decay,
     fairseq_overrides,
 )
-
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def _training_device(accelerator: str, devices: int) -> str:
@@ -98,22 +97,14 @@ def _show(progress: bool | None) -> bool:
 def _common_out(func: Any) -> Any:
     """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite) and the device."""
     func = _progress_option(func)
-    func = click.option(
-        "--overwrite", is_flag=True, help="Replace a run folder losslab made, once the new run has finished."
-    )(func)
-    func = click.option(
-        "--resume", type=click.Path(path_type=Path), default=None, help="Continue a killed run (its run folder)."
-    )(func)
+    func = shared_option("overwrite", "a run folder, once the new run has finished", default=False)(func)
+    func = shared_option("resume")(func)
     func = click.option(
         "--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Number of devices (only 1)."
     )(func)
-    func = click.option(
-        "--accelerator", type=click.Choice(ACCELERATORS), default="auto", show_default=True, help="cpu, gpu or auto."
-    )(func)
-    func = click.option(
-        "--run-name", default=None, help="The run folder's name inside --out-dir (default: --out-dir is the run)."
-    )(func)
-    return click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder.")(func)
+    func = shared_option("accelerator", "one device", default="auto")(func)
+    func = shared_option("run_name", "default: --out-dir is the run")(func)
+    return shared_option("out_dir", "the run folder")(func)
 
 
 class _TrainCommand(LosslabCommand):
@@ -215,12 +206,18 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 
 
 @translate.command("eval", cls=LosslabCommand)
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False, exists=True), help="Trained run folder.")
+@shared_option(
+    "out_dir", "the trained run folder", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path)
+)
 @click.option("--src-file", type=click.Path(), required=True, help="Source text, one sentence per line.")
 @click.option("--tgt-file", type=click.Path(), required=True, help="Reference translations, aligned.")
-@click.option("--beam", type=int, default=None, help=f"Beam size, 1..{MAX_BEAM} (default: the run's, 5).")
-@click.option("--lenpen", type=float, default=None, help="Length penalty, 0..10 (default: the run's).")
-@click.option("--device", default=None, help="Torch device: cpu, cuda, cuda:N (default: cuda if available).")
+@click.option(
+    "--beam", type=number_type(int, ge=1, le=MAX_BEAM), default=None, help="Beam size (default: the run's, 5)."
+)
+@click.option(
+    "--lenpen", type=number_type(float, ge=0, le=10), default=None, help="Length penalty (default: the run's)."
+)
+@shared_option("device", "default: cuda if available")
 @click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
 @_progress_option
 def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
@@ -254,10 +251,10 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
-@click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True, help="Training epochs.")
+@click.option("--epochs", type=number_type(int, ge=1, le=1000), default=12, show_default=True, help="Training epochs.")
 @click.option(
     "--rank-scale",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=number_type(float, gt=0, le=1),
     default=None,
     help="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
     "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",

@@ -59,7 +59,9 @@ class GanConfig(BaseModel):
         10_000, ge=64, le=MAX_SAMPLES, description="Training points drawn once from the 2-D mixture."
     )
     loss: str = Field(
-        "root", description="Non-saturating GAN loss: logistic (softplus) or root (the rooted loss; alias rooted)."
+        "root",
+        json_schema_extra={"losses": ["logistic", "root"]},
+        description="Non-saturating GAN loss: logistic (softplus) or root (the rooted loss; alias rooted).",
     )
     k: float = Field(2.0, gt=0, le=1e6, description="k of the rooted loss (the seed's kparam).")
     z_dim: int = Field(64, ge=1, le=MAX_WIDTH, description="Latent dimension.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,13 +54,15 @@ class TrainConfig(BaseModel):
     download: bool = Field(False, description="Download the dataset if it is missing (needs network).")
     val_fraction: float = Field(
         0.1,
+        gt=0,
+        lt=1,
         description="Fraction of the training set held out (seeded) for validation "
         "and checkpoint selection; the test set is never used for selection.",
     )
     augment: bool = Field(True, description="Standard training augmentation for the dataset (crop + flip).")
     randaugment: str | None = Field(None, description="timm RandAugment policy, e.g. rand-m9-mstd0.5; off if unset.")
-    img_size: int | None = Field(None, description="Input image size; defaults to the dataset's native size.")
-    num_workers: int = Field(0, description="DataLoader worker processes (the workers loader).")
+    img_size: int | None = Field(None, ge=1, description="Input image size; defaults to the dataset's native size.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (the workers loader).")
 
     # --- input pipeline and speed (losslab.data.device, losslab.threads)
     loader: LoaderName = Field(
@@ -69,17 +71,19 @@ class TrainConfig(BaseModel):
         "workers (DataLoader, per-image transforms) or auto (device when every transform can be batched and the "
         "data takes at most a quarter of the free device memory; the reason is logged and kept in result.json).",
     )
-    cutout: int = Field(0, description="Cutout square side in pixels on training images (0 = off; FNL's WRN uses 16).")
-    reprob: float = Field(0.0, description="timm RandomErasing probability per training image (0 = off).")
+    cutout: int = Field(
+        0, ge=0, description="Cutout square side in pixels on training images (0 = off; FNL's WRN uses 16)."
+    )
+    reprob: float = Field(0.0, ge=0, le=1, description="timm RandomErasing probability per training image (0 = off).")
     remode: EraseMode = Field("const", description="RandomErasing fill: const (zeros) or pixel (N(0, 1) noise).")
-    recount: int = Field(1, description="RandomErasing boxes per image: uniform in 1..recount.")
+    recount: int = Field(1, ge=1, description="RandomErasing boxes per image: uniform in 1..recount.")
     engine: EngineName = Field(
         "auto",
         description="Training loop: plain (a PyTorch loop in this process on one device; starts seconds sooner, "
         "no Lightning import), lightning (Lightning's Trainer: several devices or nodes, strategies, trackers) "
         "or auto (plain unless the run needs Lightning; the reason is logged and kept in result.json).",
     )
-    val_every: int = Field(1, description="Validate every N epochs (the last epoch is always validated).")
+    val_every: int = Field(1, ge=1, description="Validate every N epochs (the last epoch is always validated).")
     compile: bool = Field(False, description="torch.compile the model (not with double-backward regularizers).")
     compile_mode: CompileMode = Field(
         "default", description="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune."
@@ -90,6 +94,7 @@ class TrainConfig(BaseModel):
     tf32: bool = Field(True, description="Allow TF32 matmuls/convolutions on CUDA; --no-tf32 for strict fp32.")
     threads: int | None = Field(
         None,
+        ge=1,
         description="CPU threads of torch; default: LOSSLAB_THREADS, else OMP_NUM_THREADS, else the CPUs this "
         "process may use (affinity, cgroup quota) minus those kept busy by other processes.",
     )
@@ -104,40 +109,45 @@ class TrainConfig(BaseModel):
 
     # --- objective
     loss: str = Field("root", description="Training objective: ce, focal, focal_rlo_paper, root, root_convex, sgt.")
-    k: float = Field(3.0, description="Rooted loss k (root, root_convex); larger k tends to cross entropy.")
-    m: float = Field(3.0, description="Rooted loss multiplier m (root); nearly a no-op under Adam/AdamW.")
-    label_smoothing: float = Field(0.0, description="Label smoothing s for ce and sgt (uniform mass s/C).")
-    focal_gamma: float = Field(2.0, description="Focal loss gamma (0 or >= 1).")
-    focal_alpha: float = Field(0.25, description="Focal loss alpha (scalar multiplier).")
-    sgt_alpha: float = Field(0.25, description="Softmax gradient tampering alpha in (0, 1] (SGT's --modify-softmax).")
+    k: float = Field(3.0, gt=0, description="Rooted loss k (root, root_convex); larger k tends to cross entropy.")
+    m: float = Field(3.0, gt=0, description="Rooted loss multiplier m (root); nearly a no-op under Adam/AdamW.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing s for ce and sgt (uniform mass s/C).")
+    focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (0 or >= 1).")
+    focal_alpha: float = Field(0.25, ge=0, description="Focal loss alpha (scalar multiplier).")
+    sgt_alpha: float = Field(
+        0.25, gt=0, le=1, description="Softmax gradient tampering alpha in (0, 1] (SGT's --modify-softmax)."
+    )
 
     # --- optimisation
     optimizer: OptimizerName = Field("sgd", description="Optimizer.")
-    lr: float = Field(0.05, description="Peak learning rate.")
-    momentum: float = Field(0.9, description="Momentum (sgd, nesterov) or beta1 (adam, adamw).")
-    weight_decay: float = Field(5e-4, description="Weight decay (coupled L2 for sgd/adam, decoupled for adamw).")
-    batch_size: int = Field(64, description="Training batch size (per device).")
-    epochs: int = Field(15, description="Training epochs (warmup included, cooldown added).")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd, nesterov) or beta1 (adam, adamw).")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay (coupled L2 for sgd/adam, decoupled for adamw).")
+    batch_size: int = Field(64, ge=1, description="Training batch size (per device).")
+    epochs: int = Field(15, ge=1, description="Training epochs (warmup included, cooldown added).")
     scheduler: SchedulerName = Field("cosine", description="Learning-rate schedule, stepped per epoch.")
-    milestones: list[int] = Field(
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list,
         description="Epochs at which multistep multiplies the lr by "
         "gamma (comma separated on the CLI); empty = [epochs/2, 5*epochs/6].",
     )
-    step_size: int = Field(30, description="Epochs between decays for the step scheduler.")
-    gamma: float = Field(0.1, description="Decay factor of step, multistep and exponential schedules.")
-    warmup_epochs: int = Field(0, description="Linear warmup epochs from warmup_lr.")
-    warmup_lr: float = Field(1e-5, description="Learning rate at the start of warmup.")
-    cooldown_epochs: int = Field(0, description="Epochs at min_lr after the schedule ends (timm cooldown).")
-    min_lr: float = Field(0.0, description="Lower bound of the cosine schedule and cooldown learning rate.")
-    gradient_clip: float | None = Field(None, description="Clip the gradient norm to this value.")
+    step_size: int = Field(30, ge=1, description="Epochs between decays for the step scheduler.")
+    gamma: float = Field(0.1, gt=0, description="Decay factor of step, multistep and exponential schedules.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warmup epochs from warmup_lr.")
+    warmup_lr: float = Field(1e-5, ge=0, description="Learning rate at the start of warmup.")
+    cooldown_epochs: int = Field(0, ge=0, description="Epochs at min_lr after the schedule ends (timm cooldown).")
+    min_lr: float = Field(0.0, ge=0, description="Lower bound of the cosine schedule and cooldown learning rate.")
+    gradient_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
 
     # --- timm recipe (losslab.train.recipe: timm's own Mixup, ModelEmaV3 and stochastic depth)
-    mixup: float = Field(0.0, description="Mixup alpha (timm --mixup); 0 = off. Works with every objective.")
-    cutmix: float = Field(0.0, description="CutMix alpha (timm --cutmix); 0 = off.")
-    mixup_prob: float = Field(1.0, description="Probability of mixing a batch (timm --mixup-prob).")
+    mixup: float = Field(0.0, ge=0, description="Mixup alpha (timm --mixup); 0 = off. Works with every objective.")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha (timm --cutmix); 0 = off.")
+    mixup_prob: float = Field(1.0, ge=0, le=1, description="Probability of mixing a batch (timm --mixup-prob).")
     mixup_switch_prob: float = Field(
-        0.5, description="Probability of CutMix instead of Mixup when both are on (timm --mixup-switch-prob)."
+        0.5,
+        ge=0,
+        le=1,
+        description="Probability of CutMix instead of Mixup when both are on (timm --mixup-switch-prob).",
     )
     mixup_mode: MixupMode = Field("batch", description="One lambda per batch, per pair or per sample (timm).")
     model_ema: bool = Field(
@@ -145,10 +155,12 @@ class TrainConfig(BaseModel):
         description="Keep an exponential moving average of the weights (timm ModelEmaV3); the EMA weights "
         "are validated, selected and saved.",
     )
-    model_ema_decay: float = Field(0.9998, description="EMA decay per optimizer step (timm --model-ema-decay).")
+    model_ema_decay: float = Field(
+        0.9998, gt=0, lt=1, description="EMA decay per optimizer step (timm --model-ema-decay)."
+    )
     model_ema_warmup: bool = Field(False, description="timm's EMA warmup (decay grows with the step count).")
-    drop: float = Field(0.0, description="Dropout rate before the classifier (timm --drop; timm models).")
-    drop_path: float = Field(0.0, description="Stochastic depth rate (timm --drop-path; timm models).")
+    drop: float = Field(0.0, ge=0, le=1, description="Dropout rate before the classifier (timm --drop; timm models).")
+    drop_path: float = Field(0.0, ge=0, le=1, description="Stochastic depth rate (timm --drop-path; timm models).")
     initial_checkpoint: Path | None = Field(
         None,
         description="Start from the weights of a timm checkpoint (timm train.py's .pth.tar or a state dict, read "
@@ -159,11 +171,11 @@ class TrainConfig(BaseModel):
     regularizer: str | None = Field(
         None, description="Regularizer: lp_grad, l1grad, l2grad, variance, std, inverse_variance, inverse_std."
     )
-    lmbda: float = Field(0.0, description="Regularizer strength lambda (required with --regularizer).")
-    p: float = Field(2.0, description="p of the lp_grad norm (p >= 1).")
+    lmbda: float = Field(0.0, ge=0, description="Regularizer strength lambda (required with --regularizer).")
+    p: float = Field(2.0, ge=1, description="p of the lp_grad norm (p >= 1).")
     activation_gradients: bool = Field(True, description="lp_grad also penalizes activation gradients.")
     reg_start_epoch: int = Field(
-        0, description="First epoch with the regularizer on (RegulQuant's --first_regularized_epoch)."
+        0, ge=0, description="First epoch with the regularizer on (RegulQuant's --first_regularized_epoch)."
     )
     save_preregularized: bool = Field(False, description="Save a checkpoint just before regularization starts.")
     reg_schedule: Path | None = Field(
@@ -172,8 +184,8 @@ class TrainConfig(BaseModel):
     )
 
     # --- factorization (losslab.layers)
-    rank_scale: float | None = Field(None, description="Factorize conv/linear layers at this rank scale.")
-    target_ratio: float | None = Field(None, description="Factorize to this parameter ratio (bisection on rank).")
+    rank_scale: float | None = Field(None, gt=0, description="Factorize conv/linear layers at this rank scale.")
+    target_ratio: float | None = Field(None, gt=0, description="Factorize to this parameter ratio (bisection on rank).")
     spectral: bool = Field(False, description="Spectral initialization of factorized layers.")
     frobenius_decay: bool = Field(
         False,
@@ -207,11 +219,11 @@ class TrainConfig(BaseModel):
     normalize: Path | None = Field(None, description="Rescale factors to follow recorded norms (no decay).")
 
     # --- run and hardware
-    seed: int = Field(0, description="Random seed (model init, data order, augmentation).")
+    seed: int = Field(0, ge=0, lt=2**63, description="Random seed (model init, data order, augmentation).")
     precision: PrecisionName = Field("32", description="Numeric precision (Lightning).")
     accelerator: str = Field("auto", description="cpu, gpu, mps or auto.")
     devices: str = Field("auto", description="Devices per node: auto, a count, or a list like 0,1.")
-    num_nodes: int = Field(1, description="Number of nodes for multi-node training.")
+    num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node training.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp, ...")
     logger: LoggerName = Field("csv", description="Metrics logger (csv always written too).")
     logit_stats: bool = Field(False, description="Log logit statistics (norm, |mean|, |max|, var) per epoch.")
@@ -220,54 +232,6 @@ class TrainConfig(BaseModel):
     resume: Path | None = Field(None, description="Resume from a checkpoint file or a run folder's last checkpoint.")
     overwrite: bool = Field(False, description="Allow replacing a finished run folder of the same name.")
     progress: bool | None = Field(None, description="Progress bar; default: on when stderr is a terminal.")
-
-    @field_validator("k", "m", "lr", "batch_size", "epochs", "num_nodes", "gamma", "val_every", "recount")
-    @classmethod
-    def _positive(cls, value: float, info: Any) -> float:
-        if value <= 0:
-            raise ValueError("must be > 0")
-        return value
-
-    @field_validator(
-        "weight_decay",
-        "lmbda",
-        "label_smoothing",
-        "warmup_epochs",
-        "cooldown_epochs",
-        "min_lr",
-        "reg_start_epoch",
-        "num_workers",
-        "focal_alpha",
-        "mixup",
-        "cutmix",
-        "cutout",
-    )
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("must be >= 0")
-        return value
-
-    @field_validator("val_fraction")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError("must be in (0, 1)")
-        return value
-
-    @field_validator("mixup_prob", "mixup_switch_prob", "drop", "drop_path", "reprob")
-    @classmethod
-    def _probability(cls, value: float) -> float:
-        if not 0 <= value <= 1:
-            raise ValueError("must be a probability in [0, 1]")
-        return value
-
-    @field_validator("model_ema_decay")
-    @classmethod
-    def _decay(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError("must be in (0, 1), e.g. 0.9998")
-        return value
 
     @field_validator("threads")
     @classmethod
@@ -294,39 +258,11 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be <= {MAX_LOADER_WORKERS} worker processes")
         return value
 
-    @field_validator("label_smoothing")
-    @classmethod
-    def _smoothing(cls, value: float) -> float:
-        if value >= 1:
-            raise ValueError("must be in [0, 1)")
-        return value
-
-    @field_validator("sgt_alpha")
-    @classmethod
-    def _sgt_alpha(cls, value: float) -> float:
-        if not 0 < value <= 1:
-            raise ValueError("must be in (0, 1]")
-        return value
-
     @field_validator("focal_gamma")
     @classmethod
     def _gamma(cls, value: float) -> float:
         if value != 0 and value < 1:
             raise ValueError("must be 0 or >= 1; (1-p)^(gamma-1) is infinite at p=1 otherwise")
-        return value
-
-    @field_validator("p")
-    @classmethod
-    def _p(cls, value: float) -> float:
-        if value < 1:
-            raise ValueError("must be >= 1; the L_p norm is not a norm below 1")
-        return value
-
-    @field_validator("rank_scale", "target_ratio", "gradient_clip")
-    @classmethod
-    def _optional_positive(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError("must be > 0")
         return value
 
     @field_validator("milestones")
@@ -437,7 +373,27 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], command: str
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             lines.append(f"unknown key {key!r}{hint} (see `{command} --help` for all keys)")
         else:
-            message = err["msg"].removeprefix("Value error, ")
+            message = _range_message(err, model) or err["msg"].removeprefix("Value error, ")
             shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
             lines.append(f"{key}{shown}: {message}")
     return ConfigError("invalid configuration: " + "; ".join(lines))
+
+
+RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _range_message(err: Any, model: type[BaseModel]) -> str | None:
+    """``must be in (0, 1]`` (or ``must be > 0``) for a value outside its field's declared bounds, else None."""
+    info = model.model_fields.get(str(err["loc"][0])) if err["type"] in RANGE_ERRORS and err["loc"] else None
+    if info is None:
+        return None
+    bounds = {
+        key: getattr(item, key) for item in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(item, key)
+    }
+    bounds = {key: value for key, value in bounds.items() if value is not None}
+    low = next(((key, bounds[key]) for key in ("gt", "ge") if key in bounds), None)
+    high = next(((key, bounds[key]) for key in ("lt", "le") if key in bounds), None)
+    if low and high:
+        return f"must be in {'(' if low[0] == 'gt' else '['}{low[1]:g}, {high[1]:g}{')' if high[0] == 'lt' else ']'}"
+    key, value = low or high  # type: ignore[misc]
+    return f"must be {dict(gt='>', ge='>=', lt='<', le='<=')[key]} {value:g}"
