@@ -38,6 +38,11 @@ NOT_SHARED: dict[tuple[str, str], str] = {
     ("logreg sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
 }
 
+# (command, concept): an option spelled like a shared concept that means something else, with the reason.
+OTHER_MEANING: dict[tuple[str, str], str] = {
+    ("landscape", "loss"): "--loss run|ce picks the probed function (issue 19), not an objective to train with",
+}
+
 # Concepts whose default is the command's own, by design.
 DEFAULT_VARIES: dict[str, str] = {
     "out_dir": "each experiment writes into its own folder (runs, gan_runs, study_runs/...) or has none",
@@ -70,7 +75,10 @@ def concept_options() -> dict[str, list[tuple[str, click.Option]]]:
     return found
 
 
-FOUND = concept_options()
+FOUND = {
+    concept: [(path, option) for path, option in found if (path, concept) not in OTHER_MEANING]
+    for concept, found in concept_options().items()
+}
 
 
 def signature(kind: click.ParamType | None) -> tuple[Any, ...]:

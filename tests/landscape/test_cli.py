@@ -12,7 +12,9 @@ import torch
 from torch.func import functional_call, hessian
 
 from losslab.cli import main
+from losslab.io import save_torch_atomic
 from losslab.landscape.run import landscape_loss, probe_batches
+from losslab.serialization import load_torch_file
 from losslab.train import TrainConfig, fit, load_run
 
 
@@ -95,14 +97,15 @@ def test_loss_ce_differs_from_the_rooted_objective(
 
 @pytest.fixture
 def nan_run(run_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the run whose checkpoints hold a NaN weight."""
+    """A copy of the run whose finite weights overflow to a NaN loss (a checkpoint holding NaN itself is refused
+    when it is read): one weight tensor set to 3e38, re-saved with losslab's checksum."""
     copy = tmp_path / "nan"
     shutil.copytree(run_dir, copy)
     for ckpt in (copy / "checkpoints").glob("*.ckpt"):
-        state = torch.load(ckpt, weights_only=True)
+        state = load_torch_file(ckpt)
         key = next(k for k in state["state_dict"] if k.endswith("weight"))
-        state["state_dict"][key].view(-1)[0] = float("nan")
-        torch.save(state, ckpt)
+        state["state_dict"][key].fill_(3e38)
+        save_torch_atomic(ckpt, state)
     (copy / "landscape.json").unlink(missing_ok=True)
     return copy
 
@@ -113,8 +116,8 @@ def nan_run(run_dir: Path, tmp_path: Path) -> Path:
         (["--samples", "0"], "--samples 0"),
         (["--samples", "100000"], "pass 1.."),
         (["--probes", "eig,hessian_norm"], "unknown probe hessian_norm"),
-        (["--top-k", "0"], "--top-k 0"),
-        (["--top-k", "-2"], "--top-k -2"),
+        (["--top-k", "0"], "'--top-k': 0 is not in the range"),
+        (["--top-k", "-2"], "'--top-k': -2 is not in the range"),
         (["--layer", "no_such_layer"], "no trainable parameters"),
     ],
 )

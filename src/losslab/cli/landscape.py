@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.options import json_option, overwrite_option, progress_option, resolve_progress
 
 
@@ -40,7 +41,9 @@ def parse_samples(value: str | None) -> int | str | None:
     default=None,
     help="Comma-separated: eig,trace,density,layers,sharpness,surface,kurtosis, or all [default: all but layers].",
 )
-@click.option("--top-k", type=int, default=3, show_default=True, help="How many top eigenvalues (Lanczos).")
+@click.option(
+    "--top-k", type=number_type(int, ge=1), default=3, show_default=True, help="How many top eigenvalues (Lanczos)."
+)
 @click.option("--smallest", is_flag=True, help="Also the top-k smallest (most negative) eigenvalues.")
 @click.option("--samples", default=None, help="Probe-set images: N or all [default: 2048, or the whole split].")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
@@ -52,9 +55,11 @@ def parse_samples(value: str | None) -> int | str | None:
     help="run: the run's training objective; ce: plain cross entropy (compare objectives).",
 )
 @click.option("--layer", default=None, help="Probe only parameters whose name contains this (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probe set and of every probe.")
-@click.option("--rho", type=float, default=0.05, show_default=True, help="Sharpness radius (plain).")
-@click.option("--adaptive-rho", type=float, default=0.5, show_default=True, help="Sharpness radius (adaptive).")
+@shared_option("seed", "of the probe set and of every probe", default=0)
+@click.option("--rho", type=number_type(float, gt=0), default=0.05, show_default=True, help="Sharpness radius (plain).")
+@click.option(
+    "--adaptive-rho", type=number_type(float, gt=0), default=0.5, show_default=True, help="Sharpness radius (adaptive)."
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -62,7 +67,7 @@ def parse_samples(value: str | None) -> int | str | None:
     show_default=True,
     help="Batch size of the passes (the answer does not depend on it).",
 )
-@click.option("--device", default=None, help="Torch device (default cuda if available, else cpu).")
+@shared_option("device", "default: cuda if available")
 @json_option("Also write the result JSON to")
 @click.option("--no-save", is_flag=True, help="Do not write landscape.json and figures into the run folder.")
 @overwrite_option
@@ -88,13 +93,10 @@ def landscape(
 ) -> None:
     """Probe the loss landscape of a trained classifier run (top eigenvalues, trace, density, sharpness, ...)."""
     from losslab.cli.options import check_new_output, write_json_output
-    from losslab.errors import ConfigError
     from losslab.landscape import ProbeSettings, parse_probes
     from losslab.landscape.probes import DEFAULT_PROBES
     from losslab.landscape.run import probe_run
 
-    if top_k <= 0:
-        raise ConfigError(f"--top-k {top_k}: pass a positive number of eigenvalues")
     settings = ProbeSettings(
         probes=DEFAULT_PROBES if probes is None else parse_probes(probes),
         top_k=top_k,

@@ -431,16 +431,18 @@ def _eval_lm(opts: dict[str, Any]) -> None:
 @lm.command("landscape")
 @click.option("--model", required=True, help="Hub name or local folder of a causal LM.")
 @click.option("--probes", default="eig,trace", show_default=True, help="eig, trace, density, sharpness, kurtosis.")
-@click.option("--top-k", type=int, default=1, show_default=True, help="Top eigenvalues (Lanczos).")
+@click.option("--top-k", type=number_type(int, ge=1), default=1, show_default=True, help="Top eigenvalues (Lanczos).")
 @click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@click.option("--calib-samples", type=int, default=8, show_default=True, help="Calibration windows probed.")
-@click.option("--seqlen", type=int, help="Window length (default: the model's context).")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Windows per pass (not the answer).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the windows and the probes.")
-@click.option("--device", help="Device (default cuda if available).")
+@shared_option("calib_samples", "windows probed", default=8)
+@click.option("--seqlen", type=number_type(int, ge=1), help="Window length (default: the model's context).")
+@click.option(
+    "--batch-size", type=number_type(int, ge=1), default=1, show_default=True, help="Windows per pass (not the answer)."
+)
+@shared_option("seed", "of the windows and the probes", default=0)
+@shared_option("device", "default: cuda if available")
 @json_option("Write the result as JSON to")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@shared_option("overwrite", "an existing --json file", default=False)
 @progress_option
 def landscape_cmd(**opts: Any) -> None:
     """Top Hessian eigenvalue and trace (and other probes) of a causal LM on calibration windows."""
@@ -449,8 +451,6 @@ def landscape_cmd(**opts: Any) -> None:
     from losslab.lm.data import load_calibration
     from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 
-    if opts["top_k"] <= 0:
-        raise ConfigError(f"--top-k {opts['top_k']}: pass a positive number of eigenvalues")
     settings = ProbeSettings(probes=parse_probes(opts["probes"]), top_k=opts["top_k"], seed=opts["seed"])
     json_path = opts["json_path"]
     if json_path is not None and str(json_path) != "-":
