@@ -118,3 +118,25 @@ def test_shipped_studies_validate(path: Path) -> None:
     assert spec.name == path.stem
     assert raw.get("seed_experiment"), "each shipped study names the seed experiment it reproduces"
     assert spec.train_points() and spec.compression_points()
+
+
+def test_a_changed_method_default_never_reuses_results_of_the_old_default() -> None:
+    """GPFQ's default grid changed from the seed's alphabet to per-channel asym: a point that omits the grid must
+    not get the id under which stores hold seed-alphabet results, while points naming their grid keep their ids."""
+    import hashlib
+    import json
+
+    from losslab.study.spec import CompressionPoint
+
+    def old_key(point: CompressionPoint) -> str:  # the id scheme before the default changed
+        record = {"train": "t", "method": point.method, "bits": 4, "options": point.options, "setting": {}}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    omitted = CompressionPoint("gpfq", 4, (("scalar", 1.16),), "gpfq")
+    seed = CompressionPoint("gpfq", 4, (("grid", "gpfq"), ("scalar", 1.16)), "gpfq")
+    asym = CompressionPoint("gpfq", 4, (("grid", "asym"), ("scalar", 1.16)), "gpfq")
+    assert compression_key("t", omitted, {}) != old_key(omitted)
+    assert compression_key("t", omitted, {}) == compression_key("t", asym, {})
+    assert compression_key("t", seed, {}) == old_key(seed)
+    gptq = CompressionPoint("gptq", 4, (), "gptq")
+    assert compression_key("t", gptq, {}) == old_key(gptq)

@@ -68,11 +68,19 @@ def compression_setting(section: CompressSection) -> dict[str, Any]:
     }
 
 
+#: Method options whose default changed after stores existed: method -> {option: its new default}. An omitted one
+#: enters the key at the new default, so a result computed under the old default is never reused for the new one
+#: (GPFQ's default grid became the per-channel ``asym`` grid; the seed's alphabet is now ``grid: gpfq``). Points
+#: that name the option keep their ids.
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"gpfq": {"grid": "asym"}}
+
+
 def compression_key(train: str, point: CompressionPoint, setting: dict[str, Any]) -> str:
     """Deterministic id of one compression of one trained model (method, bits, options, calibration, ...)."""
-    return _digest(
-        {"train": train, "method": point.method, "bits": point.bits, "options": point.options, "setting": setting}
-    )
+    given = dict(point.options)
+    changed = {k: v for k, v in CHANGED_DEFAULTS.get(point.method, {}).items() if k not in given}
+    options = tuple(sorted({**given, **changed}.items())) if changed else point.options
+    return _digest({"train": train, "method": point.method, "bits": point.bits, "options": options, "setting": setting})
 
 
 @dataclass(frozen=True)
