@@ -141,3 +141,37 @@ def test_resume_with_another_grid_is_refused_before_any_fit(tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["logreg", "sweep", "--resume", str(tmp_path / "a"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "a" / "result.json").read_text())["fits"] == 2
+
+
+def test_the_sweep_plot_keeps_error_bars_in_range_and_its_legend_off_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accuracy bars stay within 0–100 %, iteration bars above 0 (mean ± std would cross both here), and the legend
+    sits beside the panels: its box overlaps no axes."""
+    import matplotlib.collections
+
+    import losslab.report.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and Path(path))
+    rows = [
+        {"dataset": "iris_binary", "l2": 0.0, "loss": loss, "k": k, "test_accuracy": acc, "iterations": its}
+        for loss, k in (("rooted", 2.0), ("rooted", 8.0), ("logistic", None))
+        for acc, its in ((1.0, 5), (0.8, 400))
+    ]
+    sweep_module.plot_sweep(rows, tmp_path / "sweep.png")
+    fig = drawn["fig"]
+    fig.canvas.draw()
+    (top, bottom) = fig.axes[:2]
+    for ax, low, high in ((top, 0.0, float("inf")), (bottom, 0.0, 100.0)):
+        ys = [
+            y
+            for c in ax.collections
+            if isinstance(c, matplotlib.collections.LineCollection)
+            for seg in c.get_segments()
+            for _, y in seg
+        ]
+        assert ys and min(ys) >= low and max(ys) <= high, (ax.get_ylabel(), min(ys), max(ys))
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)

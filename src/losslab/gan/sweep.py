@@ -218,13 +218,6 @@ def metric_range(rows: Sequence[dict[str, Any]], metric: str) -> tuple[float, fl
     return (-math.inf if low is None else low, math.inf if high is None else high)
 
 
-def clipped_errors(means: Sequence[float], stds: Sequence[float], low: float, high: float) -> list[list[float]]:
-    """Asymmetric error bars [[below...], [above...]] of mean ± std cut at the metric's range [low, high] (never
-    negative, for a mean estimated just outside the range)."""
-    below = [max(0.0, min(s, m - low)) for m, s in zip(means, stds)]
-    return [below, [max(0.0, min(s, high - m)) for m, s in zip(means, stds)]]
-
-
 def seeds_label(n: int) -> str:
     """``1 seed`` / ``3 seeds``."""
     return f"{n} seed" if n == 1 else f"{n} seeds"
@@ -238,6 +231,8 @@ def sweep_figure(rows: Sequence[dict[str, Any]], panels: Sequence[tuple[str, str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+
+    from losslab.report.figures import clipped_errors
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, layout="constrained")
     n_seeds = len({row["seed"] for row in rows})

@@ -189,14 +189,14 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from losslab.report.figures import save_figure
+    from losslab.report.figures import clipped_errors, save_figure
 
     l2s = sorted({row["l2"] for row in rows})
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     colors = plt.get_cmap("tab10").colors
     fig, axes = plt.subplots(2, len(l2s), figsize=(4.2 * len(l2s), 6.4), squeeze=False, layout="constrained")
-    for row_idx, (metric, label, scale) in enumerate(
-        (("iterations", "iterations", 1.0), ("test_accuracy", "test accuracy (%)", 100.0))
+    for row_idx, (metric, label, scale, high) in enumerate(
+        (("iterations", "iterations", 1.0, math.inf), ("test_accuracy", "test accuracy (%)", 100.0, 100.0))
     ):
         stats = summarize(rows, metric)
         for col, l2 in enumerate(l2s):
@@ -208,7 +208,8 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
                     ks = [k for k, _ in rooted]
                     mean = [v[0] * scale for _, v in rooted]
                     std = [v[1] * scale for _, v in rooted]
-                    ax.errorbar(ks, mean, yerr=std, color=color, marker="o", ms=3, capsize=2, label=name)
+                    yerr = clipped_errors(mean, std, 0.0, high)  # bars stay within the metric's range
+                    ax.errorbar(ks, mean, yerr=yerr, color=color, marker="o", ms=3, capsize=2, label=name)
                 logistic = stats.get((name, l2, "logistic", None))
                 if logistic is not None:
                     ax.axhline(logistic[0] * scale, color=color, ls="--", lw=1, label=f"{name} logistic")
@@ -219,7 +220,8 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             ax.set_ylabel(label)
             ax.set_title(f"λ = {l2:g}")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")  # beside the panels, never over the data
     return save_figure(fig, path)
 
 

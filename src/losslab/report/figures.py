@@ -62,6 +62,13 @@ LOGIT_STATS = (
 )
 
 
+def clipped_errors(means: Sequence[float], stds: Sequence[float], low: float, high: float) -> list[list[float]]:
+    """Asymmetric error bars [[below...], [above...]] of mean ± std cut at the metric's range [low, high] (never
+    negative, for a mean estimated just outside the range)."""
+    below = [max(0.0, min(s, m - low)) for m, s in zip(means, stds)]
+    return [below, [max(0.0, min(s, high - m)) for m, s in zip(means, stds)]]
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` as PNG (150 dpi) atomically and close it."""
     with atomic_path(path) as tmp:
