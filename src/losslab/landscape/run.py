@@ -137,7 +137,7 @@ def probe_run(
     write: bool = True,
 ) -> dict[str, Any]:
     """Probe the run at ``path`` (folder or checkpoint) and store the result (module docstring); returns it."""
-    from losslab.quant.trained_run import default_device
+    from losslab.compress.trained_run import default_device
     from losslab.train import load_run
 
     loaded = load_run(path)
