@@ -154,12 +154,17 @@ def cifar_folder(env: Env, how: str = "mismatch") -> Path:
     return root.parent
 
 
-def lm_folder(env: Env) -> Path:
-    """A tiny OPT with its byte tokenizer saved as a Hugging Face folder (``losslab.lm.offline``)."""
+def lm_folder(env: Env, nan_bias: bool = False) -> Path:
+    """A tiny OPT with its byte tokenizer saved as a Hugging Face folder (``losslab.lm.offline``); ``nan_bias``
+    puts one NaN in the first decoder layer's fc1 bias."""
     from losslab.lm.offline import byte_tokenizer, tiny_opt
 
     folder = env.tmp / "lm"
-    tiny_opt(seed=0).save_pretrained(folder)
+    model = tiny_opt(seed=0)
+    if nan_bias:
+        with torch.no_grad():
+            model.model.decoder.layers[0].fc1.bias[0] = float("nan")
+    model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
 
@@ -707,6 +712,11 @@ def _more_rows() -> list[Attack]:
     def _(env: Env) -> Case:
         return Case(["landscape", str(_bytes(env.tmp / "t.ckpt", b"hello\n")), *land], "truncated or corrupt")
 
+    @add("landscape-top-k-bomb", 5, "bomb", "landscape")
+    def _(env: Env) -> Case:
+        argv = ["landscape", str(env.run), "--probes", "eig", "--top-k", "100000000", "--samples", "16", "--no-save"]
+        return Case(argv, "finds at most 100 eigenvalues; pass --top-k <= 100", seconds=10)
+
     @add("landscape-samples-bomb", 5, "bomb", "landscape")
     def _(env: Env) -> Case:
         argv = ["landscape", str(env.run), "--probes", "trace", "--samples", "100000000", "--no-save"]
@@ -727,6 +737,12 @@ def _more_rows() -> list[Attack]:
     def _(env: Env) -> Case:
         model = _bytes(env.tmp / "m.safetensors", b"hello\n")
         return Case(["lm", "eval", "--model", str(model), "--text-file", str(lm_text(env))], "is corrupt")
+
+    @add("lm-eval-nan-weights", 4, "forged", "lm eval")
+    def _(env: Env) -> Case:
+        out = env.tmp / "e.json"
+        argv = ["lm", "eval", "--model", str(lm_folder(env, nan_bias=True)), "--text-file", str(lm_text(env))]
+        return Case([*argv, *LM_SMALL, "--max-windows", "2", "--json", str(out)], "is nan .* NaN/Inf", absent=[out])
 
     @add("lm-eval-seqlen-bomb", 5, "bomb", "lm eval")
     def _(env: Env) -> Case:
@@ -874,6 +890,11 @@ def _more_rows() -> list[Attack]:
         bad = str(binary_file(env, "a.src"))
         return Case(["translate", "eval", "--out-dir", str(env.tmp), "--src-file", bad, "--tgt-file", bad],
                     "is not UTF-8 text")  # fmt: skip
+
+    @add("translate-demo-epochs-bomb", 5, "bomb", "translate demo")
+    def _(env: Env) -> Case:
+        out = env.tmp / "d"
+        return Case(["translate", "demo", "--epochs", "100000", "--out-dir", str(out)], "1<=x<=1000", absent=[out])
 
     return rows
 
