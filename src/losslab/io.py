@@ -363,6 +363,19 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return sizes[key]
 
 
+def read_utf8(path: str | os.PathLike[str], what: str) -> str:
+    """The text of ``path`` as UTF-8; a :class:`losslab.errors.LosslabError` naming ``what`` and the file when it is
+    binary or in another encoding (instead of a raw ``UnicodeDecodeError``)."""
+    from losslab.errors import LosslabError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LosslabError(
+            f"{what} {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start:,}); give a UTF-8 text file"
+        ) from None
+
+
 def load_yaml_file(path: str | os.PathLike[str], what: str = "YAML file") -> Any:
     """Parse a YAML file safely and within bounds; :class:`losslab.errors.ConfigError` naming the file otherwise.
 

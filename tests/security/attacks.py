@@ -154,6 +154,38 @@ def cifar_folder(env: Env, how: str = "mismatch") -> Path:
     return root.parent
 
 
+def lm_folder(env: Env, nan_bias: bool = False) -> Path:
+    """A tiny OPT with its byte tokenizer saved as a Hugging Face folder (``losslab.lm.offline``); ``nan_bias``
+    puts one NaN in the first decoder layer's fc1 bias."""
+    from losslab.lm.offline import byte_tokenizer, tiny_opt
+
+    folder = env.tmp / "lm"
+    model = tiny_opt(seed=0)
+    if nan_bias:
+        with torch.no_grad():
+            model.model.decoder.layers[0].fc1.bias[0] = float("nan")
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def lm_text(env: Env) -> Path:
+    """4000 characters of the seeded synthetic corpus, the text the LM commands read."""
+    from losslab.lm.offline import synthetic_corpus
+
+    path = env.tmp / "text.txt"
+    path.write_text(synthetic_corpus(seed=0)["train"][:4000])
+    return path
+
+
+def binary_file(env: Env, name: str = "binary.txt") -> Path:
+    """3000 seeded random bytes (not UTF-8) under a text file's name."""
+    return _bytes(env.tmp / name, np.random.default_rng(2).bytes(3000))
+
+
+LM_SMALL = ["--seqlen", "32", "--device", "cpu"]
+
+
 CIFAR_TRAIN = ["train", "--dataset", "cifar10", "--model", "mlp", "--epochs", "1"]
 
 
@@ -602,6 +634,267 @@ def _rows() -> list[Attack]:
     def _(env: Env) -> Case:
         out = env.tmp / "o"
         return Case(["train", "--run-name", "r" * 246, "--out-dir", str(out)], "at most 239 are allowed", absent=[out])
+
+    # ---- the other commands that read or write a path: quantize --budget, landscape, lm, gan, logreg, translate
+    rows.extend(_more_rows())
+    return rows
+
+
+def _more_rows() -> list[Attack]:
+    """Rows for quantize --budget, landscape, lm eval/quantize/finetune/landscape, gan, logreg and translate."""
+    rows: list[Attack] = []
+
+    def add(id: str, cls: int, kind: str, command: str) -> Callable[[Callable[[Env], Case]], Callable[[Env], Case]]:
+        def register(build: Callable[[Env], Case]) -> Callable[[Env], Case]:
+            rows.append(Attack(id, cls, kind, command, build))
+            return build
+
+        return register
+
+    budget = ["--method", "rtn", "--budget", "6", "--bits-choices", "4,8"]
+
+    @add("quantize-budget-figure-existing", 2, "victim", "quantize --budget")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "pareto.png", "my figure")
+        out = env.tmp / "q.json"
+        argv = ["quantize", str(env.run), *budget, "--figure", str(mine), "--json", str(out)]
+        return Case(argv, "--figure .* already exists", victims=[mine], absent=[out])
+
+    @add("quantize-budget-nan", 4, "forged", "quantize --budget")
+    def _(env: Env) -> Case:
+        out = env.tmp / "q.json"
+        argv = ["quantize", str(env.run), "--method", "rtn", "--budget", "nan", "--json", str(out)]
+        return Case(argv, "--budget nan must be positive", absent=[out])
+
+    @add("quantize-budget-flipped-byte", 3, "forged", "quantize --budget")
+    def _(env: Env) -> Case:
+        return Case(["quantize", str(flip_byte(env)), *budget], "fails its checksum")
+
+    @add("quantize-save-packed-is-a-file", 2, "victim", "quantize")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "packed.txt")
+        out = env.tmp / "q.json"
+        argv = [
+            "quantize",
+            str(env.run),
+            "--method",
+            "rtn",
+            "--bits",
+            "8",
+            "--save-packed",
+            str(mine),
+            "--json",
+            str(out),
+        ]
+        return Case(argv, "is a file; give a folder", victims=[mine], absent=[out])
+
+    land = ["--probes", "trace", "--samples", "16", "--no-save"]
+
+    @add("landscape-json-existing", 2, "victim", "landscape")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "land.json")
+        return Case(["landscape", str(env.run), *land, "--json", str(mine)], "already exists", victims=[mine])
+
+    @add("landscape-pickled-code", 1, "payload", "landscape")
+    def _(env: Env) -> Case:
+        ckpt, marker = pickled_payload(env)
+        return Case(["landscape", str(ckpt), *land], "pickled code/objects", absent=[marker])
+
+    @add("landscape-flipped-byte", 3, "forged", "landscape")
+    def _(env: Env) -> Case:
+        return Case(["landscape", str(flip_byte(env)), *land], "fails its checksum")
+
+    @add("landscape-nan-bias", 3, "forged", "landscape")
+    def _(env: Env) -> Case:
+        return Case(["landscape", str(forge(env, _set(FIRST_BIAS, _nan_first))), *land], "holds 1 NaN/Inf")
+
+    @add("landscape-text-checkpoint", 6, "forged", "landscape")
+    def _(env: Env) -> Case:
+        return Case(["landscape", str(_bytes(env.tmp / "t.ckpt", b"hello\n")), *land], "truncated or corrupt")
+
+    @add("landscape-top-k-bomb", 5, "bomb", "landscape")
+    def _(env: Env) -> Case:
+        argv = ["landscape", str(env.run), "--probes", "eig", "--top-k", "100000000", "--samples", "16", "--no-save"]
+        return Case(argv, "finds at most 100 eigenvalues; pass --top-k <= 100", seconds=10)
+
+    @add("landscape-samples-bomb", 5, "bomb", "landscape")
+    def _(env: Env) -> Case:
+        argv = ["landscape", str(env.run), "--probes", "trace", "--samples", "100000000", "--no-save"]
+        return Case(argv, "has 1293 images; pass 1..1293 or all", seconds=10)
+
+    @add("lm-eval-json-existing", 2, "victim", "lm eval")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "e.json")
+        argv = ["lm", "eval", "--model", str(lm_folder(env)), "--text-file", str(lm_text(env)), *LM_SMALL]
+        return Case([*argv, "--json", str(mine)], "already exists", victims=[mine])
+
+    @add("lm-eval-binary-text", 6, "forged", "lm eval")
+    def _(env: Env) -> Case:
+        argv = ["lm", "eval", "--model", str(lm_folder(env)), "--text-file", str(binary_file(env)), *LM_SMALL]
+        return Case(argv, "is not UTF-8 text")
+
+    @add("lm-eval-text-as-packed-model", 6, "forged", "lm eval")
+    def _(env: Env) -> Case:
+        model = _bytes(env.tmp / "m.safetensors", b"hello\n")
+        return Case(["lm", "eval", "--model", str(model), "--text-file", str(lm_text(env))], "is corrupt")
+
+    @add("lm-eval-nan-weights", 4, "forged", "lm eval")
+    def _(env: Env) -> Case:
+        out = env.tmp / "e.json"
+        argv = ["lm", "eval", "--model", str(lm_folder(env, nan_bias=True)), "--text-file", str(lm_text(env))]
+        return Case([*argv, *LM_SMALL, "--max-windows", "2", "--json", str(out)], "is nan .* NaN/Inf", absent=[out])
+
+    @add("lm-eval-seqlen-bomb", 5, "bomb", "lm eval")
+    def _(env: Env) -> Case:
+        argv = ["lm", "eval", "--model", str(lm_folder(env)), "--text-file", str(lm_text(env)), "--device", "cpu"]
+        return Case([*argv, "--seqlen", "100000000"], "the model's context is 128 tokens", seconds=10)
+
+    def lm_quantize(env: Env) -> list[str]:
+        model, text = lm_folder(env), lm_text(env)
+        return ["lm", "quantize", "--model", str(model), "--method", "rtn", "--text-file", str(text), *LM_SMALL]
+
+    @add("lm-quantize-save-packed-existing", 2, "victim", "lm quantize")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "m.safetensors")
+        argv = [
+            *lm_quantize(env),
+            "--calib-samples",
+            "2",
+            "--save-packed",
+            str(mine),
+            "--json",
+            str(env.tmp / "q.json"),
+        ]
+        return Case(argv, "already exists", victims=[mine], absent=[env.tmp / "q.json"])
+
+    @add("lm-quantize-json-existing", 2, "victim", "lm quantize")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "q.json")
+        return Case([*lm_quantize(env), "--calib-samples", "2", "--json", str(mine)], "already exists", victims=[mine])
+
+    @add("lm-quantize-calib-samples-bomb", 5, "bomb", "lm quantize")
+    def _(env: Env) -> Case:
+        out = env.tmp / "q.json"
+        argv = [*lm_quantize(env), "--calib-samples", "1000000", "--json", str(out)]
+        return Case(argv, "has only [0-9,]+ distinct windows of 32 tokens", absent=[out], seconds=10)
+
+    @add("lm-quantize-calib-memory-bomb", 5, "bomb", "lm quantize")
+    def _(env: Env) -> Case:
+        out = env.tmp / "q.json"
+        argv = [*lm_quantize(env), "--calib-samples", "100000000000", "--json", str(out)]
+        return Case(argv, "calibration windows .* needs [0-9,.]+ GiB", absent=[out], seconds=10)
+
+    @add("lm-finetune-binary-text", 6, "forged", "lm finetune")
+    def _(env: Env) -> Case:
+        out = env.tmp / "ft"
+        argv = ["lm", "finetune", "--model", str(lm_folder(env)), "--out-dir", str(out), "--text-file"]
+        extra = ["--max-steps", "1", "--warmup-steps", "0", "--block-size", "32", "--accelerator", "cpu"]
+        return Case([*argv, str(binary_file(env)), *extra], "is not UTF-8 text")
+
+    def lm_landscape(env: Env) -> list[str]:
+        model, text = lm_folder(env), lm_text(env)
+        return ["lm", "landscape", "--model", str(model), "--probes", "trace", "--text-file", str(text), *LM_SMALL]
+
+    @add("lm-landscape-json-existing", 2, "victim", "lm landscape")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "l.json")
+        return Case([*lm_landscape(env), "--calib-samples", "1", "--json", str(mine)], "already exists", victims=[mine])
+
+    @add("lm-landscape-calib-samples-bomb", 5, "bomb", "lm landscape")
+    def _(env: Env) -> Case:
+        return Case([*lm_landscape(env), "--calib-samples", "1000000"], "distinct windows", seconds=10)
+
+    ring = ["gan", "train", "--data", "ring", "--epochs", "1"]
+
+    @add("gan-train-toy-samples-bomb", 5, "bomb", "gan train")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        return Case([*ring, "--toy-samples", "100000000000", "--out-dir", str(out)], "toy_samples=", absent=[out])
+
+    @add("gan-train-eval-samples-bomb", 5, "bomb", "gan train")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        argv = [*ring, "--toy-samples", "256", "--eval-samples", "100000000000", "--out-dir", str(out)]
+        return Case(argv, "eval_samples=", absent=[out])
+
+    @add("gan-train-lr-inf", 4, "forged", "gan train")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        return Case([*ring, "--toy-samples", "256", "--lr", "inf", "--out-dir", str(out)], "lr=inf", absent=[out])
+
+    @add("gan-train-resume-text-file", 6, "forged", "gan train")
+    def _(env: Env) -> Case:
+        return Case(["gan", "train", "--resume", str(_bytes(env.tmp / "t.ckpt", b"hi\n"))], "is not a GAN run")
+
+    @add("gan-sweep-binary-config", 6, "forged", "gan sweep")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        argv = ["gan", "sweep", "--config", str(binary_file(env, "c.yaml")), "--out-dir", str(out)]
+        return Case(argv, "not a text file", absent=[out])
+
+    @add("gan-sweep-billion-laughs", 5, "bomb", "gan sweep")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        argv = ["gan", "sweep", "--config", str(yaml_file(env, BILLION_LAUGHS)), "--out-dir", str(out)]
+        return Case(argv, "expands to more than", absent=[out], seconds=10)
+
+    @add("gan-sweep-list-config", 6, "forged", "gan sweep")
+    def _(env: Env) -> Case:
+        out = env.tmp / "g"
+        argv = ["gan", "sweep", "--config", str(yaml_file(env, "- a\n- b\n")), "--out-dir", str(out)]
+        return Case(argv, "must be a mapping", absent=[out])
+
+    @add("logreg-json-existing", 2, "victim", "logreg")
+    def _(env: Env) -> Case:
+        mine = victim(env.tmp / "fits.json")
+        return Case(["logreg", "--dataset", "iris_binary", "--json", str(mine)], "already exists", victims=[mine])
+
+    @add("logreg-binary-csv", 6, "forged", "logreg")
+    def _(env: Env) -> Case:
+        return Case(["logreg", "--csv", str(binary_file(env, "d.csv")), "--target", "y"], "is not UTF-8 text")
+
+    @add("logreg-nan-cell", 3, "forged", "logreg")
+    def _(env: Env) -> Case:
+        csv = victim(env.tmp / "d.csv", "a,b,y\n1,nan,0\n2,3,1\n3,4,0\n4,5,1\n5,1,0\n6,2,1\n")
+        return Case(["logreg", "--csv", str(csv), "--target", "y"], "'nan' is not a finite number")
+
+    @add("logreg-ragged-csv", 6, "forged", "logreg")
+    def _(env: Env) -> Case:
+        csv = victim(env.tmp / "d.csv", "a,b,y\n1,2,0\n2,3\n3,4,0\n4,5,1\n5,1,0\n")
+        return Case(["logreg", "--csv", str(csv), "--target", "y"], "line 3 has 2 cells; the header has 3")
+
+    @add("logreg-sweep-path-as-dataset", 6, "forged", "logreg sweep")
+    def _(env: Env) -> Case:
+        out = env.tmp / "o"
+        argv = ["logreg", "sweep", "--datasets", "../../etc/passwd", "--out-dir", str(out)]
+        return Case(argv, "unknown dataset '../../etc/passwd'", absent=[out])
+
+    toy = ["--arch", "toy", "--accelerator", "cpu", "--epochs", "1"]
+
+    @add("translate-train-binary-source", 6, "forged", "translate train")
+    def _(env: Env) -> Case:
+        out = env.tmp / "t"
+        bad = str(binary_file(env, "a.src"))
+        return Case(["translate", "train", "--src-file", bad, "--tgt-file", bad, *toy, "--out-dir", str(out)],
+                    "is not UTF-8 text", absent=[out])  # fmt: skip
+
+    @add("translate-train-misaligned", 3, "forged", "translate train")
+    def _(env: Env) -> Case:
+        out = env.tmp / "t"
+        src, tgt = victim(env.tmp / "a.src", "a b\nc d\n"), victim(env.tmp / "a.tgt", "x\n")
+        argv = ["translate", "train", "--src-file", str(src), "--tgt-file", str(tgt), *toy, "--out-dir", str(out)]
+        return Case(argv, "has 2 lines but .* has 1; the files must align", absent=[out])
+
+    @add("translate-eval-binary-source", 6, "forged", "translate eval")
+    def _(env: Env) -> Case:
+        bad = str(binary_file(env, "a.src"))
+        return Case(["translate", "eval", "--out-dir", str(env.tmp), "--src-file", bad, "--tgt-file", bad],
+                    "is not UTF-8 text")  # fmt: skip
+
+    @add("translate-demo-epochs-bomb", 5, "bomb", "translate demo")
+    def _(env: Env) -> Case:
+        out = env.tmp / "d"
+        return Case(["translate", "demo", "--epochs", "100000", "--out-dir", str(out)], "1<=x<=1000", absent=[out])
 
     return rows
 

@@ -79,17 +79,19 @@ def sweep(
     **flags: Any,
 ) -> None:
     """Logistic vs rooted k over seeds: runs in OUT_DIR/runs (reused only with equal settings), sweep.csv/.png."""
-    import yaml
 
     from losslab.errors import ConfigError
     from losslab.gan.config import GanConfig
     from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, seeds_label, summarize
+    from losslab.io import load_yaml_file
     from losslab.presets import resolve_yaml
     from losslab.tables import format_table
 
     stored: dict[str, Any] = {}
     if config_file is not None:
-        stored = yaml.safe_load(resolve_yaml(config_file, "configs").read_text()) or {}
+        stored = load_yaml_file(resolve_yaml(config_file, "configs"), "--config") or {}
+        if not isinstance(stored, dict):
+            raise ConfigError(f"--config {config_file!r} holds a {type(stored).__name__}; it must be a mapping of keys")
     grid = stored.pop("sweep", {}) or {}
     unknown = sorted(set(grid) - {"k", "seeds"})
     if unknown:

@@ -18,6 +18,7 @@ Tasks (no download):
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from losslab.errors import ConfigError, DataNotFoundError, LosslabError, check_range, unknown_name_error
+from losslab.io import read_utf8
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,7 @@ def read_csv_task(path: Path, target: str) -> BinaryTask:
     """
     if not path.is_file():
         raise DataNotFoundError(f"--csv {str(path)!r} is not a file; give the path of a CSV file with a header row")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.reader(fh) if row]
+    rows = [row for row in csv.reader(io.StringIO(read_utf8(path, "--csv"), newline="")) if row]
     if not rows:
         raise LosslabError(f"--csv {str(path)!r} is empty; it needs a header row and data rows")
     header, body = [h.strip() for h in rows[0]], rows[1:]

@@ -96,6 +96,12 @@ def module_groups(op: HessianOperator) -> dict[str, list[str]]:
 
 def probe_eig(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
     """Top-k eigenvalues (descending) with residuals, and the k smallest (ascending) with ``s.smallest``."""
+    most = min(s.eig_steps, op.dim)
+    if s.top_k > most:
+        raise ConfigError(
+            f"--top-k {s.top_k:,}: Lanczos with {s.eig_steps} steps on {op.dim:,} parameters finds at most {most:,} "
+            f"eigenvalues; pass --top-k <= {most:,}"
+        )
     kw = {"tol": s.eig_tol, "max_steps": s.eig_steps, "seed": s.seed, "dtype": op.dtype, "device": op.device}
     top = lanczos_eigenvalues(op.hvp, op.dim, k=s.top_k, **kw)
     out: dict[str, Any] = {"eigenvalues": top.values, "eigen_residuals": top.residuals, "lanczos_steps": top.steps}

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from losslab.errors import DataNotFoundError, LosslabError, unknown_name_error
+from losslab.io import read_utf8
+from losslab.limits import check_allocation
 
 CORPORA = ("wikitext2", "ptb", "c4")
 
@@ -77,7 +79,7 @@ def load_corpus(name_or_path: str | Path, split: str = "test") -> str:
     path = Path(name_or_path)
     if str(name_or_path) not in CORPORA:
         if path.is_file():
-            return path.read_text(encoding="utf-8")
+            return read_utf8(path, "text file")
         raise DataNotFoundError(
             f"text source {str(name_or_path)!r} is neither a corpus name ({', '.join(CORPORA)}) nor an existing "
             "file; give an existing UTF-8 text file (--text-file PATH) or one of those names"
@@ -135,6 +137,12 @@ def calibration_windows(token_ids: torch.Tensor, n_windows: int, seqlen: int, se
     As in GPTQ's ``get_wikitext2`` after ``random.seed(seed)``: ``i = randint(0, n − seqlen − 1)``.
     """
     _check_length(token_ids.numel() - 1, seqlen, "calibration")
+    distinct = token_ids.numel() - seqlen
+    if n_windows > distinct:
+        raise LosslabError(
+            f"--calib-samples {n_windows:,}: the calibration text has only {distinct:,} distinct windows of {seqlen} "
+            "tokens; pass at most that many, or a longer text"
+        )
     rng = random.Random(seed)
     starts = [rng.randint(0, token_ids.numel() - seqlen - 1) for _ in range(n_windows)]
     return torch.stack([token_ids[s : s + seqlen] for s in starts])
@@ -166,6 +174,7 @@ def load_calibration(tokenizer: object, source: str | Path, n_windows: int, seql
     or a local text file (one stream)."""
     if n_windows < 1:
         raise LosslabError(f"n_windows={n_windows}: calibration needs at least one window (--calib-samples >= 1)")
+    check_allocation("calibration windows (--calib-samples x --seqlen)", 8 * n_windows * seqlen)
     if str(source) == "c4":
         return calibration_windows_from_documents(tokenizer, _load_hf_documents("c4", "train"), n_windows, seqlen, seed)
     return calibration_windows(tokenize_text(tokenizer, load_corpus(source, "train")), n_windows, seqlen, seed)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from losslab.errors import LosslabError
 from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss
 
 _CE = TokenLossSpec(kind="ce")
@@ -74,4 +75,9 @@ def perplexity(
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         model.train(was_training)
     mean_ce = float(ce.mean())
+    if not math.isfinite(mean_ce):
+        raise LosslabError(
+            f"the model's mean cross-entropy on these {int(windows.shape[0])} windows is {mean_ce} (its weights or "
+            "logits are NaN/Inf), so a perplexity would mean nothing; check or re-create the model"
+        )
     return PerplexityResult(math.exp(mean_ce), mean_ce, int(windows.shape[0]), int(windows.shape[1]), protocol)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import ConfigError, DataNotFoundError
+from losslab.io import read_utf8
 from losslab.lm.token_loss import IGNORE_INDEX
 from losslab.seq2seq.tokenizer import BOS, PAD
 
@@ -29,8 +30,8 @@ def read_parallel(src_file: Path, tgt_file: Path) -> list[tuple[str, str]]:
     for path in (src_file, tgt_file):
         if not Path(path).is_file():
             raise DataNotFoundError(f"parallel text file {path} does not exist; give one sentence per line")
-    src = Path(src_file).read_text(encoding="utf-8").splitlines()
-    tgt = Path(tgt_file).read_text(encoding="utf-8").splitlines()
+    src = read_utf8(src_file, "parallel text file").splitlines()
+    tgt = read_utf8(tgt_file, "parallel text file").splitlines()
     if len(src) != len(tgt):
         raise ConfigError(f"{src_file} has {len(src)} lines but {tgt_file} has {len(tgt)}; the files must align")
     pairs = [(s.strip(), t.strip()) for s, t in zip(src, tgt) if s.strip() and t.strip()]
