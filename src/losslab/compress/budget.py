@@ -198,7 +198,9 @@ def allocation_table(table: SensitivityTable, alloc: Allocation) -> str:
     return format_table([*headers, "chosen"], rows)
 
 
-def _entry(table: SensitivityTable, alloc: Allocation, point: Any, size: int, packed_ok: bool, stored: int) -> dict:
+def budget_entry(table: SensitivityTable, alloc: Allocation, stored: int, metrics: Any, **extra: Any) -> dict:
+    """The JSON entry of one budget: the plan (budget, solver, stored bits and bits per weight, predicted
+    sensitivity, note), the model's ``metrics``, the ``extra`` fields, then the per-layer allocation."""
     return {
         "budget": alloc.budget,
         "solver": alloc.solver,
@@ -207,9 +209,8 @@ def _entry(table: SensitivityTable, alloc: Allocation, point: Any, size: int, pa
         "quantized_weights": alloc.total_weights,
         "predicted_sensitivity": alloc.predicted_sensitivity,
         "note": alloc.note,
-        "metrics": point.metrics,
-        "packed_bytes": size,
-        "packed_matches_fake": packed_ok,
+        "metrics": metrics,
+        **extra,
         "allocation": alloc.rows(table),
     }
 
@@ -262,7 +263,9 @@ def quantize_run_budget(
     with tempfile.TemporaryDirectory() as tmp:
         for (alloc, point, stored), name in zip(points, names):
             size, packed_ok = pack_and_check(point.result, (opts.save_packed or Path(tmp)) / name, run)
-            entries.append(_entry(table, alloc, point, size, packed_ok, stored))
+            entries.append(
+                budget_entry(table, alloc, stored, point.metrics, packed_bytes=size, packed_matches_fake=packed_ok)
+            )
             texts.append(_budget_text(table, alloc, entries[-1], run.float_metrics, budget.sensitivity))
     uniform = _uniform_rows(table)
     shown = [[b, f"{s:.4f}", f"{acc:.2f}", f"{t:.4e}"] for b, s, acc, t in uniform]

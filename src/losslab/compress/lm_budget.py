@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from losslab.compress.budget import BudgetOptions, allocation_table, cached_table, check_budget_request
+from losslab.compress.budget import BudgetOptions, allocation_table, budget_entry, cached_table, check_budget_request
 from losslab.compress.quantize_run import method_label
 from losslab.errors import LosslabError
 from losslab.io import check_output, write_json_atomic
@@ -131,19 +131,14 @@ def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, pat
     stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
     if stored != alloc.stored_bits:
         raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
-    return {
-        "budget": alloc.budget,
-        "solver": alloc.solver,
-        "stored_bits_per_weight": stored / alloc.total_weights,
-        "stored_bits": stored,
-        "quantized_weights": alloc.total_weights,
-        "predicted_sensitivity": alloc.predicted_sensitivity,
-        "note": alloc.note,
-        "metrics": _ppl(job, result.model),
-        "packed_file": None if path is None else str(path),
-        "packed_bytes": None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
-        "allocation": alloc.rows(table),
-    }
+    return budget_entry(
+        table,
+        alloc,
+        stored,
+        _ppl(job, result.model),
+        packed_file=None if path is None else str(path),
+        packed_bytes=None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
+    )
 
 
 def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
