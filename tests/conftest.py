@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,6 +17,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # `network` and deselected), so a test can never probe or download from the hub by accident.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture()
+def cli_main(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[int, str, str]]:
+    """``cli_main(args)``: (exit status, stdout, stderr) of the console entry point ``losslab.cli.app.main``."""
+    from losslab.cli.app import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exit_info:
+            code = int(exit_info.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
-import pytest
 
-from losslab.cli.app import cli, main
+from losslab.cli.app import cli
 from losslab.quant.methods import build_methods, method_options
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -29,23 +20,23 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[st
     return found
 
 
-def test_help_shows_no_empty_default(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_no_empty_default(cli_main: Callable[[list[str]], tuple[int, str, str]]) -> None:
     """No option's help reads "[default: None]" (or an empty one) beside the real default its text describes."""
     bad = {}
     for path in _commands(cli):
-        code, out, _ = run([*path, "--help"], capsys)
+        code, out, _ = cli_main([*path, "--help"])
         assert code == 0, path
         flat = " ".join(out.split())
         if "[default: None]" in flat or "[default: ]" in flat:
             bad[" ".join(path)] = flat
     assert not bad, sorted(bad)
-    code, out, _ = run(["train", "--help"], capsys)
+    code, out, _ = cli_main(["train", "--help"])
     flat = " ".join(out.split())
     assert "Random seed (model init, data order, augmentation). [default: 0]" in flat  # a real default stays
     assert "$LOSSLAB_DATA_DIR or ~/.cache/losslab/data." in flat
 
 
-def test_lm_quantize_lists_only_options_its_methods_take(capsys: pytest.CaptureFixture[str]) -> None:
+def test_lm_quantize_lists_only_options_its_methods_take(cli_main: Callable[[list[str]], tuple[int, str, str]]) -> None:
     """Every method flag in `lm quantize --help` is accepted by at least one of its --method choices."""
     from losslab.cli.lm import lm
 
@@ -53,7 +44,7 @@ def test_lm_quantize_lists_only_options_its_methods_take(capsys: pytest.CaptureF
     ctx = click.Context(command, info_name="quantize")
     (method,) = [p for p in command.get_params(ctx) if "--method" in p.opts]
     choices = list(method.type.choices)
-    code, out, _ = run(["lm", "quantize", "--help"], capsys)
+    code, out, _ = cli_main(["lm", "quantize", "--help"])
     assert code == 0
     flat = " ".join(out.split())
     for option in method_options():

@@ -3,12 +3,12 @@ parser defaults fill what the line leaves out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from losslab.cli.app import main
 from losslab.data.layout import dataset_in_folder
 from losslab.errors import ConfigError
 
@@ -42,33 +42,25 @@ SGT_LINE = [
 SEED_WARMUP_LR, SEED_MIN_LR = 0.01, 1e-4
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def image_folder_tree(root: Path) -> Path:
     for split in ("train", "val"):
         (root / split / "n01440764").mkdir(parents=True)
     return root
 
 
-def test_the_pasted_line_with_a_missing_folder_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["train", "--data_dir", "IMAGENET_DIR", *SGT_LINE, "--print-config"], capsys)
+def test_the_pasted_line_with_a_missing_folder_is_a_one_line_error(
+    cli_main: Callable[[list[str]], tuple[int, str, str]],
+) -> None:
+    code, out, err = cli_main(["train", "--data_dir", "IMAGENET_DIR", *SGT_LINE, "--print-config"])
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "IMAGENET_DIR" in err and "does not exist" in err
 
 
 def test_an_image_folder_tree_selects_imagenet_and_the_forks_defaults(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     tree = image_folder_tree(tmp_path / "imagenet_dir")
-    code, out, err = run(["train", "--data_dir", str(tree), *SGT_LINE, "--print-config"], capsys)
+    code, out, err = cli_main(["train", "--data_dir", str(tree), *SGT_LINE, "--print-config"])
     assert code == 0, err
     cfg = yaml.safe_load(out)
     assert cfg["dataset"] == "imagenet" and cfg["data_dir"] == str(tree)
@@ -78,19 +70,21 @@ def test_an_image_folder_tree_selects_imagenet_and_the_forks_defaults(
     assert "holds 'imagenet'" in err
     assert "the SGT fork's own defaults apply: --warmup-lr 0.01 --min-lr 0.0001 --optimizer nesterov" in err
     # timm's positional data folder means the same
-    code, out2, _ = run(["train", str(tree), *SGT_LINE, "--print-config"], capsys)
+    code, out2, _ = cli_main(["train", str(tree), *SGT_LINE, "--print-config"])
     assert code == 0 and yaml.safe_load(out2) == cfg
 
 
-def test_a_given_value_wins_over_the_forks_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_given_value_wins_over_the_forks_default(
+    tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
     tree = image_folder_tree(tmp_path / "tree")
-    code, out, _ = run(["train", tree.as_posix(), *SGT_LINE, "--warmup-lr", "0.001", "--print-config"], capsys)
+    code, out, _ = cli_main(["train", tree.as_posix(), *SGT_LINE, "--warmup-lr", "0.001", "--print-config"])
     assert code == 0 and yaml.safe_load(out)["warmup_lr"] == 0.001
 
 
-def test_the_forks_defaults_need_its_spelling(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_forks_defaults_need_its_spelling(cli_main: Callable[[list[str]], tuple[int, str, str]]) -> None:
     """``--sgt-alpha`` is losslab's own flag: losslab's defaults stay."""
-    code, out, _ = run(["train", "--loss", "sgt", "--sgt-alpha", "0.25", "--print-config"], capsys)
+    code, out, _ = cli_main(["train", "--loss", "sgt", "--sgt-alpha", "0.25", "--print-config"])
     from losslab.train.config import TrainConfig
 
     defaults = TrainConfig()
@@ -100,15 +94,17 @@ def test_the_forks_defaults_need_its_spelling(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("dataset", ["digits", "fake"])
 def test_a_folder_for_a_data_set_that_reads_none_is_refused(
-    dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dataset: str, tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
-    code, out, err = run(["train", "--dataset", dataset, "--data-dir", str(tmp_path), "--print-config"], capsys)
+    code, out, err = cli_main(["train", "--dataset", dataset, "--data-dir", str(tmp_path), "--print-config"])
     assert code == 2 and out == ""
     assert "reads no data folder" in err and str(tmp_path) in err
 
 
-def test_two_different_folders_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["train", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b"), "--print-config"], capsys)
+def test_two_different_folders_are_refused(
+    tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
+    code, _, err = cli_main(["train", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b"), "--print-config"])
     assert code == 2 and "differ" in err
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,17 +192,6 @@ def test_dcgan_step_makes_no_host_sync_on_cuda() -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the console entry point (user faults: one line, status 2)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _ring_args(tmp_path: Path, *extra: str) -> list[str]:
     args = ["gan", "train", "--data", "ring", "--toy-samples", "256", "--batch-size", "128", "--width", "8"]
     return [*args, "--epochs", "2", "--eval-samples", "500", "--out-dir", str(tmp_path), *extra]
@@ -231,7 +221,7 @@ def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path: 
 
 
 def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_main: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     real_step = GanTrainer.step
 
@@ -240,7 +230,7 @@ def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
         return out * math.nan if self.epoch == 1 else out  # the second epoch diverges
 
     monkeypatch.setattr(GanTrainer, "step", step)
-    code, _, err = _main(_ring_args(tmp_path, "--epochs", "3", "--no-progress"), capsys)
+    code, _, err = cli_main(_ring_args(tmp_path, "--epochs", "3", "--no-progress"))
     run = tmp_path / "ring_rooted_k2_seed0"
     assert code == 2 and "diverged" in err.splitlines()[-1] and "epoch 2" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -271,17 +261,17 @@ def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
     ],
 )
 def test_out_of_range_flags_are_one_line_errors_before_any_folder(
-    tmp_path: Path, flag: tuple[str, str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, flag: tuple[str, str], cli_main: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
-    code, _, err = _main(_ring_args(tmp_path, *flag), capsys)
+    code, _, err = cli_main(_ring_args(tmp_path, *flag))
     assert code == 2, err
     named = flag[0] in err or flag[0].lstrip("-").replace("-", "_") in err  # the flag typed, or the config key
     assert named and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_rejected_run_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _main(_ring_args(tmp_path, "--toy-samples", "64"), capsys)  # batch 128 > 64 points
+def test_a_rejected_run_leaves_no_folder(tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]) -> None:
+    code, _, err = cli_main(_ring_args(tmp_path, "--toy-samples", "64"))  # batch 128 > 64 points
     assert code == 2 and "batch_size=128 exceeds" in err
     assert list(tmp_path.iterdir()) == []
 

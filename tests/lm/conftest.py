@@ -24,6 +24,15 @@ def corpus() -> dict[str, str]:
     return synthetic_corpus(seed=0)
 
 
+@pytest.fixture
+def text_files(corpus, tmp_path):
+    """The corpus's train and validation text as files: (train.txt, val.txt)."""
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text(corpus["train"])
+    val.write_text(corpus["validation"])
+    return train, val
+
+
 @pytest.fixture(scope="session")
 def token_ids(tokenizer, corpus) -> dict[str, torch.Tensor]:
     return {split: tokenize_text(tokenizer, text) for split, text in corpus.items()}

@@ -16,14 +16,6 @@ from losslab.lm.packing import load_packed_lm
 from losslab.quant.packed import read_packed_metadata
 
 
-@pytest.fixture
-def text_files(corpus, tmp_path):
-    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
-    train.write_text(corpus["train"])
-    val.write_text(corpus["validation"])
-    return train, val
-
-
 @pytest.mark.slow
 def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, text_files) -> None:
     folder = tmp_path / "tiny-opt"

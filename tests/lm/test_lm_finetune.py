@@ -13,14 +13,6 @@ from losslab.lm.finetune import FinetuneConfig, finetune
 from losslab.lm.offline import byte_tokenizer, tiny_opt
 
 
-@pytest.fixture
-def text_files(corpus, tmp_path):
-    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
-    train.write_text(corpus["train"])
-    val.write_text(corpus["validation"])
-    return train, val
-
-
 def _config(tmp_path, train, val, **kw) -> FinetuneConfig:
     base = dict(
         model="tiny",

@@ -6,7 +6,6 @@ problem, nothing run, nothing written."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -22,18 +21,6 @@ from losslab.seq2seq.config import TranslateConfig
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 PWNED = "PWNED"
-
-
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def _model_folder(root: Path, **config: object) -> Path:

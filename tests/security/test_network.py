@@ -3,7 +3,6 @@ lookup), a hub id is read from the cache first, and an unreachable hub fails at 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -11,18 +10,6 @@ import pytest
 
 from losslab.errors import DataNotFoundError
 from losslab.lm import models as lm_models
-
-
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.mark.parametrize("name", ["./typo", "/abs/typo", "~/typo", "a/b/c", "typo.safetensors", "..\\x", "org/x/"])

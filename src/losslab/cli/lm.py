@@ -141,7 +141,8 @@ def lm() -> None:
 @progress_option
 def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
     """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
-    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig, stored_config
+    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig
+    from losslab.runs.folder import stored_config
 
     kwargs.update({key: str(kwargs[key]) for key in ("output_dir", "resume") if kwargs[key] is not None})  # str keys
     if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from losslab.compress.quantize_run import (
     load_run,
     method_label,
     pack_and_check,
+    quantize_points,
 )
 from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
@@ -134,21 +135,6 @@ def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts:
     return Probe(model, batches, cross_entropy, layers, budget.hutchinson_probes, opts.calib_seed)
 
 
-def _quantize_point(run: Any, method: QuantMethod, calib: Any, opts: QuantizeOptions, overrides: dict) -> Any:
-    (point,) = run.quantize(
-        [[method]],
-        calib,
-        overrides=overrides,
-        skip=opts.skip,
-        fold_bn=opts.fold_bn,
-        act_bits=opts.act_bits,
-        seed=opts.calib_seed,
-        calib_seed=opts.calib_seed,
-        progress=opts.progress,
-    )
-    return point
-
-
 def sensitivity_table(
     run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any
 ) -> tuple[SensitivityTable, list[list[str]]]:
@@ -160,16 +146,32 @@ def sensitivity_table(
     plan = plan_layers(names, method, opts.overrides, opts.skip)
     layers = budgeted_layers(plan, method)
     groups = tie_groups(layers, budget.ties)
-    weights = {n: run.model.get_submodule(n).weight.numel() for n in layers}
-    fixed = sum(run.model.get_submodule(n).weight.numel() for n, m in plan.items() if m is not None and m is not method)
     probe = _probe(run, budget, calib, layers, opts)
 
     def run_width(bits: int) -> Any:
-        point = _quantize_point(run, replace(method, bits=bits), calib, opts, opts.overrides)
+        (point,) = quantize_points(run, [replace(method, bits=bits)], calib, opts, opts.overrides)
         return width_run(point.result, layers, budget.sensitivity, probe, point.metrics)
 
     cache = TableCache(run.run_dir / "quantize" / "budget", _cache_key(run, method, budget, opts))
-    table = fill_table(
+    return cached_table(run.model, plan, method, layers, budget, run_width, cache, echo), groups
+
+
+def cached_table(
+    model: Any,
+    plan: Mapping[str, QuantMethod | None],
+    method: QuantMethod,
+    layers: list[str],
+    budget: BudgetOptions,
+    run_width: Callable[[int], Any],
+    cache: TableCache,
+    echo: Any,
+) -> SensitivityTable:
+    """The sensitivity table of ``layers`` for ``budget.choices`` (:func:`losslab.quant.budget.fill_table`): each
+    layer weighs its weight count; the layers ``plan`` gives another method are the fixed part. Each width is read
+    from ``cache`` or measured by ``run_width(bits)``, and said through ``echo``."""
+    weights = {n: model.get_submodule(n).weight.numel() for n in layers}
+    fixed = sum(model.get_submodule(n).weight.numel() for n, m in plan.items() if m is not None and m is not method)
+    return fill_table(
         budget.choices,
         layers,
         weights,
@@ -179,7 +181,6 @@ def sensitivity_table(
         cache,
         lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
     )
-    return table, groups
 
 
 def allocation_table(table: SensitivityTable, alloc: Allocation) -> str:
@@ -197,7 +198,9 @@ def allocation_table(table: SensitivityTable, alloc: Allocation) -> str:
     return format_table([*headers, "chosen"], rows)
 
 
-def _entry(table: SensitivityTable, alloc: Allocation, point: Any, size: int, packed_ok: bool, stored: int) -> dict:
+def budget_entry(table: SensitivityTable, alloc: Allocation, stored: int, metrics: Any, **extra: Any) -> dict:
+    """The JSON entry of one budget: the plan (budget, solver, stored bits and bits per weight, predicted
+    sensitivity, note), the model's ``metrics``, the ``extra`` fields, then the per-layer allocation."""
     return {
         "budget": alloc.budget,
         "solver": alloc.solver,
@@ -206,9 +209,8 @@ def _entry(table: SensitivityTable, alloc: Allocation, point: Any, size: int, pa
         "quantized_weights": alloc.total_weights,
         "predicted_sensitivity": alloc.predicted_sensitivity,
         "note": alloc.note,
-        "metrics": point.metrics,
-        "packed_bytes": size,
-        "packed_matches_fake": packed_ok,
+        "metrics": metrics,
+        **extra,
         "allocation": alloc.rows(table),
     }
 
@@ -230,7 +232,7 @@ def budget_points(
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
         for alloc in allocations:
-            point = _quantize_point(run, method, calib, opts, {**alloc.overrides(method), **opts.overrides})
+            (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
             stored = _stored_bits(point.result)
             if stored != alloc.stored_bits:
                 raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
@@ -261,7 +263,9 @@ def quantize_run_budget(
     with tempfile.TemporaryDirectory() as tmp:
         for (alloc, point, stored), name in zip(points, names):
             size, packed_ok = pack_and_check(point.result, (opts.save_packed or Path(tmp)) / name, run)
-            entries.append(_entry(table, alloc, point, size, packed_ok, stored))
+            entries.append(
+                budget_entry(table, alloc, stored, point.metrics, packed_bytes=size, packed_matches_fake=packed_ok)
+            )
             texts.append(_budget_text(table, alloc, entries[-1], run.float_metrics, budget.sensitivity))
     uniform = _uniform_rows(table)
     shown = [[b, f"{s:.4f}", f"{acc:.2f}", f"{t:.4e}"] for b, s, acc, t in uniform]

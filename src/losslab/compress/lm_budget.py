@@ -18,11 +18,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from losslab.compress.budget import BudgetOptions, allocation_table, check_budget_request
+from losslab.compress.budget import BudgetOptions, allocation_table, budget_entry, cached_table, check_budget_request
 from losslab.compress.quantize_run import method_label
 from losslab.errors import LosslabError
 from losslab.io import check_output, write_json_atomic
-from losslab.quant.budget import TableCache, allocate, default_ties, fill_table, tie_groups
+from losslab.quant.budget import TableCache, allocate, default_ties, tie_groups
 from losslab.quant.methods import QuantMethod
 from losslab.quant.result import storage_bits_total
 from losslab.tables import format_table
@@ -111,8 +111,6 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
     plan = plan_decoder(job.model, method, job.overrides, job.skip)
     layers = budgeted_layers(plan, method)
     groups = tie_groups(layers, budget.ties, default_ties(layers))
-    weights = {n: job.model.get_submodule(n).weight.numel() for n in layers}
-    fixed = sum(job.model.get_submodule(n).weight.numel() for n, m in plan.items() if m is not None and m is not method)
     probe = None
     if budget.sensitivity != "proxy":
         probe = Probe(job.model, list(job.calib.split(1)), _lm_loss, layers, budget.hutchinson_probes, job.seed)
@@ -122,17 +120,7 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
         return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model))
 
     cache = TableCache(job.out.parent / "budget-cache", _key(job, method, budget))
-    table = fill_table(
-        budget.choices,
-        layers,
-        weights,
-        fixed,
-        budget.sensitivity,
-        run_width,
-        cache,
-        lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
-    )
-    return table, groups
+    return cached_table(job.model, plan, method, layers, budget, run_width, cache, echo), groups
 
 
 def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None) -> dict[str, Any]:
@@ -143,19 +131,14 @@ def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, pat
     stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
     if stored != alloc.stored_bits:
         raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
-    return {
-        "budget": alloc.budget,
-        "solver": alloc.solver,
-        "stored_bits_per_weight": stored / alloc.total_weights,
-        "stored_bits": stored,
-        "quantized_weights": alloc.total_weights,
-        "predicted_sensitivity": alloc.predicted_sensitivity,
-        "note": alloc.note,
-        "metrics": _ppl(job, result.model),
-        "packed_file": None if path is None else str(path),
-        "packed_bytes": None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
-        "allocation": alloc.rows(table),
-    }
+    return budget_entry(
+        table,
+        alloc,
+        stored,
+        _ppl(job, result.model),
+        packed_file=None if path is None else str(path),
+        packed_bytes=None if path is None else save_packed_lm(result, path, tokenizer=job.tokenizer),
+    )
 
 
 def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:

@@ -113,6 +113,24 @@ def load_run(checkpoint: Path, opts: QuantizeOptions) -> Any:
     return TrainedRun.load(checkpoint, data_dir=opts.data_dir, download=opts.download, device=opts.device)
 
 
+def quantize_points(
+    run: Any, methods: list[QuantMethod], calib: Any, opts: QuantizeOptions, overrides: dict[str, QuantMethod]
+) -> list[Any]:
+    """``run.quantize`` of ``methods`` (one grid row) with ``overrides`` and the layer, activation, seed and
+    progress settings of ``opts``: one point per method."""
+    return run.quantize(
+        [methods],
+        calib,
+        overrides=overrides,
+        skip=opts.skip,
+        fold_bn=opts.fold_bn,
+        act_bits=opts.act_bits,
+        seed=opts.calib_seed,
+        calib_seed=opts.calib_seed,
+        progress=opts.progress,
+    )
+
+
 def quantize_run(checkpoint: Path, methods: list[QuantMethod], opts: QuantizeOptions) -> dict[str, Any]:
     """Quantize ``checkpoint`` with every method config, evaluate and pack each, write the JSON.
 
@@ -130,17 +148,7 @@ def quantize_run(checkpoint: Path, methods: list[QuantMethod], opts: QuantizeOpt
     check_packed_names(opts.save_packed, names, opts.overwrite)
     calib = run.calibration_loader(CalibrationSettings(opts.calib_samples, opts.calib_batch_size, opts.calib_seed))
     float_metrics = run.float_metrics
-    points = run.quantize(
-        [methods],
-        calib,
-        overrides=opts.overrides,
-        skip=opts.skip,
-        fold_bn=opts.fold_bn,
-        act_bits=opts.act_bits,
-        seed=opts.calib_seed,
-        calib_seed=opts.calib_seed,
-        progress=opts.progress,
-    )
+    points = quantize_points(run, methods, calib, opts, opts.overrides)
     rows, records = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for point, name in zip(points, names):

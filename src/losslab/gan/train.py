@@ -351,21 +351,10 @@ def run_spec(cfg: GanConfig) -> RunSpec:
 def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
     """The stored config of the run being resumed with ``overrides`` on top (``epochs`` to train longer); a changed
     :data:`MATCH_KEYS` value is refused when the run folder is claimed."""
-    import yaml
+    from losslab.runs.folder import stored_config
 
-    from losslab.runs import CONFIG
-    from losslab.runs.folder import resume_run_dir
-
-    stored_file = resume_run_dir(resume) / CONFIG
-    try:
-        stored = yaml.safe_load(stored_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"resume={str(resume)!r} is not a GAN run: {str(stored_file)!r} cannot be read ({type(exc).__name__}); "
-            "pass a folder made by `losslab gan train` (it holds config.yaml and checkpoints/last.ckpt)"
-        ) from None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{str(stored_file)!r} is not a GAN run config; pass a folder made by `losslab gan train`")
+    fix = "pass a folder made by `losslab gan train` (it holds config.yaml and checkpoints/last.ckpt)"
+    stored = stored_config(resume, fix)
     return GanConfig.build({**stored, **overrides, "resume": resume})
 
 

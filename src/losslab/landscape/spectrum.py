@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from losslab.errors import check_range
+from losslab.landscape.trace import seeded_generator
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -53,10 +54,6 @@ def tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
         off = torch.tensor(betas, dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
     return t
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _random_unit(dim: int, gen: torch.Generator, like: Tensor | None, dtype: torch.dtype, device: Any) -> Tensor:
@@ -86,7 +83,7 @@ def lanczos_eigenvalues(
         raise ValueError(f"which={which!r}: choose largest or smallest")
     device = torch.device(device)
     k = min(k, dim)
-    gen = _generator(seed, device)
+    gen = seeded_generator(seed, device)
     basis = torch.empty(min(max_steps, dim) + 1, dim, dtype=dtype, device=device)
     basis[0] = _random_unit(dim, gen, None, dtype, device)
     alphas: list[float] = []
@@ -201,7 +198,7 @@ def spectral_density(
     """SLQ spectral density and moments p = 1..4 (module docstring). ``sigma`` defaults to 1 % of the node range."""
     check_range("starts", starts, low=1)
     check_range("steps", steps, low=1)
-    gen = _generator(seed, torch.device(device))
+    gen = seeded_generator(seed, torch.device(device))
     all_nodes, all_weights = [], []
     for _ in range(starts):
         v = torch.randint(0, 2, (dim,), generator=gen, device=device).to(dtype).mul_(2).sub_(1)

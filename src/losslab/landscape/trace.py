@@ -37,6 +37,11 @@ class TraceEstimate:
     matvecs: int
 
 
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: the probe vectors of every estimator come from one."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def rademacher(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A tensor of independent ±1 entries."""
     return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype).mul_(2).sub_(1)
@@ -84,7 +89,7 @@ def hutchinson(
     """Hutchinson's estimate of tr(H) with at most ``samples`` products (module docstring)."""
     check_range("samples", samples, low=1)
     device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = seeded_generator(seed, device)
     trace, err, n = _sampled(lambda v: float(v @ matvec(v)), dim, gen, samples, tol, min_samples, 0.0, dtype, device)
     return TraceEstimate(trace, err, n, n)
 
@@ -107,7 +112,7 @@ def hutch_plus_plus(
     check_range("rank", rank, low=1)
     check_range("samples", samples, low=1)
     device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = seeded_generator(seed, device)
     r = min(rank, dim)
     sketch = torch.stack([matvec(s).to(dtype) for s in rademacher((r, dim), gen, dtype, device)], 1)
     q, _ = torch.linalg.qr(sketch)  # [dim, r]

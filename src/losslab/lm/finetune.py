@@ -226,24 +226,6 @@ MATCH_KEYS = ("model", "pad_token")
 RUN_KEYS = ("output_dir", "run_name", "resume", "overwrite", "progress", "extra")
 
 
-def stored_config(resume: str | os.PathLike[str]) -> dict[str, Any]:
-    """The training keys of the run ``--resume`` names (its ``config.yaml``)."""
-    import yaml
-
-    from losslab.runs.folder import CONFIG, resume_run_dir
-
-    stored_file = resume_run_dir(resume) / CONFIG
-    try:
-        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(
-            f"{str(stored_file)!r} cannot be read ({type(err).__name__}); it is not a run to resume"
-        ) from None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{str(stored_file)!r} is not a losslab run config; it is not a run to resume")
-    return stored
-
-
 def run_spec(cfg: FinetuneConfig) -> Any:
     """The run folder of ``cfg``: ``output_dir/run_name``, or ``output_dir`` itself without a run name."""
     from losslab.runs import RunSpec

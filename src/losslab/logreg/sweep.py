@@ -292,13 +292,11 @@ class SweepConfig:
 def stored_config(resume: str | Path, given: Mapping[str, Any]) -> SweepConfig:
     """The config of the run ``--resume`` names (its ``config.yaml``) with the ``given`` settings on top; the run
     folder then refuses a given setting that differs from the stored one."""
-    import yaml
-
     from losslab.runs.folder import CONFIG, resume_run_dir
+    from losslab.runs.folder import stored_config as stored_run_config
 
-    stored_file = resume_run_dir(resume) / CONFIG
-    stored = yaml.safe_load(stored_file.read_text()) if stored_file.is_file() else {}
-    return SweepConfig.from_dict({**(stored or {}), **given})
+    stored = stored_run_config(resume) if (resume_run_dir(resume) / CONFIG).is_file() else {}
+    return SweepConfig.from_dict({**stored, **given})
 
 
 @dataclass

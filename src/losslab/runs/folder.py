@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from losslab.errors import ConfigError, OutputError
-from losslab.io import check_writable, write_json_atomic, write_yaml_atomic
+from losslab.io import check_writable, load_yaml_file, write_json_atomic, write_yaml_atomic
 
 MAX_EPOCHS = 100_000
 MARKER = ".losslab-run"
@@ -138,6 +138,22 @@ def resume_run_dir(path: str | os.PathLike[str]) -> Path:
     if path.is_dir() or (not path.exists() and path.suffix != ".ckpt"):
         return path
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def stored_config(resume: str | os.PathLike[str], fix: str = "it is not a run to resume") -> dict[str, Any]:
+    """The config the run ``--resume`` names stored (its ``config.yaml``), read with the bounded YAML loader
+    (:func:`losslab.io.load_yaml_file`); a :class:`ConfigError` ending in ``fix`` when it is missing, unreadable or
+    not a mapping."""
+    stored_file = resume_run_dir(resume) / CONFIG
+    if not stored_file.is_file():
+        raise ConfigError(f"{str(stored_file)!r} does not exist; {fix}")
+    try:
+        stored = load_yaml_file(stored_file, what="run config")
+    except OSError as err:
+        raise ConfigError(f"{str(stored_file)!r} cannot be read ({type(err).__name__}); {fix}") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{str(stored_file)!r} is not a losslab run config; {fix}")
+    return stored
 
 
 def resolve_resume(path: str | os.PathLike[str], validate: Callable[[Path], Any] | None = None) -> tuple[Path, Path]:

@@ -30,7 +30,7 @@ from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.runs import LAST_CKPT, History, Progress, RunSpec, Throughput, claim, load, progress_mode, save
-from losslab.runs.folder import CONFIG, resume_run_dir
+from losslab.runs.folder import stored_config
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate, token_batches
@@ -216,16 +216,7 @@ def run_spec(
 
 def stored_run_config(resume: Path) -> dict[str, object]:
     """The ``config.yaml`` of the run ``--resume`` names (config keys plus ``data``), upgraded to today's keys."""
-    import yaml
-
-    stored_file = resume_run_dir(resume) / CONFIG
-    try:
-        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(
-            f"{str(stored_file)!r} cannot be read ({type(err).__name__}); it is not a run to resume"
-        ) from None
-    return upgrade_config(stored)
+    return upgrade_config(stored_config(resume))
 
 
 def train_translation(

@@ -108,6 +108,22 @@ def _read_finished(path: Path, keys: tuple[str, ...] = ()) -> Any:
     return data
 
 
+def _record(
+    key: str,
+    point: Any,
+    setting: dict[str, Any],
+    done: Any,
+    summary: dict[str, Any],
+    hists: list[WeightHistogram] | None = None,
+) -> CompressionRecord:
+    """The record of one compressed model ``done`` (a quantized point with its metrics and timings)."""
+    result = done.result
+    layers = [asdict(r) for r in result.layers]
+    return CompressionRecord(
+        key, point, setting, done.metrics, summary, layers, result.seconds, done.eval_seconds, hists or []
+    )
+
+
 def train_and_compress(job: StudyJob) -> JobResult:
     """The default study job (see the module docstring)."""
     from losslab.compress.trained_run import CalibrationSettings, TrainedRun
@@ -155,19 +171,7 @@ def train_and_compress(job: StudyJob) -> JobResult:
                 for name, m in _weight_layers(result.model)
                 if name in qlayers
             ]
-            records.append(
-                CompressionRecord(
-                    key,
-                    point,
-                    setting,
-                    done.metrics,
-                    result.summary(),
-                    [asdict(r) for r in result.layers],
-                    result.seconds,
-                    done.eval_seconds,
-                    hists,
-                )
-            )
+            records.append(_record(key, point, setting, done, result.summary(), hists))
     records += budget_records(run, calib, budgeted, section, setting)
     if job.landscape is not None:  # the landscape stage: stored in the run folder, reused when done
         from losslab.study.landscape_stage import probe_trained_model
@@ -204,17 +208,5 @@ def budget_records(
         for (key, point), (alloc, done, stored) in zip(members_of_table, points):
             summary = {**done.result.summary(), "budget": alloc.budget, "stored_bits": stored}
             summary |= {"predicted_sensitivity": alloc.predicted_sensitivity, "allocation": alloc.chosen}
-            records.append(
-                CompressionRecord(
-                    key,
-                    point,
-                    setting,
-                    done.metrics,
-                    summary,
-                    [asdict(r) for r in done.result.layers],
-                    done.result.seconds,
-                    done.eval_seconds,
-                    [],
-                )
-            )
+            records.append(_record(key, point, setting, done, summary))
     return records
