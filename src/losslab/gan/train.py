@@ -353,7 +353,10 @@ def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
     :data:`MATCH_KEYS` value is refused when the run folder is claimed."""
     from losslab.runs.folder import stored_config
 
-    fix = "pass a folder made by `losslab gan train` (it holds config.yaml and checkpoints/last.ckpt)"
+    fix = (
+        "it is not a GAN run: pass a folder made by `losslab gan train` (it holds config.yaml and "
+        "checkpoints/last.ckpt)"
+    )
     stored = stored_config(resume, fix)
     return GanConfig.build({**stored, **overrides, "resume": resume})
 
