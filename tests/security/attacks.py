@@ -384,8 +384,13 @@ def _rows() -> list[Attack]:
         return Case(["quantize", str(flip_byte(env)), "--method", "rtn", "--bits", "8"], "fails its checksum")
 
     @add("evaluate-no-checksum", 3, "forged", "evaluate")
-    def _(env: Env) -> Case:
-        return Case(["evaluate", str(forge(env, lambda s: None, reseal=False))], "carries no losslab checksum")
+    def _(env: Env) -> Case:  # a run from before checksums: evaluated (with a warning), its tensors still checked
+        return Case(["evaluate", str(forge(env, lambda s: None, reseal=False))], None)
+
+    @add("evaluate-no-checksum-nan", 3, "forged", "evaluate")
+    def _(env: Env) -> Case:  # ... and without a checksum a damaged tensor is still refused
+        ckpt = forge(env, _set(FIRST_WEIGHT, _nan_first), reseal=False)
+        return Case(["evaluate", str(ckpt)], "NaN")
 
     @add("evaluate-int64-state", 3, "forged", "evaluate")
     def _(env: Env) -> Case:
@@ -929,6 +934,7 @@ FINE = {
     "report-existing-with-overwrite",
     "study-run-after-deleting-a-run-folder",
     "report-stale-temporary-file",
+    "evaluate-no-checksum",
 }
 ATTACKS = _rows()
 

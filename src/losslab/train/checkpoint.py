@@ -21,6 +21,7 @@ timm training checkpoints (``.pth.tar`` from timm's ``train.py``)::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError, CorruptFileError, LosslabError
-from losslab.serialization import check_state_dict, load_torch_file, verify_checksum
+from losslab.serialization import CHECKSUM_KEY, check_state_dict, load_torch_file, verify_checksum
 from losslab.train.config import TrainConfig
 
 
@@ -75,7 +76,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             f"{str(ckpt_file)!r} is not a losslab classifier checkpoint (no stored config); "
             "checkpoints come from `losslab train`"
         )
-    verify_checksum(checkpoint, ckpt_file, "checkpoint", required=True)
+    if CHECKSUM_KEY not in checkpoint:  # written before losslab checksummed checkpoints: still usable, said once
+        print(
+            f"losslab: warning: checkpoint {str(ckpt_file)!r} carries no losslab checksum (written by losslab before "
+            "checkpoints carried one, or saved again by another tool), so damage to it cannot be detected; its keys, "
+            "shapes, dtypes and values are still checked",
+            file=sys.stderr,
+        )
+    verify_checksum(checkpoint, ckpt_file, "checkpoint")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptFileError(
