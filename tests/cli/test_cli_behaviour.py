@@ -153,7 +153,7 @@ def test_logreg_json_file_is_not_overwritten_silently(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["demo", "--workers", "0"], "workers=0"),
+        (["demo", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
         (["train", "--k", "-1"], "Invalid value for '--k': -1.0 is not in the range 0<x"),
         # --bits is checked while parsing, before the method flags (generated from the torch dataclasses) load

@@ -195,17 +195,6 @@ def out_of_range(kind: click.ParamType) -> str | None:
 # Numeric options without a bound (NaN and infinities are still refused), with the reason.
 UNBOUNDED: dict[tuple[str, str], str] = {}
 
-# Numeric options declared in files another branch is rewriting (not restructured here): expected to fail.
-PENDING_NUMERIC: dict[tuple[str, str], str] = {
-    ("quantize", "--act-bits"): OTHER_BRANCH,
-    ("quantize", "--calib-seed"): OTHER_BRANCH,
-    ("lm quantize", "--calib-seed"): OTHER_BRANCH,
-    ("study run", "--workers"): "owned by another branch (study/report); plain int, no lower bound",
-    ("study run", "--ray-cpus-per-job"): "owned by another branch (study/report); plain float (NaN passes)",
-    ("study run", "--ray-gpus-per-job"): "owned by another branch (study/report); plain float (NaN passes)",
-    ("demo", "--workers"): "owned by another branch (study/report); plain int, no lower bound",
-}
-
 
 def test_numeric_options_were_found() -> None:
     assert len(NUMERIC) > 50 and {("logreg", "--k"), ("gan sweep", "--k"), ("translate train", "--lr")} <= {
@@ -215,8 +204,6 @@ def test_numeric_options_were_found() -> None:
 
 @pytest.mark.parametrize(("path", "flag"), [(p, f) for p, f, _ in NUMERIC])
 def test_every_numeric_option_refuses_nan_inf_and_out_of_range(path: str, flag: str) -> None:
-    if (path, flag) in PENDING_NUMERIC:
-        pytest.xfail(PENDING_NUMERIC[(path, flag)])
     command = COMMANDS[path]
     kind = next(p.type for p in command_params(command) if isinstance(p, click.Option) and flag in p.opts)
     bad = ["nan", "inf", "-inf"]

@@ -284,7 +284,11 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
     help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
 )
 @click.option(
-    "--calib-seed", type=int, default=0, show_default=True, help="Calibration sampling seed (also the methods' seed)."
+    "--calib-seed",
+    type=number_type(int, ge=0, lt=2**63),
+    default=0,
+    show_default=True,
+    help="Calibration sampling seed (also the methods' seed).",
 )
 @click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
 @click.option("--save-packed", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")

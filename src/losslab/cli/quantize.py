@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from losslab.cli.groups import number_type
 from losslab.cli.method_options import QuantizeCommand, given_method_options
 from losslab.cli.options import progress_mode, progress_option
 from losslab.errors import ConfigError
@@ -90,11 +91,22 @@ _BUDGET_OPTIONS = [
 @click.option(
     "--calib-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration batch size."
 )
-@click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration subset.")
+@click.option(
+    "--calib-seed",
+    type=number_type(int, ge=0, lt=2**63),
+    default=0,
+    show_default=True,
+    help="Seed of the calibration subset.",
+)
 @click.option("--fold-bn", is_flag=True, help="Fold BatchNorm into the preceding conv before quantizing.")
 @click.option("--keep-8bit", "keep_8bit", multiple=True, help="Layer-name pattern kept at 8-bit RTN (repeatable).")
 @click.option("--skip", "skip", multiple=True, help="Layer-name pattern kept in float (repeatable).")
-@click.option("--act-bits", type=int, default=None, help="Also fake-quantize activations per tensor (bits).")
+@click.option(
+    "--act-bits",
+    type=number_type(int, ge=2, le=16),
+    default=None,
+    help="Also fake-quantize activations per tensor (bits).",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the run's data folder.")
 @click.option("--download", is_flag=True, help="Download the run's dataset if it is missing.")
 @click.option("--device", default=None, help="Torch device (default cuda if available, else cpu).")

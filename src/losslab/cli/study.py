@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from losslab.cli.groups import number_type
 from losslab.cli.options import LosslabCommand, out_dir_option, progress_option
 from losslab.errors import LosslabError
 
@@ -56,7 +57,7 @@ def _comment_block(text: str) -> list[str]:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "--workers",
-    type=int,
+    type=number_type(int, ge=1),
     default=None,
     help="Jobs in parallel (local process pool; on Ray, at most this many in flight). Default 1 locally.",
 )
@@ -72,10 +73,16 @@ def _comment_block(text: str) -> list[str]:
     default=None,
     help="Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray instance.",
 )
-@click.option("--ray-cpus-per-job", type=float, default=1.0, show_default=True, help="CPUs each Ray job reserves.")
+@click.option(
+    "--ray-cpus-per-job",
+    type=number_type(float, gt=0),
+    default=1.0,
+    show_default=True,
+    help="CPUs each Ray job reserves.",
+)
 @click.option(
     "--ray-gpus-per-job",
-    type=float,
+    type=number_type(float, ge=0),
     default=0.0,
     show_default=True,
     help="GPUs each Ray job reserves (Ray hides GPUs from jobs that reserve none).",
@@ -182,7 +189,9 @@ def _echo_table(study_dir: Path, markdown: bool = False) -> None:
 
 @click.command("demo", cls=LosslabCommand)
 @out_dir_option("Study folder (reruns reuse what is stored there).", default=Path("study_runs/quickstart"))
-@click.option("--workers", type=int, default=None, help="Parallel jobs (default: 2, one torch thread each).")
+@click.option(
+    "--workers", type=number_type(int, ge=1), default=None, help="Parallel jobs (default: 2, one torch thread each)."
+)
 @progress_option
 def demo(out_dir: Path, workers: int | None, progress: bool | None) -> None:
     """The main job: the quickstart study (4 losses x 2 lr x 2 seeds on digits, RTN/GPFQ/GPTQ at 8/4/3/2 bits).
