@@ -254,15 +254,26 @@ FIRST_WEIGHT = "model.features.0.conv.weight"
 
 
 # ---------------------------------------------------------------------------------------------------- the rows
-def _rows() -> list[Attack]:
-    rows: list[Attack] = []
+Register = Callable[[Callable[[Env], Case]], Callable[[Env], Case]]
 
-    def add(id: str, cls: int, kind: str, command: str) -> Callable[[Callable[[Env], Case]], Callable[[Env], Case]]:
+
+def row_adder(rows: list[Attack]) -> Callable[[str, int, str, str], Register]:
+    """``@add(id, cls, kind, command)``: a decorator appending the builder it decorates to ``rows`` as one row."""
+
+    def add(id: str, cls: int, kind: str, command: str) -> Register:
         def register(build: Callable[[Env], Case]) -> Callable[[Env], Case]:
             rows.append(Attack(id, cls, kind, command, build))
             return build
 
         return register
+
+    return add
+
+
+def _rows() -> list[Attack]:
+    rows: list[Attack] = []
+
+    add = row_adder(rows)
 
     # ---- class 1: code from a file (payloads)
     @add("evaluate-pickled-code", 1, "payload", "evaluate")
@@ -649,12 +660,7 @@ def _more_rows() -> list[Attack]:
     """Rows for quantize --budget, landscape, lm eval/quantize/finetune/landscape, gan, logreg and translate."""
     rows: list[Attack] = []
 
-    def add(id: str, cls: int, kind: str, command: str) -> Callable[[Callable[[Env], Case]], Callable[[Env], Case]]:
-        def register(build: Callable[[Env], Case]) -> Callable[[Env], Case]:
-            rows.append(Attack(id, cls, kind, command, build))
-            return build
-
-        return register
+    add = row_adder(rows)
 
     budget = ["--method", "rtn", "--budget", "6", "--bits-choices", "4,8"]
 
