@@ -1,0 +1,97 @@
+"""The translation task of the plain loop: BLEU from summed statistics equals sacrebleu on the whole corpus, the
+tally's loss sums equal a float64 loop, the inverse-sqrt schedule per update, and bit-identical resume."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from losslab.seq2seq.bleu import BLEU_STATISTICS, bleu_from_statistics, bleu_statistics, corpus_bleu
+from losslab.seq2seq.config import TranslateConfig
+from losslab.seq2seq.task import EVAL_TALLY, InverseSqrtSchedule, inverse_sqrt_lr
+
+sacrebleu = pytest.importorskip("sacrebleu")
+
+
+def _sentences(seed: int, n: int) -> tuple[list[str], list[str]]:
+    """Hypotheses that share some n-grams with their references (punctuation and case for the 13a tokenizer)."""
+    rng = random.Random(seed)
+    words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "away", "Hello", "world", "it's", "(big)", "."]
+    refs, hyps = [], []
+    for _ in range(n):
+        ref = [rng.choice(words) for _ in range(rng.randint(1, 12))]
+        hyp = [w if rng.random() < 0.7 else rng.choice(words) for w in ref]
+        hyp = hyp[: rng.randint(0, len(hyp) + 2)] + [rng.choice(words) for _ in range(rng.randint(0, 2))]
+        refs.append(" ".join(ref) + rng.choice(["", ".", "!"]))
+        hyps.append(" ".join(hyp))
+    return hyps, refs
+
+
+def test_bleu_of_summed_statistics_is_sacrebleu_of_the_whole_corpus() -> None:
+    """Statistics of random shards, summed, give sacrebleu's corpus BLEU of the whole corpus at once (score, text
+    and signature): BLEU is a function of summed counts, never a mean of shard scores."""
+    hyps, refs = _sentences(0, 300)
+    cuts = sorted(random.Random(1).sample(range(1, 300), 12))
+    shards = [(lo, hi) for lo, hi in zip([0, *cuts], [*cuts, 300])]
+    summed = torch.zeros(len(BLEU_STATISTICS), dtype=torch.float64)
+    for lo, hi in shards:
+        summed += torch.tensor(bleu_statistics(hyps[lo:hi], refs[lo:hi]), dtype=torch.float64)
+    ours = bleu_from_statistics(summed.tolist())
+    metric = sacrebleu.metrics.BLEU(tokenize="13a")
+    theirs = metric.corpus_score(hyps, [refs])
+    assert 5.0 < theirs.score < 95.0  # partial matches at every order: a test that can fail
+    assert ours.score == pytest.approx(theirs.score, abs=1e-12) and ours.text == str(theirs)
+    assert ours.signature == str(metric.get_signature())
+    shard_mean = sum(corpus_bleu(hyps[lo:hi], refs[lo:hi]).score for lo, hi in shards) / len(shards)
+    assert abs(shard_mean - theirs.score) > 0.1  # the mean of shard BLEUs is not corpus BLEU
+
+
+def test_inverse_sqrt_schedule_steps_per_update_and_resumes() -> None:
+    cfg = TranslateConfig.build(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    schedule = InverseSqrtSchedule(cfg, opt)
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(400):
+        schedule.step(3)  # an epoch boundary changes nothing
+        schedule.step_batch()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[0] == 0.05 and seen[50] == pytest.approx(0.15) and seen[400] == pytest.approx(0.25 * (100 / 400) ** 0.5)
+    assert seen == [inverse_sqrt_lr(cfg, n) for n in range(401)]
+    other = torch.optim.SGD([param], lr=1.0)
+    InverseSqrtSchedule(cfg, other).load_state_dict(schedule.state_dict())
+    assert other.param_groups[0]["lr"] == seen[400]
+
+
+def test_eval_tally_loss_sums_equal_a_float64_loop() -> None:
+    """The tally's loss and CE sums over uneven batches, divided by the token count, are the per-token means of a
+    float64 loop over every target token of the split (label smoothing ε = 0.1, fairseq's formula)."""
+    from losslab.seq2seq.task import EvalBatches, TranslationTask
+    from losslab.seq2seq.tokenizer import SubwordTokenizer
+    from losslab.seq2seq.toy import toy_corpus
+    from losslab.seq2seq.train import build_model
+
+    pairs = toy_corpus(0, 0, 23, seed=3)["test"]
+    tok = SubwordTokenizer.train([t for p in pairs for t in p], 80)
+    cfg = TranslateConfig.build(arch="toy", vocab_size=80, label_smoothing=0.1)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok.vocab_size).double().eval()
+    task = TranslationTask(cfg, model, tok, bleu_epoch=-1)
+    batches = EvalBatches(tok, pairs, batch_size=5, limit=1023)
+    with torch.no_grad():
+        tally = sum(task.eval_tally(batch, "val", lambda *a, **k: None) for batch in batches)
+    named = dict(zip(EVAL_TALLY, tally.tolist(), strict=True))
+    loss, ce, n = 0.0, 0.0, 0
+    for src_text, tgt_text in pairs:
+        src, tgt = torch.tensor([tok.encode_batch([src_text])[0]]), tok.encode_batch([tgt_text])[0]
+        with torch.no_grad():
+            logp = model(src, torch.tensor([[1, *tgt[:-1]]]))[0].log_softmax(-1)  # BOS = 1
+        for t, y in enumerate(tgt):
+            nll, smooth = -float(logp[t, y]), -float(logp[t].sum() - logp[t, y])
+            loss += 0.9 * nll + 0.1 / (logp.shape[-1] - 1) * smooth
+            ce, n = ce + nll, n + 1
+    assert named["tokens"] == n and named["sentences"] == 0  # validation before the last epoch: no BLEU
+    metrics = task.tally_metrics("val", tally)
+    assert metrics["val/loss"] == pytest.approx(loss / n, rel=1e-12) and metrics["val/ce"] == pytest.approx(ce / n, rel=1e-12)
