@@ -42,15 +42,6 @@ LEGACY_CHECKPOINT = "checkpoint_last.pt"  # runs written before losslab.runs; re
 TOKENIZER = "tokenizer.json"
 
 
-def label_smoothed_ce(logits: Tensor, labels: Tensor, eps: float) -> Tensor:
-    """fairseq's label_smoothed_cross_entropy per valid token: (1−ε−ε/(V−1))·NLL + ε/(V−1)·Σ_v −log p_v, mean."""
-    valid = labels != IGNORE_INDEX
-    logp = logits[valid].float().log_softmax(-1)  # (N, V)
-    nll = -logp.gather(1, labels[valid][:, None]).squeeze(1)
-    eps_i = eps / (logp.shape[-1] - 1)
-    return ((1.0 - eps - eps_i) * nll + eps_i * (-logp.sum(-1))).mean()
-
-
 def model_config(cfg: TranslateConfig, vocab_size: int) -> ModelConfig:
     """The preset's sizes with the run's dropout, norm placement and FNL's attention width (int(s·d/H)·H)."""
     overrides: dict[str, object] = {}
@@ -87,47 +78,6 @@ def build_model(cfg: TranslateConfig, vocab_size: int) -> Seq2SeqTransformer:
 
         spectral_rebalance_attention(model, qk=cfg.attention_spectral_qk, ov=cfg.attention_spectral_ov)
     return model
-
-
-def build_regularizers(cfg: TranslateConfig, model: nn.Module) -> list[Regularizer]:
-    """Frobenius decay of the factorized layers and per-head attention FD, λ = weight decay; attached."""
-    regs: list[Regularizer] = []
-    if cfg.frobenius_decay:
-        from losslab.regularizers.frobenius import FrobeniusDecay
-
-        regs.append(FrobeniusDecay(lam=cfg.weight_decay))
-    if cfg.attention_fd_qk or cfg.attention_fd_ov:
-        from losslab.layers.attention import AttentionFrobeniusDecay
-
-        regs.append(AttentionFrobeniusDecay(cfg.weight_decay, qk=cfg.attention_fd_qk, ov=cfg.attention_fd_ov))
-    for reg in regs:
-        reg.attach(model)
-    return regs
-
-
-def build_optimizer(cfg: TranslateConfig, model: nn.Module, regs: Sequence[Regularizer]) -> torch.optim.Optimizer:
-    """Weight decay on every parameter (as fairseq) except those a Frobenius decay penalizes (WD-0 group)."""
-    no_decay = {id(p) for reg in regs for p in reg.no_weight_decay_params(model)}
-    decay = [p for p in model.parameters() if id(p) not in no_decay]
-    plain = [p for p in model.parameters() if id(p) in no_decay]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    if cfg.optimizer == "adam":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.99, nesterov=True)
-
-
-def inverse_sqrt_lr(cfg: TranslateConfig, step: int) -> float:
-    """fairseq's inverse_sqrt: linear warmup to ``lr`` over ``warmup_updates``, then lr·sqrt(warmup/step)."""
-    if step < cfg.warmup_updates:
-        return cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * step / cfg.warmup_updates
-    return cfg.lr * math.sqrt(max(cfg.warmup_updates, 1) / max(step, 1))
-
-
-def sequence_loss(cfg: TranslateConfig, logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean per-token loss of logits (B, T, V) against labels (B, T) (IGNORE_INDEX on padding)."""
-    if cfg.loss == "ce" and cfg.smoothing > 0:
-        return label_smoothed_ce(logits, labels, cfg.smoothing)
-    return token_loss(logits, labels, TokenLossSpec(kind=cfg.loss, k=cfg.k, m=cfg.m))
 
 
 @torch.no_grad()
@@ -233,118 +183,75 @@ def train_translation(
     progress: bool | None = False,
     on_start: Callable[[Seq2SeqTransformer, SubwordTokenizer], None] | None = None,
 ) -> dict[str, object]:
-    """Train on ``corpus["train"]`` in a run folder (:func:`run_spec`, :mod:`losslab.runs`), report BLEU on the
-    other splits. ``resume`` continues a killed run from its ``checkpoints/last.ckpt``; ``overwrite`` replaces a
-    run losslab made, once the new one has finished. ``progress``: True a bar, False nothing, None a bar on a
-    terminal and one line per epoch otherwise. ``on_start(model, tokenizer)`` sees the model a new run starts
-    from (after the folder is claimed, before training). Returns ``result.json``'s content."""
+    """Train on ``corpus["train"]`` in a run folder (:func:`run_spec`) with the plain loop of
+    :mod:`losslab.runs.loop` (:class:`~losslab.seq2seq.task.TranslationTask`), report BLEU on the other splits.
+    ``resume`` continues a killed run from its ``checkpoints/last.ckpt``; ``overwrite`` replaces a run losslab
+    made, once the new one has finished. ``progress``: True a bar, False nothing, None a bar on a terminal and one
+    line per epoch otherwise. ``on_start(model, tokenizer)`` sees the model a new run starts from (after the
+    folder is claimed, before training). Returns ``result.json``'s content."""
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
-    dev = torch.device(device)
+    dev, started = torch.device(device), time.perf_counter()
     with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
         work = run.create()
-        tok_path = work / TOKENIZER
-        if run.resume_ckpt is not None:
-            tok = SubwordTokenizer.load(tok_path)
-        else:
-            tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
-            tok.save(tok_path)
+        tok = _tokenizer(cfg, corpus, work / TOKENIZER, fresh=run.resume_ckpt is None)
         run.write_config()
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tok.vocab_size).to(dev)
-        regs = build_regularizers(cfg, model)
-        opt = build_optimizer(cfg, model, regs)
-        step, start = 0, 0
         if run.resume_ckpt is None and on_start is not None:
             on_start(model, tok)
-        if run.resume_ckpt is not None:
-            state = load(run.resume_ckpt, into={"model": model, "optimizer": opt}, map_location=dev)
-            step, start = int(state["step"]), int(state["epoch"]) + 1
-            log(f"resumed from {run.resume_ckpt} after epoch {start}, step {step}")
-        src_ids, tgt_ids = _trainable(tok, corpus["train"], model.cfg.max_positions - 1, log)
+        data_ = _loaders(cfg, tok, corpus, model.cfg.max_positions - 1, log)
+        epochs = data_.train.epochs(cfg.max_epochs)
         log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
-        history = History(work, keep_before=start)
-        clock = Throughput(time.perf_counter(), dev)
-        bar = Progress(progress_mode(progress), cfg.max_epochs, summary=PROGRESS_SUMMARY)
-        for epoch in range(start, cfg.max_epochs):
-            if cfg.max_updates is not None and step >= cfg.max_updates:
-                break
-            row, step = _epoch(cfg, model, regs, opt, (src_ids, tgt_ids), epoch, step, dev, clock, bar)
-            if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
-                raise _diverged(epoch + 1, step - 1, run.last_ckpt)  # an update made a weight NaN/inf
-            history.append(row)  # the row before the checkpoint: a kill between them redoes the epoch
-            save(run.last_ckpt, {"model": model, "optimizer": opt, "step": step, "epoch": epoch,
-                                 "config": cfg.model_dump()})  # fmt: skip
-            bar.close(row)
-        result = _evaluate_splits(cfg, model, tok, corpus, dev, log, progress)
-        result.update({"epochs": len(history.rows), "steps": step, "train_tokens_per_s": clock.images_per_s,
-                       "speed": clock.record(), "tokenizer": tok.describe(), "run_dir": str(run.final)})  # fmt: skip
+        if run.resume_ckpt is not None:
+            log(f"resuming from {run.resume_ckpt}")
+        task = TranslationTask(cfg, model, tok, bleu_epoch=epochs - 1)
+        settings = LoopSettings(run_dir=work, epochs=epochs, device=dev, resume_ckpt=run.resume_ckpt,
+                                gradient_clip=cfg.gradient_clip, progress=progress, progress_summary=PROGRESS_SUMMARY,
+                                score=None, hyper_parameters={"config": cfg.model_dump()}, started=started,
+                                diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s")  # fmt: skip
+        outcome = run_loop(task, data_, settings)
+        result = _result(task, outcome, corpus, log)
+        result.update({"tokenizer": tok.describe(), "run_dir": str(run.final)})
         run.write_result(result)
         run.commit()
     return result
 
 
-def _epoch(
-    cfg: TranslateConfig,
-    model: Seq2SeqTransformer,
-    regs: Sequence[Regularizer],
-    opt: torch.optim.Optimizer,
-    data: tuple[list[list[int]], list[list[int]]],
-    epoch: int,
-    step: int,
-    dev: torch.device,
-    clock: Throughput,
-    bar: Progress,
-) -> tuple[dict[str, float], int]:
-    """One epoch of token batches (0-based ``epoch``); its history row and the update count after it. A NaN/inf
-    loss raises :class:`TrainingDivergedError` before its update is applied."""
-    model.train()
-    src_ids, tgt_ids = data
-    total, count = 0.0, 0
-    batches = token_batches(src_ids, tgt_ids, cfg.max_tokens, shuffle_seed=cfg.seed * 100003 + epoch + 1)
-    for batch in bar.batches(batches, epoch):
-        clock.step()
-        src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in collate(src_ids, tgt_ids, batch))
-        for group in opt.param_groups:
-            group["lr"] = inverse_sqrt_lr(cfg, step)
-        loss = sequence_loss(cfg, model(src, tgt_in), labels)
-        if not math.isfinite(loss_value := loss.item()):
-            raise _diverged(epoch + 1, step, None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for reg in regs:
-            reg.grad_term(model)
-        if cfg.gradient_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip)
-        opt.step()
-        step += 1
-        n_tok = int((labels != IGNORE_INDEX).sum())
-        total, count = total + loss_value * n_tok, count + n_tok
-        clock.count(n_tok)
-        if cfg.max_updates is not None and step >= cfg.max_updates:
-            break
-    clock.stop()
-    return {"epoch": epoch, "step": step, "train/loss": total / max(count, 1),
-            "train/tokens_per_s": clock.images_per_s}, step  # fmt: skip
+def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool) -> SubwordTokenizer:
+    """A new run's tokenizer, trained on the training pairs and saved to ``path``; a resumed run's, loaded."""
+    if not fresh:
+        return SubwordTokenizer.load(path)
+    tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
+    tok.save(path)
+    return tok
 
 
-def _evaluate_splits(
-    cfg: TranslateConfig,
-    model: Seq2SeqTransformer,
-    tok: SubwordTokenizer,
-    corpus: Corpus,
-    dev: torch.device,
-    log: Callable[[str], None],
-    progress: bool | None,
-) -> dict[str, object]:
-    """BLEU of the valid and test splits the corpus has."""
+def _loaders(
+    cfg: TranslateConfig, tok: SubwordTokenizer, corpus: Corpus, limit: int, log: Callable[[str], None]
+) -> SimpleNamespace:
+    """The loop's data: training token batches, and the valid and test splits (None when the corpus has none)."""
+    train = TrainBatches(*_trainable(tok, corpus["train"], limit, log), cfg.max_tokens, cfg.seed, cfg.max_updates)
+    evals = {split: EvalBatches(tok, corpus[split], cfg.eval_batch_size, limit) if corpus.get(split) else None
+             for split in ("valid", "test")}  # fmt: skip
+    return SimpleNamespace(train=train, val=evals["valid"] or [], test=evals["test"])
+
+
+def _result(task: TranslationTask, outcome: LoopOutcome, corpus: Corpus, log: Callable[[str], None]) -> dict:
+    """``result.json``: BLEU of the valid split (last validation) and the test split, the run's size and speed."""
     result: dict[str, object] = {}
-    for split in ("valid", "test"):
-        if corpus.get(split):
-            scores = bleu_of(model, tok, corpus[split], cfg, dev, progress=bool(progress))
-            result[split] = scores
-            log(f"{split}: {scores['bleu_text']} [{scores['signature']}] ({scores['sentences_per_s']:.1f} sentences/s)")
-    return result
+    metrics = {"valid": outcome.rows[-1] if outcome.rows else {}, "test": outcome.tested}
+    for split, stage in (("valid", "val"), ("test", "test")):
+        if corpus.get(split) and stage in task.bleu:
+            bleu = task.bleu[stage]
+            result[split] = {"bleu": bleu.score, "signature": bleu.signature, "bleu_text": bleu.text,
+                             "sentences_per_s": metrics[split][f"{stage}/sentences_per_s"],
+                             "example": task.examples.get(stage, "")}  # fmt: skip
+            log(f"{split}: {bleu.text} [{bleu.signature}] ({result[split]['sentences_per_s']:.1f} sentences/s)")
+    steps = outcome.rows[-1]["step"] if outcome.rows else 0
+    return {**result, "epochs": len(outcome.rows), "steps": steps, "train_tokens_per_s": outcome.images_per_s,
+            "speed": {"items_per_s": outcome.images_per_s, "first_step_s": outcome.first_step_s,
+                      "first_step_unix": outcome.first_step_unix, "threads": thread_report()}}  # fmt: skip
 
 
 def upgrade_config(saved: object) -> dict[str, object]:
@@ -356,14 +263,6 @@ def upgrade_config(saved: object) -> dict[str, object]:
     if "ffn_rank_scale" not in saved:
         saved["ffn_rank_scale"], saved["rank_scale"] = saved.get("rank_scale"), None
     return saved
-
-
-def _diverged(epoch: int, step: int, ckpt_path: Path | None) -> TrainingDivergedError:
-    return TrainingDivergedError(
-        f"training diverged: the loss became NaN or infinite in epoch {epoch} (update {step + 1}); the run stopped "
-        "and its last checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. Lower --lr, add "
-        "--gradient-clip (e.g. 1.0) or lower --k"
-    )
 
 
 def load_run(
