@@ -6,7 +6,8 @@ Per epoch ``e``::
     for batch in train:
         batch = task.prepare(batch on device)
         zero_grad; with autocast: total = task.training_loss(batch, e, log)
-        backward(scale · total); unscale; task.gradient_terms(e, log); clip; optimizer step; hooks.after_step
+        backward(scale · total); unscale; task.gradient_terms(e, log); clip; optimizer step
+        schedule.step_batch() when the schedule has it (per-step schedules); hooks.after_step
     a NaN/inf loss in the epoch -> TrainingDivergedError (nothing of this epoch is written)
     validate (every val_every epochs and the last); history.json and metrics.csv rows
     schedule.step(e + 1); checkpoints/last.ckpt (+ best.ckpt when settings.score improves strictly)
@@ -318,6 +319,7 @@ class PlainLoop:
             sampler.set_epoch(epoch)
         means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
         after_step = _hooks(self.hooks, "after_step")
+        step_batch = getattr(self.schedule, "step_batch", None)  # a per-step schedule (warmup, inverse sqrt)
         for start_epoch in _hooks(self.hooks, "start_epoch"):
             start_epoch(epoch)
         for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
@@ -336,6 +338,8 @@ class PlainLoop:
                 torch.nn.utils.clip_grad_norm_(self.params, self.settings.gradient_clip)
             precision.step(optimizer)
             self.step += 1
+            if step_batch is not None:
+                step_batch()
             for hook in after_step:
                 hook(epoch, i)
             if self.ema is not None:
