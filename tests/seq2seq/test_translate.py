@@ -26,7 +26,8 @@ from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer
 from losslab.seq2seq.search import beam_search, greedy_decode
 from losslab.seq2seq.tokenizer import EOS, PAD, SubwordTokenizer
 from losslab.seq2seq.toy import toy_corpus
-from losslab.seq2seq.train import build_model, label_smoothed_ce, train_translation
+from losslab.seq2seq.task import label_smoothed_ce
+from losslab.seq2seq.train import build_model, train_translation
 
 sacrebleu = pytest.importorskip("sacrebleu")
 
@@ -244,7 +245,7 @@ def test_beam_search_on_cuda_matches_cpu_and_trains(tmp_path: Path) -> None:
 
 
 def test_inverse_sqrt_schedule_and_a_rooted_nag_run(tmp_path: Path) -> None:
-    from losslab.seq2seq.train import inverse_sqrt_lr
+    from losslab.seq2seq.task import inverse_sqrt_lr
 
     cfg = TranslateConfig.build(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100)
     assert inverse_sqrt_lr(cfg, 0) == 0.05 and inverse_sqrt_lr(cfg, 50) == pytest.approx(0.15)

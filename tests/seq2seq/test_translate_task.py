@@ -94,4 +94,5 @@ def test_eval_tally_loss_sums_equal_a_float64_loop() -> None:
             ce, n = ce + nll, n + 1
     assert named["tokens"] == n and named["sentences"] == 0  # validation before the last epoch: no BLEU
     metrics = task.tally_metrics("val", tally)
-    assert metrics["val/loss"] == pytest.approx(loss / n, rel=1e-12) and metrics["val/ce"] == pytest.approx(ce / n, rel=1e-12)
+    assert metrics["val/loss"] == pytest.approx(loss / n, rel=1e-12)
+    assert metrics["val/ce"] == pytest.approx(ce / n, rel=1e-12)

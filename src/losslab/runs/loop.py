@@ -71,11 +71,12 @@ class LoopSettings:
     ema_module: str = "model"
     progress: Any = "auto"  # a --progress value (losslab.runs.progress_mode)
     progress_summary: dict[str, str] = field(default_factory=lambda: dict(SUMMARY))
-    score: str = "val/acc"  # best.ckpt follows this validation metric
+    score: str | None = "val/acc"  # best.ckpt follows this validation metric (None: no best.ckpt, test the last)
     score_mode: str = "max"  # max or min
     hyper_parameters: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     started: float = 0.0  # time.perf_counter() when the run started (first-step latency)
     diverged_hint: str = DIVERGED_HINT
+    throughput_column: str | None = None  # when set, each row holds the training items/s so far under this name
 
 
 @dataclass
@@ -353,7 +354,10 @@ class PlainLoop:
             raise TrainingDivergedError(message + self.settings.diverged_hint)
         for end_epoch in _hooks(self.hooks, "end_epoch"):
             end_epoch(epoch)
-        return {"epoch": epoch, "step": self.step, "lr": lr, **means.means(self.ranks)}
+        row = {"epoch": epoch, "step": self.step, "lr": lr, **means.means(self.ranks)}
+        if self.settings.throughput_column is not None:
+            row[self.settings.throughput_column] = self.throughput.images_per_s
+        return row
 
     def average_other_grads(self) -> None:
         """Under torchrun: average the gradients DDP does not (parameters outside the wrapped modules) over ranks."""

@@ -2,7 +2,7 @@
 
     stats = bleu_statistics(hypotheses, references)   # [hyp_len, ref_len, match_1..4, total_1..4] (ints)
     result = bleu_from_statistics(stats)               # = corpus_bleu(hypotheses, references)
-    result.score, result.signature                     # 34.2, 'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0'
+    result.score, result.signature                     # 34.2, 'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|...'
 
 The statistics are Papineni et al.'s (2002): per n-gram order n ≤ 4 the hypothesis n-grams and those matched in the
 reference (counts clipped to the reference's), and the hypothesis and reference lengths, each summed over
@@ -72,7 +72,7 @@ def bleu_statistics(hypotheses: Sequence[str], references: Sequence[str], tokeni
 def bleu_from_statistics(stats: Sequence[float], tokenize: str = "13a") -> BleuResult:
     """sacrebleu's corpus BLEU (exp smoothing) from summed :func:`bleu_statistics`, with its signature and text."""
     metric = _metric(tokenize)
-    counts = [int(round(float(v))) for v in stats]
+    counts = [round(float(v)) for v in stats]
     score = metric.compute_bleu(correct=counts[2 : 2 + NGRAM_ORDER], total=counts[2 + NGRAM_ORDER :],
                                 sys_len=counts[0], ref_len=counts[1], smooth_method="exp")  # fmt: skip
     return BleuResult(score.score, str(metric.get_signature()), str(score))

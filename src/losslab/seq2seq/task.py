@@ -143,6 +143,11 @@ class TrainBatches:
             return max_epochs
         return min(max_epochs, math.ceil(self.max_updates / self.per_epoch))
 
+    @property
+    def sampler(self) -> TrainBatches:
+        """What the loop calls ``set_epoch`` on (a DataLoader's sampler): the batches themselves."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -281,8 +286,9 @@ class TranslationTask:
         sums = tally.tolist() if isinstance(tally, Tensor) else list(tally)
         named = dict(zip(EVAL_TALLY, sums, strict=True))
         out: dict[str, float] = {}
-        if named["tokens"] > 0:
-            out.update({f"{stage}/loss": named["loss_sum"] / named["tokens"], f"{stage}/ce": named["ce_sum"] / named["tokens"]})
+        tokens = named["tokens"]
+        if tokens > 0:
+            out.update({f"{stage}/loss": named["loss_sum"] / tokens, f"{stage}/ce": named["ce_sum"] / tokens})
         if named["sentences"] > 0:
             self.bleu[stage] = bleu_from_statistics(sums[_BLEU])
             out.update({f"{stage}/bleu": self.bleu[stage].score,

@@ -15,28 +15,28 @@ come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. The run folder 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from losslab.errors import ConfigError, CorruptFileError, TrainingDivergedError
+from losslab.errors import ConfigError, CorruptFileError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
-from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
-from losslab.regularizers.base import Regularizer
-from losslab.runs import LAST_CKPT, History, Progress, RunSpec, Throughput, claim, load, progress_mode, save
+from losslab.runs import LAST_CKPT, RunSpec, claim, load
 from losslab.runs.folder import stored_config
+from losslab.runs.loop import LoopOutcome, LoopSettings, run_loop
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
-from losslab.seq2seq.data import Corpus, collate, token_batches
+from losslab.seq2seq.data import Corpus, collate
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer, fnl_factorize
 from losslab.seq2seq.search import beam_search
+from losslab.seq2seq.task import EvalBatches, TrainBatches, TranslationTask
 from losslab.seq2seq.tokenizer import SubwordTokenizer
+from losslab.threads import thread_report
 
 LEGACY_CHECKPOINT = "checkpoint_last.pt"  # runs written before losslab.runs; read by load_run
 TOKENIZER = "tokenizer.json"
@@ -143,6 +143,10 @@ def _trainable(
 ARCHITECTURE_KEYS = ("arch", "vocab_size", "rank_scale", "ffn_rank_scale", "normalize_before")
 #: The per-epoch summary a non-terminal stderr gets (``losslab.runs.Progress`` "lines" mode).
 PROGRESS_SUMMARY = {"train/loss": "loss", "train/tokens_per_s": "target tokens/s"}
+DIVERGED_HINT = (
+    "the run stopped and its last checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. "
+    "Lower --lr, add --gradient-clip (e.g. 1.0) or lower --k"
+)
 
 
 def run_spec(
@@ -269,18 +273,24 @@ def load_run(
     out_dir: Path, device: str | torch.device = "cpu"
 ) -> tuple[Seq2SeqTransformer, SubwordTokenizer, TranslateConfig]:
     """The trained model, tokenizer and config of a run folder (``checkpoints/last.ckpt``; a run saved before the
-    shared run folder: ``checkpoint_last.pt``), read through the safe loader."""
+    shared run folder: ``checkpoint_last.pt``), read through the safe loader. A checkpoint of the plain loop
+    holds the weights under ``state_dict`` (``model.`` prefix) and the config under ``hyper_parameters``; one of
+    the translation loop before it, under ``model`` and ``config``."""
     ckpt_path = out_dir / LAST_CKPT
     if not ckpt_path.is_file() and (out_dir / LEGACY_CHECKPOINT).is_file():
         ckpt_path = out_dir / LEGACY_CHECKPOINT
     if not ckpt_path.is_file():
         raise ConfigError(f"{out_dir} holds no {LAST_CKPT}; train first (losslab translate train --out-dir ...)")
     state = load(ckpt_path, what="translation checkpoint", map_location=device)
-    if not isinstance(state.get("config"), dict) or "model" not in state:
+    config, weights = state.get("config"), state.get("model")
+    if isinstance(state.get("state_dict"), dict) and isinstance(state.get("hyper_parameters"), dict):
+        config = state["hyper_parameters"].get("config")
+        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(config, dict) or not isinstance(weights, dict):
         raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; train the run again")
-    cfg = TranslateConfig.build(**upgrade_config(state["config"]))
+    cfg = TranslateConfig.build(**upgrade_config(config))
     tok = SubwordTokenizer.load(out_dir / TOKENIZER)
     model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
                                                "spectral": False}), tok.vocab_size)  # fmt: skip
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return model.to(device).eval(), tok, cfg
