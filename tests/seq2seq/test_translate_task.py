@@ -96,3 +96,76 @@ def test_eval_tally_loss_sums_equal_a_float64_loop() -> None:
     metrics = task.tally_metrics("val", tally)
     assert metrics["val/loss"] == pytest.approx(loss / n, rel=1e-12)
     assert metrics["val/ce"] == pytest.approx(ce / n, rel=1e-12)
+
+
+class _Stop(Exception):
+    """Raised instead of the nth last.ckpt write: a run killed after that epoch's history row."""
+
+
+def _kill_before_checkpoint(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
+    from losslab import io as losslab_io
+
+    real, writes = losslab_io.save_torch_atomic, []
+
+    def save(path, obj):  # noqa: ANN001, ANN202 - the patched writer's signature
+        if str(path).endswith("last.ckpt"):
+            writes.append(path)
+            if len(writes) == nth:
+                raise _Stop
+        return real(path, obj)
+
+    monkeypatch.setattr(losslab_io, "save_torch_atomic", save)
+
+
+TIMING = ("train/tokens_per_s", "val/sentences_per_s")
+
+
+def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_whole_split(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed after epoch 2's history row (before its checkpoint) and resumed ends with exactly the weights,
+    optimizer state and history of the same run made straight (dropout 0.1 and FNL's factorization with Frobenius
+    decay, so the resumed epochs must replay the dropout draws, batch order and per-update learning rate). Its
+    test BLEU, summed from per-batch tallies over 7-sentence batches, equals sacrebleu's corpus BLEU of the final
+    model's translations of the whole split at once."""
+    import json
+
+    from losslab.runs.checkpoint import load
+    from losslab.seq2seq.toy import toy_corpus
+    from losslab.seq2seq.train import load_run, train_translation, translate
+
+    torch.set_num_threads(1)
+    corpus = toy_corpus(200, 20, 30, seed=4)
+    cfg = TranslateConfig.build(arch="toy", vocab_size=90, lr=3e-3, warmup_updates=8, max_epochs=4, max_tokens=600,
+                                dropout=0.1, rank_scale=0.5, spectral=True, frobenius_decay=True, attention_fd_ov=True,
+                                gradient_clip=1.0, eval_batch_size=7, beam=3)  # fmt: skip
+    quiet = {"log": lambda _: None}
+    straight = train_translation(cfg, corpus, tmp_path / "straight", **quiet)
+    with monkeypatch.context() as patch:
+        _kill_before_checkpoint(patch, nth=2)
+        with pytest.raises(_Stop):
+            train_translation(cfg, corpus, tmp_path / "resumed", **quiet)
+    assert [row["epoch"] for row in json.loads((tmp_path / "resumed" / "history.json").read_text())] == [0, 1]
+    resumed = train_translation(cfg, corpus, None, resume=tmp_path / "resumed", **quiet)
+
+    a, b = (load(tmp_path / name / "checkpoints" / "last.ckpt") for name in ("straight", "resumed"))
+    assert a["global_step"] == b["global_step"] == straight["steps"] == resumed["steps"] > 4
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert opt_a.keys() == opt_b.keys() and all(
+        torch.equal(opt_a[i][key], opt_b[i][key]) for i in opt_a for key in opt_a[i]
+    )
+    assert a["lr_schedulers"] == b["lr_schedulers"] == [{"updates": straight["steps"]}]
+    rows_a, rows_b = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("straight", "resumed"))
+    drop = [{k: v for k, v in row.items() if k not in TIMING} for row in rows_a], [
+        {k: v for k, v in row.items() if k not in TIMING} for row in rows_b
+    ]
+    assert drop[0] == drop[1] and len(rows_a) == 4 and "val/bleu" in rows_a[-1] and "val/bleu" not in rows_a[0]
+
+    model, tok, _ = load_run(tmp_path / "resumed")
+    hyps, _ = translate(model, tok, [s for s, _ in corpus["test"]], 3, cfg.lenpen, 7, torch.device("cpu"))
+    whole = sacrebleu.corpus_bleu(hyps, [[t for _, t in corpus["test"]]])
+    assert 0.0 < whole.score < 100.0 and resumed["test"]["bleu"] == straight["test"]["bleu"]
+    assert resumed["test"]["bleu"] == pytest.approx(whole.score, abs=1e-12)
+    assert resumed["test"]["bleu_text"] == str(whole) and resumed["test"]["example"] == hyps[0]
