@@ -15,9 +15,9 @@ from losslab.lm.token_loss import IGNORE_INDEX
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import collate, token_batches
 from losslab.seq2seq.search import beam_search, greedy_decode
+from losslab.seq2seq.task import build_optimizer, sequence_loss
 from losslab.seq2seq.tokenizer import SubwordTokenizer
 from losslab.seq2seq.toy import toy_corpus
-from losslab.seq2seq.task import build_optimizer, sequence_loss
 from losslab.seq2seq.train import build_model
 
 

@@ -24,9 +24,9 @@ from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import collate, download_iwslt, read_parallel, token_batches
 from losslab.seq2seq.model import ModelConfig, Seq2SeqTransformer
 from losslab.seq2seq.search import beam_search, greedy_decode
+from losslab.seq2seq.task import label_smoothed_ce
 from losslab.seq2seq.tokenizer import EOS, PAD, SubwordTokenizer
 from losslab.seq2seq.toy import toy_corpus
-from losslab.seq2seq.task import label_smoothed_ce
 from losslab.seq2seq.train import build_model, train_translation
 
 sacrebleu = pytest.importorskip("sacrebleu")

@@ -107,7 +107,7 @@ def _kill_before_checkpoint(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
 
     real, writes = losslab_io.save_torch_atomic, []
 
-    def save(path, obj):  # noqa: ANN001, ANN202 - the patched writer's signature
+    def save(path, obj):
         if str(path).endswith("last.ckpt"):
             writes.append(path)
             if len(writes) == nth:
@@ -158,9 +158,10 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
     )
     assert a["lr_schedulers"] == b["lr_schedulers"] == [{"updates": straight["steps"]}]
     rows_a, rows_b = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("straight", "resumed"))
-    drop = [{k: v for k, v in row.items() if k not in TIMING} for row in rows_a], [
-        {k: v for k, v in row.items() if k not in TIMING} for row in rows_b
-    ]
+    drop = (
+        [{k: v for k, v in row.items() if k not in TIMING} for row in rows_a],
+        [{k: v for k, v in row.items() if k not in TIMING} for row in rows_b],
+    )
     assert drop[0] == drop[1] and len(rows_a) == 4 and "val/bleu" in rows_a[-1] and "val/bleu" not in rows_a[0]
 
     model, tok, _ = load_run(tmp_path / "resumed")
@@ -169,3 +170,29 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
     assert 0.0 < whole.score < 100.0 and resumed["test"]["bleu"] == straight["test"]["bleu"]
     assert resumed["test"]["bleu"] == pytest.approx(whole.score, abs=1e-12)
     assert resumed["test"]["bleu_text"] == str(whole) and resumed["test"]["example"] == hyps[0]
+
+
+def test_a_run_of_the_earlier_translation_loop_is_evaluated_but_not_resumed(tmp_path) -> None:
+    """A last.ckpt in the earlier loop's layout (model, optimizer, step, epoch, config) still loads for evaluation
+    with the same weights; --resume of it is one ConfigError that names the way out, and changes no file."""
+    from losslab.errors import ConfigError
+    from losslab.runs.checkpoint import load, save
+    from losslab.seq2seq.toy import toy_corpus
+    from losslab.seq2seq.train import load_run, train_translation
+
+    corpus = {"train": toy_corpus(60, 0, 0, seed=1)["train"]}
+    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=2048)
+    train_translation(cfg, corpus, tmp_path / "run", log=lambda _: None)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    new = load(ckpt)
+    weights = {k.removeprefix("model."): v for k, v in new["state_dict"].items()}
+    save(ckpt, {"model": weights, "optimizer": new["optimizer_states"][0], "step": new["global_step"], "epoch": 1,
+                "config": cfg.model_dump()})  # fmt: skip
+    model, _, stored = load_run(tmp_path / "run")
+    assert stored == cfg and all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    (tmp_path / "run" / "result.json").unlink()  # an unfinished run of the earlier loop
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"earlier translation loop.*translate eval"):
+        train_translation(cfg.model_copy(update={"max_epochs": 3}), corpus, None, resume=tmp_path / "run",
+                          log=lambda _: None)  # fmt: skip
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before

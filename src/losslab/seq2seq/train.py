@@ -198,6 +198,8 @@ def train_translation(
     dev, started = torch.device(device), time.perf_counter()
     with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
         work = run.create()
+        if run.resume_ckpt is not None:
+            _check_resumable(run.resume_ckpt)
         tok = _tokenizer(cfg, corpus, work / TOKENIZER, fresh=run.resume_ckpt is None)
         run.write_config()
         torch.manual_seed(cfg.seed)
@@ -220,6 +222,16 @@ def train_translation(
         run.write_result(result)
         run.commit()
     return result
+
+
+def _check_resumable(ckpt: Path) -> None:
+    """Refuse a checkpoint of the translation loop before the plain loop (``model``/``optimizer``/``step`` keys):
+    its optimizer and schedule state are not the loop's; such a run is evaluated, not resumed."""
+    if "state_dict" not in load(ckpt, what="translation checkpoint", mmap=True):
+        raise ConfigError(
+            f"{ckpt} was written by losslab's earlier translation loop, which this version cannot resume; evaluate "
+            "the run (losslab translate eval --out-dir RUN ...) or train it again in a new folder"
+        )
 
 
 def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool) -> SubwordTokenizer:
