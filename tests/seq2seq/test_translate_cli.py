@@ -71,3 +71,10 @@ def test_demo_prints_bleu_before_and_after(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "d" / "result.json").read_text())["epochs"] == 1
     bad = CliRunner().invoke(cli, ["translate", "demo", "--out-dir", str(tmp_path / "e"), "--devices", "2"])
     assert bad.exit_code != 0 and "one device" in str(bad.exception)
+
+
+def test_half_precision_without_a_gpu_is_refused_before_the_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["translate", "train", "--toy", "--arch", "toy", "--precision", "16-mixed",
+                                      "--accelerator", "cpu", "--out-dir", str(run)])  # fmt: skip
+    assert result.exit_code != 0 and "16-mixed' needs a GPU" in str(result.exception) and not run.exists()

@@ -123,9 +123,10 @@ TIMING = ("train/tokens_per_s", "val/sentences_per_s")
 def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_whole_split(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run killed after epoch 2's history row (before its checkpoint) and resumed ends with exactly the weights,
-    optimizer state and history of the same run made straight (dropout 0.1 and FNL's factorization with Frobenius
-    decay, so the resumed epochs must replay the dropout draws, batch order and per-update learning rate). Its
+    """A run killed after epoch 2's history row (before its checkpoint) and resumed ends with exactly the weights
+    (EMA and raw), optimizer state and history of the same run made straight (dropout 0.1 and FNL's factorization
+    with Frobenius decay, so the resumed epochs must replay the dropout draws, batch order and per-update learning
+    rate). Its
     test BLEU, summed from per-batch tallies over 7-sentence batches, equals sacrebleu's corpus BLEU of the final
     model's translations of the whole split at once."""
     import json
@@ -138,7 +139,8 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
     corpus = toy_corpus(200, 20, 30, seed=4)
     cfg = TranslateConfig.build(arch="toy", vocab_size=90, lr=3e-3, warmup_updates=8, max_epochs=4, max_tokens=600,
                                 dropout=0.1, rank_scale=0.5, spectral=True, frobenius_decay=True, attention_fd_ov=True,
-                                gradient_clip=1.0, eval_batch_size=7, beam=3)  # fmt: skip
+                                gradient_clip=1.0, eval_batch_size=7, beam=3, model_ema=True,
+                                model_ema_decay=0.9)  # fmt: skip
     quiet = {"log": lambda _: None}
     straight = train_translation(cfg, corpus, tmp_path / "straight", **quiet)
     with monkeypatch.context() as patch:
@@ -157,6 +159,9 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
         torch.equal(opt_a[i][key], opt_b[i][key]) for i in opt_a for key in opt_a[i]
     )
     assert a["lr_schedulers"] == b["lr_schedulers"] == [{"updates": straight["steps"]}]
+    raw_a, raw_b = a["ema_raw_state_dict"], b["ema_raw_state_dict"]  # the EMA weights are state_dict's
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
+    assert not all(torch.equal(raw_a[k], a["state_dict"][f"model.{k}"]) for k in raw_a)
     rows_a, rows_b = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("straight", "resumed"))
     drop = (
         [{k: v for k, v in row.items() if k not in TIMING} for row in rows_a],

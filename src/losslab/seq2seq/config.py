@@ -1,5 +1,6 @@
 """The translation run's config (one pydantic model; every field is a ``losslab translate train`` flag) and the
-model-size presets. Imports only pydantic, so the CLI can build its flags without importing torch::
+model-size presets. Imports only pydantic (and the shared precision names), so the CLI can build its flags without
+importing torch::
 
     cfg = TranslateConfig.build(arch="toy", rank_scale=0.5, spectral=True)   # ConfigError on bad values
     SEED_ALIASES["attention_spectral_qk"]                                      # ['--spectral-quekey']
@@ -13,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from losslab.limits import MAX_VOCAB
+from losslab.train.config import PrecisionName
 
 MAX_BEAM = 1000
 
@@ -185,6 +187,15 @@ class TranslateConfig(BaseModel):
     beam: int = Field(5, ge=1, le=MAX_BEAM, description="Beam size for BLEU.")
     lenpen: float = Field(1.0, ge=0.0, le=10.0, description="Length penalty: score / length**lenpen.")
     eval_batch_size: int = Field(128, ge=1, le=100_000, description="Sentences per generation batch.")
+    precision: PrecisionName = Field(
+        "32", description="Numeric precision: 32, bf16-mixed (autocast), 16-mixed (GPU, with loss scaling)."
+    )
+    model_ema: bool = Field(
+        False, description="Keep an exponential moving average of the weights; the EMA weights are validated, "
+        "tested and saved (the raw ones are kept for a resume)."
+    )  # fmt: skip
+    model_ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per update.")
+    model_ema_warmup: bool = Field(False, description="timm's EMA warmup (decay grows with the update count).")
     seed: int = Field(0, ge=0, description="Training seed.")
 
     @model_validator(mode="after")

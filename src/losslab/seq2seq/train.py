@@ -28,7 +28,7 @@ from losslab.errors import ConfigError, CorruptFileError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.runs import LAST_CKPT, RunSpec, claim, load
 from losslab.runs.folder import stored_config
-from losslab.runs.loop import LoopOutcome, LoopSettings, run_loop
+from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, run_loop
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate
@@ -196,6 +196,7 @@ def train_translation(
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
     dev, started = torch.device(device), time.perf_counter()
+    Precision(cfg.precision, dev)  # 16-mixed without a GPU: refused before the run folder is touched
     with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
         work = run.create()
         if run.resume_ckpt is not None:
@@ -213,7 +214,9 @@ def train_translation(
             log(f"resuming from {run.resume_ckpt}")
         task = TranslationTask(cfg, model, tok, bleu_epoch=epochs - 1)
         settings = LoopSettings(run_dir=work, epochs=epochs, device=dev, resume_ckpt=run.resume_ckpt,
-                                gradient_clip=cfg.gradient_clip, progress=progress, progress_summary=PROGRESS_SUMMARY,
+                                gradient_clip=cfg.gradient_clip, precision=cfg.precision,
+                                ema_decay=cfg.model_ema_decay if cfg.model_ema else None,
+                                ema_warmup=cfg.model_ema_warmup, progress=progress, progress_summary=PROGRESS_SUMMARY,
                                 score=None, hyper_parameters={"config": cfg.model_dump()}, started=started,
                                 diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s")  # fmt: skip
         outcome = run_loop(task, data_, settings)
