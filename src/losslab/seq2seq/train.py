@@ -142,7 +142,7 @@ def _trainable(
 # TranslateConfig keys fixed by a run's checkpoint and tokenizer: a resume must not change them.
 ARCHITECTURE_KEYS = ("arch", "vocab_size", "rank_scale", "ffn_rank_scale", "normalize_before")
 #: The per-epoch summary a non-terminal stderr gets (``losslab.runs.Progress`` "lines" mode).
-PROGRESS_SUMMARY = {"train/loss": "loss", "train/tokens_per_s": "target tokens/s"}
+PROGRESS_SUMMARY = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_s": "target tokens/s"}
 DIVERGED_HINT = (
     "the run stopped and its last checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. "
     "Lower --lr, add --gradient-clip (e.g. 1.0) or lower --k"
