@@ -1,9 +1,9 @@
-"""Train and evaluate a translation Transformer: config, losses, factorization, training loop, BLEU evaluation.
+"""Train and evaluate a translation Transformer: the model as the config asks, the run, beam-search translation.
 
-The losses are losslab's token losses (:mod:`losslab.lm.token_loss`: ``ce``, ``root``, ``root_convex``) with
-fairseq's label smoothing for ``ce``; the factorized layers, Frobenius decay and the per-head attention SI/FD
-come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. The run folder is the shared one of
-:mod:`losslab.runs` (``config.yaml``, ``history.json``, ``metrics.csv``, ``checkpoints/last.ckpt``,
+Training is :class:`~losslab.seq2seq.task.TranslationTask` (losses, regularizers, schedule, evaluation tally) in
+losslab's one training loop (:mod:`losslab.runs.loop`); the factorized layers, Frobenius decay and the per-head
+attention SI/FD come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. The run folder is the shared one
+of :mod:`losslab.runs` (``config.yaml``, ``history.json``, ``metrics.csv``, ``checkpoints/last.ckpt``,
 ``result.json``) plus ``tokenizer.json``::
 
     cfg = TranslateConfig(arch="toy", max_epochs=20, lr=1e-3)
