@@ -201,3 +201,35 @@ def test_a_run_of_the_earlier_translation_loop_is_evaluated_but_not_resumed(tmp_
         train_translation(cfg.model_copy(update={"max_epochs": 3}), corpus, None, resume=tmp_path / "run",
                           log=lambda _: None)  # fmt: skip
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+def test_a_run_killed_while_testing_resumes_to_the_same_result(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after its last checkpoint, before result.json (the final BLEU passes take long on a real corpus), a
+    run resumes without training and writes the straight run's valid and test BLEU (text and signature too)."""
+    import json
+
+    from losslab import io as losslab_io
+    from losslab.seq2seq.toy import toy_corpus
+    from losslab.seq2seq.train import train_translation
+
+    corpus = toy_corpus(80, 15, 15, seed=2)
+    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=2048, lr=3e-3, warmup_updates=4)
+    straight = train_translation(cfg, corpus, tmp_path / "straight", log=lambda _: None)
+    real = losslab_io.write_json_atomic
+
+    def write(path, obj, *args, **kwargs):
+        if str(path).endswith("result.json"):
+            raise _Stop
+        return real(path, obj, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("losslab.runs.folder.write_json_atomic", write)
+        with pytest.raises(_Stop):
+            train_translation(cfg, corpus, tmp_path / "killed", log=lambda _: None)
+    resumed = train_translation(cfg, corpus, None, resume=tmp_path / "killed", log=lambda _: None)
+    for split in ("valid", "test"):
+        assert {k: v for k, v in resumed[split].items() if k != "sentences_per_s"} == {
+            k: v for k, v in straight[split].items() if k != "sentences_per_s"
+        }
+    assert resumed["steps"] == straight["steps"] and resumed["epochs"] == 2
+    assert json.loads((tmp_path / "killed" / "result.json").read_text())["valid"]["bleu"] == straight["valid"]["bleu"]

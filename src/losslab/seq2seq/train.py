@@ -28,7 +28,7 @@ from losslab.errors import ConfigError, CorruptFileError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.runs import LAST_CKPT, RunSpec, claim, load
 from losslab.runs.folder import stored_config
-from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, run_loop
+from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, evaluate, load_task_state, run_loop
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate
@@ -220,7 +220,10 @@ def train_translation(
                                 score=None, hyper_parameters={"config": cfg.model_dump()}, started=started,
                                 diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s")  # fmt: skip
         outcome = run_loop(task, data_, settings)
-        result = _result(task, outcome, corpus, log)
+        valid = outcome.rows[-1] if outcome.rows else {}
+        if corpus.get("valid") and "val" not in task.bleu:  # resumed after its last epoch (killed while testing)
+            valid = _validate_checkpoint(task, data_.val, run.last_ckpt, settings)
+        result = _result(task, outcome, valid, corpus, log)
         result.update({"tokenizer": tok.describe(), "run_dir": str(run.final)})
         run.write_result(result)
         run.commit()
@@ -256,10 +259,21 @@ def _loaders(
     return SimpleNamespace(train=train, val=evals["valid"] or [], test=evals["test"])
 
 
-def _result(task: TranslationTask, outcome: LoopOutcome, corpus: Corpus, log: Callable[[str], None]) -> dict:
+def _validate_checkpoint(
+    task: TranslationTask, loader: EvalBatches, ckpt: Path, settings: LoopSettings
+) -> dict[str, float]:
+    """The last validation (BLEU included) of the weights in ``ckpt``, as the loop's validation saw them."""
+    load_task_state(task, load(ckpt, map_location=settings.device)["state_dict"])
+    task.epoch = task.bleu_epoch
+    return evaluate(task, loader, "val", settings.device, Precision(settings.precision, settings.device))
+
+
+def _result(
+    task: TranslationTask, outcome: LoopOutcome, valid: dict[str, float], corpus: Corpus, log: Callable[[str], None]
+) -> dict:
     """``result.json``: BLEU of the valid split (last validation) and the test split, the run's size and speed."""
     result: dict[str, object] = {}
-    metrics = {"valid": outcome.rows[-1] if outcome.rows else {}, "test": outcome.tested}
+    metrics = {"valid": valid, "test": outcome.tested}
     for split, stage in (("valid", "val"), ("test", "test")):
         if corpus.get(split) and stage in task.bleu:
             bleu = task.bleu[stage]
