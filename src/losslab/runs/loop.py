@@ -76,6 +76,7 @@ class LoopSettings:
     hyper_parameters: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     started: float = 0.0  # time.perf_counter() when the run started (first-step latency)
     diverged_hint: str = DIVERGED_HINT
+    resume_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # maps another writer's checkpoint
 
 
 @dataclass
@@ -294,6 +295,8 @@ class PlainLoop:
         raw_state = None
         if self.settings.resume_ckpt is not None:
             state = run_checkpoint.load(self.settings.resume_ckpt, map_location=self.device)
+            if self.settings.resume_view is not None:
+                state = self.settings.resume_view(state)
             load_task_state(self.task, state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer_states"][0])
             self.schedule.load_state_dict(state["lr_schedulers"][0])
