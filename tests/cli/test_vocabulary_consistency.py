@@ -23,16 +23,6 @@ OTHER_BRANCH = "owned by another branch (issue 18's quantize/lm-quantize owner);
 
 # (command, concept) pairs whose option is not (yet) made from the shared concept.
 NOT_SHARED: dict[tuple[str, str], str] = {
-    ("quantize", "calib_samples"): OTHER_BRANCH,
-    ("quantize", "calib_batch_size"): OTHER_BRANCH,
-    ("quantize", "calib_seed"): OTHER_BRANCH,
-    ("quantize", "device"): OTHER_BRANCH,
-    ("quantize", "overwrite"): OTHER_BRANCH,
-    ("lm quantize", "calib_samples"): OTHER_BRANCH,
-    ("lm quantize", "calib_batch_size"): OTHER_BRANCH,
-    ("lm quantize", "calib_seed"): OTHER_BRANCH,
-    ("lm quantize", "device"): OTHER_BRANCH,
-    ("lm quantize", "overwrite"): OTHER_BRANCH,
     # the sweeps take a comma list of k (each value checked as --k is, tested below), not one k
     ("gan sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
     ("logreg sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
@@ -50,11 +40,14 @@ DEFAULT_VARIES: dict[str, str] = {
     "loss": "the loss each experiment's paper trains with (root for classifiers/LMs, ce for fairseq translation)",
     "k": "the k each source recommends: 3 (RLO classifiers, logistic regression), 2 (RLO GAN), 5 (FNL/LM token loss)",
     "m": "as k: 3 for classifiers, 5 for the token losses",
+    "calib_samples": "the calibration set each source uses: 256 images (classifier PTQ), 128 windows (GPTQ's LMs), "
+    "8 windows for the LM Hessian probes",
 }
 
 # (command, concept): a default that differs from the concept's other commands, with the reason.
 DEFAULT_DIFFERS: dict[tuple[str, str], str] = {
     ("lm finetune", "seed"): "Hugging Face run_clm's seed 42, kept so that earlier finetuning runs reproduce",
+    ("lm quantize", "calib_batch_size"): "unset: sized to free GPU memory on CUDA (an LM window batch), 1 on the CPU",
 }
 
 

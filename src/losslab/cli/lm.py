@@ -271,26 +271,13 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
 )
 @click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@click.option(
-    "--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration windows."
-)
+@shared_option("calib_samples", "token windows of --seqlen tokens", default=128)
 @click.option(
     "--seqlen", type=click.IntRange(min=2), help="Tokens per calibration window (default: the model's context)."
 )
-@click.option(
-    "--calib-batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
-)
-@click.option(
-    "--calib-seed",
-    type=number_type(int, ge=0, lt=2**63),
-    default=0,
-    show_default=True,
-    help="Calibration sampling seed (also the methods' seed).",
-)
-@click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
+@shared_option("calib_batch_size", "windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU)")
+@shared_option("calib_seed", "the windows drawn (also the methods' seed)", default=0)
+@shared_option("device", "where each decoder layer is processed (default: cuda if available)")
 @click.option("--save-packed", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")
 @click.option(
     "--json",
@@ -298,7 +285,7 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
     type=click.Path(dir_okay=False),
     help="Per-layer errors JSON (default: next to --save-packed).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@shared_option("overwrite", "the packed model and JSON files", default=False)
 @progress_option
 def quantize_cmd(**opts: Any) -> None:
     """Quantize the decoder layer by layer (GPTQ's sequential driver); embeddings and LM head stay float.
