@@ -16,7 +16,15 @@ See docs/objectives.md and the objectives spec for formulas, numerics and the ma
 from losslab.objectives.cross_entropy import CrossEntropyLoss, cross_entropy
 from losslab.objectives.focal import FocalLoss, focal_loss, focal_rlo_paper
 from losslab.objectives.gan import GanLosses, gan_losses
-from losslab.objectives.registry import OBJECTIVES, create, list_objectives, objective_kwargs
+from losslab.objectives.registry import (
+    OBJECTIVES,
+    config_kwargs,
+    create,
+    create_from_config,
+    hyperparameters,
+    list_objectives,
+    objective_kwargs,
+)
 from losslab.objectives.rooted import RootedLoss, RootedLossConvex, rooted_logistic, rooted_loss, rooted_loss_convex
 from losslab.objectives.sgt import SGTCrossEntropyLoss, SoftmaxGradientTampering, sgt_cross_entropy
 from losslab.objectives.statistics import logit_statistics
@@ -30,11 +38,14 @@ __all__ = [
     "RootedLossConvex",
     "SGTCrossEntropyLoss",
     "SoftmaxGradientTampering",
+    "config_kwargs",
     "create",
+    "create_from_config",
     "cross_entropy",
     "focal_loss",
     "focal_rlo_paper",
     "gan_losses",
+    "hyperparameters",
     "list_objectives",
     "logit_statistics",
     "objective_kwargs",
