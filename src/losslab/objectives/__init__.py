@@ -13,6 +13,9 @@ with autocast off::
 See docs/objectives.md and the objectives spec for formulas, numerics and the mapping from the seed codes' flags.
 """
 
+import importlib
+import pkgutil
+
 from losslab.objectives.cross_entropy import CrossEntropyLoss, cross_entropy
 from losslab.objectives.focal import FocalLoss, focal_loss, focal_rlo_paper
 from losslab.objectives.gan import GanLosses, gan_losses
@@ -28,6 +31,10 @@ from losslab.objectives.registry import (
 from losslab.objectives.rooted import RootedLoss, RootedLossConvex, rooted_logistic, rooted_loss, rooted_loss_convex
 from losslab.objectives.sgt import SGTCrossEntropyLoss, SoftmaxGradientTampering, sgt_cross_entropy
 from losslab.objectives.statistics import logit_statistics
+
+# Every module of this package is imported, so an objective registered in a new file is available by name.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "OBJECTIVES",
