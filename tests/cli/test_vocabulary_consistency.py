@@ -23,9 +23,8 @@ OTHER_BRANCH = "owned by another branch (issue 18's quantize/lm-quantize owner);
 
 # (command, concept) pairs whose option is not (yet) made from the shared concept.
 NOT_SHARED: dict[tuple[str, str], str] = {
-    # the sweeps take a comma list of k (each value checked as --k is, tested below), not one k
-    ("gan sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
-    ("logreg sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
+    # a comma list of k (each value checked as --k is, tested below), not yet made with shared_option(type=K_LIST)
+    ("gan sweep", "k"): "owned by the GAN branch: make it shared_option('k', type=K_LIST) as logreg sweep's",
 }
 
 # (command, concept): an option spelled like a shared concept that means something else, with the reason.
@@ -78,8 +77,6 @@ def signature(kind: click.ParamType | None) -> tuple[Any, ...]:
     """What a click type accepts, structurally: kind, bounds and choices (IntRange(min=1) = BoundedInt(1, None))."""
     if kind is None:
         return ("flag",)
-    if isinstance(kind, (FloatList, IntList)):
-        return ("list", signature(kind.item) if kind.item is not None else type(kind).__name__)
     if isinstance(kind, LossName):
         return ("loss",)  # the accepted names are compared separately (same names for the same losses)
     if isinstance(kind, click.Choice):
@@ -93,7 +90,9 @@ def signature(kind: click.ParamType | None) -> tuple[Any, ...]:
 
 
 def option_type(option: click.Option) -> click.ParamType | None:
-    return None if option.is_flag and option.is_bool_flag else option.type
+    """The type of one value: a list option's item type (a sweep's ``--k 1,3,10`` is typed as ``--k``)."""
+    kind = None if option.is_flag and option.is_bool_flag else option.type
+    return kind.item if isinstance(kind, (FloatList, IntList)) else kind
 
 
 def effective_default(option: click.Option) -> Any:
@@ -120,8 +119,6 @@ def test_a_shared_concept_is_spelled_typed_and_defaulted_one_way(concept: str) -
         assert option.opts[0] == spec.flag, f"{path}: {concept} spelled {option.opts[0]}, not {spec.flag}"
         assert (option.help or "").startswith(spec.help), f"{path} {spec.flag} help does not start with the shared"
     for path, option in FOUND[concept]:  # the type is shared even where the option is still hand-written
-        if (path, concept) in NOT_SHARED and "list" in NOT_SHARED[(path, concept)]:
-            continue
         reference = signature(option_type(shared[0][1])) if shared else None
         if reference is not None:
             assert signature(option_type(option)) == reference, f"{path} {spec.flag}: {option.type!r}"

@@ -108,13 +108,8 @@ SWEEP_DEFAULTS = _sweep_defaults()
 
 @logreg.command("sweep", cls=LosslabCommand)
 @click.option("--datasets", default=SWEEP_DEFAULTS["datasets"], show_default=True, help="Comma list of bundled tasks.")
-@click.option(
-    "--k",
-    "ks",
-    type=K_LIST,
-    default=SWEEP_DEFAULTS["k"],
-    show_default=True,
-    help="Rooted loss k values (each as --k of losslab logreg).",
+@shared_option(
+    "k", "a comma list of k values (each as --k of losslab logreg)", dest="ks", type=K_LIST, default=SWEEP_DEFAULTS["k"]
 )
 @click.option("--l2", "l2s", type=FloatList(L2), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
 @click.option("--seeds", type=SEED_LIST, default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")
