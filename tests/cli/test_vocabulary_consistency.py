@@ -19,13 +19,8 @@ from click.testing import CliRunner
 from losslab.cli.app import cli
 from losslab.cli.groups import CONCEPTS, FloatList, IntList, LossName, SharedOption, command_params, walk_commands
 
-OTHER_BRANCH = "owned by another branch (issue 18's quantize/lm-quantize owner); unify when merged"
-
 # (command, concept) pairs whose option is not (yet) made from the shared concept.
-NOT_SHARED: dict[tuple[str, str], str] = {
-    # a comma list of k (each value checked as --k is, tested below), not yet made with shared_option(type=K_LIST)
-    ("gan sweep", "k"): "owned by the GAN branch: make it shared_option('k', type=K_LIST) as logreg sweep's",
-}
+NOT_SHARED: dict[tuple[str, str], str] = {}
 
 # (command, concept): an option spelled like a shared concept that means something else, with the reason.
 OTHER_MEANING: dict[tuple[str, str], str] = {
