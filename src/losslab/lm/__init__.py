@@ -5,14 +5,15 @@
     result = quantize_decoder(model, GPTQ(bits=4), calib_windows)       # a quantized copy (inplace=True: no copy)
     perplexity(model, eval_windows(test_ids, 2048)).ppl                 # exp(mean token CE)
 
-Heavy pieces (Lightning finetuning, the CLI) live in :mod:`losslab.lm.finetune` and :mod:`losslab.cli.lm`.
+Heavy pieces (finetuning in the plain training loop, the CLI) live in :mod:`losslab.lm.finetune` and
+:mod:`losslab.cli.lm`.
 """
 
 from losslab.lm.data import calibration_windows, eval_windows, load_calibration, load_corpus, tokenize_text
 from losslab.lm.packing import load_packed_lm, save_packed_lm
 from losslab.lm.perplexity import PerplexityResult, perplexity
 from losslab.lm.quantize import capture_layer_inputs, quantize_decoder
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, shift_labels, token_loss
+from losslab.objectives.token import TokenLossSpec, causal_lm_loss, shift_labels, token_loss
 
 __all__ = [
     "PerplexityResult",

@@ -38,7 +38,7 @@ from losslab.errors import ConfigError, TrainingDivergedError, check_range, unkn
 from losslab.lm.data import eval_windows, load_corpus, require_pad_token, tokenize_text, training_blocks
 from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 from losslab.lm.perplexity import perplexity
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
+from losslab.objectives.token import TokenLossSpec, causal_lm_loss, count_predicted_tokens
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 MAX_GRAD_CLIP = 1e6  # also rejects inf (and NaN fails every comparison)
