@@ -57,7 +57,7 @@ def test_dropout_is_active_in_training_steps(tmp_path, text_files, monkeypatch) 
             max_eval_windows=2,
             progress=False,
             accelerator="cpu",
-        )  # fmt: skip
+        )
     )
     finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert len(seen) == 2  # the second step follows a validation run (eval mode) and must be in train mode again
@@ -98,7 +98,7 @@ def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, text_files, 
             precision="bf16-mixed",
             progress=False,
             accelerator="gpu",
-        )  # fmt: skip
+        )
     )
     result = finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert modes and all(modes) and result.global_step == 20

@@ -108,7 +108,7 @@ def test_step_batches_depend_only_on_the_step_and_cover_each_pass() -> None:
         steps.extend(batch["input_ids"].flatten().tolist() for batch in loader)
     assert [len(s) for s in steps] == [3, 3, 3, 1, 3, 3, 3, 1]
     for first in (0, 4):
-        assert sorted(sum(steps[first : first + 4], [])) == list(range(10))  # every block once per pass
+        assert sorted(i for step in steps[first : first + 4] for i in step) == list(range(10))  # each block once
     assert steps[:4] != steps[4:]  # a new order for the second pass
     loader.set_epoch(2)
     assert [b["input_ids"].flatten().tolist() for b in loader] == steps[6:]  # a resume at interval 2 sees the same
