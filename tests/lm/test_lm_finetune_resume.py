@@ -54,9 +54,9 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_intervals_straight_equal_one_then_resume_bit_for_bit(tmp_path, corpus, monkeypatch) -> None:
     text = tmp_path / "train.txt"
-    text.write_text(corpus["train"][:2400])  # 75 blocks of 32 -> 19 steps per pass, 38 steps, 3 intervals
+    text.write_text(corpus["train"][:2400])  # ~67 training blocks of 32 -> ~17 steps per pass, 2 passes
     straight = finetune(_cfg(tmp_path / "a", text), model=_dropout_opt(), tokenizer=byte_tokenizer())
-    assert straight.global_step == 38 and len(_rows(tmp_path / "a")) == 3
+    assert 32 < straight.global_step <= 48 and len(_rows(tmp_path / "a")) == 3  # intervals of 16 steps
 
     original, saves = losslab.io.save_torch_atomic, []
 
@@ -70,10 +70,12 @@ def test_two_intervals_straight_equal_one_then_resume_bit_for_bit(tmp_path, corp
         finetune(_cfg(tmp_path / "b", text), model=_dropout_opt(), tokenizer=byte_tokenizer())
     monkeypatch.setattr(losslab.io, "save_torch_atomic", original)
     assert len(saves) == 1 and not (tmp_path / "b" / "result.json").exists()
-    resumed = finetune(
-        _cfg(tmp_path / "b", text, resume=tmp_path / "b"), model=tiny_opt(seed=5), tokenizer=byte_tokenizer()
-    )  # fmt: skip  (the checkpoint's weights replace seed 5's)
-    assert resumed.resumed_from_step == 16 and resumed.global_step == 38
+    other = _dropout_opt()
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(1.0)  # the checkpoint's weights must replace these
+    resumed = finetune(_cfg(tmp_path / "b", text, resume=tmp_path / "b"), model=other, tokenizer=byte_tokenizer())
+    assert resumed.resumed_from_step == 16 and resumed.global_step == straight.global_step
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
