@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -48,12 +49,16 @@ from losslab.objectives.token import (
     shift_labels,
     token_loss,
 )
+from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, run_loop
 from losslab.runs.task import LogFn
 
 _CE = TokenLossSpec(kind="ce")
 #: The evaluation tally: cross-entropy sum, training-objective sum, scored-token count (float64 sums).
 EVAL_TALLY = ("ce_sum", "objective_sum", "tokens")
-DIVERGED_HINT = "Lower --lr, --gradient-clip or --k"
+DIVERGED_HINT = (
+    "the run stopped and its last checkpoint (checkpoints/last.ckpt, from the interval before, if any) is kept. "
+    "Lower --lr, --gradient-clip or --k"
+)
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -161,8 +166,6 @@ class CausalLMTask:
     :data:`EVAL_TALLY`, from which ``val/ce``, ``val/ppl`` = exp(val/ce) and ``val/objective`` follow exactly.
     """
 
-    diverged_hint = DIVERGED_HINT
-
     def __init__(self, model: nn.Module, cfg: FinetuneConfig, total_steps: int) -> None:
         self.model, self.cfg, self.total_steps = model, cfg, total_steps
         self.spec = cfg.loss_spec()
@@ -173,6 +176,11 @@ class CausalLMTask:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
+
+    def distribute(self, wrap: Any) -> list[nn.Module]:
+        """Under torchrun: the training forward goes through ``wrap(model)`` (DistributedDataParallel)."""
+        self.forward_model = wrap(self.model)
+        return [self.model]
 
     def optimizer_and_schedule(self) -> tuple[torch.optim.Optimizer, WarmupLinearDecay]:
         """AdamW (β = 0.9, 0.999; no weight decay on biases and norms) and the warmup-linear-decay schedule."""
@@ -339,6 +347,7 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
         batches = StepBatches(train, cfg.batch_size * cfg.grad_accum, cfg.checkpoint_every, steps, cfg.seed)
         val = eval_batches(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id), cfg.batch_size)
         resumed = int(load(run.resume_ckpt, mmap=True).get("global_step", 0)) if run.resume_ckpt else 0
+        Precision(loop_precision(cfg), device)  # 16-mixed without a GPU: refused before the folder exists
         work = run.create()
         run.write_config()
         if cfg.precision == "bf16-true":
@@ -350,30 +359,36 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
         after = perplexity(model, val_windows, protocol=protocol, device=device).ppl
         if outcome.writes_results:
             save_pretrained_atomic(model, tokenizer, work / "model")
-        result = FinetuneResult(before, after, outcome.global_step, resumed, str(run.final / "model"), protocol,
+        steps_done = outcome.rows[-1]["step"] if outcome.rows else resumed
+        result = FinetuneResult(before, after, steps_done, resumed, str(run.final / "model"), protocol,
                                 cfg.model_dump(mode="json"))  # fmt: skip
         run.write_result(asdict(result))
         run.commit()
     return result
 
 
-def _train(cfg: FinetuneConfig, task: CausalLMTask, batches: StepBatches, val: list[dict[str, Tensor]], work: Path,
-           resume_ckpt: Path | None, device: torch.device, started: float) -> Any:  # fmt: skip
-    """The plain loop over ``task``: one epoch per checkpoint interval; validation every ``eval_every`` steps."""
-    from losslab.train.engine_plain import LoopSettings, PlainLoop
+def loop_precision(cfg: FinetuneConfig) -> str:
+    """The loop's precision for ``cfg.precision`` (bf16-true: bf16 weights, no autocast)."""
+    return "32" if cfg.precision in ("32-true", "bf16-true") else cfg.precision
 
+
+def _train(cfg: FinetuneConfig, task: CausalLMTask, batches: StepBatches, val: list[dict[str, Tensor]], work: Path,
+           resume_ckpt: Path | None, device: torch.device, started: float) -> LoopOutcome:  # fmt: skip
+    """The plain loop over ``task``: one epoch per checkpoint interval; validation every ``eval_every`` steps;
+    only ``last.ckpt`` (the finetuned model is the last one)."""
     settings = LoopSettings(
         run_dir=work,
-        resume_ckpt=resume_ckpt,
         epochs=batches.intervals,
-        val_every=cfg.eval_every // cfg.checkpoint_every,
-        precision="32-true" if cfg.precision == "bf16-true" else cfg.precision,
         device=device,
+        resume_ckpt=resume_ckpt,
+        val_every=cfg.eval_every // cfg.checkpoint_every,
+        precision=loop_precision(cfg),
         gradient_clip=cfg.gradient_clip,
         progress=cfg.progress,
         progress_summary={"train/loss": "loss", "val/ppl": "val_ppl"},
         score=None,
         hyper_parameters={"config": cfg.model_dump(mode="json")},
         started=started,
+        diverged_hint=DIVERGED_HINT,
     )
-    return PlainLoop(task, (batches, val, []), settings).run()
+    return run_loop(task, SimpleNamespace(train=batches, val=val, test=None), settings)
