@@ -23,6 +23,7 @@ folder is the shared one (:mod:`losslab.runs`): ``config.yaml``, ``history.json`
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -106,8 +107,8 @@ class StepBatches:
     """The training batches of the loop's epoch ``e``: optimizer steps ``[e·every, min((e+1)·every, total))``.
 
     Step ``s`` takes the blocks ``perm_p[j·B : (j+1)·B]`` with ``p, j = divmod(s, steps_per_pass)`` and ``perm_p``
-    a permutation seeded by (seed, pass ``p``): the order depends only on the step, so a resume sees the same
-    batches. Each batch is gathered with one index per tensor (no per-sample collate).
+    the permutation of pass ``p`` (:meth:`permutations`): the order depends only on the step and the seed, so a
+    resume sees the same batches. Each batch is gathered with one index per tensor (no per-sample collate).
     """
 
     blocks: dict[str, Tensor]
@@ -139,16 +140,25 @@ class StepBatches:
     def __len__(self) -> int:
         return min(self.every, self.total_steps - self.epoch * self.every)
 
-    def permutation(self, data_pass: int) -> Tensor:
-        generator = torch.Generator().manual_seed((self.seed + data_pass * 0x9E3779B97F4A7C15) % 2**64)
-        return torch.randperm(self.n_blocks, generator=generator)
+    def permutations(self, first_pass: int) -> Iterator[Tensor]:
+        """The block order of each pass from ``first_pass`` on: the draws a shuffling ``DataLoader`` makes from a
+        generator seeded with ``seed`` (per pass: its base-seed draw, the sampler's permutation and the sampler's
+        empty tail permutation), so a run keeps the data order of the earlier Lightning engine."""
+        generator = torch.Generator().manual_seed(self.seed)
+        for data_pass in itertools.count():
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            perm = torch.randperm(self.n_blocks, generator=generator)
+            torch.randperm(self.n_blocks, generator=generator)
+            if data_pass >= first_pass:
+                yield perm
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        perm, perm_pass = None, -1
-        for step in range(self.epoch * self.every, self.epoch * self.every + len(self)):
+        first = self.epoch * self.every
+        perms, perm_pass = self.permutations(first // self.steps_per_pass), -1
+        for step in range(first, first + len(self)):
             data_pass, j = divmod(step, self.steps_per_pass)
             if data_pass != perm_pass:
-                perm, perm_pass = self.permutation(data_pass), data_pass
+                perm, perm_pass = next(perms), data_pass
             index = _shard(perm[j * self.step_blocks : (j + 1) * self.step_blocks])
             yield {key: value[index] for key, value in self.blocks.items()}
 
