@@ -73,7 +73,7 @@ class FinetuneConfig(BaseModel):
     )
     devices: Literal["auto", "1"] = Field(
         "auto",
-        description="Devices per process: one (several GPUs: launch under torchrun, one process per GPU).",
+        description="Devices: one (lm finetune trains in one process on one device of --accelerator's kind).",
     )
     seed: int = Field(42, ge=0, lt=2**63, description="Data order, dropout and init")
     eval_every: int = Field(

@@ -16,7 +16,7 @@ The loop's "epoch" is an interval of ``checkpoint_every`` optimizer steps (:clas
 (``epoch`` = the interval's index) and one ``checkpoints/last.ckpt`` each, validation every ``eval_every`` steps.
 The batches of step ``s`` depend only on ``s`` and the seed, and dropout is reseeded per interval, so a resumed run
 continues bit-identically. Reported perplexity is always exp(token cross entropy) (``val/ppl``, summed exactly
-over batches and ranks from the tally (CE sum, token count)); the training loss is logged separately. The run
+over batches from the tally (CE sum, token count)); the training loss is logged separately. The run
 folder is the shared one (:mod:`losslab.runs`): ``config.yaml``, ``history.json``/``metrics.csv``,
 ``checkpoints/last.ckpt``, ``model/`` (save_pretrained) and ``result.json``.
 """
@@ -93,15 +93,6 @@ class WarmupLinearDecay:
         self.lambda_lr.load_state_dict({**state, "lr_lambdas": [None] * len(self.lambda_lr.lr_lambdas)})
 
 
-def _shard(index: Tensor) -> Tensor:
-    """This process's share of ``index`` under ``torchrun`` (every ``world``-th entry from its rank), else all."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return index[dist.get_rank() :: dist.get_world_size()]
-    return index
-
-
 @dataclass
 class StepBatches:
     """The training batches of the loop's epoch ``e``: optimizer steps ``[e·every, min((e+1)·every, total))``.
@@ -159,13 +150,13 @@ class StepBatches:
             data_pass, j = divmod(step, self.steps_per_pass)
             if data_pass != perm_pass:
                 perm, perm_pass = next(perms), data_pass
-            index = _shard(perm[j * self.step_blocks : (j + 1) * self.step_blocks])
+            index = perm[j * self.step_blocks : (j + 1) * self.step_blocks]
             yield {key: value[index] for key, value in self.blocks.items()}
 
 
 def eval_batches(blocks: dict[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
-    """The held-out blocks in batches of ``batch_size`` (this process's shard under ``torchrun``)."""
-    index = _shard(torch.arange(blocks["input_ids"].shape[0]))
+    """The held-out blocks in batches of ``batch_size``."""
+    index = torch.arange(blocks["input_ids"].shape[0])
     return [{key: value[part] for key, value in blocks.items()} for part in index.split(batch_size)]
 
 
@@ -179,18 +170,12 @@ class CausalLMTask:
     def __init__(self, model: nn.Module, cfg: FinetuneConfig, total_steps: int) -> None:
         self.model, self.cfg, self.total_steps = model, cfg, total_steps
         self.spec = cfg.loss_spec()
-        self.forward_model: nn.Module | None = None  # the training forward's module when it wraps model (DDP)
         self._items: int | None = None  # scored tokens of the current optimizer step
         self._step_loss: Tensor | None = None
         self._nonfinite: Tensor | None = None
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
-
-    def distribute(self, wrap: Any) -> list[nn.Module]:
-        """Under torchrun: the training forward goes through ``wrap(model)`` (DistributedDataParallel)."""
-        self.forward_model = wrap(self.model)
-        return [self.model]
 
     def optimizer_and_schedule(self) -> tuple[torch.optim.Optimizer, WarmupLinearDecay]:
         """AdamW (β = 0.9, 0.999; no weight decay on biases and norms) and the warmup-linear-decay schedule."""
@@ -226,13 +211,12 @@ class CausalLMTask:
             {k: v[start : start + size] for k, v in batch.items()} for start in range(0, self.batch_size(batch), size)
         ]
 
-    def _logits(self, batch: dict[str, Tensor], module: nn.Module) -> Tensor:
-        return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
     def training_loss(self, batch: dict[str, Tensor], epoch: int, log: LogFn) -> Tensor:
         """Σ token loss of the micro-batch ÷ scored tokens of the whole step (:meth:`micro_batches`)."""
-        module = self.forward_model if self.forward_model is not None else self.model
-        loss = causal_lm_loss(self._logits(batch, module), batch["labels"], self.spec, num_items=self._items)
+        loss = causal_lm_loss(self._logits(batch), batch["labels"], self.spec, num_items=self._items)
         self._step_loss = loss.detach() if self._step_loss is None else self._step_loss + loss.detach()
         return loss
 
@@ -250,7 +234,7 @@ class CausalLMTask:
 
     def eval_tally(self, batch: dict[str, Tensor], stage: str, log: LogFn) -> Tensor:
         """(CE sum, objective sum, scored tokens) of one batch, float64."""
-        logits = self._logits(batch, self.model)
+        logits = self._logits(batch)
         targets = shift_labels(batch["labels"])
         ce = token_loss(logits, targets, _CE, reduction="sum")
         objective = ce if self.spec.kind == "ce" else token_loss(logits, targets, self.spec, reduction="sum")
@@ -344,6 +328,8 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     from losslab.runs import claim, load, resolve_device
 
     started = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("lm finetune trains in one process on one device; run it without torchrun")
     with claim(run_spec(cfg)) as run:
         device = resolve_device(cfg.accelerator, flag="--accelerator")
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.pad_token)
