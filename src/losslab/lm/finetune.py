@@ -54,8 +54,6 @@ from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, run_loop
 from losslab.runs.task import LogFn
 
 _CE = TokenLossSpec(kind="ce")
-#: The evaluation tally: cross-entropy sum, training-objective sum, scored-token count (float64 sums).
-EVAL_TALLY = ("ce_sum", "objective_sum", "tokens")
 DIVERGED_HINT = (
     "the run stopped and its last checkpoint (checkpoints/last.ckpt, from the interval before, if any) is kept. "
     "Lower --lr, --gradient-clip or --k"
@@ -164,7 +162,8 @@ class CausalLMTask:
     """Causal-LM finetuning as a task of the plain loop (:mod:`losslab.runs.task`).
 
     Logs ``train/loss`` (the training objective, the token mean of each optimizer step); evaluation tallies
-    :data:`EVAL_TALLY`, from which ``val/ce``, ``val/ppl`` = exp(val/ce) and ``val/objective`` follow exactly.
+    (cross-entropy sum, training-objective sum, scored tokens) in float64, from which ``val/ce``, ``val/ppl`` =
+    exp(val/ce) and ``val/objective`` follow exactly.
     """
 
     def __init__(self, model: nn.Module, cfg: FinetuneConfig, total_steps: int) -> None:
