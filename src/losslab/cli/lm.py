@@ -17,12 +17,13 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import TOKEN_LOSSES, number_type, shared_option, token_loss_options
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.method_options import LmQuantizeCommand, check_output, given_method_options
 from losslab.cli.options import (
-    DeprecatedChoice,
     LosslabCommand,
+    given_options,
     json_option,
+    options_from_model,
     progress_option,
     resolve_progress,
     write_json_output,
@@ -30,9 +31,8 @@ from losslab.cli.options import (
 from losslab.cli.quantize import budget_options
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
+from losslab.lm.config import LIGHTNING_KEYS, RUN_KEYS, FinetuneConfig
 from losslab.quant.bits import BITS_RANGE, parse_bits
-
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
 CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
@@ -49,114 +49,24 @@ def lm() -> None:
     """Causal language models: rooted-loss finetuning, layer-wise quantization, perplexity."""
 
 
-# The numeric ranges are FinetuneConfig's checks (losslab.lm.finetune imports torch), applied at parse time.
 @lm.command("finetune", cls=LosslabCommand)
-@click.option("--model", help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
-@shared_option(
-    "out_dir",
-    "the run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name",
-    dest="output_dir",
-)
-@shared_option("run_name", "default: --out-dir is the run folder")
-@click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
-@click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
-@click.option(
-    "--val-file", type=click.Path(dir_okay=False), help="Local validation text (else last 10% of --text-file)."
-)
-@click.option(
-    "--block-size", type=number_type(int, ge=1), default=256, show_default=True, help="Tokens per training block."
-)
-@token_loss_options(TOKEN_LOSSES, loss="root", k=5.0, m=5.0)
-@click.option(
-    "--lr", type=number_type(float, gt=0, le=10), default=1e-5, show_default=True, help="AdamW learning rate."
-)
-@click.option(
-    "--weight-decay", type=number_type(float, ge=0, le=1), default=0.01, show_default=True, help="AdamW weight decay."
-)
-@click.option(
-    "--warmup-steps",
-    type=number_type(int, ge=0),
-    default=500,
-    show_default=True,
-    help="Linear warmup steps, then decay.",
-)
-@click.option(
-    "--epochs",
-    type=number_type(int, ge=1, le=100_000),
-    default=1,
-    show_default=True,
-    help="Epochs (ignored with --max-steps).",
-)
-@click.option("--max-steps", type=number_type(int, ge=1), help="Optimizer steps to train (overrides --epochs).")
-@click.option(
-    "--batch-size",
-    type=number_type(int, ge=1, le=65_536),
-    default=4,
-    show_default=True,
-    help="Blocks per micro-batch per device.",
-)
-@click.option(
-    "--grad-accum",
-    type=number_type(int, ge=1, le=65_536),
-    default=2,
-    show_default=True,
-    help="Micro-batches per optimizer step.",
-)
-@click.option(
-    "--gradient-clip",
-    "grad_clip",
-    type=number_type(float, gt=0, le=1e6),
-    default=1.0,
-    show_default=True,
-    help="Gradient-norm clip.",
-)
-@click.option(
-    "--precision",
-    type=DeprecatedChoice(list(PRECISIONS), "--precision"),
-    default="32-true",
-    show_default=True,
-    help="Lightning precision (old bf16/fp16 still accepted).",
-)
-@click.option("--devices", default="auto", show_default=True, help="Lightning devices (e.g. 2 for two GPUs, DDP).")
-@shared_option("accelerator", "Lightning's accelerator", default="auto")
-@click.option(
-    "--num-nodes", type=number_type(int, ge=1), default=1, show_default=True, help="Lightning nodes (multi-node DDP)."
-)
-@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, fsdp, ...")
-@shared_option("seed", "data order and init", default=42)
-@click.option(
-    "--eval-every",
-    type=number_type(int, ge=1),
-    default=500,
-    show_default=True,
-    help="Validate every N optimizer steps.",
-)
-@click.option(
-    "--checkpoint-every", type=number_type(int, ge=1), default=500, show_default=True, help="Checkpoint every N steps."
-)
-@click.option("--max-eval-windows", type=number_type(int, ge=1), help="Cap the held-out windows (quick runs).")
-@click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@shared_option("resume", "with its stored config")
-@shared_option("overwrite", "a run folder, once the new run has finished", default=False)
+@options_from_model(FinetuneConfig, exclude={"progress"})
 @progress_option
-def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
-    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
-    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig
-    from losslab.runs.folder import stored_config
+def finetune_cmd(progress: bool | None, **flags: Any) -> None:
+    """Finetune a causal LM with the rooted (or CE) token loss in the plain loop; checkpointed and resumable
+    (--resume RUN). Flags are FinetuneConfig's keys (losslab.lm.config)."""
+    values = given_options(flags)
+    if values.get("resume") is not None:  # the stored config, with the options typed on this command line on top
+        from losslab.runs.folder import stored_config
 
-    kwargs.update({key: str(kwargs[key]) for key in ("output_dir", "resume") if kwargs[key] is not None})  # str keys
-    if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top
-        ctx = click.get_current_context()
-        typed = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
-        stored = {k: v for k, v in stored_config(kwargs["resume"]).items() if k not in RUN_KEYS}
-        kwargs = {**kwargs, **stored, **typed}
-    if kwargs["model"] is None:
-        raise ConfigError("give --model (a hub name or a local folder of a causal LM)")
-    cfg = FinetuneConfig(progress=progress, **kwargs)  # bad values fail before heavy imports
-    if cfg.accelerator in ("gpu", "cuda"):
-        from losslab.runs import resolve_device
-
-        resolve_device(cfg.accelerator, flag="--accelerator")  # no CUDA here: one line, before any model is loaded
+        stored = stored_config(values["resume"])
+        if any(key in stored for key in LIGHTNING_KEYS):
+            raise ConfigError(
+                f"{values['resume']} was written by the Lightning version of lm finetune; the plain loop cannot "
+                "resume its checkpoint: start a new run (--out-dir)"
+            )
+        values = {**{k: v for k, v in stored.items() if k not in RUN_KEYS}, **values}
+    cfg = FinetuneConfig.build({**values, "progress": progress})  # bad values fail before heavy imports
     with quiet_third_party(resolve_progress(cfg.progress)):
         from losslab.lm.finetune import finetune
 

@@ -5,8 +5,9 @@ Per epoch ``e``::
     task.start_epoch(e); train.sampler.set_epoch(e)          # seeded (seed, e) order when the sampler has one
     for batch in train:
         batch = task.prepare(batch on device)
-        zero_grad; with autocast: total = task.training_loss(batch, e, log)
-        backward(scale · total); unscale; task.gradient_terms(e, log); clip; optimizer step
+        zero_grad; for part in task.micro_batches(batch) (when the task has it, else batch itself):
+            with autocast: total = task.training_loss(part, e, log); backward(scale · total)
+        unscale; task.gradient_terms(e, log); clip; optimizer step
         schedule.step_batch() when the schedule has it (per-step schedules); hooks.after_step
     a NaN/inf loss in the epoch -> TrainingDivergedError (nothing of this epoch is written)
     validate (every val_every epochs and the last); history.json and metrics.csv rows
@@ -71,7 +72,7 @@ class LoopSettings:
     ema_module: str = "model"
     progress: Any = "auto"  # a --progress value (losslab.runs.progress_mode)
     progress_summary: dict[str, str] = field(default_factory=lambda: dict(SUMMARY))
-    score: str = "val/acc"  # best.ckpt follows this validation metric
+    score: str | None = "val/acc"  # best.ckpt follows this validation metric (None: no best.ckpt)
     score_mode: str = "max"  # max or min
     hyper_parameters: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     started: float = 0.0  # time.perf_counter() when the run started (first-step latency)
@@ -323,6 +324,7 @@ class PlainLoop:
         means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
         after_step = _hooks(self.hooks, "after_step")
         step_batch = getattr(self.schedule, "step_batch", None)  # a per-step schedule (warmup, inverse sqrt)
+        micro_batches = getattr(task, "micro_batches", None) or (lambda batch: (batch,))  # gradient accumulation
         for start_epoch in _hooks(self.hooks, "start_epoch"):
             start_epoch(epoch)
         for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
@@ -331,9 +333,10 @@ class PlainLoop:
             means.batch_size = task.batch_size(batch)
             self.throughput.count(means.batch_size * self.ranks.world)
             optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                total = task.training_loss(batch, epoch, means.log)
-            precision.backward(total)
+            for part in micro_batches(batch):  # one backward each: memory is one micro-batch's
+                with precision.autocast():
+                    total = task.training_loss(part, epoch, means.log)
+                precision.backward(total)
             self.average_other_grads()
             precision.unscale(optimizer)
             task.gradient_terms(epoch, means.log)
@@ -405,7 +408,7 @@ class PlainLoop:
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Step the schedule, then write best.ckpt on a strictly better score and last.ckpt."""
         self.schedule.step(epoch + 1)
-        score = row.get(self.settings.score)
+        score = row.get(self.settings.score) if self.settings.score is not None else None
         if self.improved(score):
             self.best_score = score
             self.save(self.ckpt_dir / "best.ckpt", epoch)

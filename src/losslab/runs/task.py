@@ -13,6 +13,10 @@ a pass costs no host sync and sums exactly over shards), then ``task.tally_metri
 holds ``{f"{name}.{key}": tensor}`` for each ``name, module in task.modules().items()`` plus the optimizer and
 schedule states. :class:`losslab.train.task.ClassifierTask` is the classifier's task; ``tests/train`` checks that
 the plain loop uses nothing else of it.
+
+Optional: ``task.micro_batches(batch)`` (gradient accumulation: ``training_loss`` and backward run on each part,
+then one optimizer step; :class:`losslab.lm.finetune.CausalLMTask`), ``schedule.step_batch()`` (called after every
+optimizer step: per-step schedules), ``task.distribute(wrap)`` (DDP under torchrun).
 """
 
 from __future__ import annotations

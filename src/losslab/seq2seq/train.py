@@ -1,6 +1,6 @@
 """Train and evaluate a translation Transformer: config, losses, factorization, training loop, BLEU evaluation.
 
-The losses are losslab's token losses (:mod:`losslab.lm.token_loss`: ``ce``, ``root``, ``root_convex``) with
+The losses are losslab's token losses (:mod:`losslab.objectives.token`: ``ce``, ``root``, ``root_convex``) with
 fairseq's label smoothing for ``ce``; the factorized layers, Frobenius decay and the per-head attention SI/FD
 come from :mod:`losslab.layers` and :mod:`losslab.regularizers`. The run folder is the shared one of
 :mod:`losslab.runs` (``config.yaml``, ``history.json``, ``metrics.csv``, ``checkpoints/last.ckpt``,
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from losslab.errors import ConfigError, CorruptFileError, TrainingDivergedError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
-from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
+from losslab.objectives.token import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.runs import LAST_CKPT, History, Progress, RunSpec, Throughput, claim, load, progress_mode, save
 from losslab.runs.folder import stored_config
