@@ -20,27 +20,22 @@ miss.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from losslab.gan import GanConfig, GanTrainer
-from losslab.gan.data import load_gan_data
-from losslab.gan.metrics import mode_metrics
+from losslab.gan import GanConfig, train_gan
 
 
-def ring_run(loss: str, k: float) -> dict:
+def ring_run(loss: str, k: float, out_dir: Path) -> dict:
     torch.set_num_threads(1)
-    cfg = GanConfig(data="ring", loss=loss, k=k)  # the toy defaults
-    data = load_gan_data("ring", n_toy=cfg.toy_samples, seed=cfg.seed)
-    trainer = GanTrainer(cfg, data)
-    for _ in range(cfg.epochs):
-        trainer.run_epoch()
-    assert data.mixture is not None
-    return mode_metrics(trainer.samples(10_000, 1), data.mixture)
+    cfg = GanConfig(data="ring", loss=loss, k=k, out_dir=out_dir, progress=False)  # the toy defaults
+    return train_gan(cfg).metrics  # the EMA generator's, 10,000 samples
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("loss", "k"), [("logistic", 2.0), ("root", 8.0)])
-def test_ring_gan_covers_seven_of_eight_modes_at_the_toy_defaults(loss: str, k: float) -> None:
-    m = ring_run(loss, k)
+def test_ring_gan_covers_seven_of_eight_modes_at_the_toy_defaults(loss: str, k: float, tmp_path: Path) -> None:
+    m = ring_run(loss, k, tmp_path)
     assert m["modes_covered"] >= 7 and m["hq_rate"] >= 0.25, m

