@@ -71,22 +71,22 @@ def test_plain_engine_trains_the_lightning_engines_weights(tmp_path: Path, extra
 def test_plain_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
     """A plain run stopped after epoch 2 and resumed ends with the weights of the uninterrupted run (with EMA: the
     average and the raw weights both continue)."""
-    from losslab.train import engine_plain
+    from losslab.runs import loop
 
     cfg = {**BASE, "epochs": 4, "loss": "root", "engine": "plain", "out_dir": tmp_path, **extra}
     whole = fit(TrainConfig(**cfg, run_name="whole"))
 
-    real_append = engine_plain.History.append
+    real_append = loop.History.append
 
     def stop_after_epoch_1(self, row, extra=()):  # the process dies once epoch 1 is written
         real_append(self, row, extra)
         if row and row["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine_plain.History, "append", stop_after_epoch_1)
+    monkeypatch.setattr(loop.History, "append", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         fit(TrainConfig(**cfg, run_name="cut"))
-    monkeypatch.setattr(engine_plain.History, "append", real_append)
+    monkeypatch.setattr(loop.History, "append", real_append)
     cut = tmp_path / "cut"
     assert not (cut / "result.json").exists()
     assert [r["epoch"] for r in json.loads((cut / "history.json").read_text())] == [0, 1]
@@ -222,22 +222,22 @@ def test_plain_engine_stops_a_diverged_run_and_keeps_the_last_good_checkpoint(
 
 def test_a_resumed_recording_keeps_the_epochs_before_the_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--record-frob-norms with --resume: the record equals the uninterrupted run's (it used to restart)."""
-    from losslab.train import engine_plain
+    from losslab.runs import loop
 
     cfg = {**BASE, "model": "mlp", "rank_scale": 0.5, "frobenius_decay": True, "epochs": 4, "engine": "plain"}
     fit(TrainConfig(**cfg, record_frob_norms=tmp_path / "whole.pt", out_dir=tmp_path, run_name="whole"))
-    real_append = engine_plain.History.append
+    real_append = loop.History.append
 
     def die_after_epoch_1_row(self, row, extra=()):
         real_append(self, row, extra)
         if row and row["epoch"] == 1:
             raise KeyboardInterrupt  # after the row, before epoch 1's checkpoint: the resume redoes epoch 1
 
-    monkeypatch.setattr(engine_plain.History, "append", die_after_epoch_1_row)
+    monkeypatch.setattr(loop.History, "append", die_after_epoch_1_row)
     cut = TrainConfig(**cfg, record_frob_norms=tmp_path / "cut.pt", out_dir=tmp_path, run_name="cut")
     with pytest.raises(KeyboardInterrupt):
         fit(cut)
-    monkeypatch.setattr(engine_plain.History, "append", real_append)
+    monkeypatch.setattr(loop.History, "append", real_append)
     assert torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     resumed = fit(cut.model_copy(update={"resume": tmp_path / "cut"}))
     assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2, 3]

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from losslab.runs import loop
+from losslab.runs.loop import Precision, evaluate, load_task_state, task_state
 from losslab.runs.task import Task
-from losslab.train import TrainConfig, engine_plain
-from losslab.train.engine_plain import Precision, evaluate, load_task_state, task_state
+from losslab.train import TrainConfig
 from losslab.train.task import ClassifierTask
 
 PROTOCOL = {name for name in vars(Task) if not name.startswith("_")}
@@ -28,7 +29,7 @@ def test_the_classifier_task_implements_the_protocol() -> None:
 
 def test_the_plain_loop_uses_only_the_protocol() -> None:
     """Every attribute the loop reads from ``task`` / ``self.task`` is a member of :class:`Task`."""
-    tree = ast.parse(Path(inspect.getfile(engine_plain)).read_text())
+    tree = ast.parse(Path(inspect.getfile(loop)).read_text())
     used = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute):

@@ -3,9 +3,9 @@
 ``fit`` builds the run's pieces once (:class:`RunParts`: loaders, model, objective, regularizers, speed settings,
 the claimed run folder) and hands them to one of two engines, which both return an :class:`EngineOutcome`:
 
-- ``plain`` (``losslab.train.engine_plain``): a plain PyTorch loop in this process on one device (CPU, one GPU
-  or MPS). It never imports Lightning, so a run reaches its first step a few seconds sooner, and its step is
-  the bare loop's plus the logging sums.
+- ``plain`` (``losslab.train.engine_plain``): the one loop (``losslab.runs.loop``) in this process on one device
+  (CPU, one GPU or MPS). It never imports Lightning, so a run reaches its first step a few seconds sooner, and its
+  step is the bare loop's plus the logging sums.
 - ``lightning`` (``losslab.train.engine_lightning``): Lightning's Trainer, for what needs it: several devices or
   nodes, an explicit strategy, the tensorboard/mlflow/wandb loggers and user-supplied Lightning callbacks.
 
@@ -17,7 +17,7 @@ the engine that wrote its checkpoint. Both write the same run folder and checkpo
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,9 @@ from torch import nn
 
 from losslab.errors import ConfigError
 from losslab.runs.device import mps_available
+from losslab.runs.loop import ENGINE_KEY, LoopOutcome
 from losslab.train.build import LoaderSet, training_device
 from losslab.train.config import TrainConfig
-
-#: The key a plain-engine checkpoint carries (Lightning's carry ``pytorch-lightning_version`` instead).
-ENGINE_KEY = "losslab_engine"
 
 
 @dataclass
@@ -50,18 +48,8 @@ class RunParts:
     started: float  # time.perf_counter() when fit started
 
 
-@dataclass
-class EngineOutcome:
-    """What an engine reports back: the test metrics of the best checkpoint and the run's history and speed."""
-
-    tested: dict[str, float]  # test/acc, test/ce, test/top5, test/n
-    best_path: Path
-    best_val_acc: float
-    rows: list[dict[str, Any]] = field(default_factory=list)  # history.json
-    images_per_s: float = float("nan")
-    first_step_s: float | None = None
-    first_step_unix: float | None = None
-    writes_results: bool = True  # False on DDP ranks other than 0
+#: What an engine reports back (the loop's outcome; the Lightning engine fills the same fields).
+EngineOutcome = LoopOutcome
 
 
 def parse_devices(devices: str) -> int | str | list[int]:

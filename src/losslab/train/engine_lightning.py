@@ -21,12 +21,12 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 
 from losslab.errors import ConfigError
+from losslab.runs.ema import EmaWeights
 from losslab.runs.history import History, Throughput
 from losslab.runs.progress import show_progress
 from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
-from losslab.train.ema import EmaWeights
 from losslab.train.engine import EngineOutcome, RunParts, parse_devices
 
 
@@ -247,7 +247,7 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
 
 
 class ModelEma(Callback):
-    """:class:`losslab.train.ema.EmaWeights` as a Lightning callback: updated after every optimizer step, swapped
+    """:class:`losslab.runs.ema.EmaWeights` as a Lightning callback: updated after every optimizer step, swapped
     in for validation, test and checkpoints."""
 
     def __init__(self, decay: float, warmup: bool = False) -> None:

@@ -5,7 +5,7 @@ Each piece is timm's own implementation; this module only connects it to losslab
     mix = build_mixup(cfg, num_classes)            # timm.data.Mixup or None (cfg.mixup / cfg.cutmix > 0)
     x, y, y2, lam = mix_batch(mix, x, y)            # mixed images, both label sets, per-sample weight of y
     loss = mixed_loss(objective_none, logits, y, y2, lam)     # lam·L(z, y) + (1 − lam)·L(z, y2), batch mean
-    ema = ModelEma(decay)                           # losslab.train.ema: Lightning callback around ModelEmaV3
+    ema = ModelEma(decay)                           # losslab.runs.ema: Lightning callback around ModelEmaV3
 
 Mixing any losslab objective. timm's Mixup returns soft targets t = λ·e_y + (1 − λ)·e_{y'} with y' the batch
 flipped (all three modes pair sample i with sample B−1−i). Rather than a soft-target cross entropy (which only

@@ -143,6 +143,12 @@ class ClassifierTask:
             self.log_logit_stats("train", logits.detach(), log)
         return total
 
+    def distribute(self, wrap: Any) -> list[nn.Module]:
+        """Under torchrun: the training forward goes through ``wrap(model)`` (DistributedDataParallel); the
+        objective's own parameters are averaged by the loop. Returns the wrapped modules."""
+        self.forward_model = wrap(self.model)
+        return [self.model]
+
     def _train_forward(self, x: Tensor) -> Tensor:
         """The training forward: through ``forward_model`` (DistributedDataParallel's gradient sync) when set."""
         return (self.forward_model if self.forward_model is not None else self.model)(x)

@@ -68,8 +68,8 @@ class EmaWeights:
             model.load_state_dict(self._raw)
             self._raw = None
 
-    def into_checkpoint(self, model: nn.Module, checkpoint: dict[str, Any]) -> None:
-        """Put the EMA weights into ``checkpoint["state_dict"]`` (``model.`` keys) and the raw ones into
+    def into_checkpoint(self, model: nn.Module, checkpoint: dict[str, Any], prefix: str = "model.") -> None:
+        """Put the EMA weights into ``checkpoint["state_dict"]`` (the ``prefix`` keys) and the raw ones into
         ``checkpoint["ema_raw_state_dict"]``."""
         if self.ema is None:
             return
@@ -77,6 +77,6 @@ class EmaWeights:
         checkpoint["ema_raw_state_dict"] = {k: v.detach().cpu().clone() for k, v in raw.items()}
         ema_state = self.ema.module.state_dict()
         for key in list(checkpoint["state_dict"]):
-            inner = key.removeprefix("model.")
-            if key.startswith("model.") and inner in ema_state:
+            inner = key.removeprefix(prefix)
+            if key.startswith(prefix) and inner in ema_state:
                 checkpoint["state_dict"][key] = ema_state[inner].detach().cpu().clone()
