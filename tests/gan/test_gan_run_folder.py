@@ -73,4 +73,5 @@ def test_resume_extends_an_unfinished_run_from_its_checkpoint(
     code, _, err = cli_main(["gan", "train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"])
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert first == 0 and result["epochs"] == 2  # the checkpoint holds the 0-based index of its epoch and [h["epoch"] for h in result["history"]] == [0, 1]
+    assert first == 0 and result["epochs"] == 2  # the checkpoint holds the 0-based index of its epoch
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
