@@ -27,7 +27,11 @@ order with the single phase's recipe::
 Each phase has its own loss scale (16-mixed), so an overflow in one skips only that phase's step. The checkpoint's
 ``optimizer_states`` and ``lr_schedulers`` lists hold one entry per phase, in order (one for a single-phase task, as
 before). A task whose state is more than its modules' (counters, the RNG a step draws from) defines
-``state_dict()``/``load_state_dict()``; the checkpoint holds it under ``task``, and only for such a task.
+``state_dict()``/``load_state_dict()``; the checkpoint holds it under ``task``, and only for such a task. A task
+run without validation and test data (``val``/``test`` None: the GAN, whose metrics need all samples at once and
+are computed after the loop) needs no ``eval_tally``/``tally_metrics``/``validation_statistics``.
+:class:`losslab.gan.train.GanTask` is the two-phase example; ``tests/runs/test_phases.py`` checks the order and the
+resume of both optimizers.
 """
 
 from __future__ import annotations
