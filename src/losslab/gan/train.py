@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, CorruptFileError
 from losslab.gan.config import GanConfig
 from losslab.gan.data import GanData, ShuffledBatches, load_gan_data, load_images
 from losslab.gan.models import build_pair, count_parameters, generate
@@ -342,6 +342,21 @@ MATCH_KEYS = ("data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batc
 PROGRESS_SUMMARY = {"d_loss": "d_loss", "g_loss": "g_loss", "r1": "r1"}
 
 
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """A resume checkpoint, checked before any work: safe to load (:func:`losslab.runs.check`) and in the loop's
+    layout with two optimizer states (D, G); else :class:`~losslab.errors.CorruptFileError`."""
+    from losslab import runs
+
+    state = runs.check(path)
+    if "state_dict" not in state or len(state.get("optimizer_states") or ()) != 2 or "task" not in state:
+        raise CorruptFileError(
+            f"GAN checkpoint {str(path)!r} is not a checkpoint of the training loop (state_dict, D's and G's "
+            "optimizer states): it was written by another experiment or by losslab before the GAN moved into the "
+            "one loop, and cannot be continued. Start a new run (the old folder's samples and history stay)"
+        )
+    return state
+
+
 def run_spec(cfg: GanConfig) -> RunSpec:
     """The :class:`losslab.runs.RunSpec` of ``cfg``'s run: its folder rules are those of every losslab run."""
     from losslab import runs
@@ -355,6 +370,7 @@ def run_spec(cfg: GanConfig) -> RunSpec:
         config={**cfg.to_dict(), "resume": None, "overwrite": False},
         match_keys=MATCH_KEYS,
         epochs=cfg.epochs,
+        validate=check_checkpoint,
     )
 
 
