@@ -65,7 +65,7 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 @gan.command("sweep", cls=LosslabCommand)
 @click.option("--config", "config_file", default=None, help="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
-@click.option("--k", "ks", type=K_LIST, default=None, help="Rooted k values [default: 2,4,8].")
+@shared_option("k", "a comma list of k values [default: 2,4,8]", dest="ks", type=K_LIST)
 @click.option("--seeds", type=SEED_LIST, default=None, help="Training seeds [default: 0,1,2].")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
 @shared_option("overwrite", "sweep.csv/sweep.png made with other settings", default=False)

@@ -81,6 +81,7 @@ class LoopSettings:
     hyper_parameters: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     started: float = 0.0  # time.perf_counter() when the run started (first-step latency)
     diverged_hint: str = DIVERGED_HINT
+    resume_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # maps another writer's checkpoint
 
 
 @dataclass
@@ -300,6 +301,8 @@ class PlainLoop:
         raw_state = None
         if self.settings.resume_ckpt is not None:
             state = run_checkpoint.load(self.settings.resume_ckpt, map_location=self.device)
+            if self.settings.resume_view is not None:
+                state = self.settings.resume_view(state)
             load_task_state(self.task, state["state_dict"])
             self.load_phases(state)
             self.start, self.step = int(state["epoch"]) + 1, int(state["global_step"])
