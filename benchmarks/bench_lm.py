@@ -65,7 +65,7 @@ def _sync(device: str) -> None:
 
 
 def _loss_step(kind: str, logits: torch.Tensor, target: torch.Tensor) -> None:
-    from losslab.lm.token_loss import TokenLossSpec, token_loss
+    from losslab.objectives.token import TokenLossSpec, token_loss
 
     if kind == "ce":
         loss = torch.nn.functional.cross_entropy(logits, target)

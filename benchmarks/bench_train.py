@@ -346,7 +346,7 @@ def graph_steps(args: argparse.Namespace) -> None:
 
 def token_loss_speed(args: argparse.Namespace) -> None:
     """Rooted token loss vs cross entropy, forward + backward, on 16,384 x 50,272 fp32 logits."""
-    from losslab.lm.token_loss import TokenLossSpec, token_loss
+    from losslab.objectives.token import TokenLossSpec, token_loss
 
     device = torch.device(args.device)
     logits = torch.randn(16_384, 50_272, device=device, requires_grad=True)

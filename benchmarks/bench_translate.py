@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from losslab.lm.token_loss import IGNORE_INDEX
+from losslab.objectives.token import IGNORE_INDEX
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import collate, token_batches
 from losslab.seq2seq.search import beam_search, greedy_decode

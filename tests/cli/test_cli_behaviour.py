@@ -47,7 +47,7 @@ def test_deprecated_flags_and_values_reach_the_new_names(monkeypatch: pytest.Mon
     result = CliRunner().invoke(cli, [*args, "--precision", "bf16", "--no-progress"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
-    assert (cfg.output_dir, cfg.grad_clip, cfg.precision) == (str(tmp_path / "run"), 0.5, "bf16-mixed")
+    assert (cfg.out_dir, cfg.gradient_clip, cfg.precision) == (tmp_path / "run", 0.5, "bf16-mixed")
     for old, new in (("--output-dir", "--out-dir"), ("--grad-clip", "--gradient-clip"), ("bf16", "bf16-mixed")):
         assert f"{old} is deprecated; use" in result.output and new in result.output
 

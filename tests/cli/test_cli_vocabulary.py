@@ -25,6 +25,7 @@ OUT_DIR = {"train", "lm finetune", "study run", "report", "demo"}
 JSON_FILE = {"evaluate", "quantize", "lm quantize", "lm eval", "logreg"}
 LONG = {"train", "evaluate", "quantize", "lm finetune", "lm quantize", "lm eval", "study run", "demo"}
 TRAINING = {"train", "lm finetune"}
+MULTI_NODE = {"train"}  # Lightning's --num-nodes/--strategy (lm finetune trains in the plain loop: torchrun)
 SINGLE_DEVICE = {"evaluate", "quantize", "lm quantize", "lm eval"}
 LIGHTNING_PRECISIONS = {"32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
 QUANTIZERS = {"quantize", "lm quantize"}
@@ -99,8 +100,10 @@ def test_every_command_answers_help_and_follows_the_vocabulary(path: str) -> Non
         ok = param is not None and "--no-progress" in opts and param.default is None
         check(path, "progress", ok, "needs --progress/--no-progress defaulting to None (terminal check)")
     if path in TRAINING:
-        for flag in ("--accelerator", "--devices", "--num-nodes", "--strategy", "--gradient-clip", "--precision"):
+        for flag in ("--accelerator", "--devices", "--gradient-clip", "--precision"):
             check(path, "lightning", flag in opts, f"has no {flag}")
+        for flag in ("--num-nodes", "--strategy"):
+            check(path, "multi-node", (flag in opts) == (path in MULTI_NODE), f"{flag} only where Lightning runs")
         choices = set(getattr(opts["--precision"].type, "choices", []))
         assert choices and choices <= LIGHTNING_PRECISIONS, f"{path} --precision choices {choices}"
         assert "--device" not in opts

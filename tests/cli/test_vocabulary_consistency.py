@@ -19,24 +19,8 @@ from click.testing import CliRunner
 from losslab.cli.app import cli
 from losslab.cli.groups import CONCEPTS, FloatList, IntList, LossName, SharedOption, command_params, walk_commands
 
-OTHER_BRANCH = "owned by another branch (issue 18's quantize/lm-quantize owner); unify when merged"
-
 # (command, concept) pairs whose option is not (yet) made from the shared concept.
-NOT_SHARED: dict[tuple[str, str], str] = {
-    ("quantize", "calib_samples"): OTHER_BRANCH,
-    ("quantize", "calib_batch_size"): OTHER_BRANCH,
-    ("quantize", "calib_seed"): OTHER_BRANCH,
-    ("quantize", "device"): OTHER_BRANCH,
-    ("quantize", "overwrite"): OTHER_BRANCH,
-    ("lm quantize", "calib_samples"): OTHER_BRANCH,
-    ("lm quantize", "calib_batch_size"): OTHER_BRANCH,
-    ("lm quantize", "calib_seed"): OTHER_BRANCH,
-    ("lm quantize", "device"): OTHER_BRANCH,
-    ("lm quantize", "overwrite"): OTHER_BRANCH,
-    # the sweeps take a comma list of k (each value checked as --k is, tested below), not one k
-    ("gan sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
-    ("logreg sweep", "k"): "a sweep's --k is a list of k values (K_LIST)",
-}
+NOT_SHARED: dict[tuple[str, str], str] = {}
 
 # (command, concept): an option spelled like a shared concept that means something else, with the reason.
 OTHER_MEANING: dict[tuple[str, str], str] = {
@@ -50,11 +34,14 @@ DEFAULT_VARIES: dict[str, str] = {
     "loss": "the loss each experiment's paper trains with (root for classifiers/LMs, ce for fairseq translation)",
     "k": "the k each source recommends: 3 (RLO classifiers, logistic regression), 2 (RLO GAN), 5 (FNL/LM token loss)",
     "m": "as k: 3 for classifiers, 5 for the token losses",
+    "calib_samples": "the calibration set each source uses: 256 images (classifier PTQ), 128 windows (GPTQ's LMs), "
+    "8 windows for the LM Hessian probes",
 }
 
 # (command, concept): a default that differs from the concept's other commands, with the reason.
 DEFAULT_DIFFERS: dict[tuple[str, str], str] = {
     ("lm finetune", "seed"): "Hugging Face run_clm's seed 42, kept so that earlier finetuning runs reproduce",
+    ("lm quantize", "calib_batch_size"): "unset: sized to free GPU memory on CUDA (an LM window batch), 1 on the CPU",
 }
 
 
@@ -85,8 +72,6 @@ def signature(kind: click.ParamType | None) -> tuple[Any, ...]:
     """What a click type accepts, structurally: kind, bounds and choices (IntRange(min=1) = BoundedInt(1, None))."""
     if kind is None:
         return ("flag",)
-    if isinstance(kind, (FloatList, IntList)):
-        return ("list", signature(kind.item) if kind.item is not None else type(kind).__name__)
     if isinstance(kind, LossName):
         return ("loss",)  # the accepted names are compared separately (same names for the same losses)
     if isinstance(kind, click.Choice):
@@ -100,7 +85,9 @@ def signature(kind: click.ParamType | None) -> tuple[Any, ...]:
 
 
 def option_type(option: click.Option) -> click.ParamType | None:
-    return None if option.is_flag and option.is_bool_flag else option.type
+    """The type of one value: a list option's item type (a sweep's ``--k 1,3,10`` is typed as ``--k``)."""
+    kind = None if option.is_flag and option.is_bool_flag else option.type
+    return kind.item if isinstance(kind, (FloatList, IntList)) else kind
 
 
 def effective_default(option: click.Option) -> Any:
@@ -127,8 +114,6 @@ def test_a_shared_concept_is_spelled_typed_and_defaulted_one_way(concept: str) -
         assert option.opts[0] == spec.flag, f"{path}: {concept} spelled {option.opts[0]}, not {spec.flag}"
         assert (option.help or "").startswith(spec.help), f"{path} {spec.flag} help does not start with the shared"
     for path, option in FOUND[concept]:  # the type is shared even where the option is still hand-written
-        if (path, concept) in NOT_SHARED and "list" in NOT_SHARED[(path, concept)]:
-            continue
         reference = signature(option_type(shared[0][1])) if shared else None
         if reference is not None:
             assert signature(option_type(option)) == reference, f"{path} {spec.flag}: {option.type!r}"

@@ -69,8 +69,28 @@ def test_resume_extends_an_unfinished_run_from_its_checkpoint(
 ) -> None:
     assert cli_main(_args(tmp_path, "--run-name", "run", "--epochs", "1"))[0] == 0
     (tmp_path / "run" / "result.json").unlink()
-    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]["epoch"]
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     code, _, err = cli_main(["gan", "train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"])
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert first == 1 and result["epochs"] == 2 and [h["epoch"] for h in result["history"]] == [0, 1]
+    assert first == 0 and result["epochs"] == 2  # the checkpoint holds the 0-based index of its epoch
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+
+
+def test_a_checkpoint_of_another_layout_is_refused_before_any_work(
+    tmp_path: Path, cli_main: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
+    """A checkpoint written before the GAN moved into the one loop (``{"trainer": {...}}``) or by a one-optimizer
+    experiment cannot be continued: one line, exit 2, the run folder unchanged."""
+    from losslab import runs
+
+    assert cli_main(_args(tmp_path, "--run-name", "run", "--epochs", "1"))[0] == 0
+    (tmp_path / "run" / "result.json").unlink()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    good = torch.load(ckpt, weights_only=True)
+    for state in ({"trainer": {"epoch": 1}}, {**good, "optimizer_states": good["optimizer_states"][:1]}):
+        runs.save(ckpt, state)
+        before = _snapshot(tmp_path)
+        code, _, err = cli_main(["gan", "train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"])
+        assert code == 2 and "not a checkpoint of the training loop" in err and len(err.strip().splitlines()) == 1
+        assert _snapshot(tmp_path) == before

@@ -1,7 +1,9 @@
-"""GAN networks, the training step (R1 and EMA oracles), the run folder, resume and the CLI."""
+"""GAN networks, the training step (R1 and EMA oracles), the GAN task in the plain loop against a plain reference
+loop, the run folder, bit-identical resume and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -14,10 +16,11 @@ from torch import nn
 
 from losslab.cli import cli, main
 from losslab.errors import ConfigError
-from losslab.gan import GanConfig, GanTrainer, train_gan
+from losslab.gan import GanConfig, GanTask, train_gan
 from losslab.gan.data import load_gan_data
-from losslab.gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from losslab.gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, build_pair
 from losslab.gan.train import ema_beta, r1_penalty, recalibrate_batchnorm
+from losslab.objectives.gan import gan_term
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -55,8 +58,21 @@ def _tiny(**kw: object) -> GanConfig:
     return GanConfig.build({**base, **kw})
 
 
+def _step(task: GanTask, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One batch as the loop runs it in full precision (zero_grad, loss, backward, step, after_step per phase);
+    returns what the phases logged."""
+    logged: dict[str, torch.Tensor] = {}
+    for phase in task.phases():
+        phase.optimizer.zero_grad(set_to_none=True)
+        phase.loss(real, 0, lambda name, value, prog_bar=False: logged.__setitem__(name, value)).backward()
+        phase.optimizer.step()
+        if phase.after_step is not None:
+            phase.after_step()
+    return logged
+
+
 def test_ema_update_is_the_convex_combination() -> None:
-    trainer = GanTrainer(_tiny(ema_decay=0.9), load_gan_data("ring", n_toy=256))
+    trainer = GanTask(_tiny(ema_decay=0.9), load_gan_data("ring", n_toy=256))
     before = [p.clone() for p in trainer.G_ema.parameters()]
     with torch.no_grad():
         for p in trainer.G.parameters():
@@ -83,11 +99,11 @@ def test_ema_of_a_short_run_holds_no_initial_weights() -> None:
         share *= betas[-1]
     assert pytest.approx(0.644, abs=1e-3) == 0.999**440 and share == 0.0
     assert math.log(0.5) / math.log(betas[-1]) == pytest.approx(0.05 * 64 * 439 / 64, rel=1e-9)
-    trainer = GanTrainer(_tiny(), load_gan_data("ring", n_toy=256))
-    trainer.step(trainer.real[:64])
+    trainer = GanTask(_tiny(), data := load_gan_data("ring", n_toy=256))
+    _step(trainer, data.tensor[:64])
     for ema, g in zip(trainer.G_ema.parameters(), trainer.G.parameters()):
         torch.testing.assert_close(ema, g, rtol=0, atol=0)
-    trainer.step(trainer.real[64:128])
+    _step(trainer, data.tensor[64:128])
     assert trainer.ema_summary()["initial_weight_share"] == 0.0
 
 
@@ -109,9 +125,9 @@ def test_batchnorm_statistics_of_the_ema_are_estimated_for_its_weights() -> None
 def test_ema_generator_does_not_copy_gs_batchnorm_buffers() -> None:
     data = load_gan_data("digits", img_size=8)
     cfg = GanConfig.build({"data": "digits", "img_size": 8, "width": 4, "z_dim": 4, "batch_size": 16, "metrics": False})
-    trainer = GanTrainer(cfg, data)
+    trainer = GanTask(cfg, data)
     for _ in range(3):
-        trainer.step(trainer.real[:16])
+        _step(trainer, data.tensor[:16])
     trainer.samples(4, seed=0)
     g_bn = [m for m in trainer.G.modules() if isinstance(m, nn.BatchNorm2d)]
     ema_bn = [m for m in trainer.G_ema.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -119,30 +135,121 @@ def test_ema_generator_does_not_copy_gs_batchnorm_buffers() -> None:
 
 
 def test_step_trains_both_networks_with_r1() -> None:
-    trainer = GanTrainer(_tiny(r1_gamma=1.0, loss="root", k=4.0), load_gan_data("ring", n_toy=256))
+    trainer = GanTask(_tiny(r1_gamma=1.0, loss="root", k=4.0), data := load_gan_data("ring", n_toy=256))
     g0, d0 = [p.clone() for p in trainer.G.parameters()], [p.clone() for p in trainer.D.parameters()]
-    out = trainer.step(trainer.real[:64])
-    assert out.shape == (3,) and torch.isfinite(out).all() and out[2] > 0
+    out = _step(trainer, data.tensor[:64])
+    assert set(out) == {"d_loss", "r1", "g_loss"} and all(torch.isfinite(v) for v in out.values()) and out["r1"] > 0
     assert all(not torch.equal(a, b) for a, b in zip(g0, trainer.G.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(d0, trainer.D.parameters()))
 
 
-@pytest.mark.slow
-def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
-    straight = train_gan(_tiny(epochs=2, out_dir=tmp_path, run_name="straight", progress=False))
-    train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="split", progress=False))
+def _reference_run(cfg: GanConfig) -> tuple[dict[str, nn.Module], list[list[float]]]:
+    """The GAN's training written out as a plain loop (the seed's order of draws: model init after manual_seed; per
+    epoch one randperm; per step z for D's fake batch, D(real) before D(fake), then z for G's batch; StyleGAN2-ADA
+    EMA after G's step); returns the networks and the float64 mean (d_loss, g_loss, r1) per epoch."""
+    data = load_gan_data(cfg.data, n_toy=cfg.toy_samples, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    G, D = build_pair(data.sample_shape, cfg.z_dim, cfg.net_width, cfg.d_norm)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    B, nimg, history = cfg.batch_size, 0, []
+
+    def term(logits: torch.Tensor, name: str) -> torch.Tensor:
+        return gan_term(logits, name, cfg.loss, cfg.k).mean()
+
+    for _ in range(cfg.epochs):
+        order, sums = torch.randperm(len(data.tensor)), []
+        for i in range(len(data.tensor) // B):
+            real = data.tensor[order[i * B : (i + 1) * B]].requires_grad_(True)
+            D.requires_grad_(True)
+            with torch.no_grad():
+                fake = G(torch.randn(B, cfg.z_dim))
+            d_real = D(real)
+            d_loss = term(D(fake), "d_fake") + term(d_real, "d_real")
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            r1 = grad.square().flatten(1).sum(1).mean()
+            opt_d.zero_grad()
+            (d_loss + 0.5 * cfg.r1_gamma * r1).backward()
+            opt_d.step()
+            D.requires_grad_(False)
+            g_loss = term(D(G(torch.randn(B, cfg.z_dim))), "g")
+            opt_g.zero_grad()
+            g_loss.backward()
+            opt_g.step()
+            beta = 0.5 ** (B / max(min(B * 10 / 32 * 1000, nimg * cfg.ema_rampup), 1e-8))
+            with torch.no_grad():
+                for e, g in zip(G_ema.parameters(), G.parameters()):
+                    e.copy_(torch.lerp(e, g, 1.0 - beta))
+            nimg += B
+            sums.append([d_loss.item(), g_loss.item(), r1.item()])
+        history.append([sum(col) / len(sums) for col in zip(*sums)])
+    return {"G": G, "D": D, "G_ema": G_ema}, history
+
+
+def test_the_loop_trains_the_reference_gan_bit_for_bit(tmp_path: Path) -> None:
+    """train_gan (the GAN task in the plain loop) gives the same weights as the plain reference loop, bit for bit;
+    the epoch means of the losses agree to float32 rounding (the loop sums batch-size-weighted float32 values and
+    divides in float64; the reference averages float64 copies)."""
+    cfg = _tiny(epochs=2, toy_samples=320, out_dir=tmp_path, progress=False)  # 5 steps per epoch
+    nets, history = _reference_run(cfg)
+    result = train_gan(cfg)
+    state = torch.load(tmp_path / result.run_dir.name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            assert torch.equal(state[f"{name}.{key}"], value), (name, key)
+    for row, ref in zip(result.history, history, strict=True):
+        assert [row["d_loss"], row["g_loss"], row["r1"]] == pytest.approx(ref, rel=1e-6)
+
+
+def _state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _assert_same_state(a: object, b: object, where: str = "") -> None:
+    """Nested checkpoint values equal exactly (tensors by torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("data", ["ring", "digits"])
+def test_every_checkpoint_entry_resumes_bit_identically(tmp_path: Path, data: str) -> None:
+    """2 epochs straight vs 1 epoch, kill, resume 1 epoch: the same weights (G, D, G_ema, BatchNorm buffers), both
+    Adam states, the EMA clock and RNG, the same history rows and the same final metrics."""
+    kw = {"data": "ring"} if data == "ring" else {"data": "digits", "img_size": 8, "width": 4, "r1_gamma": 0.1}
+    tiny = {**kw, "batch_size": 64, "z_dim": 4, "progress": False, "eval_samples": 200, "out_dir": tmp_path}
+    if data == "ring":
+        tiny.update(toy_samples=256, width=16)
+    straight = train_gan(GanConfig.build({**tiny, "epochs": 2, "run_name": "straight"}))
+    train_gan(GanConfig.build({**tiny, "epochs": 1, "run_name": "split", "metrics": False}))
     (tmp_path / "split" / "result.json").unlink()  # as if killed after epoch 1's checkpoint
-    resumed = train_gan(_tiny(epochs=2, out_dir=tmp_path, resume=tmp_path / "split", progress=False))
+    resumed = train_gan(GanConfig.build({**tiny, "epochs": 2, "resume": tmp_path / "split"}))
     assert resumed.run_dir == tmp_path / "split" and resumed.epochs == 2
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]
-    b = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["trainer"]
-    for name in ("G", "D", "G_ema"):
-        for key in a[name]:
-            assert torch.equal(a[name][key], b[name][key]), (name, key)
-    assert [h["d_loss"] for h in straight.history] == [h["d_loss"] for h in resumed.history]
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "split")
+    assert len(a["optimizer_states"]) == 2 and all(s["state"] for s in a["optimizer_states"])  # D's and G's Adam
+    a.pop("losslab_sha256"), b.pop("losslab_sha256")  # a checksum of the whole file, run name included
+    config_a, config_b = a.pop("hyper_parameters")["config"], b.pop("hyper_parameters")["config"]
+    assert {k: v for k, v in config_a.items() if config_b[k] != v} == {"run_name": "straight"}
+    _assert_same_state(a, b)
+    assert straight.history == resumed.history
     assert straight.metrics == resumed.metrics and straight.metrics_live == resumed.metrics_live
+    assert straight.ema == resumed.ema
+
+
+def test_refused_runs_and_resumes(tmp_path: Path) -> None:
+    train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="done", progress=False))
     with pytest.raises(ConfigError, match="already holds a finished run"):
-        train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="straight"))
+        train_gan(_tiny(epochs=1, out_dir=tmp_path, run_name="done"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no checkpoint at"):
         train_gan(_tiny(epochs=1, resume=tmp_path / "empty"))
@@ -182,12 +289,13 @@ def test_cli_bad_input_is_a_clear_error(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_dcgan_step_makes_no_host_sync_on_cuda() -> None:
     data = load_gan_data("digits", img_size=32)
-    trainer = GanTrainer(GanConfig.build({"data": "digits", "img_size": 32, "r1_gamma": 0.1}), data, "cuda")
-    trainer.step(trainer.real[:64])  # warm-up (lazy init may sync)
+    trainer = GanTask(GanConfig.build({"data": "digits", "img_size": 32, "r1_gamma": 0.1}), data, "cuda")
+    real = data.tensor[:64].cuda()
+    _step(trainer, real)  # warm-up (lazy init may sync)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            trainer.step(trainer.real[:64])
+            _step(trainer, real)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -223,18 +331,18 @@ def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path: 
 def test_a_non_finite_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_main: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
-    real_step = GanTrainer.step
+    real_loss = GanTask.generator_loss
 
-    def step(self: GanTrainer, real: torch.Tensor) -> torch.Tensor:
-        out = real_step(self, real)
-        return out * math.nan if self.epoch == 1 else out  # the second epoch diverges
+    def generator_loss(self: GanTask, real: torch.Tensor, epoch: int, log: object) -> torch.Tensor:
+        loss = real_loss(self, real, epoch, log)
+        return loss * math.nan if epoch == 1 else loss  # the second epoch diverges
 
-    monkeypatch.setattr(GanTrainer, "step", step)
+    monkeypatch.setattr(GanTask, "generator_loss", generator_loss)
     code, _, err = cli_main(_ring_args(tmp_path, "--epochs", "3", "--no-progress"))
     run = tmp_path / "ring_rooted_k2_seed0"
-    assert code == 2 and "diverged" in err.splitlines()[-1] and "epoch 2" in err and "Traceback" not in err
+    assert code == 2 and "diverged" in err.splitlines()[-1] and "--r1-gamma" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["trainer"]["epoch"] == 1 and not (run / "result.json").exists()
+    assert state["epoch"] == 0 and not (run / "result.json").exists()  # the first epoch's checkpoint
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from losslab.lm.data import tokenize_text
 from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss
+from losslab.objectives.token import TokenLossSpec, causal_lm_loss
 
 BLOCK = 64
 

@@ -16,7 +16,7 @@ from losslab.lm.offline import byte_tokenizer, tiny_opt
 def _config(tmp_path, train, val, **kw) -> FinetuneConfig:
     base = dict(
         model="tiny",
-        output_dir=str(tmp_path / "run"),
+        out_dir=tmp_path / "run",
         text_file=str(train),
         val_file=str(val),
         block_size=64,
@@ -30,10 +30,9 @@ def _config(tmp_path, train, val, **kw) -> FinetuneConfig:
         max_eval_windows=8,
         progress=False,
         accelerator="cpu",
-        devices="1",
     )
     base.update(kw)
-    return FinetuneConfig(**base)
+    return FinetuneConfig.build(base)
 
 
 @pytest.mark.slow
@@ -60,7 +59,7 @@ def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, text_file
     assert first.global_step == 3 and (run / "checkpoints" / "last.ckpt").is_file()
     (run / "result.json").unlink()
     second = finetune(
-        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1, resume=str(run)),
+        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1, resume=run),
         model=tiny_opt(seed=1),
         tokenizer=byte_tokenizer(),
     )

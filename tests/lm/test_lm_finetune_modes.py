@@ -1,12 +1,14 @@
-"""Finetuning trains in train mode: dropout of the HF model is active in every training step (issue 13)."""
+"""Finetuning trains in train mode: dropout of the HF model is active in every training step (issue 13); the
+precision names; bf16 autocast on a GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from losslab.lm import finetune as finetune_module
-from losslab.lm.finetune import PRECISIONS, CausalLMFinetune, FinetuneConfig, finetune
+from losslab.errors import LosslabError
+from losslab.lm.config import PRECISIONS, FinetuneConfig
+from losslab.lm.finetune import CausalLMTask, finetune
 from losslab.lm.offline import byte_tokenizer, tiny_opt_config
 
 
@@ -21,81 +23,82 @@ def _dropout_opt():
     return OPTForCausalLM(config).eval()
 
 
-def test_dropout_is_active_in_training_steps(tmp_path, corpus, monkeypatch) -> None:
-    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
-    train.write_text(corpus["train"])
-    val.write_text(corpus["validation"])
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool, bool]]:
+    """Per training micro-batch: (model in train mode, every dropout in train mode, two forwards differ)."""
     seen: list[tuple[bool, bool, bool]] = []
-    original = CausalLMFinetune.training_step
+    original = CausalLMTask.training_loss
 
-    def recording_step(self, batch, batch_idx):
-        micro = {k: v[:2] for k, v in batch.items()}
+    def recording_loss(self, batch, epoch, log):
         with torch.no_grad():
-            first, second = self._logits(micro), self._logits(micro)
+            first, second = self._logits(batch), self._logits(batch)
         dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
         seen.append((self.model.training, all(m.training for m in dropouts), not torch.equal(first, second)))
-        return original(self, batch, batch_idx)
+        return original(self, batch, epoch, log)
 
-    monkeypatch.setattr(finetune_module.CausalLMFinetune, "training_step", recording_step)
-    cfg = FinetuneConfig(
-        model="tiny",
-        output_dir=str(tmp_path / "run"),
-        text_file=str(train),
-        val_file=str(val),
-        block_size=64,
-        warmup_steps=1,
-        max_steps=2,
-        eval_every=1,
-        checkpoint_every=10,
-        max_eval_windows=2,
-        progress=False,
-        accelerator="cpu",
-        devices="1",
+    monkeypatch.setattr(CausalLMTask, "training_loss", recording_loss)
+    return seen
+
+
+def test_dropout_is_active_in_training_steps(tmp_path, text_files, monkeypatch) -> None:
+    seen = _record_steps(monkeypatch)
+    train, val = text_files
+    cfg = FinetuneConfig.build(
+        dict(
+            model="tiny",
+            out_dir=tmp_path / "run",
+            text_file=train,
+            val_file=val,
+            block_size=64,
+            warmup_steps=1,
+            max_steps=2,
+            grad_accum=1,
+            eval_every=1,
+            checkpoint_every=1,
+            max_eval_windows=2,
+            progress=False,
+            accelerator="cpu",
+        )
     )
     finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert len(seen) == 2  # the second step follows a validation run (eval mode) and must be in train mode again
     assert all(training and dropout_on and differs for training, dropout_on, differs in seen), seen
 
 
-def test_precision_takes_lightning_values_only() -> None:
-    from losslab.cli.lm import PRECISIONS as CLI_PRECISIONS
-    from losslab.errors import LosslabError
-
-    assert CLI_PRECISIONS == PRECISIONS
+def test_precision_names_and_old_spellings() -> None:
+    assert PRECISIONS == ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
     with pytest.raises(LosslabError, match="bf16-mixed"):
-        FinetuneConfig(model="m", output_dir="o", precision="bf16")
+        FinetuneConfig.build({"model": "m", "out_dir": "o", "precision": "bf16"})  # the CLI maps it, with a warning
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, corpus, monkeypatch) -> None:
-    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
-    train.write_text(corpus["train"])
-    val.write_text(corpus["validation"])
+def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, text_files, monkeypatch) -> None:
     modes: list[bool] = []
-    original = CausalLMFinetune.training_step
+    original = CausalLMTask.training_loss
 
-    def recording_step(self, batch, batch_idx):
-        modes.append(self.model.training and batch["input_ids"].is_cuda)
-        return original(self, batch, batch_idx)
+    def recording_loss(self, batch, epoch, log):
+        modes.append(self.model.training and batch["input_ids"].is_cuda and torch.is_autocast_enabled("cuda"))
+        return original(self, batch, epoch, log)
 
-    monkeypatch.setattr(finetune_module.CausalLMFinetune, "training_step", recording_step)
-    cfg = FinetuneConfig(
-        model="tiny",
-        output_dir=str(tmp_path / "run"),
-        text_file=str(train),
-        val_file=str(val),
-        block_size=64,
-        lr=3e-3,
-        warmup_steps=2,
-        max_steps=20,
-        eval_every=10,
-        checkpoint_every=10,
-        max_eval_windows=8,
-        precision="bf16-mixed",
-        progress=False,
-        accelerator="gpu",
-        devices="1",
+    monkeypatch.setattr(CausalLMTask, "training_loss", recording_loss)
+    train, val = text_files
+    cfg = FinetuneConfig.build(
+        dict(
+            model="tiny",
+            out_dir=tmp_path / "run",
+            text_file=train,
+            val_file=val,
+            block_size=64,
+            lr=3e-3,
+            warmup_steps=2,
+            max_steps=20,
+            eval_every=10,
+            checkpoint_every=10,
+            max_eval_windows=8,
+            precision="bf16-mixed",
+            progress=False,
+            accelerator="gpu",
+        )
     )
     result = finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert modes and all(modes) and result.global_step == 20

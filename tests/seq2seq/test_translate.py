@@ -18,7 +18,7 @@ from losslab.layers.attention import (
     attention_modules,
     spectral_rebalance_attention,
 )
-from losslab.lm.token_loss import IGNORE_INDEX
+from losslab.objectives.token import IGNORE_INDEX
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.data import collate, download_iwslt, read_parallel, token_batches

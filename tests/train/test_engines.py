@@ -118,13 +118,65 @@ def test_auto_picks_and_explains(tmp_path: Path) -> None:
         choose_engine(TrainConfig(**BASE, engine="plain", logger="tensorboard"), None, None)
 
 
-def test_resume_keeps_the_engine_that_wrote_the_checkpoint(tmp_path: Path) -> None:
+def test_auto_resumes_with_the_engine_that_wrote_the_checkpoint(tmp_path: Path) -> None:
     light = fit(TrainConfig(**{**BASE, "epochs": 2}, engine="lightning", out_dir=tmp_path, run_name="light"))
     ckpt = light.run_dir / "checkpoints" / "last.ckpt"
     engine, why = choose_engine(TrainConfig(**BASE), None, ckpt)
     assert (engine, why) == ("lightning", "resuming a checkpoint the lightning engine wrote")
-    with pytest.raises(ConfigError, match=r"written by the lightning engine.*--engine lightning"):
-        choose_engine(TrainConfig(**BASE, engine="plain"), None, ckpt)
+    engine, why = choose_engine(TrainConfig(**BASE, engine="plain"), None, ckpt)
+    assert engine == "plain" and "written by the lightning engine" in why
+
+
+class Killed(Exception):
+    """The process dies after an epoch's row is written."""
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "extra"),
+    [
+        ("plain", "lightning", {}),
+        ("lightning", "plain", {}),
+        ("plain", "lightning", {"model_ema": True}),
+        ("lightning", "lightning", {"model_ema": True}),
+        ("lightning", "plain", {"model_ema": True}),
+    ],
+    ids=["plain-then-lightning", "lightning-then-plain", "ema-plain-then-lightning", "ema-lightning", "ema-l-p"],
+)
+def test_a_checkpoint_resumes_in_the_other_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str, second: str, extra: dict
+) -> None:
+    """Killed after epoch 1 in one engine, resumed in the other: the weights (last and best), the history and the
+    metrics.csv columns are those of the uninterrupted run, and the best score carries over."""
+    from losslab.runs import history
+
+    extra = {**extra, "model_ema_decay": 0.8} if extra else extra
+    cfg = {**BASE, "epochs": 4, "loss": "root", "out_dir": tmp_path, **extra}
+    whole = fit(TrainConfig(**cfg, engine=first, run_name="whole"))
+    real_append = history.History.append
+
+    def die_after_epoch_1(self, row, extra=()):
+        real_append(self, row, extra)
+        if row and row["epoch"] == 1:
+            raise Killed
+
+    monkeypatch.setattr(history.History, "append", die_after_epoch_1)
+    with pytest.raises(Killed):
+        fit(TrainConfig(**cfg, engine=first, run_name="cut"))
+    monkeypatch.setattr(history.History, "append", real_append)
+    cut = tmp_path / "cut"
+    resumed = fit(TrainConfig(**cfg, engine=second, resume=cut))
+    for name in ("last.ckpt", "best.ckpt"):
+        a, b = _weights(whole.run_dir, name), _weights(cut, name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [json.loads((r / "history.json").read_text()) for r in (whole.run_dir, cut)]
+    assert [r["epoch"] for r in rows[1]] == [0, 1, 2, 3]
+    for key in ("train/loss", "val/acc", "lr", "step"):
+        assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], rel=1e-6), key
+    headers = [(r / "metrics.csv").read_text().splitlines()[0] for r in (whole.run_dir, cut)]
+    assert headers[0] == headers[1]
+    # the same counts; Lightning's logged metrics are float32
+    assert resumed.best_val_acc == pytest.approx(whole.best_val_acc, rel=1e-7)
+    assert resumed.test_acc == pytest.approx(whole.test_acc, rel=1e-7)
 
 
 def test_plain_run_never_imports_lightning(tmp_path: Path) -> None:
@@ -257,3 +309,29 @@ def test_plain_engine_refuses_bad_hardware_options_before_any_folder(tmp_path: P
         with pytest.raises(ConfigError):
             fit(cfg.model_copy(update=bad))
         assert not (tmp_path / "hw").exists(), bad
+
+
+def test_a_plain_checkpoint_gets_the_loop_counters_lightning_writes(tmp_path: Path) -> None:
+    """The counters derived for a plain checkpoint equal those of a Lightning checkpoint at the same epoch, and
+    Lightning's best-checkpoint callback takes the plain checkpoint's best score."""
+    from losslab.train.checkpoint_io import AtomicCheckpointIO, RunCheckpoint, lightning_loops
+
+    light = fit(TrainConfig(**BASE, engine="lightning", out_dir=tmp_path, run_name="light"))
+    written = torch.load(light.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    derived = lightning_loops(int(written["epoch"]), int(written["global_step"]))["fit_loop"]
+    fit_loop = written["loops"]["fit_loop"]
+    for key in (
+        "epoch_progress",
+        "epoch_loop.state_dict",
+        "epoch_loop.batch_progress",
+        "epoch_loop.scheduler_progress",
+        "epoch_loop.automatic_optimization.optim_progress",
+    ):
+        assert derived[key] == fit_loop[key], key
+    plain = fit(TrainConfig(**BASE, engine="plain", out_dir=tmp_path, run_name="plain"))
+    loaded = AtomicCheckpointIO().load_checkpoint(plain.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "loops" in loaded and "pytorch-lightning_version" in loaded and loaded["callbacks"] == {}
+    callback = RunCheckpoint(dirpath=plain.run_dir / "checkpoints", monitor="val/acc", mode="max")
+    callback.on_load_checkpoint(None, None, loaded)
+    assert float(callback.best_model_score) == pytest.approx(plain.best_val_acc, rel=1e-7)
+    assert Path(callback.best_model_path) == plain.run_dir / "checkpoints" / "best.ckpt"

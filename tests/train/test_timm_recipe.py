@@ -156,7 +156,7 @@ def test_model_ema_weights_are_saved_and_raw_weights_resume(tmp_path: Path) -> N
         assert torch.equal(ckpt["ema_raw_state_dict"][key], seen[-1][key])
     assert any(not torch.equal(ckpt["state_dict"][f"model.{k}"], v) for k, v in seen[-1].items())
 
-    from losslab.cli.train import evaluate_checkpoint
+    from losslab.compress.evaluate_run import evaluate_checkpoint
 
     assert evaluate_checkpoint(result.best_ckpt)["top1"] == pytest.approx(result.test_acc, abs=1e-6)
 
@@ -208,7 +208,7 @@ def _timm_file(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 
 
 def test_evaluate_and_validate_read_a_timm_checkpoint(tmp_path: Path) -> None:
-    from losslab.cli.train import evaluate_checkpoint
+    from losslab.compress.evaluate_run import evaluate_checkpoint
     from losslab.train import evaluate_model
     from losslab.train.build import make_loaders
 

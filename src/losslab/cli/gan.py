@@ -65,7 +65,7 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 @gan.command("sweep", cls=LosslabCommand)
 @click.option("--config", "config_file", default=None, help="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
-@click.option("--k", "ks", type=K_LIST, default=None, help="Rooted k values [default: 2,4,8].")
+@shared_option("k", "a comma list of k values [default: 2,4,8]", dest="ks", type=K_LIST)
 @click.option("--seeds", type=SEED_LIST, default=None, help="Training seeds [default: 0,1,2].")
 @click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
 @shared_option("overwrite", "sweep.csv/sweep.png made with other settings", default=False)
@@ -82,9 +82,10 @@ def sweep(
 
     from losslab.errors import ConfigError
     from losslab.gan.config import GanConfig
-    from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, seeds_label, summarize
+    from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, seeds_label
     from losslab.io import load_yaml_file
     from losslab.presets import resolve_yaml
+    from losslab.runs.sweep import aggregate
     from losslab.tables import format_table
 
     stored: dict[str, Any] = {}
@@ -103,11 +104,8 @@ def sweep(
     base = GanConfig.build(overrides)
     rows = run_gan_sweep(base, ks, seeds, out_dir, include_logistic=not no_logistic, overwrite=overwrite)
     panels = TOY_PLOT if base.is_toy else IMAGE_PLOT
-    stats = {metric: summarize(rows, metric) for metric, _ in panels}
-    keys = list(dict.fromkeys((row["loss"], row["k"]) for row in rows))
-    table = [
-        [loss, "-" if k is None else f"{k:g}", *(_fmt(stats[m].get((loss, k))) for m, _ in panels)] for loss, k in keys
-    ]
+    groups = aggregate(rows, ("loss", "k"), [metric for metric, _ in panels])
+    table = [[loss, "-" if k is None else f"{k:g}", *map(_fmt, stats.values())] for (loss, k), stats in groups]
     click.echo(format_table(["loss", "k", *(label for _, label in panels)], table))
     click.echo(
         f"\n{len(rows)} runs, {seeds_label(len(set(seeds)))} ({','.join(map(str, seeds))}); "

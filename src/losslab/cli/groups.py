@@ -24,7 +24,7 @@ import click
 # Device kinds the --accelerator flag accepts (Lightning's names; single-device commands map them to one device).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
-# The token-level losses (losslab.lm.token_loss) of the sequence models: lm finetune and translate.
+# The token-level losses (losslab.objectives.token) of the sequence models: lm finetune and translate.
 TOKEN_LOSSES = ("ce", "root", "root_convex")
 
 # Loss names outside the classifier objective registry: the binary logistic loss of the GAN and logistic regression.

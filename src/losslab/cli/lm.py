@@ -17,12 +17,13 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import TOKEN_LOSSES, number_type, shared_option, token_loss_options
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.method_options import LmQuantizeCommand, check_output, given_method_options
 from losslab.cli.options import (
-    DeprecatedChoice,
     LosslabCommand,
+    given_options,
     json_option,
+    options_from_model,
     progress_option,
     resolve_progress,
     write_json_output,
@@ -30,9 +31,8 @@ from losslab.cli.options import (
 from losslab.cli.quantize import budget_options
 from losslab.cli.quiet import quiet_third_party
 from losslab.errors import ConfigError
+from losslab.lm.config import LIGHTNING_KEYS, RUN_KEYS, FinetuneConfig
 from losslab.quant.bits import BITS_RANGE, parse_bits
-
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
 
 CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
@@ -49,114 +49,24 @@ def lm() -> None:
     """Causal language models: rooted-loss finetuning, layer-wise quantization, perplexity."""
 
 
-# The numeric ranges are FinetuneConfig's checks (losslab.lm.finetune imports torch), applied at parse time.
 @lm.command("finetune", cls=LosslabCommand)
-@click.option("--model", help="Hub name (facebook/opt-125m) or local folder of a causal LM.")
-@shared_option(
-    "out_dir",
-    "the run folder (checkpoints, history, finetuned model), or the folder of run folders with --run-name",
-    dest="output_dir",
-)
-@shared_option("run_name", "default: --out-dir is the run folder")
-@click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Corpus (needs network).")
-@click.option("--text-file", type=click.Path(dir_okay=False), help="Local training text (overrides --dataset).")
-@click.option(
-    "--val-file", type=click.Path(dir_okay=False), help="Local validation text (else last 10% of --text-file)."
-)
-@click.option(
-    "--block-size", type=number_type(int, ge=1), default=256, show_default=True, help="Tokens per training block."
-)
-@token_loss_options(TOKEN_LOSSES, loss="root", k=5.0, m=5.0)
-@click.option(
-    "--lr", type=number_type(float, gt=0, le=10), default=1e-5, show_default=True, help="AdamW learning rate."
-)
-@click.option(
-    "--weight-decay", type=number_type(float, ge=0, le=1), default=0.01, show_default=True, help="AdamW weight decay."
-)
-@click.option(
-    "--warmup-steps",
-    type=number_type(int, ge=0),
-    default=500,
-    show_default=True,
-    help="Linear warmup steps, then decay.",
-)
-@click.option(
-    "--epochs",
-    type=number_type(int, ge=1, le=100_000),
-    default=1,
-    show_default=True,
-    help="Epochs (ignored with --max-steps).",
-)
-@click.option("--max-steps", type=number_type(int, ge=1), help="Optimizer steps to train (overrides --epochs).")
-@click.option(
-    "--batch-size",
-    type=number_type(int, ge=1, le=65_536),
-    default=4,
-    show_default=True,
-    help="Blocks per micro-batch per device.",
-)
-@click.option(
-    "--grad-accum",
-    type=number_type(int, ge=1, le=65_536),
-    default=2,
-    show_default=True,
-    help="Micro-batches per optimizer step.",
-)
-@click.option(
-    "--gradient-clip",
-    "grad_clip",
-    type=number_type(float, gt=0, le=1e6),
-    default=1.0,
-    show_default=True,
-    help="Gradient-norm clip.",
-)
-@click.option(
-    "--precision",
-    type=DeprecatedChoice(list(PRECISIONS), "--precision"),
-    default="32-true",
-    show_default=True,
-    help="Lightning precision (old bf16/fp16 still accepted).",
-)
-@click.option("--devices", default="auto", show_default=True, help="Lightning devices (e.g. 2 for two GPUs, DDP).")
-@shared_option("accelerator", "Lightning's accelerator", default="auto")
-@click.option(
-    "--num-nodes", type=number_type(int, ge=1), default=1, show_default=True, help="Lightning nodes (multi-node DDP)."
-)
-@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, fsdp, ...")
-@shared_option("seed", "data order and init", default=42)
-@click.option(
-    "--eval-every",
-    type=number_type(int, ge=1),
-    default=500,
-    show_default=True,
-    help="Validate every N optimizer steps.",
-)
-@click.option(
-    "--checkpoint-every", type=number_type(int, ge=1), default=500, show_default=True, help="Checkpoint every N steps."
-)
-@click.option("--max-eval-windows", type=number_type(int, ge=1), help="Cap the held-out windows (quick runs).")
-@click.option("--pad-token", type=click.Choice(["eos"]), help="Use EOS as pad token when the tokenizer has none.")
-@shared_option("resume", "with its stored config")
-@shared_option("overwrite", "a run folder, once the new run has finished", default=False)
+@options_from_model(FinetuneConfig, exclude={"progress"})
 @progress_option
-def finetune_cmd(progress: bool | None, **kwargs: Any) -> None:
-    """Finetune a causal LM with the rooted (or CE) token loss; checkpointed and resumable (--resume RUN)."""
-    from losslab.lm.finetune import RUN_KEYS, FinetuneConfig
-    from losslab.runs.folder import stored_config
+def finetune_cmd(progress: bool | None, **flags: Any) -> None:
+    """Finetune a causal LM with the rooted (or CE) token loss in the plain loop; checkpointed and resumable
+    (--resume RUN). Flags are FinetuneConfig's keys (losslab.lm.config)."""
+    values = given_options(flags)
+    if values.get("resume") is not None:  # the stored config, with the options typed on this command line on top
+        from losslab.runs.folder import stored_config
 
-    kwargs.update({key: str(kwargs[key]) for key in ("output_dir", "resume") if kwargs[key] is not None})  # str keys
-    if kwargs["resume"] is not None:  # the stored config, with the options typed on this command line on top
-        ctx = click.get_current_context()
-        typed = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
-        stored = {k: v for k, v in stored_config(kwargs["resume"]).items() if k not in RUN_KEYS}
-        kwargs = {**kwargs, **stored, **typed}
-    if kwargs["model"] is None:
-        raise ConfigError("give --model (a hub name or a local folder of a causal LM)")
-    cfg = FinetuneConfig(progress=progress, **kwargs)  # bad values fail before heavy imports
-    if cfg.accelerator in ("gpu", "cuda"):
-        from losslab.runs import resolve_device
-
-        resolve_device(cfg.accelerator, flag="--accelerator")  # no CUDA here: one line, before any model is loaded
+        stored = stored_config(values["resume"])
+        if any(key in stored for key in LIGHTNING_KEYS):
+            raise ConfigError(
+                f"{values['resume']} was written by the Lightning version of lm finetune; the plain loop cannot "
+                "resume its checkpoint: start a new run (--out-dir)"
+            )
+        values = {**{k: v for k, v in stored.items() if k not in RUN_KEYS}, **values}
+    cfg = FinetuneConfig.build({**values, "progress": progress})  # bad values fail before heavy imports
     with quiet_third_party(resolve_progress(cfg.progress)):
         from losslab.lm.finetune import finetune
 
@@ -179,55 +89,6 @@ def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], l
     options = given_method_options(opts)
     methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
     return methods, build_overrides(opts["override"], opts["keep_8bit"], options), list(opts["skip"])
-
-
-def _quantize_lm_budget(opts: dict[str, Any], overrides: dict[str, Any], skip: list[str]) -> None:
-    """``lm quantize --budget``: load the model and data, call :func:`losslab.compress.lm_budget.quantize_lm_budget`."""
-    from losslab.cli.quantize import budget_request
-    from losslab.compress.lm_budget import LmBudgetJob, quantize_lm_budget
-    from losslab.lm.data import eval_windows, load_calibration, load_corpus, tokenize_text
-    from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
-
-    method, budget = budget_request((opts["method"],), opts, given_method_options(opts), click.get_current_context())
-    out = Path(opts["json_path"]) if opts["json_path"] else Path(opts["save_packed"]).with_suffix(".json")
-    check_output(out, overwrite=opts["overwrite"], what="results JSON", flag="--json")
-    tokenizer = load_tokenizer(opts["model"])
-    model = load_causal_lm(opts["model"])
-    seqlen = check_seqlen(model, opts["seqlen"])
-    source = opts["text_file"] or opts["calib"]
-    calib = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["calib_seed"])
-    test = None
-    if opts["eval_text"]:
-        test = eval_windows(tokenize_text(tokenizer, load_corpus(opts["eval_text"], "test")), seqlen)
-    job = LmBudgetJob(
-        model,
-        str(opts["model"]),
-        calib,
-        out,
-        eval_windows=test,
-        save_packed=Path(opts["save_packed"]) if opts["save_packed"] else None,
-        tokenizer=str(opts["model"]),
-        overrides=overrides,
-        skip=skip,
-        calib_name=str(source),
-        seed=opts["calib_seed"],
-        device=_device(opts["device"]),
-        true_sequential=opts["true_sequential"],
-        micro_batch=opts["calib_batch_size"],
-        overwrite=opts["overwrite"],
-        progress=resolve_progress(opts["progress"]),
-    )
-    report = quantize_lm_budget(job, method, budget, echo=click.echo)
-    click.echo(report["text"])
-    click.echo(f"results: {report['json']}")
-
-
-def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
-    """``path``, or with several bit widths ``stem.<method><bits>.suffix``."""
-    if path is None:
-        return None
-    p = Path(path)
-    return p.with_name(f"{p.stem}.{method.name}{method.bits}{p.suffix}") if several else p
 
 
 @lm.command("quantize", cls=LmQuantizeCommand)
@@ -271,26 +132,13 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
 )
 @click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
 @click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@click.option(
-    "--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration windows."
-)
+@shared_option("calib_samples", "token windows of --seqlen tokens", default=128)
 @click.option(
     "--seqlen", type=click.IntRange(min=2), help="Tokens per calibration window (default: the model's context)."
 )
-@click.option(
-    "--calib-batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU).",
-)
-@click.option(
-    "--calib-seed",
-    type=number_type(int, ge=0, lt=2**63),
-    default=0,
-    show_default=True,
-    help="Calibration sampling seed (also the methods' seed).",
-)
-@click.option("--device", help="Where each decoder layer is processed (default cuda if available).")
+@shared_option("calib_batch_size", "windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU)")
+@shared_option("calib_seed", "the windows drawn (also the methods' seed)", default=0)
+@shared_option("device", "where each decoder layer is processed (default: cuda if available)")
 @click.option("--save-packed", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")
 @click.option(
     "--json",
@@ -298,7 +146,7 @@ def _point_path(path: str | None, method: Any, several: bool) -> Path | None:
     type=click.Path(dir_okay=False),
     help="Per-layer errors JSON (default: next to --save-packed).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@shared_option("overwrite", "the packed model and JSON files", default=False)
 @progress_option
 def quantize_cmd(**opts: Any) -> None:
     """Quantize the decoder layer by layer (GPTQ's sequential driver); embeddings and LM head stay float.
@@ -306,70 +154,47 @@ def quantize_cmd(**opts: Any) -> None:
     Method options are the fields of the method configs, one flag each (--grid sym, --group-size 128, --act-order,
     --incoherence hadamard, --order ldlqRG, --percdamp ...); with --incoherence and no --grid the quip grid is used.
     """
+    from losslab.compress.lm_quantize import lm_quantize
+
     with quiet_third_party(resolve_progress(opts["progress"])):
-        _quantize_lm(opts)
+        lm_quantize(*lm_quantize_request(opts), echo=click.echo)
 
 
-def _quantize_lm(opts: dict[str, Any]) -> None:
-    from losslab.lm.data import load_calibration
-    from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
-    from losslab.lm.packing import save_packed_lm
-    from losslab.lm.quantize import plan_decoder, plan_sequential_groups, quantize_decoder
+def lm_quantize_request(opts: dict[str, Any]) -> tuple[Any, list[Any], Any]:
+    """(:class:`losslab.compress.lm_quantize.LmQuantizeJob`, method configs, budget or None) of the parsed flags;
+    bad values, a missing device and an empty output set are refused here, before any model is loaded."""
+    from losslab.cli.quantize import budget_request
+    from losslab.compress.lm_quantize import LmQuantizeJob
 
     methods, overrides, skip = lm_quantize_plan(opts)
-    device = _device(opts["device"])  # a missing device fails before the model is loaded
-    if opts["save_packed"] is None and opts["json_path"] is None:
-        raise ConfigError("give --save-packed (packed model) and/or --json (per-layer errors); nothing would be saved")
-    if opts["budget"] is not None:
-        _quantize_lm_budget(opts, overrides, skip)
-        return
-    several = len(methods) > 1
-    outputs = []
-    for method in methods:
-        packed = _point_path(opts["save_packed"], method, several)
-        json_path = _point_path(opts["json_path"], method, several) or packed.with_suffix(".json")
-        check_output(packed, overwrite=opts["overwrite"], what="packed model", flag="--save-packed")
-        check_output(json_path, overwrite=opts["overwrite"], what="per-layer errors JSON", flag="--json")
-        outputs.append((method, packed, json_path))
-    tokenizer = load_tokenizer(opts["model"])
-    model = load_causal_lm(opts["model"])
-    plan_decoder(model, methods[0], overrides, skip)  # patterns that match nothing: fail before data
-    plan_sequential_groups(model, true_sequential=opts["true_sequential"])  # unsupported model: fail before data
-    seqlen = check_seqlen(model, opts["seqlen"])
-    source = opts["text_file"] or opts["calib"]
-    calib = load_calibration(tokenizer, source, opts["calib_samples"], seqlen, opts["calib_seed"])
-    for i, (method, packed, json_path) in enumerate(outputs):
-        if i > 0:
-            model = load_causal_lm(opts["model"])  # the previous point quantized the loaded model in place
-        result = quantize_decoder(
-            model,
-            method,
-            calib,
-            inplace=True,
-            device=device,
-            skip=skip,
-            overrides=overrides,
-            seed=opts["calib_seed"],
-            progress=resolve_progress(opts["progress"]),
-            calib_name=str(source),
-            calib_seed=opts["calib_seed"],
-            true_sequential=opts["true_sequential"],
-            micro_batch=opts["calib_batch_size"],
-        )
-        click.echo(result.table())
-        summary = result.summary()
-        click.echo(
-            f"{summary['method']}: {summary['quantized_layers']} linears, {summary['avg_bits_per_weight']:.3f} "
-            f"bits/weight, {result.seconds:.1f} s; calibration {calib.shape[0]}x{calib.shape[1]} tokens "
-            f"from {source}, seed {opts['calib_seed']}, "
-            f"{'true-sequential' if opts['true_sequential'] else 'per-layer'} "
-            "statistics (fake quantization; packed file stores codes)"
-        )
-        if packed is not None:
-            size = save_packed_lm(result, packed, tokenizer=opts["model"])
-            click.echo(f"packed model: {packed} ({size / 2**20:.2f} MiB)")
-        result.to_json(json_path)
-        click.echo(f"per-layer errors: {json_path}")
+    job = LmQuantizeJob(
+        opts["model"],
+        overrides=overrides,
+        skip=skip,
+        **{key: opts[key] for key in LM_QUANTIZE_KEYS},
+        json=opts["json_path"],
+        progress=resolve_progress(opts["progress"]),
+    )
+    if opts["budget"] is None:
+        return job, methods, None
+    method, budget = budget_request((opts["method"],), opts, given_method_options(opts), click.get_current_context())
+    return job, [method], budget
+
+
+# The lm quantize flags that are LmQuantizeJob fields of the same name.
+LM_QUANTIZE_KEYS = (
+    "calib",
+    "text_file",
+    "calib_samples",
+    "seqlen",
+    "calib_batch_size",
+    "calib_seed",
+    "device",
+    "true_sequential",
+    "save_packed",
+    "eval_text",
+    "overwrite",
+)
 
 
 @lm.command("eval")

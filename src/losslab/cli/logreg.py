@@ -28,6 +28,7 @@ one).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,25 +37,21 @@ from losslab.cli.options import (
     FloatList,
     LosslabCommand,
     check_new_output,
+    given_options,
     json_option,
+    options_from_model,
     overwrite_option,
     write_json_output,
 )
-from losslab.errors import ConfigError
+from losslab.logreg.config import DATASET_NAMES, LogregConfig
 
-# The losses losslab logreg fits, in the shared vocabulary (--loss rooted = root), and their names in losslab.logreg.
-LOGREG_LOSSES = ("logistic", "root")
-LOGREG_NAMES = {"root": "rooted"}
+__all__ = ["DATASET_NAMES", "logreg"]
 
-# The numeric options of logreg and logreg sweep (losslab.logreg.model's checks, at parse time).
+# The numeric options of logreg sweep (losslab.logreg.model's checks, at parse time; logreg's are LogregConfig's).
 L2 = number_type(float, ge=0)
 MAX_ITER = number_type(int, ge=1)
 TOL = number_type(float, ge=0)
 TEST_FRACTION = number_type(float, gt=0, lt=1)
-
-DATASET_NAMES = ("breast_cancer", "iris_binary", "digits_binary", "wine_binary", "synthetic_separable")
-"""The bundled tasks of :data:`losslab.data.binary_tables.DATASETS`, spelled out so ``--help`` needs no torch import
-(a test checks the two agree)."""
 
 
 class _LogregGroup(click.Group):
@@ -65,63 +62,20 @@ class _LogregGroup(click.Group):
 
 
 @click.group("logreg", invoke_without_command=True, cls=_LogregGroup)
-@click.option("--dataset", default=None, help=f"Bundled task: {', '.join(DATASET_NAMES)} [default: breast_cancer].")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV file with a header row.")
-@click.option("--target", default=None, help="Label column of --csv (exactly two distinct values).")
-@shared_option("loss", "not with --compare", losses=LOGREG_LOSSES, config_default="root")
-@shared_option("k", "repeat with --compare (--k 3 --k 10)", dest="ks", multiple=True, config_default=3.0)
-@click.option("--l2", type=L2, default=0.0, show_default=True, help="L2 penalty (l2/2)||w||^2 (not on b).")
-@click.option("--solver", default=None, help="lbfgs, newton or gd [default: lbfgs].")
-@click.option(
-    "--lr",
-    type=number_type(float, gt=0),
-    default=None,
-    help="Fixed step for --solver gd [default: Armijo backtracking].",
-)
-@click.option("--max-iter", type=MAX_ITER, default=None, help="Iteration cap [default: 10000].")
-@click.option("--tol", type=TOL, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
-@click.option("--no-intercept", is_flag=True, help="Fit w only (f(x) = w·x).")
-@shared_option("seed", "of the split (and synthetic data)", default=0)
-@click.option("--test-fraction", type=TEST_FRACTION, default=0.3, show_default=True, help="Share of rows held out.")
-@click.option("--compare", is_flag=True, help="Fit logistic and rooted (each --k) on the same split, side by side.")
+@options_from_model(LogregConfig)
 @json_option("Write every fit (weights, history, options) to")
 @overwrite_option
-def logreg(
-    dataset: str | None,
-    csv_path: Path | None,
-    target: str | None,
-    loss: str | None,
-    ks: tuple[float, ...],
-    l2: float,
-    solver: str | None,
-    lr: float | None,
-    max_iter: int | None,
-    tol: float | None,
-    no_intercept: bool,
-    seed: int,
-    test_fraction: float,
-    compare: bool,
-    json_path: Path | None,
-    overwrite: bool,
-) -> None:
+def logreg(json_path: Path | None, overwrite: bool, **flags: Any) -> None:
     """Logistic regression with the logistic or rooted (RLO) loss; --compare runs the seed's study on one split.
 
     `losslab logreg sweep` runs the grid k × λ × data sets × seeds (see its --help).
     """
     if click.get_current_context().invoked_subcommand is not None:
         return
-    from losslab.data.binary_tables import load_split
-    from losslab.logreg.fits import check_runs, run_logreg
+    from losslab.logreg.config import run_config
 
     check_new_output(json_path, overwrite)
-    runs = _runs(loss, ks, compare)
-    given = {"solver": solver, "lr": lr, "max_iter": max_iter, "tol": tol}
-    options = {"l2": l2, "fit_intercept": not no_intercept, **{key: v for key, v in given.items() if v is not None}}
-    check_runs(runs, **options)
-    if dataset is None and csv_path is None:
-        dataset = "breast_cancer"
-    split = load_split(dataset, csv_path, target, seed=seed, test_fraction=test_fraction)
-    report = run_logreg(split, runs, **options)
+    report = run_config(LogregConfig(**given_options(flags)))
     record = {"dataset": report["dataset"], "protocol": report["protocol"], "runs": report["runs"]}
     if json_path is not None and str(json_path) == "-":  # stdout holds the JSON only
         write_json_output(json_path, record, overwrite=overwrite)
@@ -130,20 +84,6 @@ def logreg(
     click.echo(f"\n{report['protocol']}")
     if json_path is not None:
         click.echo(f"results: {write_json_output(json_path, record, overwrite=overwrite)}")
-
-
-def _runs(loss: str | None, ks: tuple[float, ...], compare: bool) -> list[tuple[str, float | None]]:
-    """The (loss, k) pairs to fit: logistic plus rooted per k with ``compare``, else the one chosen loss.
-
-    k None means the API default (3) for the rooted loss.
-    """
-    if compare:
-        if loss is not None:
-            raise ConfigError("--compare fits both losses; drop --loss")
-        return [("logistic", None), *(("rooted", k) for k in (dict.fromkeys(ks) or [None]))]
-    if len(ks) > 1:
-        raise ConfigError(f"--k was given {len(ks)} times; give one k, or add --compare to fit several")
-    return [(LOGREG_NAMES.get(loss or "root", loss or "root"), ks[0] if ks else None)]
 
 
 def _listed(values: tuple[float, ...] | tuple[int, ...] | tuple[str, ...]) -> str:
@@ -168,13 +108,8 @@ SWEEP_DEFAULTS = _sweep_defaults()
 
 @logreg.command("sweep", cls=LosslabCommand)
 @click.option("--datasets", default=SWEEP_DEFAULTS["datasets"], show_default=True, help="Comma list of bundled tasks.")
-@click.option(
-    "--k",
-    "ks",
-    type=K_LIST,
-    default=SWEEP_DEFAULTS["k"],
-    show_default=True,
-    help="Rooted loss k values (each as --k of losslab logreg).",
+@shared_option(
+    "k", "a comma list of k values (each as --k of losslab logreg)", dest="ks", type=K_LIST, default=SWEEP_DEFAULTS["k"]
 )
 @click.option("--l2", "l2s", type=FloatList(L2), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
 @click.option("--seeds", type=SEED_LIST, default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")

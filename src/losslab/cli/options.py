@@ -70,6 +70,8 @@ def _shared_field_option(name: str, info: Any, names: list[str]) -> Callable[[Ca
     losses = _loss_choices(info.annotation, info) if name == "loss" else None
     aliases = [n for n in names if n != "--" + name.replace("_", "-")]
     detail = (info.description or "").rstrip(".")
+    if typing.get_origin(_unwrap_optional(info.annotation)) is tuple:  # tuple[X, ...]: the flag is repeatable
+        return shared_option(name, detail, config_default=default or None, aliases=aliases, multiple=True)
     return shared_option(name, detail, config_default=default, losses=losses, aliases=aliases)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type
+from losslab.cli.groups import number_type, shared_option
 from losslab.cli.method_options import QuantizeCommand, given_method_options
 from losslab.cli.options import progress_mode, progress_option
 from losslab.errors import ConfigError
@@ -87,17 +87,9 @@ _BUDGET_OPTIONS = [
     help=f"Weight bit width(s) {BITS_RANGE[0]}..{BITS_RANGE[1]}: comma-separate or repeat (--bits 8,4,3); "
     "one calibration pass.",
 )
-@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration images.")
-@click.option(
-    "--calib-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration batch size."
-)
-@click.option(
-    "--calib-seed",
-    type=number_type(int, ge=0, lt=2**63),
-    default=0,
-    show_default=True,
-    help="Seed of the calibration subset.",
-)
+@shared_option("calib_samples", "images from the training split", default=256)
+@shared_option("calib_batch_size", default=64)
+@shared_option("calib_seed", "the training images drawn", default=0)
 @click.option("--fold-bn", is_flag=True, help="Fold BatchNorm into the preceding conv before quantizing.")
 @click.option("--keep-8bit", "keep_8bit", multiple=True, help="Layer-name pattern kept at 8-bit RTN (repeatable).")
 @click.option("--skip", "skip", multiple=True, help="Layer-name pattern kept in float (repeatable).")
@@ -109,7 +101,7 @@ _BUDGET_OPTIONS = [
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the run's data folder.")
 @click.option("--download", is_flag=True, help="Download the run's dataset if it is missing.")
-@click.option("--device", default=None, help="Torch device (default cuda if available, else cpu).")
+@shared_option("device", "default: cuda if available, else cpu")
 @click.option(
     "--json",
     "json_path",
@@ -136,7 +128,7 @@ _BUDGET_OPTIONS = [
     default=None,
     help="Pareto figure (PNG) of --budget (default: the JSON's name with .png).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing results JSON / packed files.")
+@shared_option("overwrite", "the results JSON and packed files", default=False)
 @progress_option
 def quantize(checkpoint: Path, **opts: Any) -> None:
     """Quantize a trained classifier's weights and compare its accuracy with the float model.

@@ -11,13 +11,14 @@ losslab study table study_runs/quickstart
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from losslab.cli.groups import number_type
-from losslab.cli.options import LosslabCommand, out_dir_option, progress_option
+from losslab.cli.options import LosslabCommand, given_options, options_from_model, out_dir_option, progress_option
 from losslab.errors import LosslabError
+from losslab.study.options import StudyRunOptions
 
 if TYPE_CHECKING:
     from losslab.study.runner import StudyOutcome
@@ -55,52 +56,10 @@ def _comment_block(text: str) -> list[str]:
 
 @study.command("run", cls=LosslabCommand)
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--workers",
-    type=number_type(int, ge=1),
-    default=None,
-    help="Jobs in parallel (local process pool; on Ray, at most this many in flight). Default 1 locally.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Run jobs here or on a Ray cluster.",
-)
-@click.option(
-    "--ray-address",
-    default=None,
-    help="Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray instance.",
-)
-@click.option(
-    "--ray-cpus-per-job",
-    type=number_type(float, gt=0),
-    default=1.0,
-    show_default=True,
-    help="CPUs each Ray job reserves.",
-)
-@click.option(
-    "--ray-gpus-per-job",
-    type=number_type(float, ge=0),
-    default=0.0,
-    show_default=True,
-    help="GPUs each Ray job reserves (Ray hides GPUs from jobs that reserve none).",
-)
+@options_from_model(StudyRunOptions)
 @out_dir_option("Study folder (default: the file's out_dir, else study_runs/NAME); reruns reuse what it holds.")
-@click.option("--download", is_flag=True, help="Fetch missing data sets (before the first job) instead of failing.")
 @progress_option
-def run(
-    file: Path,
-    workers: int | None,
-    backend: str,
-    ray_address: str | None,
-    ray_cpus_per_job: float,
-    ray_gpus_per_job: float,
-    out_dir: Path | None,
-    download: bool,
-    progress: bool | None,
-) -> None:
+def run(file: Path, out_dir: Path | None, progress: bool | None, **flags: Any) -> None:
     """Run every job of study FILE not yet stored in its folder, then print the results table.
 
     FILE is a study YAML or the name of a shipped study (see `losslab study list`). Every data set the study
@@ -110,17 +69,17 @@ def run(
     from losslab.study.backends import check_backend
     from losslab.study.datacheck import check_study_data
 
-    check_backend(backend, workers)
+    opts = StudyRunOptions(**given_options(flags))
+    check_backend(opts.backend, opts.workers)
     spec = load_study_spec(file)
-    check_study_data(spec, download=download)
-    resources = {"num_cpus": ray_cpus_per_job, "num_gpus": ray_gpus_per_job}
+    check_study_data(spec, download=opts.download)
     outcome = run_study(
         spec,
         out_dir,
-        workers=workers,
-        backend=backend,
-        ray_address=ray_address,
-        ray_resources=resources,
+        workers=opts.workers,
+        backend=opts.backend,
+        ray_address=opts.ray_address,
+        ray_resources=opts.ray_resources,
         progress=progress,
     )
     _finish(outcome)

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type, shared_option
 from losslab.cli.options import (
     LosslabCommand,
     check_new_output,
@@ -20,7 +19,7 @@ from losslab.cli.options import (
     typed_flags,
     write_json_output,
 )
-from losslab.errors import ConfigError
+from losslab.compress.evaluate_run import EvaluateConfig, evaluate_run
 from losslab.train.config import TrainConfig
 
 TRAIN_ALIASES = {
@@ -156,6 +155,8 @@ def train(
     if validate:
         if overrides.get("resume") is None:
             raise click.UsageError("--validate evaluates a trained run: give it with --resume RUN_OR_CKPT")
+        from losslab.compress.evaluate_run import evaluate_checkpoint
+
         timm_file = is_timm_checkpoint(overrides["resume"])  # a losslab run knows its model and data itself
         metrics = evaluate_checkpoint(
             Path(overrides["resume"]),
@@ -213,56 +214,17 @@ def _resume_config(overrides: dict[str, Any]) -> TrainConfig:
 
 @click.command(cls=LosslabCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option(
-    "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Which split to evaluate on."
-)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the stored data folder.")
-@shared_option("device", "default: cuda if available")
-@click.option("--model", default=None, help="timm checkpoints only: the architecture (default: the file's arch).")
-@click.option(
-    "--dataset",
-    default=None,
-    help="timm checkpoints (required) and packed files (default: the file's calibration dataset): the dataset.",
-)
-@click.option(
-    "--img-size",
-    type=number_type(int, ge=1),
-    default=None,
-    help="timm checkpoints and packed files: input size (default: the data's / the file's calibration input).",
-)
+@options_from_model(EvaluateConfig, exclude={"checkpoint", "progress"})
 @json_option("Also write the metrics as JSON to")
 @overwrite_option
 @progress_option
-def evaluate(
-    checkpoint: Path,
-    split: str,
-    data_dir: Path | None,
-    device: str | None,
-    model: str | None,
-    dataset: str | None,
-    img_size: int | None,
-    json_path: Path | None,
-    overwrite: bool,
-    progress: bool | None,
-) -> None:
+def evaluate(checkpoint: Path, json_path: Path | None, overwrite: bool, progress: bool | None, **flags: Any) -> None:
     """Top-1/top-5 accuracy and cross entropy of a trained classifier: a losslab run folder or .ckpt, a packed
     .safetensors file of `losslab quantize --save-packed` (dataset and input size from the file), or a timm
     checkpoint (.pth.tar of timm's train.py, with --dataset)."""
-    if not checkpoint.exists():  # before the heavy imports
-        raise ConfigError(f"{str(checkpoint)!r} does not exist; pass a run folder (runs/NAME) or a .ckpt file")
+    cfg = EvaluateConfig(checkpoint=checkpoint, progress=resolve_progress(progress), **given_options(flags))
     check_new_output(json_path, overwrite)
-    if checkpoint.suffix == ".safetensors":  # a packed file of `losslab quantize --save-packed`
-        from losslab.compress.quantize_run import evaluate_packed
-
-        if model is not None:
-            raise click.UsageError("--model is for timm checkpoints; a packed file stores its architecture")
-        metrics = evaluate_packed(
-            checkpoint, split, data_dir=data_dir, dataset=dataset, img_size=img_size, device=device
-        )
-    else:
-        metrics = _evaluate_checkpoint_metrics(
-            checkpoint, split, data_dir, model, dataset, img_size, device, resolve_progress(progress)
-        )
+    metrics = evaluate_run(cfg)
     if json_path is not None and str(json_path) == "-":
         write_json_output(json_path, metrics, overwrite=overwrite)
         return
@@ -271,67 +233,8 @@ def evaluate(
         click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
 
 
-def _evaluate_checkpoint_metrics(
-    checkpoint: Path,
-    split: str,
-    data_dir: Path | None,
-    model: str | None,
-    dataset: str | None,
-    img_size: int | None,
-    device: str | None,
-    progress: bool,
-) -> dict[str, Any]:
-    return evaluate_checkpoint(
-        checkpoint,
-        split,
-        data_dir,
-        model=model,
-        dataset=dataset,
-        img_size=img_size,
-        device=device,
-        progress=progress,
-    )
-
-
 def _print_metrics(metrics: dict[str, Any]) -> None:
     click.echo(
         f"{metrics['dataset']} {metrics['split']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
         f"CE {metrics['ce']:.4f}  (n={metrics['n']}, checkpoint {metrics['checkpoint']})"
     )
-
-
-def evaluate_checkpoint(
-    checkpoint: Path,
-    split: str = "test",
-    data_dir: Path | None = None,
-    *,
-    model: str | None = None,
-    dataset: str | None = None,
-    img_size: int | None = None,
-    device: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Load a run (or a timm checkpoint for ``model`` on ``dataset``) and evaluate it on ``split``; the dict also
-    names the dataset and checkpoint."""
-    from losslab.runs.device import resolve_device
-    from losslab.train import evaluate_model, load_run
-    from losslab.train.build import make_loaders
-    from losslab.train.checkpoint import load_timm_run
-    from losslab.train.config import is_timm_checkpoint
-
-    dev = resolve_device(device or "auto")  # a device this machine lacks: one line, before anything is loaded
-    if is_timm_checkpoint(checkpoint):
-        run = load_timm_run(checkpoint, model, dataset, img_size, data_dir)
-    else:
-        if model is not None or dataset is not None or img_size is not None:
-            raise click.UsageError("--model/--dataset/--img-size are for timm checkpoints; a losslab run knows them")
-        run = load_run(checkpoint)
-    cfg = run.config if data_dir is None else run.config.model_copy(update={"data_dir": data_dir})
-    loaders = make_loaders(cfg)
-    loader = loaders.test if split == "test" else loaders.val
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False)
-    metrics = evaluate_model(run.model.to(dev), loader, dev)
-    return {**metrics, "dataset": cfg.dataset, "split": split, "checkpoint": str(run.checkpoint)}

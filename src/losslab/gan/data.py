@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -123,3 +124,28 @@ def load_gan_data(
         mixture = toy_mixture(name)
         return GanData(name, mixture.sample(n_toy, seed=seed), mixture)
     return GanData(name, load_images(name, img_size or 32, data_dir=data_dir, download=download), None)
+
+
+class ShuffledBatches:
+    """The training tensor's full batches [B, ...] in a fresh random order per pass (the loop's train loader).
+
+    Each iteration draws one permutation from the global RNG on the tensor's device (``torch.randperm``; seeded
+    runs repeat, and a resumed run continues the stream the checkpoint stored) and yields ``len(self)`` slices of
+    ``batch_size`` rows; the last ``N mod B`` rows of the order are left out of that pass. No host round trip.
+    """
+
+    def __init__(self, tensor: Tensor, batch_size: int) -> None:
+        self.tensor = tensor
+        self.batch_size = batch_size
+
+    def to(self, device: torch.device | str) -> ShuffledBatches:
+        self.tensor = self.tensor.to(device)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.tensor) // self.batch_size
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = torch.randperm(len(self.tensor), device=self.tensor.device)
+        for i in range(len(self)):
+            yield self.tensor[order[i * self.batch_size : (i + 1) * self.batch_size]]

@@ -16,8 +16,6 @@ comparisons run here instead of as a study.)
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -26,7 +24,8 @@ from typing import Any
 
 from losslab.errors import ConfigError
 from losslab.gan.config import GanConfig
-from losslab.io import write_atomic, write_json_atomic
+from losslab.io import write_json_atomic
+from losslab.runs import sweep
 
 TOY_PLOT = (("modes_covered", "modes covered"), ("hq_rate", "high-quality rate"), ("mmd2", "MMD²"))
 IMAGE_PLOT = (("digits_fd", "digits-FD"), ("precision", "precision (k=3)"), ("recall", "recall (k=3)"))
@@ -47,9 +46,8 @@ SWEEP_VARIED = frozenset({"loss", "k", "seed"})
 
 
 def run_identity(config: dict[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
-    """16 hex digits of the SHA-256 of the config's result-changing keys (JSON, sorted keys), as studies id points."""
-    kept = {key: value for key, value in config.items() if key not in PLACEMENT_KEYS | leave_out}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The identity (:func:`losslab.runs.sweep.identity`) of the config's result-changing keys."""
+    return sweep.identity(config, PLACEMENT_KEYS | leave_out)
 
 
 def sweep_run_name(cfg: GanConfig) -> str:
@@ -60,41 +58,30 @@ def sweep_run_name(cfg: GanConfig) -> str:
 def sweep_points(
     ks: Sequence[float], seeds: Sequence[int], include_logistic: bool = True
 ) -> list[tuple[str, float, int]]:
-    """(loss, k, seed) for every seed: logistic (k unused) then rooted per k."""
-    losses = ([("logistic", 2.0)] if include_logistic else []) + [("root", float(k)) for k in dict.fromkeys(ks)]
-    return [(loss, k, int(s)) for s in dict.fromkeys(seeds) for loss, k in losses]
+    """(loss, k, seed) for every seed: logistic (k unused: the config's 2) then rooted per k."""
+    cells = sweep.grid({"seed": [int(s) for s in seeds], "loss_k": sweep.loss_axis(ks, include_logistic)})
+    return [(c["loss_k"][0], 2.0 if c["loss_k"][1] is None else c["loss_k"][1], c["seed"]) for c in cells]
 
 
-def _stored_config(path: Path) -> dict[str, Any] | None:
-    """The result-changing config a run folder stores (result.json or config.yaml), normalised; None if unreadable."""
-    import yaml
-
+def _stored_identity(raw: dict[str, Any]) -> str | None:
+    """The identity of a stored config, normalised through :class:`GanConfig`; None when it is not one."""
     try:
-        raw = json.loads(path.read_text())["config"] if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        return GanConfig.build(raw).to_dict()
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return run_identity(GanConfig.build(raw).to_dict())
+    except ConfigError:
         return None
 
 
 def _run_point(cfg: GanConfig) -> dict[str, Any]:
-    """The result of ``cfg``'s run: reused when finished with the same config, resumed when unfinished, else trained;
-    a folder of that name holding another config is an error (never reused or replaced silently)."""
+    """The result of ``cfg``'s run: reused when finished with the same config, resumed when unfinished, else trained
+    (:func:`losslab.runs.sweep.cell_state`; a folder of that name holding another config is refused)."""
     from losslab.gan.train import train_gan
 
     run_dir = cfg.out_dir / sweep_run_name(cfg)
-    want = run_identity(cfg.to_dict())
-    result_file, config_file = run_dir / "result.json", run_dir / "config.yaml"
-    if result_file.is_file() or config_file.is_file():
-        stored = _stored_config(result_file if result_file.is_file() else config_file)
-        if stored is None or run_identity(stored) != want:
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} holds a run with other settings (or an unreadable one); move it away "
-                "or use another --out-dir"
-            )
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
-            return train_gan(GanConfig.build({**cfg.to_dict(), "resume": str(run_dir)})).to_dict()
+    state = sweep.cell_state(run_dir, run_identity(cfg.to_dict()), _stored_identity)
+    if state == "done":
+        return json.loads((run_dir / "result.json").read_text())
+    if state == "unfinished":
+        return train_gan(GanConfig.build({**cfg.to_dict(), "resume": str(run_dir)})).to_dict()
     return train_gan(GanConfig.build({**cfg.to_dict(), "run_name": run_dir.name})).to_dict()
 
 
@@ -180,34 +167,15 @@ def run_gan_sweep(
                 **scalars,
             }
         )
-    write_sweep_csv(rows, out_dir / "sweep.csv")
+    sweep.write_rows_csv(rows, out_dir / "sweep.csv")
     plot_gan_sweep(rows, out_dir / "sweep.png", TOY_PLOT if base.is_toy else IMAGE_PLOT)
     write_json_atomic(out_dir / "sweep.json", settings)
     return rows
 
 
-def write_sweep_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Rows as CSV (columns: the union of the rows' keys, in first-seen order; k empty for logistic)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-
-    def write(fh: Any) -> None:
-        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
-
-    return write_atomic(path, write)
-
-
 def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, float | None], tuple[float, float, int]]:
     """(loss, k) → (mean, std, n) of ``metric`` over seeds (rows lacking it are skipped)."""
-    from losslab.logreg.sweep import mean_std
-
-    groups: dict[tuple[str, float | None], list[float]] = {}
-    for row in rows:
-        if row.get(metric) is not None:
-            groups.setdefault((row["loss"], row["k"]), []).append(float(row[metric]))
-    return {key: (*mean_std(v), len(v)) for key, v in groups.items()}
+    return sweep.group_stats(rows, metric, ("loss", "k"))  # type: ignore[return-value]
 
 
 def metric_range(rows: Sequence[dict[str, Any]], metric: str) -> tuple[float, float]:

@@ -4,7 +4,8 @@
     result = train_gan(GanConfig(data="ring", loss="rooted", k=2.0, epochs=10))
     result.metrics["modes_covered"], result.run_dir
 
-One step (:meth:`GanTrainer.step`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
+The GAN is a task of the one plain loop (:class:`GanTask`, :mod:`losslab.runs.loop`) with two phases per batch
+(:class:`losslab.runs.task.Phase`): D on a real batch and a detached fake batch with the ``d_fake`` + ``d_real``
 terms of :func:`~losslab.objectives.gan.gan_term` (plus R1 (γ/2)·‖∇ₓD(x)‖² on the reals when ``r1_gamma`` > 0),
 then G with the ``g`` term on a fresh fake batch (D frozen), then the generator EMA (``torch._foreach_lerp_``) with
 StyleGAN2-ADA's ramp (:func:`ema_beta`: the half-life grows with the images seen, so a short run's EMA is not still
@@ -12,13 +13,18 @@ mostly its initial weights). The EMA averages parameters only; its BatchNorm sta
 averaged weights before it is sampled (:func:`recalibrate_batchnorm`, as SWA does) rather than copied from G, whose
 statistics belong to other weights. Both generators are measured; the samples show the EMA generator.
 Adam (fused on CUDA; DCGAN's lr 2e-4, β 0.5/0.999 for images, the 2-D defaults in :mod:`losslab.gan.config`).
-Data live on the device as one tensor; each epoch is a device-side permutation, and the losses are summed on the
-device and read once per epoch, so a step makes no host synchronisation.
+Data live on the device as one tensor (:class:`~losslab.gan.data.ShuffledBatches`: each epoch a device-side
+permutation), and the loop sums the logged losses on the device and reads them once per epoch, so a step makes no
+host synchronisation. The loop owns the epochs, checkpoints, history, progress and the NaN stop; the GAN adds the
+per-epoch sample grid (a loop hook, :class:`SampleGrids`) and, after training, its metrics (mode coverage, FD,
+precision/recall need all samples at once, so they are no per-batch evaluation tally; there is no validation split).
 
 Run folder ``out_dir/run_name``, claimed through :mod:`losslab.runs` (the rules of every losslab run: a confined
 name, a lock, ``--overwrite`` only of losslab's folders and staged until the new run finishes, a resume checked
-against the stored config): ``config.yaml``, ``checkpoints/last.ckpt`` (after each epoch; everything needed to
-continue bit-for-bit on the same device, RNG states included; read only through the safe loader),
+against the stored config): ``config.yaml``, ``checkpoints/last.ckpt`` (the loop's layout: ``state_dict`` with
+``G.``/``D.``/``G_ema.`` keys, both optimizers' states in ``optimizer_states`` (D, G), and under ``task`` the EMA
+clock and the RNG states, so a resumed run continues bit-for-bit on the same device; read only through the safe
+loader),
 ``samples/epoch_NNN.png`` (a grid of EMA-generator samples from fixed latents; a titled scatter over the modes for
 2-D data), ``history.json`` and ``metrics.csv`` (per-epoch losses) and ``result.json`` (``metrics``: the EMA
 generator's; ``metrics_live``: the live generator's). A NaN/inf loss stops the run
@@ -31,28 +37,34 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, CorruptFileError
 from losslab.gan.config import GanConfig
-from losslab.gan.data import GanData, load_gan_data, load_images
+from losslab.gan.data import GanData, ShuffledBatches, load_gan_data, load_images
 from losslab.gan.models import build_pair, count_parameters, generate
 from losslab.objectives.gan import gan_term
+from losslab.runs.task import LogFn, Phase
 
 if TYPE_CHECKING:
     from losslab.runs import RunSpec
+    from losslab.runs.loop import LoopSettings
 
 GRID_SEED_OFFSET = 12_345
 EVAL_SEED_OFFSET = 54_321
 BN_SEED_OFFSET = 777
 BN_BATCHES = 16  # batches of fresh latents that estimate the EMA generator's BatchNorm statistics
 SAMPLES_FROM = "G_ema"  # the generator the sample grids and the reported metrics use
+DIVERGED_HINT = (
+    "the run stopped and its last good checkpoint (checkpoints/last.ckpt, from the epoch before, if any) is kept. "
+    "Lower --lr or raise --r1-gamma"
+)
 
 
 def ema_beta(batch_size: int, nimg: int, ema_kimg: float, rampup: float) -> float:
@@ -124,16 +136,19 @@ class GanResult:
         return out
 
 
-class GanTrainer:
-    """Networks, optimisers and the step of one GAN run on one device (no files; see :func:`train_gan`)."""
+class GanTask:
+    """The GAN as a task of the plain loop (:mod:`losslab.runs.task`): two phases per batch, D then G (module doc).
+
+    Builds G, D (seeded by ``cfg.seed``), the EMA generator and both Adam optimisers on ``device``; the loop owns
+    the epochs, the batches (:class:`~losslab.gan.data.ShuffledBatches`), precision, checkpoints and history.
+    """
 
     def __init__(self, cfg: GanConfig, data: GanData, device: torch.device | str = "cpu") -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.data = data
-        self.real = data.tensor.to(self.device)  # [N, ...] device-resident
-        if len(self.real) < cfg.batch_size:
-            raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(self.real)} training samples")
+        if len(data.tensor) < cfg.batch_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(data.tensor)} training samples")
         torch.manual_seed(cfg.seed)
         self.G, self.D = (
             m.to(self.device) for m in build_pair(data.sample_shape, cfg.z_dim, cfg.net_width, cfg.d_norm)
@@ -145,13 +160,94 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas, **fused)
         self._g_params = list(self.G.parameters())
         self._ema_params = list(self.G_ema.parameters())
-        self.epoch = 0
         self.nimg = 0  # images shown to G so far (the EMA ramp's clock)
         self.ema_init_share = 1.0  # product of the EMA decays so far: the initial weights' share in G_ema
+        self._nonfinite: Tensor | None = None
 
+    # ------------------------------------------------------------------ the task protocol (losslab.runs.task)
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
+
+    def phases(self) -> list[Phase]:
+        """The discriminator's step, then the generator's (followed by the EMA update)."""
+        return [
+            Phase("D", self.opt_d, self.discriminator_loss),
+            Phase("G", self.opt_g, self.generator_loss, after_step=self.update_ema),
+        ]
+
+    def attach(self) -> None:
+        """Nothing to install (no regularizer hooks)."""
+
+    def detach(self) -> None:
+        """Nothing to remove."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """No per-epoch switch."""
+
+    def prepare(self, batch: Tensor) -> Tensor:
+        return batch
+
+    def batch_size(self, batch: Tensor) -> int:
+        return int(batch.shape[0])
+
+    def take_nonfinite(self) -> Tensor | None:
+        """Whether a D or G loss since the last call was NaN/inf (a device bool; None before any step)."""
+        bad, self._nonfinite = self._nonfinite, None
+        return bad
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the checkpoint holds besides the modules and optimisers: the EMA clock and the RNG the steps draw
+        their latents (and each epoch's order) from, so a resumed run continues bit-for-bit on the same device."""
+        state = {"nimg": self.nimg, "ema_init_share": self.ema_init_share, "cpu_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nimg = int(state["nimg"])
+        self.ema_init_share = float(state["ema_init_share"])
+        torch.set_rng_state(state["cpu_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    # ------------------------------------------------------------------ the two phases
     def _term(self, logits: Tensor, term: str) -> Tensor:
         return gan_term(logits, term, self.cfg.loss, self.cfg.k).mean()
 
+    def _watch(self, loss: Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    def discriminator_loss(self, real: Tensor, epoch: int, log: LogFn) -> Tensor:
+        """D's loss on the real batch [B, ...] and a detached fake batch: ``d_fake`` + ``d_real`` terms, plus
+        (γ/2)·R1 on the reals when ``r1_gamma`` > 0. Logs ``d_loss`` and ``r1``."""
+        cfg = self.cfg
+        self.D.requires_grad_(True)
+        with torch.no_grad():
+            fake = self.G(torch.randn(real.shape[0], cfg.z_dim, device=real.device))
+        if cfg.r1_gamma > 0:
+            real = real.detach().requires_grad_(True)
+        d_real = self.D(real)  # [B, 1]; before D(fake): with BatchNorm in D the order sets its running statistics
+        d_loss = self._term(self.D(fake), "d_fake") + self._term(d_real, "d_real")
+        if cfg.r1_gamma > 0:
+            r1 = r1_penalty(d_real, real)
+            total = d_loss + 0.5 * cfg.r1_gamma * r1
+        else:
+            r1, total = torch.zeros((), device=real.device), d_loss
+        log("d_loss", d_loss.detach())
+        log("r1", r1.detach())
+        self._watch(total)
+        return total
+
+    def generator_loss(self, real: Tensor, epoch: int, log: LogFn) -> Tensor:
+        """G's ``g`` term on a fresh fake batch of the real batch's size, D frozen (no parameter gradients for it)."""
+        self.D.requires_grad_(False)
+        g_loss = self._term(self.D(self.G(torch.randn(real.shape[0], self.cfg.z_dim, device=real.device))), "g")
+        log("g_loss", g_loss.detach())
+        self._watch(g_loss)
+        return g_loss
+
+    # ------------------------------------------------------------------ the generator EMA and its samples
     @property
     def ema_kimg(self) -> float:
         """The EMA half-life cap in kimg: ``ema_kimg`` or StyleGAN2-ADA's default batch·10/32."""
@@ -162,35 +258,6 @@ class GanTrainer:
         if self.cfg.ema_decay is not None:
             return self.cfg.ema_decay
         return ema_beta(self.cfg.batch_size, self.nimg, self.ema_kimg, self.cfg.ema_rampup)
-
-    def step(self, real: Tensor) -> Tensor:
-        """One D update and one G update on the real batch [B, ...]; returns (d_loss, g_loss, r1) [3] on the device."""
-        cfg, batch = self.cfg, real.shape[0]
-        # --- discriminator
-        self.D.requires_grad_(True)
-        with torch.no_grad():
-            fake = self.G(torch.randn(batch, cfg.z_dim, device=self.device))
-        if cfg.r1_gamma > 0:
-            real = real.detach().requires_grad_(True)
-        d_real = self.D(real)  # [B, 1]
-        d_loss = self._term(self.D(fake), "d_fake") + self._term(d_real, "d_real")
-        total = d_loss
-        if cfg.r1_gamma > 0:
-            r1 = r1_penalty(d_real, real)
-            total = d_loss + 0.5 * cfg.r1_gamma * r1
-        else:
-            r1 = torch.zeros((), device=self.device)
-        self.opt_d.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_d.step()
-        # --- generator (D frozen: no parameter gradients for it)
-        self.D.requires_grad_(False)
-        g_loss = self._term(self.D(self.G(torch.randn(batch, cfg.z_dim, device=self.device))), "g")
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
-        self.update_ema()
-        return torch.stack([d_loss.detach(), g_loss.detach(), r1.detach()])
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -216,63 +283,6 @@ class GanTrainer:
             "half_life_steps": half_life,
             "initial_weight_share": self.ema_init_share,
         }
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.real) // self.cfg.batch_size
-
-    def run_epoch(self, indices: Iterable[int] | None = None) -> dict[str, float]:
-        """One pass over the data in a device-side random order; returns its history row (mean losses; one host
-        sync). ``indices`` yields the step numbers 0 … steps_per_epoch − 1 (a progress bar or clock may wrap them)."""
-        batch, steps = self.cfg.batch_size, self.steps_per_epoch
-        order = torch.randperm(len(self.real), device=self.device)
-        sums = torch.zeros(3, device=self.device)
-        self.G.train()
-        self.D.train()
-        start = time.perf_counter()
-        for i in range(steps) if indices is None else indices:
-            sums += self.step(self.real[order[i * batch : (i + 1) * batch]])
-        d_loss, g_loss, r1 = (sums / steps).tolist()
-        if not all(map(math.isfinite, (d_loss, g_loss, r1))):
-            from losslab.train.task import diverged_error
-
-            raise diverged_error(self.epoch + 1)
-        self.epoch += 1
-        return {
-            "epoch": self.epoch - 1,  # the index of the finished epoch (0-based, as in every run's history)
-            "step": self.epoch * steps,
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            "r1": r1,
-            "steps": steps,
-            "seconds": time.perf_counter() - start,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "G_ema": self.G_ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "epoch": self.epoch,
-            "nimg": self.nimg,
-            "ema_init_share": self.ema_init_share,
-            "cpu_rng": torch.get_rng_state(),
-        }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("G", "D", "G_ema", "opt_g", "opt_d"):
-            getattr(self, name).load_state_dict(state[name])
-        self.epoch = int(state["epoch"])
-        self.ema_init_share = float(state.get("ema_init_share", math.nan))
-        self.nimg = int(state.get("nimg", self.epoch * self.steps_per_epoch * self.cfg.batch_size))
-        torch.set_rng_state(state["cpu_rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def samples(self, n: int, seed: int, live: bool = False) -> Tensor:
         """``n`` samples from seeded latents (eval mode) of the EMA generator (its BatchNorm statistics re-estimated
@@ -332,6 +342,21 @@ MATCH_KEYS = ("data", "img_size", "loss", "k", "z_dim", "width", "d_norm", "batc
 PROGRESS_SUMMARY = {"d_loss": "d_loss", "g_loss": "g_loss", "r1": "r1"}
 
 
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """A resume checkpoint, checked before any work: safe to load (:func:`losslab.runs.check`) and in the loop's
+    layout with two optimizer states (D, G); else :class:`~losslab.errors.CorruptFileError`."""
+    from losslab import runs
+
+    state = runs.check(path)
+    if "state_dict" not in state or len(state.get("optimizer_states") or ()) != 2 or "task" not in state:
+        raise CorruptFileError(
+            f"GAN checkpoint {str(path)!r} is not a checkpoint of the training loop (state_dict, D's and G's "
+            "optimizer states): it was written by another experiment or by losslab before the GAN moved into the "
+            "one loop, and cannot be continued. Start a new run (the old folder's samples and history stay)"
+        )
+    return state
+
+
 def run_spec(cfg: GanConfig) -> RunSpec:
     """The :class:`losslab.runs.RunSpec` of ``cfg``'s run: its folder rules are those of every losslab run."""
     from losslab import runs
@@ -345,6 +370,7 @@ def run_spec(cfg: GanConfig) -> RunSpec:
         config={**cfg.to_dict(), "resume": None, "overwrite": False},
         match_keys=MATCH_KEYS,
         epochs=cfg.epochs,
+        validate=check_checkpoint,
     )
 
 
@@ -362,16 +388,16 @@ def resume_config(resume: Path, overrides: dict[str, Any]) -> GanConfig:
 
 
 def evaluate_generator(
-    trainer: GanTrainer, classifier_cache: Path | None = None
+    task: GanTask, real: Tensor, classifier_cache: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Final metrics of the EMA generator and of the live G (module docstring of :mod:`losslab.gan.metrics`), and
     notes; both from the same seeded latents."""
     from losslab.gan import metrics as M
 
-    cfg, data, notes = trainer.cfg, trainer.data, []
+    cfg, data, notes = task.cfg, task.data, []
     seed = cfg.seed + EVAL_SEED_OFFSET
     n = cfg.eval_samples or (10_000 if data.is_toy else 1_000)
-    fakes = [trainer.samples(n, seed), trainer.samples(n, seed, live=True)]  # EMA, live
+    fakes = [task.samples(n, seed), task.samples(n, seed, live=True)]  # EMA, live
     if data.is_toy:
         assert data.mixture is not None
         ema, live = (M.mode_metrics(fake, data.mixture) for fake in fakes)
@@ -386,20 +412,55 @@ def evaluate_generator(
         notes.append(f"digits-FD and precision/recall use the digits classifier; not computed for {cfg.data!r}")
     if cfg.fid_weights is not None:
         for out, fake in zip(outs, fakes):
-            out["fid"] = M.inception_fid(fake, trainer.real[: len(fake)], cfg.fid_weights)
+            out["fid"] = M.inception_fid(fake, real[: len(fake)], cfg.fid_weights)
     else:
         notes.append(M.fid_message(None) or "")
     return outs[0], outs[1], notes
 
 
+class SampleGrids:
+    """Loop hook: after each epoch's steps (before its history row and checkpoint), the grid of EMA-generator
+    samples from fixed latents, ``samples/epoch_NNN.png`` (1-based, as before the one loop)."""
+
+    def __init__(self, task: GanTask, run_dir: Path) -> None:
+        cfg = task.cfg
+        self.task, self.run_dir = task, run_dir
+        self.seed, self.title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
+        self.n = cfg.grid_samples or (2000 if task.data.is_toy else 64)
+
+    def end_epoch(self, epoch: int) -> None:
+        path = self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png"
+        title = f"epoch {epoch + 1}, {self.title}, EMA generator"
+        save_sample_grid(self.task.samples(self.n, self.seed), path, self.task.data, title)
+
+
+def loop_settings(cfg: GanConfig, run_dir: Path, resume_ckpt: Path | None, device: torch.device) -> LoopSettings:
+    """The plain loop's settings for a GAN run: full precision, no validation split, no best checkpoint."""
+    from losslab.runs.loop import LoopSettings
+
+    return LoopSettings(
+        run_dir=run_dir,
+        epochs=cfg.epochs,
+        device=device,
+        resume_ckpt=resume_ckpt,
+        progress=cfg.progress,
+        progress_summary=PROGRESS_SUMMARY,
+        hyper_parameters={"config": {**cfg.to_dict(), "resume": None, "overwrite": False}},  # as config.yaml
+        started=time.perf_counter(),
+        diverged_hint=DIVERGED_HINT,
+    )
+
+
 def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
-    """Train (or continue) the run of ``cfg`` in its run folder (:mod:`losslab.runs`); returns the :class:`GanResult`.
+    """Train (or continue) the run of ``cfg`` in its run folder through the plain loop (:mod:`losslab.runs.loop`);
+    returns the :class:`GanResult`.
 
     Everything that can be refused (device, data, batch size, the run folder and a resume's checkpoint and config) is
     checked before the folder is made; an ``--overwrite`` trains in a staging folder and replaces the old run only
     when it has finished.
     """
     from losslab import runs
+    from losslab.runs.loop import run_loop
 
     device = runs.resolve_device(cfg.accelerator, flag="--accelerator")
     if cfg.fid_weights is not None and not Path(cfg.fid_weights).is_file():
@@ -413,63 +474,45 @@ def train_gan(cfg: GanConfig, data: GanData | None = None) -> GanResult:
             data_dir=cfg.data_dir,
             download=cfg.download,
         )
-    trainer = GanTrainer(cfg, data, device)
+    task = GanTask(cfg, data, device)
+    loaders = SimpleNamespace(train=ShuffledBatches(data.tensor, cfg.batch_size).to(device), val=None, test=None)
     with runs.claim(run_spec(cfg)) as run:
         work = run.create()
         run.write_config()
-        if run.resume_ckpt is not None:
-            runs.load(run.resume_ckpt, into={"trainer": trainer}, map_location=device, what="GAN checkpoint")
-        history = runs.History(work, keep_before=trainer.epoch)
-        clock = runs.Throughput(time.perf_counter(), device)
-        progress = runs.Progress(runs.progress_mode(cfg.progress), cfg.epochs, summary=PROGRESS_SUMMARY)
-        grid_seed, title = cfg.seed + GRID_SEED_OFFSET, run_label(cfg)
-        n_grid = cfg.grid_samples or (2000 if data.is_toy else 64)
-        while trainer.epoch < cfg.epochs:
-            steps = progress.batches(range(trainer.steps_per_epoch), trainer.epoch)
-            stats = trainer.run_epoch(_timed(steps, clock, cfg.batch_size))
-            clock.stop()
-            history.append(stats)
-            save_sample_grid(
-                trainer.samples(n_grid, grid_seed),
-                work / "samples" / f"epoch_{trainer.epoch:03d}.png",
-                data,
-                f"epoch {trainer.epoch}, {title}, EMA generator",
-            )
-            runs.save(run.last_ckpt, {"trainer": trainer})
-            progress.close(stats)
+        start = time.perf_counter()
+        outcome = run_loop(task, loaders, loop_settings(cfg, work, run.resume_ckpt, device), [SampleGrids(task, work)])
+        train_seconds = time.perf_counter() - start
         metrics, live, notes = ({}, {}, [])
         if cfg.metrics:
-            metrics, live, notes = evaluate_generator(trainer, cfg.out_dir / "digits_classifier.pt")
+            metrics, live, notes = evaluate_generator(task, loaders.train.tensor, cfg.out_dir / "digits_classifier.pt")
+        epochs = len(outcome.rows)
         result = GanResult(
             run_dir=run.final,
             config=cfg.to_dict(),
-            epochs=trainer.epoch,
-            steps=trainer.epoch * trainer.steps_per_epoch,
-            history=history.rows,
+            epochs=epochs,
+            steps=epochs * len(loaders.train),
+            history=outcome.rows,
             metrics=metrics,
             metrics_live=live,
-            parameters={"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
-            train_seconds=sum(h["seconds"] for h in history.rows),
+            parameters={"G": count_parameters(task.G), "D": count_parameters(task.D)},
+            train_seconds=train_seconds,
             notes=[n for n in notes if n],
-            ema=trainer.ema_summary(),
-            speed=clock.record(),
+            ema=task.ema_summary(),
+            speed={
+                "items_per_s": outcome.images_per_s,
+                "first_step_s": outcome.first_step_s,
+                "first_step_unix": outcome.first_step_unix,
+                "threads": runs.thread_report(),
+            },
         )
         run.write_result(result.to_dict())
         run.commit()
     return result
 
 
-def _timed(indices: Iterable[int], clock: Any, batch_size: int) -> Iterator[int]:
-    """``indices``, with the throughput clock told of each step (and its real images) before it runs."""
-    for i in indices:
-        clock.step()
-        clock.count(batch_size)
-        yield i
-
-
 __all__ = [
     "GanResult",
-    "GanTrainer",
+    "GanTask",
     "ema_beta",
     "recalibrate_batchnorm",
     "resume_config",

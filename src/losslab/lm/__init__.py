@@ -5,29 +5,21 @@
     result = quantize_decoder(model, GPTQ(bits=4), calib_windows)       # a quantized copy (inplace=True: no copy)
     perplexity(model, eval_windows(test_ids, 2048)).ppl                 # exp(mean token CE)
 
-Heavy pieces (Lightning finetuning, the CLI) live in :mod:`losslab.lm.finetune` and :mod:`losslab.cli.lm`.
+Finetuning runs causal-LM training as a task of the plain loop (:mod:`losslab.lm.finetune`, config in
+:mod:`losslab.lm.config`); the CLI is :mod:`losslab.cli.lm`. Importing the package loads no torch: its names load
+on first use.
 """
 
-from losslab.lm.data import calibration_windows, eval_windows, load_calibration, load_corpus, tokenize_text
-from losslab.lm.packing import load_packed_lm, save_packed_lm
-from losslab.lm.perplexity import PerplexityResult, perplexity
-from losslab.lm.quantize import capture_layer_inputs, quantize_decoder
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, shift_labels, token_loss
+from losslab.lazy import lazy_exports
 
-__all__ = [
-    "PerplexityResult",
-    "TokenLossSpec",
-    "calibration_windows",
-    "capture_layer_inputs",
-    "causal_lm_loss",
-    "eval_windows",
-    "load_calibration",
-    "load_corpus",
-    "load_packed_lm",
-    "perplexity",
-    "quantize_decoder",
-    "save_packed_lm",
-    "shift_labels",
-    "token_loss",
-    "tokenize_text",
-]
+_WHERE = {
+    **dict.fromkeys(("calibration_windows", "eval_windows", "load_calibration", "load_corpus", "tokenize_text"),
+                    "losslab.lm.data"),
+    **dict.fromkeys(("load_packed_lm", "save_packed_lm"), "losslab.lm.packing"),
+    **dict.fromkeys(("PerplexityResult", "perplexity"), "losslab.lm.perplexity"),
+    **dict.fromkeys(("capture_layer_inputs", "quantize_decoder"), "losslab.lm.quantize"),
+    **dict.fromkeys(("TokenLossSpec", "causal_lm_loss", "shift_labels", "token_loss"), "losslab.objectives.token"),
+}  # fmt: skip
+__getattr__ = lazy_exports(__name__, _WHERE)
+
+__all__ = sorted(_WHERE)

@@ -1,130 +1,63 @@
-"""Finetune a Hugging Face causal LM with the rooted (or cross-entropy) token loss, with Lightning.
+"""Finetune a Hugging Face causal LM with the rooted (or cross-entropy) token loss, in the plain training loop.
 
-Why Lightning rather than the HF ``Trainer``: the rest of losslab trains with Lightning, and it gives
-checkpoint + resume, the progress bar, bf16/fp16 autocast and DDP without another framework. One optimizer step
-consumes one loader batch of ``batch_size × grad_accum`` blocks, split into ``grad_accum`` micro-batches; each
-micro-batch loss is divided by the valid-token count of the **whole** accumulated batch (HF's
-``num_items_in_batch``), so accumulation equals one big batch exactly (llm.md §1)::
+Causal-LM finetuning is a task of the one loop (:class:`CausalLMTask`, the protocol of :mod:`losslab.runs.task`):
+the loop owns the device, precision, clipping, EMA, NaN check, history, checkpoints, resume and progress; the task
+owns the forward, the token loss and its evaluation. One optimizer step consumes ``batch_size × grad_accum``
+blocks, split into ``grad_accum`` micro-batches (:meth:`CausalLMTask.micro_batches`); each micro-batch loss is
+divided by the valid-token count of the **whole** step (HF's ``num_items_in_batch``), so accumulation equals one
+big batch exactly (llm.md §1). The learning rate warms up linearly for ``warmup_steps`` and decays linearly to 0 at
+the last step, stepped after every optimizer step (:class:`WarmupLinearDecay`, the loop's ``step_batch`` hook)::
 
-    cfg = FinetuneConfig(model="facebook/opt-125m", output_dir="runs/opt125m-rlo", loss="root", k=5, m=5)
+    cfg = FinetuneConfig(model="facebook/opt-125m", out_dir="runs/opt125m-rlo", loss="root", k=5, m=5)
     result = finetune(cfg)                   # a new run folder (losslab.runs); resume=... continues a killed one
     result.val_ppl_before, result.val_ppl_after    # exp(token CE) on held-out windows, whatever the loss
 
-Reported perplexity is always exp(token cross entropy); the training loss is logged separately. The run folder is
-the shared one (:mod:`losslab.runs`): ``config.yaml``, ``history.json``/``metrics.csv`` (one row per checkpoint
-interval, written before that checkpoint), ``checkpoints/last.ckpt`` (written atomically, read through the safe
-loader), ``model/`` (save_pretrained) and ``result.json``; a confined run name, a lock, a marker, and
-``overwrite`` replacing only a run losslab made, once the new one has finished.
+The loop's "epoch" is an interval of ``checkpoint_every`` optimizer steps (:class:`StepBatches`): one history row
+(``epoch`` = the interval's index) and one ``checkpoints/last.ckpt`` each, validation every ``eval_every`` steps.
+The batches of step ``s`` depend only on ``s`` and the seed, and dropout is reseeded per interval, so a resumed run
+continues bit-identically. Reported perplexity is always exp(token cross entropy) (``val/ppl``, summed exactly
+over batches from the tally (CE sum, token count)); the training loss is logged separately. The run
+folder is the shared one (:mod:`losslab.runs`): ``config.yaml``, ``history.json``/``metrics.csv``,
+``checkpoints/last.ckpt``, ``model/`` (save_pretrained) and ``result.json``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
-import sys
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from losslab.errors import ConfigError, TrainingDivergedError, check_range, unknown_name_error
+from losslab.errors import ConfigError
+from losslab.lm.config import MATCH_KEYS, FinetuneConfig
 from losslab.lm.data import eval_windows, load_corpus, require_pad_token, tokenize_text, training_blocks
 from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 from losslab.lm.perplexity import perplexity
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, count_predicted_tokens
+from losslab.objectives.token import (
+    IGNORE_INDEX,
+    TokenLossSpec,
+    causal_lm_loss,
+    count_predicted_tokens,
+    shift_labels,
+    token_loss,
+)
+from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, run_loop
+from losslab.runs.task import LogFn
 
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")  # Lightning's values
-MAX_GRAD_CLIP = 1e6  # also rejects inf (and NaN fails every comparison)
-MAX_BATCH = 65_536
 _CE = TokenLossSpec(kind="ce")
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything one finetuning run needs (defaults: the RLO reference recipe, llm.md §4, on raw text).
-
-    ``text_file`` (local, offline) overrides ``dataset``; without ``val_file`` its last ``val_fraction`` of
-    tokens is held out. ``max_steps`` (optimizer steps) overrides ``epochs`` when set.
-    """
-
-    model: str
-    output_dir: str | None = None
-    dataset: str = "wikitext2"
-    text_file: str | None = None
-    val_file: str | None = None
-    val_fraction: float = 0.1
-    block_size: int = 256
-    loss: str = "root"
-    k: float = 5.0
-    m: float = 5.0
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 2
-    grad_clip: float = 1.0
-    precision: str = "32-true"
-    devices: str = "auto"
-    accelerator: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    seed: int = 42
-    eval_every: int = 500
-    checkpoint_every: int = 500
-    max_eval_windows: int | None = None
-    pad_token: str | None = None
-    resume: str | None = None
-    run_name: str | None = None
-    overwrite: bool = False
-    progress: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.loss_spec()  # validates loss, k, m
-        if self.output_dir is None and self.resume is None:
-            raise ConfigError("give --out-dir (the run folder) or --resume RUN (a killed run to continue)")
-        if self.precision not in PRECISIONS:
-            raise unknown_name_error("precision", self.precision, PRECISIONS)
-        for key in ("block_size", "batch_size", "grad_accum", "epochs", "eval_every", "checkpoint_every", "num_nodes"):
-            check_range(key, getattr(self, key), low=1)
-        for key in ("batch_size", "grad_accum"):  # blocks held at once: a typo here would exhaust memory
-            check_range(key, getattr(self, key), high=MAX_BATCH)
-        check_range("epochs", self.epochs, high=100_000)
-        check_range("lr", self.lr, low=0.0, high=10.0, low_inclusive=False)
-        check_range("weight_decay", self.weight_decay, low=0.0, high=1.0)
-        check_range("grad_clip", self.grad_clip, low=0.0, high=MAX_GRAD_CLIP, low_inclusive=False)
-        check_range("warmup_steps", self.warmup_steps, low=0)
-        check_range("val_fraction", self.val_fraction, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-        check_range("seed", self.seed, low=0, high=2**32 - 1)
-        for key in ("max_steps", "max_eval_windows"):
-            if getattr(self, key) is not None:
-                check_range(key, getattr(self, key), low=1)
-
-    def loss_spec(self) -> TokenLossSpec:
-        """The training loss (``ce``, ``root`` or ``root_convex`` with k, m)."""
-        return TokenLossSpec(kind=self.loss, k=self.k, m=self.m)
-
-
-class _Blocks(Dataset):
-    """Rows of the dict produced by :func:`training_blocks`."""
-
-    def __init__(self, blocks: dict[str, Tensor]) -> None:
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks["input_ids"].shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in self.blocks.items()}
+DIVERGED_HINT = (
+    "the run stopped and its last checkpoint (checkpoints/last.ckpt, from the interval before, if any) is kept. "
+    "Lower --lr, --gradient-clip or --k"
+)
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -134,77 +67,188 @@ def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-class CausalLMFinetune(pl.LightningModule):
-    """LightningModule around an HF causal LM: manual optimization with exact token-count accumulation.
+class WarmupLinearDecay:
+    """A per-step schedule for the plain loop: ``step_batch()`` after every optimizer step moves the LR multiplier
+    :func:`warmup_linear_decay`; the loop's per-epoch ``step(epoch)`` leaves it alone."""
 
-    Logs ``train_loss`` (the training objective), ``val_ce`` and ``val_ppl`` = exp(val_ce) (always cross
-    entropy) and ``val_objective`` (the training loss on validation blocks).
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        return warmup_linear_decay(step, self.warmup, self.total)
+
+    def step(self, epoch: int | None = None) -> None:
+        """Epochs (checkpoint intervals) do not move a per-step schedule."""
+
+    def step_batch(self) -> None:
+        self.lambda_lr.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.lambda_lr.state_dict().items() if key != "lr_lambdas"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lambda_lr.load_state_dict({**state, "lr_lambdas": [None] * len(self.lambda_lr.lr_lambdas)})
+
+
+@dataclass
+class StepBatches:
+    """The training batches of the loop's epoch ``e``: optimizer steps ``[e·every, min((e+1)·every, total))``.
+
+    Step ``s`` takes the blocks ``perm_p[j·B : (j+1)·B]`` with ``p, j = divmod(s, steps_per_pass)`` and ``perm_p``
+    the permutation of pass ``p`` (:meth:`permutations`): the order depends only on the step and the seed, so a
+    resume sees the same batches. Each batch is gathered with one index per tensor (no per-sample collate).
+    """
+
+    blocks: dict[str, Tensor]
+    step_blocks: int
+    every: int
+    total_steps: int
+    seed: int
+    epoch: int = 0
+
+    @property
+    def sampler(self) -> StepBatches:
+        return self  # the loop calls ``loader.sampler.set_epoch(epoch)``
+
+    @property
+    def steps_per_pass(self) -> int:
+        return math.ceil(self.n_blocks / self.step_blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.blocks["input_ids"].shape[0])
+
+    @property
+    def intervals(self) -> int:
+        return math.ceil(self.total_steps / self.every)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return min(self.every, self.total_steps - self.epoch * self.every)
+
+    def permutations(self, first_pass: int) -> Iterator[Tensor]:
+        """The block order of each pass from ``first_pass`` on: the draws a shuffling ``DataLoader`` makes from a
+        generator seeded with ``seed`` (per pass: its base-seed draw, the sampler's permutation and the sampler's
+        empty tail permutation), so a run keeps the data order of the earlier Lightning engine."""
+        generator = torch.Generator().manual_seed(self.seed)
+        for data_pass in itertools.count():
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            perm = torch.randperm(self.n_blocks, generator=generator)
+            torch.randperm(self.n_blocks, generator=generator)
+            if data_pass >= first_pass:
+                yield perm
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        first = self.epoch * self.every
+        perms, perm_pass = self.permutations(first // self.steps_per_pass), -1
+        for step in range(first, first + len(self)):
+            data_pass, j = divmod(step, self.steps_per_pass)
+            if data_pass != perm_pass:
+                perm, perm_pass = next(perms), data_pass
+            index = perm[j * self.step_blocks : (j + 1) * self.step_blocks]
+            yield {key: value[index] for key, value in self.blocks.items()}
+
+
+def eval_batches(blocks: dict[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
+    """The held-out blocks in batches of ``batch_size``."""
+    index = torch.arange(blocks["input_ids"].shape[0])
+    return [{key: value[part] for key, value in blocks.items()} for part in index.split(batch_size)]
+
+
+class CausalLMTask:
+    """Causal-LM finetuning as a task of the plain loop (:mod:`losslab.runs.task`).
+
+    Logs ``train/loss`` (the training objective, the token mean of each optimizer step); evaluation tallies
+    (cross-entropy sum, training-objective sum, scored tokens) in float64, from which ``val/ce``, ``val/ppl`` =
+    exp(val/ce) and ``val/objective`` follow exactly.
     """
 
     def __init__(self, model: nn.Module, cfg: FinetuneConfig, total_steps: int) -> None:
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
+        self.model, self.cfg, self.total_steps = model, cfg, total_steps
         self.spec = cfg.loss_spec()
-        self.total_steps = total_steps
-        self.automatic_optimization = False
-        self._val: list[Tensor] = []
+        self._items: int | None = None  # scored tokens of the current optimizer step
+        self._step_loss: Tensor | None = None
+        self._nonfinite: Tensor | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizer_and_schedule(self) -> tuple[torch.optim.Optimizer, WarmupLinearDecay]:
+        """AdamW (β = 0.9, 0.999; no weight decay on biases and norms) and the warmup-linear-decay schedule."""
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.dim() < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        return optimizer, WarmupLinearDecay(optimizer, self.cfg.warmup_steps, self.total_steps)
+
+    def attach(self) -> None:
+        """No hooks."""
+
+    def detach(self) -> None:
+        """No hooks."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Reseed dropout for the interval ``epoch``: a resumed run draws the same masks."""
+        torch.manual_seed((self.cfg.seed + (epoch + 1) * 0x9E3779B97F4A7C15) % 2**64)
+
+    def prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return batch
+
+    def batch_size(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def micro_batches(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """The ``batch_size``-block micro-batches of one optimizer step; notes the step's scored-token count."""
+        self._items = max(1, count_predicted_tokens(batch["labels"]))
+        size = self.cfg.batch_size
+        return [
+            {k: v[start : start + size] for k, v in batch.items()} for start in range(0, self.batch_size(batch), size)
+        ]
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
-    def on_train_start(self) -> None:
-        # HF ``from_pretrained`` returns the model in eval mode and Lightning keeps each submodule's mode, so
-        # without this dropout would be off for the whole run (the reference Trainer trains in train mode).
-        self.model.train()
+    def training_loss(self, batch: dict[str, Tensor], epoch: int, log: LogFn) -> Tensor:
+        """Σ token loss of the micro-batch ÷ scored tokens of the whole step (:meth:`micro_batches`)."""
+        loss = causal_lm_loss(self._logits(batch), batch["labels"], self.spec, num_items=self._items)
+        self._step_loss = loss.detach() if self._step_loss is None else self._step_loss + loss.detach()
+        return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        opt = self.optimizers()
-        n_items = max(1, count_predicted_tokens(batch["labels"]))
-        total = torch.zeros((), device=self.device)
-        for start in range(0, batch["input_ids"].shape[0], self.cfg.batch_size):
-            micro = {k: v[start : start + self.cfg.batch_size] for k, v in batch.items()}
-            loss = causal_lm_loss(self._logits(micro), micro["labels"], self.spec, num_items=n_items)
-            self.manual_backward(loss)
-            total += loss.detach()
-        if not bool(torch.isfinite(total)):  # one sync per optimizer step; the update is never applied
-            raise TrainingDivergedError(
-                f"training diverged: the loss became NaN or infinite at step {self.global_step + 1}; the last "
-                "checkpoint (checkpoints/last.ckpt, if any) is kept. Lower --lr, --gradient-clip or --k"
-            )
-        self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.lr_schedulers().step()
-        self.log("train_loss", total, prog_bar=True)
-        return total
+    def gradient_terms(self, epoch: int, log: LogFn) -> None:
+        """No gradient-side terms; logs the step's training loss (the sum over its micro-batches) once per step."""
+        if self._step_loss is not None:
+            bad = ~torch.isfinite(self._step_loss)
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+            log("train/loss", self._step_loss, prog_bar=True)
+        self._step_loss, self._items = None, None
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def take_nonfinite(self) -> Tensor | None:
+        bad, self._nonfinite = self._nonfinite, None
+        return bad
+
+    def eval_tally(self, batch: dict[str, Tensor], stage: str, log: LogFn) -> Tensor:
+        """(CE sum, objective sum, scored tokens) of one batch, float64."""
         logits = self._logits(batch)
-        n = count_predicted_tokens(batch["labels"])
-        ce = causal_lm_loss(logits, batch["labels"], _CE) * n
-        objective = causal_lm_loss(logits, batch["labels"], self.spec) * n
-        self._val.append(torch.stack([ce.detach(), objective.detach(), torch.tensor(float(n), device=ce.device)]))
+        targets = shift_labels(batch["labels"])
+        ce = token_loss(logits, targets, _CE, reduction="sum")
+        objective = ce if self.spec.kind == "ce" else token_loss(logits, targets, self.spec, reduction="sum")
+        tokens = (targets != IGNORE_INDEX).sum()
+        return torch.stack([ce.double(), objective.double(), tokens.double()])
 
-    def on_validation_epoch_end(self) -> None:
-        ce_sum, obj_sum, count = torch.stack(self._val).sum(0)
-        self._val.clear()
-        val_ce = ce_sum / count.clamp(min=1)
-        self.log("val_ce", val_ce, sync_dist=True)
-        self.log("val_ppl", torch.exp(val_ce), prog_bar=True, sync_dist=True)
-        self.log("val_objective", obj_sum / count.clamp(min=1), sync_dist=True)
+    def tally_metrics(self, stage: str, tally: Tensor) -> dict[str, float]:
+        ce_sum, objective_sum, tokens = tally.tolist()
+        if tokens == 0:
+            return {}
+        return {f"{stage}/ce": ce_sum / tokens, f"{stage}/ppl": math.exp(ce_sum / tokens),
+                f"{stage}/objective": objective_sum / tokens}  # fmt: skip
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.dim() < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-        warmup, total = self.cfg.warmup_steps, self.total_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_linear_decay(s, warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def validation_statistics(self, lr: float) -> dict[str, float]:
+        return {}
 
 
 @dataclass
@@ -220,71 +264,15 @@ class FinetuneResult:
     config: dict[str, Any]
 
 
-#: Config keys a ``--resume`` must keep (the checkpoint holds this model's weights).
-MATCH_KEYS = ("model", "pad_token")
-#: Keys of :class:`FinetuneConfig` that say where and how the run runs, not what it trains (not in config.yaml).
-RUN_KEYS = ("output_dir", "run_name", "resume", "overwrite", "progress", "extra")
-
-
 def run_spec(cfg: FinetuneConfig) -> Any:
-    """The run folder of ``cfg``: ``output_dir/run_name``, or ``output_dir`` itself without a run name."""
+    """The run folder of ``cfg``: ``out_dir/run_name``, or ``out_dir`` itself without a run name."""
     from losslab.runs import RunSpec
 
-    out_dir, run_name = cfg.output_dir, cfg.run_name
+    out_dir, run_name = cfg.out_dir, cfg.run_name
     if run_name is None and out_dir is not None:
-        out_dir, run_name = str(Path(out_dir).parent), Path(out_dir).name
-    config = {k: v for k, v in asdict(cfg).items() if k not in RUN_KEYS}
-    resume = Path(cfg.resume) if cfg.resume is not None else None
-    return RunSpec(out_dir=Path(out_dir or "."), run_name=run_name or "", resume=resume, overwrite=cfg.overwrite,
-                   config=config, match_keys=MATCH_KEYS)  # fmt: skip
-
-
-class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoints through the run's contract: written atomically, read through the safe loader."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        from losslab.runs import save
-
-        save(path, checkpoint)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        from losslab.runs import load
-
-        return load(path, map_location=map_location if map_location is not None else "cpu")
-
-
-class _RunRecord(pl.Callback):
-    """One history row per checkpoint interval (``epoch`` = its 0-based index), appended before the checkpoint of
-    the same step (Lightning runs checkpoint callbacks last), and, in ``lines`` mode, one line on stderr."""
-
-    def __init__(self, history: Any, every: int, total: int, mode: str) -> None:
-        self.history, self.every, self.total, self.mode = history, every, total, mode
-        self.losses: list[float] = []
-        self.val: dict[str, float] = {}
-        self.start_step = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start_step = trainer.global_step
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics  # validation runs after the step's row: the next row carries it
-        self.val = {f"val/{k[4:]}": float(metrics[k]) for k in ("val_ce", "val_ppl") if k in metrics}
-        self.val["val/at_step"] = trainer.global_step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
-        step = trainer.global_step
-        if step % self.every:
-            return
-        row = {"epoch": step // self.every - 1, "step": step, "train/loss": sum(self.losses) / len(self.losses),
-               **self.val}  # fmt: skip
-        self.losses.clear()
-        self.history.append(row)
-        if self.mode == "lines":
-            shown = " ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items() if k in ("train/loss", "val/ppl"))
-            print(f"step {step}/{self.total}: {shown}", file=sys.stderr, flush=True)
+        out_dir, run_name = Path(out_dir).parent, Path(out_dir).name
+    return RunSpec(out_dir=Path(out_dir or "."), run_name=run_name or "", resume=cfg.resume, overwrite=cfg.overwrite,
+                   config=cfg.stored(), match_keys=MATCH_KEYS)  # fmt: skip
 
 
 def _texts(cfg: FinetuneConfig, tokenizer: Any) -> tuple[Tensor, Tensor]:
@@ -294,11 +282,23 @@ def _texts(cfg: FinetuneConfig, tokenizer: Any) -> tuple[Tensor, Tensor]:
             tokenize_text(tokenizer, load_corpus(cfg.dataset, "train")),
             tokenize_text(tokenizer, load_corpus(cfg.dataset, "validation")),
         )
-    ids = tokenize_text(tokenizer, load_corpus(cfg.text_file))
+    ids = tokenize_text(tokenizer, load_corpus(str(cfg.text_file)))
     if cfg.val_file is not None:
-        return ids, tokenize_text(tokenizer, load_corpus(cfg.val_file))
+        return ids, tokenize_text(tokenizer, load_corpus(str(cfg.val_file)))
     cut = int(ids.numel() * (1 - cfg.val_fraction))
     return ids[:cut], ids[cut:]
+
+
+def total_steps(cfg: FinetuneConfig, n_blocks: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, else ``epochs`` passes of ⌈blocks / (batch_size·grad_accum)⌉;
+    refuses a warmup that does not end before the last step."""
+    steps = cfg.max_steps or cfg.epochs * math.ceil(n_blocks / (cfg.batch_size * cfg.grad_accum))
+    if cfg.warmup_steps >= steps and cfg.warmup_steps > 0:
+        raise ConfigError(
+            f"warmup_steps={cfg.warmup_steps} is not below the {steps} optimizer steps of this run; lower "
+            "--warmup-steps or train longer"
+        )
+    return steps
 
 
 def save_pretrained_atomic(model: nn.Module, tokenizer: Any, directory: str | os.PathLike[str]) -> Path:
@@ -320,72 +320,70 @@ def save_pretrained_atomic(model: nn.Module, tokenizer: Any, directory: str | os
 def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any = None) -> FinetuneResult:
     """Run (or, with ``cfg.resume``, continue) the finetuning described by ``cfg`` in its run folder.
 
-    ``model``/``tokenizer`` override ``cfg.model``. Everything that can be refused (the run folder, the model, the
-    data, the schedule) is checked before the folder is created. Writes ``checkpoints/last.ckpt`` every
+    ``model``/``tokenizer`` override ``cfg.model``. Everything that can be refused (the run folder, the device, the
+    model, the data, the schedule) is checked before the folder is created. Writes ``checkpoints/last.ckpt`` every
     ``checkpoint_every`` steps, ``model/`` (save_pretrained) and ``result.json`` (see the module doc).
     """
-    from losslab.runs import History, claim, load, progress_mode
+    from losslab.runs import claim, load, resolve_device
 
+    started = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("lm finetune trains in one process on one device; run it without torchrun")
     with claim(run_spec(cfg)) as run:
+        device = resolve_device(cfg.accelerator, flag="--accelerator")
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.pad_token)
         pad_id = require_pad_token(tokenizer, "finetuning (it pads the last block)")
         model = model if model is not None else load_causal_lm(cfg.model)
         check_seqlen(model, cfg.block_size)
         train_ids, val_ids = _texts(cfg, tokenizer)
         val_windows = eval_windows(val_ids, cfg.block_size, cfg.max_eval_windows)
-        train = _Blocks(training_blocks(train_ids, cfg.block_size, pad_id))
-        val = _Blocks(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id))
-        step_batch = cfg.batch_size * cfg.grad_accum
-        steps_per_epoch = math.ceil(len(train) / step_batch)
-        total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-        if cfg.warmup_steps >= total_steps and cfg.warmup_steps > 0:
-            raise ConfigError(
-                f"warmup_steps={cfg.warmup_steps} is not below the {total_steps} optimizer steps of this run; lower "
-                "--warmup-steps or train longer"
-            )
-        resumed = 0
-        if run.resume_ckpt is not None:
-            resumed = int(load(run.resume_ckpt, mmap=True).get("global_step", 0))
+        train = training_blocks(train_ids, cfg.block_size, pad_id)
+        steps = total_steps(cfg, int(train["input_ids"].shape[0]))
+        batches = StepBatches(train, cfg.batch_size * cfg.grad_accum, cfg.checkpoint_every, steps, cfg.seed)
+        val = eval_batches(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id), cfg.batch_size)
+        resumed = int(load(run.resume_ckpt, mmap=True).get("global_step", 0)) if run.resume_ckpt else 0
+        Precision(loop_precision(cfg), device)  # 16-mixed without a GPU: refused before the folder exists
         work = run.create()
         run.write_config()
-        mode = progress_mode(cfg.progress)
-        record = _RunRecord(History(work, keep_before=resumed // cfg.checkpoint_every), cfg.checkpoint_every,
-                            total_steps, mode)  # fmt: skip
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.precision == "bf16-true":
+            model.to(torch.bfloat16)
         protocol = f"held-out token perplexity = exp(mean CE), {cfg.block_size}-token windows"
-        before = perplexity(model, val_windows, protocol=protocol).ppl
-        module = CausalLMFinetune(model, cfg, total_steps)
-        module.train()  # dropout on while training (perplexity() above left the model in eval mode)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        train_loader = DataLoader(train, batch_size=step_batch, shuffle=True, generator=generator)
-        val_loader = DataLoader(val, batch_size=cfg.batch_size)
-        checkpoints = ModelCheckpoint(
-            dirpath=run.last_ckpt.parent, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every
-        )
-        trainer = pl.Trainer(
-            accelerator=cfg.accelerator,
-            devices=cfg.devices,
-            num_nodes=cfg.num_nodes,
-            strategy=cfg.strategy,
-            precision=cfg.precision,
-            max_steps=total_steps,
-            max_epochs=-1 if cfg.max_steps is not None else cfg.epochs,
-            val_check_interval=min(cfg.eval_every, steps_per_epoch),
-            num_sanity_val_steps=0,
-            callbacks=[record, checkpoints],
-            plugins=[_AtomicCheckpointIO()],
-            logger=False,
-            enable_progress_bar=mode == "bar",
-            enable_model_summary=False,
-            default_root_dir=work,
-        )
-        resume = str(run.resume_ckpt) if run.resume_ckpt is not None else None
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
-        model = module.model.eval()
-        after = perplexity(model, val_windows, protocol=protocol).ppl
-        save_pretrained_atomic(model, tokenizer, work / "model")
-        result = FinetuneResult(before, after, trainer.global_step, resumed, str(run.final / "model"), protocol,
-                                asdict(cfg))  # fmt: skip
+        before = perplexity(model, val_windows, protocol=protocol, device=device).ppl
+        outcome = _train(cfg, CausalLMTask(model, cfg, steps), batches, val, work, run.resume_ckpt, device, started)
+        model = model.eval()
+        after = perplexity(model, val_windows, protocol=protocol, device=device).ppl
+        if outcome.writes_results:
+            save_pretrained_atomic(model, tokenizer, work / "model")
+        steps_done = outcome.rows[-1]["step"] if outcome.rows else resumed
+        result = FinetuneResult(before, after, steps_done, resumed, str(run.final / "model"), protocol,
+                                cfg.model_dump(mode="json"))  # fmt: skip
         run.write_result(asdict(result))
         run.commit()
     return result
+
+
+def loop_precision(cfg: FinetuneConfig) -> str:
+    """The loop's precision for ``cfg.precision`` (bf16-true: bf16 weights, no autocast)."""
+    return "32" if cfg.precision in ("32-true", "bf16-true") else cfg.precision
+
+
+def _train(cfg: FinetuneConfig, task: CausalLMTask, batches: StepBatches, val: list[dict[str, Tensor]], work: Path,
+           resume_ckpt: Path | None, device: torch.device, started: float) -> LoopOutcome:  # fmt: skip
+    """The plain loop over ``task``: one epoch per checkpoint interval; validation every ``eval_every`` steps;
+    only ``last.ckpt`` (the finetuned model is the last one)."""
+    settings = LoopSettings(
+        run_dir=work,
+        epochs=batches.intervals,
+        device=device,
+        resume_ckpt=resume_ckpt,
+        val_every=cfg.eval_every // cfg.checkpoint_every,
+        precision=loop_precision(cfg),
+        gradient_clip=cfg.gradient_clip,
+        progress=cfg.progress,
+        progress_summary={"train/loss": "loss", "val/ppl": "val_ppl"},
+        score=None,
+        hyper_parameters={"config": cfg.model_dump(mode="json")},
+        started=started,
+        diverged_hint=DIVERGED_HINT,
+    )
+    return run_loop(task, SimpleNamespace(train=batches, val=val, test=None), settings)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from losslab.errors import LosslabError
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss
+from losslab.objectives.token import TokenLossSpec, causal_lm_loss
 
 _CE = TokenLossSpec(kind="ce")
 

@@ -2,6 +2,7 @@
 
 - :mod:`losslab.logreg.model`: the objective and its solvers (:func:`fit_logistic_regression`).
 - :mod:`losslab.logreg.fits`: the fits of ``losslab logreg`` on one split (a table, records, the protocol).
+- :mod:`losslab.logreg.config`: :class:`LogregConfig`, the command's typed config (its flags), and ``run_config``.
 - :mod:`losslab.logreg.sweep`: the k × λ × data sets × seeds sweep of ``losslab logreg sweep``, written into a run
   folder of the shared runtime (:mod:`losslab.runs`: lock, marker, ``--resume``, ``--overwrite``).
 

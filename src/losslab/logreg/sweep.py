@@ -4,11 +4,14 @@ Each grid point is one :func:`~losslab.logreg.fit_logistic_regression` call on t
 of :func:`~losslab.data.binary_tables.load_split` (the split seed is the point's seed), exactly what
 ``losslab logreg --dataset D --loss L --k K --l2 λ --seed S`` fits::
 
-    from losslab.logreg.sweep import plot_sweep, run_sweep, sweep_grid, write_sweep_csv
+    from losslab.logreg.sweep import SWEEP_COLUMNS, plot_sweep, run_sweep, sweep_grid
+    from losslab.runs.sweep import write_rows_csv
 
     points = sweep_grid(["breast_cancer", "wine_binary"], ks=[1, 3, 10], l2s=[0.0, 1e-3], seeds=[0, 1])
     rows = run_sweep(points, solver="lbfgs")          # one dict per point, columns SWEEP_COLUMNS
-    write_sweep_csv(rows, "sweep/sweep.csv"); plot_sweep(rows, "sweep/sweep.png")
+    write_rows_csv(rows, "sweep/sweep.csv", SWEEP_COLUMNS); plot_sweep(rows, "sweep/sweep.png")
+
+The grid, the CSV and the means over seeds are :mod:`losslab.runs.sweep`'s, shared with ``gan sweep``.
 
 ``losslab logreg sweep`` runs :func:`run_sweep_folder`: the sweep as an experiment of the shared runtime
 (:mod:`losslab.runs`) in ``OUT_DIR/RUN_NAME`` with the one run-folder layout (``config.yaml``, ``history.json`` and
@@ -22,7 +25,6 @@ colour.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.errors import ConfigError, CorruptFileError
-from losslab.io import write_atomic
+from losslab.runs import sweep
 
 SWEEP_COLUMNS = (
     "dataset",
@@ -79,18 +81,12 @@ def sweep_grid(
             raise ConfigError(f"the sweep's {name} list is empty; give at least one value")
     for name in datasets:
         check_dataset_name(name)
-    losses = [("logistic", None)] if include_logistic else []
-    losses += [("rooted", float(k)) for k in dict.fromkeys(ks)]
+    losses = sweep.loss_axis(ks, include_logistic, rooted="rooted")
     for l2 in l2s:
         for loss, k in losses:
             check_options(loss=loss, k=k, l2=l2)
-    return [
-        SweepPoint(d, int(s), float(l2), loss, k)
-        for d in dict.fromkeys(datasets)
-        for s in dict.fromkeys(seeds)
-        for l2 in dict.fromkeys(l2s)
-        for loss, k in losses
-    ]
+    axes = {"dataset": datasets, "seed": [int(s) for s in seeds], "l2": [float(v) for v in l2s], "loss_k": losses}
+    return [SweepPoint(c["dataset"], c["seed"], c["l2"], *c["loss_k"]) for c in sweep.grid(axes)]
 
 
 def check_points(points: Sequence[SweepPoint], options: Mapping[str, Any]) -> None:
@@ -155,30 +151,9 @@ def run_sweep(
     return rows
 
 
-def write_sweep_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """The rows as CSV (header ``SWEEP_COLUMNS``; k empty for the logistic loss), written atomically."""
-
-    def write(fh: Any) -> None:
-        writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in SWEEP_COLUMNS})
-
-    return write_atomic(path, write)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, float, str, float | None], tuple]:
     """(data set, λ, loss, k) → (mean, std, n) of ``metric`` over seeds."""
-    groups: dict[tuple[str, float, str, float | None], list[float]] = {}
-    for row in rows:
-        groups.setdefault((row["dataset"], row["l2"], row["loss"], row["k"]), []).append(float(row[metric]))
-    return {key: (*mean_std(values), len(values)) for key, values in groups.items()}
+    return sweep.group_stats(rows, metric, ("dataset", "l2", "loss", "k"))
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -225,23 +200,25 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+SUMMARY_METRICS = ("iterations", "test_accuracy")
+
+
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """Iterations and test accuracy (mean ± std over seeds) per (data set, λ, loss, k), as a text table."""
     from losslab.tables import format_table
 
-    iters, acc = summarize(rows, "iterations"), summarize(rows, "test_accuracy")
     table = [
         [
             d,
             f"{l2:g}",
             loss,
             "-" if k is None else f"{k:g}",
-            f"{m:.1f} ± {s:.1f}",
-            f"{100 * a[0]:.2f} ± {100 * a[1]:.2f}",
-            n,
+            f"{it[0]:.1f} ± {it[1]:.1f}",
+            f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}",
+            it[2],
         ]
-        for (d, l2, loss, k), (m, s, n) in iters.items()
-        for a in [acc[(d, l2, loss, k)]]
+        for (d, l2, loss, k), stats in sweep.aggregate(rows, ("dataset", "l2", "loss", "k"), SUMMARY_METRICS)
+        for it, acc in [(stats["iterations"], stats["test_accuracy"])]
     ]
     return format_table(["dataset", "l2", "loss", "k", "iterations", "test %", "seeds"], table, align="lrllrrr")
 
@@ -405,7 +382,8 @@ def run_sweep_folder(
         finally:
             if mode == "bar":
                 bar.close()
-        csv_path, png_path = write_sweep_csv(rows, work / "sweep.csv"), plot_sweep(rows, work / "sweep.png")
+        csv_path = sweep.write_rows_csv(rows, work / "sweep.csv", SWEEP_COLUMNS)
+        png_path = plot_sweep(rows, work / "sweep.png")
         run.write_result(
             {"config": config, "fits": len(rows), "csv": csv_path.name, "plot": png_path.name, "speed": clock.record()}
         )

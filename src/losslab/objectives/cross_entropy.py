@@ -9,6 +9,8 @@ timm); loss −Σ_j q_j log p_j; gradient p − q. Soft targets t ([..., C] prob
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from losslab.objectives.logit_rows import (
@@ -45,6 +47,8 @@ def cross_entropy(
 @OBJECTIVES.register("ce", "cross_entropy")
 class CrossEntropyLoss(RowLoss):
     """Module form of :func:`cross_entropy`: ``CrossEntropyLoss(label_smoothing=0.1)(logits, target)``."""
+
+    hyperparameters: ClassVar[dict[str, str]] = {"label_smoothing": "label_smoothing"}
 
     def __init__(self, *, label_smoothing: float = 0.0, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction=reduction, ignore_index=ignore_index)

@@ -10,6 +10,8 @@ tensor indexed by y. γ must be 0 or ≥ 1: for 0 < γ < 1 the factor (1−p_y)^
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -77,6 +79,8 @@ def focal_loss(
 @OBJECTIVES.register("focal")
 class FocalLoss(RowLoss):
     """Module form of :func:`focal_loss`; a tensor ``alpha`` is kept as a buffer (moves with ``.to``)."""
+
+    hyperparameters: ClassVar[dict[str, str]] = {"focal_gamma": "gamma", "focal_alpha": "alpha"}
 
     alpha: Tensor | float
 

@@ -7,6 +7,18 @@
 
 Constructor keyword arguments are checked against the factory's signature, so a flag meant for another loss
 (``create("ce", k=3)``) fails with a message that lists the accepted names.
+
+Each objective declares the hyper-parameters it reads from a training config, as a class attribute mapping config
+field to keyword argument (``FocalLoss.hyperparameters = {"focal_gamma": "gamma", "focal_alpha": "alpha"}``), and
+:func:`create_from_config` forwards those fields by name. A new objective is one file: a registered class with its
+``hyperparameters`` (and, for a new hyper-parameter, the config field it names)::
+
+    @OBJECTIVES.register("margin_ce")
+    class MarginCE(RowLoss):
+        hyperparameters = {"k": "margin"}            # TrainConfig.k -> MarginCE(margin=...)
+        def __init__(self, *, margin=1.0, reduction="mean", ignore_index=-100): ...
+
+    loss_fn = create_from_config(TrainConfig(loss="margin_ce", k=0.5))
 """
 
 from __future__ import annotations
@@ -38,6 +50,30 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             f"accepted keyword arguments: {', '.join(accepted)}"
         )
     return OBJECTIVES.create(name, **kwargs)
+
+
+def hyperparameters(name: str) -> dict[str, str]:
+    """Config field -> keyword argument, as the objective ``name`` declares them (its ``hyperparameters``
+    attribute; none declared: it takes nothing from a config)."""
+    return dict(getattr(OBJECTIVES.get(name), "hyperparameters", {}))
+
+
+def config_kwargs(name: str, config: Any) -> dict[str, Any]:
+    """The keyword arguments of the objective ``name`` read from ``config``'s fields by the names it declares."""
+    declared = hyperparameters(name)
+    missing = [field for field in declared if not hasattr(config, field)]
+    if missing:
+        raise ConfigError(
+            f"objective {OBJECTIVES.resolve(name)!r} reads {', '.join(missing)} from its config, which "
+            f"{type(config).__name__} does not have; add the field(s) to the config or choose another loss"
+        )
+    return {kwarg: getattr(config, field) for field, kwarg in declared.items()}
+
+
+def create_from_config(config: Any, **kwargs: Any) -> nn.Module:
+    """The objective ``config.loss`` built with the hyper-parameters it declares, forwarded from ``config`` by name,
+    and ``kwargs`` (e.g. ``reduction="none"``); see :func:`create`."""
+    return create(config.loss, **config_kwargs(config.loss, config), **kwargs)
 
 
 def list_objectives() -> list[str]:

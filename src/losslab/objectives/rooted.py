@@ -15,6 +15,7 @@ The two multi-class forms share only their k → ∞ limit (cross entropy):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -121,6 +122,8 @@ def rooted_logistic(t: Tensor, k: float, subtract_k: bool = False) -> Tensor:
 class RootedLoss(RowLoss):
     """Module form of :func:`rooted_loss` (``--loss root --k 3 --m 3`` in the RLO code)."""
 
+    hyperparameters: ClassVar[dict[str, str]] = {"k": "k", "m": "m"}
+
     def __init__(self, *, k: float = 3.0, m: float = 3.0, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction=reduction, ignore_index=ignore_index)
         check_rooted_params(k, m)
@@ -137,6 +140,8 @@ class RootedLoss(RowLoss):
 @OBJECTIVES.register("root_convex", "rooted_convex")
 class RootedLossConvex(RowLoss):
     """Module form of :func:`rooted_loss_convex`."""
+
+    hyperparameters: ClassVar[dict[str, str]] = {"k": "k"}
 
     def __init__(
         self,

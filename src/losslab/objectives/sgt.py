@@ -14,7 +14,7 @@ equalled N², this is independent of batch size, loss scale, reduction, accumula
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -86,6 +86,8 @@ def sgt_cross_entropy(
 @OBJECTIVES.register("sgt", "softmax_gradient_tampering")
 class SGTCrossEntropyLoss(RowLoss):
     """Module form of :func:`sgt_cross_entropy` (``--modify-softmax α`` in the SGT code)."""
+
+    hyperparameters: ClassVar[dict[str, str]] = {"sgt_alpha": "alpha", "label_smoothing": "label_smoothing"}
 
     def __init__(
         self,

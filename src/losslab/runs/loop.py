@@ -5,9 +5,12 @@ Per epoch ``e``::
     task.start_epoch(e); train.sampler.set_epoch(e)          # seeded (seed, e) order when the sampler has one
     for batch in train:
         batch = task.prepare(batch on device)
-        zero_grad; with autocast: total = task.training_loss(batch, e, log)
-        backward(scale · total); unscale; task.gradient_terms(e, log); clip; optimizer step
-        schedule.step_batch() when the schedule has it (per-step schedules); hooks.after_step
+        for each phase (one; a GAN: D then G):     # losslab.runs.task.task_phases
+            zero_grad; for part in task.micro_batches(batch) (when the task has it, else batch itself):
+                with autocast: total = phase.loss(part, e, log); backward(scale · total)   # the task's training_loss
+            unscale; phase.gradient_terms(e, log); clip; optimizer step
+            schedule.step_batch() when the schedule has it (per-step schedules); phase.after_step()
+        hooks.after_step
     a NaN/inf loss in the epoch -> TrainingDivergedError (nothing of this epoch is written)
     validate (every val_every epochs and the last); history.json and metrics.csv rows
     schedule.step(e + 1); checkpoints/last.ckpt (+ best.ckpt when settings.score improves strictly)
@@ -19,11 +22,14 @@ writes its row again. A checkpoint holds ``state_dict`` (each task module's weig
 ``hyper_parameters``, ``optimizer_states``, ``lr_schedulers``, ``epoch``, ``global_step``, ``grad_scaler``,
 ``best_score`` and ``losslab_engine: plain`` (the classifier's Lightning engine writes the same keys); it is written
 atomically after the epoch's schedule step, so a resume continues at epoch ``e + 1`` with that epoch's schedule.
+``optimizer_states``/``lr_schedulers`` hold one entry per phase (one for a single optimizer), ``grad_scaler`` one
+state per phase when there are several, and ``task`` the task's own ``state_dict()`` when it has one.
 
-An experiment is a task plus :class:`LoopSettings` plus its data (``train``, ``val``, ``test`` iterables; ``test``
-may be ``None``); :class:`LoopHook` objects add per-step work (the classifier's Frobenius-norm recorder). Under
-``torchrun`` a task that has ``distribute(wrap)`` gets its modules wrapped in DistributedDataParallel; every
-optimizer parameter outside the wrapped modules has its gradient averaged over ranks by the loop; rank 0 writes.
+An experiment is a task plus :class:`LoopSettings` plus its data (``train``, ``val``, ``test`` iterables; ``val``
+and ``test`` may be ``None``); :class:`LoopHook` objects add per-step work (the classifier's Frobenius-norm
+recorder). Under ``torchrun`` a task that has ``distribute(wrap)`` gets its modules wrapped in
+DistributedDataParallel; every optimizer parameter outside the wrapped modules has its gradient averaged over ranks
+by the loop; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from losslab.runs.ema import EmaWeights
 from losslab.runs.folder import RunSpec, claim
 from losslab.runs.history import History, Throughput
 from losslab.runs.progress import SUMMARY, Progress, progress_mode
-from losslab.runs.task import Task
+from losslab.runs.task import Task, task_phases
 
 #: The key a loop checkpoint carries (a Lightning checkpoint carries ``pytorch-lightning_version`` instead).
 ENGINE_KEY = "losslab_engine"
@@ -71,11 +77,12 @@ class LoopSettings:
     ema_module: str = "model"
     progress: Any = "auto"  # a --progress value (losslab.runs.progress_mode)
     progress_summary: dict[str, str] = field(default_factory=lambda: dict(SUMMARY))
-    score: str | None = "val/acc"  # best.ckpt follows this validation metric (None: no best.ckpt, test the last)
+    score: str | None = "val/acc"  # best.ckpt follows this validation metric (None: no best.ckpt)
     score_mode: str = "max"  # max or min
     hyper_parameters: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint
     started: float = 0.0  # time.perf_counter() when the run started (first-step latency)
     diverged_hint: str = DIVERGED_HINT
+    resume_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # maps another writer's checkpoint
     throughput_column: str | None = None  # when set, each row holds the training items/s so far under this name
 
 
@@ -268,11 +275,12 @@ class PlainLoop:
             if distribute is None:
                 raise ConfigError(f"{type(task).__name__} does not support torchrun; run it in one process")
             wrapped = distribute(self.wrap_ddp)
-        self.optimizer, self.schedule = task.optimizer_and_schedule()
-        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        in_ddp = {id(p) for module in wrapped for p in module.parameters()}
-        self.other_params = [p for p in self.params if id(p) not in in_ddp and p.requires_grad]
-        self.precision = Precision(settings.precision, self.device)
+        self.phases = task_phases(task)
+        self.optimizer = self.phases[0].optimizer  # its lr is the row's ``lr``
+        self.params = [[p for group in ph.optimizer.param_groups for p in group["params"]] for ph in self.phases]
+        self.in_ddp = {id(p) for module in wrapped for p in module.parameters()}
+        self.precisions = [Precision(settings.precision, self.device) for _ in self.phases]  # a loss scale each
+        self.precision = self.precisions[0]
         self.ema = EmaWeights(settings.ema_decay, settings.ema_warmup) if settings.ema_decay is not None else None
         self.ckpt_dir = settings.run_dir / "checkpoints"
         self.start, self.step, self.best_score = 0, 0, None
@@ -295,23 +303,41 @@ class PlainLoop:
         raw_state = None
         if self.settings.resume_ckpt is not None:
             state = run_checkpoint.load(self.settings.resume_ckpt, map_location=self.device)
+            if self.settings.resume_view is not None:
+                state = self.settings.resume_view(state)
             load_task_state(self.task, state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer_states"][0])
-            self.schedule.load_state_dict(state["lr_schedulers"][0])
-            if self.precision.scaler is not None and state.get("grad_scaler"):
-                self.precision.scaler.load_state_dict(state["grad_scaler"])
+            self.load_phases(state)
             self.start, self.step = int(state["epoch"]) + 1, int(state["global_step"])
             self.best_score = state.get("best_score")
-            self.schedule.step(self.start)
+            self.step_schedules(self.start)
             raw_state = state.get("ema_raw_state_dict")
         if self.ema is not None:  # a resumed state_dict held the EMA weights: they become the average again
             self.ema.start(self.ema_target, raw_state=raw_state)
         for start in _hooks(self.hooks, "start"):
             start(self)
 
+    def load_phases(self, state: dict[str, Any]) -> None:
+        """Each phase's optimizer, schedule and loss scale, and the task's own state, from a checkpoint."""
+        scalers = state.get("grad_scaler")
+        scalers = scalers if len(self.phases) > 1 and scalers is not None else [scalers]
+        for i, (phase, precision) in enumerate(zip(self.phases, self.precisions, strict=True)):
+            phase.optimizer.load_state_dict(state["optimizer_states"][i])
+            if phase.schedule is not None:
+                phase.schedule.load_state_dict(state["lr_schedulers"][i])
+            if precision.scaler is not None and scalers[i]:
+                precision.scaler.load_state_dict(scalers[i])
+        load_own = getattr(self.task, "load_state_dict", None)
+        if load_own is not None:
+            load_own(state["task"])
+
+    def step_schedules(self, epoch: int) -> None:
+        for phase in self.phases:
+            if phase.schedule is not None:
+                phase.schedule.step(epoch)
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training split; the epoch's logged means (raises if a loss was NaN/inf)."""
-        task, optimizer, precision = self.task, self.optimizer, self.precision
+        task, optimizer = self.task, self.optimizer
         for module in training_modules(task):
             module.train()
         task.start_epoch(epoch)
@@ -320,7 +346,7 @@ class PlainLoop:
             sampler.set_epoch(epoch)
         means, lr = EpochMeans(), optimizer.param_groups[0]["lr"]
         after_step = _hooks(self.hooks, "after_step")
-        step_batch = getattr(self.schedule, "step_batch", None)  # a per-step schedule (warmup, inverse sqrt)
+        micro_batches = getattr(task, "micro_batches", None) or (lambda batch: (batch,))  # gradient accumulation
         for start_epoch in _hooks(self.hooks, "start_epoch"):
             start_epoch(epoch)
         for i, batch in enumerate(self.progress.batches(self.data.train, epoch)):
@@ -328,19 +354,25 @@ class PlainLoop:
             self.throughput.step()
             means.batch_size = task.batch_size(batch)
             self.throughput.count(means.batch_size * self.ranks.world)
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                total = task.training_loss(batch, epoch, means.log)
-            precision.backward(total)
-            self.average_other_grads()
-            precision.unscale(optimizer)
-            task.gradient_terms(epoch, means.log)
-            if self.settings.gradient_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.settings.gradient_clip)
-            precision.step(optimizer)
+            for phase, precision, params in zip(self.phases, self.precisions, self.params, strict=True):
+                phase.optimizer.zero_grad(set_to_none=True)
+                for part in micro_batches(batch):  # one backward each: memory is one micro-batch's
+                    with precision.autocast():
+                        total = phase.loss(part, epoch, means.log)
+                    precision.backward(total)
+                self.average_other_grads(params)
+                precision.unscale(phase.optimizer)
+                if phase.gradient_terms is not None:
+                    phase.gradient_terms(epoch, means.log)
+                if self.settings.gradient_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, self.settings.gradient_clip)
+                precision.step(phase.optimizer)
+                step_batch = getattr(phase.schedule, "step_batch", None)  # a per-step schedule (warmup, inverse sqrt)
+                if step_batch is not None:
+                    step_batch()
+                if phase.after_step is not None:
+                    phase.after_step()
             self.step += 1
-            if step_batch is not None:
-                step_batch()
             for hook in after_step:
                 hook(epoch, i)
             if self.ema is not None:
@@ -359,12 +391,13 @@ class PlainLoop:
             row[self.settings.throughput_column] = self.throughput.images_per_s
         return row
 
-    def average_other_grads(self) -> None:
-        """Under torchrun: average the gradients DDP does not (parameters outside the wrapped modules) over ranks."""
+    def average_other_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Under torchrun: average the gradients of ``params`` (this phase's) that DDP does not (parameters outside
+        the wrapped modules) over ranks."""
         if self.ranks.world == 1:
             return
-        for param in self.other_params:
-            if param.grad is not None:
+        for param in params:
+            if id(param) not in self.in_ddp and param.grad is not None:
                 param.grad.copy_(self.ranks.sum(param.grad) / self.ranks.world)
 
     def validate(self) -> dict[str, float]:
@@ -379,17 +412,21 @@ class PlainLoop:
 
     def save(self, path: Path, epoch: int) -> None:
         """A checkpoint in the layout of the module doc, written atomically (:mod:`losslab.runs`)."""
+        scalers = [None if p.scaler is None else p.scaler.state_dict() for p in self.precisions]
         checkpoint = {
             ENGINE_KEY: "plain",
             "epoch": epoch,
             "global_step": self.step,
             "state_dict": task_state(self.task),
             "hyper_parameters": self.settings.hyper_parameters,
-            "optimizer_states": [self.optimizer.state_dict()],
-            "lr_schedulers": [self.schedule.state_dict()],
-            "grad_scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
+            "optimizer_states": [phase.optimizer.state_dict() for phase in self.phases],
+            "lr_schedulers": [None if ph.schedule is None else ph.schedule.state_dict() for ph in self.phases],
+            "grad_scaler": scalers[0] if len(scalers) == 1 else scalers,
             "best_score": self.best_score,
         }
+        own_state = getattr(self.task, "state_dict", None)
+        if own_state is not None:
+            checkpoint["task"] = own_state()
         if self.ema is not None:
             self.ema.into_checkpoint(self.ema_target, checkpoint, prefix=f"{self.settings.ema_module}.")
         if self.ranks.writes:  # under torchrun rank 0 writes; every rank holds the same weights
@@ -405,8 +442,8 @@ class PlainLoop:
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Step the schedule, then write best.ckpt on a strictly better score and last.ckpt."""
-        self.schedule.step(epoch + 1)
-        score = row.get(self.settings.score)
+        self.step_schedules(epoch + 1)
+        score = row.get(self.settings.score) if self.settings.score is not None else None
         if self.improved(score):
             self.best_score = score
             self.save(self.ckpt_dir / "best.ckpt", epoch)
@@ -424,7 +461,8 @@ class PlainLoop:
         try:
             for epoch in range(self.start, total):
                 row = self.train_epoch(epoch)
-                if (epoch + 1) % self.settings.val_every == 0 or epoch == total - 1:
+                validates = (epoch + 1) % self.settings.val_every == 0 or epoch == total - 1
+                if validates and getattr(self.data, "val", None) is not None:
                     row.update(self.validate())
                 history.append(row)  # first: a resume from the epoch before drops this row and writes it again
                 self.end_epoch(epoch, row)

@@ -13,10 +13,35 @@ a pass costs no host sync and sums exactly over shards), then ``task.tally_metri
 holds ``{f"{name}.{key}": tensor}`` for each ``name, module in task.modules().items()`` plus the optimizer and
 schedule states. :class:`losslab.train.task.ClassifierTask` is the classifier's task; ``tests/train`` checks that
 the plain loop uses nothing else of it.
+
+Several optimizers (a GAN: the discriminator's step, then the generator's, on the same batch): the task defines
+``phases()``, a list of :class:`Phase` (optimizer, schedule, loss, gradient terms, an action after the step), and
+needs no ``training_loss``/``gradient_terms``/``optimizer_and_schedule``. Per batch the loop runs each phase in
+order with the single phase's recipe::
+
+    for phase in task_phases(task):          # one phase built from the three members above when there is no phases()
+        phase.optimizer.zero_grad(); with autocast: total = phase.loss(batch, epoch, log)
+        backward(scale_i * total); unscale; phase.gradient_terms(epoch, log); clip this optimizer's parameters
+        optimizer step; scale_i update; phase.after_step()
+
+Each phase has its own loss scale (16-mixed), so an overflow in one skips only that phase's step. The checkpoint's
+``optimizer_states`` and ``lr_schedulers`` lists hold one entry per phase, in order (one for a single-phase task, as
+before). A task whose state is more than its modules' (counters, the RNG a step draws from) defines
+``state_dict()``/``load_state_dict()``; the checkpoint holds it under ``task``, and only for such a task. A task
+run without validation and test data (``val``/``test`` None: the GAN, whose metrics need all samples at once and
+are computed after the loop) needs no ``eval_tally``/``tally_metrics``/``validation_statistics``.
+:class:`losslab.gan.train.GanTask` is the two-phase example; ``tests/runs/test_phases.py`` checks the order and the
+resume of both optimizers.
+
+Optional: ``task.micro_batches(batch)`` (gradient accumulation: the loss and backward run on each part, then one
+optimizer step per phase; :class:`losslab.lm.finetune.CausalLMTask`), ``schedule.step_batch()`` (called after every
+optimizer step: per-step schedules), ``task.distribute(wrap)`` (DDP under torchrun).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -82,3 +107,26 @@ class Task(Protocol):
     def validation_statistics(self, lr: float) -> dict[str, float]:
         """Extra statistics logged with every validation (may be empty)."""
         ...
+
+
+@dataclass
+class Phase:
+    """One optimizer's part of a training step (module doc): ``loss(batch, epoch, log)`` is backpropagated and
+    ``optimizer`` stepped; ``schedule`` (``step(epoch)``, state) is stepped per epoch, None for a constant lr."""
+
+    name: str
+    optimizer: Any
+    loss: Callable[[Any, int, LogFn], Any]
+    schedule: Any | None = None
+    gradient_terms: Callable[[int, LogFn], None] | None = None
+    after_step: Callable[[], None] | None = None
+
+
+def task_phases(task: Any) -> list[Phase]:
+    """``task.phases()`` when the task has several optimizers, else its one phase from ``training_loss``,
+    ``gradient_terms`` and ``optimizer_and_schedule`` (called once: it builds the optimizer)."""
+    phases = getattr(task, "phases", None)
+    if phases is not None:
+        return list(phases())
+    optimizer, schedule = task.optimizer_and_schedule()
+    return [Phase("", optimizer, task.training_loss, schedule, task.gradient_terms)]

@@ -152,7 +152,7 @@ class TranslateConfig(BaseModel):
     vocab_size: int = Field(
         10000, ge=8, le=MAX_VOCAB, description="Joint BPE vocabulary size (fairseq's IWSLT14 recipe: 10000)."
     )
-    loss: Literal["ce", "root", "root_convex"] = Field("ce", description="Token loss (losslab.lm.token_loss).")
+    loss: Literal["ce", "root", "root_convex"] = Field("ce", description="Token loss (losslab.objectives.token).")
     k: float = Field(5.0, gt=0.0, description="Rooted-loss k.")
     m: float = Field(5.0, gt=0.0, description="Rooted-loss m.")
     label_smoothing: float | None = Field(

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from losslab.errors import ConfigError, DataNotFoundError
 from losslab.io import read_utf8
-from losslab.lm.token_loss import IGNORE_INDEX
+from losslab.objectives.token import IGNORE_INDEX
 from losslab.seq2seq.tokenizer import BOS, PAD
 
 Corpus = dict[str, list[tuple[str, str]]]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from losslab.lm.token_loss import IGNORE_INDEX, TokenLossSpec, token_loss
+from losslab.objectives.token import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.runs.task import LogFn
 from losslab.seq2seq.bleu import BLEU_STATISTICS, BleuResult, bleu_from_statistics, bleu_statistics

@@ -284,17 +284,11 @@ def attention_module_names(cfg: TrainConfig, model: nn.Module) -> list[str]:
 
 
 def objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """The constructor arguments of ``cfg.loss`` taken from the config's loss fields."""
-    from losslab.objectives import OBJECTIVES
+    """The constructor arguments of ``cfg.loss``: the config fields the objective declares, forwarded by name
+    (:func:`losslab.objectives.config_kwargs`)."""
+    from losslab.objectives import config_kwargs
 
-    name = OBJECTIVES.resolve(cfg.loss)
-    return {
-        "ce": {"label_smoothing": cfg.label_smoothing},
-        "focal": {"gamma": cfg.focal_gamma, "alpha": cfg.focal_alpha},
-        "root": {"k": cfg.k, "m": cfg.m},
-        "root_convex": {"k": cfg.k},
-        "sgt": {"alpha": cfg.sgt_alpha, "label_smoothing": cfg.label_smoothing},
-    }.get(name, {})
+    return config_kwargs(cfg.loss, cfg)
 
 
 def build_objective(cfg: TrainConfig) -> nn.Module:
@@ -303,10 +297,10 @@ def build_objective(cfg: TrainConfig) -> nn.Module:
     With mixup/cutmix the objective returns per-sample losses (``reduction='none'``): the step mixes them with
     each sample's λ (``losslab.train.recipe.mixed_loss``).
     """
-    from losslab.objectives import create
+    from losslab.objectives import create_from_config
 
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
-    return create(cfg.loss, **objective_kwargs(cfg), **({"reduction": "none"} if mixing else {}))
+    return create_from_config(cfg, **({"reduction": "none"} if mixing else {}))
 
 
 def build_regularization(cfg: TrainConfig, model: nn.Module) -> tuple[Any | None, list[Any]]:

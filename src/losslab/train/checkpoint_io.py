@@ -1,35 +1,36 @@
-"""How training runs write their checkpoints and metrics: atomically, and movable as a folder.
+"""How Lightning runs write their checkpoints: atomically, and movable as a folder.
 
 - :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin): every checkpoint Lightning saves
   (``best.ckpt``, ``last.ckpt``, ``preregularized.ckpt``) is written to a temporary file, fsynced and renamed into
   place; a full or read-only disk raises :class:`losslab.errors.OutputError` and leaves the previous file intact.
 - :class:`RunCheckpoint` (a ``ModelCheckpoint``): after a run folder was moved or copied, a resume still knows the
   best checkpoint and its score (Lightning forgets them when the stored folder differs from the current one).
-- :class:`KeepingCSVLogger`: Lightning's CSV logger deletes ``metrics.csv`` when it starts in a non-empty folder
-  and appends to it in place; this one keeps the rows of the epochs a resumed run has already finished and
-  rewrites the file atomically on each save. ``hparams.yaml`` is written atomically too.
+
+A checkpoint resumes in either engine. The plain loop (``losslab.runs.loop``) writes Lightning's keys
+(``state_dict``, ``optimizer_states``, ``lr_schedulers``, ``epoch``, ``global_step``) plus ``best_score``; what
+Lightning also needs is derived on load: :meth:`AtomicCheckpointIO.load_checkpoint` adds the fit loop's progress
+counters (:func:`lightning_loops`) and the version key, :class:`RunCheckpoint` takes the best score and path.
+The other way, ``losslab.train.engine_plain.plain_view`` reads the best score out of a Lightning checkpoint's
+``callbacks``.
+
+``history.json`` and ``metrics.csv`` are written by the loop's :class:`losslab.runs.history.History` in both engines
+(``losslab.train.engine_lightning.EpochHistory``), so the Lightning engine needs no CSV logger.
 
 ::
 
-    trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], callbacks=[RunCheckpoint(dirpath=...)],
-                         logger=KeepingCSVLogger(save_dir=run_dir, name="", version=""))
+    trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], callbacks=[RunCheckpoint(dirpath=...)])
 """
 
 from __future__ import annotations
 
-import csv
 import os
-from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from losslab.io import atomic_path, save_torch_atomic
+from losslab.io import save_torch_atomic
+from losslab.runs.loop import ENGINE_KEY
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -40,9 +41,69 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         save_torch_atomic(path, checkpoint)
 
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        """Lightning's load; a plain-loop checkpoint gets the fit loop's counters and Lightning's version key."""
+        checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if isinstance(checkpoint, dict) and checkpoint.get(ENGINE_KEY) == "plain":
+            import lightning
+
+            checkpoint.setdefault("pytorch-lightning_version", lightning.__version__)
+            checkpoint.setdefault("loops", lightning_loops(int(checkpoint["epoch"]), int(checkpoint["global_step"])))
+            checkpoint.setdefault("callbacks", {})  # without it Lightning calls no callback's on_load_checkpoint
+        return checkpoint
+
+
+def _progress(total: int, current: int, keys: tuple[str, ...] = ("ready", "completed", "started", "processed")):
+    return {"total": dict.fromkeys(keys, total), "current": dict.fromkeys(keys, current)}
+
+
+def lightning_loops(epoch: int, global_step: int) -> dict[str, Any]:
+    """The ``loops`` entry Lightning writes at the end of epoch ``epoch`` (0-based) after ``global_step`` optimizer
+    steps, one per batch and the same number per epoch (the plain loop's checkpoints are written there)."""
+    per_epoch = global_step // (epoch + 1)
+    step = _progress(global_step, per_epoch, ("ready", "completed"))
+    idle = {"state_dict": {}, "batch_progress": {**_progress(0, 0), "is_last_batch": False}}
+    epochs = _progress(epoch + 1, epoch + 1)
+    for part in epochs.values():
+        part["completed"] = epoch  # Lightning counts the epoch complete only after its checkpoint is written
+    return {
+        "fit_loop": {
+            "state_dict": {},
+            "epoch_loop.state_dict": {"_batches_that_stepped": global_step},
+            "epoch_loop.batch_progress": {**_progress(global_step, per_epoch), "is_last_batch": True},
+            "epoch_loop.scheduler_progress": _progress(epoch + 1, 1, ("ready", "completed")),
+            "epoch_loop.automatic_optimization.state_dict": {},
+            "epoch_loop.automatic_optimization.optim_progress": {
+                "optimizer": {
+                    "step": step,
+                    "zero_grad": _progress(global_step, per_epoch, ("ready", "completed", "started")),
+                }
+            },
+            "epoch_loop.manual_optimization.state_dict": {},
+            "epoch_loop.manual_optimization.optim_step_progress": _progress(0, 0, ("ready", "completed")),
+            "epoch_loop.val_loop.state_dict": {},
+            "epoch_loop.val_loop.batch_progress": {**_progress(0, 0), "is_last_batch": False},
+            "epoch_progress": epochs,
+        },
+        "validate_loop": idle,
+        "test_loop": idle,
+        "predict_loop": {"state_dict": {}, "batch_progress": _progress(0, 0)},
+    }
+
 
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose restored paths follow the run folder when it was moved or copied."""
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """A plain-loop checkpoint has no state for this callback: take its best score (``best.ckpt`` beside it)."""
+        if checkpoint.get(ENGINE_KEY) != "plain" or checkpoint.get("best_score") is None or not self.dirpath:
+            return
+        import torch
+
+        best, score = os.path.join(self.dirpath, "best.ckpt"), torch.tensor(float(checkpoint["best_score"]))
+        self.best_model_score, self.best_model_path = score, best
+        self.best_k_models, self.kth_best_model_path, self.kth_value = {best: score}, best, score
+        self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         stored = state_dict.get("dirpath")
@@ -67,82 +128,3 @@ def _moved(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
         "kth_best_model_path": move(state.get("kth_best_model_path", "")),
         "best_k_models": {move(k): v for k, v in state.get("best_k_models", {}).items()},
     }
-
-
-class _KeepingWriter(ExperimentWriter):
-    """The CSV experiment writer, but ``metrics.csv`` is rewritten atomically on each save (never a half-written
-    row), the rows already in it when it starts (a resumed run's finished epochs) are kept, and ``hparams.yaml``
-    is written atomically."""
-
-    def __init__(self, log_dir: str) -> None:
-        metrics_file = Path(log_dir) / _FabricExperimentWriter.NAME_METRICS_FILE
-        rows: list[dict[str, Any]] = []
-        if metrics_file.is_file():
-            with open(metrics_file, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-        super().__init__(log_dir)  # deletes metrics.csv when the folder is not empty
-        self.rows = rows
-        self._write()
-
-    def _write(self) -> None:
-        keys = sorted({k for row in self.rows for k in row} | set(self.metrics_keys))
-        self.metrics_keys = keys
-        if not self.rows:
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
-            return
-        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def log_hparams(self, params: dict[str, Any]) -> None:
-        """Record hparams and write ``hparams.yaml`` atomically (Lightning rewrites it in place); the YAML is
-        Lightning's own (:func:`~lightning.pytorch.core.saving.save_hparams_to_yaml`), written to a temporary file
-        that replaces the old one only when complete."""
-        from lightning.pytorch.core.saving import save_hparams_to_yaml
-
-        self.hparams.update(params)
-        with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
-            save_hparams_to_yaml(tmp, self.hparams)
-
-    def save(self) -> None:
-        """Append the recorded metrics and rewrite the file atomically (Lightning appends in place)."""
-        if not self.metrics:
-            return
-        self._record_new_keys()
-        self.rows.extend(self.metrics)
-        self.metrics = []
-        self._write()
-
-    def keep_before(self, epoch: int) -> None:
-        """Drop the kept rows of epoch ``epoch`` and later (the epoch in flight when the run was killed)."""
-        self.rows = [row for row in self.rows if _epoch(row) < epoch]
-        self._write()
-
-
-def _epoch(row: dict[str, Any]) -> float:
-    try:
-        return float(row.get("epoch") if row.get("epoch") not in (None, "") else "nan")
-    except ValueError:
-        return float("nan")
-
-
-class KeepingCSVLogger(CSVLogger):
-    """``CSVLogger`` that keeps the finished epochs' rows of a resumed run (see :class:`KeepMetricsHistory`)."""
-
-    @property
-    def experiment(self) -> _KeepingWriter:  # type: ignore[override]
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class KeepMetricsHistory(Callback):
-    """At the start of (resumed) training, drop the CSV rows of the epoch that was in flight when it was killed."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, KeepingCSVLogger) and trainer.is_global_zero:
-                logger.experiment.keep_before(trainer.current_epoch)

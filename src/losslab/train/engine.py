@@ -169,19 +169,16 @@ def choose_engine(cfg: TrainConfig, callbacks: list[Any] | None, resume_ckpt: Pa
             f"engine='plain' trains one process on one device and cannot run this config: {'; '.join(needs)}. "
             "Use --engine lightning (or auto)"
         )
-    if wrote is not None and cfg.engine not in ("auto", wrote):
-        raise ConfigError(
-            f"--resume: {str(resume_ckpt)!r} was written by the {wrote} engine and resumes only with it; "
-            f"use --engine {wrote} (or auto)"
-        )
     if wrote == "plain" and needs:
         raise ConfigError(
             f"--resume: {str(resume_ckpt)!r} was written by the plain engine, which cannot run this config "
             f"({'; '.join(needs)}); resume it on one device (--devices 1) with "
             "--strategy auto and --logger csv"
         )
-    if wrote is not None:
+    if wrote is not None and cfg.engine == "auto":
         return wrote, f"resuming a checkpoint the {wrote} engine wrote"
+    if wrote is not None:
+        return cfg.engine, f"asked for with --engine {cfg.engine}; the checkpoint was written by the {wrote} engine"
     if cfg.engine == "lightning":
         return "lightning", "asked for with --engine lightning"
     if needs:

@@ -9,7 +9,6 @@ written atomically (``AtomicCheckpointIO``), and it returns the same :class:`~lo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -24,27 +23,33 @@ from losslab.errors import ConfigError
 from losslab.runs.ema import EmaWeights
 from losslab.runs.history import History, Throughput
 from losslab.runs.progress import show_progress
-from losslab.train.checkpoint_io import AtomicCheckpointIO, KeepingCSVLogger, KeepMetricsHistory, RunCheckpoint
+from losslab.train.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from losslab.train.classifier import ClassifierModule
 from losslab.train.config import TrainConfig
 from losslab.train.engine import EngineOutcome, RunParts, parse_devices
 
 
 class EpochHistory(Callback):
-    """Keeps one row of epoch-level metrics per epoch in ``history.json`` (:class:`History`, without the CSV)."""
+    """One row per epoch in ``history.json`` and ``metrics.csv`` through the loop's writer (:class:`History`): the
+    same layout as the plain engine (``epoch``, ``step``, ``lr`` at the epoch's start, the epoch's means and
+    validation metrics), and the final test row in the CSV."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.history = History(run_dir, keep_before=0, csv=False)
+        self.history = History(run_dir, keep_before=0)
+        self.lr = float("nan")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume, trainer.current_epoch is the restored epoch: rows from the lost epoch in flight go.
-        self.history = History(self.run_dir, keep_before=trainer.current_epoch, csv=False)
+        self.history = History(self.run_dir, keep_before=trainer.current_epoch, write=trainer.is_global_zero)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step, "lr": self.lr}
         for key, value in trainer.callback_metrics.items():
             row[key] = float(value)
         self.history.append(row)
@@ -108,8 +113,8 @@ class ThroughputCallback(Callback):
 
 
 def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
-    """CSV always, plus the configured experiment tracker."""
-    loggers: list[Logger] = [KeepingCSVLogger(save_dir=str(run_dir), name="", version="")]
+    """The configured experiment tracker, if any (``metrics.csv`` is written by :class:`EpochHistory`)."""
+    loggers: list[Logger] = []
     if cfg.logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -186,12 +191,8 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    all_callbacks: list[Callback] = [
-        best,
-        EpochHistory(run_dir),
-        KeepMetricsHistory(),
-        *(callbacks or []),
-    ]
+    history = EpochHistory(run_dir)
+    all_callbacks: list[Callback] = [best, history, *(callbacks or [])]
     all_callbacks += [PlaceOnDevice(data.device_loaders()), throughput]
     if cfg.val_every > 1:
         all_callbacks.append(ValidateEvery(cfg.val_every, cfg.epochs + cfg.cooldown_epochs - 1))
@@ -211,7 +212,7 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
-        logger=make_loggers(cfg, run_dir),
+        logger=make_loggers(cfg, run_dir) or False,
         callbacks=all_callbacks,
         plugins=[AtomicCheckpointIO()],
         gradient_clip_val=cfg.gradient_clip,
@@ -226,16 +227,22 @@ def run_lightning(parts: RunParts, callbacks: list[Callback] | None = None) -> E
     resume = parts.resume_ckpt
     trainer.fit(module, data.train, data.val, ckpt_path=str(resume) if resume else None, weights_only=True)
     best_path = Path(best.best_model_path) if best.best_model_path else ckpt_dir / "last.ckpt"
-    tested = trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False, weights_only=True)[0]
-    history = run_dir / "history.json"
-    rows = json.loads(history.read_text()) if history.exists() else []
+    tested = {
+        k: float(v)
+        for k, v in trainer.test(module, data.test, ckpt_path=str(best_path), verbose=False, weights_only=True)[
+            0
+        ].items()
+    }
+    last_epoch = cfg.epochs + cfg.cooldown_epochs - 1
+    history.history.append({}, extra=[{"epoch": last_epoch, "step": trainer.global_step, **tested}])
+    rows = history.history.rows
     if best.best_model_score is not None:
         best_val_acc = float(best.best_model_score)
     else:  # e.g. a run whose validation never produced a score: the best of the recorded epochs
         scores = [row["val/acc"] for row in rows if "val/acc" in row]
         best_val_acc = max(scores) if scores else float("nan")
     return EngineOutcome(
-        tested={k: float(v) for k, v in tested.items()},
+        tested=tested,
         best_path=best_path,
         best_val_acc=best_val_acc,
         rows=rows,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from losslab.layers.factor_norms import FrobNormFollower, FrobNormRecorder
-from losslab.runs.loop import LoopOutcome, LoopSettings, PlainLoop, run_loop
+from losslab.runs.loop import ENGINE_KEY, LoopOutcome, LoopSettings, PlainLoop, run_loop
 from losslab.train.build import training_device
 from losslab.train.engine import RunParts
 from losslab.train.task import DIVERGED_HINT, ClassifierTask
@@ -63,6 +63,20 @@ class PreregularizedCheckpoint:
             loop.save(loop.ckpt_dir / "preregularized.ckpt", epoch)
 
 
+def plain_view(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint as the loop resumes it: a Lightning engine's gets ``best_score`` from its ModelCheckpoint's
+    state (both engines write the other keys the loop reads), so a run resumes in either engine."""
+    if checkpoint.get(ENGINE_KEY) == "plain" or "best_score" in checkpoint:
+        return checkpoint
+    scores = [
+        state.get("best_model_score")
+        for key, state in checkpoint.get("callbacks", {}).items()
+        if key.startswith(("RunCheckpoint", "ModelCheckpoint")) and isinstance(state, dict)
+    ]
+    found = [float(score) for score in scores if score is not None]
+    return {**checkpoint, "best_score": found[0] if found else None}
+
+
 def classifier_task(parts: RunParts) -> ClassifierTask:
     """The classifier's task for ``parts`` (mixup, channels-last inputs; DDP wraps the model only)."""
     task = ClassifierTask(parts.cfg, parts.model, parts.objective, schedule=parts.schedule, always_on=parts.always_on)
@@ -88,6 +102,7 @@ def classifier_settings(parts: RunParts) -> LoopSettings:
         hyper_parameters={"config": cfg.to_dict()},
         started=parts.started,
         diverged_hint=DIVERGED_HINT,
+        resume_view=plain_view,
     )
 
 

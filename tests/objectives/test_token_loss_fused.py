@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losslab.lm.token_loss import TokenLossSpec, token_loss
+from losslab.objectives.token import TokenLossSpec, token_loss
 
 SPECS = [
     TokenLossSpec("ce"),

@@ -1,4 +1,9 @@
-"""Token-level losses for causal language models: cross entropy and the rooted loss, chunked for memory.
+"""Token-level losses of the sequence models (causal LM finetuning, translation): the classifier objectives
+``ce``, ``root`` and ``root_convex`` (:mod:`losslab.objectives.cross_entropy`, :mod:`losslab.objectives.rooted`)
+applied to every token's row of the ``(B, T, V)`` logits, chunked for memory. Per token they equal the registry's
+``create("ce")``, ``create("root", k=k, m=m)`` and ``create("root_convex", k=k, subtract_k=True,
+max_log_weight=c)`` on the flattened ``(B·T, V)`` logits with ``ignore_index`` rows masked
+(``tests/objectives/test_token_loss.py``).
 
 One :class:`torch.autograd.Function` serves every kind. Its forward walks row chunks of the ``(N, V)`` logits in
 a float32 workspace (at most ``workspace_mib``), computes logsumexp, the per-token loss and the logit gradient, and

@@ -1,5 +1,5 @@
-"""Token loss oracles (llm.md §1–§2, objectives.md §3): float64 references, gradcheck, chunking, ignore_index,
-accumulation, extreme logits."""
+"""Token loss oracles (llm.md §1–§2, objectives.md §3): float64 references, the classifier objectives on flattened
+logits, gradcheck, chunking, ignore_index, accumulation, extreme logits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from losslab.errors import LosslabError
-from losslab.lm.token_loss import TokenLossSpec, causal_lm_loss, shift_labels, token_loss
+from losslab.objectives.registry import create
 from losslab.objectives.rooted import rooted_loss, rooted_loss_convex
+from losslab.objectives.token import TokenLossSpec, causal_lm_loss, shift_labels, token_loss
 
 SPECS = [
     TokenLossSpec("ce"),
@@ -122,3 +123,32 @@ def test_bad_spec_raises() -> None:
         TokenLossSpec("root", k=0.0)
     with pytest.raises(LosslabError, match="cee"):
         TokenLossSpec("cee")
+
+
+def classifier_objective(spec: TokenLossSpec) -> torch.nn.Module:
+    """The classifier objective (the registry's module) a token loss kind is defined to equal, per token."""
+    if spec.kind == "ce":
+        return create("ce")
+    if spec.kind == "root":
+        return create("root", k=spec.k, m=spec.m)
+    return create("root_convex", k=spec.k, subtract_k=True, max_log_weight=spec.max_log_weight)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{s.k}-{s.m}-{s.max_log_weight}")
+def test_causal_token_loss_is_the_classifier_objective_on_flattened_logits(spec: TokenLossSpec) -> None:
+    """[B, T, V] next-token loss = the classifier objective on the [B·T, V] rows with shifted, -100-masked targets:
+    the same value and the same gradient (float64), so the token losses are the objectives, chunked."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(3, 7, 11, generator=gen, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, 11, (3, 7), generator=gen)
+    labels[0, 4:] = -100  # a padded block
+    labels[2, 1] = -100  # an unscored position inside a block
+    got = causal_lm_loss(logits, labels, spec, workspace_mib=4 * 11 * 4 / 2**20)  # 4-row chunks
+    (g_got,) = torch.autograd.grad(got, logits)
+    targets = torch.cat([labels[:, 1:], torch.full((3, 1), -100)], dim=1).reshape(-1)  # next token, by definition
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = classifier_objective(spec)(ref_logits.reshape(-1, 11), targets)
+    (g_ref,) = torch.autograd.grad(ref, ref_logits)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-10, atol=1e-12)
+    assert torch.all(g_got[:, -1] == 0) and torch.all(g_got[0, 3:] == 0)  # unscored rows get no gradient
