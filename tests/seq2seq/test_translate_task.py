@@ -177,30 +177,34 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
     assert resumed["test"]["bleu_text"] == str(whole) and resumed["test"]["example"] == hyps[0]
 
 
-def test_a_run_of_the_earlier_translation_loop_is_evaluated_but_not_resumed(tmp_path) -> None:
-    """A last.ckpt in the earlier loop's layout (model, optimizer, step, epoch, config) still loads for evaluation
-    with the same weights; --resume of it is one ConfigError that names the way out, and changes no file."""
-    from losslab.errors import ConfigError
+def test_a_run_of_the_earlier_translation_loop_evaluates_and_resumes(tmp_path) -> None:
+    """A last.ckpt in the earlier translation loop's layout (model, optimizer, step, epoch, config) loads for
+    evaluation with the same weights, and resuming it ends with the weights of the same run made straight in the
+    loop (its update count drives the schedule, its optimizer state continues)."""
+    from losslab.errors import CorruptFileError
     from losslab.runs.checkpoint import load, save
     from losslab.seq2seq.toy import toy_corpus
-    from losslab.seq2seq.train import load_run, train_translation
+    from losslab.seq2seq.train import load_run, loop_view, train_translation
 
     corpus = {"train": toy_corpus(60, 0, 0, seed=1)["train"]}
-    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=2048)
-    train_translation(cfg, corpus, tmp_path / "run", log=lambda _: None)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=512, lr=3e-3, warmup_updates=3)
+    train_translation(cfg, corpus, tmp_path / "old", log=lambda _: None)
+    ckpt = tmp_path / "old" / "checkpoints" / "last.ckpt"
     new = load(ckpt)
     weights = {k.removeprefix("model."): v for k, v in new["state_dict"].items()}
     save(ckpt, {"model": weights, "optimizer": new["optimizer_states"][0], "step": new["global_step"], "epoch": 1,
                 "config": cfg.model_dump()})  # fmt: skip
-    model, _, stored = load_run(tmp_path / "run")
+    model, _, stored = load_run(tmp_path / "old")
     assert stored == cfg and all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
-    (tmp_path / "run" / "result.json").unlink()  # an unfinished run of the earlier loop
-    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    with pytest.raises(ConfigError, match=r"earlier translation loop.*translate eval"):
-        train_translation(cfg.model_copy(update={"max_epochs": 3}), corpus, None, resume=tmp_path / "run",
-                          log=lambda _: None)  # fmt: skip
-    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    (tmp_path / "old" / "result.json").unlink()  # an unfinished run of the earlier loop
+    longer = cfg.model_copy(update={"max_epochs": 3})
+    resumed = train_translation(longer, corpus, None, resume=tmp_path / "old", log=lambda _: None)
+    straight = train_translation(longer, corpus, tmp_path / "straight", log=lambda _: None)
+    a, b = (load(tmp_path / name / "checkpoints" / "last.ckpt") for name in ("old", "straight"))
+    assert resumed["steps"] == straight["steps"] == b["global_step"] and a["lr_schedulers"] == b["lr_schedulers"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    with pytest.raises(CorruptFileError, match="not a losslab translation checkpoint"):
+        loop_view({"model": weights, "config": cfg.model_dump()}, ckpt, resume=True)  # no optimizer state
 
 
 def test_a_run_killed_while_testing_resumes_to_the_same_result(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

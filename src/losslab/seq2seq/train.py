@@ -18,8 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -199,8 +201,6 @@ def train_translation(
     Precision(cfg.precision, dev)  # 16-mixed without a GPU: refused before the run folder is touched
     with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
         work = run.create()
-        if run.resume_ckpt is not None:
-            _check_resumable(run.resume_ckpt)
         tok = _tokenizer(cfg, corpus, work / TOKENIZER, fresh=run.resume_ckpt is None)
         run.write_config()
         torch.manual_seed(cfg.seed)
@@ -218,7 +218,8 @@ def train_translation(
                                 ema_decay=cfg.model_ema_decay if cfg.model_ema else None,
                                 ema_warmup=cfg.model_ema_warmup, progress=progress, progress_summary=PROGRESS_SUMMARY,
                                 score=None, hyper_parameters={"config": cfg.model_dump()}, started=started,
-                                diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s")  # fmt: skip
+                                diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s",
+                                resume_view=partial(loop_view, path=run.resume_ckpt, resume=True))  # fmt: skip
         outcome = run_loop(task, data_, settings)
         valid = outcome.rows[-1] if outcome.rows else {}
         if corpus.get("valid") and "val" not in task.bleu:  # resumed after its last epoch (killed while testing)
@@ -228,16 +229,6 @@ def train_translation(
         run.write_result(result)
         run.commit()
     return result
-
-
-def _check_resumable(ckpt: Path) -> None:
-    """Refuse a checkpoint of the translation loop before the plain loop (``model``/``optimizer``/``step`` keys):
-    its optimizer and schedule state are not the loop's; such a run is evaluated, not resumed."""
-    if "state_dict" not in load(ckpt, what="translation checkpoint", mmap=True):
-        raise ConfigError(
-            f"{ckpt} was written by losslab's earlier translation loop, which this version cannot resume; evaluate "
-            "the run (losslab translate eval --out-dir RUN ...) or train it again in a new folder"
-        )
 
 
 def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool) -> SubwordTokenizer:
@@ -298,26 +289,45 @@ def upgrade_config(saved: object) -> dict[str, object]:
     return saved
 
 
+def loop_view(state: dict[str, Any], path: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """A translation checkpoint in the loop's layout (``state_dict`` with ``model.`` keys, ``optimizer_states``,
+    ``lr_schedulers``, ``epoch``, ``global_step``, the config under ``hyper_parameters``). One of the loop passes
+    through; one of the translation loop before it (``model``, ``optimizer``, ``step``, ``epoch``, ``config``: the
+    same optimizer groups, ``step`` updates of the schedule) is mapped, so such a run evaluates and resumes."""
+    if isinstance(state.get("state_dict"), dict) and isinstance(state.get("hyper_parameters"), dict):
+        return state
+    needed = ("model", "config", *(("optimizer", "step", "epoch") if resume else ()))
+    if (
+        not isinstance(state.get("model"), dict)
+        or not isinstance(state.get("config"), dict)
+        or not all(key in state for key in needed)
+    ):
+        raise CorruptFileError(f"{str(path)!r} is not a losslab translation checkpoint; train the run again")
+    step = int(state.get("step", 0))
+    return {
+        "state_dict": {f"model.{k}": v for k, v in state["model"].items()},
+        "optimizer_states": [state.get("optimizer")],
+        "lr_schedulers": [{"updates": step}],
+        "epoch": state.get("epoch"),
+        "global_step": step,
+        "hyper_parameters": {"config": state["config"]},
+    }
+
+
 def load_run(
     out_dir: Path, device: str | torch.device = "cpu"
 ) -> tuple[Seq2SeqTransformer, SubwordTokenizer, TranslateConfig]:
     """The trained model, tokenizer and config of a run folder (``checkpoints/last.ckpt``; a run saved before the
-    shared run folder: ``checkpoint_last.pt``), read through the safe loader. A checkpoint of the plain loop
-    holds the weights under ``state_dict`` (``model.`` prefix) and the config under ``hyper_parameters``; one of
-    the translation loop before it, under ``model`` and ``config``."""
+    shared run folder: ``checkpoint_last.pt``), read through the safe loader, in any layout :func:`loop_view`
+    reads."""
     ckpt_path = out_dir / LAST_CKPT
     if not ckpt_path.is_file() and (out_dir / LEGACY_CHECKPOINT).is_file():
         ckpt_path = out_dir / LEGACY_CHECKPOINT
     if not ckpt_path.is_file():
         raise ConfigError(f"{out_dir} holds no {LAST_CKPT}; train first (losslab translate train --out-dir ...)")
-    state = load(ckpt_path, what="translation checkpoint", map_location=device)
-    config, weights = state.get("config"), state.get("model")
-    if isinstance(state.get("state_dict"), dict) and isinstance(state.get("hyper_parameters"), dict):
-        config = state["hyper_parameters"].get("config")
-        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    if not isinstance(config, dict) or not isinstance(weights, dict):
-        raise CorruptFileError(f"{str(ckpt_path)!r} is not a losslab translation checkpoint; train the run again")
-    cfg = TranslateConfig.build(**upgrade_config(config))
+    state = loop_view(load(ckpt_path, what="translation checkpoint", map_location=device), ckpt_path)
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    cfg = TranslateConfig.build(**upgrade_config(state["hyper_parameters"].get("config")))
     tok = SubwordTokenizer.load(out_dir / TOKENIZER)
     model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
                                                "spectral": False}), tok.vocab_size)  # fmt: skip
