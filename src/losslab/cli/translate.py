@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from losslab.cli.groups import number_type, shared_option
-from losslab.cli.options import LosslabCommand, given_options, options_from_model
+from losslab.cli.options import LosslabCommand, given_options, options_from_model, progress_option, resolve_progress
 from losslab.errors import ConfigError
 from losslab.seq2seq.config import (
     FAIRSEQ_FLAGS,
@@ -80,23 +80,9 @@ def translate() -> None:
     """Machine translation with a (factorized) Transformer: train, eval (BLEU, beam search), offline demo."""
 
 
-def _progress_option(func: Any) -> Any:
-    return click.option(
-        "--progress/--no-progress",
-        default=None,
-        help="Progress bars (default: a bar on a terminal, else one line per epoch on stderr).",
-    )(func)
-
-
-def _show(progress: bool | None) -> bool:
-    import sys
-
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def _common_out(func: Any) -> Any:
     """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite) and the device."""
-    func = _progress_option(func)
+    func = progress_option(func)
     func = shared_option("overwrite", "a run folder, once the new run has finished", default=False)(func)
     func = shared_option("resume")(func)
     func = click.option(
@@ -219,7 +205,7 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 )
 @shared_option("device", "default: cuda if available")
 @click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
-@_progress_option
+@progress_option
 def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
              device: str | None, json_file: str | None, progress: bool | None) -> None:  # fmt: skip
     """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature.
@@ -235,7 +221,7 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
     pairs = read_parallel(Path(src_file), Path(tgt_file))
     model, tok, cfg = load_run(Path(out_dir), dev)
     cfg = cfg.model_copy(update=asked)
-    result = bleu_of(model, tok, pairs, cfg, dev, progress=_show(progress))
+    result = bleu_of(model, tok, pairs, cfg, dev, progress=resolve_progress(progress))
     result["tokenizer"] = tok.describe()
     to_stderr = json_file == "-"
     click.echo(f"tokenizer: {result['tokenizer']}", err=to_stderr)
