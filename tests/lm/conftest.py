@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
+from losslab.lm.config import FinetuneConfig
 from losslab.lm.data import tokenize_text
 from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
 from losslab.objectives.token import TokenLossSpec, causal_lm_loss
@@ -31,6 +34,23 @@ def text_files(corpus, tmp_path):
     train.write_text(corpus["train"])
     val.write_text(corpus["validation"])
     return train, val
+
+
+@pytest.fixture
+def finetune_config(tmp_path, text_files) -> Callable[..., FinetuneConfig]:
+    """``build(*recipes, **overrides)``: a FinetuneConfig of the tiny OPT on CPU over ``text_files`` (64-token
+    blocks, run folder ``tmp_path/run``, no progress output), then the ``recipes`` dicts and ``overrides`` in order."""
+    train, val = text_files
+    base = dict(model="tiny", out_dir=tmp_path / "run", text_file=train, val_file=val, block_size=64,
+                progress=False, accelerator="cpu")  # fmt: skip
+
+    def build(*recipes: dict[str, Any], **overrides: Any) -> FinetuneConfig:
+        values = dict(base)
+        for recipe in (*recipes, overrides):
+            values.update(recipe)
+        return FinetuneConfig.build(values)
+
+    return build
 
 
 @pytest.fixture(scope="session")

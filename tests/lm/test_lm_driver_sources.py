@@ -6,41 +6,24 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
+from quant_doubles import RecordingMethod
+
 from losslab.cli.lm import lm
 from losslab.lm.offline import byte_tokenizer, tiny_opt
 from losslab.lm.quantize import quantize_decoder
 from losslab.quant.engine import quantize
-from losslab.quant.methods import GPTQ, RTN, HessianAccumulator, QuantMethod, identity_weight_quant
+from losslab.quant.methods import GPTQ, RTN
 from losslab.quant.rtn import rtn_weight
-from losslab.quant.weight_quant import WeightQuant
 
 OPT_ORDER = [["self_attn.k_proj"], ["self_attn.v_proj"], ["self_attn.q_proj"], ["self_attn.out_proj"], ["fc1"], ["fc2"]]
-
-
-@dataclass(frozen=True)
-class _HessianRecorder(QuantMethod):
-    """Keeps every weight and records the H the driver hands it."""
-
-    bits: int = 16
-    seen: list = None  # type: ignore[assignment]
-    reads_quantized: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seen", [])
-
-    def new_stats(self, dim: int, device: torch.device) -> HessianAccumulator:
-        return HessianAccumulator(dim, device)
-
-    def quantize_layer(self, weight: torch.Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
-        self.seen.append(stats.hessian.clone())
-        return identity_weight_quant(weight)
 
 
 def _calib() -> torch.Tensor:
@@ -49,12 +32,12 @@ def _calib() -> torch.Tensor:
 
 def test_decoder_source_and_engine_walk_give_identical_statistics_and_weights() -> None:
     model, calib = tiny_opt(seed=0), _calib()
-    walked, caught = _HessianRecorder(), _HessianRecorder()
+    walked, caught = RecordingMethod(), RecordingMethod()
     by_walk = quantize(model, walked, [w.view(1, -1) for w in calib], skip=["lm_head"], progress=False)
     by_block = quantize_decoder(copy.deepcopy(model), caught, calib, progress=False, inplace=True)
     assert [r.name for r in by_walk.layers if r.quantized] == [r.name for r in by_block.layers]
     assert len(walked.seen) == len(caught.seen) == 12
-    assert all(torch.equal(a, b) for a, b in zip(walked.seen, caught.seen))
+    assert all(torch.equal(a, b) for a, b in zip(walked.hessians(), caught.hessians()))
     # a real method, each linear re-collected after the previous one (the engine is sequential per layer)
     gptq_walk = quantize(model, GPTQ(bits=3), [w.view(1, -1) for w in calib], skip=["lm_head"], progress=False)
     gptq_block = copy.deepcopy(model)
@@ -107,11 +90,11 @@ def test_lm_quantize_overrides_and_skip_patterns(tmp_path) -> None:
 
 def test_micro_batched_windows_give_the_same_statistics() -> None:
     model, calib = tiny_opt(seed=0), _calib()
-    one, four = _HessianRecorder(), _HessianRecorder()
+    one, four = RecordingMethod(), RecordingMethod()
     a = quantize_decoder(copy.deepcopy(model), one, calib, progress=False, inplace=True)
     b = quantize_decoder(copy.deepcopy(model), four, calib, progress=False, micro_batch=4, inplace=True)
     assert a.calibration["micro_batch"] == 1 and b.calibration["micro_batch"] == 4
-    for h1, h4 in zip(one.seen, four.seen, strict=True):
+    for h1, h4 in zip(one.hessians(), four.hessians(), strict=True):
         torch.testing.assert_close(h4, h1, rtol=1e-5, atol=1e-6)
     # GPTQ through the batched forwards: rounding-level differences in H flip a few codes and GPTQ's error
     # feedback carries each flip along its row (8.7 % of one layer's codes differ here), so the check is on
@@ -127,14 +110,14 @@ def test_micro_batched_windows_give_the_same_statistics() -> None:
 @pytest.mark.gpu
 def test_cuda_driver_keeps_the_model_on_the_cpu_and_reports_its_peak_memory() -> None:
     model, calib = tiny_opt(seed=0), torch.randint(0, 256, (16, 64), generator=torch.Generator().manual_seed(0))
-    on_cpu, on_gpu = _HessianRecorder(), _HessianRecorder()
+    on_cpu, on_gpu = RecordingMethod(), RecordingMethod()
     quantize_decoder(copy.deepcopy(model), on_cpu, calib, progress=False, inplace=True)
     result = quantize_decoder(model, on_gpu, calib, device="cuda", progress=False, inplace=True)
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert result.calibration["micro_batch"] > 1  # windows forwarded together, sized to free memory
     layer_bytes = sum(p.numel() * p.element_size() for p in model.model.decoder.layers[0].parameters())
     assert layer_bytes < result.calibration["peak_device_bytes"] < 64 * 2**20
-    for h_cpu, h_gpu in zip(on_cpu.seen, on_gpu.seen, strict=True):
+    for h_cpu, h_gpu in zip(on_cpu.hessians(), on_gpu.hessians(), strict=True):
         torch.testing.assert_close(h_gpu.cpu(), h_cpu, rtol=1e-4, atol=1e-5)
     gptq = quantize_decoder(
         copy.deepcopy(tiny_opt(seed=0)), GPTQ(bits=4), calib, device="cuda", progress=False, inplace=True

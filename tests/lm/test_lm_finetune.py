@@ -9,35 +9,17 @@ from click.testing import CliRunner
 
 from losslab.cli.lm import lm
 from losslab.errors import LosslabError
-from losslab.lm.finetune import FinetuneConfig, finetune
+from losslab.lm.finetune import finetune
 from losslab.lm.offline import byte_tokenizer, tiny_opt
 
-
-def _config(tmp_path, train, val, **kw) -> FinetuneConfig:
-    base = dict(
-        model="tiny",
-        out_dir=tmp_path / "run",
-        text_file=str(train),
-        val_file=str(val),
-        block_size=64,
-        loss="root",
-        lr=3e-3,
-        warmup_steps=5,
-        batch_size=4,
-        grad_accum=2,
-        eval_every=50,
-        checkpoint_every=50,
-        max_eval_windows=8,
-        progress=False,
-        accelerator="cpu",
-    )
-    base.update(kw)
-    return FinetuneConfig.build(base)
+#: A short rooted-loss run: 2-block accumulation, a checkpoint (and validation) every 50 steps.
+ROOTED = dict(loss="root", lr=3e-3, warmup_steps=5, batch_size=4, grad_accum=2, eval_every=50, checkpoint_every=50,
+              max_eval_windows=8)  # fmt: skip
 
 
 @pytest.mark.slow
-def test_fifty_rooted_loss_steps_lower_held_out_perplexity(tmp_path, text_files) -> None:
-    cfg = _config(tmp_path, *text_files, max_steps=50)
+def test_fifty_rooted_loss_steps_lower_held_out_perplexity(tmp_path, finetune_config) -> None:
+    cfg = finetune_config(ROOTED, max_steps=50)
     result = finetune(cfg, model=tiny_opt(seed=0), tokenizer=byte_tokenizer())
     assert result.global_step == 50
     assert result.val_ppl_after < 0.5 * result.val_ppl_before  # perplexity is exp(CE), not exp(rooted loss)
@@ -48,18 +30,18 @@ def test_fifty_rooted_loss_steps_lower_held_out_perplexity(tmp_path, text_files)
 
 
 @pytest.mark.slow
-def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, text_files) -> None:
+def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, finetune_config) -> None:
     """Killed after step 3's checkpoint (as a kill would leave it: no result.json), --resume continues at step 3."""
     run = tmp_path / "run"
     first = finetune(
-        _config(tmp_path, *text_files, max_steps=3, checkpoint_every=1, warmup_steps=1),
+        finetune_config(ROOTED, max_steps=3, checkpoint_every=1, warmup_steps=1),
         model=tiny_opt(seed=0),
         tokenizer=byte_tokenizer(),
     )
     assert first.global_step == 3 and (run / "checkpoints" / "last.ckpt").is_file()
     (run / "result.json").unlink()
     second = finetune(
-        _config(tmp_path, *text_files, max_steps=5, checkpoint_every=1, warmup_steps=1, resume=run),
+        finetune_config(ROOTED, max_steps=5, checkpoint_every=1, warmup_steps=1, resume=run),
         model=tiny_opt(seed=1),
         tokenizer=byte_tokenizer(),
     )
@@ -67,13 +49,13 @@ def test_interrupted_finetuning_resumes_from_last_checkpoint(tmp_path, text_file
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [0, 1, 2, 3, 4]
 
 
-def test_missing_pad_token_and_bad_config_fail_before_work(tmp_path, text_files) -> None:
+def test_missing_pad_token_and_bad_config_fail_before_work(finetune_config) -> None:
     with pytest.raises(LosslabError, match="--pad-token eos"):
-        finetune(_config(tmp_path, *text_files, max_steps=1), model=tiny_opt(), tokenizer=byte_tokenizer(False))
+        finetune(finetune_config(ROOTED, max_steps=1), model=tiny_opt(), tokenizer=byte_tokenizer(False))
     with pytest.raises(LosslabError, match="block_size"):
-        _config(tmp_path, *text_files, block_size=0)
+        finetune_config(ROOTED, block_size=0)
     with pytest.raises(LosslabError, match="context is 128"):
-        finetune(_config(tmp_path, *text_files, block_size=512), model=tiny_opt(), tokenizer=byte_tokenizer())
+        finetune(finetune_config(ROOTED, block_size=512), model=tiny_opt(), tokenizer=byte_tokenizer())
 
 
 @pytest.mark.slow

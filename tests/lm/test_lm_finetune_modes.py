@@ -9,18 +9,12 @@ import torch
 from losslab.errors import LosslabError
 from losslab.lm.config import PRECISIONS, FinetuneConfig
 from losslab.lm.finetune import CausalLMTask, finetune
-from losslab.lm.offline import byte_tokenizer, tiny_opt_config
+from losslab.lm.offline import byte_tokenizer, tiny_opt
 
 
 def _dropout_opt():
     """A tiny OPT with dropout 0.5, returned in eval mode like HF ``from_pretrained`` does."""
-    from transformers import OPTForCausalLM
-
-    torch.manual_seed(0)
-    config = tiny_opt_config()
-    config.dropout = 0.5
-    config._attn_implementation = "eager"
-    return OPTForCausalLM(config).eval()
+    return tiny_opt(seed=0, dropout=0.5)
 
 
 def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool, bool]]:
@@ -39,25 +33,10 @@ def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool, boo
     return seen
 
 
-def test_dropout_is_active_in_training_steps(tmp_path, text_files, monkeypatch) -> None:
+def test_dropout_is_active_in_training_steps(finetune_config, monkeypatch) -> None:
     seen = _record_steps(monkeypatch)
-    train, val = text_files
-    cfg = FinetuneConfig.build(
-        dict(
-            model="tiny",
-            out_dir=tmp_path / "run",
-            text_file=train,
-            val_file=val,
-            block_size=64,
-            warmup_steps=1,
-            max_steps=2,
-            grad_accum=1,
-            eval_every=1,
-            checkpoint_every=1,
-            max_eval_windows=2,
-            progress=False,
-            accelerator="cpu",
-        )
+    cfg = finetune_config(
+        warmup_steps=1, max_steps=2, grad_accum=1, eval_every=1, checkpoint_every=1, max_eval_windows=2
     )
     finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert len(seen) == 2  # the second step follows a validation run (eval mode) and must be in train mode again
@@ -72,7 +51,7 @@ def test_precision_names_and_old_spellings() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, text_files, monkeypatch) -> None:
+def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(finetune_config, monkeypatch) -> None:
     modes: list[bool] = []
     original = CausalLMTask.training_loss
 
@@ -81,24 +60,15 @@ def test_bf16_mixed_finetuning_on_gpu_trains_with_dropout(tmp_path, text_files, 
         return original(self, batch, epoch, log)
 
     monkeypatch.setattr(CausalLMTask, "training_loss", recording_loss)
-    train, val = text_files
-    cfg = FinetuneConfig.build(
-        dict(
-            model="tiny",
-            out_dir=tmp_path / "run",
-            text_file=train,
-            val_file=val,
-            block_size=64,
-            lr=3e-3,
-            warmup_steps=2,
-            max_steps=20,
-            eval_every=10,
-            checkpoint_every=10,
-            max_eval_windows=8,
-            precision="bf16-mixed",
-            progress=False,
-            accelerator="gpu",
-        )
+    cfg = finetune_config(
+        lr=3e-3,
+        warmup_steps=2,
+        max_steps=20,
+        eval_every=10,
+        checkpoint_every=10,
+        max_eval_windows=8,
+        precision="bf16-mixed",
+        accelerator="gpu",
     )
     result = finetune(cfg, model=_dropout_opt(), tokenizer=byte_tokenizer())
     assert modes and all(modes) and result.global_step == 20

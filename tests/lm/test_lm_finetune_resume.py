@@ -13,20 +13,14 @@ import torch
 import losslab.io
 from losslab.lm.config import FinetuneConfig
 from losslab.lm.finetune import CausalLMTask, StepBatches, WarmupLinearDecay, eval_batches, finetune
-from losslab.lm.offline import byte_tokenizer, tiny_opt, tiny_opt_config
+from losslab.lm.offline import byte_tokenizer, tiny_opt
 
 TIMING = ("per_s", "seconds", "_time")  # row entries measured with a clock, not computed from the weights
 
 
 def _dropout_opt():
     """A tiny OPT with dropout 0.1 (so resume must also reproduce the dropout masks)."""
-    from transformers import OPTForCausalLM
-
-    torch.manual_seed(0)
-    config = tiny_opt_config()
-    config.dropout = 0.1
-    config._attn_implementation = "eager"
-    return OPTForCausalLM(config).eval()
+    return tiny_opt(seed=0, dropout=0.1)
 
 
 def _cfg(out: Path, text: Path, **kw) -> FinetuneConfig:

@@ -35,23 +35,25 @@ def test_small_image_kwargs_rules() -> None:
     assert small_image_kwargs("resnet18", 32) == {}
 
 
+def _check_forward_backward(model: torch.nn.Module, num_classes: int) -> None:
+    """A batch of two 32×32 RGB images gives (2, num_classes) logits and finite gradients."""
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, num_classes)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 @pytest.mark.slow
 def test_vit_small_at_32x32_uses_patch_4() -> None:
     model = create_model("vit_small_patch16_224", num_classes=10, img_size=32, depth=2)
     assert model.patch_embed.patch_size == (4, 4) and model.patch_embed.num_patches == 64
-    out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 10)
-    out.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    _check_forward_backward(model, 10)
 
 
 @pytest.mark.slow
 def test_swin_at_32x32_forward_backward() -> None:
     model = create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=32, depths=(1, 1, 1, 1))
-    out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 10)
-    out.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    _check_forward_backward(model, 10)
 
 
 @pytest.mark.slow

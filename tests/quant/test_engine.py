@@ -5,17 +5,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 import torch
+from quant_doubles import RecordingMethod
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ, GPTQ, RTN, Identity16, quantize, quantize_many
-from losslab.quant.methods import GPFQAccumulator, HessianAccumulator, QuantMethod, identity_weight_quant
+from losslab.quant.methods import GPFQAccumulator
 from losslab.quant.rtn import rtn_weight
-from losslab.quant.weight_quant import WeightQuant
 
 
 class _ConvNet(nn.Module):
@@ -34,25 +34,6 @@ class _ConvNet(nn.Module):
 
 def _calib(n_batches: int = 3, batch: int = 4) -> list[tuple[Tensor, Tensor]]:
     return [(torch.randn(batch, 3, 8, 8), torch.zeros(batch, dtype=torch.long)) for _ in range(n_batches)]
-
-
-@dataclass(frozen=True)
-class _Recorder(QuantMethod):
-    """Keeps the weight and records the statistics the engine hands it (a test double for GPTQ/GPFQ)."""
-
-    bits: int = 16
-    seen: list = None  # type: ignore[assignment]
-    reads_quantized: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seen", [])
-
-    def new_stats(self, dim: int, device: torch.device) -> HessianAccumulator:
-        return HessianAccumulator(dim, device)
-
-    def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
-        self.seen.append(stats)
-        return identity_weight_quant(weight)
 
 
 def test_identity_leaves_outputs_unchanged_and_model_untouched() -> None:
@@ -88,7 +69,7 @@ def test_hessian_comes_from_partly_quantized_network(metrics: bool) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
     calib = [torch.randn(5, 4), torch.randn(7, 4)]
-    recorder = _Recorder()
+    recorder = RecordingMethod()
     result = quantize(model, RTN(bits=2), calib, overrides={"2": recorder}, progress=False, metrics=metrics)
     q1 = result.model[0]
     x_tilde = torch.cat([torch.relu(q1(b)) for b in calib])  # inputs of layer 2 after layer 0 is quantized
@@ -99,7 +80,7 @@ def test_hessian_comes_from_partly_quantized_network(metrics: bool) -> None:
 
 
 @dataclass(frozen=True)
-class _GramRecorder(_Recorder):
+class _GramRecorder(RecordingMethod):
     """GPFQ's statistics protocol: both streams, paired Gram matrices, optionally one batch per layer."""
 
     fresh_batch_per_layer: bool = False

@@ -120,6 +120,11 @@ def victim(path: Path, text: str = "the user's own file\n") -> Path:
     return path
 
 
+def refused(argv: list[str], out: Path, expect: str, seconds: float = 30.0) -> Case:
+    """``argv --out-dir OUT`` must end with the one-line error ``expect`` and leave no ``out`` behind."""
+    return Case([*argv, "--out-dir", str(out)], expect, absent=[out], seconds=seconds)
+
+
 def yaml_file(env: Env, text: str, name: str = "file.yaml") -> Path:
     path = env.tmp / name
     path.write_text(text)
@@ -648,8 +653,7 @@ def _rows() -> list[Attack]:
 
     @add("train-run-name-too-long", 7, "victim", "train")
     def _(env: Env) -> Case:
-        out = env.tmp / "o"
-        return Case(["train", "--run-name", "r" * 246, "--out-dir", str(out)], "at most 239 are allowed", absent=[out])
+        return refused(["train", "--run-name", "r" * 246], env.tmp / "o", "at most 239 are allowed")
 
     # ---- the other commands that read or write a path: quantize --budget, landscape, lm, gan, logreg, translate
     rows.extend(_more_rows())
@@ -819,27 +823,18 @@ def _more_rows() -> list[Attack]:
 
     @add("gan-train-toy-samples-bomb", 5, "bomb", "gan train")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        return Case(
-            [*ring, "--toy-samples", "100000000000", "--out-dir", str(out)],
-            "'--toy-samples': 100000000000 is not in the range",
-            absent=[out],
-        )
+        argv = [*ring, "--toy-samples", "100000000000"]
+        return refused(argv, env.tmp / "g", "'--toy-samples': 100000000000 is not in the range")
 
     @add("gan-train-eval-samples-bomb", 5, "bomb", "gan train")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        argv = [*ring, "--toy-samples", "256", "--eval-samples", "100000000000", "--out-dir", str(out)]
-        return Case(argv, "'--eval-samples': 100000000000 is not in the range", absent=[out])
+        argv = [*ring, "--toy-samples", "256", "--eval-samples", "100000000000"]
+        return refused(argv, env.tmp / "g", "'--eval-samples': 100000000000 is not in the range")
 
     @add("gan-train-lr-inf", 4, "forged", "gan train")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        return Case(
-            [*ring, "--toy-samples", "256", "--lr", "inf", "--out-dir", str(out)],
-            "'--lr': 'inf' is not a finite number",
-            absent=[out],
-        )
+        argv = [*ring, "--toy-samples", "256", "--lr", "inf"]
+        return refused(argv, env.tmp / "g", "'--lr': 'inf' is not a finite number")
 
     @add("gan-train-resume-text-file", 6, "forged", "gan train")
     def _(env: Env) -> Case:
@@ -847,21 +842,18 @@ def _more_rows() -> list[Attack]:
 
     @add("gan-sweep-binary-config", 6, "forged", "gan sweep")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        argv = ["gan", "sweep", "--config", str(binary_file(env, "c.yaml")), "--out-dir", str(out)]
-        return Case(argv, "not a text file", absent=[out])
+        return refused(["gan", "sweep", "--config", str(binary_file(env, "c.yaml"))], env.tmp / "g", "not a text file")
 
     @add("gan-sweep-billion-laughs", 5, "bomb", "gan sweep")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        argv = ["gan", "sweep", "--config", str(yaml_file(env, BILLION_LAUGHS)), "--out-dir", str(out)]
-        return Case(argv, "expands to more than", absent=[out], seconds=10)
+        argv = ["gan", "sweep", "--config", str(yaml_file(env, BILLION_LAUGHS))]
+        return refused(argv, env.tmp / "g", "expands to more than", seconds=10)
 
     @add("gan-sweep-list-config", 6, "forged", "gan sweep")
     def _(env: Env) -> Case:
-        out = env.tmp / "g"
-        argv = ["gan", "sweep", "--config", str(yaml_file(env, "- a\n- b\n")), "--out-dir", str(out)]
-        return Case(argv, "must be a mapping", absent=[out])
+        return refused(
+            ["gan", "sweep", "--config", str(yaml_file(env, "- a\n- b\n"))], env.tmp / "g", "must be a mapping"
+        )
 
     @add("logreg-json-existing", 2, "victim", "logreg")
     def _(env: Env) -> Case:
@@ -884,25 +876,23 @@ def _more_rows() -> list[Attack]:
 
     @add("logreg-sweep-path-as-dataset", 6, "forged", "logreg sweep")
     def _(env: Env) -> Case:
-        out = env.tmp / "o"
-        argv = ["logreg", "sweep", "--datasets", "../../etc/passwd", "--out-dir", str(out)]
-        return Case(argv, "unknown dataset '../../etc/passwd'", absent=[out])
+        argv = ["logreg", "sweep", "--datasets", "../../etc/passwd"]
+        return refused(argv, env.tmp / "o", "unknown dataset '../../etc/passwd'")
 
     toy = ["--arch", "toy", "--accelerator", "cpu", "--epochs", "1"]
 
     @add("translate-train-binary-source", 6, "forged", "translate train")
     def _(env: Env) -> Case:
-        out = env.tmp / "t"
         bad = str(binary_file(env, "a.src"))
-        return Case(["translate", "train", "--src-file", bad, "--tgt-file", bad, *toy, "--out-dir", str(out)],
-                    "is not UTF-8 text", absent=[out])  # fmt: skip
+        return refused(
+            ["translate", "train", "--src-file", bad, "--tgt-file", bad, *toy], env.tmp / "t", "is not UTF-8 text"
+        )
 
     @add("translate-train-misaligned", 3, "forged", "translate train")
     def _(env: Env) -> Case:
-        out = env.tmp / "t"
         src, tgt = victim(env.tmp / "a.src", "a b\nc d\n"), victim(env.tmp / "a.tgt", "x\n")
-        argv = ["translate", "train", "--src-file", str(src), "--tgt-file", str(tgt), *toy, "--out-dir", str(out)]
-        return Case(argv, "has 2 lines but .* has 1; the files must align", absent=[out])
+        argv = ["translate", "train", "--src-file", str(src), "--tgt-file", str(tgt), *toy]
+        return refused(argv, env.tmp / "t", "has 2 lines but .* has 1; the files must align")
 
     @add("translate-eval-binary-source", 6, "forged", "translate eval")
     def _(env: Env) -> Case:
@@ -912,8 +902,7 @@ def _more_rows() -> list[Attack]:
 
     @add("translate-demo-epochs-bomb", 5, "bomb", "translate demo")
     def _(env: Env) -> Case:
-        out = env.tmp / "d"
-        return Case(["translate", "demo", "--epochs", "100000", "--out-dir", str(out)], "1<=x<=1000", absent=[out])
+        return refused(["translate", "demo", "--epochs", "100000"], env.tmp / "d", "1<=x<=1000")
 
     return rows
 

@@ -79,40 +79,43 @@ def field_bounds(info: Any) -> dict[str, float]:
     return bounds
 
 
-class IntList(click.ParamType):
-    """Comma-separated integers: ``25,50`` -> [25, 50]; each checked by ``item`` (a click type) when given."""
+class _CommaList(click.ParamType):
+    """Comma-separated values read by ``cast`` (a ``ValueError`` names the list as one of ``noun``), each then
+    checked by ``item`` (a click type) when there is one; a list passes through (a default already parsed)."""
 
-    name = "INT,INT,..."
+    cast: Callable[[str], Any]
+    noun: str
 
     def __init__(self, item: click.ParamType | None = None) -> None:
         self.item = item
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[Any]:
         if isinstance(value, list):
             return value
         try:
-            values = [int(v) for v in str(value).split(",") if v.strip()]
+            values = [self.cast(v) for v in str(value).split(",") if v.strip()]
         except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+            self.fail(f"{value!r} is not a comma-separated list of {self.noun}", param, ctx)
         return [self.item.convert(v, param, ctx) for v in values] if self.item is not None else values
 
 
-class FloatList(click.ParamType):
-    """Comma-separated finite numbers: ``0,1e-3`` -> [0.0, 0.001]; each checked by ``item`` when given."""
+class IntList(_CommaList):
+    """Comma-separated integers: ``25,50`` -> [25, 50]; each checked by ``item`` (a click type) when given."""
+
+    name = "INT,INT,..."
+    cast = int
+    noun = "integers"
+
+
+class FloatList(_CommaList):
+    """Comma-separated finite numbers: ``0,1e-3`` -> [0.0, 0.001]; each checked by ``item`` (default: finite)."""
 
     name = "X,Y,..."
+    cast = float
+    noun = "numbers"
 
     def __init__(self, item: click.ParamType | None = None) -> None:
-        self.item = item if item is not None else number_type(float)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
-        if isinstance(value, list):
-            return value
-        try:
-            values = [float(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-        return [self.item.convert(v, param, ctx) for v in values]
+        super().__init__(item if item is not None else number_type(float))
 
 
 class LossName(click.ParamType):

@@ -11,7 +11,7 @@ returning a plain layer that computes the same function::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from losslab.errors import ConfigError
 from losslab.layers.spectral import (
     PadMode,
+    conv_geometry,
     conv_kernel_to_matrix,
     dense_conv,
     factor_kaiming,
@@ -28,6 +29,7 @@ from losslab.layers.spectral import (
 )
 
 ConvPath = Literal["two_conv", "one_conv"]
+_Layer = TypeVar("_Layer", bound="LowRankBase")
 
 
 def matrix_rank_for_scale(rank_scale: float, rows: int, cols: int) -> int:
@@ -107,6 +109,44 @@ class LowRankBase(nn.Module):
             self.U.copy_(u)
             self.V.copy_(v)
 
+    @classmethod
+    def _dense_geometry(cls, dense: nn.Module) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The constructor's positional (before ``rank``) and keyword arguments giving ``dense``'s geometry.
+
+        Subclasses also reject here the dense layers they cannot represent (ConfigError).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def _dense_matrix(cls, weight: Tensor) -> Tensor:
+        """The m×n matrix W = U(M)Vᵀ approximates, from the dense layer's ``weight`` (the weight itself here)."""
+        return weight
+
+    @classmethod
+    def from_dense(
+        cls: type[_Layer],
+        dense: nn.Module,
+        rank: int,
+        *,
+        spectral: bool = True,
+        pad: PadMode = "zero_u",
+        square: bool = False,
+        m_noise: float = 0.0,
+        **options: Any,
+    ) -> _Layer:
+        """Factorize ``dense`` (geometry and bias copied); SI of its weight unless ``spectral=False`` (factor-Kaiming).
+
+        ``options`` are the subclass's own constructor keywords (``path`` for :class:`LowRankConv2d`).
+        """
+        args, geometry = cls._dense_geometry(dense)
+        w = dense.weight
+        layer = cls(*args, rank, **geometry, **options, square=square, m_noise=m_noise, device=w.device, dtype=w.dtype)
+        layer.init_factors(cls._dense_matrix(w), spectral=spectral, pad=pad)
+        bias = getattr(dense, "bias", None)
+        if bias is not None:
+            layer.bias.data.copy_(bias.data)
+        return layer
+
 
 class LowRankLinear(LowRankBase):
     """y = (x V)(M)ᵀ Uᵀ + b, i.e. a Linear with W = U(M)Vᵀ (out×in); r·(out + in) (+ r²) + bias parameters."""
@@ -129,32 +169,9 @@ class LowRankLinear(LowRankBase):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_dense(
-        cls,
-        linear: nn.Linear,
-        rank: int,
-        *,
-        spectral: bool = True,
-        pad: PadMode = "zero_u",
-        square: bool = False,
-        m_noise: float = 0.0,
-    ) -> LowRankLinear:
-        """Factorize ``linear`` (bias copied); SI of its weight unless ``spectral=False`` (factor-Kaiming)."""
-        w = linear.weight
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            rank,
-            bias=linear.bias is not None,
-            square=square,
-            m_noise=m_noise,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        layer.init_factors(w, spectral=spectral, pad=pad)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.data)
-        return layer
+    def _dense_geometry(cls, dense: nn.Linear) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(in_features, out_features) and whether ``dense`` has a bias."""
+        return (dense.in_features, dense.out_features), {"bias": dense.bias is not None}
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.linear(x, self.V.T)
@@ -205,35 +222,14 @@ class LowRankEmbedding(LowRankBase):
         self.padding_idx = padding_idx
 
     @classmethod
-    def from_dense(
-        cls,
-        embedding: nn.Embedding,
-        rank: int,
-        *,
-        spectral: bool = True,
-        pad: PadMode = "zero_u",
-        square: bool = False,
-        m_noise: float = 0.0,
-    ) -> LowRankEmbedding:
-        """Factorize ``embedding``; ``max_norm`` and ``sparse`` embeddings are rejected."""
-        if embedding.max_norm is not None or embedding.sparse:
+    def _dense_geometry(cls, dense: nn.Embedding) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(num_embeddings, embedding_dim) and the padding index; ``max_norm`` and ``sparse`` are rejected."""
+        if dense.max_norm is not None or dense.sparse:
             raise ConfigError(
                 "LowRankEmbedding does not support max_norm or sparse embeddings; "
-                f"got max_norm={embedding.max_norm}, sparse={embedding.sparse}. Skip this layer."
+                f"got max_norm={dense.max_norm}, sparse={dense.sparse}. Skip this layer."
             )
-        w = embedding.weight
-        layer = cls(
-            embedding.num_embeddings,
-            embedding.embedding_dim,
-            rank,
-            padding_idx=embedding.padding_idx,
-            square=square,
-            m_noise=m_noise,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        layer.init_factors(w, spectral=spectral, pad=pad)
-        return layer
+        return (dense.num_embeddings, dense.embedding_dim), {"padding_idx": dense.padding_idx}
 
     def forward(self, idx: Tensor) -> Tensor:
         return F.linear(F.embedding(idx, self.U, self.padding_idx), self.inner_v())
@@ -313,41 +309,17 @@ class LowRankConv2d(LowRankBase):
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_dense(
-        cls,
-        conv: nn.Conv2d,
-        rank: int,
-        *,
-        spectral: bool = True,
-        pad: PadMode = "zero_u",
-        square: bool = False,
-        m_noise: float = 0.0,
-        path: ConvPath = "two_conv",
-    ) -> LowRankConv2d:
-        """Factorize ``conv`` (geometry and bias copied); SI of its kernel in the §2 forward layout by default."""
-        if conv.padding_mode != "zeros":
-            raise ConfigError(f"padding_mode={conv.padding_mode!r} is not supported by LowRankConv2d (only 'zeros')")
-        w = conv.weight
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            rank,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            path=path,
-            square=square,
-            m_noise=m_noise,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        layer.init_factors(conv_kernel_to_matrix(w), spectral=spectral, pad=pad)
-        if conv.bias is not None:
-            layer.bias.data.copy_(conv.bias.data)
-        return layer
+    def _dense_geometry(cls, dense: nn.Conv2d) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Channels, kernel size, stride/padding/dilation, groups and bias of ``dense`` (zero padding only)."""
+        if dense.padding_mode != "zeros":
+            raise ConfigError(f"padding_mode={dense.padding_mode!r} is not supported by LowRankConv2d (only 'zeros')")
+        args = (dense.in_channels, dense.out_channels, dense.kernel_size)
+        return args, {**conv_geometry(dense), "groups": dense.groups}
+
+    @classmethod
+    def _dense_matrix(cls, weight: Tensor) -> Tensor:
+        """The kernel's §2 matricization (:func:`conv_kernel_to_matrix`), the forward layout SI factorizes."""
+        return conv_kernel_to_matrix(weight)
 
     def dense_weight(self) -> Tensor:
         """The kernel (c_out, c_in, k_h, k_w) whose matricization is U(M)Vᵀ."""

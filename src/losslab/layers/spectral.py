@@ -12,7 +12,7 @@ Convolution kernels are matricized with :func:`conv_kernel_to_matrix` (the spati
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +83,11 @@ def factor_kaiming(m: int, n: int, rank: int, like: Tensor) -> tuple[Tensor, Ten
 
 
 @torch.no_grad()
+def conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    """The stride, padding, dilation and ``bias`` flag of ``conv``, as constructor keywords of a layer replacing it."""
+    return {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "bias": conv.bias is not None}
+
+
 def dense_conv(weight: Tensor, bias: Tensor | None, like: nn.Module) -> nn.Conv2d:
     """A plain ``nn.Conv2d`` holding ``weight`` (c_out, c_in, k_h, k_w) and ``bias``, with the stride, padding and
     dilation of ``like`` (any module exposing them); used to collapse factorized convs back to dense."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError, check_range
-from losslab.layers.spectral import dense_conv
+from losslab.layers.spectral import conv_geometry, dense_conv
 from losslab.regularizers.base import Regularizer
 
 
@@ -166,10 +166,7 @@ class TensorTrainConv2d(nn.Module):
             conv.out_channels,
             conv.kernel_size,
             rank_scale,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            bias=conv.bias is not None,
+            **conv_geometry(conv),
             spectral=spectral,
             balanced=balanced,
             device=w.device,

@@ -10,9 +10,11 @@ Defaults are the RLO reference recipe (llm.md §4) on raw text. No torch here (t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from losslab.train.config import CommandConfig
 
 #: Precisions: full float32, autocast to fp16 (with a gradient scaler) or bf16, or bf16 weights (no autocast).
 Precision = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true"]
@@ -27,7 +29,7 @@ RUN_KEYS = ("out_dir", "run_name", "resume", "overwrite", "progress")
 LIGHTNING_KEYS = ("strategy", "num_nodes")
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(CommandConfig):
     """Model, data, token loss, AdamW with warmup-linear-decay, steps, precision and run-folder options.
 
     ``text_file`` (local, offline) overrides ``dataset``; without ``val_file`` its last ``val_fraction`` of tokens
@@ -37,6 +39,7 @@ class FinetuneConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    COMMAND: ClassVar[str] = "losslab lm finetune"
 
     model: str | None = Field(None, description="Hub name (facebook/opt-125m) or local folder of a causal LM.")
     out_dir: Path | None = Field(
@@ -102,16 +105,6 @@ class FinetuneConfig(BaseModel):
                 "validation runs when a checkpoint is written; set --eval-every to a multiple of --checkpoint-every"
             )
         return self
-
-    @classmethod
-    def build(cls, values: dict[str, Any]) -> FinetuneConfig:
-        """Validated config from ``values``; pydantic's errors become one ConfigError naming the keys."""
-        from losslab.train.config import config_error_from
-
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            raise config_error_from(err, cls, "losslab lm finetune") from None
 
     def loss_spec(self) -> Any:
         """The training loss, a :class:`losslab.objectives.token.TokenLossSpec` (``ce``, ``root``, ``root_convex``)."""

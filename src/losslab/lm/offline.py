@@ -99,8 +99,11 @@ def synthetic_corpus(seed: int = 0, articles: tuple[int, int, int] = (40, 6, 6))
     }
 
 
-def tiny_opt_config(vocab_size: int = 260, max_positions: int = 128, layers: int = 2):  # -> OPTConfig
-    """An OPT config small enough for unit tests: hidden 64, 4 heads, ffn 256, pre-LayerNorm, no dropout."""
+def tiny_opt_config(
+    vocab_size: int = 260, max_positions: int = 128, layers: int = 2, dropout: float = 0.0
+):  # -> OPTConfig
+    """An OPT config small enough for unit tests: hidden 64, 4 heads, ffn 256, pre-LayerNorm, OPT's ``dropout``
+    probability (0 by default) and no attention dropout."""
     from transformers import OPTConfig
 
     return OPTConfig(
@@ -111,7 +114,7 @@ def tiny_opt_config(vocab_size: int = 260, max_positions: int = 128, layers: int
         num_attention_heads=4,
         max_position_embeddings=max_positions,
         word_embed_proj_dim=64,
-        dropout=0.0,
+        dropout=dropout,
         attention_dropout=0.0,
         bos_token_id=BYTE_VOCAB,
         eos_token_id=BYTE_VOCAB + 1,
@@ -119,7 +122,7 @@ def tiny_opt_config(vocab_size: int = 260, max_positions: int = 128, layers: int
     )
 
 
-def tiny_opt(seed: int = 0, **config_overrides: int):  # -> OPTForCausalLM
+def tiny_opt(seed: int = 0, **config_overrides: float):  # -> OPTForCausalLM
     """A randomly initialised tiny OPT (seeded), in float32 eval mode, with the eager attention kernel."""
     from transformers import OPTForCausalLM
 

@@ -90,6 +90,20 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+#: The metric columns of a training or compression row, in table order.
+_METRIC_KEYS = ("top1", "top5", "ce", "n")
+
+
+def _metric_columns(metrics: dict[str, Any]) -> tuple[Any, ...]:
+    """The row's values of ``_METRIC_KEYS`` (None where ``metrics`` lacks one)."""
+    return tuple(metrics.get(name) for name in _METRIC_KEYS)
+
+
+def _stamp(prov: dict[str, str]) -> tuple[str, ...]:
+    """The columns that close a result row: losslab version, git commit, host, and the time of writing."""
+    return prov["losslab_version"], prov["git_commit"], prov["host"], _now()
+
+
 def db_path(path: str | Path) -> Path:
     """``path`` itself if it names a ``.db`` file, else ``path/study.db``."""
     path = Path(path)
@@ -217,18 +231,12 @@ class StudyStore:
                         rec.point.bits,
                         json.dumps(rec.point.options_dict()),
                         json.dumps(rec.setting),
-                        top1,
-                        rec.metrics.get("top5"),
-                        rec.metrics.get("ce"),
-                        rec.metrics.get("n"),
+                        *_metric_columns(rec.metrics),
                         drop,
                         json.dumps(rec.summary, default=str),
                         rec.quant_time_s,
                         rec.eval_time_s,
-                        prov["losslab_version"],
-                        prov["git_commit"],
-                        prov["host"],
-                        _now(),
+                        *_stamp(prov),
                     ),
                 )
                 conn.executemany(
@@ -406,7 +414,6 @@ def _insert_train(conn: sqlite3.Connection, result: JobResult, prov: dict[str, s
     """Insert the training run (its run folder relative to the study folder when inside it), epochs, histograms."""
     rec = result.train
     assert rec is not None
-    fm = rec.float_metrics
     run_dir = Path(rec.run_dir)
     if run_dir.is_absolute() and run_dir.is_relative_to(folder.resolve()):
         run_dir = run_dir.relative_to(folder.resolve())
@@ -416,18 +423,12 @@ def _insert_train(conn: sqlite3.Connection, result: JobResult, prov: dict[str, s
             result.train_key,
             json.dumps(rec.config),
             str(run_dir),
-            fm.get("top1"),
-            fm.get("top5"),
-            fm.get("ce"),
-            fm.get("n"),
+            *_metric_columns(rec.float_metrics),
             rec.best_val_acc,
             rec.num_params,
             rec.train_time_s,
             rec.eval_time_s,
-            prov["losslab_version"],
-            prov["git_commit"],
-            prov["host"],
-            _now(),
+            *_stamp(prov),
         ),
     )
     conn.executemany(

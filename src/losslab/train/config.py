@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -32,7 +32,25 @@ EraseMode = Literal["const", "pixel"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
-class TrainConfig(BaseModel):
+_Config = TypeVar("_Config", bound="CommandConfig")
+
+
+class CommandConfig(BaseModel):
+    """Base of a command's typed config: :meth:`build` reports every bad key in one :class:`ConfigError`."""
+
+    #: The command whose ``--help`` lists the keys (named in the error for an unknown key).
+    COMMAND: ClassVar[str] = "losslab train"
+
+    @classmethod
+    def build(cls: type[_Config], values: dict[str, Any]) -> _Config:
+        """Build from a plain dict, turning pydantic's errors into one :class:`ConfigError` naming the keys."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise config_error_from(exc, cls, cls.COMMAND) from None
+
+
+class TrainConfig(CommandConfig):
     """Every option of a classifier training run (``losslab train``).
 
     Groups: data, model, objective, optimisation and schedule, regularization, factorization, run/hardware.
@@ -308,14 +326,6 @@ class TrainConfig(BaseModel):
         return self
 
     # ------------------------------------------------------------------ construction helpers
-    @classmethod
-    def build(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a plain dict, turning pydantic's errors into one :class:`ConfigError` per bad key."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise config_error_from(exc, cls) from None
-
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """Load a YAML file of config keys, then apply ``overrides`` (e.g. flags given on the command line)."""
