@@ -82,7 +82,7 @@ def test_ffn_rank_scale_keeps_the_ffn_only_variant() -> None:
     assert lowrank == {f"{side}.{i}.{fc}" for side in ("encoder", "decoder") for i in range(2) for fc in ("fc1", "fc2")}
     assert all(a.q_proj.out_features == 256 for _, a in attention_modules(model))
     with pytest.raises(ConfigError, match=r"rank_scale .* or ffn_rank_scale"):
-        TranslateConfig.build(rank_scale=0.5, ffn_rank_scale=0.5)
+        TranslateConfig.build(dict(rank_scale=0.5, ffn_rank_scale=0.5))
 
 
 def _tiny(**layout: object) -> ModelConfig:

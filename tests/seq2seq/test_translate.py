@@ -195,7 +195,7 @@ def test_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataNotFoundError, match="--src-file/--tgt-file"):
         download_iwslt()
     with pytest.raises(ConfigError, match="label_smoothing applies to loss=ce"):
-        TranslateConfig.build(loss="root", label_smoothing=0.1)
+        TranslateConfig.build(dict(loss="root", label_smoothing=0.1))
 
 
 @pytest.mark.slow
@@ -247,12 +247,12 @@ def test_beam_search_on_cuda_matches_cpu_and_trains(tmp_path: Path) -> None:
 def test_inverse_sqrt_schedule_and_a_rooted_nag_run(tmp_path: Path) -> None:
     from losslab.seq2seq.task import inverse_sqrt_lr
 
-    cfg = TranslateConfig.build(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100)
+    cfg = TranslateConfig.build(dict(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100))
     assert inverse_sqrt_lr(cfg, 0) == 0.05 and inverse_sqrt_lr(cfg, 50) == pytest.approx(0.15)
     assert inverse_sqrt_lr(cfg, 400) == pytest.approx(0.25 * math.sqrt(100) / math.sqrt(400))  # fairseq's decay
-    run = TranslateConfig.build(arch="toy", vocab_size=80, loss="root", k=3.0, optimizer="nag", lr=0.01,
+    run = TranslateConfig.build(dict(arch="toy", vocab_size=80, loss="root", k=3.0, optimizer="nag", lr=0.01,
                                 warmup_updates=5, max_updates=4, rank_scale=0.5, spectral=True,
-                                frobenius_decay=True, attention_fd_qk=True)  # fmt: skip
+                                frobenius_decay=True, attention_fd_qk=True))  # fmt: skip
     assert run.smoothing == 0.0
     result = train_translation(run, {"train": toy_corpus(120, 0, 0)["train"]}, tmp_path, log=lambda _: None)
     assert result["steps"] == 4

@@ -49,7 +49,7 @@ def test_bleu_of_summed_statistics_is_sacrebleu_of_the_whole_corpus() -> None:
 
 
 def test_inverse_sqrt_schedule_steps_per_update_and_resumes() -> None:
-    cfg = TranslateConfig.build(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100)
+    cfg = TranslateConfig.build(dict(arch="toy", lr=0.25, warmup_init_lr=0.05, warmup_updates=100))
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     schedule = InverseSqrtSchedule(cfg, opt)
@@ -75,7 +75,7 @@ def test_eval_tally_loss_sums_equal_a_float64_loop() -> None:
 
     pairs = toy_corpus(0, 0, 23, seed=3)["test"]
     tok = SubwordTokenizer.train([t for p in pairs for t in p], 80)
-    cfg = TranslateConfig.build(arch="toy", vocab_size=80, label_smoothing=0.1)
+    cfg = TranslateConfig.build(dict(arch="toy", vocab_size=80, label_smoothing=0.1))
     torch.manual_seed(0)
     model = build_model(cfg, tok.vocab_size).double().eval()
     task = TranslationTask(cfg, model, tok, bleu_epoch=-1)
@@ -137,10 +137,10 @@ def test_translation_resumes_bit_identically_and_its_bleu_is_sacrebleu_of_the_wh
 
     torch.set_num_threads(1)
     corpus = toy_corpus(200, 20, 30, seed=4)
-    cfg = TranslateConfig.build(arch="toy", vocab_size=90, lr=3e-3, warmup_updates=8, max_epochs=4, max_tokens=600,
+    cfg = TranslateConfig.build(dict(arch="toy", vocab_size=90, lr=3e-3, warmup_updates=8, max_epochs=4, max_tokens=600,
                                 dropout=0.1, rank_scale=0.5, spectral=True, frobenius_decay=True, attention_fd_ov=True,
                                 gradient_clip=1.0, eval_batch_size=7, beam=3, model_ema=True,
-                                model_ema_decay=0.9)  # fmt: skip
+                                model_ema_decay=0.9))  # fmt: skip
     quiet = {"log": lambda _: None}
     straight = train_translation(cfg, corpus, tmp_path / "straight", **quiet)
     with monkeypatch.context() as patch:
@@ -187,7 +187,9 @@ def test_a_run_of_the_earlier_translation_loop_evaluates_and_resumes(tmp_path) -
     from losslab.seq2seq.train import load_run, loop_view, train_translation
 
     corpus = {"train": toy_corpus(60, 0, 0, seed=1)["train"]}
-    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=512, lr=3e-3, warmup_updates=3)
+    cfg = TranslateConfig.build(
+        dict(arch="toy", vocab_size=80, max_epochs=2, max_tokens=512, lr=3e-3, warmup_updates=3)
+    )
     train_translation(cfg, corpus, tmp_path / "old", log=lambda _: None)
     ckpt = tmp_path / "old" / "checkpoints" / "last.ckpt"
     new = load(ckpt)
@@ -217,7 +219,9 @@ def test_a_run_killed_while_testing_resumes_to_the_same_result(tmp_path, monkeyp
     from losslab.seq2seq.train import train_translation
 
     corpus = toy_corpus(80, 15, 15, seed=2)
-    cfg = TranslateConfig.build(arch="toy", vocab_size=80, max_epochs=2, max_tokens=2048, lr=3e-3, warmup_updates=4)
+    cfg = TranslateConfig.build(
+        dict(arch="toy", vocab_size=80, max_epochs=2, max_tokens=2048, lr=3e-3, warmup_updates=4)
+    )
     straight = train_translation(cfg, corpus, tmp_path / "straight", log=lambda _: None)
     real = losslab_io.write_json_atomic
 

@@ -58,7 +58,7 @@ def _config(config_file: str | None, flags: dict[str, Any], stored: dict[str, An
     seed_flags = {key: flags.pop(key, None) for key in [_fairseq_key(f) for f in FAIRSEQ_FLAGS]}
     values.update(fairseq_overrides(seed_flags))
     values.update(given_options(flags))
-    return TranslateConfig.build(**values)
+    return TranslateConfig.build(values)
 
 
 def _fairseq_key(flag: str) -> str:
@@ -217,7 +217,7 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
 
     dev = resolve_device(device or "auto")
     asked = given_options({"beam": beam, "lenpen": lenpen})
-    TranslateConfig.build(**asked)  # the config's ranges check --beam and --lenpen before anything is loaded
+    TranslateConfig.build(asked)  # the config's ranges check --beam and --lenpen before anything is loaded
     pairs = read_parallel(Path(src_file), Path(tgt_file))
     model, tok, cfg = load_run(Path(out_dir), dev)
     cfg = cfg.model_copy(update=asked)
@@ -257,8 +257,8 @@ def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume
 
     dev = torch.device(_training_device(accelerator, devices))
     fnl = {} if rank_scale is None else {"rank_scale": rank_scale, "spectral": True, "frobenius_decay": True}
-    cfg = TranslateConfig.build(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
-                                max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl)  # fmt: skip
+    cfg = TranslateConfig.build(dict(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
+                                max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl))  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
 
     def untrained(model: Any, tok: Any) -> None:

@@ -2,19 +2,19 @@
 model-size presets. Imports only pydantic (and the shared precision names), so the CLI can build its flags without
 importing torch::
 
-    cfg = TranslateConfig.build(arch="toy", rank_scale=0.5, spectral=True)   # ConfigError on bad values
+    cfg = TranslateConfig.build(dict(arch="toy", rank_scale=0.5, spectral=True))   # ConfigError on bad values
     SEED_ALIASES["attention_spectral_qk"]                                      # ['--spectral-quekey']
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from losslab.limits import MAX_VOCAB
-from losslab.train.config import PrecisionName
+from losslab.train.config import CommandConfig, PrecisionName
 
 MAX_BEAM = 1000
 
@@ -139,10 +139,11 @@ def _number(value: object) -> float | None:
         return None
 
 
-class TranslateConfig(BaseModel):
+class TranslateConfig(CommandConfig):
     """Everything a translation run needs; every field is a ``losslab translate train`` flag."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    COMMAND: ClassVar[str] = "losslab translate train"
 
     arch: str = Field("transformer_iwslt_de_en", description=f"Model sizes preset: {', '.join(PRESETS)}.")
     dropout: float | None = Field(
@@ -220,16 +221,6 @@ class TranslateConfig(BaseModel):
     def factorized(self) -> bool:
         """Whether the model has factorized layers (FNL's s < 1, or the FFN-only variant)."""
         return (self.rank_scale is not None and self.rank_scale < 1) or self.ffn_rank_scale is not None
-
-    @classmethod
-    def build(cls, **values: object) -> TranslateConfig:
-        """Validated config; a ConfigError naming the key and the problem on bad values."""
-        from losslab.train.config import config_error_from
-
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise config_error_from(exc, cls, "losslab translate train") from None
 
     @property
     def smoothing(self) -> float:

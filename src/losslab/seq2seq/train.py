@@ -327,7 +327,7 @@ def load_run(
         raise ConfigError(f"{out_dir} holds no {LAST_CKPT}; train first (losslab translate train --out-dir ...)")
     state = loop_view(load(ckpt_path, what="translation checkpoint", map_location=device), ckpt_path)
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    cfg = TranslateConfig.build(**upgrade_config(state["hyper_parameters"].get("config")))
+    cfg = TranslateConfig.build(upgrade_config(state["hyper_parameters"].get("config")))
     tok = SubwordTokenizer.load(out_dir / TOKENIZER)
     model = build_model(cfg.model_copy(update={"attention_spectral_qk": False, "attention_spectral_ov": False,
                                                "spectral": False}), tok.vocab_size)  # fmt: skip
