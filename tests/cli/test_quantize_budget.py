@@ -115,6 +115,7 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
         (["--budget", "3", "--bits-choices", "2,9"], "--bits-choices 9 is out of range"),
         (["--budget", "3", "--tie", "nope*"], "--tie 'nope*' matches no budgeted layer"),
         (["--budget", "abc"], "is not a number"),
+        (["--budget", "3", "--refine", "0"], "--refine"),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
