@@ -246,6 +246,11 @@ def report(units: list[dict[str, Any]]) -> None:
     for u in units:
         for metric, cs in u.get("metrics", {}).items():
             corr.setdefault(metric, []).extend((c["predicted"], c["float_top1"] - c["budgeted_top1"]) for c in cs)
+    for key in sorted({(r["model"], r["method"]) for r in rows}):
+        sub = [r for r in rows if (r["model"], r["method"]) == key]
+        corr[f"default metric, {key[0]} {key[1]}"] = [
+            (r["predicted"], r["float_top1"] - r["budgeted_top1"]) for r in sub
+        ]
     for r in rows:
         if r["search"].get("calib_loss") is not None:
             corr.setdefault("stitched calibration loss (refined plans)", []).append(
