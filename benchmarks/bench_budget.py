@@ -1,17 +1,21 @@
 """Storage budget (issue 20 part 2): budgeted widths against uniform widths, predicted against realised.
 
-    python benchmarks/bench_budget.py --quick          # 2-core CPU: small_cnn + resnet20, 1 seed, few epochs
-    python benchmarks/bench_budget.py                  # 3 seeds, 15/30 epochs (GPU machine)
+    python benchmarks/bench_budget.py --out cells.jsonl             # 2-core CPU protocol (every cell, resumable)
+    python benchmarks/bench_budget.py --out cells.jsonl --report    # the tables from what is there
+    python benchmarks/bench_budget.py --out c.jsonl --full          # 15/30 epochs, 256 calibration images (GPU)
 
-Cells (every one printed, also where the budget loses):
+Cells (every one recorded, also where the budget loses), one line of ``--out`` per (model, seed, method), so a
+killed run resumes where it stopped (trained runs are kept under ``--runs``):
 
-1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ, B ∈ {2.25, 2.5, 3, 3.5}: the
-   budgeted model's top-1 (``--sensitivity proxy``, exact solver, widths 2,3,4,8) against the uniform model at the
-   narrowest width whose stored bits per weight are >= B (the uniform model that spends at least as much: the
-   issue's target) and at the widest width within B (what a uniform width gets under the same budget);
+1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ (per-channel asym grid), B ∈ {2.25,
+   2.5, 3, 3.5}: the budgeted model's top-1 (the command's defaults: ``--sensitivity`` and ``--refine``, exact
+   solver, widths 2,3,4,8) against the uniform model at the narrowest width whose stored bits per weight are
+   >= B (the issue's target) and at the widest width within B; the seeds' std rule: a loss counts against the
+   target when it exceeds the std over seeds of the uniform reference's top-1;
 2. rank correlation (Spearman) between predicted total sensitivity and the realised accuracy drop across budgets
-   (and seeds), per sensitivity metric (proxy, hawq, fisher, loss), on small_cnn GPTQ;
-3. the tiny offline OPT of ``lm quantize`` at B = 3.25 (widths 2,3,4) against uniform 3 and 4 bits (perplexity);
+   and seeds, per sensitivity metric (knapsack plans, no refinement), on small_cnn GPTQ; and of the refined
+   plans' stitched calibration loss;
+3. the tiny offline OPT of ``lm quantize`` at B = 3.25 (widths 2,3,4) against uniform 3 and 4 bits (``--opt``);
 4. the knapsack solvers on 500 layers x 5 widths (exact ≤ 1 s is the target; greedy for reference).
 """
 
@@ -34,8 +38,12 @@ METRICS = ("proxy", "hawq", "fisher", "loss")
 
 
 def train(model: str, seed: int, epochs: int, out: Path) -> Path:
+    """The digits run of ``model`` (reused when ``out`` already holds it: a resumed benchmark)."""
     from losslab.train import TrainConfig, fit
 
+    done = out / f"{model}-s{seed}"
+    if (done / "result.json").exists():  # written when training finished
+        return done
     cfg = TrainConfig(
         dataset="digits",
         model=model,
@@ -49,7 +57,7 @@ def train(model: str, seed: int, epochs: int, out: Path) -> Path:
     return fit(cfg).run_dir
 
 
-def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path) -> dict[str, Any]:
+def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int) -> dict[str, Any]:
     """``quantize_run_budget`` at each budget separately (one cached table): the results of the feasible budgets,
     the uniform widths and the budgets below the cheapest plan."""
     from losslab.compress.budget import BudgetOptions, quantize_run_budget
@@ -59,9 +67,9 @@ def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path) ->
 
     merged: dict[str, Any] = {"results": [], "impossible": []}
     for b in BUDGETS:
-        stem = f"{run.name}-{method}-{metric}-B{b}"
-        opts = QuantizeOptions(calib_samples=calib, calib_batch_size=64, out=tmp / f"{stem}.json")
-        budget = BudgetOptions([b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png")
+        stem = f"{run.name}-{method}-{metric}-r{refine}-B{b}"
+        opts = QuantizeOptions(calib_samples=calib, calib_batch_size=64, out=tmp / f"{stem}.json", overwrite=True)
+        budget = BudgetOptions([b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png", refine=refine)
         try:
             quantize_run_budget(run, method_from_name(method, bits=4), budget, opts, echo=lambda *_: None)
         except BudgetError as err:
@@ -95,6 +103,8 @@ def cells(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "uniform_below_top1": low and low["top1"],
                 "predicted": entry["predicted_sensitivity"],
                 "float_top1": report["float"]["top1"],
+                "search": {k: v for k, v in (entry.get("search") or {}).items() if k != "knapsack_chosen"},
+                "chosen": {a["layer"]: a["chosen_bits"] for a in entry["allocation"]},
             }
         )
     return out
@@ -165,69 +175,132 @@ def tiny_opt_cell(tmp: Path, steps: int) -> dict[str, Any]:
     }
 
 
+def unit(model: str, seed: int, method: str, args: argparse.Namespace, epochs: dict, calib: int) -> dict[str, Any]:
+    """One resumable unit: train (or reuse) the run, then every budget of ``method`` with the defaults; on
+    small_cnn GPTQ also every metric's knapsack plans (no refinement) for the rank correlation."""
+    from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+
+    start = time.perf_counter()
+    run = train(model, seed, epochs[model], args.runs)
+    tmp = args.runs / "reports"
+    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, DEFAULT_REFINE)
+    out: dict[str, Any] = {"model": model, "seed": seed, "method": method, "cells": cells(report)}
+    out["impossible"] = report["impossible"]
+    if model == "small_cnn" and method == "gptq" and not args.no_metrics:
+        out["metrics"] = {m: cells(budget_report(run, "gptq", m, calib, tmp, 1)) for m in METRICS}
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def load_units(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def std_by_cell(rows: list[dict[str, Any]], key: str) -> dict[tuple, float]:
+    """Sample std over seeds of ``key`` per (model, method, budget)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"], r["budget"]), []).append(r[key])
+    return {k: statistics.stdev(v) if len(v) > 1 else float("nan") for k, v in groups.items()}
+
+
+def report(units: list[dict[str, Any]]) -> None:
+    """Every cell, the count against the 80 % target, the seeds' std rule and the rank correlations."""
+    rows = [{"model": u["model"], "seed": u["seed"], "method": u["method"], **c} for u in units for c in u["cells"]]
+    rows.sort(key=lambda r: (r["model"] != "small_cnn", r["method"], r["budget"], r["seed"]))
+    std = std_by_cell(rows, "uniform_top1")
+    print(
+        "| model | method | B | seed | budgeted bpw | budgeted top-1 | uniform ≥ B: bits, bpw, top-1 | Δ | "
+        "seeds' std | uniform ≤ B: bits, bpw, top-1 |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    wins = within = 0
+    for r in rows:
+        delta = r["budgeted_top1"] - r["uniform_top1"]
+        s = std[(r["model"], r["method"], r["budget"])]
+        wins += delta >= 0
+        within += delta >= -s
+        below = (
+            f"{r['uniform_below_bits']}, {r['uniform_below_bpw']:.3f}, {r['uniform_below_top1']:.2f}"
+            if r["uniform_below_bits"]
+            else "-"
+        )
+        print(
+            f"| {r['model']} | {r['method']} | {r['budget']} | {r['seed']} | {r['budgeted_bpw']:.3f} | "
+            f"{r['budgeted_top1']:.2f} | {r['uniform_bits']}, {r['uniform_bpw']:.3f}, {r['uniform_top1']:.2f} | "
+            f"{delta:+.2f} | {s:.2f} | {below} |"
+        )
+    n = len(rows)
+    if n:
+        print(f"\nbudgeted >= uniform(narrowest with stored bits >= B): {wins}/{n} cells ({100 * wins / n:.0f} %)")
+        print(f"budgeted >= uniform - seeds' std of uniform: {within}/{n}")
+        deltas = [r["budgeted_top1"] - r["uniform_top1"] for r in rows]
+        below_deltas = [r["budgeted_top1"] - r["uniform_below_top1"] for r in rows if r["uniform_below_bits"]]
+        print(f"mean (budgeted - uniform >= B): {statistics.mean(deltas):+.2f} pp; worst {min(deltas):+.2f} pp")
+        if below_deltas:
+            wins_below = sum(d >= 0 for d in below_deltas)
+            print(f"budgeted >= uniform <= B: {wins_below}/{len(below_deltas)}")
+        for key in sorted({(r["model"], r["method"]) for r in rows}):
+            sub = [r["budgeted_top1"] - r["uniform_top1"] for r in rows if (r["model"], r["method"]) == key]
+            print(f"  {key[0]} {key[1]}: {sum(d >= 0 for d in sub)}/{len(sub)} cells, mean {statistics.mean(sub):+.2f}")
+    corr: dict[str, list[tuple[float, float]]] = {}
+    for u in units:
+        for metric, cs in u.get("metrics", {}).items():
+            corr.setdefault(metric, []).extend((c["predicted"], c["float_top1"] - c["budgeted_top1"]) for c in cs)
+    for key in sorted({(r["model"], r["method"]) for r in rows}):
+        sub = [r for r in rows if (r["model"], r["method"]) == key]
+        corr[f"default metric, {key[0]} {key[1]}"] = [
+            (r["predicted"], r["float_top1"] - r["budgeted_top1"]) for r in sub
+        ]
+    for r in rows:
+        if r["search"].get("calib_loss") is not None:
+            corr.setdefault("stitched calibration loss (refined plans)", []).append(
+                (r["search"]["calib_loss"], r["float_top1"] - r["budgeted_top1"])
+            )
+    for metric, pts in corr.items():
+        if len(pts) > 2:
+            print(
+                f"Spearman, predicted vs realised top-1 drop, {metric}: {spearman(*zip(*pts)):.2f} ({len(pts)} points)"
+            )
+    for u in units:
+        for gone in u.get("impossible", []):
+            print(f"{u['model']} seed {u['seed']} {u['method']}: {gone['why']}")
+    print("unit wall seconds:", {f"{u['model']}/{u['seed']}/{u['method']}": round(u["seconds"]) for u in units})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, few epochs, 128 calibration images")
-    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per (model, seed, method)")
+    parser.add_argument("--runs", type=Path, default=Path("bench-budget-runs"), help="trained runs (kept)")
+    parser.add_argument("--full", action="store_true", help="15/30 epochs and 256 calibration images")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="small_cnn,cifar_resnet20")
     parser.add_argument("--methods", default="gptq,gpfq")
-    parser.add_argument("--json", type=Path, default=None, help="write every cell here")
+    parser.add_argument("--no-metrics", action="store_true", help="skip the per-metric rank correlation")
+    parser.add_argument("--opt", action="store_true", help="also the tiny OPT cell")
+    parser.add_argument("--solver-timing", action="store_true", help="also time the solvers")
+    parser.add_argument("--report", action="store_true", help="only print the tables from --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seeds = args.seeds or (1 if args.quick else 3)
-    epochs = {"small_cnn": 6 if args.quick else 15, "cifar_resnet20": 4 if args.quick else 30}
-    calib = 128 if args.quick else 256
-    print(f"machine: {torch.get_num_threads()} torch thread(s); seeds {seeds}; epochs {epochs}; calib {calib}")
-    result: dict[str, Any] = {"solver": solver_timing()}
-    print("solver, 500 layers x 5 widths:", json.dumps({k: round(v, 4) for k, v in result["solver"].items()}))
-    with tempfile.TemporaryDirectory() as t:
-        tmp = Path(t)
-        rows, corr = [], {}
-        for model in args.models.split(","):
-            for seed in range(seeds):
-                start = time.perf_counter()
-                run = train(model, seed, epochs[model], tmp / "runs")
-                print(f"trained {model} seed {seed} in {time.perf_counter() - start:.0f} s")
-                reports = {}
+    if not args.report:
+        epochs = {"small_cnn": 15 if args.full else 6, "cifar_resnet20": 30 if args.full else 4}
+        calib = 256 if args.full else 128
+        print(f"machine: {torch.get_num_threads()} torch thread(s); epochs {epochs}; calib {calib}", flush=True)
+        if args.solver_timing:
+            print("solver, 500 layers x 5 widths:", json.dumps({k: round(v, 4) for k, v in solver_timing().items()}))
+        done = {(u["model"], u["seed"], u["method"]) for u in load_units(args.out)}
+        for seed in (int(x) for x in args.seeds.split(",")):
+            for model in args.models.split(","):
                 for method in args.methods.split(","):
-                    reports[method] = report = budget_report(run, method, "proxy", calib, tmp)
-                    for c in cells(report):
-                        rows.append({"model": model, "seed": seed, "method": method, **c})
-                        print(json.dumps(rows[-1]))
-                    for gone in report["impossible"]:
-                        print(f"{model} seed {seed} {method}: {gone['why']}")
-                if model == "small_cnn":
-                    for metric in METRICS:
-                        report = reports.get("gptq") if metric == "proxy" else None
-                        report = report or budget_report(run, "gptq", metric, calib, tmp)
-                        for c in cells(report):
-                            corr.setdefault(metric, []).append((c["predicted"], c["float_top1"] - c["budgeted_top1"]))
-        result["cells"] = rows
-        result["rank_correlation"] = {m: spearman(*zip(*pts)) for m, pts in corr.items() if len(pts) > 2}
-        result["tiny_opt"] = tiny_opt_cell(tmp, 200)
-    wins = sum(r["budgeted_top1"] >= r["uniform_top1"] for r in rows)
-    print(f"\nbudgeted >= uniform(narrowest with stored bits >= B) in {wins}/{len(rows)} cells")
-    print(
-        "| model | seed | method | B | budgeted bpw | budgeted top-1 | uniform >= B: bits, bpw, top-1 |"
-        " uniform <= B: bits, bpw, top-1 |\n|---|---|---|---|---|---|---|---|"
-    )
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['seed']} | {r['method']} | {r['budget']} | {r['budgeted_bpw']:.3f} | "
-            f"{r['budgeted_top1']:.2f} | {r['uniform_bits']}, {r['uniform_bpw']:.3f}, {r['uniform_top1']:.2f} | "
-            + (
-                f"{r['uniform_below_bits']}, {r['uniform_below_bpw']:.3f}, {r['uniform_below_top1']:.2f} |"
-                if r["uniform_below_bits"]
-                else "- |"
-            )
-        )
-    print("rank correlation (Spearman, predicted sensitivity vs realised drop):", result["rank_correlation"])
-    print("tiny OPT:", json.dumps(result["tiny_opt"]))
-    if len(rows) > 1:
-        deltas = [r["budgeted_top1"] - r["uniform_top1"] for r in rows]
-        print(f"mean (budgeted - uniform) top-1: {statistics.mean(deltas):.2f} pp")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+                    if (model, seed, method) in done:
+                        continue
+                    result = unit(model, seed, method, args, epochs, calib)
+                    with open(args.out, "a") as fh:
+                        fh.write(json.dumps(result) + "\n")
+                    print(f"done {model} seed {seed} {method} in {result['seconds']:.0f} s", flush=True)
+        if args.opt:
+            with tempfile.TemporaryDirectory() as t:
+                print("tiny OPT:", json.dumps(tiny_opt_cell(Path(t), 200)), flush=True)
+    report(load_units(args.out))
 
 
 if __name__ == "__main__":

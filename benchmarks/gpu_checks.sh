@@ -31,7 +31,7 @@ run bench_translate "$py" benchmarks/bench_translate.py --device cuda
 # (the original GPTQ loop too), with the share of equal codes (float32: >= 0.999 expected for a full-rank H)
 run bench_solve "$py" benchmarks/bench_solve.py --device cuda --repeats 3
 # issue 20 part 2: budgeted widths vs uniform widths (3 seeds, full epochs), metric rank correlations, tiny OPT
-run bench_budget "$py" benchmarks/bench_budget.py --json "$out/bench_budget.json"
+run bench_budget "$py" benchmarks/bench_budget.py --full --opt --solver-timing --out "$out/bench_budget.jsonl" --runs "$out/bench_budget_runs"
 run bench_solve_fp64 "$py" benchmarks/bench_solve.py --device cuda --dtype float64 --repeats 1 --methods gptq,ldlq
 # issue 10 (training part): device pipeline vs bare loop (ResNet-18 bf16 batch 512, <= 1.15x), start-up,
 # ResNet-20 batch 128 --compile reduce-overhead (>= 2x), CUDA-graph steps (plain / LPGrad / factorized),

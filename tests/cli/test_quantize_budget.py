@@ -44,10 +44,14 @@ def bits_in_file(path: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.parametrize("refine", [1, 32])
 def test_budget_plan_is_optimal_and_the_packed_file_fits(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int
 ) -> None:
+    """``--refine 1``: the knapsack optimum; the default search starts there and ends at a plan whose stitched
+    calibration loss is no higher; both within the budget as the packed file counts it."""
     args = ["quantize", str(run_dir), "--method", "gptq", "--budget", "2.6,3.4", "--bits-choices", "2,4,8"]
+    args += ["--refine", str(refine)]
     args += ["--keep-8bit", "fc", "--json", str(tmp_path / "b.json"), "--save-packed", str(tmp_path / "p"), *CALIB]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
@@ -72,7 +76,16 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
             for combo in itertools.product(*(a["choices"] for a in alloc))
             if sum(c["stored_bits"] for c in combo) <= room
         )
-        assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9)
+        search = entry["search"]
+        if refine == 1:
+            assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9) and search is None
+        else:
+            start = sum(
+                next(c["sensitivity"] for c in a["choices"] if c["bits"] == search["knapsack_chosen"][a["layer"]])
+                for a in alloc
+            )
+            assert start == pytest.approx(best, rel=1e-9) and entry["predicted_sensitivity"] >= best * (1 - 1e-9)
+            assert 1 <= search["evaluations"] <= refine and search["calib_loss"] <= search["knapsack_calib_loss"]
         assert entry["packed_matches_fake"]
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "p").iterdir()}
     with pytest.raises(SystemExit) as info:  # the packed files exist: refused before any work
@@ -102,6 +115,7 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
         (["--budget", "3", "--bits-choices", "2,9"], "--bits-choices 9 is out of range"),
         (["--budget", "3", "--tie", "nope*"], "--tie 'nope*' matches no budgeted layer"),
         (["--budget", "abc"], "is not a number"),
+        (["--budget", "3", "--refine", "0"], "--refine"),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:

@@ -17,7 +17,10 @@ from losslab.quant.packed import read_packed_metadata
 
 
 @pytest.mark.slow
-def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, text_files) -> None:
+@pytest.mark.parametrize("refine", [1, 4])
+def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, text_files, refine: int) -> None:
+    """``--refine 1``: the knapsack optimum; ``--refine 4``: a search from it that keeps the ties and the budget
+    and ends no worse by its stitched calibration loss."""
     folder = tmp_path / "tiny-opt"
     trained_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -25,7 +28,7 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
     out = tmp_path / "tiny.safetensors"
     args = ["quantize", "--model", str(folder), "--method", "gptq", "--budget", "3.25", "--bits-choices", "2,3,4"]
     args += ["--text-file", str(train), "--eval-text", str(val), "--calib-samples", "4", "--seqlen", "64"]
-    args += ["--save-packed", str(out), "--device", "cpu", "--no-progress"]
+    args += ["--save-packed", str(out), "--device", "cpu", "--no-progress", "--refine", str(refine)]
     res = CliRunner().invoke(lm, args)
     assert res.exit_code == 0, res.output
     report = json.loads(out.with_suffix(".json").read_text())
@@ -50,4 +53,12 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
         for combo in itertools.product(range(3), repeat=len(groups))
         if sum(rows[n][j]["stored_bits"] for g, j in zip(groups, combo) for n in g) <= room
     )
-    assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9)
+    if refine == 1:
+        assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9) and entry["search"] is None
+    else:
+        search = entry["search"]
+        start = sum(
+            next(c["sensitivity"] for c in rows[n] if c["bits"] == b) for n, b in search["knapsack_chosen"].items()
+        )
+        assert start == pytest.approx(best, rel=1e-9) and 1 <= search["evaluations"] <= refine
+        assert search["calib_loss"] <= search["knapsack_calib_loss"]

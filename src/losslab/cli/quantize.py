@@ -30,6 +30,7 @@ from losslab.cli.method_options import QuantizeCommand, given_method_options
 from losslab.cli.options import progress_mode, progress_option
 from losslab.errors import ConfigError
 from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
+from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
 
 
 def budget_options(command: Any) -> Any:
@@ -54,7 +55,7 @@ _BUDGET_OPTIONS = [
     ),
     click.option(
         "--sensitivity",
-        default="proxy",
+        default=DEFAULT_SENSITIVITY,
         show_default=True,
         help="Per-layer sensitivity for --budget: proxy (output error on calibration inputs), hawq (Hessian trace x "
         "|W-Q|^2), loss (calibration loss increase), fisher (Fisher-weighted |W-Q|^2).",
@@ -64,6 +65,14 @@ _BUDGET_OPTIONS = [
     ),
     click.option(
         "--tie", multiple=True, help="Layer-name pattern(s) ('a,b') whose layers take one width (repeatable)."
+    ),
+    click.option(
+        "--refine",
+        type=number_type(int, ge=1, le=10_000),
+        default=DEFAULT_REFINE,
+        show_default=True,
+        help="--budget: plans evaluated per budget by their calibration loss (local search from the knapsack plan; "
+        "1: the knapsack plan alone).",
     ),
 ]
 
@@ -200,6 +209,7 @@ def budget_request(
         opts["solver"],
         list(opts["tie"]),
         opts.get("figure"),
+        refine=opts["refine"],
     )
     check_budget_request(method, budget)
     return method, budget

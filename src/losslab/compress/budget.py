@@ -32,6 +32,8 @@ from losslab.compress.quantize_run import (
 from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
 from losslab.quant.budget import (
+    DEFAULT_REFINE,
+    DEFAULT_SENSITIVITY,
     SOLVERS,
     Allocation,
     SensitivityTable,
@@ -39,6 +41,8 @@ from losslab.quant.budget import (
     allocate,
     check_sensitivity,
     fill_table,
+    refine,
+    stitched_loss,
     tie_groups,
 )
 from losslab.quant.methods import QuantMethod
@@ -50,15 +54,17 @@ __all__ = ["BudgetOptions", "budget_points", "check_budget_request", "quantize_r
 @dataclass
 class BudgetOptions:
     """``--budget`` values (stored bits per weight), ``--bits-choices``, ``--sensitivity``, ``--solver``, ``--tie``
-    patterns, the figure path (default next to the JSON) and the Hutchinson probe count of ``hawq``."""
+    patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq`` and ``--refine``
+    (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan)."""
 
     budgets: list[float]
     choices: list[int]
-    sensitivity: str = "proxy"
+    sensitivity: str = DEFAULT_SENSITIVITY
     solver: str = "exact"
     ties: list[str] = field(default_factory=list)
     figure: Path | None = None
     hutchinson_probes: int = 8
+    refine: int = DEFAULT_REFINE
 
 
 def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
@@ -115,30 +121,38 @@ def _cache_key(run: Any, method: QuantMethod, budget: BudgetOptions, opts: Quant
     }
 
 
-def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
-    """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics."""
-    if budget.sensitivity == "proxy":
-        return None
+def _cross_entropy(net: Any, batch: Any) -> Any:
     import torch.nn.functional as F
 
+    return F.cross_entropy(net(batch[0]), batch[1])
+
+
+def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
+    """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics
+    and ``--refine``."""
+    if budget.sensitivity == "proxy" and budget.refine == 1:
+        return None
     from losslab.quant.bn_fold import fold_batchnorm
     from losslab.quant.budget.runner import Probe
 
     model = copy.deepcopy(run.model).eval()
     if opts.fold_bn:
         fold_batchnorm(model, inplace=True)
-    batches = [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib]
-
-    def cross_entropy(net: Any, batch: Any) -> Any:
-        return F.cross_entropy(net(batch[0]), batch[1])
-
-    return Probe(model, batches, cross_entropy, layers, budget.hutchinson_probes, opts.calib_seed)
+    return Probe(
+        model,
+        [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib],
+        _cross_entropy,
+        layers,
+        budget.hutchinson_probes,
+        opts.calib_seed,
+    )
 
 
 def sensitivity_table(
     run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any
-) -> tuple[SensitivityTable, list[list[str]]]:
-    """The run's table for ``budget.choices`` (cached) and the knapsack items (tie groups)."""
+) -> tuple[SensitivityTable, list[list[str]], Any]:
+    """The run's table for ``budget.choices`` (cached), the knapsack items (tie groups) and the loss probe (None
+    when neither the metric nor ``--refine`` needs one)."""
     from losslab.quant.budget.runner import budgeted_layers, width_run
     from losslab.quant.engine import plan_layers, quant_layers
 
@@ -150,10 +164,10 @@ def sensitivity_table(
 
     def run_width(bits: int) -> Any:
         (point,) = quantize_points(run, [replace(method, bits=bits)], calib, opts, opts.overrides)
-        return width_run(point.result, layers, budget.sensitivity, probe, point.metrics)
+        return width_run(point.result, layers, budget.sensitivity, probe, point.metrics, budget.refine > 1)
 
     cache = TableCache(run.run_dir / "quantize" / "budget", _cache_key(run, method, budget, opts))
-    return cached_table(run.model, plan, method, layers, budget, run_width, cache, echo), groups
+    return cached_table(run.model, plan, method, layers, budget, run_width, cache, echo), groups, probe
 
 
 def cached_table(
@@ -180,6 +194,7 @@ def cached_table(
         run_width,
         cache,
         lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
+        need_weights=budget.refine > 1,
     )
 
 
@@ -209,6 +224,7 @@ def budget_entry(table: SensitivityTable, alloc: Allocation, stored: int, metric
         "quantized_weights": alloc.total_weights,
         "predicted_sensitivity": alloc.predicted_sensitivity,
         "note": alloc.note,
+        "search": alloc.search,
         "metrics": metrics,
         **extra,
         "allocation": alloc.rows(table),
@@ -225,17 +241,28 @@ def budget_points(
     run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any = print
 ) -> tuple[SensitivityTable, list[list[str]], Iterator[tuple[Allocation, Any, int]]]:
     """The run's sensitivity table, its knapsack items and, lazily, per budget ``(plan, quantized and evaluated
-    point, stored bits)``. Every plan is solved before the first point is quantized (an impossible budget fails
-    first); the stored bits of each result are recounted and must equal the plan's."""
-    table, groups = sensitivity_table(run, method, budget, opts, calib, echo)
-    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    point, stored bits)``. Every plan is solved (and, with ``budget.refine`` > 1, refined by the stitched
+    calibration loss, :func:`losslab.quant.budget.search.refine`; the plan's ``search`` says how) before the
+    first point is quantized (an impossible budget fails first); the stored bits of each result are recounted
+    and must equal the plan's."""
+    from losslab.quant.budget.probes import calibration_loss
+
+    table, groups, probe = sensitivity_table(run, method, budget, opts, calib, echo)
+    plans = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    if budget.refine > 1:
+        evaluate = stitched_loss(table, probe)
+        plans = [refine(table, b, evaluate, budget.refine, budget.solver, groups).allocation for b in budget.budgets]
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
-        for alloc in allocations:
+        for alloc in plans:
             (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
             stored = _stored_bits(point.result)
             if stored != alloc.stored_bits:
                 raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
+            if alloc.search is not None:
+                alloc.search["realised_calib_loss"] = calibration_loss(
+                    point.result.model.eval(), probe.batches, probe.loss_fn
+                )
             yield alloc, point, stored
 
     return table, groups, points()
@@ -299,6 +326,12 @@ def _budget_text(table: SensitivityTable, alloc: Allocation, entry: dict, float_
         f"(float {float_metrics['top1']:.2f}, drop {float_metrics['top1'] - acc:.2f}), packed "
         f"{entry['packed_bytes'] / 1024:.1f} KiB",
     ]
+    if alloc.search and alloc.search["evaluations"] > 1:
+        lines.append(
+            f"refined over {alloc.search['evaluations']} plans: stitched calibration loss "
+            f"{alloc.search['calib_loss']:.4f} (knapsack plan {alloc.search['knapsack_calib_loss']:.4f}), quantized "
+            f"with the plan {alloc.search['realised_calib_loss']:.4f}"
+        )
     if alloc.note:
         lines.append(f"note: {alloc.note}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from losslab.compress.budget import BudgetOptions, allocation_table, budget_entr
 from losslab.compress.quantize_run import method_label
 from losslab.errors import LosslabError
 from losslab.io import check_output, write_json_atomic
-from losslab.quant.budget import TableCache, allocate, default_ties, tie_groups
+from losslab.quant.budget import TableCache, allocate, default_ties, refine, stitched_loss, tie_groups
 from losslab.quant.methods import QuantMethod
 from losslab.quant.result import storage_bits_total
 from losslab.tables import format_table
@@ -103,8 +103,9 @@ def _ppl(job: LmBudgetJob, model: nn.Module) -> dict[str, float]:
     return {"ppl": perplexity(model, job.eval_windows, device=job.device).ppl}
 
 
-def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any) -> tuple[Any, list]:
-    """The LM's sensitivity table (cached next to the JSON) and its knapsack items (q/k/v tied per block)."""
+def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any) -> tuple[Any, list, Any]:
+    """The LM's sensitivity table (cached next to the JSON), its knapsack items (q/k/v tied per block) and the
+    loss probe (None when neither the metric nor ``--refine`` needs one)."""
     from losslab.lm.quantize import plan_decoder
     from losslab.quant.budget.runner import Probe, budgeted_layers, width_run
 
@@ -112,15 +113,15 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
     layers = budgeted_layers(plan, method)
     groups = tie_groups(layers, budget.ties, default_ties(layers))
     probe = None
-    if budget.sensitivity != "proxy":
+    if budget.sensitivity != "proxy" or budget.refine > 1:
         probe = Probe(job.model, list(job.calib.split(1)), _lm_loss, layers, budget.hutchinson_probes, job.seed)
 
     def run_width(bits: int) -> Any:
         result = _quantize(job, replace(method, bits=bits), job.overrides)
-        return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model))
+        return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model), budget.refine > 1)
 
     cache = TableCache(job.out.parent / "budget-cache", _key(job, method, budget))
-    return cached_table(job.model, plan, method, layers, budget, run_width, cache, echo), groups
+    return cached_table(job.model, plan, method, layers, budget, run_width, cache, echo), groups, probe
 
 
 def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None) -> dict[str, Any]:
@@ -151,15 +152,21 @@ def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
 
 
 def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any = print) -> dict:
-    """Allocate and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget.
-    Every plan is solved before the first budgeted model is quantized (an impossible budget fails first)."""
+    """Allocate (and with ``budget.refine`` > 1 refine by the stitched calibration loss) and quantize at every
+    budget; returns ``{"text", "json", "results"}``; packed files per budget. Every plan is solved before the
+    first budgeted model is quantized (an impossible budget fails first)."""
     check_budget_request(method, budget)
     check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
     packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
     for path in packed:
         check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
-    table, groups = _lm_table(job, method, budget, echo)
+    table, groups, probe = _lm_table(job, method, budget, echo)
     allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    if budget.refine > 1:
+        evaluate = stitched_loss(table, probe)
+        allocations = [
+            refine(table, b, evaluate, budget.refine, budget.solver, groups).allocation for b in budget.budgets
+        ]
     entries = [_lm_point(job, method, table, alloc, path) for alloc, path in zip(allocations, packed)]
     texts = [_lm_text(table, a, e, budget.sensitivity) for a, e in zip(allocations, entries)]
     uniform = [

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from losslab.errors import ConfigError
 from losslab.io import load_yaml_file
+from losslab.quant.budget import DEFAULT_SENSITIVITY
 from losslab.study.records import RUNNER_KEYS
 from losslab.train.config import TrainConfig, config_error_from
 
@@ -94,7 +95,7 @@ class BudgetEntry(BaseModel):
     method: str = Field(description="Quantization method name (gptq, gpfq, ldlq, rtn, pwlq).")
     budgets: list[float] = Field(description="Stored bits per quantized weight, one compressed model each.")
     bits_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 8], description="Candidate widths per layer.")
-    sensitivity: str = Field("proxy", description="proxy, hawq, loss or fisher (docs/budget.md).")
+    sensitivity: str = Field(DEFAULT_SENSITIVITY, description="proxy, hawq, loss or fisher (docs/budget.md).")
     solver: str = Field("exact", description="exact or greedy.")
     options: dict[str, Any] = Field(default_factory=dict, description="Fixed method options.")
     label: str | None = Field(None, description="Name in tables and figures; default: '<method> budget'.")

@@ -22,15 +22,26 @@ from losslab.quant.budget.allocation import (
     parse_budgets,
     tie_groups,
 )
+from losslab.quant.budget.search import DEFAULT_REFINE, Refined, refine, stitched_loss
 from losslab.quant.budget.solver import SOLVERS, BudgetError, Plan, solve, solve_exact, solve_greedy
-from losslab.quant.budget.table import SENSITIVITIES, SensitivityTable, TableCache, check_sensitivity, fill_table
+from losslab.quant.budget.table import (
+    DEFAULT_SENSITIVITY,
+    SENSITIVITIES,
+    SensitivityTable,
+    TableCache,
+    check_sensitivity,
+    fill_table,
+)
 
 __all__ = [
+    "DEFAULT_REFINE",
+    "DEFAULT_SENSITIVITY",
     "SENSITIVITIES",
     "SOLVERS",
     "Allocation",
     "BudgetError",
     "Plan",
+    "Refined",
     "SensitivityTable",
     "TableCache",
     "allocate",
@@ -39,8 +50,10 @@ __all__ = [
     "default_ties",
     "fill_table",
     "parse_budgets",
+    "refine",
     "solve",
     "solve_exact",
     "solve_greedy",
+    "stitched_loss",
     "tie_groups",
 ]

@@ -91,7 +91,8 @@ def tie_groups(
 
 @dataclass
 class Allocation:
-    """A plan for one budget: the width of every budgeted layer and what it costs and predicts."""
+    """A plan for one budget: the width of every budgeted layer and what it costs and predicts; ``search`` is set
+    by :func:`losslab.quant.budget.search.refine` (plans evaluated, calibration losses, the knapsack plan)."""
 
     budget: float
     solver: str
@@ -100,6 +101,7 @@ class Allocation:
     total_weights: int
     predicted_sensitivity: float
     note: str | None = None
+    search: dict[str, Any] | None = None
 
     @property
     def stored_bits_per_weight(self) -> float:
@@ -121,14 +123,23 @@ class Allocation:
 
 
 def allocate(
-    table: SensitivityTable, budget: float, solver: str = "exact", groups: Sequence[Sequence[str]] | None = None
+    table: SensitivityTable,
+    budget: float,
+    solver: str = "exact",
+    groups: Sequence[Sequence[str]] | None = None,
+    bounds: Sequence[tuple[int, int]] | None = None,
 ) -> Allocation:
     """Solve the knapsack for ``budget`` (stored bits per weight). Below the cheapest plan: BudgetError naming the
-    cheapest reachable B; at or above the widest plan's cost: the least-sensitivity plan, with a ``note``."""
+    cheapest reachable B; at or above the widest plan's cost: the least-sensitivity plan, with a ``note``.
+
+    ``bounds`` (one ``(lo, hi)`` per group, indices into the sorted widths, inclusive) restricts each group's
+    choices (:mod:`losslab.quant.budget.search`); a restriction no plan within the budget meets raises
+    BudgetError."""
     groups = [list(g) for g in groups] if groups else [[n] for n in table.layers]
     widths = sorted(table.widths)
     costs = [[sum(table.widths[b].rows[n].stored_bits for n in g) for b in widths] for g in groups]
     values = [[sum(table.widths[b].rows[n].sensitivity for n in g) for b in widths] for g in groups]
+    bounds = list(bounds) if bounds is not None else [(0, len(widths) - 1)] * len(groups)
     total = table.total_weights
     room = capacity_bits(budget, total) - table.fixed_bits
     cheapest = sum(min(c) for c in costs) + table.fixed_bits
@@ -139,8 +150,13 @@ def allocate(
             f"{cheapest / total:.4f} bits per weight (scales and zero points included); give --budget >= "
             f"{cheapest / total:.4f} or add a narrower width to --bits-choices"
         )
-    plan = solve(costs, values, room, solver)
-    chosen = {n: widths[j] for g, j in zip(groups, plan.choice) for n in g}
+    plan = solve(
+        [c[lo : hi + 1] for c, (lo, hi) in zip(costs, bounds)],
+        [v[lo : hi + 1] for v, (lo, hi) in zip(values, bounds)],
+        room,
+        solver,
+    )
+    chosen = {n: widths[j + lo] for g, j, (lo, _) in zip(groups, plan.choice, bounds) for n in g}
     note = None
     if capacity_bits(budget, total) >= widest:
         note = (

@@ -90,12 +90,15 @@ def width_run(
     metric: str,
     probe: Probe | None = None,
     metrics: Mapping[str, Any] | None = None,
+    keep_weights: bool = False,
 ) -> WidthRun:
     """Rows of the budgeted layers (stored bits by :func:`storage_bits_total`, the packed file's count) and the
-    stored bits of the fixed quantized layers, from one uniform run."""
+    stored bits of the fixed quantized layers, from one uniform run; with ``keep_weights`` also each budgeted
+    layer's quantized weight (on the CPU)."""
     reports = {r.name: r for r in result.layers}
     wanted = set(budgeted)
     rows: dict[str, LayerRow] = {}
+    kept: dict[str, Tensor] = {}
     fixed = 0
     for name, wqs in result.weights.items():
         bits = sum(storage_bits_total(wq) for wq in wqs)
@@ -104,4 +107,7 @@ def width_run(
             continue
         q = result.model.get_submodule(name).weight.detach()
         rows[name] = LayerRow(_sensitivity(metric, name, reports[name], q, probe), bits)
-    return WidthRun(rows, fixed, dict(metrics or {}), result.summary()["avg_bits_per_weight"])
+        if keep_weights:
+            kept[name] = q.cpu().clone()
+    summary = result.summary()["avg_bits_per_weight"]
+    return WidthRun(rows, fixed, dict(metrics or {}), summary, kept if keep_weights else None)

@@ -30,15 +30,27 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from losslab.errors import ConfigError
-from losslab.io import write_json_atomic
+from losslab.io import save_torch_atomic, write_json_atomic
 
-__all__ = ["SENSITIVITIES", "LayerRow", "SensitivityTable", "TableCache", "WidthRun", "fill_table"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "DEFAULT_SENSITIVITY",
+    "SENSITIVITIES",
+    "LayerRow",
+    "SensitivityTable",
+    "TableCache",
+    "WidthRun",
+    "fill_table",
+]
 
 SENSITIVITIES = ("proxy", "hawq", "loss", "fisher")
-TABLE_FORMAT = 1
+DEFAULT_SENSITIVITY = "loss"  # predicted best in BENCHMARKS.md (Storage budget)
+TABLE_FORMAT = 2  # 2: each width's quantized weights kept next to the table (``--refine``)
 
 
 def check_sensitivity(name: str) -> str:
@@ -59,12 +71,15 @@ class LayerRow:
 @dataclass
 class WidthRun:
     """What one uniform run at one width gives the table: per budgeted layer a row, the stored bits of the fixed
-    layers (``skip`` excluded, ``overrides`` included), and the uniform model's metrics (accuracy, ...)."""
+    layers (``skip`` excluded, ``overrides`` included), the uniform model's metrics (accuracy, ...) and, when
+    kept, each budgeted layer's quantized weight Q (what :mod:`losslab.quant.budget.search` stitches plans from;
+    stored beside the JSON, not in it)."""
 
     rows: dict[str, LayerRow]
     fixed_bits: int
     metrics: dict[str, Any] = field(default_factory=dict)
     stored_bits_per_weight: float | None = None
+    weights: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -138,16 +153,34 @@ class TableCache:
         self.path = Path(folder) / f"sensitivity-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
 
     def load(self) -> SensitivityTable | None:
-        """The cached (possibly partial) table, or None when there is none for this key."""
+        """The cached (possibly partial) table, or None when there is none for this key; each width's weights
+        are read back when their file is there."""
         if not self.path.exists():
             return None
         obj = json.loads(self.path.read_text())
         if json.loads(json.dumps(self.key, sort_keys=True, default=str)) != obj.get("key"):
             return None
-        return SensitivityTable.from_json(obj["table"])
+        table = SensitivityTable.from_json(obj["table"])
+        for b, run in table.widths.items():
+            if self.weights_path(b).exists():
+                run.weights = _load_weights(self.weights_path(b))
+        return table
 
-    def save(self, table: SensitivityTable) -> None:
+    def weights_path(self, bits: int) -> Path:
+        """``sensitivity-<hash>.<bits>bit.pt``: the quantized weights of the uniform run at ``bits``."""
+        return self.path.with_name(f"{self.path.stem}.{bits}bit.pt")
+
+    def save(self, table: SensitivityTable, bits: int | None = None) -> None:
+        """The table (atomically) and, when given, the weights of width ``bits`` (written first)."""
+        if bits is not None and table.widths[bits].weights is not None:
+            save_torch_atomic(self.weights_path(bits), dict(table.widths[bits].weights))
         write_json_atomic(self.path, {"key": json.loads(json.dumps(self.key, default=str)), "table": table.to_json()})
+
+
+def _load_weights(path: Path) -> dict[str, Tensor]:
+    from losslab.serialization import load_torch_file
+
+    return dict(load_torch_file(path, what="cached quantized weights"))
 
 
 def fill_table(
@@ -159,14 +192,16 @@ def fill_table(
     run_width: Callable[[int], WidthRun],
     cache: TableCache | None = None,
     on_width: Callable[[int, bool], None] | None = None,
+    need_weights: bool = False,
 ) -> SensitivityTable:
     """The table for ``widths``: cached widths read back, missing ones computed by ``run_width(b)`` in order,
-    each saved as soon as it is done. ``on_width(b, cached)`` is told about each width (progress output)."""
+    each saved as soon as it is done. With ``need_weights``, a cached width whose quantized weights were not
+    kept is computed again. ``on_width(b, cached)`` is told about each width (progress output)."""
     table = cache.load() if cache is not None else None
     if table is None:
         table = SensitivityTable(list(layers), dict(weights), fixed_weights, {}, metric)
     for b in widths:
-        cached = b in table.widths
+        cached = b in table.widths and (table.widths[b].weights is not None or not need_weights)
         if not cached:
             run = run_width(b)
             missing = [n for n in layers if n not in run.rows]
@@ -177,7 +212,7 @@ def fill_table(
                 raise ConfigError(f"the {metric} sensitivity of {', '.join(bad)} at {b} bits is not finite")
             table.widths[b] = run
             if cache is not None:
-                cache.save(table)
+                cache.save(table, b)
         if on_width is not None:
             on_width(b, cached)
     table.widths = {b: table.widths[b] for b in widths}

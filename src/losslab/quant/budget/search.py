@@ -1,0 +1,135 @@
+"""A knapsack plan refined by the measured calibration loss of whole plans (``--refine N``).
+
+The knapsack (:func:`losslab.quant.budget.allocate`) adds sensitivities measured one layer at a time. Together
+the layers' errors interact (they compound through the network), so a plan the sum ranks better can realise
+worse. :func:`refine` evaluates whole plans instead, by an ``evaluate(plan) -> (loss, payload)`` on calibration
+data only (never the test split). The commands use :func:`stitched_loss`: the calibration loss of the float
+network with every budgeted layer's weight replaced by its Q from the uniform run at the plan's width (one
+forward pass over the calibration set per plan); any other evaluation, e.g. quantizing with the plan, fits.
+
+Local search over feasible plans. The start is the knapsack optimum. A neighbour of the current plan forces one
+item (a layer or a tie group) at choice j to a wider choice (> j) or a narrower one (< j) and re-solves the
+knapsack for every item within the same budget (the constraints accepted so far kept), so each neighbour is a
+plan within the budget and optimal under its constraints. Neighbours are tried in order of their predicted
+sensitivity; the first whose loss is lower than the current plan's becomes the current plan (its constraint
+kept) and the neighbourhood is rebuilt. The search stops after ``evaluations`` evaluations (the start included)
+or when no neighbour improves (a plan is never evaluated twice); it returns the best plan evaluated.
+``evaluations = 1`` is the knapsack plan alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from losslab.errors import ConfigError
+from losslab.quant.budget.allocation import Allocation, allocate
+from losslab.quant.budget.solver import BudgetError
+from losslab.quant.budget.table import SensitivityTable
+
+__all__ = ["DEFAULT_REFINE", "Refined", "refine", "stitched_loss"]
+
+DEFAULT_REFINE = 1  # --refine: 1 is the knapsack plan (the stitched search lost accuracy: BENCHMARKS.md)
+
+Evaluate = Callable[[Allocation], tuple[float, Any]]
+
+
+@dataclass
+class Refined:
+    """The best plan evaluated, its calibration loss and payload (what ``evaluate`` returned with it, e.g. the
+    quantized point), the knapsack plan's loss and every evaluation as ``(chosen widths, predicted, loss)``."""
+
+    allocation: Allocation
+    loss: float
+    payload: Any
+    start_loss: float
+    trace: list[tuple[dict[str, int], float, float]] = field(default_factory=list)
+
+
+def stitched_loss(table: SensitivityTable, probe: Any) -> Evaluate:
+    """``evaluate`` for :func:`refine` at the cost of one forward pass over the calibration set: the calibration
+    loss of the float network (``probe``: a :class:`losslab.quant.budget.runner.Probe`) with every budgeted
+    layer's weight replaced by its Q from the uniform run at the plan's width (kept in the table), the plan
+    stitched from the runs the ``loss`` metric measures one layer at a time. The payload is None."""
+
+    from losslab.quant.budget.probes import loss_with_weights
+
+    def evaluate(alloc: Allocation) -> tuple[float, Any]:
+        weights = {n: table.widths[b].weights[n] for n, b in alloc.chosen.items()}
+        return loss_with_weights(probe.model, weights, probe.batches, probe.loss_fn), None
+
+    return evaluate
+
+
+def _neighbours(
+    table: SensitivityTable,
+    budget: float,
+    solver: str,
+    groups: list[list[str]],
+    bounds: list[tuple[int, int]],
+    current: Allocation,
+) -> list[tuple[Allocation, list[tuple[int, int]]]]:
+    """Every item forced one step wider or narrower (all further widths allowed), the rest re-solved; feasible
+    plans only, distinct, the cheapest predicted sensitivity first."""
+    widths = sorted(table.widths)
+    out: dict[tuple[int, ...], tuple[Allocation, list[tuple[int, int]]]] = {}
+    for i, group in enumerate(groups):
+        j = widths.index(current.chosen[group[0]])
+        lo, hi = bounds[i]
+        for new in ((j + 1, hi), (lo, j - 1)):
+            if new[0] > new[1]:
+                continue
+            trial = [*bounds[:i], new, *bounds[i + 1 :]]
+            try:
+                alloc = allocate(table, budget, solver, groups, trial)
+            except BudgetError:
+                continue
+            key = tuple(alloc.chosen[g[0]] for g in groups)
+            if key != tuple(current.chosen[g[0]] for g in groups):
+                out.setdefault(key, (alloc, trial))
+    return sorted(out.values(), key=lambda item: item[0].predicted_sensitivity)
+
+
+def refine(
+    table: SensitivityTable,
+    budget: float,
+    evaluate: Evaluate,
+    evaluations: int,
+    solver: str = "exact",
+    groups: Sequence[Sequence[str]] | None = None,
+) -> Refined:
+    """The best of at most ``evaluations`` plans within ``budget`` found by the local search of the module doc;
+    ``evaluate(plan)`` returns ``(calibration loss, payload)``."""
+    if evaluations < 1:
+        raise ConfigError(f"--refine {evaluations}: give the number of plans to evaluate, at least 1")
+    groups = [list(g) for g in groups] if groups else [[n] for n in table.layers]
+    bounds = [(0, len(table.widths) - 1)] * len(groups)
+    current = allocate(table, budget, solver, groups, bounds)
+    loss, payload = evaluate(current)
+    best = Refined(current, loss, payload, loss, [(dict(current.chosen), current.predicted_sensitivity, loss)])
+    seen = {tuple(sorted(current.chosen.items()))}
+    improved = True
+    while improved and len(seen) < evaluations:
+        improved = False
+        for alloc, trial in _neighbours(table, budget, solver, groups, bounds, best.allocation):
+            if len(seen) >= evaluations:
+                break
+            key = tuple(sorted(alloc.chosen.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            loss, payload = evaluate(alloc)
+            best.trace.append((dict(alloc.chosen), alloc.predicted_sensitivity, loss))
+            if loss < best.loss:
+                best.allocation, best.loss, best.payload, bounds = alloc, loss, payload, trial
+                improved = True
+                break
+    start_plan, _, _ = best.trace[0]
+    best.allocation.search = {
+        "evaluations": len(best.trace),
+        "calib_loss": best.loss,
+        "knapsack_calib_loss": best.start_loss,
+        "knapsack_chosen": start_plan,
+    }
+    return best

@@ -1,0 +1,188 @@
+"""``--refine``: the bounded knapsack against brute force, and the local search over whole-plan evaluations
+against its definition (every plan within the budget, never worse than the knapsack plan, a local optimum)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from losslab.errors import ConfigError
+from losslab.quant.budget import BudgetError, SensitivityTable, allocate, capacity_bits, refine
+from losslab.quant.budget.table import LayerRow, WidthRun
+
+WIDTHS = (2, 3, 4, 8)
+
+
+def random_table(rng: np.random.Generator, layers: int) -> SensitivityTable:
+    """Layers of random size; stored bits b·n + 16 per 64 weights; sensitivities shrink with the width (noisy)."""
+    names = [f"l{i}" for i in range(layers)]
+    n = {name: int(rng.integers(1, 60)) * 64 for name in names}
+    widths = {
+        b: WidthRun(
+            {k: LayerRow(float(n[k] * 4.0**-b * rng.uniform(0.2, 5.0)), n[k] * b + 16 * (n[k] // 64)) for k in names},
+            0,
+        )
+        for b in WIDTHS
+    }
+    return SensitivityTable(names, n, 0, widths, "loss")
+
+
+def brute(table: SensitivityTable, budget: float, bounds: list[tuple[int, int]]) -> float | None:
+    """The least summed sensitivity over every assignment within the bounds and the capacity."""
+    room, best = capacity_bits(budget, table.total_weights), None
+    for choice in itertools.product(*(range(lo, hi + 1) for lo, hi in bounds)):
+        rows = [table.widths[WIDTHS[j]].rows[n] for n, j in zip(table.layers, choice)]
+        if sum(r.stored_bits for r in rows) <= room:
+            value = sum(r.sensitivity for r in rows)
+            best = value if best is None else min(best, value)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bounded_allocate_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    table = random_table(rng, int(rng.integers(2, 6)))
+    for budget in (2.4, 3.0, 3.7, 5.0):
+        bounds = [tuple(sorted(rng.integers(0, len(WIDTHS), size=2).tolist())) for _ in table.layers]
+        best = brute(table, budget, bounds)
+        if best is None:
+            with pytest.raises(BudgetError):
+                allocate(table, budget, "exact", None, bounds)
+            continue
+        plan = allocate(table, budget, "exact", None, bounds)
+        assert plan.stored_bits <= capacity_bits(budget, table.total_weights)
+        assert all(WIDTHS[lo] <= plan.chosen[n] <= WIDTHS[hi] for n, (lo, hi) in zip(table.layers, bounds))
+        assert plan.predicted_sensitivity == pytest.approx(best, rel=1e-9)
+
+
+def interacting_loss(table: SensitivityTable, penalty: float):
+    """A 'measured' loss: the summed sensitivity plus an interaction the table cannot see (each pair of adjacent
+    layers both at 2 bits costs ``penalty``)."""
+
+    def evaluate(alloc):
+        widths = [alloc.chosen[n] for n in table.layers]
+        pairs = sum(a == 2 and b == 2 for a, b in itertools.pairwise(widths))
+        return alloc.predicted_sensitivity + penalty * pairs, dict(alloc.chosen)
+
+    return evaluate
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_refine_stays_within_budget_never_loses_and_ends_at_a_local_optimum(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    table = random_table(rng, 5)
+    budget = 2.6
+    scale = max(r.sensitivity for w in table.widths.values() for r in w.rows.values())
+    evaluate = interacting_loss(table, scale)
+    seen = []
+
+    def recorded(alloc):
+        seen.append(alloc)
+        return evaluate(alloc)
+
+    out = refine(table, budget, recorded, 200)
+    start = allocate(table, budget)
+    assert seen[0].chosen == start.chosen and out.start_loss == evaluate(start)[0]
+    assert all(a.stored_bits <= capacity_bits(budget, table.total_weights) for a in seen)
+    assert len({tuple(sorted(a.chosen.items())) for a in seen}) == len(seen) == out.allocation.search["evaluations"]
+    assert out.loss == min(evaluate(a)[0] for a in seen) <= out.start_loss
+    assert out.payload == out.allocation.chosen and out.loss == evaluate(out.allocation)[0]
+    assert len(seen) < 200  # stopped because no neighbour of the result improved, not by the cap
+
+
+def test_refine_without_interactions_keeps_the_knapsack_plan_and_respects_the_cap() -> None:
+    table = random_table(np.random.default_rng(7), 5)
+    calls = []
+
+    def exact(alloc):
+        calls.append(alloc)
+        return alloc.predicted_sensitivity, None
+
+    out = refine(table, 3.0, exact, 4)
+    assert len(calls) <= 4 and out.allocation.chosen == allocate(table, 3.0).chosen
+    assert refine(table, 3.0, exact, 1).allocation.search["evaluations"] == 1
+    with pytest.raises(ConfigError, match="at least 1"):
+        refine(table, 3.0, exact, 0)
+
+
+def test_refine_finds_the_plan_the_interaction_favours() -> None:
+    """Three equal layers, widths 2 and 4, room (810 bits) for one at 4 bits. The knapsack widens the most
+    sensitive layer, a, leaving b and c adjacent at 2 bits, which the measured loss penalises by 10; the best
+    measured plan widens b (predicted 4.1, measured 4.1, against 3.1 + 10)."""
+    names = ["a", "b", "c"]
+    sens = {2: {"a": 3.0, "b": 2.0, "c": 1.0}, 4: {"a": 0.1, "b": 0.1, "c": 0.1}}
+    widths = {b: WidthRun({n: LayerRow(sens[b][n], 100 * b) for n in names}, 0) for b in (2, 4)}
+    table = SensitivityTable(names, dict.fromkeys(names, 100), 0, widths, "loss")
+    evaluate = interacting_loss(table, 10.0)
+    assert allocate(table, 2.7).chosen == {"a": 4, "b": 2, "c": 2}
+    out = refine(table, 2.7, evaluate, 10)
+    assert out.allocation.chosen == {"a": 2, "b": 4, "c": 2}
+    assert out.start_loss == pytest.approx(13.1) and out.loss == pytest.approx(4.1)
+
+
+def test_the_quantized_weights_are_kept_beside_the_table_and_a_width_without_them_is_recomputed(tmp_path) -> None:
+    import torch
+
+    from losslab.quant.budget import TableCache, fill_table
+
+    calls: list[int] = []
+
+    def run_width(keep: bool):
+        def run(bits: int) -> WidthRun:
+            calls.append(bits)
+            weights = {"a": torch.full((2, 3), float(bits))} if keep else None
+            return WidthRun({"a": LayerRow(1.0 / bits, 6 * bits)}, 0, {}, None, weights)
+
+        return run
+
+    key = {"checkpoint_sha256": "abc"}
+    fill_table([2, 3], ["a"], {"a": 6}, 0, "loss", run_width(False), TableCache(tmp_path, key))
+    assert calls == [2, 3] and not TableCache(tmp_path, key).weights_path(2).exists()
+    calls.clear()  # --refine needs the weights: both widths again, now kept
+    table = fill_table([2, 3], ["a"], {"a": 6}, 0, "loss", run_width(True), TableCache(tmp_path, key), None, True)
+    assert calls == [2, 3] and TableCache(tmp_path, key).weights_path(3).exists()
+    calls.clear()  # read back from disk, bit-exact, nothing recomputed
+    again = fill_table([2, 3], ["a"], {"a": 6}, 0, "loss", run_width(True), TableCache(tmp_path, key), None, True)
+    assert calls == [] and torch.equal(again.widths[3].weights["a"], table.widths[3].weights["a"])
+    assert torch.equal(again.widths[2].weights["a"], torch.full((2, 3), 2.0))
+
+
+def test_stitched_loss_is_the_calibration_loss_of_the_network_with_the_plans_weights() -> None:
+    """Against a reference built by hand: a copy of the network with each layer's weight set to the Q of its
+    planned width, cross-entropy averaged over samples; the probe's own network is left as it was."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from losslab.quant.budget import stitched_loss
+    from losslab.quant.budget.allocation import Allocation
+    from losslab.quant.budget.runner import Probe
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    q = {b: {n: torch.randn_like(net.get_submodule(n).weight) for n in ("0", "2")} for b in (2, 4)}
+    table = SensitivityTable(
+        ["0", "2"],
+        {"0": 24, "2": 18},
+        0,
+        {b: WidthRun({n: LayerRow(0.0, 1) for n in ("0", "2")}, 0, {}, None, q[b]) for b in (2, 4)},
+        "loss",
+    )
+    batches = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(2)]
+    batches.append((torch.randn(3, 4, dtype=torch.float64), torch.randint(0, 3, (3,))))
+    before = copy.deepcopy(net.state_dict())
+    probe = Probe(net, batches, lambda m, b: F.cross_entropy(m(b[0]), b[1]), ["0", "2"])
+    alloc = Allocation(3.0, "exact", {"0": 4, "2": 2}, 0, 42, 0.0)
+    loss, _ = stitched_loss(table, probe)(alloc)
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        ref[0].weight.copy_(q[4]["0"])
+        ref[2].weight.copy_(q[2]["2"])
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert loss == pytest.approx(float(F.cross_entropy(ref(x), y, reduction="mean")), rel=1e-12)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
