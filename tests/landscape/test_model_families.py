@@ -40,7 +40,7 @@ SAMPLES = 8
 #: test_hessian_vector_products_of_the_large_families.
 FAMILIES: list[tuple[str, dict[str, Any]]] = [
     ("small_nets", {"model": "small_cnn", "img_size": 8}),
-    ("cifar_resnet_factorized", {"model": "cifar_resnet20", "img_size": 8, "rank_scale": 0.25, "lr": 1e-3}),
+    ("cifar_resnet_factorized", {"model": "cifar_resnet20", "img_size": 8, "rank_scale": 0.25, "spectral": True}),
     ("regulquant_convnet", {"model": "regulquant_convnet", "img_size": 16}),
     ("wide_resnet", {"model": "wide_resnet16_4", "img_size": 8}),
     ("timm_vit", {"model": "test_vit", "img_size": 32, "drop": 0.2}),
