@@ -8,6 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import itertools
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
@@ -78,6 +80,18 @@ def test_log_axis_only_when_the_probe_spans_decades(x_scale: float, log: bool) -
     assert (fig.axes[0].get_xscale() == "log") is log
     data[0]["x"][0] = -1.0  # a negative value: never log
     assert draw_scatter(data, "top eigenvalue").axes[0].get_xscale() == "linear"
+
+
+def test_tick_labels_of_small_values_do_not_run_into_each_other() -> None:
+    data = rows("adaptive sharpness (average)", x_scale=2.0, variants=3, points=1)
+    data[0]["x"] = [v * 1e-3 - 1.5e-3 for v in range(len(data[0]["x"]))]  # -0.0015 .. 0.0045, both signs
+    fig = draw_scatter(data, "adaptive sharpness (average)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels() if t.get_visible() and t.get_text()]
+    assert len(boxes) >= 2
+    boxes.sort(key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes))
 
 
 def test_scatter_writes_a_png_and_nothing_for_an_absent_probe(tmp_path) -> None:

@@ -204,6 +204,7 @@ def draw_scatter(rows: list[dict[str, Any]], probe: str) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [r for r in rows if r["probe"] == probe]
     if not panels:
@@ -232,6 +233,9 @@ def draw_scatter(rows: list[dict[str, Any]], probe: str) -> Any:
                 handles[v] = ax.scatter(*zip(*pts), s=16, color=colour, marker=marker, label=v)
         if log_x:
             ax.set_xscale("log")
+        else:  # few ticks, small values as ×10^k: labels like -0.0015 would run into each other
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_title(
             f"{r['method']} {r['bits']}-bit: τ {r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]", fontsize=9
         )
