@@ -23,18 +23,15 @@ __all__ = ["LM_PROBES", "LogitsOf", "next_token_loss", "probe_lm"]
 
 
 class LogitsOf(nn.Module):
-    """A Hugging Face causal LM as ``input_ids → logits`` (what the probes call). Attention runs on PyTorch's math
-    kernel: the fused (flash, memory-efficient) kernels have neither a double backward nor a forward-mode rule."""
+    """A Hugging Face causal LM as ``input_ids → logits`` (what the probes call; :class:`HessianOperator` runs its
+    products with attention on PyTorch's math kernel)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.MATH):
-            return self.model(input_ids=input_ids).logits
+        return self.model(input_ids=input_ids).logits
 
 
 def next_token_loss(logits: Tensor, input_ids: Tensor) -> Tensor:

@@ -177,10 +177,15 @@ class HessianOperator:
     __call__ = hvp
 
     def _accumulate(self, vec: Tensor, one: Callable[[list[Tensor], Tensor, Tensor], list[Tensor]]) -> Tensor:
+        """Σ_b (n_b/N)·H_b·v, with attention on PyTorch's math kernel: the fused kernels (flash, memory-efficient;
+        what timm's and Hugging Face's attention call) have neither a double backward nor a forward-mode rule."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         tangent = self.unflatten(vec.to(device=self.device, dtype=self.dtype))
         total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
-        for w, (x, y) in zip(self.weights, self.batches):
-            total.add_(self.flatten(one(tangent, x, y)), alpha=w)
+        with sdpa_kernel(SDPBackend.MATH):
+            for w, (x, y) in zip(self.weights, self.batches):
+                total.add_(self.flatten(one(tangent, x, y)), alpha=w)
         return total
 
     def _hvp_func(self, tangent: list[Tensor], x: Any, y: Tensor) -> list[Tensor]:

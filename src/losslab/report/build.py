@@ -142,6 +142,7 @@ def _write_csvs(results: StudyResults, store: StudyStore, out: Path) -> list[dic
                 **row,
             }
             for row in store.layer_errors()
+            if row["compression_key"] in labels  # a job of a running study stores its layers first
         ],
     )
     return summary

@@ -182,45 +182,89 @@ def verdict(ranked: list[dict[str, Any]]) -> str:
     return f"Probes whose τ interval excludes 0 at half the points or more, with one sign: {names} ({chance})."
 
 
-def scatter(rows: list[dict[str, Any]], probe: str, path: Path) -> Path | None:
-    """Probe value vs drop, one panel per (method, bits), one colour per training variant."""
+#: Marker cycle of the scatter: with tab10's ten colours, 60 variants get distinct (colour, marker) pairs.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+#: An all-positive probe spanning at least this ratio (max/min) is drawn on a log axis.
+LOG_SPAN = 30.0
+
+
+def variant_styles(variants: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """A distinct (colour, marker) per variant: tab10's colours, then the next marker after ten variants."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {v: (cmap(i % 10), MARKERS[(i // 10) % len(MARKERS)]) for i, v in enumerate(variants)}
+
+
+def draw_scatter(rows: list[dict[str, Any]], probe: str) -> Any:
+    """The figure of :func:`scatter` (None when the probe has no rows): probe value against the top-1 drop, a panel
+    per (method, bits) titled with τ and its interval, a dashed line at no drop, a log x axis when the probe is
+    positive and spans ≥ ``LOG_SPAN``×, one (colour, marker) per training variant and one legend below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from losslab.io import atomic_path
+    from matplotlib.ticker import MaxNLocator
 
     panels = [r for r in rows if r["probe"] == probe]
     if not panels:
         return None
     variants = list(dict.fromkeys(v for r in panels for v in r["variants"]))
-    colours = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
+    styles = variant_styles(variants)
+    xs = [x for r in panels for x in r["x"]]
+    log_x = min(xs) > 0 and max(xs) >= LOG_SPAN * min(xs)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    legend_rows = math.ceil(len(variants) / 3)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.8 * ncols, 2.9 * nrows + 0.22 * legend_rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    handles: dict[str, Any] = {}
     for ax, r in zip(axes.flat, panels):
+        ax.axhline(0.0, color="0.6", lw=0.8, ls="--", zorder=0)
         for v in variants:
             pts = [(x, y) for x, y, w in zip(r["x"], r["y"], r["variants"]) if w == v]
             if pts:
-                ax.scatter(*zip(*pts), s=14, color=colours[v], label=v)
+                colour, marker = styles[v]
+                handles[v] = ax.scatter(*zip(*pts), s=16, color=colour, marker=marker, label=v)
+        if log_x:
+            ax.set_xscale("log")
+        else:  # few ticks, small values as ×10^k: labels like -0.0015 would run into each other
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_title(
             f"{r['method']} {r['bits']}-bit: τ {r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]", fontsize=9
         )
-        ax.set_xlabel(probe, fontsize=9)
+        ax.set_xlabel(probe + (" (log)" if log_x else ""), fontsize=9)
         ax.set_ylabel("top-1 drop (points)", fontsize=9)
+        ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    if len(variants) <= 24:
-        fig.legend(
-            *axes.flat[0].get_legend_handles_labels(),
-            loc="lower center",
-            ncol=min(4, len(variants)),
-            fontsize=7,
-            bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(variants) / 4)),
-        )
-    fig.tight_layout()
+    fig.legend(
+        [handles[v] for v in variants if v in handles],
+        [v for v in variants if v in handles],
+        loc="outside lower center",
+        ncol=min(3, len(variants)),
+        fontsize=7,
+        frameon=False,
+    )
+    return fig
+
+
+def scatter(rows: list[dict[str, Any]], probe: str, path: Path) -> Path | None:
+    """Write :func:`draw_scatter`'s figure to ``path`` (PNG, atomically); None when the probe has no rows."""
+    import matplotlib.pyplot as plt
+
+    from losslab.io import atomic_path
+
+    fig = draw_scatter(rows, probe)
+    if fig is None:
+        return None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
