@@ -163,6 +163,20 @@ def test_kept_graph_products_match_dense_hessian(name: str, share: float) -> Non
     assert (op.graph.batch(0) is not None) == (share == 1.0)
 
 
+def test_auto_keeps_double_backward_when_the_graph_fits() -> None:
+    """``auto`` stays on double backward once its graphs are kept; with no budget it times both ways. Either way
+    the first and later products are the dense H·v."""
+    model, x, y = case("cnn_bn")
+    h = dense_hessian(model, x, y)
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    kept, unkept = operator(model, x, y), operator(model, x, y, graph_budget=0)
+    for op in (kept, unkept):
+        for _ in range(2):
+            torch.testing.assert_close(op.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert kept.method == "double" and kept.graph.batch(0) is not None
+    assert unkept.method in ("func", "double") and unkept.graph.batch(0) is None
+
+
 def test_kept_graph_is_rebuilt_when_the_parameters_change() -> None:
     """After set_theta the kept graph is stale: the next product is the dense Hessian at the new θ, and the
     restricted block (sharing the kept graph) is the new Hessian's diagonal block."""

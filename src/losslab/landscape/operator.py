@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,8 +64,8 @@ class HessianOperator:
     ``batches`` are (inputs, targets) pairs kept on ``device``; ``method`` is ``"func"`` (forward-over-reverse),
     ``"double"`` (double backward) or ``"auto"``: double backward when its first-order graphs fit the budget, else
     the faster of the two on the first product (``self.method`` says which; double backward when the model refuses
-    forward-mode AD). ``graph_budget``: bytes
-    of saved tensors double backward may keep across products (module docstring; 0 recomputes every product).
+    forward-mode AD). ``graph_budget``: bytes of saved tensors double backward may keep across products (module
+    docstring; 0 recomputes every product).
     """
 
     def __init__(
@@ -261,7 +262,7 @@ class _KeptGraph:
         self.grads: list[dict[str, Tensor]] = []
         self.versions: list[int] = []
         self.bytes = 0
-        self.storages: set[int] = set()
+        self.storages: dict[int, weakref.ref[Tensor]] = {}
 
     def _fresh(self) -> bool:
         return self.versions == [p._version for p in self.params.values()]
@@ -277,7 +278,8 @@ class _KeptGraph:
 
     def recording(self, index: int) -> Any:
         """While building (batch 0 starts afresh; batch i follows i−1), a context counting the bytes of the tensors
-        autograd saves, each storage once, the parameters excluded; otherwise a no-op context."""
+        autograd saves, each live storage once (a view of an already counted storage may be counted again: the count
+        errs high), the parameters excluded; otherwise a no-op context."""
         if not self._building(index):
             return contextlib.nullcontext()
         if index == 0:
@@ -287,8 +289,9 @@ class _KeptGraph:
 
         def pack(t: Tensor) -> Tensor:
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in own and ptr not in self.storages:
-                self.storages.add(ptr)
+            seen = self.storages.get(ptr)
+            if ptr not in own and (seen is None or seen() is None):  # a dead tensor's address reused: a new one
+                self.storages[ptr] = weakref.ref(t)
                 self.bytes += t.untyped_storage().nbytes()
             return t
 
