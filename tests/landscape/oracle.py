@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.func import functional_call, hessian
@@ -70,6 +72,6 @@ def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: lis
 
 
 def operator(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, size: int = 16, method: str = "auto"
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, size: int = 16, method: str = "auto", **kwargs: Any
 ) -> HessianOperator:
-    return HessianOperator(model, ce, batches(x, y, size), method=method)
+    return HessianOperator(model, ce, batches(x, y, size), method=method, **kwargs)

@@ -143,3 +143,64 @@ def test_unused_layer_contributes_zeros() -> None:
         assert hv[-6:].abs().max() == 0  # unused.weight (2x2) and unused.bias (2) come last
     result = run_probes(operator(model, x, y), ProbeSettings(probes=("eig", "layers"), trace_samples=5))
     assert result["layers"]["unused"]["trace"] == 0.0
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_kept_graph_products_match_dense_hessian(name: str, share: float) -> None:
+    """Double backward with the first-order graphs kept (budget: all the bytes they need), dropped midway (half:
+    past the budget at the second of three batches) or never kept (0): every product, first and later, is the
+    dense H·v."""
+    model, x, y = case(name)
+    h = dense_hessian(model, x, y)
+    probe = operator(model, x, y, method="double", graph_budget=2**30)
+    probe.hvp(torch.zeros(probe.dim, dtype=torch.float64))
+    op = operator(model, x, y, method="double", graph_budget=int(share * probe.graph.bytes))
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(3):
+        v = torch.randn(op.dim, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(op.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert (op.graph.batch(0) is not None) == (share == 1.0)
+
+
+def test_auto_keeps_double_backward_when_the_graph_fits() -> None:
+    """``auto`` stays on double backward once its graphs are kept; with no budget it times both ways. Either way
+    the first and later products are the dense H·v."""
+    model, x, y = case("cnn_bn")
+    h = dense_hessian(model, x, y)
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    kept, unkept = operator(model, x, y), operator(model, x, y, graph_budget=0)
+    for op in (kept, unkept):
+        for _ in range(2):
+            torch.testing.assert_close(op.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert kept.method == "double" and kept.graph.batch(0) is not None
+    assert unkept.method in ("func", "double") and unkept.graph.batch(0) is None
+
+
+def test_kept_graph_is_rebuilt_when_the_parameters_change() -> None:
+    """After set_theta the kept graph is stale: the next product is the dense Hessian at the new θ, and the
+    restricted block (sharing the kept graph) is the new Hessian's diagonal block."""
+    model, x, y = case("cnn_bn")
+    op = operator(model, x, y, method="double")
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    op.hvp(v)
+    assert op.graph.batch(0) is not None
+    op.set_theta(op.theta() * 1.3)
+    torch.testing.assert_close(op.hvp(v), dense_hessian(model, x, y) @ v, rtol=1e-10, atol=1e-12)
+    names = ["conv.weight", "conv.bias"]
+    sub = op.restricted(names)
+    u = torch.randn(sub.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(sub.hvp(u), dense_hessian(model, x, y, names) @ u, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [0, 2**30])
+def test_kept_graph_batch_size_invariance(budget: int) -> None:
+    """Batch size 64 and 512 give the same products (kept graphs or recomputed), equal to the dense H·v."""
+    model, (x, y) = small_cnn(1), data(512, (1, 6, 6))
+    h = dense_hessian(model, x, y)
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    small = operator(model, x, y, size=64, method="double", graph_budget=budget)
+    big = operator(model, x, y, size=512, method="double", graph_budget=budget)
+    for _ in range(2):
+        torch.testing.assert_close(small.hvp(v), big.hvp(v), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(small.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
