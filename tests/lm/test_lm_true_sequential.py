@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from losslab.lm.data import calibration_windows, eval_windows
 from losslab.lm.models import SEQUENTIAL_GROUPS, decoder_parts, linear_targets
 from losslab.lm.perplexity import perplexity
 from losslab.lm.quantize import plan_sequential_groups, quantize_decoder
-from losslab.quant.methods import GPFQ, GPTQ, RTN
+from losslab.quant.methods import GPFQ, GPTQ, RTN, QuantMethod
 
 SEQ = 64
 OPT_GROUPS = [
@@ -45,6 +46,15 @@ def _stats_of(seen: list[tuple[torch.Tensor, torch.Tensor]], weight: torch.Tenso
     """The recorded statistics of the linear whose float weight is ``weight``."""
     (stats,) = [s for w, s in seen if torch.equal(w, weight)]
     return stats
+
+
+def _true_sequential(
+    model: torch.nn.Module, calib: torch.Tensor, method: QuantMethod | None = None, **groups: Any
+) -> Any:
+    """``quantize_decoder`` in place, silently, true-sequential, with ``method`` (GPTQ 3-bit by default)."""
+    return quantize_decoder(
+        model, method or GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True, **groups
+    )
 
 
 def _out_proj_hessian_reference(float_model, quantized_model, calib: torch.Tensor) -> torch.Tensor:
@@ -150,16 +160,8 @@ def test_gpfq_float_stream_stays_float_under_true_sequential(trained_model, toke
 def test_explicit_groups_equal_the_table(trained_model, token_ids) -> None:
     calib = calibration_windows(token_ids["train"], 2, SEQ)
     table = copy.deepcopy(trained_model)
-    quantize_decoder(table, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
-    result = quantize_decoder(
-        trained_model,
-        GPTQ(bits=3),
-        calib,
-        progress=False,
-        true_sequential=True,
-        sequential_groups=OPT_GROUPS,
-        inplace=True,
-    )
+    _true_sequential(table, calib)
+    result = _true_sequential(trained_model, calib, sequential_groups=OPT_GROUPS)
     for (name, x), y in zip(table.state_dict().items(), trained_model.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
     assert result.calibration["sequential_groups"] == OPT_GROUPS
@@ -195,7 +197,7 @@ def test_table_matches_each_architecture_and_runs(family: str) -> None:
     layer = decoder_parts(model).layers[0]
     before = {n: m.weight.detach().clone() for n, m in linear_targets(layer).items()}
     calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    result = quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
+    result = _true_sequential(model, calib)
     assert [r.name.rsplit(".0.", 1)[1] for r in result.layers] == [n for g in plan for n in g]
     for name, module in linear_targets(layer).items():
         assert not torch.equal(module.weight, before[name]), name
@@ -213,7 +215,7 @@ def test_unsupported_architecture_is_refused_before_work_and_names_the_fix() -> 
     before = copy.deepcopy(model.state_dict())
     calib = torch.randint(0, 260, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(LosslabError, match=r"model_type='bloom'.*sequential_groups=.*drop --true-sequential") as err:
-        quantize_decoder(model, GPTQ(bits=3), calib, progress=False, true_sequential=True, inplace=True)
+        _true_sequential(model, calib)
     assert "self_attention.query_key_value, self_attention.dense, mlp.dense_h_to_4h" in str(err.value)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -223,15 +225,7 @@ def test_unsupported_architecture_is_refused_before_work_and_names_the_fix() -> 
         ["mlp.dense_h_to_4h"],
         ["mlp.dense_4h_to_h"],
     ]
-    result = quantize_decoder(
-        model,
-        GPTQ(bits=3),
-        calib,
-        progress=False,
-        true_sequential=True,
-        sequential_groups=groups,
-        inplace=True,
-    )
+    result = _true_sequential(model, calib, sequential_groups=groups)
     assert len(result.layers) == 4 and result.calibration["sequential_groups"] == groups
 
 
@@ -248,15 +242,7 @@ def test_unsupported_architecture_is_refused_before_work_and_names_the_fix() -> 
 def test_bad_groups_are_refused(trained_model, groups, message: str) -> None:
     calib = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(LosslabError, match=message):
-        quantize_decoder(
-            trained_model,
-            RTN(bits=4),
-            calib,
-            progress=False,
-            true_sequential=True,
-            sequential_groups=groups,
-            inplace=True,
-        )
+        _true_sequential(trained_model, calib, RTN(bits=4), sequential_groups=groups)
     with pytest.raises(LosslabError, match="only used with true_sequential=True"):
         quantize_decoder(trained_model, RTN(bits=4), calib, progress=False, sequential_groups=OPT_GROUPS, inplace=True)
 
