@@ -27,13 +27,14 @@ from losslab.quant.methods import QuantMethod
 from losslab.quant.result import storage_bits_total
 from losslab.tables import format_table
 
-__all__ = ["LmBudgetJob", "quantize_lm_budget"]
+__all__ = ["LmBudgetJob", "quantize_job", "quantize_lm_budget"]
 
 
 @dataclass
 class LmBudgetJob:
     """A loaded float LM, its name (hub id or folder: part of the cache key), calibration windows ``(n, T)``,
-    optional test windows for perplexity, the layer plan, where results go and the driver's settings."""
+    optional test windows for perplexity, the layer plan, where results go and the driver's settings (also what
+    one plain ``lm quantize`` point runs, :func:`quantize_job`)."""
 
     model: nn.Module
     name: str
@@ -75,7 +76,16 @@ def _key(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions) -> dict[s
     }
 
 
-def _quantize(job: LmBudgetJob, method: QuantMethod, overrides: dict[str, QuantMethod]) -> Any:
+def quantize_job(
+    job: LmBudgetJob,
+    method: QuantMethod,
+    overrides: dict[str, QuantMethod],
+    *,
+    metrics: bool = True,
+    inplace: bool = False,
+) -> Any:
+    """:func:`~losslab.lm.quantize.quantize_decoder` of ``job.model`` with ``method`` and ``overrides`` under the
+    job's skip list, calibration (windows, name, seed, micro-batch), device and true-sequential setting."""
     from losslab.lm.quantize import quantize_decoder
 
     return quantize_decoder(
@@ -86,12 +96,13 @@ def _quantize(job: LmBudgetJob, method: QuantMethod, overrides: dict[str, QuantM
         skip=job.skip,
         overrides=overrides,
         seed=job.seed,
-        metrics=True,
+        metrics=metrics,
         progress=job.progress,
         calib_name=job.calib_name,
         calib_seed=job.seed,
         true_sequential=job.true_sequential,
         micro_batch=job.micro_batch,
+        inplace=inplace,
     )
 
 
@@ -117,7 +128,7 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
         probe = Probe(job.model, list(job.calib.split(1)), _lm_loss, layers, budget.hutchinson_probes, job.seed)
 
     def run_width(bits: int) -> Any:
-        result = _quantize(job, replace(method, bits=bits), job.overrides)
+        result = quantize_job(job, replace(method, bits=bits), job.overrides)
         return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model), budget.refine > 1)
 
     cache = TableCache(job.out.parent / "budget-cache", _key(job, method, budget))
@@ -128,7 +139,7 @@ def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, pat
     """Quantize with the plan, check its stored bits, pack (when asked) and score it: the JSON entry."""
     from losslab.lm.packing import save_packed_lm
 
-    result = _quantize(job, method, {**alloc.overrides(method), **job.overrides})
+    result = quantize_job(job, method, {**alloc.overrides(method), **job.overrides})
     stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
     if stored != alloc.stored_bits:
         raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from losslab.compress.budget import BudgetOptions
 from losslab.errors import ConfigError
 from losslab.io import check_output
 from losslab.quant.methods import QuantMethod
+
+if TYPE_CHECKING:
+    from losslab.compress.lm_budget import LmBudgetJob
 
 __all__ = ["LmQuantizeJob", "lm_quantize", "point_path"]
 
@@ -115,24 +118,11 @@ def _quantize_point(
     job: LmQuantizeJob, model: Any, method: QuantMethod, calib: Any, packed: Path | None, json_path: Path, echo: Any
 ) -> None:
     """One width: quantize ``model`` in place, print its table and summary, write the packed file and the JSON."""
+    from losslab.compress.lm_budget import quantize_job
     from losslab.lm.packing import save_packed_lm
-    from losslab.lm.quantize import quantize_decoder
 
-    result = quantize_decoder(
-        model,
-        method,
-        calib,
-        inplace=True,
-        device=job.device,
-        skip=job.skip,
-        overrides=job.overrides,
-        seed=job.calib_seed,
-        progress=job.progress,
-        calib_name=job.source,
-        calib_seed=job.calib_seed,
-        true_sequential=job.true_sequential,
-        micro_batch=job.calib_batch_size,
-    )
+    loaded = _loaded_job(job, model, calib, json_path, packed)
+    result = quantize_job(loaded, method, job.overrides, metrics=False, inplace=True)
     echo(result.table())
     summary = result.summary()
     echo(
@@ -151,7 +141,7 @@ def _quantize_point(
 
 def _quantize_budget(job: LmQuantizeJob, method: QuantMethod, budget: BudgetOptions, echo: Any) -> None:
     """``--budget``: load the model and data, call :func:`losslab.compress.lm_budget.quantize_lm_budget`."""
-    from losslab.compress.lm_budget import LmBudgetJob, quantize_lm_budget
+    from losslab.compress.lm_budget import quantize_lm_budget
     from losslab.lm.data import eval_windows, load_calibration, load_corpus, tokenize_text
     from losslab.lm.models import check_seqlen, load_causal_lm, load_tokenizer
 
@@ -164,13 +154,25 @@ def _quantize_budget(job: LmQuantizeJob, method: QuantMethod, budget: BudgetOpti
     test = None
     if job.eval_text:
         test = eval_windows(tokenize_text(tokenizer, load_corpus(job.eval_text, "test")), seqlen)
-    budget_job = LmBudgetJob(
+    report = quantize_lm_budget(_loaded_job(job, model, calib, out, job.save_packed, test), method, budget, echo=echo)
+    echo(report["text"])
+    echo(f"results: {report['json']}")
+
+
+def _loaded_job(
+    job: LmQuantizeJob, model: Any, calib: Any, out: Path, packed: Path | None, test: Any = None
+) -> LmBudgetJob:
+    """The loaded ``model`` and ``calib`` windows with ``job``'s layer plan and driver settings, under the field
+    names of :class:`~losslab.compress.lm_budget.LmBudgetJob`; ``out`` is its JSON, ``packed`` its packed file."""
+    from losslab.compress.lm_budget import LmBudgetJob
+
+    return LmBudgetJob(
         model,
         str(job.model),
         calib,
         out,
         eval_windows=test,
-        save_packed=job.save_packed,
+        save_packed=packed,
         tokenizer=str(job.model),
         overrides=job.overrides,
         skip=job.skip,
@@ -182,6 +184,3 @@ def _quantize_budget(job: LmQuantizeJob, method: QuantMethod, budget: BudgetOpti
         overwrite=job.overwrite,
         progress=job.progress,
     )
-    report = quantize_lm_budget(budget_job, method, budget, echo=echo)
-    echo(report["text"])
-    echo(f"results: {report['json']}")
