@@ -110,14 +110,8 @@ def stored_result(
     from losslab.train.checkpoint import checkpoint_path
 
     ckpt = checkpoint_path(path)
-    out = ckpt.parent.parent / RESULT_NAME
-    try:
-        stored = json.loads(out.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(stored, dict) or stored.get("settings") != result_key(
-        ckpt, settings, samples, split, loss, layer
-    ):
+    stored = _stored(ckpt.parent.parent / RESULT_NAME)
+    if stored is None or stored.get("settings") != result_key(ckpt, settings, samples, split, loss, layer):
         return None
     return stored if set(settings.probes) <= set(stored.get("probes_done", [])) else None
 
@@ -171,17 +165,21 @@ def probe_run(
     return result
 
 
-def _reusable(out: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The stored result to extend when it has the same settings; an error when it has others (unless overwrite)."""
-    if not out.is_file():
-        return None
+def _stored(out: Path) -> dict[str, Any] | None:
+    """The JSON object stored at ``out``; None when it is missing, unreadable or not an object."""
     try:
         stored = json.loads(out.read_text())
     except (OSError, json.JSONDecodeError):
-        stored = None
-    if isinstance(stored, dict) and stored.get("settings") == key:
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _reusable(out: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The stored result to extend when it has the same settings; an error when it has others (unless overwrite)."""
+    stored = _stored(out)
+    if stored is not None and stored.get("settings") == key:
         return stored
-    if overwrite:
+    if overwrite or not out.is_file():
         return None
     raise ConfigError(
         f"{str(out)!r} holds results for other settings (or another checkpoint); pass --overwrite to replace it, "
