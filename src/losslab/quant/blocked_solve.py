@@ -81,9 +81,18 @@ def check_solver(solver: str, inner: int) -> None:
         raise ConfigError(f"inner={inner!r} is not allowed: use a positive integer (columns per inner block, e.g. 16)")
 
 
+def _memory_order(t: Tensor) -> Tensor:
+    """``t`` with its dimensions permuted into memory order (a contiguous view when ``t`` is a dense permutation,
+    such as the transposed conv patches of :func:`losslab.quant.unfold.unfold_conv_input`), else ``t``: a
+    whole-tensor reduction then reads memory in order, and ``flatten`` does not copy."""
+    order = sorted(range(t.ndim), key=lambda i: -t.stride(i))
+    view = t.permute(order)
+    return view if view.is_contiguous() else t
+
+
 def check_finite(name: str, t: Tensor, what: str = "the model's weights") -> None:
     """Raise :class:`LosslabError` if ``t`` holds NaN or ±inf (one reduction, before any work)."""
-    lo_hi = torch.stack(torch.aminmax(t.detach().flatten())) if t.numel() else None  # min/max propagate NaN
+    lo_hi = torch.stack(torch.aminmax(_memory_order(t.detach()).flatten())) if t.numel() else None  # NaN propagates
     if lo_hi is not None and not bool(torch.isfinite(lo_hi).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise LosslabError(
