@@ -79,6 +79,7 @@ __all__ = [
     "gpfq_weight",
     "gpfq_weight_from_stats",
     "gpfq_weight_sample_form",
+    "pair_blocks",
     "stacked_transposes",
 ]
 
