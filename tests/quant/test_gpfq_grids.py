@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ
 from losslab.quant.gpfq import (
     GPFQStats,
@@ -219,3 +219,29 @@ def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise()
     assert copy.data_ptr() != xt.data_ptr() and torch.equal(copy, buffer)
     swapped = stacked_transposes(buffer[12:].T, buffer[:12].T)  # X above X̃ in memory: not the pair's order
     assert torch.equal(swapped, torch.cat([x.T, xt.T]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float) -> None:
+    """The solve-only path checks each batch through its Gram diagonals (no pass over the rows): a NaN/±inf in X, in
+    X̃ or in X̃ = X is refused with its count, before the accumulators change; a finite batch whose products
+    overflow float32 passes update and its statistics are refused by the quantizer."""
+    _, x, xt = _pair(64, d=16)
+    x, xt = x.float(), xt.float()
+    for which in ("x", "x_tilde", "same"):
+        stats = GPFQStats(16, dtype=torch.float32, solve_only=True)
+        stats.update(x, xt)
+        before = (stats.g.clone(), stats.h_tilde.clone())
+        poisoned = (xt if which == "x_tilde" else x).clone()
+        poisoned[5, 3] = bad
+        args = {"x": (poisoned, xt), "x_tilde": (x, poisoned), "same": (poisoned, None)}[which]
+        name = "x_tilde" if which == "x_tilde" else "x"
+        with pytest.raises(LosslabError, match=rf"GPFQStats.update: {name} holds 1 NaN/inf"):
+            stats.update(*args)
+        assert stats.count == 64 and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
+    huge = GPFQStats(16, dtype=torch.float32, solve_only=True)
+    huge.update(x * 1e20, xt)  # large but finite inputs whose products stay finite: accepted
+    loud = GPFQStats(16, dtype=torch.float32, solve_only=True)
+    loud.update(x, xt * 1e20)  # X̃ᵀX̃ overflows float32 although every input is finite
+    with pytest.raises(LosslabError, match=r"H̃ = X̃ᵀX̃ holds .*NaN/inf"):
+        gpfq_weight_from_stats(torch.randn(4, 16), loud, 3, grid="asym")

@@ -45,6 +45,7 @@ __all__ = [
     "BlockStep",
     "blocked_feedback",
     "check_finite",
+    "check_gram_diagonal",
     "check_rows_input",
     "check_solver",
     "check_weight_matrix",
@@ -129,6 +130,19 @@ def check_rows_input(name: str, x: Tensor, dim: int | None = None, finite: bool 
             f"{name} must have shape {want}, got {tuple(x.shape)}; reshape the layer inputs to x.reshape(-1, in)"
         )
     if finite or (finite is None and x.device.type == "cpu"):
+        check_finite(name, x, "the calibration data (and the model's activations on it)")
+
+
+def check_gram_diagonal(name: str, x: Tensor, diagonal: Tensor) -> None:
+    """Refuse a CPU batch ``x`` with NaN/inf from a Gram product's diagonal instead of a pass over ``x``.
+
+    diag_i = Σ_r x_ri·y_ri with y = x (or the paired stream, whose own check covers it) is NaN or ±inf whenever
+    column i of x holds NaN or ±inf: x_ri² is +inf or NaN, x_ri·y_ri is ±inf or NaN (0·inf), and no sum turns
+    those finite. A non-finite diagonal sends ``x`` to :func:`check_finite`, which names the count; if ``x`` is
+    finite there (the products overflowed), the accumulated statistic is refused before solving instead.
+    Accelerator tensors are not checked here (no per-batch sync).
+    """
+    if x.device.type == "cpu" and not bool(torch.isfinite(diagonal).all()):
         check_finite(name, x, "the calibration data (and the model's activations on it)")
 
 

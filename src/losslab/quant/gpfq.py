@@ -44,6 +44,7 @@ from losslab.quant.blocked_solve import (
     DEFAULT_INNER,
     blocked_feedback,
     check_finite,
+    check_gram_diagonal,
     check_rows_input,
     check_solver,
     check_weight_matrix,
@@ -276,7 +277,8 @@ class GPFQStats:
     triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), both from one ``[d, 2d]`` accumulator
     filled by :func:`add_pair_gram` (``g`` and ``h_tilde`` are views of it), and no XᵀX, which only serves the
     residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: (k + 1)/2k of two GEMMs per batch
-    instead of three. CPU batches with NaN/inf are refused at ``update``; on an accelerator
+    instead of three. CPU batches with NaN/inf are refused at ``update`` (the fast path reads the batch's Gram
+    diagonals, :func:`losslab.quant.blocked_solve.check_gram_diagonal`, instead of a pass over the rows); on an accelerator
     :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
     >>> stats = GPFQStats(16)
@@ -307,19 +309,25 @@ class GPFQStats:
     def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
         """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
         ``None`` or the same tensor means X̃ = X, computed with one GEMM)."""
-        check_rows_input("GPFQStats.update: x", x, self.dim)
+        fast = self.solve_only  # checked from the batch's Gram diagonals (check_gram_diagonal), not by a pass over x
+        check_rows_input("GPFQStats.update: x", x, self.dim, finite=False if fast else None)
         same = x_tilde is None or x_tilde is x
         if not same:
             if x_tilde.shape != x.shape:  # type: ignore[union-attr]
                 raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")  # type: ignore[union-attr]
-            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)  # type: ignore[arg-type]
-        if self.solve_only and same:
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim, finite=False if fast else None)  # type: ignore[arg-type]
+        if fast and same:
             upper = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.g.device)
             add_pair_gram(upper, x.T.to(self.dtype), self.dim)
+            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(upper))
             self._pair[:, : self.dim].add_(upper)
             self.g.add_(upper.T)
-        elif self.solve_only:
-            add_pair_gram(self._pair, stacked_transposes(x_tilde, x).to(self.dtype), self.dim)  # type: ignore[arg-type]
+        elif fast:
+            batch = torch.zeros_like(self._pair)
+            add_pair_gram(batch, stacked_transposes(x_tilde, x).to(self.dtype), self.dim)  # type: ignore[arg-type]
+            check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(batch))  # type: ignore[arg-type]
+            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(batch[:, self.dim :]))
+            self._pair.add_(batch)
         else:
             xs = x.to(self.dtype)
             if same:
