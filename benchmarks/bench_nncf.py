@@ -103,7 +103,8 @@ def main() -> None:
     linears = decoder_linears(model)
     print(f"nncf {nncf.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"float perplexity {perplexity(model, test).ppl:.4f}; {len(linears)} decoder linears")
-    print(f"{'ratio':>5}  {'NNCF bpw':>8} {'NNCF ppl':>9} {'s':>5} | losslab at the same B: method, widths, bpw, ppl, s")
+    header = f"{'ratio':>5}  {'NNCF bpw':>8} {'NNCF ppl':>9} {'s':>5}"
+    print(f"{header} | losslab at the same B: method, widths, bpw, ppl, s")
     dataset = nncf.Dataset([{"input_ids": row[None]} for row in calib])
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in args.ratios:

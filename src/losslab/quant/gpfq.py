@@ -278,8 +278,8 @@ class GPFQStats:
     filled by :func:`add_pair_gram` (``g`` and ``h_tilde`` are views of it), and no XᵀX, which only serves the
     residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: (k + 1)/2k of two GEMMs per batch
     instead of three. CPU batches with NaN/inf are refused at ``update`` (the fast path reads the batch's Gram
-    diagonals, :func:`losslab.quant.blocked_solve.check_gram_diagonal`, instead of a pass over the rows); on an accelerator
-    :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
+    diagonals, :func:`losslab.quant.blocked_solve.check_gram_diagonal`, instead of a pass over the rows); on an
+    accelerator :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
