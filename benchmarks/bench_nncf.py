@@ -4,9 +4,10 @@ NNCF (``pip install nncf``; never a losslab dependency: install it in a separate
 torch) mixes INT4 and INT8 per layer under ``ratio`` (the share of weights at INT4), ranked by its data-aware
 sensitivity on the calibration windows. This script trains the tiny OPT of ``lm quantize``'s offline path (the
 recipe of ``bench_budget.py``: 200 AdamW steps on the synthetic corpus), compresses it with NNCF at each ratio
-(INT4_ASYM per channel, INT8_ASYM for the rest), counts NNCF's stored bits over the decoder linears (the layers
-losslab quantizes; codes + fp16 scale + zero point per row, losslab's convention) and runs losslab's budget at that
-B with widths {4, 8} (NNCF's choices) and {2, 3, 4, 8}, RTN and GPTQ. Test perplexity on the synthetic corpus::
+(INT4_ASYM per channel, INT8_ASYM for the rest; embeddings ignored, as losslab keeps them in float), counts NNCF's
+stored bits over the decoder linears (the layers losslab quantizes; codes + fp16 scale + zero point per row,
+losslab's convention) and runs losslab's budget at that B with widths {4, 8} (NNCF's choices) and {2, 3, 4, 8},
+RTN and GPTQ. Test perplexity on the synthetic corpus::
 
     PYTHONPATH=src /tmp/nncfenv/bin/python benchmarks/bench_nncf.py
 
@@ -115,9 +116,15 @@ def main() -> None:
                 ratio=ratio,
                 group_size=-1,
                 dataset=dataset,
+                ignored_scope=nncf.IgnoredScope(patterns=[".*embed.*"]),  # losslab keeps embeddings in float too
             )
             seconds = time.process_time() - start
             widths = nncf_widths(compressed, list(linears))
+            hooks = [n for n, _ in compressed.named_modules() if "post_hooks." in n]
+            hooked = {n.split("post_hooks.")[1].split(":weight")[0] for n in hooks}
+            extra = sorted(h for h in hooked if h.replace(":", ".") not in linears)
+            if extra:
+                print(f"NNCF also compressed {extra} (counted in its perplexity, not in its bits per weight)")
             bpw = stored_bits(linears, widths)
             with torch.no_grad():
                 ppl = perplexity(compressed, test).ppl
