@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pytest
 import torch
+import torch.nn.functional as F
 from quant_doubles import RecordingMethod
 from torch import Tensor, nn
 
@@ -191,3 +192,45 @@ def test_fold_bn_option() -> None:
     assert isinstance(result.model.bn1, nn.Identity) and result.fold_bn
     x = torch.randn(3, 3, 8, 8)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _GPFQRecorder(GPFQ):
+    """The real GPFQ (paired unfold, solve-only statistics) that also keeps the statistics it is handed."""
+
+    seen: list = field(default_factory=list)
+
+    def quantize_layer(self, weight: Tensor, stats: Any, *, seed: int = 0) -> WeightQuant:
+        self.seen.append(stats.finalize())
+        return super().quantize_layer(weight, stats, seed=seed)
+
+
+def test_gpfq_statistics_of_sliced_conv_batches_match_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches fed in sample slices (SLICE_BYTES made tiny) through the paired unfold give, per conv group, the lower
+    triangles of X̃ᵀX and X̃ᵀX̃ of F.unfold's patches of the float and quantized inputs (float64 reference)."""
+    import losslab.quant.engine as engine
+
+    torch.manual_seed(0)
+    model = _ConvNet().eval()
+    calib = _calib(n_batches=2, batch=5)
+    x = torch.randn(5, 8, 8, 8)
+    assert len(engine._sample_slices(GPFQ(bits=4), model.conv2, x, x + 1)) == 1  # 40 kB of rows: one slice
+    monkeypatch.setattr(engine, "SLICE_BYTES", 4096)
+    slices = engine._sample_slices(GPFQ(bits=4), model.conv2, x, x + 1)
+    assert [len(s[0]) for s in slices] == [1] * 5 and all(torch.equal(b, a + 1) for a, b in slices)
+    assert len(engine._sample_slices(GPFQ(bits=4, legacy_unfold=True), model.conv2, x, x + 1)) == 1
+    recorder = _GPFQRecorder(bits=3)
+    result = quantize(model, RTN(bits=3), calib, overrides={"conv2": recorder}, progress=False, metrics=False)
+
+    def conv2_rows(net: nn.Module) -> Tensor:  # [groups, B·L, d] from F.unfold on the reflect-padded input
+        inp = torch.cat([torch.relu(net.bn1(net.conv1(b))) for b, _ in calib]).double()
+        cols = F.unfold(F.pad(inp, (1, 1, 1, 1), mode="reflect"), 3, stride=2)
+        return cols.permute(0, 2, 1).reshape(-1, 2, 36).transpose(0, 1)
+
+    rows, rows_tilde = conv2_rows(model), conv2_rows(result.model)
+    assert len(recorder.seen) == 2 and not torch.allclose(rows, rows_tilde)
+    for g, gram in enumerate(recorder.seen):  # both groups' statistics are collected before either is quantized
+        assert gram.count == rows.shape[1]
+        want_g, want_h = rows_tilde[g].T @ rows[g], rows_tilde[g].T @ rows_tilde[g]
+        torch.testing.assert_close(torch.tril(gram.g).double(), torch.tril(want_g), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(torch.tril(gram.h_tilde).double(), torch.tril(want_h), rtol=1e-5, atol=1e-4)

@@ -13,9 +13,17 @@ import pytest
 import torch
 from torch import Tensor
 
-from losslab.errors import ConfigError
+from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ
-from losslab.quant.gpfq import GPFQStats, gpfq_weight, gpfq_weight_from_stats, gpfq_weight_sample_form
+from losslab.quant.gpfq import (
+    GPFQStats,
+    add_pair_gram,
+    gpfq_weight,
+    gpfq_weight_from_stats,
+    gpfq_weight_sample_form,
+    pair_blocks,
+    stacked_transposes,
+)
 from losslab.quant.result import SCALE_BITS, storage_bits_total
 from losslab.quant.rtn import rtn_weight
 
@@ -182,3 +190,58 @@ def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: in
     a = gpfq_weight_from_stats(w, full, 3, grid="asym", group_size=32)
     b = gpfq_weight_from_stats(w, lower, 3, grid="asym", group_size=32)
     assert torch.equal(a.codes, b.codes) and "relative_error" in a.extras and "relative_error" not in b.extras
+
+
+@pytest.mark.parametrize("d", [40, 144, 300, 700])
+def test_pair_gram_fills_both_block_triangles_in_one_product_per_block(d: int) -> None:
+    """add_pair_gram against the definitions X̃ᵀX̃ and X̃ᵀX (float64): acc[:, :d]ᵀ holds X̃ᵀX̃ on and below the block
+    diagonal, acc[:, d:] holds X̃ᵀX there; nothing is written outside those blocks."""
+    _, x, xt = _pair(60, d=d)
+    acc = torch.zeros(d, 2 * d, dtype=F64)
+    add_pair_gram(acc, torch.cat([xt.T, x.T]), d)
+    h_tilde, g = acc[:, :d].T, acc[:, d:]
+    k = pair_blocks(d)
+    block = -(-d // k)
+    blocks = torch.arange(d) // block
+    written = blocks[:, None] >= blocks[None, :]  # on or below the block diagonal
+    for got, want in ((h_tilde, xt.T @ xt), (g, xt.T @ x)):
+        torch.testing.assert_close(got[written], want[written], rtol=1e-12, atol=1e-10)
+        assert not got[~written].any()
+    assert k == 1 or not written.all()
+
+
+def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise() -> None:
+    _, x, xt = _pair(30, d=12)
+    buffer = torch.cat([xt.T, x.T])  # [2d, m]: X̃ᵀ then Xᵀ, contiguous
+    view = stacked_transposes(buffer[:12].T, buffer[12:].T)
+    assert view.data_ptr() == buffer.data_ptr() and torch.equal(view, buffer)
+    copy = stacked_transposes(xt, x)  # separate row-major tensors: concatenated
+    assert copy.data_ptr() != xt.data_ptr() and torch.equal(copy, buffer)
+    swapped = stacked_transposes(buffer[12:].T, buffer[:12].T)  # X above X̃ in memory: not the pair's order
+    assert torch.equal(swapped, torch.cat([x.T, xt.T]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float) -> None:
+    """The solve-only path checks each batch through its Gram diagonals (no pass over the rows): a NaN/±inf in X, in
+    X̃ or in X̃ = X is refused with its count, before the accumulators change; a finite batch whose products
+    overflow float32 passes update and its statistics are refused by the quantizer."""
+    _, x, xt = _pair(64, d=16)
+    x, xt = x.float(), xt.float()
+    for which in ("x", "x_tilde", "same"):
+        stats = GPFQStats(16, dtype=torch.float32, solve_only=True)
+        stats.update(x, xt)
+        before = (stats.g.clone(), stats.h_tilde.clone())
+        poisoned = (xt if which == "x_tilde" else x).clone()
+        poisoned[5, 3] = bad
+        args = {"x": (poisoned, xt), "x_tilde": (x, poisoned), "same": (poisoned, None)}[which]
+        name = "x_tilde" if which == "x_tilde" else "x"
+        with pytest.raises(LosslabError, match=rf"GPFQStats.update: {name} holds 1 NaN/inf"):
+            stats.update(*args)
+        assert stats.count == 64 and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
+    huge = GPFQStats(16, dtype=torch.float32, solve_only=True)
+    huge.update(x * 1e20, xt)  # large but finite inputs whose products stay finite: accepted
+    loud = GPFQStats(16, dtype=torch.float32, solve_only=True)
+    loud.update(x, xt * 1e20)  # X̃ᵀX̃ overflows float32 although every input is finite
+    with pytest.raises(LosslabError, match=r"H̃ = X̃ᵀX̃ holds .*NaN/inf"):
+        gpfq_weight_from_stats(torch.randn(4, 16), loud, 3, grid="asym")

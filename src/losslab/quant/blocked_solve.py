@@ -45,6 +45,7 @@ __all__ = [
     "BlockStep",
     "blocked_feedback",
     "check_finite",
+    "check_gram_diagonal",
     "check_rows_input",
     "check_solver",
     "check_weight_matrix",
@@ -81,9 +82,18 @@ def check_solver(solver: str, inner: int) -> None:
         raise ConfigError(f"inner={inner!r} is not allowed: use a positive integer (columns per inner block, e.g. 16)")
 
 
+def _memory_order(t: Tensor) -> Tensor:
+    """``t`` with its dimensions permuted into memory order (a contiguous view when ``t`` is a dense permutation,
+    such as the transposed conv patches of :func:`losslab.quant.unfold.unfold_conv_input`), else ``t``: a
+    whole-tensor reduction then reads memory in order, and ``flatten`` does not copy."""
+    order = sorted(range(t.ndim), key=lambda i: -t.stride(i))
+    view = t.permute(order)
+    return view if view.is_contiguous() else t
+
+
 def check_finite(name: str, t: Tensor, what: str = "the model's weights") -> None:
     """Raise :class:`LosslabError` if ``t`` holds NaN or ±inf (one reduction, before any work)."""
-    lo_hi = torch.stack(torch.aminmax(t.detach().flatten())) if t.numel() else None  # min/max propagate NaN
+    lo_hi = torch.stack(torch.aminmax(_memory_order(t.detach()).flatten())) if t.numel() else None  # NaN propagates
     if lo_hi is not None and not bool(torch.isfinite(lo_hi).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise LosslabError(
@@ -120,6 +130,19 @@ def check_rows_input(name: str, x: Tensor, dim: int | None = None, finite: bool 
             f"{name} must have shape {want}, got {tuple(x.shape)}; reshape the layer inputs to x.reshape(-1, in)"
         )
     if finite or (finite is None and x.device.type == "cpu"):
+        check_finite(name, x, "the calibration data (and the model's activations on it)")
+
+
+def check_gram_diagonal(name: str, x: Tensor, diagonal: Tensor) -> None:
+    """Refuse a CPU batch ``x`` with NaN/inf from a Gram product's diagonal instead of a pass over ``x``.
+
+    diag_i = Σ_r x_ri·y_ri with y = x (or the paired stream, whose own check covers it) is NaN or ±inf whenever
+    column i of x holds NaN or ±inf: x_ri² is +inf or NaN, x_ri·y_ri is ±inf or NaN (0·inf), and no sum turns
+    those finite. A non-finite diagonal sends ``x`` to :func:`check_finite`, which names the count; if ``x`` is
+    finite there (the products overflowed), the accumulated statistic is refused before solving instead.
+    Accelerator tensors are not checked here (no per-batch sync).
+    """
+    if x.device.type == "cpu" and not bool(torch.isfinite(diagonal).all()):
         check_finite(name, x, "the calibration data (and the model's activations on it)")
 
 

@@ -183,14 +183,41 @@ def _collect(
     for x_float, x_quant in pairs:
         x = x_float if x_float is not None else x_quant
         x_tilde = x_quant if x_quant is not None else x
-        rows, rows_tilde = method.layer_rows(flayer, qlayer, x, x_tilde, generator)  # [groups, rows, dim]
-        for g in range(groups):
-            if stats.method_stats[g] is not None:
-                stats.method_stats[g].update(rows[g], rows_tilde[g])
-            if metrics:
-                stats.gram[g] += (rows[g].T @ rows[g]).double()
-        stats.rows += rows.shape[1]
+        for xs, xs_tilde in _sample_slices(method, flayer, x, x_tilde):
+            rows, rows_tilde = method.layer_rows(flayer, qlayer, xs, xs_tilde, generator)  # [groups, rows, dim]
+            for g in range(groups):
+                if stats.method_stats[g] is not None:
+                    stats.method_stats[g].update(rows[g], rows_tilde[g])
+                if metrics:
+                    stats.gram[g] += (rows[g].T @ rows[g]).double()
+            stats.rows += rows.shape[1]
     return stats
+
+
+#: On a CPU a calibration batch reaches the statistics in slices of whole samples whose unfolded rows (every stream
+#: read) fill at most this many bytes: each slice is still in cache when its Gram product reads it, and the buffer
+#: stays below the C allocator's mmap threshold (no fresh pages to fault in per batch). Accelerators take whole batches.
+SLICE_BYTES = 16 * 2**20
+
+
+def _sample_slices(method: QuantMethod, layer: nn.Module, x: Tensor, x_tilde: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``(x, x̃)`` split along the sample axis into slices of about :data:`SLICE_BYTES` of unfolded rows (one slice
+    on an accelerator, for a method that does not allow it, or for a small batch)."""
+    if x.device.type != "cpu" or not method.splits_batches or x.ndim == 0 or x.shape[0] < 2:
+        return [(x, x_tilde)]
+    per_sample = x[0].numel() * 4 * (1 if x_tilde is x else 2)
+    if isinstance(layer, nn.Conv2d):
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        per_sample = per_sample * kh * kw // (sh * sw)
+    n_slices = -(-x.shape[0] * per_sample // SLICE_BYTES)
+    if n_slices <= 1:
+        return [(x, x_tilde)]
+    size = -(-x.shape[0] // n_slices)  # equal slices
+    slices = []
+    for i in range(0, x.shape[0], size):
+        xs = x[i : i + size]
+        slices.append((xs, xs if x_tilde is x else x_tilde[i : i + size]))
+    return slices
 
 
 class WalkSource:

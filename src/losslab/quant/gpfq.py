@@ -44,6 +44,7 @@ from losslab.quant.blocked_solve import (
     DEFAULT_INNER,
     blocked_feedback,
     check_finite,
+    check_gram_diagonal,
     check_rows_input,
     check_solver,
     check_weight_matrix,
@@ -70,7 +71,7 @@ __all__ = [
     "GPFQStats",
     "RangeAlphabet",
     "SparseAlphabet",
-    "add_lower_gram",
+    "add_pair_gram",
     "check_gpfq_grid",
     "check_sparsity",
     "gpfq_alphabet",
@@ -79,6 +80,8 @@ __all__ = [
     "gpfq_weight",
     "gpfq_weight_from_stats",
     "gpfq_weight_sample_form",
+    "pair_blocks",
+    "stacked_transposes",
 ]
 
 SPARSITY_MODES = ("l1", "l0")
@@ -225,21 +228,45 @@ class GPFQGram:
     count: int
 
 
-MIN_TRIANGLE_BLOCK = 128
-TRIANGLE_BLOCKS = 8
+PAIR_BLOCK = 96
+MAX_PAIR_BLOCKS = 8
 
 
-def add_lower_gram(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += aᵀb on the lower block triangle only: for row blocks i of ``acc`` (``[d, d]``), acc[i, :end_i] +=
-    a[:, i]ᵀ·b[:, :end_i] — every entry on or below the diagonal (and the upper part of the diagonal blocks), at
-    (k + 1)/2k of a full GEMM's flops for k = min(8, ⌊d/128⌋) equal blocks (one full GEMM below d = 256). The
-    strict upper blocks stay untouched."""
-    d = acc.shape[0]
-    blocks = max(1, min(TRIANGLE_BLOCKS, d // MIN_TRIANGLE_BLOCK))
-    block = -(-d // blocks)
+def stacked_transposes(x_tilde: Tensor, x: Tensor) -> Tensor:
+    """[X̃ᵀ; Xᵀ] ``[2·in, m]`` from paired rows ``[m, in]``: a view when X̃ᵀ and Xᵀ are adjacent contiguous blocks of
+    one buffer (as :func:`losslab.quant.unfold.unfold_conv_pair` lays out a conv's two streams), else a copy."""
+    m, d = x.shape
+    adjacent = (
+        x_tilde.T.is_contiguous()
+        and x.T.is_contiguous()
+        and x.dtype == x_tilde.dtype
+        and x.untyped_storage().data_ptr() == x_tilde.untyped_storage().data_ptr()
+        and x.storage_offset() == x_tilde.storage_offset() + d * m
+    )
+    return x_tilde.as_strided((2 * d, m), (m, 1)) if adjacent else torch.cat([x_tilde.T, x.T])
+
+
+def pair_blocks(d: int) -> int:
+    """Row blocks k of :func:`add_pair_gram`: about ``PAIR_BLOCK`` rows each, at most ``MAX_PAIR_BLOCKS``."""
+    return max(1, min(MAX_PAIR_BLOCKS, round(d / PAIR_BLOCK)))
+
+
+def add_pair_gram(acc: Tensor, pair: Tensor, d: int) -> None:
+    """Both GPFQ products in k GEMMs at (k + 1)/2k of their flops: ``pair`` = [Aᵀ; Bᵀ] ``[2d, m]`` (or ``[d, m]``,
+    Aᵀ alone) and, for row blocks I = [i0, i1) of ``acc`` ``[d, 2d]`` (or ``[d, d]``),
+
+        acc[I, i0 : d + i1] += Aᵀ[I]·[Aᵀ[i0:]; Bᵀ[:i1]]ᵀ,
+
+    so acc[:, :d] holds AᵀA on and above the block diagonal (its transpose: the lower triangle of the symmetric
+    AᵀA) and acc[:, d:] holds AᵀB on and below it. Row block I reads the window [i0, d + i1) of ``pair``, one
+    contiguous slice: one GEMM per block with about d + d/k columns, instead of two triangles of small GEMMs. The
+    entries outside both block triangles stay untouched."""
+    width = min(pair.shape[0], acc.shape[1])
+    block = -(-d // pair_blocks(d))
     for i0 in range(0, d, block):
         i1 = min(i0 + block, d)
-        acc[i0:i1, :i1].addmm_(a[:, i0:i1].T, b[:, :i1])
+        stop = min(d + i1, width)
+        acc[i0:i1, i0:stop].addmm_(pair[i0:i1], pair[i0:stop].T)
 
 
 @dataclass
@@ -247,10 +274,12 @@ class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
     ``solve_only=True`` accumulates only what the column solve reads (the fast path of the range grids): the lower
-    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), with :func:`add_lower_gram`, and no XᵀX,
-    which only serves the residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: about 1.1 GEMMs
-    per batch instead of three. CPU batches with NaN/inf are refused at ``update``; on an accelerator
-    :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
+    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), both from one ``[d, 2d]`` accumulator
+    filled by :func:`add_pair_gram` (``g`` and ``h_tilde`` are views of it), and no XᵀX, which only serves the
+    residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: (k + 1)/2k of two GEMMs per batch
+    instead of three. CPU batches with NaN/inf are refused at ``update`` (the fast path reads the batch's Gram
+    diagonals, :func:`losslab.quant.blocked_solve.check_gram_diagonal`, instead of a pass over the rows); on an
+    accelerator :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
     >>> stats = GPFQStats(16)
     >>> stats.update(torch.randn(40, 16), torch.randn(40, 16))
@@ -268,39 +297,48 @@ class GPFQStats:
     count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        def zeros() -> Tensor:
-            return torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
+        def zeros(cols: int) -> Tensor:
+            return torch.zeros(self.dim, cols, dtype=self.dtype, device=self.device)
 
-        self.g, self.h_tilde = zeros(), zeros()
-        self.xx = None if self.solve_only else zeros()
+        if self.solve_only:
+            self._pair = zeros(2 * self.dim)  # [H̃ upper | G lower]
+            self.g, self.h_tilde, self.xx = self._pair[:, self.dim :], self._pair[:, : self.dim].T, None
+        else:
+            self.g, self.h_tilde, self.xx = zeros(self.dim), zeros(self.dim), zeros(self.dim)
 
     def update(self, x: Tensor, x_tilde: Tensor | None = None) -> None:
         """Add a batch: ``x`` float-network inputs ``[rows, in]``, ``x_tilde`` quantized-network inputs (same rows;
         ``None`` or the same tensor means X̃ = X, computed with one GEMM)."""
-        check_rows_input("GPFQStats.update: x", x, self.dim)
+        fast = self.solve_only  # checked from the batch's Gram diagonals (check_gram_diagonal), not by a pass over x
+        check_rows_input("GPFQStats.update: x", x, self.dim, finite=False if fast else None)
         same = x_tilde is None or x_tilde is x
         if not same:
             if x_tilde.shape != x.shape:  # type: ignore[union-attr]
                 raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")  # type: ignore[union-attr]
-            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim)  # type: ignore[arg-type]
-        xs = x.to(self.dtype)
-        xt = xs if same else x_tilde.to(self.dtype)  # type: ignore[union-attr]
-        if self.solve_only and same:
-            lower = torch.zeros_like(self.g)
-            add_lower_gram(lower, xs, xs)
-            self.g.add_(lower)
-            self.h_tilde.add_(lower)
-        elif self.solve_only:
-            add_lower_gram(self.h_tilde, xt, xt)
-            add_lower_gram(self.g, xt, xs)
-        elif same:
-            xx = xs.T @ xs
-            for acc in (self.g, self.h_tilde, self.xx):
-                acc.add_(xx)  # type: ignore[union-attr]
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim, finite=False if fast else None)  # type: ignore[arg-type]
+        if fast and same:
+            upper = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.g.device)
+            add_pair_gram(upper, x.T.to(self.dtype), self.dim)
+            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(upper))
+            self._pair[:, : self.dim].add_(upper)
+            self.g.add_(upper.T)
+        elif fast:
+            batch = torch.zeros_like(self._pair)
+            add_pair_gram(batch, stacked_transposes(x_tilde, x).to(self.dtype), self.dim)  # type: ignore[arg-type]
+            check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(batch))  # type: ignore[arg-type]
+            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(batch[:, self.dim :]))
+            self._pair.add_(batch)
         else:
-            self.g.addmm_(xt.T, xs)
-            self.h_tilde.addmm_(xt.T, xt)
-            self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
+            xs = x.to(self.dtype)
+            if same:
+                xx = xs.T @ xs
+                for acc in (self.g, self.h_tilde, self.xx):
+                    acc.add_(xx)  # type: ignore[union-attr]
+            else:
+                xt = x_tilde.to(self.dtype)  # type: ignore[union-attr]
+                self.g.addmm_(xt.T, xs)
+                self.h_tilde.addmm_(xt.T, xt)
+                self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
         self.count += x.shape[0]
 
     def finalize(self) -> GPFQGram:

@@ -41,6 +41,7 @@ from losslab.quant.blocked_solve import (
     DEFAULT_INNER,
     blocked_feedback,
     check_finite,
+    check_gram_diagonal,
     check_rows_input,
     check_solver,
     check_weight_matrix,
@@ -107,12 +108,13 @@ class HessianStats:
 
     def update(self, x: Tensor, count: int | None = None) -> None:
         """Fold a batch of inputs ``[rows, in]`` into the running mean."""
-        check_rows_input("HessianStats.update: x", x, self.dim)
+        check_rows_input("HessianStats.update: x", x, self.dim, finite=False)
         k = x.shape[0] if count is None else count
         total = self.count + k
-        self.hessian.mul_(self.count / total)
         xs = x.to(self.dtype)
-        self.hessian.addmm_(xs.T, xs, alpha=2.0 / total)
+        batch = xs.T @ xs
+        check_gram_diagonal("HessianStats.update: x", x, torch.diagonal(batch))
+        self.hessian.mul_(self.count / total).add_(batch, alpha=2.0 / total)
         self.count = total
 
 

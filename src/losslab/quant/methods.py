@@ -34,7 +34,7 @@ from losslab.quant.ldlq import LDLQ_ORDERS, ldlq_weight
 from losslab.quant.pwlq import SCHEMES as PWLQ_SCHEMES
 from losslab.quant.pwlq import pwlq_weight
 from losslab.quant.rtn import rtn_weight
-from losslab.quant.unfold import layer_inputs, legacy_gpfq_patches
+from losslab.quant.unfold import layer_inputs, legacy_gpfq_patches, unfold_conv_pair
 from losslab.quant.weight_quant import WeightQuant
 from losslab.registry import Registry
 
@@ -129,6 +129,12 @@ class QuantMethod:
     def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
         """Which cached calibration batches layer ``index`` reads (all; GPFQ's reproduction mode: one)."""
         return range(n_batches)
+
+    @property
+    def splits_batches(self) -> bool:
+        """Whether the engine may feed a batch to the statistics in slices of whole samples (the same statistics up
+        to float rounding); not where ``layer_rows`` draws random numbers per call (GPFQ's legacy unfold)."""
+        return True
 
     def layer_rows(
         self, flayer: nn.Module, qlayer: nn.Module, x: Tensor, x_tilde: Tensor, generator: torch.Generator
@@ -272,11 +278,19 @@ class GPFQ(QuantMethod):
     def calibration_batches(self, index: int, n_batches: int) -> Sequence[int]:
         return [index % n_batches] if self.fresh_batch_per_layer else range(n_batches)
 
+    @property
+    def splits_batches(self) -> bool:
+        return not self.legacy_unfold
+
     def layer_rows(
         self, flayer: nn.Module, qlayer: nn.Module, x: Tensor, x_tilde: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        if self.legacy_unfold and isinstance(flayer, nn.Conv2d):
+        if isinstance(flayer, nn.Conv2d) and self.legacy_unfold:
             return legacy_gpfq_patches(flayer, x, x_tilde, generator)
+        if isinstance(flayer, nn.Conv2d) and x_tilde is not x:  # X̃ᵀ then Xᵀ in one buffer (GPFQStats reads it whole)
+            pair = unfold_conv_pair(flayer, x_tilde, x)
+            d = pair.shape[1] // 2
+            return pair[:, d:].transpose(1, 2), pair[:, :d].transpose(1, 2)
         return super().layer_rows(flayer, qlayer, x, x_tilde, generator)
 
     def __post_init__(self) -> None:
