@@ -17,6 +17,7 @@ from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ, GPTQ, RTN, Identity16, quantize, quantize_many
 from losslab.quant.methods import GPFQAccumulator
 from losslab.quant.rtn import rtn_weight
+from losslab.quant.weight_quant import WeightQuant
 
 
 class _ConvNet(nn.Module):
