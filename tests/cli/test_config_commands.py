@@ -1,7 +1,10 @@
-"""``evaluate`` and ``logreg`` take their flags from typed configs (issue 18, item 3), as ``train`` does.
+"""``evaluate``, ``logreg``, ``quantize`` (and ``--budget`` on ``lm quantize``) and ``study run`` take their flags
+from typed configs (issue 18, item 3), as ``train`` does.
 
-Every field of :class:`~losslab.compress.evaluate_run.EvaluateConfig` and :class:`~losslab.logreg.config.LogregConfig`
-is one flag spelled after the field, with the field's bounds as the click range, and what the flags parse to is the
+Every field of :class:`~losslab.compress.evaluate_run.EvaluateConfig`, :class:`~losslab.logreg.config.LogregConfig`,
+:class:`~losslab.compress.flags.QuantizeFlags`, :class:`~losslab.compress.flags.BudgetFlags` and
+:class:`~losslab.study.options.StudyRunOptions` is one flag spelled after the field (``json_path`` is ``--json``),
+with the field's bounds as the click range, and what the flags parse to is the
 config the library function receives (checked against direct calls of the fitting code).
 """
 
@@ -18,20 +21,33 @@ from pydantic import BaseModel
 from losslab.cli.app import cli
 from losslab.cli.groups import field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
+from losslab.compress.flags import BudgetFlags, QuantizeFlags
 from losslab.logreg.config import LogregConfig
+from losslab.study.options import StudyRunOptions
 
-CASES = [("evaluate", EvaluateConfig, {"checkpoint", "progress"}), ("logreg", LogregConfig, set())]
+CASES = [
+    ("evaluate", EvaluateConfig, {"checkpoint", "progress"}),
+    ("logreg", LogregConfig, set()),
+    ("quantize", QuantizeFlags, set()),
+    ("quantize", BudgetFlags, set()),
+    ("lm quantize", BudgetFlags, set()),
+    ("study run", StudyRunOptions, set()),
+]
+SPELLED = {"json_path": "--json"}
 
 
 @pytest.mark.parametrize(("path", "model", "excluded"), CASES)
 def test_every_config_field_is_a_flag_with_its_bounds(path: str, model: type[BaseModel], excluded: set[str]) -> None:
-    command = cli.commands[path]
+    command = cli
+    for part in path.split():
+        command = command.commands[part]
     options = {p.name: p for p in command.params if isinstance(p, click.Option)}
     for name, info in model.model_fields.items():
         if name in excluded:
             continue
         option = options.get(name)
-        assert option is not None and option.opts[0] == "--" + name.replace("_", "-"), f"{path}: no flag for {name}"
+        flag = SPELLED.get(name, "--" + name.replace("_", "-"))
+        assert option is not None and option.opts[0] == flag, f"{path}: no flag for {name}"
         bounds = field_bounds(info)
         if "ge" in bounds or "gt" in bounds:
             low = bounds.get("ge", bounds.get("gt"))

@@ -108,8 +108,11 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
     ("args", "fragment"),
     [
         (["--budget", "1.5"], "below the narrowest width 2"),
-        (["--budget", "3", "--sensitivity", "nope"], "--sensitivity 'nope' is not known"),
-        (["--budget", "3", "--solver", "nope"], "--solver 'nope' is not known"),
+        (
+            ["--budget", "3", "--sensitivity", "nope"],
+            "'--sensitivity': 'nope' is not one of 'proxy', 'hawq', 'loss', 'fisher'",
+        ),
+        (["--budget", "3", "--solver", "nope"], "'--solver': 'nope' is not one of 'exact', 'greedy'"),
         (["--budget", "3", "--bits", "4"], "drop --bits 4"),
         (["--budget", "3", "--bits-choices", "4"], "at least two widths"),
         (["--budget", "3", "--bits-choices", "2,9"], "--bits-choices 9 is out of range"),

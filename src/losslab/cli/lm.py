@@ -177,7 +177,15 @@ def lm_quantize_request(opts: dict[str, Any]) -> tuple[Any, list[Any], Any]:
     )
     if opts["budget"] is None:
         return job, methods, None
-    method, budget = budget_request((opts["method"],), opts, given_method_options(opts), click.get_current_context())
+    from click.core import ParameterSource
+
+    from losslab.compress.flags import BudgetFlags
+
+    flags = BudgetFlags(**given_options({key: opts[key] for key in BudgetFlags.model_fields}))
+    bits_given = click.get_current_context().get_parameter_source("bits") is not ParameterSource.DEFAULT
+    method, budget = budget_request(
+        (opts["method"],), flags, given_method_options(opts), bits_given=bits_given, bits=opts["bits"]
+    )
     return job, [method], budget
 
 

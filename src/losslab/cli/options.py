@@ -79,15 +79,19 @@ def options_from_model(
     model: type[BaseModel],
     aliases: dict[str, list[str]] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    flags: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding one option per field of ``model`` (help text from the field's description and default)."""
-    aliases = aliases or {}
+    """Decorator adding one option per field of ``model`` (help text from the field's description and default).
+
+    ``flags`` gives a field another spelling than ``--field-name`` (``{"json_path": "--json"}``); a ``tuple[X, ...]``
+    field is a repeatable flag."""
+    aliases, flags = aliases or {}, flags or {}
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         for name, info in reversed(list(model.model_fields.items())):
             if name in exclude:
                 continue
-            flag = "--" + name.replace("_", "-")
+            flag = flags.get(name, "--" + name.replace("_", "-"))
             if name in SHARED_CONCEPTS:
                 func = _shared_field_option(name, info, [flag, *aliases.get(name, [])])(func)
                 continue
@@ -100,6 +104,10 @@ def options_from_model(
             if is_flag:
                 names = [f"{flag}/--no-{flag[2:]}", *aliases.get(name, [])]
                 func = click.option(*names, name, default=None, help=help_text)(func)
+            elif typing.get_origin(_unwrap_optional(info.annotation)) is tuple:  # tuple[X, ...]: repeatable
+                item = (typing.get_args(_unwrap_optional(info.annotation)) or (str,))[0]
+                item_type, _ = _click_type(item)
+                func = click.option(*names, name, type=item_type, multiple=True, help=help_text)(func)
             else:
                 func = click.option(*names, name, type=click_type, default=None, help=help_text)(func)
         return func
@@ -110,15 +118,15 @@ def options_from_model(
 def help_with_default(description: str, default: Any) -> str:
     """``description`` plus ``[default: X]``; nothing is added for a ``None`` or empty default (the description
     says what an unset option means, e.g. "default $LOSSLAB_DATA_DIR") or where the description names a default."""
-    if default is None or default == [] or "default" in description.lower():
+    if default is None or default in ([], ()) or "default" in description.lower():
         return description
-    shown = ",".join(str(v) for v in default) if isinstance(default, list) else default
+    shown = ",".join(str(v) for v in default) if isinstance(default, list | tuple) else default
     return f"{description} [default: {shown}]"
 
 
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The options the user typed (those not ``None``)."""
-    return {key: value for key, value in values.items() if value is not None}
+    """The options the user typed (those not ``None``; a repeatable flag not given is an empty tuple)."""
+    return {key: value for key, value in values.items() if value is not None and value != ()}
 
 
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is

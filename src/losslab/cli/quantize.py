@@ -14,8 +14,8 @@ The same rows plus per-layer errors go to ``--json FILE`` (default ``<run>/quant
 existing file is never replaced without ``--overwrite``; checked before any work, as is ``--save-packed DIR``).
 ``--budget B`` chooses a width per layer from ``--bits-choices`` under B stored bits per weight
 (:mod:`losslab.compress.budget`, docs/budget.md). The command parses its flags, calls one function of
-:mod:`losslab.compress` and prints; the method flags are generated from the method configs
-(:mod:`losslab.cli.method_options`).
+:mod:`losslab.compress` and prints; its flags are generated from :class:`losslab.compress.flags.QuantizeFlags` and
+the method flags from the method configs (:mod:`losslab.cli.method_options`).
 """
 
 from __future__ import annotations
@@ -25,121 +25,24 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type, shared_option
 from losslab.cli.method_options import QuantizeCommand, given_method_options
-from losslab.cli.options import progress_mode, progress_option
+from losslab.cli.options import given_options, options_from_model, progress_mode, progress_option
+from losslab.compress.flags import BudgetFlags, QuantizeFlags
 from losslab.errors import ConfigError
-from losslab.quant.bits import BITS_RANGE, parse_bits, parse_override
-from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+from losslab.quant.bits import parse_bits, parse_override
 
 
 def budget_options(command: Any) -> Any:
-    """The ``--budget`` flags shared by ``quantize`` and ``lm quantize``."""
-    for option in reversed(_BUDGET_OPTIONS):
-        command = option(command)
-    return command
-
-
-_BUDGET_OPTIONS = [
-    click.option(
-        "--budget",
-        default=None,
-        help="Stored bits per quantized weight (scales and zero points included): choose each layer's width from "
-        "--bits-choices; a comma list (--budget 2.5,3,3.5) reuses one sensitivity table and draws the Pareto figure.",
-    ),
-    click.option(
-        "--bits-choices",
-        default="2,3,4,8",
-        show_default=True,
-        help="Candidate widths per layer for --budget.",
-    ),
-    click.option(
-        "--sensitivity",
-        default=DEFAULT_SENSITIVITY,
-        show_default=True,
-        help="Per-layer sensitivity for --budget: proxy (output error on calibration inputs), hawq (Hessian trace x "
-        "|W-Q|^2), loss (calibration loss increase), fisher (Fisher-weighted |W-Q|^2).",
-    ),
-    click.option(
-        "--solver", default="exact", show_default=True, help="--budget solver: exact (integer program), greedy."
-    ),
-    click.option(
-        "--tie", multiple=True, help="Layer-name pattern(s) ('a,b') whose layers take one width (repeatable)."
-    ),
-    click.option(
-        "--refine",
-        type=number_type(int, ge=1, le=10_000),
-        default=DEFAULT_REFINE,
-        show_default=True,
-        help="--budget: plans evaluated per budget by their calibration loss (local search from the knapsack plan; "
-        "1: the knapsack plan alone).",
-    ),
-]
+    """The ``--budget`` flags shared by ``quantize`` and ``lm quantize`` (the fields of :class:`BudgetFlags`)."""
+    return options_from_model(BudgetFlags)(command)
 
 
 @click.command(cls=QuantizeCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option(
-    "--method",
-    "methods",
-    multiple=True,
-    default=("gpfq",),
-    show_default=True,
-    help="rtn, pwlq, gpfq, gptq, ldlq (repeat for several).",
-)
-@click.option(
-    "--bits",
-    "bits",
-    multiple=True,
-    default=("4",),
-    show_default=True,
-    help=f"Weight bit width(s) {BITS_RANGE[0]}..{BITS_RANGE[1]}: comma-separate or repeat (--bits 8,4,3); "
-    "one calibration pass.",
-)
-@shared_option("calib_samples", "images from the training split", default=256)
-@shared_option("calib_batch_size", default=64)
-@shared_option("calib_seed", "the training images drawn", default=0)
-@click.option("--fold-bn", is_flag=True, help="Fold BatchNorm into the preceding conv before quantizing.")
-@click.option("--keep-8bit", "keep_8bit", multiple=True, help="Layer-name pattern kept at 8-bit RTN (repeatable).")
-@click.option("--skip", "skip", multiple=True, help="Layer-name pattern kept in float (repeatable).")
-@click.option(
-    "--act-bits",
-    type=number_type(int, ge=2, le=16),
-    default=None,
-    help="Also fake-quantize activations per tensor (bits).",
-)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Override the run's data folder.")
-@click.option("--download", is_flag=True, help="Download the run's dataset if it is missing.")
-@shared_option("device", "default: cuda if available, else cpu")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="JSON file for the results (default <run>/quantize/<methods>.json).",
-)
-@click.option(
-    "--save-packed",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Keep the packed safetensors files in this folder (else measured in a temporary folder).",
-)
-@click.option(
-    "--override",
-    multiple=True,
-    help="PATTERN=METHOD:BITS for the layers whose name matches, e.g. 'fc=rtn:8'; first match wins; the method "
-    "options apply where the method has them (repeatable).",
-)
+@options_from_model(QuantizeFlags, flags={"json_path": "--json"})
 @budget_options
-@click.option(
-    "--figure",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Pareto figure (PNG) of --budget (default: the JSON's name with .png).",
-)
-@shared_option("overwrite", "the results JSON and packed files", default=False)
 @progress_option
-def quantize(checkpoint: Path, **opts: Any) -> None:
+def quantize(checkpoint: Path, progress: bool | None, **opts: Any) -> None:
     """Quantize a trained classifier's weights and compare its accuracy with the float model.
 
     Method options are the fields of the method configs (one flag each, e.g. --grid sym, --group-size 64,
@@ -149,67 +52,75 @@ def quantize(checkpoint: Path, **opts: Any) -> None:
     from losslab.compress.quantize_run import quantize_run
 
     options = given_method_options(opts)
-    settings = quantize_options(opts, build_overrides(opts["override"], opts["keep_8bit"], options))
-    if opts["budget"] is None:
-        report = quantize_run(checkpoint, build_methods(opts["methods"], parse_bits(opts["bits"]), options), settings)
+    given = given_options({k: v for k, v in opts.items() if k in QuantizeFlags.model_fields})
+    flags = QuantizeFlags(**given)
+    budget_flags = BudgetFlags(**given_options({k: opts[k] for k in BudgetFlags.model_fields}))
+    settings = quantize_options(flags, progress, build_overrides(flags.override, flags.keep_8bit, options))
+    if budget_flags.budget is None:
+        report = quantize_run(checkpoint, build_methods(flags.method, parse_bits(flags.bits), options), settings)
         click.echo(report["table"])
         click.echo(f"\n{report['protocol']}\nresults: {report['json']}")
         return
-    method, budget = budget_request(opts["methods"], opts, options, click.get_current_context())
+    method, budget = budget_request(
+        flags.method, budget_flags, options, bits_given="bits" in given, bits=",".join(flags.bits), figure=flags.figure
+    )
     report = quantize_run_budget(checkpoint, method, budget, settings, echo=click.echo)
     click.echo(report["text"])
     click.echo(f"\nresults: {report['json']}\nfigure: {report['figure']}")
 
 
-def quantize_options(opts: dict[str, Any], overrides: dict[str, Any]) -> Any:
+def quantize_options(flags: QuantizeFlags, progress: bool | None, overrides: dict[str, Any]) -> Any:
     """The :class:`losslab.compress.quantize_run.QuantizeOptions` of the parsed flags."""
     from losslab.compress.quantize_run import QuantizeOptions
 
     return QuantizeOptions(
-        calib_samples=opts["calib_samples"],
-        calib_batch_size=opts["calib_batch_size"],
-        calib_seed=opts["calib_seed"],
+        calib_samples=flags.calib_samples,
+        calib_batch_size=flags.calib_batch_size,
+        calib_seed=flags.calib_seed,
         overrides=overrides,
-        skip=list(opts["skip"]),
-        fold_bn=opts["fold_bn"],
-        act_bits=opts["act_bits"],
-        data_dir=opts["data_dir"],
-        download=opts["download"] or None,
-        device=opts["device"],
-        out=opts["json_path"],
-        save_packed=opts["save_packed"],
-        overwrite=opts["overwrite"],
-        progress=progress_mode(opts["progress"]),
+        skip=list(flags.skip),
+        fold_bn=flags.fold_bn,
+        act_bits=flags.act_bits,
+        data_dir=flags.data_dir,
+        download=flags.download or None,
+        device=flags.device,
+        out=flags.json_path,
+        save_packed=flags.save_packed,
+        overwrite=flags.overwrite,
+        progress=progress_mode(progress),
     )
 
 
 def budget_request(
-    names: tuple[str, ...], opts: dict[str, Any], options: dict[str, Any], ctx: click.Context
+    names: tuple[str, ...],
+    flags: BudgetFlags,
+    options: dict[str, Any],
+    *,
+    bits_given: bool,
+    bits: str = "",
+    figure: Path | None = None,
 ) -> tuple[Any, Any]:
     """(the method, :class:`losslab.compress.budget.BudgetOptions`) of ``--budget``; bad combinations refused."""
-    from click.core import ParameterSource
-
     from losslab.compress.budget import BudgetOptions, check_budget_request
     from losslab.quant.budget import parse_budgets
 
     if len(names) != 1:
         raise ConfigError("--budget takes one --method (the widths are chosen for that method)")
-    choices = parse_bits(opts["bits_choices"], flag="--bits-choices")
-    if ctx.get_parameter_source("bits") is not ParameterSource.DEFAULT:
-        given = opts["bits"] if isinstance(opts["bits"], str) else ",".join(opts["bits"])
+    choices = parse_bits(flags.bits_choices, flag="--bits-choices")
+    if bits_given:
         raise ConfigError(
-            f"--budget chooses the widths itself: drop --bits {given} and give the candidates "
+            f"--budget chooses the widths itself: drop --bits {bits} and give the candidates "
             "with --bits-choices, e.g. --bits-choices 2,3,4,8"
         )
     (method,) = build_methods(names, [max(choices)], options)
     budget = BudgetOptions(
-        parse_budgets(opts["budget"]),
+        parse_budgets(flags.budget),
         choices,
-        opts["sensitivity"],
-        opts["solver"],
-        list(opts["tie"]),
-        opts.get("figure"),
-        refine=opts["refine"],
+        flags.sensitivity,
+        flags.solver,
+        list(flags.tie),
+        figure,
+        refine=flags.refine,
     )
     check_budget_request(method, budget)
     return method, budget
