@@ -9,6 +9,8 @@ sensitivity ``s_ij``. A plan picks one ``j(i)`` per item::
 * :func:`solve_exact` solves it as a 0/1 integer program (x_ij ∈ {0, 1}, Σ_j x_ij = 1) with HiGHS through
   ``scipy.optimize.milp`` at zero optimality gap; the rounded plan is re-checked in integer arithmetic and, if
   HiGHS' feasibility tolerance let it overshoot, solved again with the capacity tightened by the overshoot.
+  Ties are broken toward spending the budget: a second program maximizes Σ c among the plans whose Σ s is the
+  optimum's (a lexicographic objective: it never changes a strictly better Σ s).
 * :func:`solve_greedy` is NNCF's rule generalised to several widths: start at the widest choice of every item
   and, while over budget, take the step down to the next cheaper choice with the smallest sensitivity increase
   per stored bit saved.
@@ -62,30 +64,72 @@ def _check(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], ca
 
 
 def solve_exact(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], capacity: int) -> Plan:
-    """The optimal plan (minimum Σ s within Σ c <= capacity), by 0/1 integer programming (HiGHS, zero gap)."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_array
+    """The optimal plan, lexicographically: least Σ s within Σ c <= capacity and, among the plans with that least
+    Σ s, the most stored bits Σ c (so ties, e.g. clamped sensitivities, spend the budget).
 
+    Two 0/1 integer programs (HiGHS, zero gap): (1) minimize Σ s → s*; (2) maximize Σ c subject to
+    Σ s <= s* and the capacity. Every plan feasible in (2) is optimal in (1), so (2) cannot trade a worse Σ s for
+    more bits; its plan is re-checked in floating point (Σ s <= s* + 1e-9 · max(largest Δs, |s*|), i.e.
+    rounding, not a tolerance on the objective) and in integer cost, else (1)'s plan is kept."""
     _check(costs, values, capacity)
     sizes = [len(c) for c in costs]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    n = int(starts[-1])
     base = np.array([min(int(x) for x in c) for c in costs], dtype=np.int64)
     extra = np.concatenate([np.asarray(c, dtype=np.float64) - b for c, b in zip(costs, base)])  # cost above cheapest
     floor = np.array([min(v) for v in values], dtype=np.float64)
     gain = np.concatenate([np.asarray(v, dtype=np.float64) - f for v, f in zip(values, floor)])
     scale = gain.max() if gain.size and gain.max() > 0 else 1.0
+    room = capacity - int(base.sum())
+    if float(extra.sum()) <= room:  # every item at its best choice fits: the costliest of each row's best
+        return plan_cost(costs, values, [max(_best(v), key=lambda j, c=c: int(c[j])) for c, v in zip(costs, values)])
+    first = _milp(costs, values, capacity, sizes, gain / scale, extra, room)
+    if first.cost >= capacity or scale == 0:
+        return first
+    level = (first.sensitivity - float(floor.sum())) / scale
+    extra_scale = extra.max() if extra.max() > 0 else 1.0
+    second = _milp(costs, values, capacity, sizes, -extra / extra_scale, extra, room, (gain / scale, level))
+    if (
+        second.sensitivity <= first.sensitivity + 1e-9 * max(scale, abs(first.sensitivity))
+        and second.cost >= first.cost
+    ):
+        return second
+    return first
+
+
+def _best(values: Sequence[float]) -> list[int]:
+    """Indices of the least value of one row."""
+    low = min(values)
+    return [j for j, v in enumerate(values) if v == low]
+
+
+def _milp(
+    costs: Sequence[Sequence[int]],
+    values: Sequence[Sequence[float]],
+    capacity: int,
+    sizes: list[int],
+    objective: np.ndarray,
+    extra: np.ndarray,
+    room: int,
+    cap: tuple[np.ndarray, float] | None = None,
+) -> Plan:
+    """Minimize ``objective`` · x over 0/1 x with one choice per item, extra · x <= room and, with ``cap``
+    (row, level), row · x <= level; the rounded plan is re-checked in integer arithmetic and, if HiGHS'
+    feasibility tolerance let it overshoot the capacity, solved again with ``room`` tightened by the overshoot."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
+
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(starts[-1])
     rows = np.repeat(np.arange(len(costs)), sizes)
     one_each = csr_array((np.ones(n), (rows, np.arange(n))), shape=(len(costs), n))
-    room = capacity - int(base.sum())
-    if float(extra.sum()) <= room:  # every item at its best choice fits
-        return plan_cost(costs, values, [int(np.argmin(v)) for v in values])
     for _ in range(8):
+        constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(extra[None, :], -np.inf, room)]
+        if cap is not None:
+            constraints.append(LinearConstraint(cap[0][None, :], -np.inf, cap[1]))
         res = milp(
-            gain / scale,
+            objective,
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(extra[None, :], -np.inf, room)],
+            constraints=constraints,
             options={"mip_rel_gap": 0.0},
         )
         if res.x is None:
