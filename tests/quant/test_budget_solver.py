@@ -80,12 +80,13 @@ def test_clamp_makes_a_row_non_increasing_by_its_definition() -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_exact_solver_on_clamped_rows_equals_lexicographic_brute_force(seed: int) -> None:
-    """Noisy rows (a wider width sometimes measured worse) and integer sensitivities (many exact ties after the
-    clamp): the plan has the brute-force least Σ s and, among those, the most stored bits; never over budget."""
+    """Noisy rows (a wider width sometimes measured worse) with integer values 0..3 (many ties after the clamp),
+    item i's row scaled by 100^i so that equal totals mean equal per-item values (base-100 digits): the plan has
+    the brute-force least Σ s and, among all plans with it, the most stored bits; never over budget."""
     rng = np.random.default_rng(100 + seed)
     layers, choices = int(rng.integers(1, 6)), int(rng.integers(2, 5))
     costs, _ = instance(rng, layers, choices)
-    raw = [[float(rng.integers(0, 4)) for _ in range(choices)] for _ in range(layers)]
+    raw = [[float(rng.integers(0, 4) * 100**i) for _ in range(choices)] for i in range(layers)]
     values = [clamp_monotone(r) for r in raw]
     low, high = sum(min(c) for c in costs), sum(max(c) for c in costs)
     for capacity in np.linspace(low, high, 9).astype(int):

@@ -9,8 +9,8 @@ sensitivity ``s_ij``. A plan picks one ``j(i)`` per item::
 * :func:`solve_exact` solves it as a 0/1 integer program (x_ij ∈ {0, 1}, Σ_j x_ij = 1) with HiGHS through
   ``scipy.optimize.milp`` at zero optimality gap; the rounded plan is re-checked in integer arithmetic and, if
   HiGHS' feasibility tolerance let it overshoot, solved again with the capacity tightened by the overshoot.
-  Ties are broken toward spending the budget: a second program maximizes Σ c among the plans whose Σ s is the
-  optimum's (a lexicographic objective: it never changes a strictly better Σ s).
+  Ties are broken toward spending the budget: a second program maximizes Σ c over the plans that keep every
+  item's s at the optimum's (each item may move among its choices of equal s), so Σ s is unchanged.
 * :func:`solve_greedy` is NNCF's rule generalised to several widths: start at the widest choice of every item
   and, while over budget, take the step down to the next cheaper choice with the smallest sensitivity increase
   per stored bit saved.
@@ -64,15 +64,16 @@ def _check(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], ca
 
 
 def solve_exact(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], capacity: int) -> Plan:
-    """The optimal plan, lexicographically: least Σ s within Σ c <= capacity and, among the plans with that least
-    Σ s, the most stored bits Σ c (so ties, e.g. clamped sensitivities, spend the budget).
+    """The optimal plan (least Σ s within Σ c <= capacity) by 0/1 integer programming (HiGHS, zero gap), its ties
+    broken toward more stored bits.
 
-    Two 0/1 integer programs (HiGHS, zero gap): (1) minimize Σ s → s*; (2) maximize Σ c subject to
-    Σ s <= s* and the capacity. Every plan feasible in (2) is optimal in (1), so (2) cannot trade a worse Σ s for
-    more bits; its plan is re-checked in floating point (Σ s <= s* + 1e-9 · max(largest Δs, |s*|), i.e.
-    rounding, not a tolerance on the objective) and in integer cost, else (1)'s plan is kept."""
+    Tie-break: with j*(i) the optimum's choices, each item may move to any choice j with s_ij == s_ij*(i) exactly
+    (the ties the clamp :func:`losslab.quant.budget.table.clamp_monotone` makes); a second integer program over
+    only those choices maximizes Σ c within the capacity. Every plan it may return has the same s per item, hence
+    the same Σ s: it cannot trade a better Σ s for bits. It is the lexicographic optimum (least Σ s, then most
+    bits) whenever equal totals come from equal per-item values; a coincidental equality of sums of different
+    values across items is not searched."""
     _check(costs, values, capacity)
-    sizes = [len(c) for c in costs]
     base = np.array([min(int(x) for x in c) for c in costs], dtype=np.int64)
     extra = np.concatenate([np.asarray(c, dtype=np.float64) - b for c, b in zip(costs, base)])  # cost above cheapest
     floor = np.array([min(v) for v in values], dtype=np.float64)
@@ -81,18 +82,24 @@ def solve_exact(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]
     room = capacity - int(base.sum())
     if float(extra.sum()) <= room:  # every item at its best choice fits: the costliest of each row's best
         return plan_cost(costs, values, [max(_best(v), key=lambda j, c=c: int(c[j])) for c, v in zip(costs, values)])
-    first = _milp(costs, values, capacity, sizes, gain / scale, extra, room)
-    if first.cost >= capacity or scale == 0:
+    first = _milp(costs, values, capacity, [len(c) for c in costs], gain / scale, extra, room)
+    ties = [[j for j, v in enumerate(values[i]) if v == values[i][first.choice[i]]] for i in range(len(costs))]
+    if first.cost >= capacity or all(len(t) == 1 for t in ties):
         return first
-    level = (first.sensitivity - float(floor.sum())) / scale
-    extra_scale = extra.max() if extra.max() > 0 else 1.0
-    second = _milp(costs, values, capacity, sizes, -extra / extra_scale, extra, room, (gain / scale, level))
-    if (
-        second.sensitivity <= first.sensitivity + 1e-9 * max(scale, abs(first.sensitivity))
-        and second.cost >= first.cost
-    ):
-        return second
-    return first
+    sub_costs = [[int(costs[i][j]) for j in t] for i, t in enumerate(ties)]
+    sub_base = [min(c) for c in sub_costs]
+    sub_extra = np.concatenate([np.asarray(c, dtype=np.float64) - b for c, b in zip(sub_costs, sub_base)])
+    sub = _milp(
+        sub_costs,
+        [[values[i][j] for j in t] for i, t in enumerate(ties)],
+        capacity,
+        [len(t) for t in ties],
+        -sub_extra / max(float(sub_extra.max()), 1.0),
+        sub_extra,
+        capacity - sum(sub_base),
+    )
+    second = plan_cost(costs, values, [t[j] for t, j in zip(ties, sub.choice)])
+    return second if second.cost > first.cost else first
 
 
 def _best(values: Sequence[float]) -> list[int]:
@@ -109,11 +116,10 @@ def _milp(
     objective: np.ndarray,
     extra: np.ndarray,
     room: int,
-    cap: tuple[np.ndarray, float] | None = None,
 ) -> Plan:
-    """Minimize ``objective`` · x over 0/1 x with one choice per item, extra · x <= room and, with ``cap``
-    (row, level), row · x <= level; the rounded plan is re-checked in integer arithmetic and, if HiGHS'
-    feasibility tolerance let it overshoot the capacity, solved again with ``room`` tightened by the overshoot."""
+    """Minimize ``objective`` · x over 0/1 x with one choice per item and extra · x <= room; the rounded plan is
+    re-checked in integer arithmetic and, if HiGHS' feasibility tolerance let it overshoot the capacity, solved
+    again with ``room`` tightened by the overshoot."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
 
@@ -122,14 +128,11 @@ def _milp(
     rows = np.repeat(np.arange(len(costs)), sizes)
     one_each = csr_array((np.ones(n), (rows, np.arange(n))), shape=(len(costs), n))
     for _ in range(8):
-        constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(extra[None, :], -np.inf, room)]
-        if cap is not None:
-            constraints.append(LinearConstraint(cap[0][None, :], -np.inf, cap[1]))
         res = milp(
             objective,
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
-            constraints=constraints,
+            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(extra[None, :], -np.inf, room)],
             options={"mip_rel_gap": 0.0},
         )
         if res.x is None:
