@@ -69,10 +69,14 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
         for a in alloc:
             chosen = next(c for c in a["choices"] if c["bits"] == a["chosen_bits"])
             assert in_file[a["layer"]] == chosen["stored_bits"]
-        # optimal: brute force over every assignment of the three budgeted layers
+            measured = [c["sensitivity"] for c in a["choices"]]  # narrowest first: clamped = running minimum
+            assert [c["sensitivity_clamped"] for c in a["choices"]] == [
+                min(measured[: k + 1]) for k in range(len(measured))
+            ]
+        # optimal: brute force over every assignment of the three budgeted layers, on the clamped sensitivities
         room = int(Fraction(str(budget)) * entry["quantized_weights"]) - in_file["fc"]
         best = min(
-            sum(c["sensitivity"] for c in combo)
+            sum(c["sensitivity_clamped"] for c in combo)
             for combo in itertools.product(*(a["choices"] for a in alloc))
             if sum(c["stored_bits"] for c in combo) <= room
         )
@@ -81,7 +85,9 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
             assert entry["predicted_sensitivity"] == pytest.approx(best, rel=1e-9) and search is None
         else:
             start = sum(
-                next(c["sensitivity"] for c in a["choices"] if c["bits"] == search["knapsack_chosen"][a["layer"]])
+                next(
+                    c["sensitivity_clamped"] for c in a["choices"] if c["bits"] == search["knapsack_chosen"][a["layer"]]
+                )
                 for a in alloc
             )
             assert start == pytest.approx(best, rel=1e-9) and entry["predicted_sensitivity"] >= best * (1 - 1e-9)

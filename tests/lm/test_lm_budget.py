@@ -44,12 +44,15 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
     )
     load_packed_lm(packed)  # the file loads back
     assert entry["metrics"]["ppl"] > 1 and [u["bits"] for u in report["uniform"]] == [2, 3, 4]
-    # optimal over the knapsack items (tie groups and single linears)
+    # optimal over the knapsack items (tie groups and single linears), on the clamped sensitivities
     rows = {a["layer"]: a["choices"] for a in entry["allocation"]}
+    for choices in rows.values():  # narrowest first: clamped = running minimum of the measured
+        measured = [c["sensitivity"] for c in choices]
+        assert [c["sensitivity_clamped"] for c in choices] == [min(measured[: k + 1]) for k in range(len(measured))]
     groups = report["ties"] + [[n] for n in rows if not any(n in t for t in report["ties"])]
     room = int(Fraction("3.25") * entry["quantized_weights"])
     best = min(
-        sum(rows[n][j]["sensitivity"] for g, j in zip(groups, combo) for n in g)
+        sum(rows[n][j]["sensitivity_clamped"] for g, j in zip(groups, combo) for n in g)
         for combo in itertools.product(range(3), repeat=len(groups))
         if sum(rows[n][j]["stored_bits"] for g, j in zip(groups, combo) for n in g) <= room
     )
@@ -58,7 +61,8 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
     else:
         search = entry["search"]
         start = sum(
-            next(c["sensitivity"] for c in rows[n] if c["bits"] == b) for n, b in search["knapsack_chosen"].items()
+            next(c["sensitivity_clamped"] for c in rows[n] if c["bits"] == b)
+            for n, b in search["knapsack_chosen"].items()
         )
         assert start == pytest.approx(best, rel=1e-9) and 1 <= search["evaluations"] <= refine
         assert search["calib_loss"] <= search["knapsack_calib_loss"]

@@ -30,12 +30,17 @@ def random_table(rng: np.random.Generator, layers: int) -> SensitivityTable:
 
 
 def brute(table: SensitivityTable, budget: float, bounds: list[tuple[int, int]]) -> float | None:
-    """The least summed sensitivity over every assignment within the bounds and the capacity."""
+    """The least summed clamped sensitivity (running minimum over the widths, the solver's values) over every
+    assignment within the bounds and the capacity."""
     room, best = capacity_bits(budget, table.total_weights), None
+    clamped = {
+        n: [min(table.widths[b].rows[n].sensitivity for b in WIDTHS[: k + 1]) for k in range(len(WIDTHS))]
+        for n in table.layers
+    }
     for choice in itertools.product(*(range(lo, hi + 1) for lo, hi in bounds)):
         rows = [table.widths[WIDTHS[j]].rows[n] for n, j in zip(table.layers, choice)]
         if sum(r.stored_bits for r in rows) <= room:
-            value = sum(r.sensitivity for r in rows)
+            value = sum(clamped[n][j] for n, j in zip(table.layers, choice))
             best = value if best is None else min(best, value)
     return best
 

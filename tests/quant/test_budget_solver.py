@@ -16,6 +16,7 @@ from losslab.quant.budget import (
     TableCache,
     allocate,
     capacity_bits,
+    clamp_monotone,
     default_ties,
     fill_table,
     parse_budgets,
@@ -57,6 +58,58 @@ def test_exact_solver_equals_brute_force(seed: int) -> None:
         assert plan.sensitivity == pytest.approx(brute_force(costs, values, int(capacity)), rel=1e-9, abs=1e-12)
         greedy = solve_greedy(costs, values, int(capacity))
         assert greedy.cost <= capacity and greedy.sensitivity >= plan.sensitivity - 1e-9 * abs(plan.sensitivity)
+
+
+def lexicographic_brute_force(costs: list[list[int]], values: list[list[float]], capacity: int) -> tuple[float, int]:
+    """Over every assignment within the capacity: the least Σ value, then the most Σ cost among those with it."""
+    plans = []
+    for choice in itertools.product(*(range(len(c)) for c in costs)):
+        cost = sum(costs[i][j] for i, j in enumerate(choice))
+        if cost <= capacity:
+            plans.append((sum(values[i][j] for i, j in enumerate(choice)), cost))
+    best = min(v for v, _ in plans)
+    return best, max(c for v, c in plans if v <= best + 1e-12)
+
+
+def test_clamp_makes_a_row_non_increasing_by_its_definition() -> None:
+    row = [5.0, 2.0, 3.0, 1.0, 4.0, -0.5, 0.0]
+    expected = [min(row[: k + 1]) for k in range(len(row))]  # s'(b_k) = min_{j <= k} s(b_j)
+    assert clamp_monotone(row) == expected == [5.0, 2.0, 2.0, 1.0, 1.0, -0.5, -0.5]
+    assert clamp_monotone([3.0, 2.0, 1.0]) == [3.0, 2.0, 1.0]  # already monotone: unchanged
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_exact_solver_on_clamped_rows_equals_lexicographic_brute_force(seed: int) -> None:
+    """Noisy rows (a wider width sometimes measured worse) with integer values 0..3 (many ties after the clamp),
+    item i's row scaled by 100^i so that equal totals mean equal per-item values (base-100 digits): the plan has
+    the brute-force least Σ s and, among all plans with it, the most stored bits; never over budget."""
+    rng = np.random.default_rng(100 + seed)
+    layers, choices = int(rng.integers(1, 6)), int(rng.integers(2, 5))
+    costs, _ = instance(rng, layers, choices)
+    raw = [[float(rng.integers(0, 4) * 100**i) for _ in range(choices)] for i in range(layers)]
+    values = [clamp_monotone(r) for r in raw]
+    low, high = sum(min(c) for c in costs), sum(max(c) for c in costs)
+    for capacity in np.linspace(low, high, 9).astype(int):
+        plan = solve_exact(costs, values, int(capacity))
+        best, most_bits = lexicographic_brute_force(costs, values, int(capacity))
+        assert plan.cost <= capacity
+        assert plan.sensitivity == best
+        assert plan.cost == most_bits
+
+
+def test_allocate_clamps_a_noisy_row_and_spends_the_budget_on_the_tie() -> None:
+    """Layer a measured worse at 4 bits than at 2 (noise): clamped to a tie, which takes 4 bits when they fit;
+    the JSON rows keep the measured and the clamped sensitivities."""
+    costs = {2: {"a": 200, "b": 200}, 4: {"a": 400, "b": 400}, 8: {"a": 800, "b": 800}}
+    sens = {2: {"a": 1.0, "b": 3.0}, 4: {"a": 1.2, "b": 0.5}, 8: {"a": 0.9, "b": 0.7}}
+    table = table_of(costs, sens)
+    assert table.clamped("a") == [1.0, 1.0, 0.9] and table.clamped("b") == [3.0, 0.5, 0.5]
+    plan = allocate(table, 5.0, "exact")  # 1000 bits: Σ s' = 1.5 at (2, 4) 600 bits, (4, 4) 800, (2, 8) 1000
+    assert plan.chosen == {"a": 2, "b": 8} and plan.stored_bits == 1000
+    assert plan.predicted_sensitivity == pytest.approx(1.5)
+    assert allocate(table, 4.0, "exact").chosen == {"a": 4, "b": 4}  # measured values: a at 2 (1.5 < 1.7)
+    row = plan.rows(table)[0]["choices"][1]
+    assert (row["sensitivity"], row["sensitivity_clamped"]) == (1.2, 1.0)
 
 
 def test_budget_below_the_cheapest_plan_is_refused_and_above_the_widest_takes_the_best() -> None:

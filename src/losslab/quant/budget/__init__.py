@@ -30,6 +30,7 @@ from losslab.quant.budget.table import (
     SensitivityTable,
     TableCache,
     check_sensitivity,
+    clamp_monotone,
     fill_table,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "allocate",
     "capacity_bits",
     "check_sensitivity",
+    "clamp_monotone",
     "default_ties",
     "fill_table",
     "parse_budgets",

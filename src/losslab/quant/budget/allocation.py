@@ -4,6 +4,9 @@ The capacity is ⌊B · N⌋ stored bits, N the weights of every quantized layer
 ``skip``-less ``overrides``/``--keep-8bit``, which count at what they store; float layers are not quantized
 weights and do not count), minus what the fixed layers store. Tie groups (``--tie``) take one width together:
 their costs and sensitivities are summed per width before the knapsack (:mod:`losslab.quant.budget.solver`).
+The sensitivities the knapsack sees are each layer's clamped ones (:func:`losslab.quant.budget.table.clamp_monotone`:
+s'(b_k) = min_{j <= k} s(b_j), widths ascending), so a wider width is never predicted worse; the plan's
+``predicted_sensitivity`` is their sum. Among equally good plans the exact solver takes the one storing most bits.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def allocate(
     groups = [list(g) for g in groups] if groups else [[n] for n in table.layers]
     widths = sorted(table.widths)
     costs = [[sum(table.widths[b].rows[n].stored_bits for n in g) for b in widths] for g in groups]
-    values = [[sum(table.widths[b].rows[n].sensitivity for n in g) for b in widths] for g in groups]
+    clamped = {n: table.clamped(n) for n in table.layers}  # non-increasing in the width (clamp_monotone)
+    values = [[sum(clamped[n][k] for n in g) for k in range(len(widths))] for g in groups]
     bounds = list(bounds) if bounds is not None else [(0, len(widths) - 1)] * len(groups)
     total = table.total_weights
     room = capacity_bits(budget, total) - table.fixed_bits

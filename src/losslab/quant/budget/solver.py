@@ -9,6 +9,8 @@ sensitivity ``s_ij``. A plan picks one ``j(i)`` per item::
 * :func:`solve_exact` solves it as a 0/1 integer program (x_ij ∈ {0, 1}, Σ_j x_ij = 1) with HiGHS through
   ``scipy.optimize.milp`` at zero optimality gap; the rounded plan is re-checked in integer arithmetic and, if
   HiGHS' feasibility tolerance let it overshoot, solved again with the capacity tightened by the overshoot.
+  Ties are broken toward spending the budget: a second program maximizes Σ c over the plans that keep every
+  item's s at the optimum's (each item may move among its choices of equal s), so Σ s is unchanged.
 * :func:`solve_greedy` is NNCF's rule generalised to several widths: start at the widest choice of every item
   and, while over budget, take the step down to the next cheaper choice with the smallest sensitivity increase
   per stored bit saved.
@@ -62,27 +64,72 @@ def _check(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], ca
 
 
 def solve_exact(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], capacity: int) -> Plan:
-    """The optimal plan (minimum Σ s within Σ c <= capacity), by 0/1 integer programming (HiGHS, zero gap)."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_array
+    """The optimal plan (least Σ s within Σ c <= capacity) by 0/1 integer programming (HiGHS, zero gap), its ties
+    broken toward more stored bits.
 
+    Tie-break: with j*(i) the optimum's choices, each item may move to any choice j with s_ij == s_ij*(i) exactly
+    (the ties the clamp :func:`losslab.quant.budget.table.clamp_monotone` makes); a second integer program over
+    only those choices maximizes Σ c within the capacity. Every plan it may return has the same s per item, hence
+    the same Σ s: it cannot trade a better Σ s for bits. It is the lexicographic optimum (least Σ s, then most
+    bits) whenever equal totals come from equal per-item values; a coincidental equality of sums of different
+    values across items is not searched."""
     _check(costs, values, capacity)
-    sizes = [len(c) for c in costs]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    n = int(starts[-1])
     base = np.array([min(int(x) for x in c) for c in costs], dtype=np.int64)
     extra = np.concatenate([np.asarray(c, dtype=np.float64) - b for c, b in zip(costs, base)])  # cost above cheapest
     floor = np.array([min(v) for v in values], dtype=np.float64)
     gain = np.concatenate([np.asarray(v, dtype=np.float64) - f for v, f in zip(values, floor)])
     scale = gain.max() if gain.size and gain.max() > 0 else 1.0
+    room = capacity - int(base.sum())
+    if float(extra.sum()) <= room:  # every item at its best choice fits: the costliest of each row's best
+        return plan_cost(costs, values, [max(_best(v), key=lambda j, c=c: int(c[j])) for c, v in zip(costs, values)])
+    first = _milp(costs, values, capacity, [len(c) for c in costs], gain / scale, extra, room)
+    ties = [[j for j, v in enumerate(values[i]) if v == values[i][first.choice[i]]] for i in range(len(costs))]
+    if first.cost >= capacity or all(len(t) == 1 for t in ties):
+        return first
+    sub_costs = [[int(costs[i][j]) for j in t] for i, t in enumerate(ties)]
+    sub_base = [min(c) for c in sub_costs]
+    sub_extra = np.concatenate([np.asarray(c, dtype=np.float64) - b for c, b in zip(sub_costs, sub_base)])
+    sub = _milp(
+        sub_costs,
+        [[values[i][j] for j in t] for i, t in enumerate(ties)],
+        capacity,
+        [len(t) for t in ties],
+        -sub_extra / max(float(sub_extra.max()), 1.0),
+        sub_extra,
+        capacity - sum(sub_base),
+    )
+    second = plan_cost(costs, values, [t[j] for t, j in zip(ties, sub.choice)])
+    return second if second.cost > first.cost else first
+
+
+def _best(values: Sequence[float]) -> list[int]:
+    """Indices of the least value of one row."""
+    low = min(values)
+    return [j for j, v in enumerate(values) if v == low]
+
+
+def _milp(
+    costs: Sequence[Sequence[int]],
+    values: Sequence[Sequence[float]],
+    capacity: int,
+    sizes: list[int],
+    objective: np.ndarray,
+    extra: np.ndarray,
+    room: int,
+) -> Plan:
+    """Minimize ``objective`` · x over 0/1 x with one choice per item and extra · x <= room; the rounded plan is
+    re-checked in integer arithmetic and, if HiGHS' feasibility tolerance let it overshoot the capacity, solved
+    again with ``room`` tightened by the overshoot."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
+
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(starts[-1])
     rows = np.repeat(np.arange(len(costs)), sizes)
     one_each = csr_array((np.ones(n), (rows, np.arange(n))), shape=(len(costs), n))
-    room = capacity - int(base.sum())
-    if float(extra.sum()) <= room:  # every item at its best choice fits
-        return plan_cost(costs, values, [int(np.argmin(v)) for v in values])
     for _ in range(8):
         res = milp(
-            gain / scale,
+            objective,
             integrality=np.ones(n),
             bounds=Bounds(0, 1),
             constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(extra[None, :], -np.inf, room)],

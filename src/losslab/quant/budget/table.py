@@ -45,6 +45,7 @@ __all__ = [
     "SensitivityTable",
     "TableCache",
     "WidthRun",
+    "clamp_monotone",
     "fill_table",
 ]
 
@@ -58,6 +59,18 @@ def check_sensitivity(name: str) -> str:
     if name not in SENSITIVITIES:
         raise ConfigError(f"--sensitivity {name!r} is not known: choose one of {', '.join(SENSITIVITIES)}")
     return name
+
+
+def clamp_monotone(values: Sequence[float]) -> list[float]:
+    """One layer's sensitivities over its widths sorted ascending, made non-increasing in the width:
+    s'(b_k) = min_{j <= k} s(b_j). A wider width is never predicted worse than a narrower one; a measured
+    increase (calibration noise: the ``loss`` metric's differences between 3, 4 and 8 bits are at its noise
+    floor) becomes a tie, which the exact solver breaks toward more stored bits
+    (:func:`losslab.quant.budget.solver.solve_exact`)."""
+    out: list[float] = []
+    for v in values:
+        out.append(min(out[-1], float(v)) if out else float(v))
+    return out
 
 
 @dataclass
@@ -92,11 +105,21 @@ class SensitivityTable:
     widths: dict[int, WidthRun]
     metric: str
 
+    def clamped(self, layer: str) -> list[float]:
+        """``layer``'s sensitivities, narrowest width first, as the solver uses them (:func:`clamp_monotone`)."""
+        return clamp_monotone([run.rows[layer].sensitivity for _, run in sorted(self.widths.items())])
+
     def choices(self, layer: str) -> list[dict[str, Any]]:
-        """``[{"bits", "sensitivity", "stored_bits"}, ...]`` of ``layer``, narrowest width first."""
+        """``[{"bits", "sensitivity", "sensitivity_clamped", "stored_bits"}, ...]`` of ``layer``, narrowest width
+        first: ``sensitivity`` as measured, ``sensitivity_clamped`` what the solver minimizes."""
         return [
-            {"bits": b, "sensitivity": run.rows[layer].sensitivity, "stored_bits": run.rows[layer].stored_bits}
-            for b, run in sorted(self.widths.items())
+            {
+                "bits": b,
+                "sensitivity": run.rows[layer].sensitivity,
+                "sensitivity_clamped": s,
+                "stored_bits": run.rows[layer].stored_bits,
+            }
+            for (b, run), s in zip(sorted(self.widths.items()), self.clamped(layer))
         ]
 
     @property
