@@ -138,25 +138,13 @@ def solver_timing() -> dict[str, float]:
 
 
 def tiny_opt_cell(tmp: Path, steps: int) -> dict[str, Any]:
+    from bench_nncf import trained_opt  # the one tiny-OPT recipe of both benchmarks
     from losslab.compress.budget import BudgetOptions
     from losslab.compress.lm_budget import LmBudgetJob, quantize_lm_budget
-    from losslab.lm.data import calibration_windows, eval_windows, tokenize_text
-    from losslab.lm.offline import byte_tokenizer, synthetic_corpus, tiny_opt
+    from losslab.lm.data import calibration_windows, eval_windows
     from losslab.quant.methods import GPTQ
 
-    tok, corpus = byte_tokenizer(), synthetic_corpus(seed=0)
-    ids = {k: tokenize_text(tok, v) for k, v in corpus.items()}
-    model = tiny_opt(seed=0).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        starts = torch.randint(0, ids["train"].numel() - 64, (8,), generator=gen)
-        batch = torch.stack([ids["train"][s : s + 64] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, ids = trained_opt(steps)
     job = LmBudgetJob(
         model,
         "tiny-opt",
