@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from losslab.cli.app import cli
 from losslab.cli.groups import field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
-from losslab.compress.flags import BudgetFlags, QuantizeFlags
+from losslab.compress.flags import BudgetFlags, LmQuantizeFlags, QuantizeFlags
 from losslab.logreg.config import LogregConfig
 from losslab.study.options import StudyRunOptions
 
@@ -32,6 +32,7 @@ CASES = [
     ("quantize", BudgetFlags, set()),
     ("lm quantize", BudgetFlags, set()),
     ("study run", StudyRunOptions, set()),
+    ("lm quantize", LmQuantizeFlags, set()),
 ]
 SPELLED = {"json_path": "--json"}
 

@@ -30,9 +30,10 @@ from losslab.cli.options import (
 )
 from losslab.cli.quantize import budget_options
 from losslab.cli.quiet import quiet_third_party
+from losslab.compress.flags import BudgetFlags, LmQuantizeFlags
 from losslab.errors import ConfigError
 from losslab.lm.config import LIGHTNING_KEYS, RUN_KEYS, FinetuneConfig
-from losslab.quant.bits import BITS_RANGE, parse_bits
+from losslab.quant.bits import parse_bits
 
 CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
 
@@ -77,6 +78,11 @@ def finetune_cmd(progress: bool | None, **flags: Any) -> None:
     )
 
 
+def lm_quantize_flags(opts: dict[str, Any]) -> LmQuantizeFlags:
+    """The typed flags of ``lm quantize`` (bad values are one :class:`ConfigError`)."""
+    return LmQuantizeFlags.build(given_options({key: opts[key] for key in LmQuantizeFlags.model_fields}))
+
+
 def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[str]]:
     """(one method config per --bits value, overrides by pattern, skip patterns) from the parsed flags.
 
@@ -86,69 +92,16 @@ def lm_quantize_plan(opts: dict[str, Any]) -> tuple[list[Any], dict[str, Any], l
     from losslab.cli.quantize import build_overrides
     from losslab.quant.methods import build_methods
 
-    options = given_method_options(opts)
-    methods = build_methods([opts["method"]], parse_bits(opts["bits"]), options)
-    return methods, build_overrides(opts["override"], opts["keep_8bit"], options), list(opts["skip"])
+    flags, options = lm_quantize_flags(opts), given_method_options(opts)
+    methods = build_methods([flags.method], parse_bits(flags.bits), options)
+    return methods, build_overrides(flags.override, flags.keep_8bit, options), list(flags.skip)
 
 
 @lm.command("quantize", cls=LmQuantizeCommand)
-@click.option("--model", required=True, help="Hub name or local folder of a float causal LM.")
-@click.option(
-    "--method",
-    type=click.Choice(["rtn", "gptq", "ldlq", "gpfq"]),
-    default="gptq",
-    show_default=True,
-    help="Per-layer quantizer.",
-)
-@click.option(
-    "--bits",
-    default="4",
-    show_default=True,
-    help=f"Weight bits {BITS_RANGE[0]}..{BITS_RANGE[1]}; a comma list (--bits 4,3) quantizes a fresh copy of the "
-    "model per width.",
-)
-@click.option(
-    "--override",
-    multiple=True,
-    help="PATTERN=METHOD:BITS for the linears whose name (relative to the model) matches, e.g. '*.fc2=gptq:8'; "
-    "first match wins; the method options apply where the method has them (repeatable).",
-)
-@click.option("--keep-8bit", "keep_8bit", multiple=True, help="Linear-name pattern kept at 8-bit RTN (repeatable).")
-@click.option("--skip", multiple=True, help="Linear-name pattern kept in float, e.g. '*.fc2' or 'fc2' (every layer's).")
+@options_from_model(LmQuantizeFlags, flags={"json_path": "--json"})
 @budget_options
-@click.option(
-    "--eval-text",
-    default=None,
-    help="With --budget: test corpus (wikitext2, ptb, c4) or local text file scored for perplexity at each width "
-    "and budget (default: none, no perplexity).",
-)
-@click.option(
-    "--true-sequential",
-    is_flag=True,
-    help="Re-collect each decoder layer's calibration statistics after every sub-group is quantized "
-    "(OPT: q/k/v -> out_proj -> fc1 -> fc2; Llama/Mistral/Qwen2, GPT-2, GPT-NeoX have their own), so later "
-    "linears see inputs from the quantized earlier ones. Default: all linears use the float layer's statistics. "
-    "Other architectures are refused. No effect on rtn's weights.",
-)
-@click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
-@click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@shared_option("calib_samples", "token windows of --seqlen tokens", default=128)
-@click.option(
-    "--seqlen", type=click.IntRange(min=2), help="Tokens per calibration window (default: the model's context)."
-)
-@shared_option("calib_batch_size", "windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU)")
-@shared_option("calib_seed", "the windows drawn (also the methods' seed)", default=0)
-@shared_option("device", "where each decoder layer is processed (default: cuda if available)")
-@click.option("--save-packed", type=click.Path(dir_okay=False), help="Packed model file (.safetensors) to write.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    help="Per-layer errors JSON (default: next to --save-packed).",
-)
-@shared_option("overwrite", "the packed model and JSON files", default=False)
 @progress_option
-def quantize_cmd(**opts: Any) -> None:
+def quantize_cmd(progress: bool | None, **opts: Any) -> None:
     """Quantize the decoder layer by layer (GPTQ's sequential driver); embeddings and LM head stay float.
 
     Method options are the fields of the method configs, one flag each (--grid sym, --group-size 128, --act-order,
@@ -156,35 +109,31 @@ def quantize_cmd(**opts: Any) -> None:
     """
     from losslab.compress.lm_quantize import lm_quantize
 
-    with quiet_third_party(resolve_progress(opts["progress"])):
-        lm_quantize(*lm_quantize_request(opts), echo=click.echo)
+    with quiet_third_party(resolve_progress(progress)):
+        lm_quantize(*lm_quantize_request(opts, progress), echo=click.echo)
 
 
-def lm_quantize_request(opts: dict[str, Any]) -> tuple[Any, list[Any], Any]:
+def lm_quantize_request(opts: dict[str, Any], progress: bool | None = None) -> tuple[Any, list[Any], Any]:
     """(:class:`losslab.compress.lm_quantize.LmQuantizeJob`, method configs, budget or None) of the parsed flags;
     bad values, a missing device and an empty output set are refused here, before any model is loaded."""
     from losslab.cli.quantize import budget_request
     from losslab.compress.lm_quantize import LmQuantizeJob
 
+    flags = lm_quantize_flags(opts)
     methods, overrides, skip = lm_quantize_plan(opts)
     job = LmQuantizeJob(
-        opts["model"],
+        flags.model,
         overrides=overrides,
         skip=skip,
-        **{key: opts[key] for key in LM_QUANTIZE_KEYS},
-        json=opts["json_path"],
-        progress=resolve_progress(opts["progress"]),
+        **{key: getattr(flags, key) for key in LM_QUANTIZE_KEYS},
+        json=flags.json_path,
+        progress=resolve_progress(progress),
     )
-    if opts["budget"] is None:
+    budget_flags = BudgetFlags(**given_options({key: opts[key] for key in BudgetFlags.model_fields}))
+    if budget_flags.budget is None:
         return job, methods, None
-    from click.core import ParameterSource
-
-    from losslab.compress.flags import BudgetFlags
-
-    flags = BudgetFlags(**given_options({key: opts[key] for key in BudgetFlags.model_fields}))
-    bits_given = click.get_current_context().get_parameter_source("bits") is not ParameterSource.DEFAULT
     method, budget = budget_request(
-        (opts["method"],), flags, given_method_options(opts), bits_given=bits_given, bits=opts["bits"]
+        (flags.method,), budget_flags, given_method_options(opts), bits_given=opts["bits"] is not None, bits=flags.bits
     )
     return job, [method], budget
 

@@ -98,10 +98,12 @@ def options_from_model(
             click_type, is_flag = _click_type(info.annotation, info)
             if isinstance(click_type, list):  # a Literal: its values, plus any deprecated ones for this flag
                 click_type = DeprecatedChoice(click_type, flag)
-            default = info.get_default(call_default_factory=True)
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
             help_text = help_with_default(info.description or "", default)
             names = [flag, *aliases.get(name, [])]
-            if is_flag:
+            if info.is_required():  # no default: click says "Missing option" before the config is built
+                func = click.option(*names, name, type=click_type, required=True, help=help_text)(func)
+            elif is_flag:
                 names = [f"{flag}/--no-{flag[2:]}", *aliases.get(name, [])]
                 func = click.option(*names, name, default=None, help=help_text)(func)
             elif typing.get_origin(_unwrap_optional(info.annotation)) is tuple:  # tuple[X, ...]: repeatable

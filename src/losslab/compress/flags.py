@@ -1,4 +1,4 @@
-"""The typed options of ``losslab quantize`` and of ``--budget`` (also on ``lm quantize``).
+"""The typed options of ``losslab quantize``, ``losslab lm quantize`` and their ``--budget``.
 
 The commands' flags are generated from these fields (:func:`losslab.cli.options.options_from_model`: help text,
 defaults, bounds and choices come from here, the shared concepts -- calibration, device, overwrite -- from
@@ -9,14 +9,15 @@ and are generated from those. Importing this module does not import torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from losslab.quant.bits import BITS_RANGE
 from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+from losslab.train.config import CommandConfig
 
-__all__ = ["BudgetFlags", "QuantizeFlags"]
+__all__ = ["BudgetFlags", "LmQuantizeFlags", "QuantizeFlags"]
 
 
 class BudgetFlags(BaseModel):
@@ -85,3 +86,53 @@ class QuantizeFlags(BaseModel):
         None, description="Pareto figure (PNG) of --budget (default: the JSON's name with .png)."
     )
     overwrite: bool = Field(False, description="the results JSON and packed files")
+
+
+class LmQuantizeFlags(CommandConfig):
+    """One ``losslab lm quantize`` (besides the method options and :class:`BudgetFlags`)."""
+
+    COMMAND: ClassVar[str] = "losslab lm quantize"
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Hub name or local folder of a float causal LM.")
+    method: Literal["rtn", "gptq", "ldlq", "gpfq"] = Field("gptq", description="Per-layer quantizer.")
+    bits: str = Field(
+        "4",
+        description=f"Weight bits {BITS_RANGE[0]}..{BITS_RANGE[1]}; a comma list (--bits 4,3) quantizes a fresh copy "
+        "of the model per width.",
+    )
+    override: tuple[str, ...] = Field(
+        (),
+        description="PATTERN=METHOD:BITS for the linears whose name (relative to the model) matches, e.g. "
+        "'*.fc2=gptq:8'; first match wins; the method options apply where the method has them (repeatable).",
+    )
+    keep_8bit: tuple[str, ...] = Field((), description="Linear-name pattern kept at 8-bit RTN (repeatable).")
+    skip: tuple[str, ...] = Field(
+        (), description="Linear-name pattern kept in float, e.g. '*.fc2' or 'fc2' (every layer's)."
+    )
+    eval_text: str | None = Field(
+        None,
+        description="With --budget: test corpus (wikitext2, ptb, c4) or local text file scored for perplexity at "
+        "each width and budget (default: none, no perplexity).",
+    )
+    true_sequential: bool = Field(
+        False,
+        description="Re-collect each decoder layer's calibration statistics after every sub-group is quantized "
+        "(OPT: q/k/v -> out_proj -> fc1 -> fc2; Llama/Mistral/Qwen2, GPT-2, GPT-NeoX have their own), so later "
+        "linears see inputs from the quantized earlier ones. Default: all linears use the float layer's "
+        "statistics. Other architectures are refused. No effect on rtn's weights.",
+    )
+    calib: Literal["wikitext2", "c4", "ptb"] = Field("c4", description="Calibration corpus (network).")
+    text_file: str | None = Field(None, description="Local calibration text (overrides --calib).")
+    calib_samples: int = Field(128, description="token windows of --seqlen tokens")
+    seqlen: int | None = Field(
+        None, ge=2, le=1_048_576, description="Tokens per calibration window (default: the model's context)."
+    )
+    calib_batch_size: int | None = Field(
+        None, description="windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU)"
+    )
+    calib_seed: int = Field(0, description="the windows drawn (also the methods' seed)")
+    device: str | None = Field(None, description="where each decoder layer is processed (default: cuda if available)")
+    save_packed: str | None = Field(None, description="Packed model file (.safetensors) to write.")
+    json_path: str | None = Field(None, description="Per-layer errors JSON (default: next to --save-packed).")
+    overwrite: bool = Field(False, description="the packed model and JSON files")
