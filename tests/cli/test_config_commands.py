@@ -22,6 +22,7 @@ from losslab.cli.app import cli
 from losslab.cli.groups import field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
 from losslab.compress.flags import BudgetFlags, LmQuantizeFlags, QuantizeFlags
+from losslab.landscape.options import LandscapeOptions
 from losslab.logreg.config import LogregConfig
 from losslab.study.options import StudyRunOptions
 
@@ -33,8 +34,9 @@ CASES = [
     ("lm quantize", BudgetFlags, set()),
     ("study run", StudyRunOptions, set()),
     ("lm quantize", LmQuantizeFlags, set()),
+    ("landscape", LandscapeOptions, set()),
 ]
-SPELLED = {"json_path": "--json"}
+SPELLED = {"json_path": "--json", "probe_loss": "--loss"}
 
 
 @pytest.mark.parametrize(("path", "model", "excluded"), CASES)

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type, shared_option
-from losslab.cli.options import json_option, overwrite_option, progress_option, resolve_progress
+from losslab.cli.options import given_options, json_option, options_from_model, progress_option, resolve_progress
+from losslab.landscape.options import LandscapeOptions
 
 
 def parse_samples(value: str | None) -> int | str | None:
@@ -36,90 +36,41 @@ def parse_samples(value: str | None) -> int | str | None:
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option(
-    "--probes",
-    default=None,
-    help="Comma-separated: eig,trace,density,layers,sharpness,surface,kurtosis, or all [default: all but layers].",
-)
-@click.option(
-    "--top-k", type=number_type(int, ge=1), default=3, show_default=True, help="How many top eigenvalues (Lanczos)."
-)
-@click.option("--smallest", is_flag=True, help="Also the top-k smallest (most negative) eigenvalues.")
-@click.option("--samples", default=None, help="Probe-set images: N or all [default: 2048, or the whole split].")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
-@click.option(
-    "--loss",
-    type=click.Choice(["run", "ce"]),
-    default="run",
-    show_default=True,
-    help="run: the run's training objective; ce: plain cross entropy (compare objectives).",
-)
-@click.option("--layer", default=None, help="Probe only parameters whose name contains this (default: all).")
-@shared_option("seed", "of the probe set and of every probe", default=0)
-@click.option("--rho", type=number_type(float, gt=0), default=0.05, show_default=True, help="Sharpness radius (plain).")
-@click.option(
-    "--adaptive-rho", type=number_type(float, gt=0), default=0.5, show_default=True, help="Sharpness radius (adaptive)."
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Batch size of the passes (the answer does not depend on it).",
-)
-@shared_option("device", "default: cuda if available")
+@options_from_model(LandscapeOptions, flags={"probe_loss": "--loss"})
 @json_option("Also write the result JSON to")
-@click.option("--no-save", is_flag=True, help="Do not write landscape.json and figures into the run folder.")
-@overwrite_option
 @progress_option
-def landscape(
-    run: Path,
-    probes: str,
-    top_k: int,
-    smallest: bool,
-    samples: str | None,
-    split: str,
-    loss: str,
-    layer: str | None,
-    seed: int,
-    rho: float,
-    adaptive_rho: float,
-    batch_size: int,
-    device: str | None,
-    json_path: Path | None,
-    no_save: bool,
-    overwrite: bool,
-    progress: bool | None,
-) -> None:
+def landscape(run: Path, json_path: Path | None, progress: bool | None, **flags: Any) -> None:
     """Probe the loss landscape of a trained classifier run (top eigenvalues, trace, density, sharpness, ...)."""
     from losslab.cli.options import check_new_output, write_json_output
     from losslab.landscape import ProbeSettings, parse_probes
     from losslab.landscape.probes import DEFAULT_PROBES
     from losslab.landscape.run import probe_run
 
+    opts = LandscapeOptions(**given_options(flags))
     settings = ProbeSettings(
-        probes=DEFAULT_PROBES if probes is None else parse_probes(probes),
-        top_k=top_k,
-        smallest=smallest,
-        seed=seed,
-        rho=rho,
-        adaptive_rho=adaptive_rho,
+        probes=DEFAULT_PROBES if opts.probes is None else parse_probes(opts.probes),
+        top_k=opts.top_k,
+        smallest=opts.smallest,
+        seed=opts.seed,
+        rho=opts.rho,
+        adaptive_rho=opts.adaptive_rho,
     )
-    n = parse_samples(samples)
+    n = parse_samples(opts.samples)
     if json_path is not None:
-        check_new_output(json_path, overwrite)
+        check_new_output(json_path, opts.overwrite)
     result = probe_run(
         run,
         settings,
         samples=n,
-        split=split,
-        loss=loss,
-        layer=layer,
-        batch_size=batch_size,
-        device=device,
-        overwrite=overwrite,
+        split=opts.split,
+        loss=opts.probe_loss,
+        layer=opts.layer,
+        batch_size=opts.batch_size,
+        device=opts.device,
+        overwrite=opts.overwrite,
         progress=resolve_progress(progress),
-        write=not no_save,
+        write=opts.save,
+        graph_budget=int(opts.graph_budget_gib * 2**30),
     )
     click.echo(summary_table(result))
     if json_path is not None:

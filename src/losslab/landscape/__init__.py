@@ -5,29 +5,21 @@ sharpness, weight shape and loss-surface pictures (docs/landscape.md).
     op = HessianOperator(model.eval(), loss_fn, batches)     # loss averaged over the whole probe set
     result = run_probes(op, ProbeSettings(probes=("eig", "trace")))
 
-Every probe is a function of (operator = model, loss, batches; seed), so any network can use it.
+Every probe is a function of (operator = model, loss, batches; seed), so any network can use it. Importing the
+package loads no torch (its names load on first use), so ``losslab landscape``'s flags, generated from
+:class:`losslab.landscape.options.LandscapeOptions`, are checked before torch is imported.
 """
 
-from losslab.landscape.operator import HessianOperator, NonFiniteLossError, select_parameters
-from losslab.landscape.probes import PROBES, ProbeSettings, parse_probes, run_probes
-from losslab.landscape.sharpness import sharpness
-from losslab.landscape.spectrum import lanczos_eigenvalues, spectral_density
-from losslab.landscape.surface import loss_line, loss_plane
-from losslab.landscape.trace import hutch_plus_plus, hutchinson
+from losslab.lazy import lazy_exports
 
-__all__ = [
-    "PROBES",
-    "HessianOperator",
-    "NonFiniteLossError",
-    "ProbeSettings",
-    "hutch_plus_plus",
-    "hutchinson",
-    "lanczos_eigenvalues",
-    "loss_line",
-    "loss_plane",
-    "parse_probes",
-    "run_probes",
-    "select_parameters",
-    "sharpness",
-    "spectral_density",
-]
+_WHERE = {
+    **dict.fromkeys(("HessianOperator", "NonFiniteLossError", "select_parameters"), "losslab.landscape.operator"),
+    **dict.fromkeys(("PROBES", "ProbeSettings", "parse_probes", "run_probes"), "losslab.landscape.probes"),
+    **dict.fromkeys(("sharpness",), "losslab.landscape.sharpness_probe"),
+    **dict.fromkeys(("lanczos_eigenvalues", "spectral_density"), "losslab.landscape.spectrum"),
+    **dict.fromkeys(("loss_line", "loss_plane"), "losslab.landscape.surface"),
+    **dict.fromkeys(("hutch_plus_plus", "hutchinson"), "losslab.landscape.trace"),
+}  # fmt: skip
+__getattr__ = lazy_exports(__name__, _WHERE)
+
+__all__ = sorted(_WHERE)

@@ -22,7 +22,7 @@ from torch import nn
 
 from losslab.errors import ConfigError, check_range
 from losslab.landscape.operator import HessianOperator
-from losslab.landscape.sharpness import sharpness
+from losslab.landscape.sharpness_probe import sharpness
 from losslab.landscape.spectrum import lanczos_eigenvalues, spectral_density
 from losslab.landscape.surface import loss_line, loss_plane
 from losslab.landscape.trace import hutch_plus_plus, hutchinson

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab.errors import ConfigError
-from losslab.landscape.operator import HessianOperator, select_parameters
+from losslab.landscape.operator import DEFAULT_GRAPH_BUDGET, HessianOperator, select_parameters
 from losslab.landscape.probes import ProbeSettings, run_probes
 
 DEFAULT_SAMPLES = 2048
@@ -129,8 +129,10 @@ def probe_run(
     overwrite: bool = False,
     progress: bool = False,
     write: bool = True,
+    graph_budget: int = DEFAULT_GRAPH_BUDGET,
 ) -> dict[str, Any]:
-    """Probe the run at ``path`` (folder or checkpoint) and store the result (module docstring); returns it."""
+    """Probe the run at ``path`` (folder or checkpoint) and store the result (module docstring); returns it.
+    ``graph_budget``: bytes of first-order graphs the Hessian-vector products may keep (``HessianOperator``)."""
     from losslab.compress.trained_run import default_device
     from losslab.train import load_run
 
@@ -144,7 +146,7 @@ def probe_run(
     out = run_dir / RESULT_NAME
     batches, n = probe_batches(loaded.config, samples, split, settings.seed, batch_size)
     done = _reusable(out, key, overwrite) if write else None
-    op = HessianOperator(model, loss_fn, batches, params=params, device=dev)
+    op = HessianOperator(model, loss_fn, batches, params=params, device=dev, graph_budget=graph_budget)
     op.check_finite()
     bar = _bar(len(settings.probes), progress, run_dir.name)
     try:
