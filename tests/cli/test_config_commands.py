@@ -23,6 +23,7 @@ from losslab.cli.groups import field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
 from losslab.compress.flags import BudgetFlags, LmQuantizeFlags, QuantizeFlags
 from losslab.landscape.options import LandscapeOptions
+from losslab.lm.config import LmEvalOptions, LmLandscapeOptions
 from losslab.logreg.config import LogregConfig
 from losslab.study.options import StudyRunOptions
 
@@ -35,6 +36,8 @@ CASES = [
     ("study run", StudyRunOptions, set()),
     ("lm quantize", LmQuantizeFlags, set()),
     ("landscape", LandscapeOptions, set()),
+    ("lm eval", LmEvalOptions, set()),
+    ("lm landscape", LmLandscapeOptions, set()),
 ]
 SPELLED = {"json_path": "--json", "probe_loss": "--loss"}
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type, shared_option
 from losslab.cli.method_options import LmQuantizeCommand, check_output, given_method_options
 from losslab.cli.options import (
     LosslabCommand,
@@ -32,7 +31,7 @@ from losslab.cli.quantize import budget_options
 from losslab.cli.quiet import quiet_third_party
 from losslab.compress.flags import BudgetFlags, LmQuantizeFlags
 from losslab.errors import ConfigError
-from losslab.lm.config import LIGHTNING_KEYS, RUN_KEYS, FinetuneConfig
+from losslab.lm.config import LIGHTNING_KEYS, RUN_KEYS, FinetuneConfig, LmEvalOptions, LmLandscapeOptions
 from losslab.quant.bits import parse_bits
 
 CORPUS_CHOICE = click.Choice(["wikitext2", "c4", "ptb"])
@@ -155,26 +154,13 @@ LM_QUANTIZE_KEYS = (
 
 
 @lm.command("eval")
-@click.option("--model", required=True, help="Hub name, local folder, or packed .safetensors from `lm quantize`.")
-@click.option("--tokenizer", help="Tokenizer source (default: --model, or the one recorded in a packed file).")
-@click.option("--dataset", type=CORPUS_CHOICE, default="wikitext2", show_default=True, help="Test corpus (network).")
-@click.option("--text-file", type=click.Path(dir_okay=False), help="Local test text (overrides --dataset).")
-@click.option("--seqlen", type=click.IntRange(min=2), help="Window length (default: the model's context).")
-@click.option("--max-windows", type=click.IntRange(min=1), help="Score only the first N windows (c4 defaults to 256).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Weights dtype (auto: fp16 on GPU, fp32 on CPU).",
-)
-@shared_option("device", "default: cuda if available")
+@options_from_model(LmEvalOptions)
 @json_option("Write the result as JSON to")
-@shared_option("overwrite", "an existing --json file", default=False)
 @progress_option
-def eval_cmd(**opts: Any) -> None:
+def eval_cmd(json_path: Path | None, progress: bool | None, **flags: Any) -> None:
     """Perplexity = exp(mean token CE) with the GPTQ protocol (non-overlapping windows, tail dropped)."""
-    with quiet_third_party(resolve_progress(opts["progress"])):
+    opts = {**LmEvalOptions.build(given_options(flags)).model_dump(), "json_path": json_path, "progress": progress}
+    with quiet_third_party(resolve_progress(progress)):
         _eval_lm(opts)
 
 
@@ -216,23 +202,12 @@ def _eval_lm(opts: dict[str, Any]) -> None:
 
 
 @lm.command("landscape")
-@click.option("--model", required=True, help="Hub name or local folder of a causal LM.")
-@click.option("--probes", default="eig,trace", show_default=True, help="eig, trace, density, sharpness, kurtosis.")
-@click.option("--top-k", type=number_type(int, ge=1), default=1, show_default=True, help="Top eigenvalues (Lanczos).")
-@click.option("--calib", type=CORPUS_CHOICE, default="c4", show_default=True, help="Calibration corpus (network).")
-@click.option("--text-file", type=click.Path(dir_okay=False), help="Local calibration text (overrides --calib).")
-@shared_option("calib_samples", "windows probed", default=8)
-@click.option("--seqlen", type=number_type(int, ge=1), help="Window length (default: the model's context).")
-@click.option(
-    "--batch-size", type=number_type(int, ge=1), default=1, show_default=True, help="Windows per pass (not the answer)."
-)
-@shared_option("seed", "of the windows and the probes", default=0)
-@shared_option("device", "default: cuda if available")
+@options_from_model(LmLandscapeOptions)
 @json_option("Write the result as JSON to")
-@shared_option("overwrite", "an existing --json file", default=False)
 @progress_option
-def landscape_cmd(**opts: Any) -> None:
+def landscape_cmd(json_path: Path | None, progress: bool | None, **flags: Any) -> None:
     """Top Hessian eigenvalue and trace (and other probes) of a causal LM on calibration windows."""
+    opts = {**LmLandscapeOptions.build(given_options(flags)).model_dump(), "json_path": json_path, "progress": progress}
     from losslab.landscape import ProbeSettings, parse_probes
     from losslab.landscape.lm import probe_lm
     from losslab.lm.data import load_calibration

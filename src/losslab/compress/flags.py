@@ -126,7 +126,7 @@ class LmQuantizeFlags(CommandConfig):
     text_file: str | None = Field(None, description="Local calibration text (overrides --calib).")
     calib_samples: int = Field(128, description="token windows of --seqlen tokens")
     seqlen: int | None = Field(
-        None, ge=2, le=1_048_576, description="Tokens per calibration window (default: the model's context)."
+        None, ge=2, description="Tokens per calibration window (default: the model's context; at most it)."
     )
     calib_batch_size: int | None = Field(
         None, description="windows per forward pass (default: sized to free GPU memory on CUDA, 1 on the CPU)"

@@ -115,3 +115,48 @@ class FinetuneConfig(CommandConfig):
     def stored(self) -> dict[str, Any]:
         """What ``config.yaml`` holds: every key but :data:`RUN_KEYS`, JSON-friendly."""
         return self.model_dump(mode="json", exclude=set(RUN_KEYS))
+
+
+Corpus = Literal["wikitext2", "c4", "ptb"]
+
+
+class LmEvalOptions(CommandConfig):
+    """One ``losslab lm eval`` (``--json`` and ``--progress`` are the commands' shared options)."""
+
+    COMMAND: ClassVar[str] = "losslab lm eval"
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Hub name, local folder, or packed .safetensors from `lm quantize`.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer source (default: --model, or the one recorded in a packed file)."
+    )
+    dataset: Corpus = Field("wikitext2", description="Test corpus (network).")
+    text_file: str | None = Field(None, description="Local test text (overrides --dataset).")
+    seqlen: int | None = Field(None, ge=2, description="Window length (default: the model's context; at most it).")
+    max_windows: int | None = Field(
+        None, ge=1, le=10**9, description="Score only the first N windows (c4 defaults to 256)."
+    )
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="Weights dtype (auto: fp16 on GPU, fp32 on CPU)."
+    )
+    device: str | None = Field(None, description="default: cuda if available")
+    overwrite: bool = Field(False, description="an existing --json file")
+
+
+class LmLandscapeOptions(CommandConfig):
+    """One ``losslab lm landscape`` (``--json`` and ``--progress`` are the commands' shared options)."""
+
+    COMMAND: ClassVar[str] = "losslab lm landscape"
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Hub name or local folder of a causal LM.")
+    probes: str = Field("eig,trace", description="eig, trace, density, sharpness, kurtosis.")
+    top_k: int = Field(1, ge=1, le=100, description="Top eigenvalues (Lanczos, at most 100 steps).")
+    calib: Corpus = Field("c4", description="Calibration corpus (network).")
+    text_file: str | None = Field(None, description="Local calibration text (overrides --calib).")
+    calib_samples: int = Field(8, description="windows probed")
+    seqlen: int | None = Field(None, ge=1, description="Window length (default: the model's context; at most it).")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH, description="Windows per pass (not the answer).")
+    seed: int = Field(0, description="of the windows and the probes")
+    device: str | None = Field(None, description="default: cuda if available")
+    overwrite: bool = Field(False, description="an existing --json file")
