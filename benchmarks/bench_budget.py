@@ -57,7 +57,9 @@ def train(model: str, seed: int, epochs: int, out: Path) -> Path:
     return fit(cfg).run_dir
 
 
-def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int) -> dict[str, Any]:
+def budget_report(
+    run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int, score: str = "quantized"
+) -> dict[str, Any]:
     """``quantize_run_budget`` at each budget separately (one cached table): the results of the feasible budgets,
     the uniform widths and the budgets below the cheapest plan."""
     from losslab.compress.budget import BudgetOptions, quantize_run_budget
@@ -67,9 +69,10 @@ def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path, re
 
     merged: dict[str, Any] = {"results": [], "impossible": []}
     for b in BUDGETS:
-        stem = f"{run.name}-{method}-{metric}-r{refine}-B{b}"
+        stem = f"{run.name}-{method}-{metric}-r{refine}{score}-B{b}"
         opts = QuantizeOptions(calib_samples=calib, calib_batch_size=64, out=tmp / f"{stem}.json", overwrite=True)
         budget = BudgetOptions([b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png", refine=refine)
+        budget.refine_score = score
         try:
             quantize_run_budget(run, method_from_name(method, bits=4), budget, opts, echo=lambda *_: None)
         except BudgetError as err:
@@ -166,12 +169,12 @@ def tiny_opt_cell(tmp: Path, steps: int) -> dict[str, Any]:
 def unit(model: str, seed: int, method: str, args: argparse.Namespace, epochs: dict, calib: int) -> dict[str, Any]:
     """One resumable unit: train (or reuse) the run, then every budget of ``method`` with the defaults; on
     small_cnn GPTQ also every metric's knapsack plans (no refinement) for the rank correlation."""
-    from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+    from losslab.quant.budget import DEFAULT_SENSITIVITY
 
     start = time.perf_counter()
     run = train(model, seed, epochs[model], args.runs)
     tmp = args.runs / "reports"
-    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, DEFAULT_REFINE)
+    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, args.refine, args.refine_score)
     out: dict[str, Any] = {"model": model, "seed": seed, "method": method, "cells": cells(report)}
     out["impossible"] = report["impossible"]
     if model == "small_cnn" and method == "gptq" and not args.no_metrics:
@@ -256,6 +259,8 @@ def report(units: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
+    from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_REFINE_SCORE, REFINE_SCORES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per (model, seed, method)")
     parser.add_argument("--runs", type=Path, default=Path("bench-budget-runs"), help="trained runs (kept)")
@@ -267,6 +272,8 @@ def main() -> None:
     parser.add_argument("--opt", action="store_true", help="also the tiny OPT cell")
     parser.add_argument("--solver-timing", action="store_true", help="also time the solvers")
     parser.add_argument("--report", action="store_true", help="only print the tables from --out")
+    parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="plans scored per budget (--refine)")
+    parser.add_argument("--refine-score", default=DEFAULT_REFINE_SCORE, choices=REFINE_SCORES)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.report:
