@@ -8,13 +8,14 @@ Cells (every one recorded, also where the budget loses), one line of ``--out`` p
 killed run resumes where it stopped (trained runs are kept under ``--runs``):
 
 1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ (per-channel asym grid), B ∈ {2.25,
-   2.5, 3, 3.5}: the budgeted model's top-1 (the command's defaults: ``--sensitivity`` and ``--refine``, exact
-   solver, widths 2,3,4,8) against the uniform model at the narrowest width whose stored bits per weight are
-   >= B (the issue's target) and at the widest width within B; the seeds' std rule: a loss counts against the
-   target when it exceeds the std over seeds of the uniform reference's top-1;
+   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine`` and
+   ``--refine-score`` unless given to this script, exact solver, widths 2,3,4,8) against the uniform model at the
+   narrowest width whose stored bits per weight are >= B (the issue's target) and at the widest width within B;
+   the seeds' std rule: a loss counts against the target when it exceeds the std over seeds of the uniform
+   reference's top-1;
 2. rank correlation (Spearman) between predicted total sensitivity and the realised accuracy drop across budgets
    and seeds, per sensitivity metric (knapsack plans, no refinement), on small_cnn GPTQ; and of the refined
-   plans' stitched calibration loss;
+   plans' calibration loss (their ``--refine-score``);
 3. the tiny offline OPT of ``lm quantize`` at B = 3.25 (widths 2,3,4) against uniform 3 and 4 bits (``--opt``);
 4. the knapsack solvers on 500 layers x 5 widths (exact ≤ 1 s is the target; greedy for reference).
 """
@@ -244,7 +245,7 @@ def report(units: list[dict[str, Any]]) -> None:
         ]
     for r in rows:
         if r["search"].get("calib_loss") is not None:
-            corr.setdefault("stitched calibration loss (refined plans)", []).append(
+            corr.setdefault("refine score: calibration loss of the refined plans", []).append(
                 (r["search"]["calib_loss"], r["float_top1"] - r["budgeted_top1"])
             )
     for metric, pts in corr.items():
