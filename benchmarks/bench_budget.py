@@ -8,13 +8,14 @@ Cells (every one recorded, also where the budget loses), one line of ``--out`` p
 killed run resumes where it stopped (trained runs are kept under ``--runs``):
 
 1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ (per-channel asym grid), B ∈ {2.25,
-   2.5, 3, 3.5}: the budgeted model's top-1 (the command's defaults: ``--sensitivity`` and ``--refine``, exact
-   solver, widths 2,3,4,8) against the uniform model at the narrowest width whose stored bits per weight are
-   >= B (the issue's target) and at the widest width within B; the seeds' std rule: a loss counts against the
-   target when it exceeds the std over seeds of the uniform reference's top-1;
+   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine`` and
+   ``--refine-score`` unless given to this script, exact solver, widths 2,3,4,8) against the uniform model at the
+   narrowest width whose stored bits per weight are >= B (the issue's target) and at the widest width within B;
+   the seeds' std rule: a loss counts against the target when it exceeds the std over seeds of the uniform
+   reference's top-1;
 2. rank correlation (Spearman) between predicted total sensitivity and the realised accuracy drop across budgets
    and seeds, per sensitivity metric (knapsack plans, no refinement), on small_cnn GPTQ; and of the refined
-   plans' stitched calibration loss;
+   plans' calibration loss (their ``--refine-score``);
 3. the tiny offline OPT of ``lm quantize`` at B = 3.25 (widths 2,3,4) against uniform 3 and 4 bits (``--opt``);
 4. the knapsack solvers on 500 layers x 5 widths (exact ≤ 1 s is the target; greedy for reference).
 """
@@ -57,7 +58,9 @@ def train(model: str, seed: int, epochs: int, out: Path) -> Path:
     return fit(cfg).run_dir
 
 
-def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int) -> dict[str, Any]:
+def budget_report(
+    run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int, score: str = "quantized"
+) -> dict[str, Any]:
     """``quantize_run_budget`` at each budget separately (one cached table): the results of the feasible budgets,
     the uniform widths and the budgets below the cheapest plan."""
     from losslab.compress.budget import BudgetOptions, quantize_run_budget
@@ -67,9 +70,10 @@ def budget_report(run: Path, method: str, metric: str, calib: int, tmp: Path, re
 
     merged: dict[str, Any] = {"results": [], "impossible": []}
     for b in BUDGETS:
-        stem = f"{run.name}-{method}-{metric}-r{refine}-B{b}"
+        stem = f"{run.name}-{method}-{metric}-r{refine}{score}-B{b}"
         opts = QuantizeOptions(calib_samples=calib, calib_batch_size=64, out=tmp / f"{stem}.json", overwrite=True)
         budget = BudgetOptions([b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png", refine=refine)
+        budget.refine_score = score
         try:
             quantize_run_budget(run, method_from_name(method, bits=4), budget, opts, echo=lambda *_: None)
         except BudgetError as err:
@@ -166,12 +170,12 @@ def tiny_opt_cell(tmp: Path, steps: int) -> dict[str, Any]:
 def unit(model: str, seed: int, method: str, args: argparse.Namespace, epochs: dict, calib: int) -> dict[str, Any]:
     """One resumable unit: train (or reuse) the run, then every budget of ``method`` with the defaults; on
     small_cnn GPTQ also every metric's knapsack plans (no refinement) for the rank correlation."""
-    from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+    from losslab.quant.budget import DEFAULT_SENSITIVITY
 
     start = time.perf_counter()
     run = train(model, seed, epochs[model], args.runs)
     tmp = args.runs / "reports"
-    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, DEFAULT_REFINE)
+    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, args.refine, args.refine_score)
     out: dict[str, Any] = {"model": model, "seed": seed, "method": method, "cells": cells(report)}
     out["impossible"] = report["impossible"]
     if model == "small_cnn" and method == "gptq" and not args.no_metrics:
@@ -241,7 +245,7 @@ def report(units: list[dict[str, Any]]) -> None:
         ]
     for r in rows:
         if r["search"].get("calib_loss") is not None:
-            corr.setdefault("stitched calibration loss (refined plans)", []).append(
+            corr.setdefault("refine score: calibration loss of the refined plans", []).append(
                 (r["search"]["calib_loss"], r["float_top1"] - r["budgeted_top1"])
             )
     for metric, pts in corr.items():
@@ -256,6 +260,8 @@ def report(units: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
+    from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_REFINE_SCORE, REFINE_SCORES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per (model, seed, method)")
     parser.add_argument("--runs", type=Path, default=Path("bench-budget-runs"), help="trained runs (kept)")
@@ -267,6 +273,8 @@ def main() -> None:
     parser.add_argument("--opt", action="store_true", help="also the tiny OPT cell")
     parser.add_argument("--solver-timing", action="store_true", help="also time the solvers")
     parser.add_argument("--report", action="store_true", help="only print the tables from --out")
+    parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="plans scored per budget (--refine)")
+    parser.add_argument("--refine-score", default=DEFAULT_REFINE_SCORE, choices=REFINE_SCORES)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.report:

@@ -44,14 +44,15 @@ def bits_in_file(path: Path) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("refine", [1, 32])
+@pytest.mark.parametrize(("refine", "score"), [(1, "quantized"), (32, "stitched"), (6, "quantized")])
 def test_budget_plan_is_optimal_and_the_packed_file_fits(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int, score: str
 ) -> None:
-    """``--refine 1``: the knapsack optimum; the default search starts there and ends at a plan whose stitched
-    calibration loss is no higher; both within the budget as the packed file counts it."""
+    """``--refine 1``: the knapsack optimum; a search starts there and ends at a plan whose score (stitched, or
+    the calibration loss of the model quantized with the plan, which is then the model returned) is no higher;
+    all within the budget as the packed file counts it."""
     args = ["quantize", str(run_dir), "--method", "gptq", "--budget", "2.6,3.4", "--bits-choices", "2,4,8"]
-    args += ["--refine", str(refine)]
+    args += ["--refine", str(refine), "--refine-score", score]
     args += ["--keep-8bit", "fc", "--json", str(tmp_path / "b.json"), "--save-packed", str(tmp_path / "p"), *CALIB]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
@@ -92,6 +93,9 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
             )
             assert start == pytest.approx(best, rel=1e-9) and entry["predicted_sensitivity"] >= best * (1 - 1e-9)
             assert 1 <= search["evaluations"] <= refine and search["calib_loss"] <= search["knapsack_calib_loss"]
+            assert search["score"] == score
+            if score == "quantized":  # the packed model is the one scored, not a second quantization
+                assert search["realised_calib_loss"] == search["calib_loss"]
         assert entry["packed_matches_fake"]
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "p").iterdir()}
     with pytest.raises(SystemExit) as info:  # the packed files exist: refused before any work
@@ -125,6 +129,7 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
         (["--budget", "3", "--tie", "nope*"], "--tie 'nope*' matches no budgeted layer"),
         (["--budget", "abc"], "is not a number"),
         (["--budget", "3", "--refine", "0"], "--refine"),
+        (["--budget", "3", "--refine-score", "nope"], "'--refine-score': 'nope' is not one of 'quantized', 'stitched'"),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:

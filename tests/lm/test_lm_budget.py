@@ -17,10 +17,12 @@ from losslab.quant.packed import read_packed_metadata
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("refine", [1, 4])
-def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, text_files, refine: int) -> None:
+@pytest.mark.parametrize(("refine", "score"), [(1, "quantized"), (4, "quantized"), (4, "stitched")])
+def test_lm_budget_ties_qkv_and_fits(
+    tmp_path: Path, trained_model, tokenizer, text_files, refine: int, score: str
+) -> None:
     """``--refine 1``: the knapsack optimum; ``--refine 4``: a search from it that keeps the ties and the budget
-    and ends no worse by its stitched calibration loss."""
+    and ends no worse by its score (the calibration loss of the model quantized with the plan, or stitched)."""
     folder = tmp_path / "tiny-opt"
     trained_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -29,6 +31,7 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
     args = ["quantize", "--model", str(folder), "--method", "gptq", "--budget", "3.25", "--bits-choices", "2,3,4"]
     args += ["--text-file", str(train), "--eval-text", str(val), "--calib-samples", "4", "--seqlen", "64"]
     args += ["--save-packed", str(out), "--device", "cpu", "--no-progress", "--refine", str(refine)]
+    args += ["--refine-score", score]
     res = CliRunner().invoke(lm, args)
     assert res.exit_code == 0, res.output
     report = json.loads(out.with_suffix(".json").read_text())
@@ -65,4 +68,4 @@ def test_lm_budget_ties_qkv_and_fits(tmp_path: Path, trained_model, tokenizer, t
             for n, b in search["knapsack_chosen"].items()
         )
         assert start == pytest.approx(best, rel=1e-9) and 1 <= search["evaluations"] <= refine
-        assert search["calib_loss"] <= search["knapsack_calib_loss"]
+        assert search["calib_loss"] <= search["knapsack_calib_loss"] and search["score"] == score

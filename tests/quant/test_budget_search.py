@@ -191,3 +191,93 @@ def test_stitched_loss_is_the_calibration_loss_of_the_network_with_the_plans_wei
     y = torch.cat([b[1] for b in batches])
     assert loss == pytest.approx(float(F.cross_entropy(ref(x), y, reduction="mean")), rel=1e-12)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def _driver_setup():
+    """A three-layer MLP, 48 calibration samples in three batches, GPTQ, the loss probe, the loss table of its
+    uniform runs at 2, 3 and 4 bits (stored bits from the driver's own results), the driver with overrides and
+    the quantized score of a plan."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from losslab.quant.budget import quantized_loss
+    from losslab.quant.budget.runner import Probe, width_run
+    from losslab.quant.engine import quantize
+    from losslab.quant.methods import GPTQ
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    batches = [(torch.randn(16, 8), torch.randint(0, 4, (16,))) for _ in range(3)]
+    layers = ["0", "2", "4"]
+    method = GPTQ(bits=4)
+    probe = Probe(net, batches, lambda m, b: F.cross_entropy(m(b[0]), b[1]), layers)
+
+    def run(overrides):
+        return quantize(net, method, batches, overrides=overrides, progress=False)
+
+    widths = {b: width_run(run({n: GPTQ(bits=b) for n in layers}), layers, "loss", probe, {}, True) for b in (2, 3, 4)}
+    table = SensitivityTable(layers, {n: net.get_submodule(n).weight.numel() for n in layers}, 0, widths, "loss")
+    evaluate = quantized_loss(lambda a: (lambda r: (r.model, r))(run(a.overrides(method))), probe)
+    return batches, probe, table, run, evaluate
+
+
+def _float64_loss(model, batches) -> float:
+    """Cross-entropy of a float64 copy of ``model`` over every calibration sample, averaged by hand."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    ref = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        total = sum(float(F.cross_entropy(ref(x.double()), y, reduction="sum")) for x, y in batches)
+    return total / sum(len(y) for _, y in batches)
+
+
+def test_quantized_loss_is_the_calibration_loss_of_the_model_the_driver_quantizes_with_the_plan() -> None:
+    """The oracle quantizes with the plan directly (per-layer GPTQ widths as the driver's overrides) and averages
+    the cross-entropy in float64; the stitched score of the same plan differs (the driver's error feedback)."""
+    from losslab.quant.budget import stitched_loss
+    from losslab.quant.budget.allocation import Allocation
+    from losslab.quant.methods import GPTQ
+
+    batches, probe, table, run, evaluate = _driver_setup()
+    for chosen in ({"0": 4, "2": 2, "4": 3}, {"0": 2, "2": 4, "4": 2}):
+        loss, result = evaluate(Allocation(3.0, "exact", chosen, 0, 1, 0.0))
+        oracle = run({n: GPTQ(bits=b) for n, b in chosen.items()})
+        assert loss == pytest.approx(_float64_loss(oracle.model, batches), rel=1e-5)
+        assert all(torch_equal(result.model, oracle.model, n) for n in chosen)
+        stitched, _ = stitched_loss(table, probe)(Allocation(3.0, "exact", chosen, 0, 1, 0.0))
+        assert abs(stitched - loss) > 1e-6
+
+
+def torch_equal(a, b, name: str) -> bool:
+    import torch
+
+    return torch.equal(a.get_submodule(name).weight, b.get_submodule(name).weight)
+
+
+@pytest.mark.parametrize("evaluations", [1, 3, 8])
+def test_refine_scored_by_quantizing_returns_the_best_quantized_plan_within_the_budget(evaluations: int) -> None:
+    """At most ``evaluations`` quantize passes, every plan within the budget, the best-scored plan returned with
+    its own quantized model (its stored bits are the plan's)."""
+    from losslab.quant.result import storage_bits_total
+
+    batches, _, table, _, evaluate = _driver_setup()
+    scored: list[tuple[dict, float, object]] = []
+
+    def recorded(alloc):
+        loss, result = evaluate(alloc)
+        scored.append((dict(alloc.chosen), loss, result))
+        return loss, result
+
+    out = refine(table, 2.9, recorded, evaluations)
+    room = capacity_bits(2.9, table.total_weights)
+    assert 1 <= len(scored) <= evaluations and len(scored) == out.allocation.search["evaluations"]
+    assert all(sum(table.widths[b].rows[n].stored_bits for n, b in c.items()) <= room for c, _, _ in scored)
+    best = min(scored, key=lambda s: s[1])
+    assert out.allocation.chosen == best[0] and out.loss == best[1] and out.payload is best[2]
+    assert out.loss == pytest.approx(_float64_loss(out.payload.model, batches), rel=1e-5)
+    stored = sum(storage_bits_total(wq) for wqs in out.payload.weights.values() for wq in wqs)
+    assert stored == out.allocation.stored_bits <= room

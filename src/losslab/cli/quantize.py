@@ -121,6 +121,7 @@ def budget_request(
         list(flags.tie),
         figure,
         refine=flags.refine,
+        refine_score=flags.refine_score,
     )
     check_budget_request(method, budget)
     return method, budget

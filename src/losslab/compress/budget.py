@@ -33,7 +33,9 @@ from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
 from losslab.quant.budget import (
     DEFAULT_REFINE,
+    DEFAULT_REFINE_SCORE,
     DEFAULT_SENSITIVITY,
+    REFINE_SCORES,
     SOLVERS,
     Allocation,
     SensitivityTable,
@@ -41,6 +43,7 @@ from losslab.quant.budget import (
     allocate,
     check_sensitivity,
     fill_table,
+    quantized_loss,
     refine,
     stitched_loss,
     tie_groups,
@@ -54,8 +57,9 @@ __all__ = ["BudgetOptions", "budget_points", "check_budget_request", "quantize_r
 @dataclass
 class BudgetOptions:
     """``--budget`` values (stored bits per weight), ``--bits-choices``, ``--sensitivity``, ``--solver``, ``--tie``
-    patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq`` and ``--refine``
-    (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan)."""
+    patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq``, ``--refine``
+    (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan) and
+    ``--refine-score`` (``quantized`` or ``stitched``)."""
 
     budgets: list[float]
     choices: list[int]
@@ -65,12 +69,20 @@ class BudgetOptions:
     figure: Path | None = None
     hutchinson_probes: int = 8
     refine: int = DEFAULT_REFINE
+    refine_score: str = DEFAULT_REFINE_SCORE
+
+    @property
+    def keeps_weights(self) -> bool:
+        """The stitched score needs each width's quantized weights kept beside the table."""
+        return self.refine > 1 and self.refine_score == "stitched"
 
 
 def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
     """Refuse, before any work: an unknown metric or solver, fewer than two widths, a width outside the method's
     range, or a budget below the narrowest width (no plan can store fewer bits than its codes)."""
     check_sensitivity(budget.sensitivity)
+    if budget.refine_score not in REFINE_SCORES:
+        raise ConfigError(f"--refine-score {budget.refine_score!r} is not known: choose {' or '.join(REFINE_SCORES)}")
     if budget.solver not in SOLVERS:
         raise ConfigError(f"--solver {budget.solver!r} is not known: choose one of {', '.join(SOLVERS)}")
     if len(set(budget.choices)) < 2:
@@ -164,7 +176,7 @@ def sensitivity_table(
 
     def run_width(bits: int) -> Any:
         (point,) = quantize_points(run, [replace(method, bits=bits)], calib, opts, opts.overrides)
-        return width_run(point.result, layers, budget.sensitivity, probe, point.metrics, budget.refine > 1)
+        return width_run(point.result, layers, budget.sensitivity, probe, point.metrics, budget.keeps_weights)
 
     cache = TableCache(run.run_dir / "quantize" / "budget", _cache_key(run, method, budget, opts))
     return cached_table(run.model, plan, method, layers, budget, run_width, cache, echo), groups, probe
@@ -194,7 +206,7 @@ def cached_table(
         run_width,
         cache,
         lambda b, cached: echo(f"sensitivity at {b} bits: {'cached' if cached else 'measured'} ({cache.path})"),
-        need_weights=budget.refine > 1,
+        need_weights=budget.keeps_weights,
     )
 
 
@@ -231,6 +243,10 @@ def budget_entry(table: SensitivityTable, alloc: Allocation, stored: int, metric
     }
 
 
+def _model_and_point(point: Any) -> tuple[Any, Any]:
+    return point.result.model, point
+
+
 def _stored_bits(result: Any) -> int:
     from losslab.quant.result import storage_bits_total
 
@@ -241,25 +257,35 @@ def budget_points(
     run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any = print
 ) -> tuple[SensitivityTable, list[list[str]], Iterator[tuple[Allocation, Any, int]]]:
     """The run's sensitivity table, its knapsack items and, lazily, per budget ``(plan, quantized and evaluated
-    point, stored bits)``. Every plan is solved (and, with ``budget.refine`` > 1, refined by the stitched
-    calibration loss, :func:`losslab.quant.budget.search.refine`; the plan's ``search`` says how) before the
-    first point is quantized (an impossible budget fails first); the stored bits of each result are recounted
-    and must equal the plan's."""
+    point, stored bits)``. Every plan is solved (and, with ``budget.refine`` > 1, refined by the calibration loss
+    of whole plans, :func:`losslab.quant.budget.search.refine`, scored by ``budget.refine_score``; the plan's
+    ``search`` says how) before the first point is quantized (an impossible budget fails first); the stored bits
+    of each result are recounted and must equal the plan's."""
     from losslab.quant.budget.probes import calibration_loss
 
     table, groups, probe = sensitivity_table(run, method, budget, opts, calib, echo)
-    plans = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+
+    def quantize(alloc: Allocation) -> Any:
+        (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
+        return point
+
+    plans: list[tuple[Allocation, Any]] = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
     if budget.refine > 1:
-        evaluate = stitched_loss(table, probe)
-        plans = [refine(table, b, evaluate, budget.refine, budget.solver, groups).allocation for b in budget.budgets]
+        if budget.refine_score == "quantized":
+            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), probe)
+        else:
+            evaluate = stitched_loss(table, probe)
+        found = [refine(table, b, evaluate, budget.refine, budget.solver, groups) for b in budget.budgets]
+        plans = [(r.allocation, r.payload) for r in found]
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
-        for alloc in plans:
-            (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
+        for alloc, point in plans:
+            point = point or quantize(alloc)
             stored = _stored_bits(point.result)
             if stored != alloc.stored_bits:
                 raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
             if alloc.search is not None:
+                alloc.search["score"] = budget.refine_score
                 alloc.search["realised_calib_loss"] = calibration_loss(
                     point.result.model.eval(), probe.batches, probe.loss_fn
                 )
@@ -328,7 +354,7 @@ def _budget_text(table: SensitivityTable, alloc: Allocation, entry: dict, float_
     ]
     if alloc.search and alloc.search["evaluations"] > 1:
         lines.append(
-            f"refined over {alloc.search['evaluations']} plans: stitched calibration loss "
+            f"refined over {alloc.search['evaluations']} plans: {alloc.search['score']} calibration loss "
             f"{alloc.search['calib_loss']:.4f} (knapsack plan {alloc.search['knapsack_calib_loss']:.4f}), quantized "
             f"with the plan {alloc.search['realised_calib_loss']:.4f}"
         )

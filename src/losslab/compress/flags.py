@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from losslab.quant.bits import BITS_RANGE
-from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_SENSITIVITY
+from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_REFINE_SCORE, DEFAULT_SENSITIVITY
 from losslab.train.config import CommandConfig
 
 __all__ = ["BudgetFlags", "LmQuantizeFlags", "QuantizeFlags"]
@@ -47,6 +47,12 @@ class BudgetFlags(BaseModel):
         le=10_000,
         description="--budget: plans evaluated per budget by their calibration loss (local search from the knapsack "
         "plan; 1: the knapsack plan alone).",
+    )
+    refine_score: Literal["quantized", "stitched"] = Field(
+        DEFAULT_REFINE_SCORE,
+        description="--refine's score of a plan: quantized (the calibration loss of the model the driver "
+        "quantizes with the plan; one quantize pass per plan), stitched (the float network with each layer's Q "
+        "from the uniform run at its width; one forward pass, ignores the driver's error feedback).",
     )
 
 

@@ -22,7 +22,15 @@ from losslab.compress.budget import BudgetOptions, allocation_table, budget_entr
 from losslab.compress.quantize_run import method_label
 from losslab.errors import LosslabError
 from losslab.io import check_output, write_json_atomic
-from losslab.quant.budget import TableCache, allocate, default_ties, refine, stitched_loss, tie_groups
+from losslab.quant.budget import (
+    TableCache,
+    allocate,
+    default_ties,
+    quantized_loss,
+    refine,
+    stitched_loss,
+    tie_groups,
+)
 from losslab.quant.methods import QuantMethod
 from losslab.quant.result import storage_bits_total
 from losslab.tables import format_table
@@ -129,17 +137,20 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
 
     def run_width(bits: int) -> Any:
         result = quantize_job(job, replace(method, bits=bits), job.overrides)
-        return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model), budget.refine > 1)
+        return width_run(result, layers, budget.sensitivity, probe, _ppl(job, result.model), budget.keeps_weights)
 
     cache = TableCache(job.out.parent / "budget-cache", _key(job, method, budget))
     return cached_table(job.model, plan, method, layers, budget, run_width, cache, echo), groups, probe
 
 
-def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None) -> dict[str, Any]:
-    """Quantize with the plan, check its stored bits, pack (when asked) and score it: the JSON entry."""
+def _lm_point(
+    job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, path: Path | None, result: Any = None
+) -> dict[str, Any]:
+    """Quantize with the plan (unless ``result`` is that model already, from ``--refine-score quantized``), check
+    its stored bits, pack (when asked) and score it: the JSON entry."""
     from losslab.lm.packing import save_packed_lm
 
-    result = quantize_job(job, method, {**alloc.overrides(method), **job.overrides})
+    result = result or _quantize_plan(job, method, alloc)
     stored = sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
     if stored != alloc.stored_bits:
         raise LosslabError(f"the plan stores {stored} bits, not the planned {alloc.stored_bits}: report this")
@@ -153,6 +164,14 @@ def _lm_point(job: LmBudgetJob, method: QuantMethod, table: Any, alloc: Any, pat
     )
 
 
+def _quantize_plan(job: LmBudgetJob, method: QuantMethod, alloc: Any) -> Any:
+    return quantize_job(job, method, {**alloc.overrides(method), **job.overrides})
+
+
+def _model_and_result(result: Any) -> tuple[Any, Any]:
+    return result.model, result
+
+
 def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
     ppl = f", perplexity {entry['metrics']['ppl']:.4f}" if entry["metrics"] else ""
     return (
@@ -163,22 +182,27 @@ def _lm_text(table: Any, alloc: Any, entry: dict[str, Any], metric: str) -> str:
 
 
 def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo: Any = print) -> dict:
-    """Allocate (and with ``budget.refine`` > 1 refine by the stitched calibration loss) and quantize at every
-    budget; returns ``{"text", "json", "results"}``; packed files per budget. Every plan is solved before the
-    first budgeted model is quantized (an impossible budget fails first)."""
+    """Allocate (and with ``budget.refine`` > 1 refine by the calibration loss scored by ``budget.refine_score``)
+    and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget. Every plan is
+    solved before the first budgeted model is quantized (an impossible budget fails first)."""
     check_budget_request(method, budget)
     check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
     packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
     for path in packed:
         check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
     table, groups, probe = _lm_table(job, method, budget, echo)
-    allocations = [allocate(table, b, budget.solver, groups) for b in budget.budgets]
+    plans = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
     if budget.refine > 1:
-        evaluate = stitched_loss(table, probe)
-        allocations = [
-            refine(table, b, evaluate, budget.refine, budget.solver, groups).allocation for b in budget.budgets
-        ]
-    entries = [_lm_point(job, method, table, alloc, path) for alloc, path in zip(allocations, packed)]
+        if budget.refine_score == "quantized":
+            evaluate = quantized_loss(lambda a: _model_and_result(_quantize_plan(job, method, a)), probe)
+        else:
+            evaluate = stitched_loss(table, probe)
+        found = [refine(table, b, evaluate, budget.refine, budget.solver, groups) for b in budget.budgets]
+        plans = [(r.allocation, r.payload) for r in found]
+        for r in found:
+            r.allocation.search["score"] = budget.refine_score
+    allocations = [a for a, _ in plans]
+    entries = [_lm_point(job, method, table, a, path, res) for (a, res), path in zip(plans, packed)]
     texts = [_lm_text(table, a, e, budget.sensitivity) for a, e in zip(allocations, entries)]
     uniform = [
         {"bits": w, "stored_bits_per_weight": run.stored_bits_per_weight, **run.metrics}

@@ -22,7 +22,15 @@ from losslab.quant.budget.allocation import (
     parse_budgets,
     tie_groups,
 )
-from losslab.quant.budget.search import DEFAULT_REFINE, Refined, refine, stitched_loss
+from losslab.quant.budget.search import (
+    DEFAULT_REFINE,
+    DEFAULT_REFINE_SCORE,
+    REFINE_SCORES,
+    Refined,
+    quantized_loss,
+    refine,
+    stitched_loss,
+)
 from losslab.quant.budget.solver import SOLVERS, BudgetError, Plan, solve, solve_exact, solve_greedy
 from losslab.quant.budget.table import (
     DEFAULT_SENSITIVITY,
@@ -36,7 +44,9 @@ from losslab.quant.budget.table import (
 
 __all__ = [
     "DEFAULT_REFINE",
+    "DEFAULT_REFINE_SCORE",
     "DEFAULT_SENSITIVITY",
+    "REFINE_SCORES",
     "SENSITIVITIES",
     "SOLVERS",
     "Allocation",
@@ -52,6 +62,7 @@ __all__ = [
     "default_ties",
     "fill_table",
     "parse_budgets",
+    "quantized_loss",
     "refine",
     "solve",
     "solve_exact",

@@ -3,9 +3,15 @@
 The knapsack (:func:`losslab.quant.budget.allocate`) adds sensitivities measured one layer at a time. Together
 the layers' errors interact (they compound through the network), so a plan the sum ranks better can realise
 worse. :func:`refine` evaluates whole plans instead, by an ``evaluate(plan) -> (loss, payload)`` on calibration
-data only (never the test split). The commands use :func:`stitched_loss`: the calibration loss of the float
-network with every budgeted layer's weight replaced by its Q from the uniform run at the plan's width (one
-forward pass over the calibration set per plan); any other evaluation, e.g. quantizing with the plan, fits.
+data only (never the test split). Two scores (``--refine-score``):
+
+- ``stitched`` (:func:`stitched_loss`): the calibration loss of the float network with every budgeted layer's
+  weight replaced by its Q from the uniform run at the plan's width (one forward pass over the calibration set
+  per plan). It ignores the error feedback of the sequential driver (GPTQ/GPFQ quantize each layer on the
+  inputs the already-quantized layers before it produce), so the plan it prefers is not the one quantized.
+- ``quantized`` (:func:`quantized_loss`): the calibration loss of the model the driver really quantizes with
+  the plan, as the final quantization does (one quantize pass and one forward pass per plan); the best plan's
+  quantized model is the payload, so the result is not quantized twice.
 
 Local search over feasible plans. The start is the knapsack optimum. A neighbour of the current plan forces one
 item (a layer or a tie group) at choice j to a wider choice (> j) or a narrower one (< j) and re-solves the
@@ -28,9 +34,19 @@ from losslab.quant.budget.allocation import Allocation, allocate
 from losslab.quant.budget.solver import BudgetError
 from losslab.quant.budget.table import SensitivityTable
 
-__all__ = ["DEFAULT_REFINE", "Refined", "refine", "stitched_loss"]
+__all__ = [
+    "DEFAULT_REFINE",
+    "DEFAULT_REFINE_SCORE",
+    "REFINE_SCORES",
+    "Refined",
+    "quantized_loss",
+    "refine",
+    "stitched_loss",
+]
 
 DEFAULT_REFINE = 1  # --refine: 1 is the knapsack plan (the stitched search lost accuracy: BENCHMARKS.md)
+REFINE_SCORES = ("stitched", "quantized")
+DEFAULT_REFINE_SCORE = "quantized"
 
 Evaluate = Callable[[Allocation], tuple[float, Any]]
 
@@ -58,6 +74,19 @@ def stitched_loss(table: SensitivityTable, probe: Any) -> Evaluate:
     def evaluate(alloc: Allocation) -> tuple[float, Any]:
         weights = {n: table.widths[b].weights[n] for n, b in alloc.chosen.items()}
         return loss_with_weights(probe.model, weights, probe.batches, probe.loss_fn), None
+
+    return evaluate
+
+
+def quantized_loss(quantize: Callable[[Allocation], tuple[Any, Any]], probe: Any) -> Evaluate:
+    """``evaluate`` for :func:`refine` scoring what is really built: ``quantize(plan)`` runs the one sequential
+    driver with the plan as per-layer widths and returns ``(quantized network, payload)``; the score is that
+    network's calibration loss on ``probe``'s batches (Σ_b n_b·loss_b / Σ n_b, :func:`calibration_loss`)."""
+    from losslab.quant.budget.probes import calibration_loss
+
+    def evaluate(alloc: Allocation) -> tuple[float, Any]:
+        model, payload = quantize(alloc)
+        return calibration_loss(model.eval(), probe.batches, probe.loss_fn), payload
 
     return evaluate
 
