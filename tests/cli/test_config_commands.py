@@ -11,7 +11,9 @@ config the library function receives (checked against direct calls of the fittin
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -19,17 +21,18 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from losslab.cli.app import cli
-from losslab.cli.groups import field_bounds
+from losslab.cli.groups import FloatList, IntList, field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
 from losslab.compress.flags import BudgetFlags, LmQuantizeFlags, QuantizeFlags
 from losslab.landscape.options import LandscapeOptions
 from losslab.lm.config import LmEvalOptions, LmLandscapeOptions
-from losslab.logreg.config import LogregConfig
+from losslab.logreg.config import LogregConfig, LogregSweepOptions
 from losslab.study.options import StudyRunOptions
 
 CASES = [
     ("evaluate", EvaluateConfig, {"checkpoint", "progress"}),
     ("logreg", LogregConfig, set()),
+    ("logreg sweep", LogregSweepOptions, set()),
     ("quantize", QuantizeFlags, set()),
     ("quantize", BudgetFlags, set()),
     ("lm quantize", BudgetFlags, set()),
@@ -55,9 +58,22 @@ def test_every_config_field_is_a_flag_with_its_bounds(path: str, model: type[Bas
         flag = SPELLED.get(name, "--" + name.replace("_", "-"))
         assert option is not None and option.opts[0] == flag, f"{path}: no flag for {name}"
         bounds = field_bounds(info)
+        kind = option.type
+        if isinstance(kind, FloatList | IntList):  # a comma list (list[X]): each value has the item's bounds
+            kind = kind.item
+            bounds = item_bounds(info.annotation)
         if "ge" in bounds or "gt" in bounds:
             low = bounds.get("ge", bounds.get("gt"))
-            assert option.type.min == pytest.approx(low) or option.type.min == int(low) + 1, f"{path} --{name}"
+            assert kind.min == pytest.approx(low) or kind.min == int(low) + 1, f"{path} --{name}"
+
+
+def item_bounds(annotation: Any) -> dict[str, float]:
+    """The bounds of a ``list[Annotated[X, Field(...)]]`` annotation's items."""
+    (item,) = typing.get_args(annotation)
+    bounds: dict[str, float] = {}
+    for extra in typing.get_args(item)[1:]:
+        bounds.update(field_bounds(extra))
+    return bounds
 
 
 def test_logreg_flags_reach_the_fit(tmp_path: Path) -> None:

@@ -107,6 +107,14 @@ class IntList(_CommaList):
     noun = "integers"
 
 
+class StrList(_CommaList):
+    """Comma-separated names, blanks trimmed: ``breast_cancer, wine_binary`` -> ["breast_cancer", "wine_binary"]."""
+
+    name = "text"
+    cast = staticmethod(str.strip)
+    noun = "names"
+
+
 class FloatList(_CommaList):
     """Comma-separated finite numbers: ``0,1e-3`` -> [0.0, 0.001]; each checked by ``item`` (default: finite)."""
 
