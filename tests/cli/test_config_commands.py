@@ -24,6 +24,7 @@ from losslab.cli.app import cli
 from losslab.cli.groups import FloatList, IntList, field_bounds
 from losslab.compress.evaluate_run import EvaluateConfig
 from losslab.compress.flags import BudgetFlags, LmQuantizeFlags, QuantizeFlags
+from losslab.gan.config import GanSweepOptions
 from losslab.landscape.options import LandscapeOptions
 from losslab.lm.config import LmEvalOptions, LmLandscapeOptions
 from losslab.logreg.config import LogregConfig, LogregSweepOptions
@@ -33,6 +34,7 @@ CASES = [
     ("evaluate", EvaluateConfig, {"checkpoint", "progress"}),
     ("logreg", LogregConfig, set()),
     ("logreg sweep", LogregSweepOptions, set()),
+    ("gan sweep", GanSweepOptions, set()),
     ("quantize", QuantizeFlags, set()),
     ("quantize", BudgetFlags, set()),
     ("lm quantize", BudgetFlags, set()),

@@ -105,3 +105,60 @@ def test_logreg_sweep_resume_gets_only_the_typed_flags(monkeypatch: pytest.Monke
 )
 def test_logreg_sweep_refuses_at_parse_time(sweep_stub: None, args: list[str], flag: str) -> None:
     refused(["logreg", "sweep", *args], flag)
+
+
+# --- gan sweep ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gan_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("losslab.gan.sweep.run_gan_sweep", stop)
+
+
+def gan_grid(seen: Reached) -> tuple[list[float], list[int], bool, Path]:
+    base, ks, seeds, out_dir = seen.args_seen
+    return list(ks), list(seeds), seen.kwargs_seen["include_logistic"], Path(out_dir)
+
+
+def test_gan_sweep_default_grid(gan_stub: None) -> None:
+    from losslab.gan.config import GanConfig
+
+    seen = reach(["gan", "sweep"])
+    assert gan_grid(seen) == ([2.0, 4.0, 8.0], [0, 1, 2], True, Path("gan_sweep"))
+    assert seen.args_seen[0] == GanConfig.build({}) and seen.kwargs_seen["overwrite"] is False
+
+
+def test_gan_sweep_flags_override_the_files_grid(gan_stub: None, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("epochs: 3\nsweep:\n  k: [3, 5]\n  seeds: [7]\n")
+    seen = reach(["gan", "sweep", "--config", str(path)])
+    assert gan_grid(seen)[:3] == ([3.0, 5.0], [7], True) and seen.args_seen[0].epochs == 3
+    seen = reach(["gan", "sweep", "--config", str(path), "--k", "1.5", "--no-logistic"])
+    assert gan_grid(seen)[:3] == ([1.5], [7], False)
+    seen = reach(["gan", "sweep", "--k", "", "--seeds", "4,9"])  # an empty list leaves the default grid
+    assert gan_grid(seen)[:3] == ([2.0, 4.0, 8.0], [4, 9], True)
+
+
+def test_gan_sweep_refuses_a_files_unknown_grid_key(gan_stub: None, tmp_path: Path) -> None:
+    from losslab.errors import ConfigError
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("sweep:\n  k: [3]\n  lr: [0.1]\n")
+    result = CliRunner().invoke(cli, ["gan", "sweep", "--config", str(path)])
+    assert isinstance(result.exception, ConfigError) and "sweep keys ['lr'] are unknown" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--k", "0"], "--k"),
+        (["--k", "2,inf"], "--k"),
+        (["--seeds", "-1"], "--seeds"),
+        (["--seeds", "1,a"], "--seeds"),
+        (["--logistic"], "--logistic"),
+        (["--loss", "root"], "--loss"),
+        (["--seed", "1"], "--seed"),
+    ],
+)
+def test_gan_sweep_refuses_at_parse_time(gan_stub: None, args: list[str], flag: str) -> None:
+    refused(["gan", "sweep", *args], flag)
