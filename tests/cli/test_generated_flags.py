@@ -116,7 +116,7 @@ def gan_stub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def gan_grid(seen: Reached) -> tuple[list[float], list[int], bool, Path]:
-    base, ks, seeds, out_dir = seen.args_seen
+    _base, ks, seeds, out_dir = seen.args_seen
     return list(ks), list(seeds), seen.kwargs_seen["include_logistic"], Path(out_dir)
 
 
