@@ -11,6 +11,8 @@ config the library function receives (checked against direct calls of the fittin
 from __future__ import annotations
 
 import json
+import math
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from losslab.gan.config import GanSweepOptions
 from losslab.landscape.options import LandscapeOptions
 from losslab.lm.config import LmEvalOptions, LmLandscapeOptions
 from losslab.logreg.config import LogregConfig, LogregSweepOptions
+from losslab.seq2seq.config import TranslateDemoOptions, TranslateEvalOptions, TranslateInputs, TranslateRunOptions
 from losslab.study.options import StudyRunOptions
 
 CASES = [
@@ -35,6 +38,11 @@ CASES = [
     ("logreg", LogregConfig, set()),
     ("logreg sweep", LogregSweepOptions, set()),
     ("gan sweep", GanSweepOptions, set()),
+    ("translate train", TranslateRunOptions, set()),
+    ("translate train", TranslateInputs, set()),
+    ("translate demo", TranslateRunOptions, set()),
+    ("translate demo", TranslateDemoOptions, set()),
+    ("translate eval", TranslateEvalOptions, set()),
     ("quantize", QuantizeFlags, set()),
     ("quantize", BudgetFlags, set()),
     ("lm quantize", BudgetFlags, set()),
@@ -59,22 +67,30 @@ def test_every_config_field_is_a_flag_with_its_bounds(path: str, model: type[Bas
         option = options.get(name)
         flag = SPELLED.get(name, "--" + name.replace("_", "-"))
         assert option is not None and option.opts[0] == flag, f"{path}: no flag for {name}"
-        bounds = field_bounds(info)
+        bounds = {**annotated_bounds(info.annotation), **field_bounds(info)}
         kind = option.type
         if isinstance(kind, FloatList | IntList):  # a comma list (list[X]): each value has the item's bounds
             kind = kind.item
-            bounds = item_bounds(info.annotation)
-        if "ge" in bounds or "gt" in bounds:
-            low = bounds.get("ge", bounds.get("gt"))
-            assert kind.min == pytest.approx(low) or kind.min == int(low) + 1, f"{path} --{name}"
+            bounds = annotated_bounds(typing.get_args(info.annotation)[0])
+        for low_key, high_key in (("ge", "le"), ("gt", "lt")):
+            if low_key in bounds:
+                assert kind.min == pytest.approx(bounds[low_key]) or kind.min == int(bounds[low_key]) + 1, (
+                    f"{path} {flag}"
+                )
+            if high_key in bounds:
+                assert kind.max == pytest.approx(bounds[high_key]) or kind.max == math.ceil(bounds[high_key]) - 1, (
+                    f"{path} {flag}"
+                )
 
 
-def item_bounds(annotation: Any) -> dict[str, float]:
-    """The bounds of a ``list[Annotated[X, Field(...)]]`` annotation's items."""
-    (item,) = typing.get_args(annotation)
+def annotated_bounds(annotation: Any) -> dict[str, float]:
+    """The bounds an ``Annotated[X, Field(...)]`` annotation declares (also inside ``| None``), else none."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     bounds: dict[str, float] = {}
-    for extra in typing.get_args(item)[1:]:
-        bounds.update(field_bounds(extra))
+    if typing.get_origin(annotation) is typing.Annotated:
+        for extra in typing.get_args(annotation)[1:]:
+            bounds.update(field_bounds(extra))
     return bounds
 
 

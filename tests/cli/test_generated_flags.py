@@ -162,3 +162,162 @@ def test_gan_sweep_refuses_a_files_unknown_grid_key(gan_stub: None, tmp_path: Pa
 )
 def test_gan_sweep_refuses_at_parse_time(gan_stub: None, args: list[str], flag: str) -> None:
     refused(["gan", "sweep", *args], flag)
+
+
+# --- translate train / demo / eval --------------------------------------------------------------------------------
+
+
+def write_pairs(folder: Path, name: str, lines: int = 3) -> tuple[str, str]:
+    src, tgt = folder / f"{name}.src", folder / f"{name}.tgt"
+    src.write_text("".join(f"a{i} b\n" for i in range(lines)))
+    tgt.write_text("".join(f"b a{i}\n" for i in range(lines)))
+    return str(src), str(tgt)
+
+
+@pytest.fixture
+def translate_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("losslab.seq2seq.train.train_translation", stop)
+
+
+def test_translate_train_toy_defaults(translate_stub: None, tmp_path: Path) -> None:
+    from losslab.seq2seq.config import TranslateConfig
+
+    seen = reach(["translate", "train", "--toy", "--out-dir", str(tmp_path / "r"), "--accelerator", "cpu"])
+    cfg, corpus, out_dir, device = seen.args_seen
+    assert cfg == TranslateConfig.build({}) and set(corpus) == {"train", "valid", "test"}
+    assert (out_dir, device) == (tmp_path / "r", "cpu")
+    assert {key: seen.kwargs_seen[key] for key in ("run_name", "resume", "overwrite", "data", "progress")} == {
+        "run_name": None, "resume": None, "overwrite": False, "data": {"toy": True}, "progress": None
+    }  # fmt: skip
+
+
+def test_translate_train_files_and_config_file(translate_stub: None, tmp_path: Path) -> None:
+    """The data flags are read as aligned files and recorded with absolute paths; flags override --config's keys."""
+    train_src, train_tgt = write_pairs(tmp_path, "train", 4)
+    valid_src, valid_tgt = write_pairs(tmp_path, "valid", 2)
+    config = tmp_path / "t.yaml"
+    config.write_text("translate:\n  arch: toy\n  beam: 3\n")
+    args = ["--src-file", train_src, "--tgt-file", train_tgt, "--valid-src", valid_src, "--valid-tgt", valid_tgt]
+    seen = reach(["translate", "train", *args, "--config", str(config), "--beam", "4", "--overwrite"])
+    cfg, corpus, _, _ = seen.args_seen
+    assert (cfg.arch, cfg.beam) == ("toy", 4) and seen.kwargs_seen["overwrite"] is True
+    assert corpus["train"] == [(f"a{i} b", f"b a{i}") for i in range(4)] and len(corpus["valid"]) == 2
+    paths = dict(src_file=train_src, tgt_file=train_tgt, valid_src=valid_src, valid_tgt=valid_tgt)
+    assert seen.kwargs_seen["data"] == {key: str(Path(p).resolve()) for key, p in paths.items()}
+
+
+def test_translate_train_resume_reuses_the_stored_data(translate_stub: None, monkeypatch, tmp_path: Path) -> None:
+    stored = {"arch": "toy", "max_epochs": 2, "data": {"toy": True}}
+    monkeypatch.setattr("losslab.seq2seq.train.stored_run_config", lambda resume: dict(stored))
+    seen = reach(["translate", "train", "--resume", str(tmp_path), "--max-epochs", "3", "--accelerator", "cpu"])
+    cfg, corpus, _, _ = seen.args_seen
+    assert len(corpus["train"]) == 2000  # the toy pair's default corpus
+    assert (cfg.arch, cfg.max_epochs) == ("toy", 3) and seen.kwargs_seen["data"] == {"toy": True}
+    assert seen.kwargs_seen["resume"] == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give exactly one data source"),
+        (["--toy", "--download"], "give exactly one data source"),
+        (["--toy", "--devices", "2"], "--devices 2: losslab translate trains on one device"),
+        (["--src-file", "{train_src}"], "the train split needs both its source and target file"),
+        (["--src-file", "{train_src}", "--tgt-file", "{train_tgt}", "--valid-src", "{train_src}"], "the valid split"),
+    ],
+)
+def test_translate_train_refuses_bad_sources(
+    translate_stub: None, tmp_path: Path, args: list[str], message: str
+) -> None:
+    from losslab.errors import ConfigError
+
+    train_src, train_tgt = write_pairs(tmp_path, "train")
+    args = [arg.format(train_src=train_src, train_tgt=train_tgt) for arg in args]
+    result = CliRunner().invoke(cli, ["translate", "train", "--out-dir", str(tmp_path / "r"), *args])
+    assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--toy=1"], "--toy"),
+        (["--no-toy"], "--no-toy"),
+        (["--no-download"], "--no-download"),
+        (["--devices", "0"], "--devices"),
+        (["--accelerator", "tpu"], "--accelerator"),
+        (["--beam", "0"], "--beam"),
+    ],
+)
+def test_translate_train_refuses_at_parse_time(translate_stub: None, args: list[str], flag: str) -> None:
+    refused(["translate", "train", *args], flag)
+
+
+def test_translate_demo_flags(translate_stub: None, tmp_path: Path) -> None:
+    seen = reach(["translate", "demo", "--out-dir", str(tmp_path), "--accelerator", "cpu"])
+    (cfg, corpus, out_dir, device), kwargs = seen.args_seen, seen.kwargs_seen
+    fnl = (cfg.rank_scale, cfg.spectral, cfg.frobenius_decay)
+    assert (cfg.arch, cfg.max_epochs, fnl) == ("toy", 12, (None, False, False))
+    assert (len(corpus["train"]), out_dir, str(device), kwargs["data"], kwargs["overwrite"]) == (
+        1000, tmp_path, "cpu", {"toy": True}, False
+    )  # fmt: skip
+    args = ["--epochs", "2", "--rank-scale", "0.5", "--run-name", "x", "--accelerator", "cpu"]
+    seen = reach(["translate", "demo", *args])
+    cfg = seen.args_seen[0]
+    assert (cfg.max_epochs, cfg.rank_scale, cfg.spectral, cfg.frobenius_decay) == (2, 0.5, True, True)
+    assert seen.kwargs_seen["run_name"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "1001"], "--epochs"),
+        (["--rank-scale", "0"], "--rank-scale"),
+        (["--rank-scale", "1.5"], "--rank-scale"),
+        (["--rank-scale", "nan"], "--rank-scale"),
+        (["--toy"], "--toy"),
+    ],
+)
+def test_translate_demo_refuses_at_parse_time(translate_stub: None, args: list[str], flag: str) -> None:
+    refused(["translate", "demo", *args], flag)
+
+
+@pytest.fixture
+def eval_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    from losslab.seq2seq.config import TranslateConfig
+
+    run_cfg = TranslateConfig.build({"arch": "toy", "beam": 7, "lenpen": 0.3})
+    monkeypatch.setattr("losslab.seq2seq.train.load_run", lambda out_dir, dev: (out_dir, str(dev), run_cfg))
+    monkeypatch.setattr("losslab.seq2seq.train.bleu_of", stop)
+
+
+def test_translate_eval_flags(eval_stub: None, tmp_path: Path) -> None:
+    src, tgt = write_pairs(tmp_path, "test", 2)
+    base = ["translate", "eval", "--out-dir", str(tmp_path), "--src-file", src, "--tgt-file", tgt]
+    model, tok, pairs, cfg, dev = reach([*base, "--device", "cpu"]).args_seen
+    assert (model, tok, pairs, str(dev)) == (tmp_path, "cpu", [("a0 b", "b a0"), ("a1 b", "b a1")], "cpu")
+    assert (cfg.beam, cfg.lenpen) == (7, 0.3)  # the run's
+    cfg = reach([*base, "--device", "cpu", "--beam", "2", "--lenpen", "0", "--json", "-"]).args_seen[3]
+    assert (cfg.beam, cfg.lenpen) == (2, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--beam", "0"], "--beam"),
+        (["--beam", "1001"], "--beam"),
+        (["--lenpen", "-1"], "--lenpen"),
+        (["--lenpen", "inf"], "--lenpen"),
+        (["--out-dir", "{dir}", "--tgt-file", "{src}"], "--src-file"),
+        (["--out-dir", "{dir}", "--src-file", "{src}"], "--tgt-file"),
+        (["--out-dir", "{missing}", "--src-file", "{src}", "--tgt-file", "{src}"], "--out-dir"),
+        (["--src-file", "{src}", "--tgt-file", "{src}"], "--out-dir"),  # a traceback before this change
+        (["--json"], "--json"),
+    ],
+)
+def test_translate_eval_refuses_at_parse_time(eval_stub: None, tmp_path: Path, args: list[str], flag: str) -> None:
+    src, _ = write_pairs(tmp_path, "test", 2)
+    args = [arg.format(src=src, dir=tmp_path, missing=tmp_path / "missing") for arg in args]
+    if flag in ("--beam", "--lenpen", "--json"):
+        args = ["--out-dir", str(tmp_path), "--src-file", src, "--tgt-file", src, *args]
+    refused(["translate", "eval", *args], flag)

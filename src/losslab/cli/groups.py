@@ -229,8 +229,8 @@ def shared_option(
         "cls": SharedOption,
         "concept": name,
         "effective_default": shown if not concept.is_flag else bool(shown),
-        "default": default,
         "help": concept_help(name, detail, shown, loss=loss),
+        **({} if extra.get("required") else {"default": default}),  # a default, even None, satisfies `required`
         **extra,
     }
     flag = concept.flag

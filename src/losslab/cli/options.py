@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
@@ -33,21 +33,28 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def _annotated(annotation: Any) -> tuple[Any, dict[str, float]]:
+    """(type, bounds) of ``Annotated[X, Field(ge=..)]`` (``X`` and its bounds), else (``annotation``, {})."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return annotation, {}
+    base, *extras = typing.get_args(annotation)
+    bounds: dict[str, float] = {}
+    for extra in extras:
+        bounds.update(field_bounds(extra))
+    return base, bounds
+
+
 def _click_type(annotation: Any, info: Any = None) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation; numbers get the field's bounds (and floats must be finite)."""
-    annotation = _unwrap_optional(annotation)
-    bounds = field_bounds(info) if info is not None else {}
+    annotation, bounds = _annotated(_unwrap_optional(annotation))  # Annotated[int, Field(ge=1)] | None: its bounds
+    if info is not None:
+        bounds.update(field_bounds(info))
     if annotation is bool:
         return None, True
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)], False
     if typing.get_origin(annotation) is list:  # list[int] or list[Annotated[int, Field(ge=1)]]: items get bounds
-        item = (typing.get_args(annotation) or (int,))[0]
-        item_bounds: dict[str, float] = {}
-        if typing.get_origin(item) is typing.Annotated:
-            item, *extras = typing.get_args(item)
-            for extra in extras:
-                item_bounds.update(field_bounds(extra))
+        item, item_bounds = _annotated((typing.get_args(annotation) or (int,))[0])
         if item is str:
             return StrList(), False
         return (FloatList if item is float else IntList)(number_type(item, **item_bounds)), False
@@ -149,6 +156,15 @@ def shown_default(default: Any) -> Any:
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
     """The options the user typed (those not ``None``; a repeatable flag not given is an empty tuple)."""
     return {key: value for key, value in values.items() if value is not None and value != ()}
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def pop_options(model: type[ModelT], flags: dict[str, Any]) -> ModelT:
+    """``model`` built from the flags typed for its fields, which are taken out of ``flags`` (for a command whose
+    flags come from several models, :func:`options_from_model` each)."""
+    return model(**given_options({name: flags.pop(name) for name in model.model_fields if name in flags}))
 
 
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
