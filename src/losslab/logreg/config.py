@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from losslab.errors import ConfigError
 from losslab.logreg.sweep import SweepConfig
+from losslab.train.config import SWITCH
 
 __all__ = ["DATASET_NAMES", "LogregConfig", "LogregSweepOptions", "run_config"]
 
@@ -87,9 +88,7 @@ class LogregSweepOptions(BaseModel):
     k: list[PositiveK] = Field(list(_SWEEP.k), description="a comma list of k values (each as --k of losslab logreg)")
     l2: list[Penalty] = Field(list(_SWEEP.l2), description="λ values.")
     seeds: list[SplitSeed] = Field(list(_SWEEP.seeds), description="Split seeds.")
-    no_logistic: bool = Field(
-        False, description="Leave out the logistic reference fits.", json_schema_extra={"switch": True}
-    )
+    no_logistic: bool = Field(False, description="Leave out the logistic reference fits.", json_schema_extra=SWITCH)
     solver: str = Field(_SWEEP.solver, description="lbfgs, newton or gd.")
     max_iter: int | None = Field(None, ge=1, description="Iteration cap [default: 10000].")
     tol: float | None = Field(None, ge=0, description="Stop when ||grad F||_2 <= tol [default: 1e-06].")

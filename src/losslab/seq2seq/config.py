@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from losslab.limits import MAX_VOCAB
-from losslab.train.config import CommandConfig, PrecisionName
+from losslab.train.config import SWITCH, CommandConfig, PrecisionName
 
 MAX_BEAM = 1000
 Beam = Annotated[int, Field(ge=1, le=MAX_BEAM)]
@@ -228,9 +228,6 @@ class TranslateConfig(CommandConfig):
     @property
     def smoothing(self) -> float:
         return (0.1 if self.loss == "ce" else 0.0) if self.label_smoothing is None else self.label_smoothing
-
-
-SWITCH: dict[str, Any] = {"switch": True}  # a lone --flag (losslab.cli.options.options_from_model)
 
 
 class TranslateRunOptions(CommandConfig):

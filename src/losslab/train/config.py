@@ -34,6 +34,10 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 
 _Config = TypeVar("_Config", bound="CommandConfig")
 
+SWITCH: dict[str, Any] = {"switch": True}
+"""``json_schema_extra`` of a ``bool`` field whose flag is a lone switch (``--toy``, ``--no-logistic``: off unless
+given) rather than a ``--flag/--no-flag`` pair (:func:`losslab.cli.options.options_from_model`)."""
+
 
 class CommandConfig(BaseModel):
     """Base of a command's typed config: :meth:`build` reports every bad key in one :class:`ConfigError`."""
