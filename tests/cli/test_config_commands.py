@@ -32,6 +32,7 @@ from losslab.lm.config import LmEvalOptions, LmLandscapeOptions
 from losslab.logreg.config import LogregConfig, LogregSweepOptions
 from losslab.seq2seq.config import TranslateDemoOptions, TranslateEvalOptions, TranslateInputs, TranslateRunOptions
 from losslab.study.options import StudyRunOptions
+from losslab.train.config import TrainCommandOptions
 
 CASES = [
     ("evaluate", EvaluateConfig, {"checkpoint", "progress"}),
@@ -43,6 +44,7 @@ CASES = [
     ("translate demo", TranslateRunOptions, set()),
     ("translate demo", TranslateDemoOptions, set()),
     ("translate eval", TranslateEvalOptions, set()),
+    ("train", TrainCommandOptions, set()),
     ("quantize", QuantizeFlags, set()),
     ("quantize", BudgetFlags, set()),
     ("lm quantize", BudgetFlags, set()),
@@ -52,7 +54,7 @@ CASES = [
     ("lm eval", LmEvalOptions, set()),
     ("lm landscape", LmLandscapeOptions, set()),
 ]
-SPELLED = {"json_path": "--json", "probe_loss": "--loss"}
+SPELLED = {"json_path": "--json", "probe_loss": "--loss", "validate_checkpoint": "--validate"}
 
 
 @pytest.mark.parametrize(("path", "model", "excluded"), CASES)

@@ -321,3 +321,65 @@ def test_translate_eval_refuses_at_parse_time(eval_stub: None, tmp_path: Path, a
     if flag in ("--beam", "--lenpen", "--json"):
         args = ["--out-dir", str(tmp_path), "--src-file", src, "--tgt-file", src, *args]
     refused(["translate", "eval", *args], flag)
+
+
+# --- train: --config, --print-config and timm's recipe flags ------------------------------------------------------
+
+
+@pytest.fixture
+def fit_stub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("losslab.train.fit", stop)
+
+
+def test_train_config_file_and_recipe_flags_reach_the_config(fit_stub: None, tmp_path: Path) -> None:
+    from losslab.train.config import TrainConfig
+
+    (cfg,) = reach(["train"]).args_seen
+    assert cfg == TrainConfig.build({})
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nlr: 0.05\n")
+    (cfg,) = reach(["train", "--config", str(config), "--lr", "0.1"]).args_seen
+    assert (cfg.epochs, cfg.lr) == (3, 0.1)  # the flag wins over the file
+    assert reach(["train", "--amp"]).args_seen[0].precision == "16-mixed"
+    assert reach(["train", "--amp", "--amp-dtype", "bfloat16"]).args_seen[0].precision == "bf16-mixed"
+    result = CliRunner().invoke(cli, ["train", "--dali"])
+    assert isinstance(result.exception, Reached) and "--dali is ignored" in result.stderr
+
+
+def test_train_print_config_prints_the_resolved_config_and_trains_nothing(fit_stub: None) -> None:
+    import yaml
+
+    result = CliRunner().invoke(cli, ["train", "--print-config", "--epochs", "4", "--amp"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    assert (printed["epochs"], printed["precision"]) == (4, "16-mixed")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--amp-dtype", "bfloat16"], "--amp-dtype only applies with --amp"),
+        (["--amp", "--precision", "bf16-mixed"], "--amp means --precision 16-mixed"),
+    ],
+)
+def test_train_refuses_recipe_conflicts(fit_stub: None, args: list[str], message: str) -> None:
+    from losslab.errors import ConfigError
+
+    result = CliRunner().invoke(cli, ["train", *args])
+    assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--validate"], "--validate"),
+        (["--amp-dtype", "float32"], "--amp-dtype"),
+        (["--no-amp"], "--no-amp"),
+        (["--print-config=1"], "--print-config"),
+        (["--no-validate"], "--no-validate"),
+        (["--no-dali"], "--no-dali"),
+        (["--config"], "--config"),
+    ],
+)
+def test_train_refuses_at_parse_time(fit_stub: None, args: list[str], flag: str) -> None:
+    refused(["train", *args], flag)

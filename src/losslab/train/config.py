@@ -346,6 +346,35 @@ class TrainConfig(CommandConfig):
         return f"{self.dataset}-{self.model}-{self.loss}-s{self.seed}"
 
 
+class TrainCommandOptions(CommandConfig):
+    """The flags of ``losslab train`` that are not config keys: the YAML file of keys, printing the resolved
+    config, and timm's recipe flags, so that a timm (or SGT fork) command line pastes as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = Field(
+        None, description="YAML file of config keys (the flags' names with underscores); flags override it."
+    )
+    print_config: bool = Field(
+        False, description="Print the resolved config as YAML and exit.", json_schema_extra=SWITCH
+    )
+    amp: bool = Field(False, description="timm's --amp: the same as --precision 16-mixed.", json_schema_extra=SWITCH)
+    amp_dtype: Literal["float16", "bfloat16"] | None = Field(
+        None, description="timm's --amp-dtype: bfloat16 makes --amp mean --precision bf16-mixed."
+    )
+    validate_checkpoint: bool = Field(  # the flag is --validate (a pydantic model has a validate attribute)
+        False,
+        description="Evaluate the checkpoint of --resume (run folder or .ckpt) on the test split instead of training "
+        "(timm's --validate; the same as `losslab evaluate`).",
+        json_schema_extra=SWITCH,
+    )
+    dali: bool = Field(
+        False,
+        description="Accepted so SGT's recipe pastes as is, and ignored: losslab picks its own input pipeline.",
+        json_schema_extra=SWITCH,
+    )
+
+
 #: File endings of timm checkpoints and bare state dicts (``.pth.tar`` ends in ``.tar``); losslab's are ``.ckpt``.
 TIMM_SUFFIXES = (".tar", ".pth", ".pt", ".bin")
 
