@@ -129,16 +129,7 @@ def train_cmd(progress: bool | None, **flags: Any) -> None:
     from losslab.seq2seq.train import train_translation
 
     result = train_translation(
-        cfg,
-        corpus,
-        run.out_dir,
-        device,
-        run_name=run.run_name,
-        resume=run.resume,
-        overwrite=run.overwrite,
-        data=inputs.data(),
-        log=click.echo,
-        progress=progress,
+        cfg, corpus, run.out_dir, device, **run.folder(), data=inputs.data(), log=click.echo, progress=progress
     )
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
@@ -232,19 +223,8 @@ def demo_cmd(progress: bool | None, **flags: Any) -> None:
                        f"{n_fnl / n_dense:.3f}x)")  # fmt: skip
         click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, dev)['bleu_text']}")
 
-    result = train_translation(
-        cfg,
-        corpus,
-        run.out_dir,
-        dev,
-        run_name=run.run_name,
-        resume=run.resume,
-        overwrite=run.overwrite,
-        data={"toy": True},
-        log=click.echo,
-        progress=progress,
-        on_start=untrained,
-    )
+    result = train_translation(cfg, corpus, run.out_dir, dev, **run.folder(), data={"toy": True}, log=click.echo,
+                               progress=progress, on_start=untrained)  # fmt: skip
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

@@ -243,6 +243,10 @@ class TranslateRunOptions(CommandConfig):
     resume: Path | None = None
     overwrite: bool = Field(False, description="a run folder, once the new run has finished")
 
+    def folder(self) -> dict[str, Any]:
+        """The run-folder keywords of :func:`losslab.seq2seq.train.train_translation`."""
+        return {"run_name": self.run_name, "resume": self.resume, "overwrite": self.overwrite}
+
 
 class TranslateInputs(CommandConfig):
     """What ``translate train`` reads besides its flags: a YAML file of config keys, and the parallel text (aligned
