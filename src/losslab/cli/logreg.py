@@ -40,7 +40,7 @@ from losslab.cli.options import (
     json_option,
     options_from_model,
     overwrite_option,
-    write_json_output,
+    report_with_json,
 )
 from losslab.logreg.config import DATASET_NAMES, LogregConfig, LogregSweepOptions
 
@@ -70,13 +70,13 @@ def logreg(json_path: Path | None, overwrite: bool, **flags: Any) -> None:
     check_new_output(json_path, overwrite)
     report = run_config(LogregConfig(**given_options(flags)))
     record = {"dataset": report["dataset"], "protocol": report["protocol"], "runs": report["runs"]}
-    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON only
-        write_json_output(json_path, record, overwrite=overwrite)
-        return
-    click.echo(report["table"])
-    click.echo(f"\n{report['protocol']}")
-    if json_path is not None:
-        click.echo(f"results: {write_json_output(json_path, record, overwrite=overwrite)}")
+    report_with_json(
+        json_path,
+        record,
+        overwrite=overwrite,
+        show=lambda: click.echo(f"{report['table']}\n\n{report['protocol']}"),
+        label="results",
+    )
 
 
 @logreg.command("sweep", cls=LosslabCommand)

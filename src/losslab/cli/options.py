@@ -329,6 +329,19 @@ def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
     return str(path)
 
 
+def report_with_json(
+    json_path: Path | None, record: Any, *, overwrite: bool, show: Callable[[], None], label: str
+) -> None:
+    """``show()`` the summary, then write ``record`` to ``--json`` and print ``LABEL: PATH``; with ``--json -``
+    stdout holds the JSON only (no summary)."""
+    if json_path is not None and str(json_path) == "-":
+        write_json_output(json_path, record, overwrite=overwrite)
+        return
+    show()
+    if json_path is not None:
+        click.echo(f"{label}: {write_json_output(json_path, record, overwrite=overwrite)}")
+
+
 def check_new_output(path: Path | None, overwrite: bool, flag: str = "--json") -> None:
     """Claim the output file ``path`` before work (:func:`losslab.io.claim_output`): new, or ``--overwrite``."""
     from losslab.io import claim_output

@@ -16,9 +16,9 @@ from losslab.cli.options import (
     overwrite_option,
     pop_options,
     progress_option,
+    report_with_json,
     resolve_progress,
     typed_flags,
-    write_json_output,
 )
 from losslab.compress.evaluate_run import EvaluateConfig, evaluate_run
 from losslab.train.config import TrainCommandOptions, TrainConfig
@@ -193,12 +193,7 @@ def evaluate(checkpoint: Path, json_path: Path | None, overwrite: bool, progress
     cfg = EvaluateConfig(checkpoint=checkpoint, progress=resolve_progress(progress), **given_options(flags))
     check_new_output(json_path, overwrite)
     metrics = evaluate_run(cfg)
-    if json_path is not None and str(json_path) == "-":
-        write_json_output(json_path, metrics, overwrite=overwrite)
-        return
-    _print_metrics(metrics)
-    if json_path is not None:
-        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
+    report_with_json(json_path, metrics, overwrite=overwrite, show=lambda: _print_metrics(metrics), label="metrics")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
