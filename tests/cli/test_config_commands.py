@@ -1,11 +1,12 @@
-"""``evaluate``, ``logreg``, ``quantize`` (and ``--budget`` on ``lm quantize``) and ``study run`` take their flags
-from typed configs (issue 18, item 3), as ``train`` does.
+"""Commands take their flags from typed configs (issue 18, item 3): ``train``, ``evaluate``, ``logreg`` and ``logreg
+sweep``, ``quantize`` (and ``--budget`` on ``lm quantize``), ``study run``, ``landscape``, ``lm eval/landscape``,
+``gan sweep``'s grid and ``translate train/eval/demo``'s run-folder, data, eval and demo options.
 
-Every field of :class:`~losslab.compress.evaluate_run.EvaluateConfig`, :class:`~losslab.logreg.config.LogregConfig`,
-:class:`~losslab.compress.flags.QuantizeFlags`, :class:`~losslab.compress.flags.BudgetFlags` and
-:class:`~losslab.study.options.StudyRunOptions` is one flag spelled after the field (``json_path`` is ``--json``),
-with the field's bounds as the click range, and what the flags parse to is the
-config the library function receives (checked against direct calls of the fitting code).
+Every field of each model in :data:`CASES` is one flag spelled after the field (``json_path`` is ``--json``), with the
+field's bounds (those of a ``list[...]`` field's items, and of an ``Annotated`` type inside ``| None``) as the click
+range, low and high; and what the flags parse to is the config the library function receives (checked against
+direct calls of the fitting code here, and in tests/cli/test_generated_flags.py for the commands whose flags were
+declared by hand before).
 """
 
 from __future__ import annotations
