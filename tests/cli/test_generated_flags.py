@@ -148,6 +148,17 @@ def test_gan_sweep_refuses_a_files_unknown_grid_key(gan_stub: None, tmp_path: Pa
     assert isinstance(result.exception, ConfigError) and "sweep keys ['lr'] are unknown" in str(result.exception)
 
 
+@pytest.mark.parametrize(("grid", "key"), [("k: [0]", "k.0=0"), ("seeds: [-1]", "seeds.0=-1"), ("k: 3", "k=3")])
+def test_gan_sweep_checks_the_files_grid_as_the_flags(gan_stub: None, tmp_path: Path, grid: str, key: str) -> None:
+    """A file's sweep: values get the flags' checks, before any run (the library call is never reached)."""
+    from losslab.errors import ConfigError
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"sweep:\n  {grid}\n")
+    result = CliRunner().invoke(cli, ["gan", "sweep", "--config", str(path)])
+    assert isinstance(result.exception, ConfigError) and key in str(result.exception), result.output
+
+
 @pytest.mark.parametrize(
     ("args", "flag"),
     [

@@ -436,6 +436,8 @@ def _range_message(err: Any, model: type[BaseModel]) -> str | None:
     bounds = {key: value for key, value in bounds.items() if value is not None}
     low = next(((key, bounds[key]) for key in ("gt", "ge") if key in bounds), None)
     high = next(((key, bounds[key]) for key in ("lt", "le") if key in bounds), None)
+    if not low and not high:  # the bound is an item's (list[Annotated[float, Field(gt=0)]]): pydantic's words
+        return None
     if low and high:
         return f"must be in {'(' if low[0] == 'gt' else '['}{low[1]:g}, {high[1]:g}{')' if high[0] == 'lt' else ']'}"
     key, value = low or high  # type: ignore[misc]
