@@ -33,6 +33,9 @@ LOGREG_NAMES = {"logistic": "logistic", "root": "rooted"}
 PositiveK = Annotated[float, Field(gt=0, le=1e6)]
 SplitSeed = Annotated[int, Field(ge=0, lt=2**63)]
 Penalty = Annotated[float, Field(ge=0)]
+IterationCap = Annotated[int, Field(ge=1)]
+Tolerance = Annotated[float, Field(ge=0)]
+TestFraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class LogregConfig(BaseModel):
@@ -48,11 +51,11 @@ class LogregConfig(BaseModel):
     l2: Penalty = Field(0.0, description="L2 penalty (l2/2)||w||^2 (not on b).")
     solver: str | None = Field(None, description="lbfgs, newton or gd [default: lbfgs].")
     lr: float | None = Field(None, gt=0, description="Fixed step for --solver gd [default: Armijo backtracking].")
-    max_iter: int | None = Field(None, ge=1, description="Iteration cap [default: 10000].")
-    tol: float | None = Field(None, ge=0, description="Stop when ||grad F||_2 <= tol [default: 1e-06].")
+    max_iter: IterationCap | None = Field(None, description="Iteration cap [default: 10000].")
+    tol: Tolerance | None = Field(None, description="Stop when ||grad F||_2 <= tol [default: 1e-06].")
     intercept: bool = Field(True, description="Fit the intercept b (--no-intercept: f(x) = w·x).")
     seed: SplitSeed = Field(0, description="of the split (and synthetic data)")
-    test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of rows held out.")
+    test_fraction: TestFraction = Field(0.3, description="Share of rows held out.")
     compare: bool = Field(False, description="Fit logistic and rooted (each --k) on the same split, side by side.")
 
     def runs(self) -> list[tuple[str, float | None]]:
@@ -90,13 +93,14 @@ class LogregSweepOptions(BaseModel):
     seeds: list[SplitSeed] = Field(list(_SWEEP.seeds), description="Split seeds.")
     no_logistic: bool = Field(False, description="Leave out the logistic reference fits.", json_schema_extra=SWITCH)
     solver: str = Field(_SWEEP.solver, description="lbfgs, newton or gd.")
-    max_iter: int | None = Field(None, ge=1, description="Iteration cap [default: 10000].")
-    tol: float | None = Field(None, ge=0, description="Stop when ||grad F||_2 <= tol [default: 1e-06].")
-    test_fraction: float = Field(_SWEEP.test_fraction, gt=0, lt=1, description="Share of rows held out.")
+    max_iter: IterationCap | None = Field(None, description="Iteration cap [default: 10000].")
+    tol: Tolerance | None = Field(None, description="Stop when ||grad F||_2 <= tol [default: 1e-06].")
+    test_fraction: TestFraction = Field(_SWEEP.test_fraction, description="Share of rows held out.")
 
     def sweep_settings(self) -> dict[str, Any]:
-        """The :class:`~losslab.logreg.sweep.SweepConfig` keys of the options set (``--no-logistic`` is
-        ``include_logistic=False``): on their own they are what a ``--resume`` must keep, over the defaults a run."""
+        """The options given, as :class:`~losslab.logreg.sweep.SweepConfig` keys (``--no-logistic`` is
+        ``include_logistic=False``): a new sweep takes SweepConfig's defaults for the rest, a ``--resume`` the
+        stored config's."""
         given = self.model_dump(exclude_unset=True)
         if "no_logistic" in given:
             given["include_logistic"] = not given.pop("no_logistic")
