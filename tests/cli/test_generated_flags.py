@@ -394,3 +394,21 @@ def test_train_refuses_recipe_conflicts(fit_stub: None, args: list[str], message
 )
 def test_train_refuses_at_parse_time(fit_stub: None, args: list[str], flag: str) -> None:
     refused(["train", *args], flag)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rank_scale": 1.5}, "rank_scale=1.5: must be in (0, 1]"),  # Annotated bounds inside `| None`
+        ({"beam": 0}, "beam=0: must be in [1, 1000]"),
+        ({"lenpen": -0.5}, "lenpen=-0.5: must be in [0, 10]"),
+    ],
+)
+def test_shared_bounds_keep_the_config_files_messages(values: dict[str, Any], message: str) -> None:
+    """The bounds moved onto shared Annotated types still give a YAML file's value the range message."""
+    from losslab.errors import ConfigError
+    from losslab.seq2seq.config import TranslateConfig
+
+    with pytest.raises(ConfigError) as err:
+        TranslateConfig.build(values)
+    assert message in str(err.value)

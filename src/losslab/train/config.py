@@ -13,6 +13,7 @@ key or value fails before any work starts, with a message that names the key, th
 from __future__ import annotations
 
 import itertools
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -430,15 +431,23 @@ def _range_message(err: Any, model: type[BaseModel]) -> str | None:
     info = model.model_fields.get(str(err["loc"][0])) if err["type"] in RANGE_ERRORS and err["loc"] else None
     if info is None:
         return None
-    bounds = {
-        key: getattr(item, key) for item in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(item, key)
-    }
+    metadata = [*info.metadata, *_inner_metadata(info.annotation)]
+    bounds = {key: getattr(item, key) for item in metadata for key in ("gt", "ge", "lt", "le") if hasattr(item, key)}
     bounds = {key: value for key, value in bounds.items() if value is not None}
     low = next(((key, bounds[key]) for key in ("gt", "ge") if key in bounds), None)
     high = next(((key, bounds[key]) for key in ("lt", "le") if key in bounds), None)
-    if not low and not high:  # the bound is an item's (list[Annotated[float, Field(gt=0)]]): pydantic's words
-        return None
     if low and high:
         return f"must be in {'(' if low[0] == 'gt' else '['}{low[1]:g}, {high[1]:g}{')' if high[0] == 'lt' else ']'}"
     key, value = low or high  # type: ignore[misc]
     return f"must be {dict(gt='>', ge='>=', lt='<', le='<=')[key]} {value:g}"
+
+
+def _inner_metadata(annotation: Any) -> list[Any]:
+    """The constraints of the ``Annotated[X, Field(...)]`` inside ``annotation`` (``Beam | None``, the items of
+    ``list[Annotated[float, Field(gt=0)]]``), which pydantic keeps off the field's own metadata."""
+    items: list[Any] = []
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            for extra in typing.get_args(arg)[1:]:
+                items.extend(getattr(extra, "metadata", [extra]))
+    return items
