@@ -5,14 +5,8 @@
     losslab logreg --csv data.csv --target label --solver newton
     losslab logreg sweep --datasets breast_cancer,wine_binary --k 1,3,10 --l2 0,1e-3 --seeds 0,1,2 --run-name rlo
 
-Datasets (:mod:`losslab.data.binary_tables`) are scikit-learn's bundled tables (no download) turned into binary
-tasks, or a seeded separable set:
-
-    breast_cancer        569 × 30, malignant (0) vs benign (1)
-    iris_binary          100 × 4, versicolor (0) vs virginica (1)
-    digits_binary        357 × 64, digit 3 (0) vs digit 8 (1)
-    wine_binary          178 × 13, cultivars 1-2 (0) vs cultivar 0 (1)
-    synthetic_separable  200 × 2, linearly separable with a gap (see :func:`synthetic_separable`)
+Datasets are scikit-learn's bundled tables (no download) turned into binary tasks, or a seeded separable set: the
+tasks of :mod:`losslab.data.binary_tables`, whose docstring lists their sizes and classes.
 
 A CSV file (header row, numeric feature columns) works with ``--csv FILE --target COLUMN``; the target column must
 hold exactly two distinct values, and the larger (numerically, else alphabetically) is the positive class. Every
