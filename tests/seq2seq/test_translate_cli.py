@@ -52,14 +52,15 @@ def test_train_then_eval_from_files_with_seed_flags(tmp_path: Path) -> None:
 
 def test_shipped_fnl_config_and_bad_sources(tmp_path: Path) -> None:
     from losslab.cli.translate import _config, _corpus
+    from losslab.seq2seq.config import TranslateInputs
 
     cfg = _config("fnl_iwslt14", {})
     assert (cfg.optimizer, cfg.lr, cfg.max_tokens, cfg.rank_scale, cfg.dropout) == ("nag", 0.25, 4000, 0.5, 0.2)
     assert cfg.attention_fd_qk and cfg.attention_fd_ov and cfg.attention_spectral_ov and cfg.beam == 5
     with pytest.raises(ConfigError, match="exactly one data source"):
-        _corpus(None, None, None, None, None, None, False, False)
+        _corpus(TranslateInputs())
     with pytest.raises(ConfigError, match="both its source and target"):
-        _corpus("a", "b", "c", None, None, None, False, False)
+        _corpus(TranslateInputs(src_file="a", tgt_file="b", valid_src="c"))
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import pickle
 import sys
 import traceback
 import zipfile
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -40,6 +40,16 @@ def usage_error_line(exc: click.UsageError) -> str:
     return f"error: {exc.format_message()}{where}"
 
 
+def exit_for(exc: click.ClickException | click.exceptions.Exit) -> NoReturn:
+    """Leave with ``exc``'s exit status: a bad flag or value (a usage error) as one line naming it, before any work;
+    another click error as click shows it."""
+    if isinstance(exc, click.UsageError):
+        click.echo(usage_error_line(exc), err=True)
+    elif isinstance(exc, click.ClickException):
+        exc.show()
+    sys.exit(exc.exit_code)
+
+
 class LosslabGroup(click.Group):
     """The root group: usage errors are one line on stderr, exit status 2, also when run by click directly."""
 
@@ -48,17 +58,11 @@ class LosslabGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.UsageError as exc:
-            click.echo(usage_error_line(exc), err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit) as exc:
+            exit_for(exc)
         except click.exceptions.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
 
 
 @click.group(cls=LosslabGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -161,14 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             _fail(cause)
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.UsageError as exc:  # a bad flag or value: one line naming it, before any work
-        click.echo(usage_error_line(exc), err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except (click.ClickException, click.exceptions.Exit) as exc:
+        exit_for(exc)
     except Exception as exc:
         _fail(exc)
 

@@ -5,7 +5,8 @@
     losslab gan train --resume gan_runs/ring_rooted_k2_seed0 --epochs 60
     losslab gan sweep --data ring --k 2,4,8 --seeds 0,1,2 --epochs 30 --out-dir gan_sweep
 
-Flags are generated from :class:`losslab.gan.config.GanConfig` (this module imports only click at load time).
+Flags are generated from :class:`losslab.gan.config.GanConfig` and, for the sweep's grid, ``GanSweepOptions``
+(pydantic models: loading this module does not import torch).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import K_LIST, SEED_LIST, shared_option
+from losslab.cli.groups import shared_option
 from losslab.cli.options import LosslabCommand, given_options, options_from_model
+from losslab.gan.config import GanConfig, GanSweepOptions  # pydantic only: no torch at load time
 
 
 @click.group("gan")
@@ -24,18 +26,10 @@ def gan() -> None:
     """GAN training with the logistic or rooted (RLO) non-saturating loss, and logistic-vs-rooted sweeps."""
 
 
-def _gan_options(exclude: frozenset[str] = frozenset()) -> Any:
-    # pydantic is light; importing the config module does not pull in torch
-    from losslab.gan.config import GanConfig
-
-    return options_from_model(GanConfig, exclude=exclude)
-
-
 @gan.command("train", cls=LosslabCommand)
-@_gan_options()
+@options_from_model(GanConfig)
 def train(**flags: Any) -> None:
     """Train a GAN (DCGAN for images, MLP pair for ring/grid); run folder with samples, checkpoints, result.json."""
-    from losslab.gan.config import GanConfig
     from losslab.gan.train import resume_config, train_gan
 
     overrides = given_options(flags)
@@ -64,24 +58,20 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 
 @gan.command("sweep", cls=LosslabCommand)
-@click.option("--config", "config_file", default=None, help="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
-@shared_option("k", "a comma list of k values [default: 2,4,8]", dest="ks", type=K_LIST)
-@click.option("--seeds", type=SEED_LIST, default=None, help="Training seeds [default: 0,1,2].")
-@click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference runs.")
+@options_from_model(GanSweepOptions)
 @shared_option("overwrite", "sweep.csv/sweep.png made with other settings", default=False)
-@_gan_options(exclude=frozenset({"loss", "k", "seed", "run_name", "resume", "overwrite"}))
+@options_from_model(GanConfig, exclude={"loss", "k", "seed", "run_name", "resume", "overwrite"})
 def sweep(
-    config_file: str | None,
-    ks: list[float] | None,
+    config: str | None,
+    k: list[float] | None,
     seeds: list[int] | None,
-    no_logistic: bool,
+    no_logistic: bool | None,
     overwrite: bool,
     **flags: Any,
 ) -> None:
     """Logistic vs rooted k over seeds: runs in OUT_DIR/runs (reused only with equal settings), sweep.csv/.png."""
 
     from losslab.errors import ConfigError
-    from losslab.gan.config import GanConfig
     from losslab.gan.sweep import IMAGE_PLOT, TOY_PLOT, run_gan_sweep, seeds_label
     from losslab.io import load_yaml_file
     from losslab.presets import resolve_yaml
@@ -89,26 +79,26 @@ def sweep(
     from losslab.tables import format_table
 
     stored: dict[str, Any] = {}
-    if config_file is not None:
-        stored = load_yaml_file(resolve_yaml(config_file, "configs"), "--config") or {}
+    if config is not None:
+        stored = load_yaml_file(resolve_yaml(config, "configs"), "--config") or {}
         if not isinstance(stored, dict):
-            raise ConfigError(f"--config {config_file!r} holds a {type(stored).__name__}; it must be a mapping of keys")
+            raise ConfigError(f"--config {config!r} holds a {type(stored).__name__}; it must be a mapping of keys")
     grid = stored.pop("sweep", {}) or {}
     unknown = sorted(set(grid) - {"k", "seeds"})
     if unknown:
-        raise ConfigError(f"sweep keys {unknown} are unknown in {config_file!r}: use k and seeds")
-    ks = ks or [float(k) for k in grid.get("k", [2, 4, 8])]
-    seeds = seeds or [int(s) for s in grid.get("seeds", [0, 1, 2])]
+        raise ConfigError(f"sweep keys {unknown} are unknown in {config!r}: use k and seeds")
+    typed = {"k": k, "seeds": seeds, "no_logistic": no_logistic}  # an empty list keeps the file's (or default) grid
+    opts = GanSweepOptions.build({**grid, **{key: v for key, v in typed.items() if v}})
     overrides = {**stored, **given_options(flags)}
     out_dir = Path(overrides.pop("out_dir", "gan_sweep"))
     base = GanConfig.build(overrides)
-    rows = run_gan_sweep(base, ks, seeds, out_dir, include_logistic=not no_logistic, overwrite=overwrite)
+    rows = run_gan_sweep(base, opts.k, opts.seeds, out_dir, include_logistic=not opts.no_logistic, overwrite=overwrite)
     panels = TOY_PLOT if base.is_toy else IMAGE_PLOT
     groups = aggregate(rows, ("loss", "k"), [metric for metric, _ in panels])
     table = [[loss, "-" if k is None else f"{k:g}", *map(_fmt, stats.values())] for (loss, k), stats in groups]
     click.echo(format_table(["loss", "k", *(label for _, label in panels)], table))
     click.echo(
-        f"\n{len(rows)} runs, {seeds_label(len(set(seeds)))} ({','.join(map(str, seeds))}); "
+        f"\n{len(rows)} runs, {seeds_label(len(set(opts.seeds)))} ({','.join(map(str, opts.seeds))}); "
         f"rows: {out_dir / 'sweep.csv'}; "
         f"plot: {out_dir / 'sweep.png'}"
     )

@@ -107,6 +107,14 @@ class IntList(_CommaList):
     noun = "integers"
 
 
+class StrList(_CommaList):
+    """Comma-separated names, blanks trimmed: ``breast_cancer, wine_binary`` -> ["breast_cancer", "wine_binary"]."""
+
+    name = "text"
+    cast = staticmethod(str.strip)
+    noun = "names"
+
+
 class FloatList(_CommaList):
     """Comma-separated finite numbers: ``0,1e-3`` -> [0.0, 0.001]; each checked by ``item`` (default: finite)."""
 
@@ -221,8 +229,8 @@ def shared_option(
         "cls": SharedOption,
         "concept": name,
         "effective_default": shown if not concept.is_flag else bool(shown),
-        "default": default,
         "help": concept_help(name, detail, shown, loss=loss),
+        **({} if extra.get("required") else {"default": default}),  # a default, even None, satisfies `required`
         **extra,
     }
     flag = concept.flag

@@ -5,14 +5,8 @@
     losslab logreg --csv data.csv --target label --solver newton
     losslab logreg sweep --datasets breast_cancer,wine_binary --k 1,3,10 --l2 0,1e-3 --seeds 0,1,2 --run-name rlo
 
-Datasets (:mod:`losslab.data.binary_tables`) are scikit-learn's bundled tables (no download) turned into binary
-tasks, or a seeded separable set:
-
-    breast_cancer        569 × 30, malignant (0) vs benign (1)
-    iris_binary          100 × 4, versicolor (0) vs virginica (1)
-    digits_binary        357 × 64, digit 3 (0) vs digit 8 (1)
-    wine_binary          178 × 13, cultivars 1-2 (0) vs cultivar 0 (1)
-    synthetic_separable  200 × 2, linearly separable with a gap (see :func:`synthetic_separable`)
+Datasets are scikit-learn's bundled tables (no download) turned into binary tasks, or a seeded separable set: the
+tasks of :mod:`losslab.data.binary_tables`, whose docstring lists their sizes and classes.
 
 A CSV file (header row, numeric feature columns) works with ``--csv FILE --target COLUMN``; the target column must
 hold exactly two distinct values, and the larger (numerically, else alphabetically) is the positive class. Every
@@ -32,26 +26,19 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import K_LIST, SEED_LIST, number_type, shared_option
+from losslab.cli.groups import shared_option
 from losslab.cli.options import (
-    FloatList,
     LosslabCommand,
     check_new_output,
     given_options,
     json_option,
     options_from_model,
     overwrite_option,
-    write_json_output,
+    report_with_json,
 )
-from losslab.logreg.config import DATASET_NAMES, LogregConfig
+from losslab.logreg.config import DATASET_NAMES, LogregConfig, LogregSweepOptions
 
 __all__ = ["DATASET_NAMES", "logreg"]
-
-# The numeric options of logreg sweep (losslab.logreg.model's checks, at parse time; logreg's are LogregConfig's).
-L2 = number_type(float, ge=0)
-MAX_ITER = number_type(int, ge=1)
-TOL = number_type(float, ge=0)
-TEST_FRACTION = number_type(float, gt=0, lt=1)
 
 
 class _LogregGroup(click.Group):
@@ -77,47 +64,17 @@ def logreg(json_path: Path | None, overwrite: bool, **flags: Any) -> None:
     check_new_output(json_path, overwrite)
     report = run_config(LogregConfig(**given_options(flags)))
     record = {"dataset": report["dataset"], "protocol": report["protocol"], "runs": report["runs"]}
-    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON only
-        write_json_output(json_path, record, overwrite=overwrite)
-        return
-    click.echo(report["table"])
-    click.echo(f"\n{report['protocol']}")
-    if json_path is not None:
-        click.echo(f"results: {write_json_output(json_path, record, overwrite=overwrite)}")
-
-
-def _listed(values: tuple[float, ...] | tuple[int, ...] | tuple[str, ...]) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def _sweep_defaults() -> dict[str, str]:
-    """The sweep options' defaults, spelled from :class:`losslab.logreg.sweep.SweepConfig` (no torch import)."""
-    from losslab.logreg.sweep import SweepConfig
-
-    base = SweepConfig()
-    return {
-        "datasets": _listed(base.datasets),
-        "k": _listed(base.k),
-        "l2": _listed(base.l2),
-        "seeds": _listed(base.seeds),
-    }
-
-
-SWEEP_DEFAULTS = _sweep_defaults()
+    report_with_json(
+        json_path,
+        record,
+        overwrite=overwrite,
+        show=lambda: click.echo(f"{report['table']}\n\n{report['protocol']}"),
+        label="results",
+    )
 
 
 @logreg.command("sweep", cls=LosslabCommand)
-@click.option("--datasets", default=SWEEP_DEFAULTS["datasets"], show_default=True, help="Comma list of bundled tasks.")
-@shared_option(
-    "k", "a comma list of k values (each as --k of losslab logreg)", dest="ks", type=K_LIST, default=SWEEP_DEFAULTS["k"]
-)
-@click.option("--l2", "l2s", type=FloatList(L2), default=SWEEP_DEFAULTS["l2"], show_default=True, help="λ values.")
-@click.option("--seeds", type=SEED_LIST, default=SWEEP_DEFAULTS["seeds"], show_default=True, help="Split seeds.")
-@click.option("--no-logistic", is_flag=True, help="Leave out the logistic reference fits.")
-@click.option("--solver", default="lbfgs", show_default=True, help="lbfgs, newton or gd.")
-@click.option("--max-iter", type=MAX_ITER, default=None, help="Iteration cap [default: 10000].")
-@click.option("--tol", type=TOL, default=None, help="Stop when ||grad F||_2 <= tol [default: 1e-06].")
-@click.option("--test-fraction", type=TEST_FRACTION, default=0.3, show_default=True, help="Share of rows held out.")
+@options_from_model(LogregSweepOptions)
 @shared_option("out_dir", "the folder of run folders", default=Path("runs"))
 @shared_option("run_name", default="logreg_sweep")
 @shared_option("resume", "a sweep")
@@ -126,20 +83,7 @@ SWEEP_DEFAULTS = _sweep_defaults()
     "--progress/--no-progress", default=None, help="Progress bar [default: a bar on a terminal, else a line per fit]."
 )
 def sweep(
-    datasets: str,
-    ks: list[float],
-    l2s: list[float],
-    seeds: list[int],
-    no_logistic: bool,
-    solver: str,
-    max_iter: int | None,
-    tol: float | None,
-    test_fraction: float,
-    out_dir: Path,
-    run_name: str,
-    resume: Path | None,
-    overwrite: bool,
-    progress: bool | None,
+    out_dir: Path, run_name: str, resume: Path | None, overwrite: bool, progress: bool | None, **flags: Any
 ) -> None:
     """Sweep k × λ × data sets × seeds (logistic as reference) into a run folder: sweep.csv (one row per fit),
     sweep.png, history.json / metrics.csv, checkpoints/last.ckpt (for --resume) and result.json.
@@ -149,28 +93,9 @@ def sweep(
     """
     from losslab.logreg.sweep import SweepConfig, run_sweep_folder, stored_config, summary_table
 
-    ctx = click.get_current_context()
-    settings = {
-        "datasets": tuple(name.strip() for name in datasets.split(",") if name.strip()),
-        "k": tuple(ks),
-        "l2": tuple(l2s),
-        "seeds": tuple(seeds),
-        "include_logistic": not no_logistic,
-        "solver": solver,
-        "max_iter": max_iter,
-        "tol": tol,
-        "test_fraction": test_fraction,
-    }
-    params = {"datasets": "datasets", "k": "ks", "l2": "l2s", "seeds": "seeds", "include_logistic": "no_logistic"}
-    if resume is not None:  # the stored config, with the options given on this command line on top (must agree)
-        given = {
-            key: value
-            for key, value in settings.items()
-            if ctx.get_parameter_source(params.get(key, key)) != click.core.ParameterSource.DEFAULT
-        }
-        cfg = stored_config(resume, given)
-    else:
-        cfg = SweepConfig.from_dict(settings)
+    given = LogregSweepOptions(**given_options(flags)).sweep_settings()
+    # a resumed sweep: its stored config, with the options given on this command line on top (must agree)
+    cfg = stored_config(resume, given) if resume is not None else SweepConfig.from_dict(given)
     done = run_sweep_folder(
         cfg, out_dir=out_dir, run_name=run_name, resume=resume, overwrite=overwrite, progress=progress
     )

@@ -1,8 +1,9 @@
 """Generate click options from a pydantic config model, so every config key is a flag with the same help text.
 
-``--label-smoothing 0.1`` sets ``label_smoothing``; booleans get ``--flag/--no-flag``; ``Literal`` fields become
-choices; ``list[int]`` fields take comma-separated values. Options default to ``None`` so that only the flags a
-user actually typed override a YAML config file::
+``--label-smoothing 0.1`` sets ``label_smoothing``; booleans get ``--flag/--no-flag`` (a lone ``--flag``, off unless
+given, with ``json_schema_extra={"switch": True}``); ``Literal`` fields become choices; ``list[int]`` (``list[float]``,
+``list[str]``) fields take comma-separated values. Options default to ``None`` so that only the flags a user actually
+typed override a YAML config file::
 
     @click.command()
     @options_from_model(TrainConfig, aliases={"label_smoothing": ["--smoothing"]})
@@ -15,13 +16,13 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
 
 from losslab.cli.groups import CONCEPTS as SHARED_CONCEPTS
-from losslab.cli.groups import FloatList, IntList, field_bounds, number_type, shared_option
+from losslab.cli.groups import FloatList, IntList, StrList, field_bounds, number_type, shared_option
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -32,21 +33,30 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def _annotated(annotation: Any) -> tuple[Any, dict[str, float]]:
+    """(type, bounds) of ``Annotated[X, Field(ge=..)]`` (``X`` and its bounds), else (``annotation``, {})."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return annotation, {}
+    base, *extras = typing.get_args(annotation)
+    bounds: dict[str, float] = {}
+    for extra in extras:
+        bounds.update(field_bounds(extra))
+    return base, bounds
+
+
 def _click_type(annotation: Any, info: Any = None) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation; numbers get the field's bounds (and floats must be finite)."""
-    annotation = _unwrap_optional(annotation)
-    bounds = field_bounds(info) if info is not None else {}
+    annotation, bounds = _annotated(_unwrap_optional(annotation))  # Annotated[int, Field(ge=1)] | None: its bounds
+    if info is not None:
+        bounds.update(field_bounds(info))
     if annotation is bool:
         return None, True
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)], False
     if typing.get_origin(annotation) is list:  # list[int] or list[Annotated[int, Field(ge=1)]]: items get bounds
-        item = (typing.get_args(annotation) or (int,))[0]
-        item_bounds: dict[str, float] = {}
-        if typing.get_origin(item) is typing.Annotated:
-            item, *extras = typing.get_args(item)
-            for extra in extras:
-                item_bounds.update(field_bounds(extra))
+        item, item_bounds = _annotated((typing.get_args(annotation) or (int,))[0])
+        if item is str:
+            return StrList(), False
         return (FloatList if item is float else IntList)(number_type(item, **item_bounds)), False
     if annotation is Path:
         return click.Path(path_type=Path), False
@@ -55,13 +65,17 @@ def _click_type(annotation: Any, info: Any = None) -> tuple[Any, bool]:
     return str, False
 
 
+def _extra(info: Any) -> dict[str, Any]:
+    """A field's ``json_schema_extra`` mapping (empty when it has none)."""
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
 def _loss_choices(annotation: Any, info: Any) -> list[str] | None:
     """The canonical losses a ``loss`` field takes: its Literal's values, else ``json_schema_extra["losses"]``."""
     annotation = _unwrap_optional(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)]
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return extra.get("losses")
+    return _extra(info).get("losses")
 
 
 def _shared_field_option(name: str, info: Any, names: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -70,8 +84,13 @@ def _shared_field_option(name: str, info: Any, names: list[str]) -> Callable[[Ca
     losses = _loss_choices(info.annotation, info) if name == "loss" else None
     aliases = [n for n in names if n != "--" + name.replace("_", "-")]
     detail = (info.description or "").rstrip(".")
-    if typing.get_origin(_unwrap_optional(info.annotation)) is tuple:  # tuple[X, ...]: the flag is repeatable
+    origin = typing.get_origin(_unwrap_optional(info.annotation))
+    if origin is tuple:  # tuple[X, ...]: the flag is repeatable
         return shared_option(name, detail, config_default=default or None, aliases=aliases, multiple=True)
+    if origin is list:  # list[X]: a comma list, each value typed as the single flag (a sweep's --k 1,3,10)
+        item = SHARED_CONCEPTS[name].make_type()
+        list_type = FloatList(item) if isinstance(item, click.FloatRange) else IntList(item)
+        return shared_option(name, detail, config_default=shown_default(default), aliases=aliases, type=list_type)
     return shared_option(name, detail, config_default=default, losses=losses, aliases=aliases)
 
 
@@ -103,6 +122,8 @@ def options_from_model(
             names = [flag, *aliases.get(name, [])]
             if info.is_required():  # no default: click says "Missing option" before the config is built
                 func = click.option(*names, name, type=click_type, required=True, help=help_text)(func)
+            elif is_flag and _extra(info).get("switch"):
+                func = click.option(*names, name, is_flag=True, default=None, help=info.description)(func)
             elif is_flag:
                 names = [f"{flag}/--no-{flag[2:]}", *aliases.get(name, [])]
                 func = click.option(*names, name, default=None, help=help_text)(func)
@@ -122,13 +143,28 @@ def help_with_default(description: str, default: Any) -> str:
     says what an unset option means, e.g. "default $LOSSLAB_DATA_DIR") or where the description names a default."""
     if default is None or default in ([], ()) or "default" in description.lower():
         return description
-    shown = ",".join(str(v) for v in default) if isinstance(default, list | tuple) else default
-    return f"{description} [default: {shown}]"
+    return f"{description} [default: {shown_default(default)}]"
+
+
+def shown_default(default: Any) -> Any:
+    """A default as ``--help`` shows it: a list comma-joined as typed (floats in ``g`` format: ``0,0.001``)."""
+    if not isinstance(default, list | tuple):
+        return default
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
 
 
 def given_options(values: dict[str, Any]) -> dict[str, Any]:
     """The options the user typed (those not ``None``; a repeatable flag not given is an empty tuple)."""
     return {key: value for key, value in values.items() if value is not None and value != ()}
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def pop_options(model: type[ModelT], flags: dict[str, Any]) -> ModelT:
+    """``model`` built from the flags typed for its fields, which are taken out of ``flags`` (for a command whose
+    flags come from several models, :func:`options_from_model` each)."""
+    return model(**given_options({name: flags.pop(name) for name in model.model_fields if name in flags}))
 
 
 # Old flag spellings still accepted for one release. One table for every command: the CLI's vocabulary is
@@ -291,6 +327,19 @@ def write_json_output(path: Path, obj: Any, *, overwrite: bool) -> str:
     check_new_output(path, overwrite)
     write_json_atomic(path, obj)
     return str(path)
+
+
+def report_with_json(
+    json_path: Path | None, record: Any, *, overwrite: bool, show: Callable[[], None], label: str
+) -> None:
+    """``show()`` the summary, then write ``record`` to ``--json`` and print ``LABEL: PATH``; with ``--json -``
+    stdout holds the JSON only (no summary)."""
+    if json_path is not None and str(json_path) == "-":
+        write_json_output(json_path, record, overwrite=overwrite)
+        return
+    show()
+    if json_path is not None:
+        click.echo(f"{label}: {write_json_output(json_path, record, overwrite=overwrite)}")
 
 
 def check_new_output(path: Path | None, overwrite: bool, flag: str = "--json") -> None:

@@ -14,13 +14,14 @@ from losslab.cli.options import (
     json_option,
     options_from_model,
     overwrite_option,
+    pop_options,
     progress_option,
+    report_with_json,
     resolve_progress,
     typed_flags,
-    write_json_output,
 )
 from losslab.compress.evaluate_run import EvaluateConfig, evaluate_run
-from losslab.train.config import TrainConfig
+from losslab.train.config import TrainCommandOptions, TrainConfig
 
 TRAIN_ALIASES = {
     "label_smoothing": ["--smoothing"],
@@ -96,44 +97,10 @@ def _pick_dataset_from_folder(out: dict[str, Any], file_values: dict[str, Any]) 
 
 
 @click.command(cls=LosslabCommand, context_settings={"show_default": False})
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML file of config keys (the flags' names with underscores); flags override it.",
-)
-@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option("--amp", is_flag=True, help="timm's --amp: the same as --precision 16-mixed.")
-@click.option(
-    "--amp-dtype",
-    type=click.Choice(["float16", "bfloat16"]),
-    default=None,
-    help="timm's --amp-dtype: bfloat16 makes --amp mean --precision bf16-mixed.",
-)
-@click.option(
-    "--validate",
-    is_flag=True,
-    help="Evaluate the checkpoint of --resume (run folder or .ckpt) on the test split instead of training "
-    "(timm's --validate; the same as `losslab evaluate`).",
-)
-@click.option(
-    "--dali",
-    is_flag=True,
-    help="Accepted so SGT's recipe pastes as is, and ignored: losslab picks its own input pipeline.",
-)
+@options_from_model(TrainCommandOptions, flags={"validate_checkpoint": "--validate"})
 @click.argument("data_folder", required=False, type=click.Path(path_type=Path), metavar="[DATA_DIR]")
 @options_from_model(TrainConfig, aliases=TRAIN_ALIASES)
-def train(
-    config_file: Path | None,
-    print_config: bool,
-    amp: bool,
-    amp_dtype: str | None,
-    validate: bool,
-    dali: bool,
-    data_folder: Path | None,
-    **flags: Any,
-) -> None:
+def train(data_folder: Path | None, **flags: Any) -> None:
     """Train an image classifier. With no arguments: the rooted loss on the bundled digits data (~20 s on 2 CPU cores).
 
     Writes a run folder (config, metrics CSV, last/best checkpoints, result.json); --resume RUN continues a
@@ -142,17 +109,18 @@ def train(
     """
     from losslab.train.config import is_timm_checkpoint, read_yaml_mapping
 
-    file_values = read_yaml_mapping(config_file) if config_file is not None else {}
+    opts = pop_options(TrainCommandOptions, flags)
+    file_values = read_yaml_mapping(opts.config) if opts.config is not None else {}
     given = given_options(flags)
     if data_folder is not None:
         if given.get("data_dir", data_folder) != data_folder:
             raise click.UsageError(f"DATA_DIR {data_folder} and --data-dir {given['data_dir']} differ: give one")
         given["data_dir"] = data_folder
     # the config is checked before the heavy imports below
-    overrides = timm_recipe_overrides(given, file_values, amp, amp_dtype, typed_flags())
-    if dali:
+    overrides = timm_recipe_overrides(given, file_values, opts.amp, opts.amp_dtype, typed_flags())
+    if opts.dali:
         click.echo("note: --dali is ignored; losslab chooses its own input pipeline", err=True)
-    if validate:
+    if opts.validate_checkpoint:
         if overrides.get("resume") is None:
             raise click.UsageError("--validate evaluates a trained run: give it with --resume RUN_OR_CKPT")
         from losslab.compress.evaluate_run import evaluate_checkpoint
@@ -174,13 +142,13 @@ def train(
             "(as --initial-checkpoint); its optimizer state and epoch count are not carried over",
             err=True,
         )
-    if config_file is not None:
-        cfg = TrainConfig.from_yaml(config_file, overrides)
+    if opts.config is not None:
+        cfg = TrainConfig.from_yaml(opts.config, overrides)
     elif overrides.get("resume") is not None:
         cfg = _resume_config(overrides)
     else:
         cfg = TrainConfig.build(overrides)
-    if print_config:
+    if opts.print_config:
         import yaml
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -225,12 +193,7 @@ def evaluate(checkpoint: Path, json_path: Path | None, overwrite: bool, progress
     cfg = EvaluateConfig(checkpoint=checkpoint, progress=resolve_progress(progress), **given_options(flags))
     check_new_output(json_path, overwrite)
     metrics = evaluate_run(cfg)
-    if json_path is not None and str(json_path) == "-":
-        write_json_output(json_path, metrics, overwrite=overwrite)
-        return
-    _print_metrics(metrics)
-    if json_path is not None:
-        click.echo(f"metrics: {write_json_output(json_path, metrics, overwrite=overwrite)}")
+    report_with_json(json_path, metrics, overwrite=overwrite, show=lambda: _print_metrics(metrics), label="metrics")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

@@ -22,26 +22,36 @@ from typing import Any
 
 import click
 
-from losslab.cli.groups import number_type, shared_option
-from losslab.cli.options import LosslabCommand, given_options, options_from_model, progress_option, resolve_progress
+from losslab.cli.groups import shared_option
+from losslab.cli.options import (
+    LosslabCommand,
+    given_options,
+    options_from_model,
+    pop_options,
+    progress_option,
+    resolve_progress,
+)
 from losslab.errors import ConfigError
 from losslab.seq2seq.config import (
     FAIRSEQ_FLAGS,
-    MAX_BEAM,
     SEED_ALIASES,
     TranslateConfig,
+    TranslateDemoOptions,
+    TranslateEvalOptions,
+    TranslateInputs,
+    TranslateRunOptions,
     check_seed_frobenius_decay,
     fairseq_overrides,
 )
 
 
-def _training_device(accelerator: str, devices: int) -> str:
+def _training_device(run: TranslateRunOptions) -> str:
     """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
     from losslab.runs import resolve_device
 
-    if devices != 1:
-        raise ConfigError(f"--devices {devices}: losslab translate trains on one device; use --devices 1")
-    return str(resolve_device(accelerator, flag="--accelerator"))
+    if run.devices != 1:
+        raise ConfigError(f"--devices {run.devices}: losslab translate trains on one device; use --devices 1")
+    return str(resolve_device(run.accelerator, flag="--accelerator"))
 
 
 def _config(config_file: str | None, flags: dict[str, Any], stored: dict[str, Any] | None = None) -> Any:
@@ -81,16 +91,9 @@ def translate() -> None:
 
 
 def _common_out(func: Any) -> Any:
-    """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite) and the device."""
-    func = progress_option(func)
-    func = shared_option("overwrite", "a run folder, once the new run has finished", default=False)(func)
-    func = shared_option("resume")(func)
-    func = click.option(
-        "--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Number of devices (only 1)."
-    )(func)
-    func = shared_option("accelerator", "one device", default="auto")(func)
-    func = shared_option("run_name", "default: --out-dir is the run")(func)
-    return shared_option("out_dir", "the run folder")(func)
+    """The run-folder options (losslab.runs: confined name, lock, marker, staged --overwrite), the device, and
+    ``--progress``."""
+    return options_from_model(TranslateRunOptions)(progress_option(func))
 
 
 class _TrainCommand(LosslabCommand):
@@ -103,76 +106,44 @@ class _TrainCommand(LosslabCommand):
 
 @translate.command("train", cls=_TrainCommand)
 @_common_out
-@click.option("--config", "config_file", default=None, help="YAML file (or shipped name) of config keys.")
-@click.option("--src-file", type=click.Path(), default=None, help="Training source text, one sentence per line.")
-@click.option("--tgt-file", type=click.Path(), default=None, help="Training target text, aligned with --src-file.")
-@click.option("--valid-src", type=click.Path(), default=None, help="Validation source text.")
-@click.option("--valid-tgt", type=click.Path(), default=None, help="Validation target text.")
-@click.option("--test-src", type=click.Path(), default=None, help="Test source text.")
-@click.option("--test-tgt", type=click.Path(), default=None, help="Test target text.")
-@click.option("--download", is_flag=True, help="Fetch IWSLT2017 de-en through datasets (network).")
-@click.option("--toy", is_flag=True, help="Use the built-in toy language pair (offline).")
+@options_from_model(TranslateInputs)
 @options_from_model(TranslateConfig, aliases={**SEED_ALIASES, "max_epochs": [*SEED_ALIASES["max_epochs"], "--epochs"]})
 @_fairseq_options
-def train_cmd(
-    out_dir: Path | None,
-    run_name: str | None,
-    overwrite: bool,
-    resume: Path | None,
-    accelerator: str,
-    devices: int,
-    progress: bool | None,
-    config_file: str | None,
-    download: bool,
-    toy: bool,
-    **flags: Any,
-) -> None:
+def train_cmd(progress: bool | None, **flags: Any) -> None:
     """Train a translation Transformer and report BLEU (sacrebleu, detokenized) on valid/test.
 
     The run folder (--out-dir, or --out-dir/--run-name) holds config.yaml, tokenizer.json, history.json,
     metrics.csv, checkpoints/last.ckpt and result.json; --resume RUN continues a killed run with its stored config
     and data (flags given on top must keep its architecture)."""
-    data = {key: flags.pop(key) for key in DATA_FLAGS if key not in ("download", "toy")}
-    data.update(download=download, toy=toy)
+    run, inputs = pop_options(TranslateRunOptions, flags), pop_options(TranslateInputs, flags)
     stored: dict[str, Any] = {}
-    if resume is not None:
+    if run.resume is not None:
         from losslab.seq2seq.train import stored_run_config
 
-        stored = stored_run_config(resume)
-        if not _given_data(data):
-            data = dict(stored.get("data") or {})
-    cfg = _config(config_file, flags, {k: v for k, v in stored.items() if k != "data"})
-    device = _training_device(accelerator, devices)
-    corpus = _corpus(**{key: data.get(key) for key in DATA_FLAGS})
+        stored = stored_run_config(run.resume)
+        if not inputs.data():
+            inputs = TranslateInputs.build({**(stored.get("data") or {}), "config": inputs.config})
+    cfg = _config(inputs.config, flags, {k: v for k, v in stored.items() if k != "data"})
+    device = _training_device(run)
+    corpus = _corpus(inputs)
     from losslab.seq2seq.train import train_translation
 
-    result = train_translation(cfg, corpus, out_dir, device, run_name=run_name, resume=resume, overwrite=overwrite,
-                               data=_absolute(data), log=click.echo, progress=progress)  # fmt: skip
+    result = train_translation(
+        cfg, corpus, run.out_dir, device, **run.folder(), data=inputs.data(), log=click.echo, progress=progress
+    )
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
-DATA_FLAGS = ("src_file", "tgt_file", "valid_src", "valid_tgt", "test_src", "test_tgt", "download", "toy")
-
-
-def _given_data(data: dict[str, Any]) -> bool:
-    return any(bool(data.get(key)) for key in DATA_FLAGS)
-
-
-def _absolute(data: dict[str, Any]) -> dict[str, Any]:
-    """The data source as recorded in config.yaml (file paths absolute, so that --resume finds them)."""
-    return {key: (str(Path(v).resolve()) if isinstance(v, str) else v) for key, v in data.items() if v}
-
-
-def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, valid_tgt: str | None,
-            test_src: str | None, test_tgt: str | None, download: bool | None, toy: bool | None) -> dict:  # fmt: skip
-    given = sum([bool(src_file or tgt_file), bool(download), bool(toy)])
+def _corpus(inputs: TranslateInputs) -> dict:
+    """The corpus of the one data source ``inputs`` names (aligned files, the IWSLT download or the toy pair)."""
+    given = sum([bool(inputs.src_file or inputs.tgt_file), inputs.download, inputs.toy])
     if given != 1:
         raise ConfigError("give exactly one data source: --src-file/--tgt-file, --download (IWSLT) or --toy")
-    if toy:
+    if inputs.toy:
         from losslab.seq2seq.toy import toy_corpus
 
         return toy_corpus()
-    if download:
+    if inputs.download:
         from losslab.seq2seq.data import download_iwslt
 
         return download_iwslt()
@@ -180,9 +151,9 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 
     splits = {}
     for name, pair in (
-        ("train", (src_file, tgt_file)),
-        ("valid", (valid_src, valid_tgt)),
-        ("test", (test_src, test_tgt)),
+        ("train", (inputs.src_file, inputs.tgt_file)),
+        ("valid", (inputs.valid_src, inputs.valid_tgt)),
+        ("test", (inputs.test_src, inputs.test_tgt)),
     ):
         if any(pair) and not all(pair):
             raise ConfigError(f"the {name} split needs both its source and target file")
@@ -195,19 +166,9 @@ def _corpus(src_file: str | None, tgt_file: str | None, valid_src: str | None, v
 @shared_option(
     "out_dir", "the trained run folder", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path)
 )
-@click.option("--src-file", type=click.Path(), required=True, help="Source text, one sentence per line.")
-@click.option("--tgt-file", type=click.Path(), required=True, help="Reference translations, aligned.")
-@click.option(
-    "--beam", type=number_type(int, ge=1, le=MAX_BEAM), default=None, help="Beam size (default: the run's, 5)."
-)
-@click.option(
-    "--lenpen", type=number_type(float, ge=0, le=10), default=None, help="Length penalty (default: the run's)."
-)
-@shared_option("device", "default: cuda if available")
-@click.option("--json", "json_file", default=None, help="Write the results as JSON to this file ('-' = stdout).")
+@options_from_model(TranslateEvalOptions, flags={"json_path": "--json"})
 @progress_option
-def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpen: float | None,
-             device: str | None, json_file: str | None, progress: bool | None) -> None:  # fmt: skip
+def eval_cmd(out_dir: Path, progress: bool | None, **flags: Any) -> None:
     """BLEU of a trained run on a parallel text, with beam search; prints the tokenizer and sacrebleu signature.
 
     With ``--json -`` stdout holds the JSON only (the summary lines go to stderr)."""
@@ -215,38 +176,29 @@ def eval_cmd(out_dir: str, src_file: str, tgt_file: str, beam: int | None, lenpe
     from losslab.seq2seq.data import read_parallel
     from losslab.seq2seq.train import bleu_of, load_run
 
-    dev = resolve_device(device or "auto")
-    asked = given_options({"beam": beam, "lenpen": lenpen})
-    TranslateConfig.build(asked)  # the config's ranges check --beam and --lenpen before anything is loaded
-    pairs = read_parallel(Path(src_file), Path(tgt_file))
-    model, tok, cfg = load_run(Path(out_dir), dev)
-    cfg = cfg.model_copy(update=asked)
+    opts = TranslateEvalOptions(**given_options(flags))  # --beam and --lenpen have the config's ranges
+    dev = resolve_device(opts.device or "auto")
+    pairs = read_parallel(opts.src_file, opts.tgt_file)
+    model, tok, cfg = load_run(out_dir, dev)
+    cfg = cfg.model_copy(update=opts.model_dump(include={"beam", "lenpen"}, exclude_none=True))
     result = bleu_of(model, tok, pairs, cfg, dev, progress=resolve_progress(progress))
     result["tokenizer"] = tok.describe()
-    to_stderr = json_file == "-"
+    to_stderr = opts.json_path == "-"
     click.echo(f"tokenizer: {result['tokenizer']}", err=to_stderr)
     click.echo(f"{result['bleu_text']}  [{result['signature']}]  ({result['sentences_per_s']:.1f} sentences/s)",
                err=to_stderr)  # fmt: skip
-    if json_file == "-":
+    if opts.json_path == "-":
         click.echo(json.dumps(result, indent=2))
-    elif json_file:
+    elif opts.json_path:
         from losslab.io import write_json_atomic
 
-        write_json_atomic(json_file, result)
+        write_json_atomic(opts.json_path, result)
 
 
 @translate.command("demo", cls=LosslabCommand)
 @_common_out
-@click.option("--epochs", type=number_type(int, ge=1, le=1000), default=12, show_default=True, help="Training epochs.")
-@click.option(
-    "--rank-scale",
-    type=number_type(float, gt=0, le=1),
-    default=None,
-    help="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
-    "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",
-)
-def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume: Path | None, accelerator: str,
-             devices: int, progress: bool | None, epochs: int, rank_scale: float | None) -> None:  # fmt: skip
+@options_from_model(TranslateDemoOptions)
+def demo_cmd(progress: bool | None, **flags: Any) -> None:
     """Offline demo: learn the toy SVO->SOV language pair; prints BLEU before and after training.
 
     ``--rank-scale 0.5`` trains the FNL factorized model instead and prints both parameter counts."""
@@ -255,9 +207,11 @@ def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import bleu_of, build_model, train_translation
 
-    dev = torch.device(_training_device(accelerator, devices))
+    run, opts = pop_options(TranslateRunOptions, flags), TranslateDemoOptions(**given_options(flags))
+    rank_scale = opts.rank_scale
+    dev = torch.device(_training_device(run))
     fnl = {} if rank_scale is None else {"rank_scale": rank_scale, "spectral": True, "frobenius_decay": True}
-    cfg = TranslateConfig.build(dict(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=epochs,
+    cfg = TranslateConfig.build(dict(arch="toy", vocab_size=160, lr=3e-3, warmup_updates=50, max_epochs=opts.epochs,
                                 max_tokens=1024, normalize_before=True, eval_batch_size=100, **fnl))  # fmt: skip
     corpus = toy_corpus(1000, 100, 100, seed=0)
 
@@ -269,8 +223,8 @@ def demo_cmd(out_dir: Path | None, run_name: str | None, overwrite: bool, resume
                        f"{n_fnl / n_dense:.3f}x)")  # fmt: skip
         click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, dev)['bleu_text']}")
 
-    result = train_translation(cfg, corpus, out_dir, dev, run_name=run_name, resume=resume, overwrite=overwrite,
-                               data={"toy": True}, log=click.echo, progress=progress, on_start=untrained)  # fmt: skip
+    result = train_translation(cfg, corpus, run.out_dir, dev, **run.folder(), data={"toy": True}, log=click.echo,
+                               progress=progress, on_start=untrained)  # fmt: skip
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

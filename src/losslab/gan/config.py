@@ -14,9 +14,11 @@ the per-step decay. The loss names are the objective registry's: ``root`` (alias
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from losslab.train.config import SWITCH, CommandConfig
 
 IMAGE_DEFAULTS: dict[str, float] = {
     "batch_size": 64,
@@ -171,3 +173,17 @@ class GanConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class GanSweepOptions(CommandConfig):
+    """The sweep's own options (``losslab gan sweep``; the shared settings are :class:`GanConfig`'s): the grid of k
+    and seeds, which a ``--config`` file may hold under ``sweep:`` and the flags override, and the logistic
+    reference runs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    COMMAND: ClassVar[str] = "losslab gan sweep"
+
+    config: str | None = Field(None, description="YAML of GanConfig keys + sweep: {k, seeds} (rlo_gan).")
+    k: list[Annotated[float, Field(gt=0, le=1e6)]] = Field([2.0, 4.0, 8.0], description="a comma list of k values")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field([0, 1, 2], description="Training seeds.")
+    no_logistic: bool = Field(False, description="Leave out the logistic reference runs.", json_schema_extra=SWITCH)

@@ -1,6 +1,7 @@
-"""The translation run's config (one pydantic model; every field is a ``losslab translate train`` flag) and the
-model-size presets. Imports only pydantic (and the shared precision names), so the CLI can build its flags without
-importing torch::
+"""The translation run's config (one pydantic model; every field is a ``losslab translate train`` flag), the model-size
+presets, and the typed options of the ``translate`` commands beside the config (run folder and device, data source,
+``eval`` and ``demo``), whose fields are those commands' flags too. Imports only pydantic (and the shared precision
+names), so the CLI can build its flags without importing torch::
 
     cfg = TranslateConfig.build(dict(arch="toy", rank_scale=0.5, spectral=True))   # ConfigError on bad values
     SEED_ALIASES["attention_spectral_qk"]                                      # ['--spectral-quekey']
@@ -9,14 +10,18 @@ importing torch::
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from losslab.limits import MAX_VOCAB
-from losslab.train.config import CommandConfig, PrecisionName
+from losslab.train.config import SWITCH, CommandConfig, PrecisionName
 
 MAX_BEAM = 1000
+Beam = Annotated[int, Field(ge=1, le=MAX_BEAM)]
+LengthPenalty = Annotated[float, Field(ge=0, le=10)]
+RankScale = Annotated[float, Field(gt=0, le=1)]
 
 PRESETS: dict[str, dict[str, int | float | bool | str]] = {
     # fairseq's transformer_iwslt_de_en (post-norm, sinusoidal positions, tied embeddings)
@@ -168,10 +173,8 @@ class TranslateConfig(CommandConfig):
     max_tokens: int = Field(4096, ge=16, le=10_000_000, description="Tokens per batch (fairseq --max-tokens).")
     max_epochs: int = Field(50, ge=1, description="Stop after this many epochs.")
     max_updates: int | None = Field(None, ge=1, description="Stop after this many updates.")
-    rank_scale: float | None = Field(
+    rank_scale: RankScale | None = Field(
         None,
-        gt=0.0,
-        le=1.0,
         description="FNL's --rank-scale s: factorize the FFN Linears, the token and position embeddings and the "
         "output projection at rank round(s·min(m, n)) and shrink each attention head to int(s·d/H) (s = 1: dense).",
     )
@@ -185,8 +188,8 @@ class TranslateConfig(CommandConfig):
     attention_spectral_ov: bool = Field(False, description="Per-head spectral rebalance of O_hV_h.")
     attention_fd_qk: bool = Field(False, description="Per-head Frobenius decay of Q_hᵀK_h.")
     attention_fd_ov: bool = Field(False, description="Per-head Frobenius decay of O_hV_h.")
-    beam: int = Field(5, ge=1, le=MAX_BEAM, description="Beam size for BLEU.")
-    lenpen: float = Field(1.0, ge=0.0, le=10.0, description="Length penalty: score / length**lenpen.")
+    beam: Beam = Field(5, description="Beam size for BLEU.")
+    lenpen: LengthPenalty = Field(1.0, description="Length penalty: score / length**lenpen.")
     eval_batch_size: int = Field(128, ge=1, le=100_000, description="Sentences per generation batch.")
     precision: PrecisionName = Field(
         "32", description="Numeric precision: 32, bf16-mixed (autocast), 16-mixed (GPU, with loss scaling)."
@@ -225,3 +228,75 @@ class TranslateConfig(CommandConfig):
     @property
     def smoothing(self) -> float:
         return (0.1 if self.loss == "ce" else 0.0) if self.label_smoothing is None else self.label_smoothing
+
+
+class TranslateRunOptions(CommandConfig):
+    """Where ``translate train`` and ``translate demo`` write their run folder (:mod:`losslab.runs`), and the device."""
+
+    model_config = ConfigDict(extra="forbid")
+    COMMAND: ClassVar[str] = "losslab translate train"
+
+    out_dir: Path | None = Field(None, description="the run folder")
+    run_name: str | None = Field(None, description="default: --out-dir is the run")
+    accelerator: str = Field("auto", description="one device")
+    devices: int = Field(1, ge=1, description="Number of devices (only 1).")
+    resume: Path | None = None
+    overwrite: bool = Field(False, description="a run folder, once the new run has finished")
+
+    def folder(self) -> dict[str, Any]:
+        """The run-folder keywords of :func:`losslab.seq2seq.train.train_translation`."""
+        return {"run_name": self.run_name, "resume": self.resume, "overwrite": self.overwrite}
+
+
+class TranslateInputs(CommandConfig):
+    """What ``translate train`` reads besides its flags: a YAML file of config keys, and the parallel text (aligned
+    files, the IWSLT download or the toy pair; exactly one source, checked when the corpus is loaded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    COMMAND: ClassVar[str] = "losslab translate train"
+
+    config: str | None = Field(None, description="YAML file (or shipped name) of config keys.")
+    src_file: Path | None = Field(None, description="Training source text, one sentence per line.")
+    tgt_file: Path | None = Field(None, description="Training target text, aligned with --src-file.")
+    valid_src: Path | None = Field(None, description="Validation source text.")
+    valid_tgt: Path | None = Field(None, description="Validation target text.")
+    test_src: Path | None = Field(None, description="Test source text.")
+    test_tgt: Path | None = Field(None, description="Test target text.")
+    download: bool = Field(
+        False, description="Fetch IWSLT2017 de-en through datasets (network).", json_schema_extra=SWITCH
+    )
+    toy: bool = Field(False, description="Use the built-in toy language pair (offline).", json_schema_extra=SWITCH)
+
+    def data(self) -> dict[str, Any]:
+        """The data source as ``config.yaml`` records it (``--resume`` reads it back): the keys given, file paths
+        absolute."""
+        given = self.model_dump(exclude={"config"}, exclude_defaults=True)
+        return {key: str(v.resolve()) if isinstance(v, Path) else v for key, v in given.items()}
+
+
+class TranslateEvalOptions(CommandConfig):
+    """The options of ``translate eval`` besides the run folder: the parallel text, beam search, device, output."""
+
+    model_config = ConfigDict(extra="forbid")
+    COMMAND: ClassVar[str] = "losslab translate eval"
+
+    src_file: Path = Field(description="Source text, one sentence per line.")
+    tgt_file: Path = Field(description="Reference translations, aligned.")
+    beam: Beam | None = Field(None, description="Beam size (default: the run's, 5).")
+    lenpen: LengthPenalty | None = Field(None, description="Length penalty (default: the run's).")
+    device: str | None = Field(None, description="default: cuda if available")
+    json_path: str | None = Field(None, description="Write the results as JSON to this file ('-' = stdout).")
+
+
+class TranslateDemoOptions(CommandConfig):
+    """The offline demo's own options (``translate demo``): its length, and FNL's factorization."""
+
+    model_config = ConfigDict(extra="forbid")
+    COMMAND: ClassVar[str] = "losslab translate demo"
+
+    epochs: int = Field(12, ge=1, le=1000, description="Training epochs.")
+    rank_scale: RankScale | None = Field(
+        None,
+        description="FNL option: factorize the FFN, embeddings and output at rank scale s and shrink each head to "
+        "int(s·d/H), with spectral init and Frobenius decay (the seed's --rank-scale s --spectral --wd2fd).",
+    )

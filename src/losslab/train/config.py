@@ -13,6 +13,7 @@ key or value fails before any work starts, with a message that names the key, th
 from __future__ import annotations
 
 import itertools
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -33,6 +34,10 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 
 
 _Config = TypeVar("_Config", bound="CommandConfig")
+
+SWITCH: dict[str, Any] = {"switch": True}
+"""``json_schema_extra`` of a ``bool`` field whose flag is a lone switch (``--toy``, ``--no-logistic``: off unless
+given) rather than a ``--flag/--no-flag`` pair (:func:`losslab.cli.options.options_from_model`)."""
 
 
 class CommandConfig(BaseModel):
@@ -342,6 +347,35 @@ class TrainConfig(CommandConfig):
         return f"{self.dataset}-{self.model}-{self.loss}-s{self.seed}"
 
 
+class TrainCommandOptions(CommandConfig):
+    """The flags of ``losslab train`` that are not config keys: the YAML file of keys, printing the resolved
+    config, and timm's recipe flags, so that a timm (or SGT fork) command line pastes as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = Field(
+        None, description="YAML file of config keys (the flags' names with underscores); flags override it."
+    )
+    print_config: bool = Field(
+        False, description="Print the resolved config as YAML and exit.", json_schema_extra=SWITCH
+    )
+    amp: bool = Field(False, description="timm's --amp: the same as --precision 16-mixed.", json_schema_extra=SWITCH)
+    amp_dtype: Literal["float16", "bfloat16"] | None = Field(
+        None, description="timm's --amp-dtype: bfloat16 makes --amp mean --precision bf16-mixed."
+    )
+    validate_checkpoint: bool = Field(  # the flag is --validate (a pydantic model has a validate attribute)
+        False,
+        description="Evaluate the checkpoint of --resume (run folder or .ckpt) on the test split instead of training "
+        "(timm's --validate; the same as `losslab evaluate`).",
+        json_schema_extra=SWITCH,
+    )
+    dali: bool = Field(
+        False,
+        description="Accepted so SGT's recipe pastes as is, and ignored: losslab picks its own input pipeline.",
+        json_schema_extra=SWITCH,
+    )
+
+
 #: File endings of timm checkpoints and bare state dicts (``.pth.tar`` ends in ``.tar``); losslab's are ``.ckpt``.
 TIMM_SUFFIXES = (".tar", ".pth", ".pt", ".bin")
 
@@ -397,9 +431,8 @@ def _range_message(err: Any, model: type[BaseModel]) -> str | None:
     info = model.model_fields.get(str(err["loc"][0])) if err["type"] in RANGE_ERRORS and err["loc"] else None
     if info is None:
         return None
-    bounds = {
-        key: getattr(item, key) for item in info.metadata for key in ("gt", "ge", "lt", "le") if hasattr(item, key)
-    }
+    metadata = [*info.metadata, *_inner_metadata(info.annotation)]
+    bounds = {key: getattr(item, key) for item in metadata for key in ("gt", "ge", "lt", "le") if hasattr(item, key)}
     bounds = {key: value for key, value in bounds.items() if value is not None}
     low = next(((key, bounds[key]) for key in ("gt", "ge") if key in bounds), None)
     high = next(((key, bounds[key]) for key in ("lt", "le") if key in bounds), None)
@@ -407,3 +440,14 @@ def _range_message(err: Any, model: type[BaseModel]) -> str | None:
         return f"must be in {'(' if low[0] == 'gt' else '['}{low[1]:g}, {high[1]:g}{')' if high[0] == 'lt' else ']'}"
     key, value = low or high  # type: ignore[misc]
     return f"must be {dict(gt='>', ge='>=', lt='<', le='<=')[key]} {value:g}"
+
+
+def _inner_metadata(annotation: Any) -> list[Any]:
+    """The constraints of the ``Annotated[X, Field(...)]`` inside ``annotation`` (``Beam | None``, the items of
+    ``list[Annotated[float, Field(gt=0)]]``), which pydantic keeps off the field's own metadata."""
+    items: list[Any] = []
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            for extra in typing.get_args(arg)[1:]:
+                items.extend(getattr(extra, "metadata", [extra]))
+    return items
