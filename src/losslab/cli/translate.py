@@ -46,11 +46,15 @@ from losslab.seq2seq.config import (
 
 
 def _training_device(run: TranslateRunOptions) -> str:
-    """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
+    """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device per
+    process; torchrun starts one process per device)."""
     from losslab.runs import resolve_device
 
     if run.devices != 1:
-        raise ConfigError(f"--devices {run.devices}: losslab translate trains on one device; use --devices 1")
+        raise ConfigError(
+            f"--devices {run.devices}: losslab translate trains on one device per process; use --devices 1, and for "
+            f"{run.devices} devices start it with torchrun --nproc_per_node {run.devices}"
+        )
     return str(resolve_device(run.accelerator, flag="--accelerator"))
 
 
@@ -131,6 +135,10 @@ def train_cmd(progress: bool | None, **flags: Any) -> None:
     result = train_translation(
         cfg, corpus, run.out_dir, device, **run.folder(), data=inputs.data(), log=click.echo, progress=progress
     )
+    from losslab.runs import is_child_rank
+
+    if is_child_rank():  # torchrun: rank 0 reports
+        return
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
