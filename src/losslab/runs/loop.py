@@ -8,6 +8,7 @@ Per epoch ``e``::
         for each phase (one; a GAN: D then G):     # losslab.runs.task.task_phases
             zero_grad; for part in task.micro_batches(batch) (when the task has it, else batch itself):
                 with autocast: total = phase.loss(part, e, log); backward(scale · total)   # the task's training_loss
+                (under torchrun DDP all-reduces in the last part's backward only: no_sync before)
             unscale; phase.gradient_terms(e, log); clip; optimizer step
             schedule.step_batch() when the schedule has it (per-step schedules); phase.after_step()
         hooks.after_step
@@ -269,6 +270,7 @@ class PlainLoop:
         for module in training_modules(task):
             module.to(self.device)
         self.ranks = Ranks(self.device)
+        self.ddp: list[torch.nn.Module] = []  # the DistributedDataParallel wrappers made by wrap_ddp
         wrapped: list[torch.nn.Module] = []
         if self.ranks.world > 1:  # torchrun: DDP averages the wrapped modules' gradients in backward
             distribute = getattr(task, "distribute", None)
@@ -292,7 +294,18 @@ class PlainLoop:
         """``module`` in DistributedDataParallel on this rank's device."""
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        ddp = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp.append(ddp)
+        return ddp
+
+    def gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Under torchrun with gradient accumulation: DDP all-reduces the gradients in the backward of a step's
+        ``last`` micro-batch only (the summed local gradients of the step, once); the others run in ``no_sync``."""
+        stack = contextlib.ExitStack()
+        if not last:
+            for ddp in self.ddp:
+                stack.enter_context(ddp.no_sync())
+        return stack
 
     @property
     def ema_target(self) -> torch.nn.Module:
@@ -356,10 +369,12 @@ class PlainLoop:
             self.throughput.count(means.batch_size * self.ranks.world)
             for phase, precision, params in zip(self.phases, self.precisions, self.params, strict=True):
                 phase.optimizer.zero_grad(set_to_none=True)
-                for part in micro_batches(batch):  # one backward each: memory is one micro-batch's
-                    with precision.autocast():
-                        total = phase.loss(part, epoch, means.log)
-                    precision.backward(total)
+                parts = list(micro_batches(batch))
+                for k, part in enumerate(parts):  # one backward each: memory is one micro-batch's
+                    with self.gradient_sync(last=k == len(parts) - 1):  # the forward and the backward
+                        with precision.autocast():
+                            total = phase.loss(part, epoch, means.log)
+                        precision.backward(total)
                 self.average_other_grads(params)
                 precision.unscale(phase.optimizer)
                 if phase.gradient_terms is not None:
