@@ -56,9 +56,9 @@ def run_translate(args: argparse.Namespace) -> None:
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import train_translation
 
-    cfg = TranslateConfig.build({"arch": "toy", "vocab_size": 80, "max_epochs": 2, "dropout": 0.0,
-                                 "max_tokens": args.batch, "warmup_updates": 4, "lr": 3e-3, "eval_batch_size": 8,
-                                 "beam": 2, "seed": 0})  # fmt: skip
+    cfg = TranslateConfig.build({"arch": "toy", "vocab_size": 80, "max_epochs": 2, "dropout": 0.0, "beam": 2,
+                                 "max_tokens": args.batch, "warmup_updates": 4, "lr": 3e-3, "seed": 0,
+                                 "eval_batch_size": args.eval_batch})  # fmt: skip
 
     def to_float64(model: torch.nn.Module, tok: Any) -> None:
         model.to(torch.float64)
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--eval-batch", type=int, default=8)  # translate: sentences per evaluation batch
     parser.add_argument("--float64", action="store_true")
     parser.add_argument("--kill", action="store_true")
     parser.add_argument("--resume", action="store_true")

@@ -53,6 +53,9 @@ def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProces
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
+EVAL = ("--eval-batch", "20")  # one evaluation batch per split: rank 1's shares are empty
+
+
 def rows(run: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)}
             for row in json.loads((run / "history.json").read_text())]  # fmt: skip
@@ -68,6 +71,7 @@ def test_two_ranks_train_what_one_process_trains_float64(tmp_path: Path) -> None
     two = launch(tmp_path, 2, str(tmp_path / "two"), "--batch", "256", "--float64")
     assert two.returncode == 0, two.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no lock, staging or stray file left
+    # (3 evaluation batches of 8 sentences per split: rank 0 evaluates 2, rank 1 one)
     listing = {
         run: sorted(str(p.relative_to(tmp_path / run)) for p in (tmp_path / run).rglob("*")) for run in ("one", "two")
     }
@@ -92,14 +96,14 @@ def test_two_ranks_train_what_one_process_trains_float64(tmp_path: Path) -> None
 
 
 def test_killed_run_resumes_under_torchrun_and_evaluation_equals_one_process(tmp_path: Path) -> None:
-    straight = launch(tmp_path, 2, str(tmp_path / "straight"), "--batch", "256")
+    straight = launch(tmp_path, 2, str(tmp_path / "straight"), "--batch", "256", *EVAL)
     assert straight.returncode == 0, straight.stderr
-    killed = launch(tmp_path, 2, str(tmp_path / "cut"), "--batch", "256", "--kill")
+    killed = launch(tmp_path, 2, str(tmp_path / "cut"), "--batch", "256", *EVAL, "--kill")
     assert killed.returncode != 0 and "Killed" in killed.stderr
     assert not (tmp_path / "cut" / "result.json").exists() and len(rows(tmp_path / "cut")) == 1
-    single = launch(tmp_path, 1, str(tmp_path / "cut"), "--batch", "256", "--resume")
+    single = launch(tmp_path, 1, str(tmp_path / "cut"), "--batch", "256", *EVAL, "--resume")
     assert single.returncode != 0 and "trained by 2 process(es) and this launch has 1" in single.stderr
-    resumed = launch(tmp_path, 2, str(tmp_path / "cut"), "--batch", "256", "--resume")
+    resumed = launch(tmp_path, 2, str(tmp_path / "cut"), "--batch", "256", *EVAL, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert rows(tmp_path / "cut") == rows(tmp_path / "straight")  # bit-identical
     w_straight, w_cut = weights(tmp_path / "straight"), weights(tmp_path / "cut")
@@ -107,8 +111,8 @@ def test_killed_run_resumes_under_torchrun_and_evaluation_equals_one_process(tmp
 
     # Validation and test (two ranks, each its batches, tallies summed) equal one process's evaluation of the
     # same weights: the per-batch sums are the same float32 numbers, added exactly in float64; BLEU's counts are
-    # integers.
-    cfg = TranslateConfig.build({"arch": "toy", "vocab_size": 80, "dropout": 0.0, "eval_batch_size": 8, "beam": 2})
+    # integers. Each split is one batch of 20 sentences here: rank 1 evaluates none and adds zeros.
+    cfg = TranslateConfig.build({"arch": "toy", "vocab_size": 80, "dropout": 0.0, "eval_batch_size": 20, "beam": 2})
     tok = SubwordTokenizer.load(tmp_path / "cut" / "tokenizer.json")
     model = build_model(cfg, tok.vocab_size)
     task = TranslationTask(cfg, model, tok, bleu_epoch=0)
@@ -116,8 +120,8 @@ def test_killed_run_resumes_under_torchrun_and_evaluation_equals_one_process(tmp
     corpus, cpu = toy_corpus(96, 20, 20, seed=1), torch.device("cpu")
     result = json.loads((tmp_path / "cut" / "result.json").read_text())
     for split, stage, reported in (("valid", "val", rows(tmp_path / "cut")[-1]), ("test", "test", None)):
-        batches = EvalBatches(tok, corpus[split], 8, model.cfg.max_positions - 1)
-        assert len(batches) == 3  # rank 0 evaluated 2 of them, rank 1 one
+        batches = EvalBatches(tok, corpus[split], 20, model.cfg.max_positions - 1)
+        assert len(batches) == 1
         metrics = evaluate(task, batches, stage, cpu, Precision("32", cpu))
         assert result[split]["bleu"] == metrics[f"{stage}/bleu"] and result[split]["example"] == task.examples[stage]
         if reported is not None:

@@ -166,17 +166,6 @@ class StepBatches:
             yield {**share, "step_tokens": count_predicted_tokens(self.blocks["labels"][index])}
 
 
-def rank_share(batches: list[dict[str, Tensor]], rank: int, world: int) -> list[dict[str, Tensor]]:
-    """Rank ``rank``'s evaluation batches under ``torchrun``: every ``world``-th, whole (the summed tallies of the
-    ranks are then the single process's). ConfigError when some rank would get none."""
-    if len(batches) < world:
-        raise ConfigError(
-            f"the validation split has {len(batches)} batch(es), fewer than the {world} torchrun processes; lower "
-            "--batch-size, raise --max-eval-windows or start fewer processes"
-        )
-    return batches[rank::world]
-
-
 def eval_batches(blocks: dict[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
     """The held-out blocks in batches of ``batch_size``."""
     index = torch.arange(blocks["input_ids"].shape[0])
@@ -395,7 +384,7 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer: Any, devi
         batches = StepBatches(train, cfg.batch_size * cfg.grad_accum, cfg.checkpoint_every, steps, cfg.seed,
                               rank=rank, world=world)  # fmt: skip
         val = eval_batches(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id), cfg.batch_size)
-        val = rank_share(val, rank, world) if world > 1 else val
+        val = val[rank::world]  # under torchrun every world-th batch, whole: the summed tallies are the split's
         resumed = _resumed_step(load(run.resume_ckpt, mmap=True), world) if run.resume_ckpt else 0
         Precision(loop_precision(cfg), device)  # 16-mixed without a GPU: refused before the folder exists
         work = run.create()

@@ -238,9 +238,19 @@ def evaluate(
     for module, was_training in modes:
         module.train(was_training)
     if ranks is not None and ranks.world > 1:  # every rank evaluated its shard: the tally is a sum over ranks
-        local = tally if tally is not None else torch.zeros(0, dtype=torch.float64, device=device)
-        tally = ranks.sum(local)
+        tally = sum_over_ranks(tally, ranks, device)
     return {**(task.tally_metrics(stage, tally) if tally is not None else {}), **means.means(ranks)}
+
+
+def sum_over_ranks(tally: Tensor | None, ranks: Ranks, device: torch.device) -> Tensor | None:
+    """An evaluation tally summed over the ranks, each having evaluated its shard. A rank whose shard held no batch
+    adds zeros of the others' length (the ranks' (length, 1) pairs are summed first); None when no rank had one."""
+    have = torch.tensor([0.0, 0.0] if tally is None else [float(tally.numel()), 1.0], dtype=torch.float64)
+    length, holders = ranks.sum(have).tolist()
+    if holders == 0:
+        return None
+    local = tally if tally is not None else torch.zeros(int(length // holders), dtype=torch.float64, device=device)
+    return ranks.sum(local)
 
 
 def task_state(task: Task) -> dict[str, Tensor]:

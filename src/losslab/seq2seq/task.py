@@ -194,7 +194,7 @@ class EvalBatches:
 
     A target longer than the model's positions (``limit``) adds no loss (its labels are ignored); its sentence is
     still translated and scored. Under ``torchrun`` rank ``rank`` keeps every ``world``-th batch, counted from the
-    one holding the split's first sentence (rank 0's, so rank 0 records its translation)."""
+    one holding the split's first sentence (rank 0's, so rank 0 records its translation); a rank may get none."""
 
     def __init__(
         self,
@@ -211,11 +211,6 @@ class EvalBatches:
         self.limit = limit
         order = sorted(range(len(self.src_ids)), key=lambda i: len(self.src_ids[i]))
         batches = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
-        if len(batches) < world:
-            raise ConfigError(
-                f"an evaluation split has {len(batches)} batch(es) of --eval-batch-size {batch_size}, fewer than the "
-                f"{world} torchrun processes; lower --eval-batch-size or start fewer processes"
-            )
         first = next((j for j, batch in enumerate(batches) if 0 in batch), 0)
         self.batches = [batch for j, batch in enumerate(batches) if (j - first) % world == rank]
 
