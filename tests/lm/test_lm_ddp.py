@@ -26,8 +26,9 @@ import torch
 
 from losslab.lm.config import FinetuneConfig
 from losslab.lm.data import eval_windows, tokenize_text, training_blocks
-from losslab.lm.finetune import CausalLMTask, eval_batches
+from losslab.lm.finetune import CausalLMTask, StepBatches, eval_batches
 from losslab.lm.offline import byte_tokenizer, tiny_opt
+from losslab.objectives.token import count_predicted_tokens
 from losslab.runs.loop import Precision, evaluate, load_task_state
 from losslab.serialization import load_torch_file
 
@@ -36,10 +37,7 @@ SRC = TESTS.parent / "src"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMING = ("per_s", "seconds", "_time")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun"),
-]
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun")
 
 
 def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,6 +70,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_torch_file(run / "checkpoints" / "last.ckpt", what="checkpoint")["state_dict"]
 
 
+@pytest.mark.slow
+@needs_torchrun
 def test_two_ranks_train_what_one_process_trains_float64(data: Path) -> None:
     runs = data / "runs"
     one = launch(data, 1, str(runs / "one"), "--batch", "2", "--grad-accum", "2", "--float64")
@@ -98,6 +98,8 @@ def test_two_ranks_train_what_one_process_trains_float64(data: Path) -> None:
     assert res2["global_step"] == res1["global_step"] == 16
 
 
+@pytest.mark.slow
+@needs_torchrun
 def test_killed_run_resumes_under_torchrun_and_validation_equals_one_process(data: Path) -> None:
     runs = data / "runs"
     straight = launch(data, 2, str(runs / "straight"), "--batch", "1", "--grad-accum", "2")
@@ -127,3 +129,33 @@ def test_killed_run_resumes_under_torchrun_and_validation_equals_one_process(dat
     last = rows(runs / "cut")[-1]
     assert (last["val/ce"], last["val/ppl"]) == (metrics["val/ce"], metrics["val/ppl"])
     assert last["val/ppl"] == math.exp(last["val/ce"])
+
+
+def test_rank_shares_of_a_step_are_the_single_process_step() -> None:
+    """In one process: rank r's rows of a step are rows r::2 of the global step, so the two shares interleaved are the
+    one-process step of twice the blocks; ``step_tokens`` counts the whole step; a pass trains every block once, but
+    with an odd block count one block of its permutation (the last) is left out, so both ranks have rows every step."""
+
+    def blocks(n: int) -> dict[str, torch.Tensor]:
+        ids = torch.arange(n * 4).reshape(n, 4)  # block k's ids start at 4k
+        labels = ids.clone()
+        labels[n - 1, 2:] = -100  # a padded last block: token counts differ between rows
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    for n in (14, 15):  # 4 steps per pass (one process: 4 blocks a step; two: 2 each), 2 passes
+        data = blocks(n)
+        one = StepBatches(data, 4, every=4, total_steps=8, seed=7)
+        ranks = [StepBatches(data, 2, every=4, total_steps=8, seed=7, rank=r, world=2) for r in (0, 1)]
+        for epoch in (0, 1):  # an epoch (4 steps) is a pass here
+            for loader in (one, *ranks):
+                loader.set_epoch(epoch)
+            seen: list[int] = []
+            for i, (single, a, b) in enumerate(zip(one, *ranks, strict=True)):
+                assert len(a["input_ids"]) == len(b["input_ids"]) >= 1
+                rows = torch.stack([a["input_ids"], b["input_ids"]], 1).reshape(-1, 4)
+                index = rows[:, 0] // 4
+                seen += index.tolist()
+                assert a["step_tokens"] == b["step_tokens"] == count_predicted_tokens(data["labels"][index])
+                if n == 14 or i < 3:  # 15 blocks: one process's last step has 3 blocks, the ranks' 2 (one left out)
+                    assert torch.equal(rows, single["input_ids"])
+            assert len(seen) == len(set(seen)) == n - n % 2

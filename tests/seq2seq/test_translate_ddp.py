@@ -36,10 +36,7 @@ SRC = TESTS.parent / "src"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMING = ("per_s", "seconds", "_time")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun"),
-]
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun")
 
 
 def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,6 +62,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_torch_file(run / "checkpoints" / "last.ckpt", what="checkpoint")["state_dict"]
 
 
+@pytest.mark.slow
+@needs_torchrun
 def test_two_ranks_train_what_one_process_trains_float64(tmp_path: Path) -> None:
     one = launch(tmp_path, 1, str(tmp_path / "one"), "--batch", "512", "--float64")
     assert one.returncode == 0, one.stderr
@@ -95,6 +94,8 @@ def test_two_ranks_train_what_one_process_trains_float64(tmp_path: Path) -> None
     assert (res2["epochs"], res2["steps"]) == (res1["epochs"], res1["steps"]) == (2, 8)
 
 
+@pytest.mark.slow
+@needs_torchrun
 def test_killed_run_resumes_under_torchrun_and_evaluation_equals_one_process(tmp_path: Path) -> None:
     straight = launch(tmp_path, 2, str(tmp_path / "straight"), "--batch", "256", *EVAL)
     assert straight.returncode == 0, straight.stderr
@@ -126,3 +127,37 @@ def test_killed_run_resumes_under_torchrun_and_evaluation_equals_one_process(tmp
         assert result[split]["bleu"] == metrics[f"{stage}/bleu"] and result[split]["example"] == task.examples[stage]
         if reported is not None:
             assert (reported["val/loss"], reported["val/ce"]) == (metrics["val/loss"], metrics["val/ce"])
+
+
+def test_rank_shares_partition_the_single_process_batches() -> None:
+    """In one process: each token batch of --max-tokens 2M is split r::2 into the two ranks' shares of --max-tokens M
+    (``tokens`` each share's targets, ``step_tokens`` the batch's); the ranks' evaluation batches are the single
+    process's, each once, rank 0 holding the first sentence's (a rank may hold none); a batch of one sentence is
+    refused under two processes."""
+    from losslab.errors import ConfigError
+    from losslab.seq2seq.task import TrainBatches
+
+    corpus = toy_corpus(60, 11, 0, seed=3)
+    tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], 80)
+    src, tgt = tok.encode_batch([s for s, _ in corpus["train"]]), tok.encode_batch([t for _, t in corpus["train"]])
+    one = TrainBatches(src, tgt, 256, seed=5, max_updates=None)
+    ranks = [TrainBatches(src, tgt, 128, seed=5, max_updates=None, rank=r, world=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        for loader in (one, *ranks):
+            loader.set_epoch(epoch)
+        for single, a, b in zip(one, *ranks, strict=True):
+            assert a["step_tokens"] == b["step_tokens"] == single["tokens"] == a["tokens"] + b["tokens"]
+            assert len(a["src"]) == (len(single["src"]) + 1) // 2 and len(b["src"]) == len(single["src"]) // 2
+            for key in ("src", "tgt_in", "labels"):  # rows r::2 of the single batch, padded to the share's longest
+                for share, rows in ((a, single[key][0::2]), (b, single[key][1::2])):
+                    assert torch.equal(share[key], rows[:, : share[key].shape[1]])
+    with pytest.raises(ConfigError, match="fewer than 2 sentences"):
+        longest = max(max(len(s), len(t) + 1) for s, t in zip(src, tgt, strict=True))  # fits 2 x M, not twice
+        TrainBatches(src, tgt, (longest + 1) // 2, seed=5, max_updates=None, rank=0, world=2)
+
+    for size, world in ((2, 2), (4, 3), (11, 2)):
+        full = EvalBatches(tok, corpus["valid"], size, 64)
+        shares = [EvalBatches(tok, corpus["valid"], size, 64, rank=r, world=world).batches for r in range(world)]
+        assert sorted(b for share in shares for b in share) == sorted(full.batches)
+        assert any(0 in batch for batch in shares[0])
+    assert shares[1] == []  # one batch of 11: rank 1 evaluates nothing

@@ -357,7 +357,8 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     model, the data, the schedule) is checked before the folder is created. Writes ``checkpoints/last.ckpt`` every
     ``checkpoint_every`` steps, ``model/`` (save_pretrained) and ``result.json`` (see the module doc). Under
     ``torchrun`` every process trains on its share of each step (DDP, :class:`StepBatches`) and validates its share
-    of the batches; rank 0 alone claims and writes the run folder and measures the perplexity before and after.
+    of the batches; rank 0 alone claims and writes the run folder and measures the perplexity before and after (the
+    other ranks return NaN for them).
     """
     from losslab.runs import resolve_device
     from losslab.runs.device import torchrun_group
@@ -369,7 +370,7 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
 def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer: Any, device: torch.device) -> FinetuneResult:
     """:func:`finetune` on ``device``, inside the torchrun process group when there is one."""
     from losslab.runs import claim, load
-    from losslab.runs.device import rank_world
+    from losslab.runs.device import check_world_size, rank_world
 
     started, (rank, world) = time.perf_counter(), rank_world()
     with claim(run_spec(cfg)) as run:
@@ -385,7 +386,11 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer: Any, devi
                               rank=rank, world=world)  # fmt: skip
         val = eval_batches(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id), cfg.batch_size)
         val = val[rank::world]  # under torchrun every world-th batch, whole: the summed tallies are the split's
-        resumed = _resumed_step(load(run.resume_ckpt, mmap=True), world) if run.resume_ckpt else 0
+        resumed = 0
+        if run.resume_ckpt is not None:
+            state = load(run.resume_ckpt, mmap=True)
+            check_world_size(state, world)  # the blocks of a step and the total steps depend on it
+            resumed = int(state.get("global_step", 0))
         Precision(loop_precision(cfg), device)  # 16-mixed without a GPU: refused before the folder exists
         work = run.create()
         run.write_config()
@@ -406,18 +411,6 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer: Any, devi
         run.write_result(asdict(result))
         run.commit()
     return result
-
-
-def _resumed_step(checkpoint: dict[str, Any], world: int) -> int:
-    """The optimizer steps done in a checkpoint to resume; ConfigError when it was trained with another number of
-    torchrun processes (the step's blocks and the run's total steps depend on it)."""
-    saved = int(checkpoint.get("hyper_parameters", {}).get("world_size", 1))
-    if saved != world:
-        raise ConfigError(
-            f"the run to resume was trained by {saved} process(es) and this launch has {world}; resume it with "
-            f"{saved} (torchrun --nproc_per_node {saved}, or no torchrun for 1)"
-        )
-    return int(checkpoint.get("global_step", 0))
 
 
 def loop_precision(cfg: FinetuneConfig) -> str:

@@ -123,3 +123,15 @@ def torchrun_group(device: Any) -> Iterator[Any]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def check_world_size(checkpoint: dict[str, Any], world: int) -> None:
+    """ConfigError when the checkpoint to resume (its ``hyper_parameters["world_size"]``, 1 when absent) was trained
+    by another number of torchrun processes than ``world``: an experiment whose batches depend on it (lm finetune,
+    translate train) resumes only with the same number."""
+    saved = int(checkpoint.get("hyper_parameters", {}).get("world_size", 1))
+    if saved != world:
+        raise ConfigError(
+            f"the run to resume was trained by {saved} process(es) and this launch has {world}; resume it with "
+            f"{saved} (torchrun --nproc_per_node {saved}, or no torchrun for 1)"
+        )

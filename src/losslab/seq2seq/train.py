@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from losslab.errors import ConfigError, CorruptFileError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.runs import LAST_CKPT, RunSpec, claim, load
-from losslab.runs.device import rank_world, torchrun_group
+from losslab.runs.device import check_world_size, rank_world, torchrun_group
 from losslab.runs.folder import stored_config
 from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, Ranks, evaluate, load_task_state, run_loop
 from losslab.seq2seq.bleu import corpus_bleu
@@ -257,17 +257,6 @@ def _train_in_group(
         run.write_result(result)
         run.commit()
     return result
-
-
-def check_world_size(checkpoint: dict[str, Any], world: int) -> None:
-    """ConfigError when the checkpoint to resume was trained by another number of torchrun processes (the
-    batches, hence the updates per epoch, depend on it)."""
-    saved = int(checkpoint.get("hyper_parameters", {}).get("world_size", 1))
-    if saved != world:
-        raise ConfigError(
-            f"the run to resume was trained by {saved} process(es) and this launch has {world}; resume it with "
-            f"{saved} (torchrun --nproc_per_node {saved}, or no torchrun for 1)"
-        )
 
 
 def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool, ranks: Ranks) -> SubwordTokenizer:
