@@ -5,7 +5,7 @@ optimizer step (rank r: rows r::2 of the step), and each rank divides its summed
 scored tokens, so DDP's mean of the two gradients is the single process's gradient of the step's token mean. The
 30 training blocks make the last step of each pass a 2-block one (one block per rank). In float64 the two runs
 differ only by the order of the gradient sums (rank sums, then the all-reduce, instead of one sum): about 1e-16
-relative per step, which 16 AdamW steps (the update divides by sqrt(v)) leave below 1e-10 (measured 6e-15 on the
+relative per step, which 16 AdamW steps (the update divides by sqrt(v)) leave below 1e-10 (measured 4e-15 on the
 2-vCPU VM); a loss over per-rank token counts, a rank training on the wrong rows or a missing gradient average moves
 the weights by more than 1e-4. The history's logged scalars are rounded to float32 by the loop (1e-6 relative).
 ``tests/ddp_guard`` makes any write of a rank other than 0 under the run's folder raise.
