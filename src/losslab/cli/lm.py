@@ -71,6 +71,10 @@ def finetune_cmd(progress: bool | None, **flags: Any) -> None:
         from losslab.lm.finetune import finetune
 
         result = finetune(cfg)
+    from losslab.runs import is_child_rank
+
+    if is_child_rank():  # torchrun: rank 0 reports
+        return
     click.echo(
         f"held-out perplexity before {result.val_ppl_before:.4f} -> after {result.val_ppl_after:.4f} "
         f"({result.protocol}); steps {result.global_step}; model in {result.model_dir}"

@@ -46,11 +46,15 @@ from losslab.seq2seq.config import (
 
 
 def _training_device(run: TranslateRunOptions) -> str:
-    """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device)."""
+    """One torch device from Lightning-style ``--accelerator/--devices`` (translation trains on one device per
+    process; torchrun starts one process per device)."""
     from losslab.runs import resolve_device
 
     if run.devices != 1:
-        raise ConfigError(f"--devices {run.devices}: losslab translate trains on one device; use --devices 1")
+        raise ConfigError(
+            f"--devices {run.devices}: losslab translate trains on one device per process; use --devices 1, and for "
+            f"{run.devices} devices start it with torchrun --nproc_per_node {run.devices}"
+        )
     return str(resolve_device(run.accelerator, flag="--accelerator"))
 
 
@@ -131,6 +135,10 @@ def train_cmd(progress: bool | None, **flags: Any) -> None:
     result = train_translation(
         cfg, corpus, run.out_dir, device, **run.folder(), data=inputs.data(), log=click.echo, progress=progress
     )
+    from losslab.runs import is_child_rank
+
+    if is_child_rank():  # torchrun: rank 0 reports
+        return
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("epochs", "steps", "train_tokens_per_s")}))
 
 
@@ -204,6 +212,7 @@ def demo_cmd(progress: bool | None, **flags: Any) -> None:
     ``--rank-scale 0.5`` trains the FNL factorized model instead and prints both parameter counts."""
     import torch
 
+    from losslab.runs import is_child_rank
     from losslab.seq2seq.toy import toy_corpus
     from losslab.seq2seq.train import bleu_of, build_model, train_translation
 
@@ -216,15 +225,20 @@ def demo_cmd(progress: bool | None, **flags: Any) -> None:
     corpus = toy_corpus(1000, 100, 100, seed=0)
 
     def untrained(model: Any, tok: Any) -> None:
+        if is_child_rank():  # torchrun: rank 0 reports
+            return
         if rank_scale is not None:
             dense = build_model(cfg.model_copy(update={"rank_scale": None, "spectral": False}), tok.vocab_size)
             n_dense, n_fnl = (sum(p.numel() for p in m.parameters()) for m in (dense, model))
             click.echo(f"FNL rank scale {rank_scale:g}: {n_fnl:,} parameters (dense {n_dense:,}, "
                        f"{n_fnl / n_dense:.3f}x)")  # fmt: skip
-        click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, dev)['bleu_text']}")
+        device = next(model.parameters()).device  # this process's (cuda:LOCAL_RANK under torchrun)
+        click.echo(f"untrained test: {bleu_of(model, tok, corpus['test'], cfg, device)['bleu_text']}")
 
     result = train_translation(cfg, corpus, run.out_dir, dev, **run.folder(), data={"toy": True}, log=click.echo,
                                progress=progress, on_start=untrained)  # fmt: skip
+    if is_child_rank():
+        return
     src, ref = corpus["test"][0]
     click.echo(f"example: {src!r} -> {result['test']['example']!r} (reference {ref!r})")
     click.echo(f"sacrebleu signature: {result['test']['signature']}")

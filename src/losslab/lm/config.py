@@ -76,7 +76,8 @@ class FinetuneConfig(CommandConfig):
     )
     devices: Literal["auto", "1"] = Field(
         "auto",
-        description="Devices: one (lm finetune trains in one process on one device of --accelerator's kind).",
+        description="Devices: one per process (lm finetune trains on one device of --accelerator's kind; several: "
+        "torchrun --nproc_per_node N).",
     )
     seed: int = Field(42, ge=0, lt=2**63, description="Data order, dropout and init")
     eval_every: int = Field(

@@ -95,17 +95,22 @@ class WarmupLinearDecay:
 class StepBatches:
     """The training batches of the loop's epoch ``e``: optimizer steps ``[e·every, min((e+1)·every, total))``.
 
-    Step ``s`` takes the blocks ``perm_p[j·B : (j+1)·B]`` with ``p, j = divmod(s, steps_per_pass)`` and ``perm_p``
-    the permutation of pass ``p`` (:meth:`permutations`): the order depends only on the step and the seed, so a
-    resume sees the same batches. Each batch is gathered with one index per tensor (no per-sample collate).
+    Step ``s`` takes the blocks ``perm_p[j·G : (j+1)·G]`` with ``p, j = divmod(s, steps_per_pass)``, ``perm_p`` the
+    permutation of pass ``p`` (:meth:`permutations`) and ``G = step_blocks · world`` the global step: the order
+    depends only on the step and the seed, so a resume sees the same batches. Each batch is gathered with one index
+    per tensor (no per-sample collate). Under ``torchrun`` (``world`` > 1) rank ``r`` takes rows ``r::world`` of
+    the step's index and the batch also holds ``step_tokens``, the scored tokens of the whole (global) step; each
+    pass's permutation is first cut to a multiple of ``world``, so every rank has rows in every step.
     """
 
     blocks: dict[str, Tensor]
-    step_blocks: int
+    step_blocks: int  # blocks of one optimizer step in this process (batch_size · grad_accum)
     every: int
     total_steps: int
     seed: int
     epoch: int = 0
+    rank: int = 0
+    world: int = 1
 
     @property
     def sampler(self) -> StepBatches:
@@ -113,7 +118,12 @@ class StepBatches:
 
     @property
     def steps_per_pass(self) -> int:
-        return math.ceil(self.n_blocks / self.step_blocks)
+        return math.ceil(self.used_blocks / (self.step_blocks * self.world))
+
+    @property
+    def used_blocks(self) -> int:
+        """The blocks of each pass's permutation that are trained on (all but ``n_blocks mod world``)."""
+        return self.n_blocks - self.n_blocks % self.world
 
     @property
     def n_blocks(self) -> int:
@@ -142,14 +152,18 @@ class StepBatches:
                 yield perm
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        first = self.epoch * self.every
+        first, size = self.epoch * self.every, self.step_blocks * self.world
         perms, perm_pass = self.permutations(first // self.steps_per_pass), -1
         for step in range(first, first + len(self)):
             data_pass, j = divmod(step, self.steps_per_pass)
             if data_pass != perm_pass:
-                perm, perm_pass = next(perms), data_pass
-            index = perm[j * self.step_blocks : (j + 1) * self.step_blocks]
-            yield {key: value[index] for key, value in self.blocks.items()}
+                perm, perm_pass = next(perms)[: self.used_blocks], data_pass
+            index = perm[j * size : (j + 1) * size]
+            if self.world == 1:
+                yield {key: value[index] for key, value in self.blocks.items()}
+                continue
+            share = {key: value[index[self.rank :: self.world]] for key, value in self.blocks.items()}
+            yield {**share, "step_tokens": count_predicted_tokens(self.blocks["labels"][index])}
 
 
 def eval_batches(blocks: dict[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
@@ -169,7 +183,9 @@ class CausalLMTask:
     def __init__(self, model: nn.Module, cfg: FinetuneConfig, total_steps: int) -> None:
         self.model, self.cfg, self.total_steps = model, cfg, total_steps
         self.spec = cfg.loss_spec()
-        self._items: int | None = None  # scored tokens of the current optimizer step
+        self._items: float | None = None  # what the micro-batch losses of the current optimizer step are divided by
+        self.world = 1  # torchrun processes (distribute)
+        self.forward_model: nn.Module = model  # the training forward: DistributedDataParallel under torchrun
         self._step_loss: Tensor | None = None
         self._nonfinite: Tensor | None = None
 
@@ -202,20 +218,35 @@ class CausalLMTask:
     def batch_size(self, batch: dict[str, Tensor]) -> int:
         return int(batch["input_ids"].shape[0])
 
+    def distribute(self, wrap: Any) -> list[nn.Module]:
+        """Under torchrun: the training forward goes through ``wrap(model)`` (DistributedDataParallel)."""
+        from losslab.runs.device import rank_world
+
+        self.forward_model, self.world = wrap(self.model), rank_world()[1]
+        return [self.model]
+
     def micro_batches(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """The ``batch_size``-block micro-batches of one optimizer step; notes the step's scored-token count."""
-        self._items = max(1, count_predicted_tokens(batch["labels"]))
+        """The ``batch_size``-block micro-batches of one optimizer step; notes the step's scored-token count N.
+        Under torchrun N is the global step's (``step_tokens``) and the losses are divided by N / world: DDP's
+        mean over ranks of Σ_rank / (N / world) is Σ / N, the single process's loss."""
+        step_tokens = batch.pop("step_tokens", None)
+        if step_tokens is None:
+            self._items = max(1, count_predicted_tokens(batch["labels"]))
+        else:
+            self._items = max(1, int(step_tokens)) / self.world
         size = self.cfg.batch_size
         return [
             {k: v[start : start + size] for k, v in batch.items()} for start in range(0, self.batch_size(batch), size)
         ]
 
-    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    def _logits(self, batch: dict[str, Tensor], model: nn.Module | None = None) -> Tensor:
+        model = self.model if model is None else model
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
     def training_loss(self, batch: dict[str, Tensor], epoch: int, log: LogFn) -> Tensor:
         """Σ token loss of the micro-batch ÷ scored tokens of the whole step (:meth:`micro_batches`)."""
-        loss = causal_lm_loss(self._logits(batch), batch["labels"], self.spec, num_items=self._items)
+        logits = self._logits(batch, self.forward_model)
+        loss = causal_lm_loss(logits, batch["labels"], self.spec, num_items=self._items)
         self._step_loss = loss.detach() if self._step_loss is None else self._step_loss + loss.detach()
         return loss
 
@@ -289,10 +320,12 @@ def _texts(cfg: FinetuneConfig, tokenizer: Any) -> tuple[Tensor, Tensor]:
     return ids[:cut], ids[cut:]
 
 
-def total_steps(cfg: FinetuneConfig, n_blocks: int) -> int:
-    """Optimizer steps of the run: ``max_steps``, else ``epochs`` passes of ⌈blocks / (batch_size·grad_accum)⌉;
-    refuses a warmup that does not end before the last step."""
-    steps = cfg.max_steps or cfg.epochs * math.ceil(n_blocks / (cfg.batch_size * cfg.grad_accum))
+def total_steps(cfg: FinetuneConfig, n_blocks: int, world: int = 1) -> int:
+    """Optimizer steps of the run: ``max_steps``, else ``epochs`` passes of ⌈blocks / (batch_size·grad_accum)⌉
+    (under ``torchrun``: of ⌈(blocks − blocks mod world) / (batch_size·grad_accum·world)⌉); refuses a warmup that
+    does not end before the last step."""
+    used = n_blocks - n_blocks % world
+    steps = cfg.max_steps or cfg.epochs * math.ceil(used / (cfg.batch_size * cfg.grad_accum * world))
     if cfg.warmup_steps >= steps and cfg.warmup_steps > 0:
         raise ConfigError(
             f"warmup_steps={cfg.warmup_steps} is not below the {steps} optimizer steps of this run; lower "
@@ -322,15 +355,25 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
 
     ``model``/``tokenizer`` override ``cfg.model``. Everything that can be refused (the run folder, the device, the
     model, the data, the schedule) is checked before the folder is created. Writes ``checkpoints/last.ckpt`` every
-    ``checkpoint_every`` steps, ``model/`` (save_pretrained) and ``result.json`` (see the module doc).
+    ``checkpoint_every`` steps, ``model/`` (save_pretrained) and ``result.json`` (see the module doc). Under
+    ``torchrun`` every process trains on its share of each step (DDP, :class:`StepBatches`) and validates its share
+    of the batches; rank 0 alone claims and writes the run folder and measures the perplexity before and after (the
+    other ranks return NaN for them).
     """
-    from losslab.runs import claim, load, resolve_device
+    from losslab.runs import resolve_device
+    from losslab.runs.device import torchrun_group
 
-    started = time.perf_counter()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("lm finetune trains in one process on one device; run it without torchrun")
+    with torchrun_group(resolve_device(cfg.accelerator, flag="--accelerator")) as device:
+        return _finetune(cfg, model, tokenizer, device)
+
+
+def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer: Any, device: torch.device) -> FinetuneResult:
+    """:func:`finetune` on ``device``, inside the torchrun process group when there is one."""
+    from losslab.runs import claim, load
+    from losslab.runs.device import check_world_size, rank_world
+
+    started, (rank, world) = time.perf_counter(), rank_world()
     with claim(run_spec(cfg)) as run:
-        device = resolve_device(cfg.accelerator, flag="--accelerator")
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.pad_token)
         pad_id = require_pad_token(tokenizer, "finetuning (it pads the last block)")
         model = model if model is not None else load_causal_lm(cfg.model)
@@ -338,20 +381,28 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
         train_ids, val_ids = _texts(cfg, tokenizer)
         val_windows = eval_windows(val_ids, cfg.block_size, cfg.max_eval_windows)
         train = training_blocks(train_ids, cfg.block_size, pad_id)
-        steps = total_steps(cfg, int(train["input_ids"].shape[0]))
-        batches = StepBatches(train, cfg.batch_size * cfg.grad_accum, cfg.checkpoint_every, steps, cfg.seed)
+        steps = total_steps(cfg, int(train["input_ids"].shape[0]), world)
+        batches = StepBatches(train, cfg.batch_size * cfg.grad_accum, cfg.checkpoint_every, steps, cfg.seed,
+                              rank=rank, world=world)  # fmt: skip
         val = eval_batches(training_blocks(val_windows.reshape(-1), cfg.block_size, pad_id), cfg.batch_size)
-        resumed = int(load(run.resume_ckpt, mmap=True).get("global_step", 0)) if run.resume_ckpt else 0
+        val = val[rank::world]  # under torchrun every world-th batch, whole: the summed tallies are the split's
+        resumed = 0
+        if run.resume_ckpt is not None:
+            state = load(run.resume_ckpt, mmap=True)
+            check_world_size(state, world)  # the blocks of a step and the total steps depend on it
+            resumed = int(state.get("global_step", 0))
         Precision(loop_precision(cfg), device)  # 16-mixed without a GPU: refused before the folder exists
         work = run.create()
         run.write_config()
         if cfg.precision == "bf16-true":
             model.to(torch.bfloat16)
         protocol = f"held-out token perplexity = exp(mean CE), {cfg.block_size}-token windows"
-        before = perplexity(model, val_windows, protocol=protocol, device=device).ppl
-        outcome = _train(cfg, CausalLMTask(model, cfg, steps), batches, val, work, run.resume_ckpt, device, started)
+        writes = rank == 0  # the other ranks need no perplexity: they write nothing
+        before = perplexity(model, val_windows, protocol=protocol, device=device).ppl if writes else math.nan
+        task = CausalLMTask(model, cfg, steps)
+        outcome = _train(cfg, task, batches, val, work, run.resume_ckpt, device, started, world)
         model = model.eval()
-        after = perplexity(model, val_windows, protocol=protocol, device=device).ppl
+        after = perplexity(model, val_windows, protocol=protocol, device=device).ppl if writes else math.nan
         if outcome.writes_results:
             save_pretrained_atomic(model, tokenizer, work / "model")
         steps_done = outcome.rows[-1]["step"] if outcome.rows else resumed
@@ -368,9 +419,9 @@ def loop_precision(cfg: FinetuneConfig) -> str:
 
 
 def _train(cfg: FinetuneConfig, task: CausalLMTask, batches: StepBatches, val: list[dict[str, Tensor]], work: Path,
-           resume_ckpt: Path | None, device: torch.device, started: float) -> LoopOutcome:  # fmt: skip
+           resume_ckpt: Path | None, device: torch.device, started: float, world: int = 1) -> LoopOutcome:  # fmt: skip
     """The plain loop over ``task``: one epoch per checkpoint interval; validation every ``eval_every`` steps;
-    only ``last.ckpt`` (the finetuned model is the last one)."""
+    only ``last.ckpt`` (the finetuned model is the last one); the checkpoint records the ``world`` size."""
     settings = LoopSettings(
         run_dir=work,
         epochs=batches.intervals,
@@ -382,7 +433,7 @@ def _train(cfg: FinetuneConfig, task: CausalLMTask, batches: StepBatches, val: l
         progress=cfg.progress,
         progress_summary={"train/loss": "loss", "val/ppl": "val_ppl"},
         score=None,
-        hyper_parameters={"config": cfg.model_dump(mode="json")},
+        hyper_parameters={"config": cfg.model_dump(mode="json"), "world_size": world},
         started=started,
         diverged_hint=DIVERGED_HINT,
     )

@@ -243,13 +243,15 @@ class RunFolder:
         return self._in_work(LAST_CKPT)
 
     def write_config(self, config: Mapping[str, Any] | None = None) -> Path:
-        """``config.yaml`` (the spec's config unless ``config`` is given), written atomically."""
+        """``config.yaml`` (the spec's config unless ``config`` is given), written atomically (by rank 0 only under
+        ``torchrun``: another rank gets the path and writes nothing)."""
         data = config if config is not None else (self.spec.config if self.spec is not None else {})
-        return write_yaml_atomic(self._in_work(CONFIG), dict(data))
+        return self._in_work(CONFIG) if self.child else write_yaml_atomic(self._in_work(CONFIG), dict(data))
 
     def write_result(self, result: Mapping[str, Any]) -> Path:
-        """``result.json``, written atomically and last: from now on the run counts as finished."""
-        return write_json_atomic(self._in_work(RESULT), dict(result))
+        """``result.json``, written atomically and last: from now on the run counts as finished (rank 0 only, as
+        :meth:`write_config`)."""
+        return self._in_work(RESULT) if self.child else write_json_atomic(self._in_work(RESULT), dict(result))
 
     def commit(self) -> None:
         """Put a staged run in place of the old one (two renames), then remove the old one."""

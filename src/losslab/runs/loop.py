@@ -8,6 +8,7 @@ Per epoch ``e``::
         for each phase (one; a GAN: D then G):     # losslab.runs.task.task_phases
             zero_grad; for part in task.micro_batches(batch) (when the task has it, else batch itself):
                 with autocast: total = phase.loss(part, e, log); backward(scale · total)   # the task's training_loss
+                (under torchrun DDP all-reduces in the last part's backward only: no_sync before)
             unscale; phase.gradient_terms(e, log); clip; optimizer step
             schedule.step_batch() when the schedule has it (per-step schedules); phase.after_step()
         hooks.after_step
@@ -237,9 +238,19 @@ def evaluate(
     for module, was_training in modes:
         module.train(was_training)
     if ranks is not None and ranks.world > 1:  # every rank evaluated its shard: the tally is a sum over ranks
-        local = tally if tally is not None else torch.zeros(0, dtype=torch.float64, device=device)
-        tally = ranks.sum(local)
+        tally = sum_over_ranks(tally, ranks, device)
     return {**(task.tally_metrics(stage, tally) if tally is not None else {}), **means.means(ranks)}
+
+
+def sum_over_ranks(tally: Tensor | None, ranks: Ranks, device: torch.device) -> Tensor | None:
+    """An evaluation tally summed over the ranks, each having evaluated its shard. A rank whose shard held no batch
+    adds zeros of the others' length (the ranks' (length, 1) pairs are summed first); None when no rank had one."""
+    have = torch.tensor([0.0, 0.0] if tally is None else [float(tally.numel()), 1.0], dtype=torch.float64)
+    length, holders = ranks.sum(have).tolist()
+    if holders == 0:
+        return None
+    local = tally if tally is not None else torch.zeros(int(length // holders), dtype=torch.float64, device=device)
+    return ranks.sum(local)
 
 
 def task_state(task: Task) -> dict[str, Tensor]:
@@ -269,6 +280,7 @@ class PlainLoop:
         for module in training_modules(task):
             module.to(self.device)
         self.ranks = Ranks(self.device)
+        self.ddp: list[torch.nn.Module] = []  # the DistributedDataParallel wrappers made by wrap_ddp
         wrapped: list[torch.nn.Module] = []
         if self.ranks.world > 1:  # torchrun: DDP averages the wrapped modules' gradients in backward
             distribute = getattr(task, "distribute", None)
@@ -292,7 +304,18 @@ class PlainLoop:
         """``module`` in DistributedDataParallel on this rank's device."""
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        ddp = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp.append(ddp)
+        return ddp
+
+    def gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Under torchrun with gradient accumulation: DDP all-reduces the gradients in the backward of a step's
+        ``last`` micro-batch only (the summed local gradients of the step, once); the others run in ``no_sync``."""
+        stack = contextlib.ExitStack()
+        if not last:
+            for ddp in self.ddp:
+                stack.enter_context(ddp.no_sync())
+        return stack
 
     @property
     def ema_target(self) -> torch.nn.Module:
@@ -356,10 +379,12 @@ class PlainLoop:
             self.throughput.count(means.batch_size * self.ranks.world)
             for phase, precision, params in zip(self.phases, self.precisions, self.params, strict=True):
                 phase.optimizer.zero_grad(set_to_none=True)
-                for part in micro_batches(batch):  # one backward each: memory is one micro-batch's
-                    with precision.autocast():
-                        total = phase.loss(part, epoch, means.log)
-                    precision.backward(total)
+                parts = list(micro_batches(batch))
+                for k, part in enumerate(parts):  # one backward each: memory is one micro-batch's
+                    with self.gradient_sync(last=k == len(parts) - 1):  # the forward and the backward
+                        with precision.autocast():
+                            total = phase.loss(part, epoch, means.log)
+                        precision.backward(total)
                 self.average_other_grads(params)
                 precision.unscale(phase.optimizer)
                 if phase.gradient_terms is not None:

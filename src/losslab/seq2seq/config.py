@@ -87,7 +87,8 @@ FAIRSEQ_FLAGS: dict[str, str] = {
     "--momentum": "fairseq NAG momentum: only 0.99 (losslab's nag) is accepted.",
     "--save-dir": "Refused: use --out-dir.",
     "--device-id": "Refused: use --accelerator.",
-    "--distributed-world-size": "fairseq GPU count: only 1 is accepted (losslab translate trains on one device).",
+    "--distributed-world-size": "fairseq GPU count: only 1 is accepted (losslab translate trains on one device per "
+    "process; start N processes with torchrun --nproc_per_node N).",
     "--no-epoch-checkpoints": "Accepted; losslab keeps only the last checkpoint.",
 }
 
@@ -111,7 +112,11 @@ def fairseq_overrides(given: dict[str, str | bool | None]) -> dict[str, object]:
     refusals = {
         "lr_scheduler": ("inverse_sqrt", "losslab translate uses the inverse_sqrt schedule only; drop the flag"),
         "momentum": ("0.99", "losslab's nag uses momentum 0.99 only; drop the flag"),
-        "distributed_world_size": ("1", "losslab translate trains on one device; drop the flag"),
+        "distributed_world_size": (
+            "1",
+            "losslab translate trains on one device per process; drop the flag and start N processes with "
+            "torchrun --nproc_per_node N",
+        ),
     }
     for key, (allowed, fix) in refusals.items():
         value = given.get(key)
@@ -239,7 +244,7 @@ class TranslateRunOptions(CommandConfig):
     out_dir: Path | None = Field(None, description="the run folder")
     run_name: str | None = Field(None, description="default: --out-dir is the run")
     accelerator: str = Field("auto", description="one device")
-    devices: int = Field(1, ge=1, description="Number of devices (only 1).")
+    devices: int = Field(1, ge=1, description="Number of devices (only 1 per process; several: torchrun).")
     resume: Path | None = None
     overwrite: bool = Field(False, description="a run folder, once the new run has finished")
 

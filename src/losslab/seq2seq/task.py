@@ -16,6 +16,13 @@ end); the test pass always does.
 
 Resuming is bit-identical: the batch order of epoch ``e`` is seeded by (seed, e), and each epoch reseeds torch's
 global generator from (seed, e) (dropout), so a resumed epoch draws what the straight run drew.
+
+Under ``torchrun`` (``world`` processes, DDP) the batches are cut with ``max_tokens · world`` tokens and rank ``r``
+trains on sentences ``r::world`` of each (about ``max_tokens`` per process, as a process of the classifier takes
+``--batch-size``); its loss is its share's summed loss ÷ (the whole batch's target tokens / world), so DDP's mean
+over the ranks is the single process's per-token loss of the whole batch. Each rank evaluates every ``world``-th
+evaluation batch (the one holding the first sentence on rank 0, which keeps the example translation); the loop
+sums the tallies over the ranks, so loss, CE and BLEU are those of the whole split.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from losslab.errors import ConfigError
 from losslab.objectives.token import IGNORE_INDEX, TokenLossSpec, token_loss
 from losslab.regularizers.base import Regularizer
 from losslab.runs.task import LogFn
@@ -128,14 +136,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class TrainBatches:
     """The training pairs as token batches, in epoch ``e``'s seeded order (``set_epoch``); ``max_updates`` cuts
-    the epoch that reaches it (each epoch has the same number of batches, so epoch e starts at update e·n)."""
+    the epoch that reaches it (each epoch has the same number of batches, so epoch e starts at update e·n). Under
+    ``torchrun`` (``world`` > 1) the batches hold ``max_tokens · world`` tokens and rank ``rank`` takes sentences
+    ``rank::world`` of each (module doc); a batch also carries ``step_tokens``, the target tokens of all shares."""
 
     def __init__(
-        self, src_ids: list[list[int]], tgt_ids: list[list[int]], max_tokens: int, seed: int, max_updates: int | None
+        self,
+        src_ids: list[list[int]],
+        tgt_ids: list[list[int]],
+        max_tokens: int,
+        seed: int,
+        max_updates: int | None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        self.src_ids, self.tgt_ids, self.max_tokens, self.seed = src_ids, tgt_ids, max_tokens, seed
-        self.per_epoch = len(token_batches(src_ids, tgt_ids, max_tokens, shuffle_seed=None))
+        self.src_ids, self.tgt_ids, self.max_tokens, self.seed = src_ids, tgt_ids, max_tokens * world, seed
+        self.rank, self.world = rank, world
+        batches = token_batches(src_ids, tgt_ids, self.max_tokens, shuffle_seed=None)
+        self.per_epoch = len(batches)
         self.max_updates, self.epoch = max_updates, 0
+        if min(map(len, batches)) < world:
+            raise ConfigError(
+                f"a batch of --max-tokens {max_tokens} x {world} processes holds fewer than {world} sentences, so "
+                "some process would get none; raise --max-tokens or start fewer processes"
+            )
 
     def epochs(self, max_epochs: int) -> int:
         """How many epochs run: ``max_epochs``, or fewer when ``max_updates`` ends training earlier."""
@@ -159,23 +183,36 @@ class TrainBatches:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = token_batches(self.src_ids, self.tgt_ids, self.max_tokens, epoch_seed(self.seed, self.epoch))
         for batch in batches[: len(self)]:
-            src, tgt_in, labels = collate(self.src_ids, self.tgt_ids, batch)
-            yield {"src": src, "tgt_in": tgt_in, "labels": labels, "tokens": sum(len(self.tgt_ids[i]) for i in batch)}
+            share = batch[self.rank :: self.world]
+            src, tgt_in, labels = collate(self.src_ids, self.tgt_ids, share)
+            yield {"src": src, "tgt_in": tgt_in, "labels": labels, "tokens": sum(len(self.tgt_ids[i]) for i in share),
+                   "step_tokens": sum(len(self.tgt_ids[i]) for i in batch)}  # fmt: skip
 
 
 class EvalBatches:
     """A split's pairs in batches of ``batch_size`` sentences sorted by source length, with their references.
 
     A target longer than the model's positions (``limit``) adds no loss (its labels are ignored); its sentence is
-    still translated and scored."""
+    still translated and scored. Under ``torchrun`` rank ``rank`` keeps every ``world``-th batch, counted from the
+    one holding the split's first sentence (rank 0's, so rank 0 records its translation); a rank may get none."""
 
-    def __init__(self, tok: SubwordTokenizer, pairs: Sequence[tuple[str, str]], batch_size: int, limit: int) -> None:
+    def __init__(
+        self,
+        tok: SubwordTokenizer,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int,
+        limit: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.refs = [t for _, t in pairs]
         self.src_ids = tok.encode_batch([s for s, _ in pairs])
         self.tgt_ids = tok.encode_batch(self.refs)
         self.limit = limit
         order = sorted(range(len(self.src_ids)), key=lambda i: len(self.src_ids[i]))
-        self.batches = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
+        batches = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
+        first = next((j for j, batch in enumerate(batches) if 0 in batch), 0)
+        self.batches = [batch for j, batch in enumerate(batches) if (j - first) % world == rank]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -208,6 +245,8 @@ class TranslationTask:
         self._nonfinite: Tensor | None = None
         self.bleu: dict[str, BleuResult] = {}  # per stage, from its last pass (text and signature for the log)
         self.examples: dict[str, str] = {}  # per stage, the translation of the split's first sentence
+        self.forward_model: nn.Module = model  # the training forward: DistributedDataParallel under torchrun
+        self.world = 1
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -236,13 +275,27 @@ class TranslationTask:
         """Target tokens: the epoch's ``train/loss`` is the per-token mean and throughput counts tokens."""
         return int(batch["tokens"])
 
+    def distribute(self, wrap: Any) -> list[nn.Module]:
+        """Under torchrun: the training forward goes through ``wrap(model)`` (DistributedDataParallel)."""
+        from losslab.runs.device import rank_world
+
+        self.forward_model, self.world = wrap(self.model), rank_world()[1]
+        return [self.model]
+
     def training_loss(self, batch: dict[str, Any], epoch: int, log: LogFn) -> Tensor:
-        loss = sequence_loss(self.cfg, self.model(batch["src"], batch["tgt_in"]), batch["labels"])
+        """The per-target-token loss of the batch plus the loss-side regularizer terms; under torchrun the share's
+        summed loss ÷ (``step_tokens`` / world) (module doc). Logs ``train/loss``, the share's per-token mean."""
+        logits = self.forward_model(batch["src"], batch["tgt_in"])
+        if self.world == 1:
+            loss = mean = sequence_loss(self.cfg, logits, batch["labels"])
+        else:
+            summed = sequence_loss(self.cfg, logits, batch["labels"], "sum")
+            loss, mean = summed * (self.world / batch["step_tokens"]), summed / batch["tokens"]
         terms = [t for t in (r.loss_term(self.model, loss, batch["src"].shape[0]) for r in self.regs) if t is not None]
         total = sum(terms, loss)
         bad = ~torch.isfinite(total.detach())
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        log("train/loss", loss.detach(), prog_bar=True)
+        log("train/loss", mean.detach(), prog_bar=True)
         return total
 
     def gradient_terms(self, epoch: int, log: LogFn) -> None:

@@ -11,6 +11,10 @@ of :mod:`losslab.runs` (``config.yaml``, ``history.json``, ``metrics.csv``, ``ch
     result["test"]["bleu"], result["train_tokens_per_s"]
     train_translation(cfg, corpus, None, resume=Path("runs/toy"))      # continue a killed run
     model, tok, cfg = load_run(Path("runs/toy"))                        # then bleu_of(model, tok, pairs, cfg, dev)
+
+Under ``torchrun`` each process trains on its share of every batch with DDP and evaluates its share of the
+evaluation batches (:mod:`losslab.seq2seq.task`); rank 0 alone claims the run folder, trains the tokenizer (the
+others read it once it is written) and writes every file; a resume needs the number of processes the run had.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from tqdm.auto import tqdm
 from losslab.errors import ConfigError, CorruptFileError
 from losslab.limits import MAX_VOCAB, check_allocation, check_count
 from losslab.runs import LAST_CKPT, RunSpec, claim, load
+from losslab.runs.device import check_world_size, rank_world, torchrun_group
 from losslab.runs.folder import stored_config
-from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, evaluate, load_task_state, run_loop
+from losslab.runs.loop import LoopOutcome, LoopSettings, Precision, Ranks, evaluate, load_task_state, run_loop
 from losslab.seq2seq.bleu import corpus_bleu
 from losslab.seq2seq.config import TranslateConfig, fnl_attention_dim
 from losslab.seq2seq.data import Corpus, collate
@@ -194,20 +199,42 @@ def train_translation(
     ``resume`` continues a killed run from its ``checkpoints/last.ckpt``; ``overwrite`` replaces a run losslab
     made, once the new one has finished. ``progress``: True a bar, False nothing, None a bar on a terminal and one
     line per epoch otherwise. ``on_start(model, tokenizer)`` sees the model a new run starts from (after the
-    folder is claimed, before training). Returns ``result.json``'s content."""
+    folder is claimed, before training). Returns ``result.json``'s content (on every rank under torchrun; rank 0
+    alone logs and writes)."""
     if "train" not in corpus or not corpus["train"]:
         raise ConfigError("the corpus has no training pairs; give --src-file/--tgt-file, --toy or --download")
-    dev, started = torch.device(device), time.perf_counter()
+    with torchrun_group(torch.device(device)) as dev:
+        spec = run_spec(cfg, out_dir, run_name, resume, overwrite, data)
+        return _train_in_group(cfg, corpus, spec, dev, log if rank_world()[0] == 0 else _quiet, progress, on_start)
+
+
+def _quiet(message: str) -> None:
+    """The log of a torchrun rank other than 0: rank 0 says it."""
+
+
+def _train_in_group(
+    cfg: TranslateConfig,
+    corpus: Corpus,
+    spec: RunSpec,
+    dev: torch.device,
+    log: Callable[[str], None],
+    progress: bool | None,
+    on_start: Callable[[Seq2SeqTransformer, SubwordTokenizer], None] | None,
+) -> dict[str, object]:
+    """:func:`train_translation` on ``dev``, inside the torchrun process group when there is one."""
+    started, ranks = time.perf_counter(), Ranks(dev)
     Precision(cfg.precision, dev)  # 16-mixed without a GPU: refused before the run folder is touched
-    with claim(run_spec(cfg, out_dir, run_name, resume, overwrite, data)) as run:
+    with claim(spec) as run:
+        if run.resume_ckpt is not None:
+            check_world_size(load(run.resume_ckpt, mmap=True), ranks.world)
         work = run.create()
-        tok = _tokenizer(cfg, corpus, work / TOKENIZER, fresh=run.resume_ckpt is None)
+        tok = _tokenizer(cfg, corpus, work / TOKENIZER, fresh=run.resume_ckpt is None, ranks=ranks)
         run.write_config()
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tok.vocab_size).to(dev)
         if run.resume_ckpt is None and on_start is not None:
             on_start(model, tok)
-        data_ = _loaders(cfg, tok, corpus, model.cfg.max_positions - 1, log)
+        data_ = _loaders(cfg, tok, corpus, model.cfg.max_positions - 1, log, ranks)
         epochs = data_.train.epochs(cfg.max_epochs)
         log(f"tokenizer: {tok.describe()}; model: {sum(p.numel() for p in model.parameters()):,} parameters")
         if run.resume_ckpt is not None:
@@ -217,13 +244,14 @@ def train_translation(
                                 gradient_clip=cfg.gradient_clip, precision=cfg.precision,
                                 ema_decay=cfg.model_ema_decay if cfg.model_ema else None,
                                 ema_warmup=cfg.model_ema_warmup, progress=progress, progress_summary=PROGRESS_SUMMARY,
-                                score=None, hyper_parameters={"config": cfg.model_dump()}, started=started,
+                                score=None, hyper_parameters={"config": cfg.model_dump(), "world_size": ranks.world},
+                                started=started,
                                 diverged_hint=DIVERGED_HINT, throughput_column="train/tokens_per_s",
                                 resume_view=partial(loop_view, path=run.resume_ckpt, resume=True))  # fmt: skip
         outcome = run_loop(task, data_, settings)
         valid = outcome.rows[-1] if outcome.rows else {}
         if corpus.get("valid") and "val" not in task.bleu:  # resumed after its last epoch (killed while testing)
-            valid = _validate_checkpoint(task, data_.val, run.last_ckpt, settings)
+            valid = _validate_checkpoint(task, data_.val, run.last_ckpt, settings, ranks)
         result = _result(task, outcome, valid, corpus, log)
         result.update({"tokenizer": tok.describe(), "run_dir": str(run.final)})
         run.write_result(result)
@@ -231,32 +259,38 @@ def train_translation(
     return result
 
 
-def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool) -> SubwordTokenizer:
-    """A new run's tokenizer, trained on the training pairs and saved to ``path``; a resumed run's, loaded."""
+def _tokenizer(cfg: TranslateConfig, corpus: Corpus, path: Path, fresh: bool, ranks: Ranks) -> SubwordTokenizer:
+    """A new run's tokenizer, trained on the training pairs and saved to ``path`` (by rank 0; the other torchrun
+    ranks wait, then read it); a resumed run's, loaded."""
     if not fresh:
         return SubwordTokenizer.load(path)
-    tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
-    tok.save(path)
-    return tok
+    tok = None
+    if ranks.writes:
+        tok = SubwordTokenizer.train([t for pair in corpus["train"] for t in pair], cfg.vocab_size)
+        tok.save(path)
+    ranks.barrier()
+    return tok if tok is not None else SubwordTokenizer.load(path)
 
 
 def _loaders(
-    cfg: TranslateConfig, tok: SubwordTokenizer, corpus: Corpus, limit: int, log: Callable[[str], None]
+    cfg: TranslateConfig, tok: SubwordTokenizer, corpus: Corpus, limit: int, log: Callable[[str], None], ranks: Ranks
 ) -> SimpleNamespace:
-    """The loop's data: training token batches, and the valid and test splits (None when the corpus has none)."""
-    train = TrainBatches(*_trainable(tok, corpus["train"], limit, log), cfg.max_tokens, cfg.seed, cfg.max_updates)
-    evals = {split: EvalBatches(tok, corpus[split], cfg.eval_batch_size, limit) if corpus.get(split) else None
-             for split in ("valid", "test")}  # fmt: skip
+    """The loop's data: training token batches, and the valid and test splits (None when the corpus has none),
+    each rank's share under torchrun."""
+    train = TrainBatches(*_trainable(tok, corpus["train"], limit, log), cfg.max_tokens, cfg.seed, cfg.max_updates,
+                         rank=ranks.rank, world=ranks.world)  # fmt: skip
+    evals = {split: EvalBatches(tok, corpus[split], cfg.eval_batch_size, limit, ranks.rank, ranks.world)
+             if corpus.get(split) else None for split in ("valid", "test")}  # fmt: skip
     return SimpleNamespace(train=train, val=evals["valid"] or [], test=evals["test"])
 
 
 def _validate_checkpoint(
-    task: TranslationTask, loader: EvalBatches, ckpt: Path, settings: LoopSettings
+    task: TranslationTask, loader: EvalBatches, ckpt: Path, settings: LoopSettings, ranks: Ranks
 ) -> dict[str, float]:
     """The last validation (BLEU included) of the weights in ``ckpt``, as the loop's validation saw them."""
     load_task_state(task, load(ckpt, map_location=settings.device)["state_dict"])
     task.epoch = task.bleu_epoch
-    return evaluate(task, loader, "val", settings.device, Precision(settings.precision, settings.device))
+    return evaluate(task, loader, "val", settings.device, Precision(settings.precision, settings.device), ranks)
 
 
 def _result(

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from losslab.errors import ConfigError
-from losslab.runs.device import mps_available
+from losslab.runs.device import join_torchrun, mps_available, torchrun_world
 from losslab.runs.loop import ENGINE_KEY, LoopOutcome
 from losslab.train.build import LoaderSet, training_device
 from losslab.train.config import TrainConfig
@@ -195,29 +195,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def torchrun_world() -> int:
-    """The number of processes a ``torchrun`` launch started (``WORLD_SIZE``; 1 without torchrun)."""
-    import os
-
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
 def start_plain_distributed(cfg: TrainConfig) -> bool:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group for the plain engine: NCCL with one GPU per
     process (``cuda:LOCAL_RANK``), else gloo (CPU). True when this call started it (the caller ends it)."""
-    import os
-
-    if torchrun_world() == 1:
-        return False
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return False
-    cuda = training_device(cfg).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return True
+    return join_torchrun(training_device(cfg))
