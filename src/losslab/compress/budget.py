@@ -33,6 +33,7 @@ from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
 from losslab.quant.budget import (
     DEFAULT_REFINE,
+    DEFAULT_REFINE_NOISE,
     DEFAULT_REFINE_SCORE,
     DEFAULT_SENSITIVITY,
     REFINE_SCORES,
@@ -59,7 +60,9 @@ class BudgetOptions:
     """``--budget`` values (stored bits per weight), ``--bits-choices``, ``--sensitivity``, ``--solver``, ``--tie``
     patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq``, ``--refine``
     (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan) and
-    ``--refine-score`` (``quantized`` or ``stitched``)."""
+    ``--refine-score`` (``quantized`` or ``stitched``), ``--refine-noise`` (noise candidates scored first,
+    :func:`losslab.quant.budget.noise_plans`) and ``--select-samples`` (training images the loss-based metrics and
+    ``--refine`` are measured on; None: the calibration images)."""
 
     budgets: list[float]
     choices: list[int]
@@ -70,6 +73,8 @@ class BudgetOptions:
     hutchinson_probes: int = 8
     refine: int = DEFAULT_REFINE
     refine_score: str = DEFAULT_REFINE_SCORE
+    refine_noise: int = DEFAULT_REFINE_NOISE
+    select_samples: int | None = None
 
     @property
     def keeps_weights(self) -> bool:
@@ -85,6 +90,13 @@ def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
         raise ConfigError(f"--refine-score {budget.refine_score!r} is not known: choose {' or '.join(REFINE_SCORES)}")
     if budget.solver not in SOLVERS:
         raise ConfigError(f"--solver {budget.solver!r} is not known: choose one of {', '.join(SOLVERS)}")
+    if budget.refine_noise and (budget.refine < 2 or budget.sensitivity != "loss"):
+        raise ConfigError(
+            f"--refine-noise {budget.refine_noise} draws plans within the noise of the loss table and scores them: "
+            "it needs --sensitivity loss and --refine 2 or more"
+        )
+    if budget.select_samples is not None and budget.select_samples < 1:
+        raise ConfigError(f"--select-samples {budget.select_samples}: give a number of training images, at least 1")
     if len(set(budget.choices)) < 2:
         raise ConfigError(
             f"--budget chooses a width per layer: give at least two widths in --bits-choices (got "
@@ -130,6 +142,7 @@ def _cache_key(run: Any, method: QuantMethod, budget: BudgetOptions, opts: Quant
         "act_bits": opts.act_bits,
         "sensitivity": budget.sensitivity,
         "hutchinson_probes": budget.hutchinson_probes if budget.sensitivity == "hawq" else None,
+        "select_samples": budget.select_samples if budget.sensitivity != "proxy" else None,
     }
 
 
@@ -139,17 +152,29 @@ def _cross_entropy(net: Any, batch: Any) -> Any:
     return F.cross_entropy(net(batch[0]), batch[1])
 
 
+def _cross_entropy_samples(net: Any, batch: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(net(batch[0]), batch[1], reduction="none")
+
+
 def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
-    """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics
-    and ``--refine``."""
+    """The float network (BatchNorm folded when the run folds it) and the batches for loss-based metrics and
+    ``--refine``: the calibration images, or ``--select-samples`` training images drawn with the calibration
+    seed."""
     if budget.sensitivity == "proxy" and budget.refine == 1:
         return None
+    from losslab.compress.trained_run import CalibrationSettings
     from losslab.quant.bn_fold import fold_batchnorm
     from losslab.quant.budget.runner import Probe
 
     model = copy.deepcopy(run.model).eval()
     if opts.fold_bn:
         fold_batchnorm(model, inplace=True)
+    if budget.select_samples is not None:
+        calib = run.calibration_loader(
+            CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
+        )
     return Probe(
         model,
         [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib],
@@ -157,6 +182,7 @@ def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts:
         layers,
         budget.hutchinson_probes,
         opts.calib_seed,
+        _cross_entropy_samples,
     )
 
 
@@ -275,7 +301,10 @@ def budget_points(
             evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), probe)
         else:
             evaluate = stitched_loss(table, probe)
-        found = [refine(table, b, evaluate, budget.refine, budget.solver, groups) for b in budget.budgets]
+        found = [
+            refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, opts.calib_seed)
+            for b in budget.budgets
+        ]
         plans = [(r.allocation, r.payload) for r in found]
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
