@@ -44,15 +44,17 @@ def bits_in_file(path: Path) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize(("refine", "score"), [(1, "quantized"), (32, "stitched"), (6, "quantized")])
+@pytest.mark.parametrize(
+    ("refine", "score", "noise"), [(1, "quantized", 0), (32, "stitched", 0), (6, "quantized", 0), (6, "quantized", 3)]
+)
 def test_budget_plan_is_optimal_and_the_packed_file_fits(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int, score: str
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int, score: str, noise: int
 ) -> None:
     """``--refine 1``: the knapsack optimum; a search starts there and ends at a plan whose score (stitched, or
     the calibration loss of the model quantized with the plan, which is then the model returned) is no higher;
     all within the budget as the packed file counts it."""
     args = ["quantize", str(run_dir), "--method", "gptq", "--budget", "2.6,3.4", "--bits-choices", "2,4,8"]
-    args += ["--refine", str(refine), "--refine-score", score]
+    args += ["--refine", str(refine), "--refine-score", score, "--refine-noise", str(noise), "--select-samples", "96"]
     args += ["--keep-8bit", "fc", "--json", str(tmp_path / "b.json"), "--save-packed", str(tmp_path / "p"), *CALIB]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
@@ -93,7 +95,7 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
             )
             assert start == pytest.approx(best, rel=1e-9) and entry["predicted_sensitivity"] >= best * (1 - 1e-9)
             assert 1 <= search["evaluations"] <= refine and search["calib_loss"] <= search["knapsack_calib_loss"]
-            assert search["score"] == score
+            assert search["score"] == score and search["noise_candidates"] <= noise
             if score == "quantized":  # the packed model is the one scored, not a second quantization
                 assert search["realised_calib_loss"] == search["calib_loss"]
         assert entry["packed_matches_fake"]
@@ -114,6 +116,21 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
     assert other.output.count("measured") == 2
 
 
+def test_the_selection_set_is_in_the_table_key_and_each_loss_entry_has_its_standard_error(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    base = ["quantize", str(run_dir), "--method", "rtn", "--bits-choices", "3,8", "--overwrite", *CALIB]
+    base += ["--budget", "4", "--sensitivity", "loss", "--json", str(tmp_path / "s.json")]
+    first = CliRunner().invoke(cli, [*base, "--select-samples", "40"])
+    assert first.exit_code == 0, first.output
+    assert CliRunner().invoke(cli, [*base, "--select-samples", "40"]).output.count("cached") == 2
+    assert CliRunner().invoke(cli, [*base, "--select-samples", "48"]).output.count("measured") == 2
+    assert CliRunner().invoke(cli, base).output.count("measured") == 2  # the calibration images: another table
+    (entry,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert all(c["stderr"] is not None and c["stderr"] >= 0 for a in entry["allocation"] for c in a["choices"])
+    assert any(c["stderr"] > 0 for a in entry["allocation"] for c in a["choices"])
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -130,6 +147,9 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
         (["--budget", "abc"], "is not a number"),
         (["--budget", "3", "--refine", "0"], "--refine"),
         (["--budget", "3", "--refine-score", "nope"], "'--refine-score': 'nope' is not one of 'quantized', 'stitched'"),
+        (["--budget", "3", "--refine-noise", "2"], "needs --sensitivity loss and --refine 2 or more"),
+        (["--budget", "3", "--refine", "4", "--refine-noise", "2", "--sensitivity", "proxy"], "--sensitivity loss"),
+        (["--budget", "3", "--select-samples", "0"], "--select-samples"),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
