@@ -150,6 +150,7 @@ def test_the_selection_set_is_in_the_table_key_and_each_loss_entry_has_its_stand
         (["--budget", "3", "--refine-noise", "2"], "needs --sensitivity loss and --refine 2 or more"),
         (["--budget", "3", "--refine", "4", "--refine-noise", "2", "--sensitivity", "proxy"], "--sensitivity loss"),
         (["--budget", "3", "--select-samples", "0"], "--select-samples"),
+        (["--budget", "3", "--select-samples", "100000"], "--select-samples 100000: n_samples=100000 is more than"),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:

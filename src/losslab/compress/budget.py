@@ -172,9 +172,11 @@ def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts:
     if opts.fold_bn:
         fold_batchnorm(model, inplace=True)
     if budget.select_samples is not None:
-        calib = run.calibration_loader(
-            CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
-        )
+        settings = CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
+        try:
+            calib = run.calibration_loader(settings)
+        except ConfigError as err:
+            raise ConfigError(f"--select-samples {budget.select_samples}: {err}") from None
     return Probe(
         model,
         [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib],
