@@ -61,8 +61,8 @@ class BudgetOptions:
     patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq``, ``--refine``
     (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan) and
     ``--refine-score`` (``quantized`` or ``stitched``), ``--refine-noise`` (noise candidates scored first,
-    :func:`losslab.quant.budget.noise_plans`) and ``--select-samples`` (training images the loss-based metrics and
-    ``--refine`` are measured on; None: the calibration images)."""
+    :func:`losslab.quant.budget.noise_plans`) and ``--select-samples`` (training images ``--refine`` scores plans
+    on; None: the calibration images)."""
 
     budgets: list[float]
     choices: list[int]
@@ -95,8 +95,11 @@ def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
             f"--refine-noise {budget.refine_noise} draws plans within the noise of the loss table and scores them: "
             "it needs --sensitivity loss and --refine 2 or more"
         )
-    if budget.select_samples is not None and budget.select_samples < 1:
-        raise ConfigError(f"--select-samples {budget.select_samples}: give a number of training images, at least 1")
+    if budget.select_samples is not None and (budget.select_samples < 1 or budget.refine < 2):
+        raise ConfigError(
+            f"--select-samples {budget.select_samples} sets the training images --refine scores plans on: give at "
+            "least 1 image and --refine 2 or more"
+        )
     if len(set(budget.choices)) < 2:
         raise ConfigError(
             f"--budget chooses a width per layer: give at least two widths in --bits-choices (got "
@@ -142,7 +145,6 @@ def _cache_key(run: Any, method: QuantMethod, budget: BudgetOptions, opts: Quant
         "act_bits": opts.act_bits,
         "sensitivity": budget.sensitivity,
         "hutchinson_probes": budget.hutchinson_probes if budget.sensitivity == "hawq" else None,
-        "select_samples": budget.select_samples if budget.sensitivity != "proxy" else None,
     }
 
 
@@ -159,24 +161,16 @@ def _cross_entropy_samples(net: Any, batch: Any) -> Any:
 
 
 def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
-    """The float network (BatchNorm folded when the run folds it) and the batches for loss-based metrics and
-    ``--refine``: the calibration images, or ``--select-samples`` training images drawn with the calibration
-    seed."""
+    """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics
+    and ``--refine``."""
     if budget.sensitivity == "proxy" and budget.refine == 1:
         return None
-    from losslab.compress.trained_run import CalibrationSettings
     from losslab.quant.bn_fold import fold_batchnorm
     from losslab.quant.budget.runner import Probe
 
     model = copy.deepcopy(run.model).eval()
     if opts.fold_bn:
         fold_batchnorm(model, inplace=True)
-    if budget.select_samples is not None:
-        settings = CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
-        try:
-            calib = run.calibration_loader(settings)
-        except ConfigError as err:
-            raise ConfigError(f"--select-samples {budget.select_samples}: {err}") from None
     return Probe(
         model,
         [(x.to(run.device), y.to(run.device)) for x, y, *_ in calib],
@@ -186,6 +180,21 @@ def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts:
         opts.calib_seed,
         _cross_entropy_samples,
     )
+
+
+def _selection_batches(run: Any, budget: BudgetOptions, opts: QuantizeOptions) -> list[Any] | None:
+    """``--select-samples`` training images drawn with the calibration seed (the calibration images first), the
+    batches ``--refine`` scores plans on; None without the option."""
+    if budget.select_samples is None:
+        return None
+    from losslab.compress.trained_run import CalibrationSettings
+
+    settings = CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
+    try:
+        loader = run.calibration_loader(settings)
+    except ConfigError as err:
+        raise ConfigError(f"--select-samples {budget.select_samples}: {err}") from None
+    return [(x.to(run.device), y.to(run.device)) for x, y, *_ in loader]
 
 
 def sensitivity_table(
@@ -291,7 +300,9 @@ def budget_points(
     of each result are recounted and must equal the plan's."""
     from losslab.quant.budget.probes import calibration_loss
 
+    selection = _selection_batches(run, budget, opts)
     table, groups, probe = sensitivity_table(run, method, budget, opts, calib, echo)
+    scorer = probe if selection is None else replace(probe, batches=selection, _cache={})
 
     def quantize(alloc: Allocation) -> Any:
         (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
@@ -300,9 +311,9 @@ def budget_points(
     plans: list[tuple[Allocation, Any]] = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
     if budget.refine > 1:
         if budget.refine_score == "quantized":
-            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), probe)
+            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), scorer)
         else:
-            evaluate = stitched_loss(table, probe)
+            evaluate = stitched_loss(table, scorer)
         found = [
             refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, opts.calib_seed)
             for b in budget.budgets
@@ -318,7 +329,7 @@ def budget_points(
             if alloc.search is not None:
                 alloc.search["score"] = budget.refine_score
                 alloc.search["realised_calib_loss"] = calibration_loss(
-                    point.result.model.eval(), probe.batches, probe.loss_fn
+                    point.result.model.eval(), scorer.batches, scorer.loss_fn
                 )
             yield alloc, point, stored
 

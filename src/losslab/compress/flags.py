@@ -65,8 +65,8 @@ class BudgetFlags(BaseModel):
     select_samples: int | None = Field(
         None,
         ge=1,
-        description="--budget: training images the loss-based sensitivity and --refine's scores are measured on "
-        "(drawn with --calib-seed; default: the calibration images).",
+        description="--refine: training images each plan's calibration loss is measured on (drawn with "
+        "--calib-seed, the calibration images first; default: the calibration images).",
     )
 
 
