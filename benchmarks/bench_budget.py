@@ -8,8 +8,9 @@ Cells (every one recorded, also where the budget loses), one line of ``--out`` p
 killed run resumes where it stopped (trained runs are kept under ``--runs``):
 
 1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ (per-channel asym grid), B ∈ {2.25,
-   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine`` and
-   ``--refine-score`` unless given to this script, exact solver, widths 2,3,4,8) against the uniform model at the
+   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine``,
+   ``--refine-score``, ``--refine-noise`` and ``--select-samples`` unless given to this script as ``--refine``,
+   ``--refine-score``, ``--refine-noise``, ``--select``; exact solver, widths 2,3,4,8) against the uniform model at the
    narrowest width whose stored bits per weight are >= B (the issue's target) and at the widest width within B;
    the seeds' std rule: a loss counts against the target when it exceeds the std over seeds of the uniform
    reference's top-1;

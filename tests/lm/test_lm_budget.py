@@ -89,7 +89,7 @@ def test_lm_budget_refuses_select_samples_before_work(
     args += ["--text-file", str(train), "--calib-samples", "4", "--seqlen", "64", "--save-packed", str(out)]
     capsys.readouterr()  # save_pretrained's progress bar
     with pytest.raises(SystemExit) as info:
-        main(["lm", *args, "--device", "cpu", "--no-progress", "--select-samples", "8"])
+        main(["lm", *args, "--device", "cpu", "--no-progress", "--refine", "2", "--select-samples", "8"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--select-samples is for losslab quantize" in err and len(err.splitlines()) == 1
     assert not out.exists() and not out.with_suffix(".json").exists()
