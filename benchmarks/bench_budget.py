@@ -8,8 +8,9 @@ Cells (every one recorded, also where the budget loses), one line of ``--out`` p
 killed run resumes where it stopped (trained runs are kept under ``--runs``):
 
 1. digits ``small_cnn`` and ``cifar_resnet20`` (32 px), seeds, GPTQ and GPFQ (per-channel asym grid), B ∈ {2.25,
-   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine`` and
-   ``--refine-score`` unless given to this script, exact solver, widths 2,3,4,8) against the uniform model at the
+   2.5, 3, 3.5}: the budgeted model's top-1 (the command's default ``--sensitivity``, ``--refine``,
+   ``--refine-score``, ``--refine-noise`` and ``--select-samples`` unless given to this script as ``--refine``,
+   ``--refine-score``, ``--refine-noise``, ``--select``; exact solver, widths 2,3,4,8) against the uniform model at the
    narrowest width whose stored bits per weight are >= B (the issue's target) and at the widest width within B;
    the seeds' std rule: a loss counts against the target when it exceeds the std over seeds of the uniform
    reference's top-1;
@@ -59,7 +60,15 @@ def train(model: str, seed: int, epochs: int, out: Path) -> Path:
 
 
 def budget_report(
-    run: Path, method: str, metric: str, calib: int, tmp: Path, refine: int, score: str = "quantized"
+    run: Path,
+    method: str,
+    metric: str,
+    calib: int,
+    tmp: Path,
+    refine: int,
+    score: str = "quantized",
+    noise: int = 0,
+    select: int | None = None,
 ) -> dict[str, Any]:
     """``quantize_run_budget`` at each budget separately (one cached table): the results of the feasible budgets,
     the uniform widths and the budgets below the cheapest plan."""
@@ -70,10 +79,12 @@ def budget_report(
 
     merged: dict[str, Any] = {"results": [], "impossible": []}
     for b in BUDGETS:
-        stem = f"{run.name}-{method}-{metric}-r{refine}{score}-B{b}"
+        stem = f"{run.name}-{method}-{metric}-r{refine}{score}-n{noise}-s{select}-B{b}"
         opts = QuantizeOptions(calib_samples=calib, calib_batch_size=64, out=tmp / f"{stem}.json", overwrite=True)
-        budget = BudgetOptions([b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png", refine=refine)
-        budget.refine_score = score
+        budget = BudgetOptions(
+            [b], CHOICES, metric, "exact", figure=tmp / f"{stem}.png", refine=refine, refine_score=score
+        )
+        budget.refine_noise, budget.select_samples = noise, select
         try:
             quantize_run_budget(run, method_from_name(method, bits=4), budget, opts, echo=lambda *_: None)
         except BudgetError as err:
@@ -175,7 +186,9 @@ def unit(model: str, seed: int, method: str, args: argparse.Namespace, epochs: d
     start = time.perf_counter()
     run = train(model, seed, epochs[model], args.runs)
     tmp = args.runs / "reports"
-    report = budget_report(run, method, DEFAULT_SENSITIVITY, calib, tmp, args.refine, args.refine_score)
+    report = budget_report(
+        run, method, DEFAULT_SENSITIVITY, calib, tmp, args.refine, args.refine_score, args.refine_noise, args.select
+    )
     out: dict[str, Any] = {"model": model, "seed": seed, "method": method, "cells": cells(report)}
     out["impossible"] = report["impossible"]
     if model == "small_cnn" and method == "gptq" and not args.no_metrics:
@@ -275,6 +288,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only print the tables from --out")
     parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="plans scored per budget (--refine)")
     parser.add_argument("--refine-score", default=DEFAULT_REFINE_SCORE, choices=REFINE_SCORES)
+    parser.add_argument("--refine-noise", type=int, default=0, help="noise candidates per budget (--refine-noise)")
+    parser.add_argument("--select", type=int, default=None, help="--select-samples (default: the calibration set)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.report:

@@ -44,15 +44,18 @@ def bits_in_file(path: Path) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize(("refine", "score"), [(1, "quantized"), (32, "stitched"), (6, "quantized")])
+@pytest.mark.parametrize(
+    ("refine", "score", "noise"), [(1, "quantized", 0), (32, "stitched", 0), (6, "quantized", 0), (6, "quantized", 3)]
+)
 def test_budget_plan_is_optimal_and_the_packed_file_fits(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int, score: str
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], refine: int, score: str, noise: int
 ) -> None:
     """``--refine 1``: the knapsack optimum; a search starts there and ends at a plan whose score (stitched, or
     the calibration loss of the model quantized with the plan, which is then the model returned) is no higher;
     all within the budget as the packed file counts it."""
     args = ["quantize", str(run_dir), "--method", "gptq", "--budget", "2.6,3.4", "--bits-choices", "2,4,8"]
-    args += ["--refine", str(refine), "--refine-score", score]
+    args += ["--refine", str(refine), "--refine-score", score, "--refine-noise", str(noise)]
+    args += ["--select-samples", "96"] if refine > 1 else []
     args += ["--keep-8bit", "fc", "--json", str(tmp_path / "b.json"), "--save-packed", str(tmp_path / "p"), *CALIB]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
@@ -93,7 +96,7 @@ def test_budget_plan_is_optimal_and_the_packed_file_fits(
             )
             assert start == pytest.approx(best, rel=1e-9) and entry["predicted_sensitivity"] >= best * (1 - 1e-9)
             assert 1 <= search["evaluations"] <= refine and search["calib_loss"] <= search["knapsack_calib_loss"]
-            assert search["score"] == score
+            assert search["score"] == score and search["noise_candidates"] <= noise
             if score == "quantized":  # the packed model is the one scored, not a second quantization
                 assert search["realised_calib_loss"] == search["calib_loss"]
         assert entry["packed_matches_fake"]
@@ -114,6 +117,25 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
     assert other.output.count("measured") == 2
 
 
+def test_loss_entries_have_standard_errors_and_the_selection_set_leaves_the_table_alone(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """``--select-samples`` only changes what ``--refine`` scores plans on: the table is read back; the scores are
+    calibration losses over those training images (the realised one recomputed from the quantized model)."""
+    base = ["quantize", str(run_dir), "--method", "rtn", "--bits-choices", "3,8", "--overwrite", *CALIB]
+    base += ["--budget", "4", "--sensitivity", "loss", "--json", str(tmp_path / "s.json"), "--refine", "2"]
+    first = CliRunner().invoke(cli, [*base, "--select-samples", "40"])
+    assert first.exit_code == 0, first.output
+    (small,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    again = CliRunner().invoke(cli, [*base, "--select-samples", "200"])
+    assert again.output.count("cached") == 2 and "measured" not in again.output
+    (entry,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert entry["search"]["realised_calib_loss"] == pytest.approx(entry["search"]["calib_loss"], rel=1e-9)
+    assert small["search"]["knapsack_calib_loss"] != entry["search"]["knapsack_calib_loss"]
+    assert all(c["stderr"] is not None and c["stderr"] >= 0 for a in entry["allocation"] for c in a["choices"])
+    assert any(c["stderr"] > 0 for a in entry["allocation"] for c in a["choices"])
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -130,6 +152,14 @@ def test_the_table_is_reused_and_recomputed_when_calibration_changes(run_dir: Pa
         (["--budget", "abc"], "is not a number"),
         (["--budget", "3", "--refine", "0"], "--refine"),
         (["--budget", "3", "--refine-score", "nope"], "'--refine-score': 'nope' is not one of 'quantized', 'stitched'"),
+        (["--budget", "3", "--refine-noise", "2"], "needs --sensitivity loss and --refine 2 or more"),
+        (["--budget", "3", "--refine", "4", "--refine-noise", "2", "--sensitivity", "proxy"], "--sensitivity loss"),
+        (["--budget", "3", "--refine", "2", "--select-samples", "0"], "--select-samples"),
+        (["--budget", "3", "--select-samples", "64"], "--refine 2 or more"),
+        (
+            ["--budget", "3", "--refine", "2", "--select-samples", "100000"],
+            "--select-samples 100000: n_samples=100000 is more than",
+        ),
     ],
 )
 def test_bad_budget_requests(run_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:

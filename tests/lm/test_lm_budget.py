@@ -17,9 +17,11 @@ from losslab.quant.packed import read_packed_metadata
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("refine", "score"), [(1, "quantized"), (4, "quantized"), (4, "stitched")])
+@pytest.mark.parametrize(
+    ("refine", "score", "noise"), [(1, "quantized", 0), (4, "quantized", 0), (4, "stitched", 0), (4, "quantized", 2)]
+)
 def test_lm_budget_ties_qkv_and_fits(
-    tmp_path: Path, trained_model, tokenizer, text_files, refine: int, score: str
+    tmp_path: Path, trained_model, tokenizer, text_files, refine: int, score: str, noise: int
 ) -> None:
     """``--refine 1``: the knapsack optimum; ``--refine 4``: a search from it that keeps the ties and the budget
     and ends no worse by its score (the calibration loss of the model quantized with the plan, or stitched)."""
@@ -31,7 +33,7 @@ def test_lm_budget_ties_qkv_and_fits(
     args = ["quantize", "--model", str(folder), "--method", "gptq", "--budget", "3.25", "--bits-choices", "2,3,4"]
     args += ["--text-file", str(train), "--eval-text", str(val), "--calib-samples", "4", "--seqlen", "64"]
     args += ["--save-packed", str(out), "--device", "cpu", "--no-progress", "--refine", str(refine)]
-    args += ["--refine-score", score]
+    args += ["--refine-score", score, "--refine-noise", str(noise)]
     res = CliRunner().invoke(lm, args)
     assert res.exit_code == 0, res.output
     report = json.loads(out.with_suffix(".json").read_text())
@@ -51,6 +53,7 @@ def test_lm_budget_ties_qkv_and_fits(
     rows = {a["layer"]: a["choices"] for a in entry["allocation"]}
     for choices in rows.values():  # narrowest first: clamped = running minimum of the measured
         measured = [c["sensitivity"] for c in choices]
+        assert all(c["stderr"] is not None and c["stderr"] >= 0 for c in choices)  # the windows are the samples
         assert [c["sensitivity_clamped"] for c in choices] == [min(measured[: k + 1]) for k in range(len(measured))]
     groups = report["ties"] + [[n] for n in rows if not any(n in t for t in report["ties"])]
     room = int(Fraction("3.25") * entry["quantized_weights"])
@@ -69,3 +72,24 @@ def test_lm_budget_ties_qkv_and_fits(
         )
         assert start == pytest.approx(best, rel=1e-9) and 1 <= search["evaluations"] <= refine
         assert search["calib_loss"] <= search["knapsack_calib_loss"] and search["score"] == score
+        assert search["noise_candidates"] <= noise
+
+
+def test_lm_budget_refuses_select_samples_before_work(
+    tmp_path: Path, trained_model, tokenizer, text_files, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from losslab.cli import main
+
+    folder = tmp_path / "tiny-opt"
+    trained_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    train, _ = text_files
+    out = tmp_path / "tiny.safetensors"
+    args = ["quantize", "--model", str(folder), "--method", "gptq", "--budget", "3.25", "--bits-choices", "2,3,4"]
+    args += ["--text-file", str(train), "--calib-samples", "4", "--seqlen", "64", "--save-packed", str(out)]
+    capsys.readouterr()  # save_pretrained's progress bar
+    with pytest.raises(SystemExit) as info:
+        main(["lm", *args, "--device", "cpu", "--no-progress", "--refine", "2", "--select-samples", "8"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--select-samples is for losslab quantize" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".json").exists()

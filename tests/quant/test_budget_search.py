@@ -4,6 +4,7 @@ against its definition (every plan within the budget, never worse than the knaps
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -281,3 +282,100 @@ def test_refine_scored_by_quantizing_returns_the_best_quantized_plan_within_the_
     assert out.loss == pytest.approx(_float64_loss(out.payload.model, batches), rel=1e-5)
     stored = sum(storage_bits_total(wq) for wqs in out.payload.weights.values() for wq in wqs)
     assert stored == out.allocation.stored_bits <= room
+
+
+def noisy_table(rng: np.random.Generator, layers: int) -> SensitivityTable:
+    """:func:`random_table` with a standard error per entry of the order of the entry."""
+    table = random_table(rng, layers)
+    for run in table.widths.values():
+        for row in run.rows.values():
+            row.stderr = float(row.sensitivity * rng.uniform(0.2, 1.5))
+    return table
+
+
+def brute_plan(table: SensitivityTable, budget: float) -> tuple[float, int]:
+    """(least Σ clamped s, most stored bits among those) over every assignment within the capacity."""
+    room, best = capacity_bits(budget, table.total_weights), None
+    clamped = {n: table.clamped(n) for n in table.layers}
+    for choice in itertools.product(range(len(WIDTHS)), repeat=len(table.layers)):
+        bits = sum(table.widths[WIDTHS[j]].rows[n].stored_bits for n, j in zip(table.layers, choice))
+        if bits <= room:
+            key = (sum(clamped[n][j] for n, j in zip(table.layers, choice)), -bits)
+            best = key if best is None or key < best else best
+    return best[0], -best[1]
+
+
+def test_perturbed_entries_are_s_plus_se_times_the_generators_normals_in_order() -> None:
+    table = noisy_table(np.random.default_rng(3), 4)
+    moved = table.perturbed(np.random.default_rng(11))
+    eps = np.random.default_rng(11).standard_normal((len(WIDTHS), len(table.layers)))  # widths asc, layers in order
+    for k, b in enumerate(WIDTHS):
+        for i, n in enumerate(table.layers):
+            row = table.widths[b].rows[n]
+            assert moved.widths[b].rows[n].sensitivity == pytest.approx(row.sensitivity + row.stderr * eps[k, i])
+            assert moved.widths[b].rows[n].stored_bits == row.stored_bits
+    table.widths[2].rows["l0"].stderr = None
+    with pytest.raises(ConfigError, match="no standard error"):
+        table.perturbed(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_noise_plans_are_distinct_optima_of_tables_drawn_within_the_noise(seed: int) -> None:
+    """Each candidate is new (not the knapsack plan, not an earlier candidate), fits the budget, and is the
+    brute-force optimum (least Σ s', then most bits) of the perturbed table its draw made, replayed from the seed;
+    its predicted sensitivity is the unperturbed Σ s'."""
+    from losslab.quant.budget import noise_plans
+
+    rng = np.random.default_rng(200 + seed)
+    table = noisy_table(rng, 4)
+    budget = 2.9
+    plans = noise_plans(table, budget, 3, seed=seed)
+    keys = [tuple(sorted(p.chosen.items())) for p in plans]
+    start = tuple(sorted(allocate(table, budget).chosen.items()))
+    assert len(set(keys)) == len(keys) and start not in keys and plans
+    replay, found = np.random.default_rng(seed), []
+    while len(found) < len(plans):
+        drawn = table.perturbed(replay)
+        value, bits = brute_plan(drawn, budget)
+        plan = allocate(drawn, budget)
+        assert plan.predicted_sensitivity == pytest.approx(value, rel=1e-9) and plan.stored_bits == bits
+        key = tuple(sorted(plan.chosen.items()))
+        if key != start and key not in found:
+            found.append(key)
+    assert found == keys
+    for p in plans:
+        assert p.stored_bits <= capacity_bits(budget, table.total_weights)
+        clamped = sum(table.clamped(n)[WIDTHS.index(b)] for n, b in p.chosen.items())
+        assert p.predicted_sensitivity == pytest.approx(clamped, rel=1e-12)
+
+
+def test_refine_scores_the_noise_candidates_first_within_the_evaluation_count() -> None:
+    from losslab.quant.budget import noise_plans
+
+    table = noisy_table(np.random.default_rng(5), 5)
+    scores = {}
+
+    def evaluate(alloc):  # an arbitrary but fixed score per plan
+        key = tuple(sorted(alloc.chosen.items()))
+        scores.setdefault(key, float(np.random.default_rng(zlib.crc32(repr(key).encode())).uniform()))
+        return scores[key], key
+
+    candidates = noise_plans(table, 3.0, 3, seed=9)
+    out = refine(table, 3.0, evaluate, 6, noise=3, seed=9)
+    trace = [tuple(sorted(c.items())) for c, _, _ in out.trace]
+    assert trace[0] == tuple(sorted(allocate(table, 3.0).chosen.items()))
+    assert trace[1 : 1 + len(candidates)] == [tuple(sorted(p.chosen.items())) for p in candidates]
+    assert len(trace) <= 6 and len(set(trace)) == len(trace)
+    assert out.loss == min(scores[k] for k in trace) and out.payload == tuple(sorted(out.allocation.chosen.items()))
+    assert out.allocation.search["noise_candidates"] == len(candidates)
+    assert len(refine(table, 3.0, evaluate, 2, noise=3, seed=9).trace) <= 2  # the cap counts the candidates
+
+
+def test_the_table_json_keeps_each_entrys_standard_error() -> None:
+    table = noisy_table(np.random.default_rng(1), 3)
+    table.widths[8].rows["l1"].stderr = None
+    back = SensitivityTable.from_json(table.to_json())
+    assert {b: {n: r.stderr for n, r in w.rows.items()} for b, w in back.widths.items()} == {
+        b: {n: r.stderr for n, r in w.rows.items()} for b, w in table.widths.items()
+    }
+    assert [c["stderr"] for c in back.choices("l0")] == [table.widths[b].rows["l0"].stderr for b in WIDTHS]

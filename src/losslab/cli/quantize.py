@@ -122,6 +122,8 @@ def budget_request(
         figure,
         refine=flags.refine,
         refine_score=flags.refine_score,
+        refine_noise=flags.refine_noise,
+        select_samples=flags.select_samples,
     )
     check_budget_request(method, budget)
     return method, budget

@@ -33,6 +33,7 @@ from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output
 from losslab.quant.budget import (
     DEFAULT_REFINE,
+    DEFAULT_REFINE_NOISE,
     DEFAULT_REFINE_SCORE,
     DEFAULT_SENSITIVITY,
     REFINE_SCORES,
@@ -59,7 +60,9 @@ class BudgetOptions:
     """``--budget`` values (stored bits per weight), ``--bits-choices``, ``--sensitivity``, ``--solver``, ``--tie``
     patterns, the figure path (default next to the JSON), the Hutchinson probe count of ``hawq``, ``--refine``
     (plans evaluated by calibration loss per budget, :mod:`losslab.quant.budget.search`; 1: the knapsack plan) and
-    ``--refine-score`` (``quantized`` or ``stitched``)."""
+    ``--refine-score`` (``quantized`` or ``stitched``), ``--refine-noise`` (noise candidates scored first,
+    :func:`losslab.quant.budget.noise_plans`) and ``--select-samples`` (training images ``--refine`` scores plans
+    on; None: the calibration images)."""
 
     budgets: list[float]
     choices: list[int]
@@ -70,6 +73,8 @@ class BudgetOptions:
     hutchinson_probes: int = 8
     refine: int = DEFAULT_REFINE
     refine_score: str = DEFAULT_REFINE_SCORE
+    refine_noise: int = DEFAULT_REFINE_NOISE
+    select_samples: int | None = None
 
     @property
     def keeps_weights(self) -> bool:
@@ -85,6 +90,16 @@ def check_budget_request(method: QuantMethod, budget: BudgetOptions) -> None:
         raise ConfigError(f"--refine-score {budget.refine_score!r} is not known: choose {' or '.join(REFINE_SCORES)}")
     if budget.solver not in SOLVERS:
         raise ConfigError(f"--solver {budget.solver!r} is not known: choose one of {', '.join(SOLVERS)}")
+    if budget.refine_noise and (budget.refine < 2 or budget.sensitivity != "loss"):
+        raise ConfigError(
+            f"--refine-noise {budget.refine_noise} draws plans within the noise of the loss table and scores them: "
+            "it needs --sensitivity loss and --refine 2 or more"
+        )
+    if budget.select_samples is not None and (budget.select_samples < 1 or budget.refine < 2):
+        raise ConfigError(
+            f"--select-samples {budget.select_samples} sets the training images --refine scores plans on: give at "
+            "least 1 image and --refine 2 or more"
+        )
     if len(set(budget.choices)) < 2:
         raise ConfigError(
             f"--budget chooses a width per layer: give at least two widths in --bits-choices (got "
@@ -139,6 +154,12 @@ def _cross_entropy(net: Any, batch: Any) -> Any:
     return F.cross_entropy(net(batch[0]), batch[1])
 
 
+def _cross_entropy_samples(net: Any, batch: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(net(batch[0]), batch[1], reduction="none")
+
+
 def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts: QuantizeOptions) -> Any:
     """The float network (BatchNorm folded when the run folds it) and calibration batches for loss-based metrics
     and ``--refine``."""
@@ -157,7 +178,23 @@ def _probe(run: Any, budget: BudgetOptions, calib: Any, layers: list[str], opts:
         layers,
         budget.hutchinson_probes,
         opts.calib_seed,
+        _cross_entropy_samples,
     )
+
+
+def _selection_batches(run: Any, budget: BudgetOptions, opts: QuantizeOptions) -> list[Any] | None:
+    """``--select-samples`` training images drawn with the calibration seed (the calibration images first), the
+    batches ``--refine`` scores plans on; None without the option."""
+    if budget.select_samples is None:
+        return None
+    from losslab.compress.trained_run import CalibrationSettings
+
+    settings = CalibrationSettings(budget.select_samples, opts.calib_batch_size, opts.calib_seed)
+    try:
+        loader = run.calibration_loader(settings)
+    except ConfigError as err:
+        raise ConfigError(f"--select-samples {budget.select_samples}: {err}") from None
+    return [(x.to(run.device), y.to(run.device)) for x, y, *_ in loader]
 
 
 def sensitivity_table(
@@ -263,7 +300,9 @@ def budget_points(
     of each result are recounted and must equal the plan's."""
     from losslab.quant.budget.probes import calibration_loss
 
+    selection = _selection_batches(run, budget, opts)
     table, groups, probe = sensitivity_table(run, method, budget, opts, calib, echo)
+    scorer = probe if selection is None else replace(probe, batches=selection, _cache={})
 
     def quantize(alloc: Allocation) -> Any:
         (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
@@ -272,10 +311,13 @@ def budget_points(
     plans: list[tuple[Allocation, Any]] = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
     if budget.refine > 1:
         if budget.refine_score == "quantized":
-            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), probe)
+            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), scorer)
         else:
-            evaluate = stitched_loss(table, probe)
-        found = [refine(table, b, evaluate, budget.refine, budget.solver, groups) for b in budget.budgets]
+            evaluate = stitched_loss(table, scorer)
+        found = [
+            refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, opts.calib_seed)
+            for b in budget.budgets
+        ]
         plans = [(r.allocation, r.payload) for r in found]
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
@@ -287,7 +329,7 @@ def budget_points(
             if alloc.search is not None:
                 alloc.search["score"] = budget.refine_score
                 alloc.search["realised_calib_loss"] = calibration_loss(
-                    point.result.model.eval(), probe.batches, probe.loss_fn
+                    point.result.model.eval(), scorer.batches, scorer.loss_fn
                 )
             yield alloc, point, stored
 

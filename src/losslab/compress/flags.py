@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from losslab.quant.bits import BITS_RANGE
-from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_REFINE_SCORE, DEFAULT_SENSITIVITY
+from losslab.quant.budget import DEFAULT_REFINE, DEFAULT_REFINE_NOISE, DEFAULT_REFINE_SCORE, DEFAULT_SENSITIVITY
 from losslab.train.config import CommandConfig
 
 __all__ = ["BudgetFlags", "LmQuantizeFlags", "QuantizeFlags"]
@@ -53,6 +53,20 @@ class BudgetFlags(BaseModel):
         description="--refine's score of a plan: quantized (the calibration loss of the model the driver "
         "quantizes with the plan; one quantize pass per plan), stitched (the float network with each layer's Q "
         "from the uniform run at its width; one forward pass, ignores the driver's error feedback).",
+    )
+    refine_noise: int = Field(
+        DEFAULT_REFINE_NOISE,
+        ge=0,
+        le=1000,
+        description="--refine: first score this many plans that are knapsack optima of the loss table with each "
+        "entry moved by its standard error times a normal draw (plans within the table's noise); needs "
+        "--sensitivity loss.",
+    )
+    select_samples: int | None = Field(
+        None,
+        ge=1,
+        description="--refine: training images each plan's calibration loss is measured on (drawn with "
+        "--calib-seed, the calibration images first; default: the calibration images).",
     )
 
 

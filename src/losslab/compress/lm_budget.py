@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from losslab.compress.budget import BudgetOptions, allocation_table, budget_entry, cached_table, check_budget_request
 from losslab.compress.quantize_run import method_label
-from losslab.errors import LosslabError
+from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output, write_json_atomic
 from losslab.quant.budget import (
     TableCache,
@@ -64,6 +64,11 @@ class LmBudgetJob:
 
 def _lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
     return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+
+def _lm_window_loss(model: nn.Module, batch: Tensor) -> Tensor:
+    """The per-sample loss of a batch of one window: that window's token-mean loss, shape [1]."""
+    return _lm_loss(model, batch).reshape(1)
 
 
 def _key(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions) -> dict[str, Any]:
@@ -133,7 +138,8 @@ def _lm_table(job: LmBudgetJob, method: QuantMethod, budget: BudgetOptions, echo
     groups = tie_groups(layers, budget.ties, default_ties(layers))
     probe = None
     if budget.sensitivity != "proxy" or budget.refine > 1:
-        probe = Probe(job.model, list(job.calib.split(1)), _lm_loss, layers, budget.hutchinson_probes, job.seed)
+        windows = list(job.calib.split(1))
+        probe = Probe(job.model, windows, _lm_loss, layers, budget.hutchinson_probes, job.seed, _lm_window_loss)
 
     def run_width(bits: int) -> Any:
         result = quantize_job(job, replace(method, bits=bits), job.overrides)
@@ -186,6 +192,11 @@ def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOpti
     and quantize at every budget; returns ``{"text", "json", "results"}``; packed files per budget. Every plan is
     solved before the first budgeted model is quantized (an impossible budget fails first)."""
     check_budget_request(method, budget)
+    if budget.select_samples is not None:
+        raise ConfigError(
+            "--select-samples is for losslab quantize (training images); lm quantize measures the loss and --refine "
+            "on its --calib-samples windows: drop --select-samples or raise --calib-samples"
+        )
     check_output(job.out, overwrite=job.overwrite, what="results JSON", flag="--json")
     packed = [None if job.save_packed is None else _budget_path(job.save_packed, b) for b in budget.budgets]
     for path in packed:
@@ -197,7 +208,10 @@ def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOpti
             evaluate = quantized_loss(lambda a: _model_and_result(_quantize_plan(job, method, a)), probe)
         else:
             evaluate = stitched_loss(table, probe)
-        found = [refine(table, b, evaluate, budget.refine, budget.solver, groups) for b in budget.budgets]
+        found = [
+            refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, job.seed)
+            for b in budget.budgets
+        ]
         plans = [(r.allocation, r.payload) for r in found]
         for r in found:
             r.allocation.search["score"] = budget.refine_score

@@ -24,9 +24,11 @@ from losslab.quant.budget.allocation import (
 )
 from losslab.quant.budget.search import (
     DEFAULT_REFINE,
+    DEFAULT_REFINE_NOISE,
     DEFAULT_REFINE_SCORE,
     REFINE_SCORES,
     Refined,
+    noise_plans,
     quantized_loss,
     refine,
     stitched_loss,
@@ -44,6 +46,7 @@ from losslab.quant.budget.table import (
 
 __all__ = [
     "DEFAULT_REFINE",
+    "DEFAULT_REFINE_NOISE",
     "DEFAULT_REFINE_SCORE",
     "DEFAULT_SENSITIVITY",
     "REFINE_SCORES",
@@ -61,6 +64,7 @@ __all__ = [
     "clamp_monotone",
     "default_ties",
     "fill_table",
+    "noise_plans",
     "parse_budgets",
     "quantized_loss",
     "refine",

@@ -3,7 +3,9 @@ and the calibration loss with one layer's weight replaced.
 
 ``batches`` are calibration batches (a tensor, or a tuple whose tensors share the batch dimension) and
 ``loss_fn(model, batch)`` the mean loss of one batch (cross-entropy for a classifier, the causal-LM loss for a
-decoder). Every probe weights a batch by its number of samples.
+decoder). Every probe weights a batch by its number of samples. ``sample_loss_fn(model, batch)`` (optional) gives
+the loss of each sample of a batch (shape [n]); with it the ``loss`` metric also has a standard error per entry
+(:func:`mean_and_stderr` of the per-sample differences).
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["calibration_loss", "fisher_diagonal", "hutchinson_traces", "loss_with_weights"]
+__all__ = [
+    "calibration_loss",
+    "fisher_diagonal",
+    "hutchinson_traces",
+    "loss_with_weights",
+    "mean_and_stderr",
+    "sample_losses",
+    "sample_losses_with_weights",
+]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+SampleLossFn = Callable[[nn.Module, Any], Tensor]  # per-sample losses of one batch, shape [n]
 
 
 def _size(batch: Any) -> int:
@@ -41,10 +52,9 @@ def calibration_loss(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn) 
     return total / count
 
 
-def loss_with_weights(
-    model: nn.Module, weights: Mapping[str, Tensor], batches: Sequence[Any], loss_fn: LossFn
-) -> float:
-    """The calibration loss with the listed layers' weights replaced (restored afterwards)."""
+@contextmanager
+def _weights_replaced(model: nn.Module, weights: Mapping[str, Tensor]) -> Iterator[None]:
+    """The listed layers' weights replaced for the duration (restored afterwards, also on error)."""
     saved = {}
     with torch.no_grad():
         for name, w in weights.items():
@@ -52,11 +62,42 @@ def loss_with_weights(
             saved[name] = layer.weight.detach().clone()
             layer.weight.copy_(w)
     try:
-        return calibration_loss(model, batches, loss_fn)
+        yield
     finally:
         with torch.no_grad():
             for name, w in saved.items():
                 model.get_submodule(name).weight.copy_(w)
+
+
+def loss_with_weights(
+    model: nn.Module, weights: Mapping[str, Tensor], batches: Sequence[Any], loss_fn: LossFn
+) -> float:
+    """The calibration loss with the listed layers' weights replaced (restored afterwards)."""
+    with _weights_replaced(model, weights):
+        return calibration_loss(model, batches, loss_fn)
+
+
+def sample_losses(model: nn.Module, batches: Sequence[Any], sample_loss_fn: SampleLossFn) -> Tensor:
+    """Every calibration sample's loss, in batch order (float64 on the CPU, no gradients)."""
+    with torch.no_grad():
+        return torch.cat([sample_loss_fn(model, b).detach().reshape(-1).double().cpu() for b in batches])
+
+
+def sample_losses_with_weights(
+    model: nn.Module, weights: Mapping[str, Tensor], batches: Sequence[Any], sample_loss_fn: SampleLossFn
+) -> Tensor:
+    """:func:`sample_losses` with the listed layers' weights replaced (restored afterwards)."""
+    with _weights_replaced(model, weights):
+        return sample_losses(model, batches, sample_loss_fn)
+
+
+def mean_and_stderr(diff: Tensor) -> tuple[float, float]:
+    """Mean of per-sample differences d and its standard error std(d) / √n (sample std, n − 1 in the
+    denominator; 0 for one sample): the noise of a loss increase measured on n calibration samples."""
+    d = diff.double().reshape(-1)
+    n = d.numel()
+    se = float(d.std(unbiased=True)) / n**0.5 if n > 1 else 0.0
+    return float(d.mean()), se
 
 
 @contextmanager

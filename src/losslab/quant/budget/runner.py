@@ -16,10 +16,14 @@ from torch import Tensor, nn
 from losslab.errors import ConfigError
 from losslab.quant.budget.probes import (
     LossFn,
+    SampleLossFn,
     calibration_loss,
     fisher_diagonal,
     hutchinson_traces,
     loss_with_weights,
+    mean_and_stderr,
+    sample_losses,
+    sample_losses_with_weights,
 )
 from losslab.quant.budget.table import LayerRow, WidthRun
 from losslab.quant.methods import QuantMethod
@@ -39,7 +43,8 @@ def budgeted_layers(plan: Mapping[str, QuantMethod | None], method: QuantMethod)
 
 @dataclass
 class Probe:
-    """The float network (BatchNorm folded when the run folds it), calibration batches and the batch loss."""
+    """The float network (BatchNorm folded when the run folds it), calibration batches, the batch loss and,
+    optionally, the per-sample loss (then the ``loss`` metric has a standard error per entry)."""
 
     model: nn.Module
     batches: Sequence[Any]
@@ -47,6 +52,7 @@ class Probe:
     names: Sequence[str]
     hutchinson_probes: int = 8
     seed: int = 0
+    sample_loss_fn: SampleLossFn | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def traces(self) -> dict[str, float]:
@@ -66,22 +72,33 @@ class Probe:
             self._cache["loss"] = calibration_loss(self.model, self.batches, self.loss_fn)
         return self._cache["loss"]
 
+    def float_samples(self) -> Tensor:
+        """The float network's per-sample calibration losses (float64)."""
+        if "samples" not in self._cache:
+            assert self.sample_loss_fn is not None
+            self._cache["samples"] = sample_losses(self.model, self.batches, self.sample_loss_fn)
+        return self._cache["samples"]
+
     def weight(self, name: str) -> Tensor:
         return self.model.get_submodule(name).weight.detach()
 
 
-def _sensitivity(metric: str, name: str, report: Any, q: Tensor, probe: Probe | None) -> float:
+def _sensitivity(metric: str, name: str, report: Any, q: Tensor, probe: Probe | None) -> tuple[float, float | None]:
+    """The entry's sensitivity and, for ``loss`` with per-sample losses, its standard error (else None)."""
     if metric == "proxy":
         if report.proxy_loss is None:
             raise ConfigError(f"layer {name!r} reported no proxy loss: the run must collect input statistics")
-        return float(report.proxy_loss)
+        return float(report.proxy_loss), None
     assert probe is not None
     diff = (probe.weight(name).double() - q.to(probe.weight(name).device).double()) ** 2
     if metric == "hawq":
-        return probe.traces()[name] / diff.numel() * float(diff.sum())
+        return probe.traces()[name] / diff.numel() * float(diff.sum()), None
     if metric == "fisher":
-        return float((probe.fisher()[name].double() * diff).sum())
-    return loss_with_weights(probe.model, {name: q}, probe.batches, probe.loss_fn) - probe.float_loss()
+        return float((probe.fisher()[name].double() * diff).sum()), None
+    if probe.sample_loss_fn is not None:
+        losses = sample_losses_with_weights(probe.model, {name: q}, probe.batches, probe.sample_loss_fn)
+        return mean_and_stderr(losses - probe.float_samples())
+    return loss_with_weights(probe.model, {name: q}, probe.batches, probe.loss_fn) - probe.float_loss(), None
 
 
 def width_run(
@@ -106,7 +123,8 @@ def width_run(
             fixed += bits
             continue
         q = result.model.get_submodule(name).weight.detach()
-        rows[name] = LayerRow(_sensitivity(metric, name, reports[name], q, probe), bits)
+        value, stderr = _sensitivity(metric, name, reports[name], q, probe)
+        rows[name] = LayerRow(value, bits, stderr)
         if keep_weights:
             kept[name] = q.cpu().clone()
     summary = result.summary()["avg_bits_per_weight"]

@@ -21,6 +21,14 @@ sensitivity; the first whose loss is lower than the current plan's becomes the c
 kept) and the neighbourhood is rebuilt. The search stops after ``evaluations`` evaluations (the start included)
 or when no neighbour improves (a plan is never evaluated twice); it returns the best plan evaluated.
 ``evaluations = 1`` is the knapsack plan alone.
+
+Noise candidates (``--refine-noise K``, the ``loss`` table with a standard error per entry). The table's entries
+are means over calibration samples; where two plans' predicted totals differ by less than their noise the
+knapsack's choice between them is chance. Before the local search, :func:`noise_plans` draws tables
+s̃ = s + se·ε (ε ~ N(0, 1) per entry, seeded) and takes the knapsack optimum of each, until K distinct plans other
+than the knapsack plan are found (at most 8·K draws): the plans the measurement could as well have made optimal.
+Each is evaluated (within the ``evaluations`` count); the best of them and the knapsack plan is where the local
+search starts (the whole range of widths open again).
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ from losslab.quant.budget.table import SensitivityTable
 
 __all__ = [
     "DEFAULT_REFINE",
+    "DEFAULT_REFINE_NOISE",
     "DEFAULT_REFINE_SCORE",
     "REFINE_SCORES",
     "Refined",
+    "noise_plans",
     "quantized_loss",
     "refine",
     "stitched_loss",
@@ -47,6 +57,8 @@ __all__ = [
 DEFAULT_REFINE = 1  # --refine: 1 is the knapsack plan (the stitched search lost accuracy: BENCHMARKS.md)
 REFINE_SCORES = ("stitched", "quantized")
 DEFAULT_REFINE_SCORE = "quantized"
+DEFAULT_REFINE_NOISE = 0
+NOISE_DRAWS = 8  # draws per wanted noise candidate before giving up (the table may allow fewer distinct plans)
 
 Evaluate = Callable[[Allocation], tuple[float, Any]]
 
@@ -120,6 +132,38 @@ def _neighbours(
     return sorted(out.values(), key=lambda item: item[0].predicted_sensitivity)
 
 
+def noise_plans(
+    table: SensitivityTable,
+    budget: float,
+    count: int,
+    solver: str = "exact",
+    groups: Sequence[Sequence[str]] | None = None,
+    seed: int = 0,
+) -> list[Allocation]:
+    """Up to ``count`` distinct plans, none the knapsack plan of ``table``, each the knapsack optimum of
+    :meth:`SensitivityTable.perturbed` (s + se·ε, ε ~ N(0, 1), ``numpy.random.default_rng(seed)``), in draw order;
+    at most ``NOISE_DRAWS · count`` draws. Each is returned as an allocation of the unperturbed table (its
+    ``predicted_sensitivity`` is the measured Σ s' of its widths)."""
+    import numpy as np
+
+    groups = [list(g) for g in groups] if groups else [[n] for n in table.layers]
+    widths = sorted(table.widths)
+    seen = {tuple(sorted(allocate(table, budget, solver, groups).chosen.items()))}
+    rng = np.random.default_rng(seed)
+    out: list[Allocation] = []
+    for _ in range(NOISE_DRAWS * count):
+        if len(out) >= count:
+            break
+        drawn = allocate(table.perturbed(rng), budget, solver, groups)
+        key = tuple(sorted(drawn.chosen.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        fixed = [(widths.index(drawn.chosen[g[0]]),) * 2 for g in groups]
+        out.append(allocate(table, budget, solver, groups, fixed))
+    return out
+
+
 def refine(
     table: SensitivityTable,
     budget: float,
@@ -127,17 +171,28 @@ def refine(
     evaluations: int,
     solver: str = "exact",
     groups: Sequence[Sequence[str]] | None = None,
+    noise: int = DEFAULT_REFINE_NOISE,
+    seed: int = 0,
 ) -> Refined:
-    """The best of at most ``evaluations`` plans within ``budget`` found by the local search of the module doc;
+    """The best of at most ``evaluations`` plans within ``budget``: the knapsack plan, then up to ``noise`` noise
+    candidates (:func:`noise_plans`), then the local search of the module doc from the best of those;
     ``evaluate(plan)`` returns ``(calibration loss, payload)``."""
     if evaluations < 1:
         raise ConfigError(f"--refine {evaluations}: give the number of plans to evaluate, at least 1")
     groups = [list(g) for g in groups] if groups else [[n] for n in table.layers]
-    bounds = [(0, len(table.widths) - 1)] * len(groups)
+    full = [(0, len(table.widths) - 1)] * len(groups)
+    bounds = full
     current = allocate(table, budget, solver, groups, bounds)
     loss, payload = evaluate(current)
     best = Refined(current, loss, payload, loss, [(dict(current.chosen), current.predicted_sensitivity, loss)])
     seen = {tuple(sorted(current.chosen.items()))}
+    candidates = noise_plans(table, budget, min(noise, evaluations - 1), solver, groups, seed) if noise else []
+    for alloc in candidates:
+        seen.add(tuple(sorted(alloc.chosen.items())))
+        loss, payload = evaluate(alloc)
+        best.trace.append((dict(alloc.chosen), alloc.predicted_sensitivity, loss))
+        if loss < best.loss:
+            best.allocation, best.loss, best.payload = alloc, loss, payload
     improved = True
     while improved and len(seen) < evaluations:
         improved = False
@@ -157,6 +212,7 @@ def refine(
     start_plan, _, _ = best.trace[0]
     best.allocation.search = {
         "evaluations": len(best.trace),
+        "noise_candidates": len(candidates),
         "calib_loss": best.loss,
         "knapsack_calib_loss": best.start_loss,
         "knapsack_chosen": start_plan,

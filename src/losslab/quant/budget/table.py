@@ -13,7 +13,8 @@ off the driver's per-layer report (:class:`losslab.quant.result.LayerReport`):
   - ``hawq``: HAWQ-V2's Tr(H_W)/|W| · ‖W−Q‖² with the Hessian trace from Hutchinson on the calibration loss;
   - ``fisher``: Σ F_ii (W−Q)_i², F the empirical Fisher diagonal (mean squared per-batch gradient);
   - ``loss``: the calibration loss of the float network with only this layer's weight replaced by Q, minus
-    the float loss (one forward pass over the calibration set per layer and width).
+    the float loss (one forward pass over the calibration set per layer and width); with per-sample losses
+    also its standard error ``stderr`` = std(d)/√n of the per-sample differences d (the entry's noise).
 
   The Q of a layer is the one its uniform-b run wrote (layers quantized sequentially, as always).
 
@@ -51,7 +52,7 @@ __all__ = [
 
 SENSITIVITIES = ("proxy", "hawq", "loss", "fisher")
 DEFAULT_SENSITIVITY = "loss"  # predicted best in BENCHMARKS.md (Storage budget)
-TABLE_FORMAT = 2  # 2: each width's quantized weights kept next to the table (``--refine``)
+TABLE_FORMAT = 3  # 2: each width's quantized weights kept next to the table (``--refine``); 3: rows carry stderr
 
 
 def check_sensitivity(name: str) -> str:
@@ -75,10 +76,12 @@ def clamp_monotone(values: Sequence[float]) -> list[float]:
 
 @dataclass
 class LayerRow:
-    """One layer at one width: its sensitivity and stored bits (exact integer)."""
+    """One layer at one width: its sensitivity, stored bits (exact integer) and the sensitivity's standard error
+    (``loss`` with per-sample losses; else None)."""
 
     sensitivity: float
     stored_bits: int
+    stderr: float | None = None
 
 
 @dataclass
@@ -110,17 +113,40 @@ class SensitivityTable:
         return clamp_monotone([run.rows[layer].sensitivity for _, run in sorted(self.widths.items())])
 
     def choices(self, layer: str) -> list[dict[str, Any]]:
-        """``[{"bits", "sensitivity", "sensitivity_clamped", "stored_bits"}, ...]`` of ``layer``, narrowest width
-        first: ``sensitivity`` as measured, ``sensitivity_clamped`` what the solver minimizes."""
+        """``[{"bits", "sensitivity", "stderr", "sensitivity_clamped", "stored_bits"}, ...]`` of ``layer``,
+        narrowest width first: ``sensitivity`` as measured (``stderr`` its standard error or None),
+        ``sensitivity_clamped`` what the solver minimizes."""
         return [
             {
                 "bits": b,
                 "sensitivity": run.rows[layer].sensitivity,
+                "stderr": run.rows[layer].stderr,
                 "sensitivity_clamped": s,
                 "stored_bits": run.rows[layer].stored_bits,
             }
             for (b, run), s in zip(sorted(self.widths.items()), self.clamped(layer))
         ]
+
+    def perturbed(self, generator: Any) -> SensitivityTable:
+        """A copy whose every entry is s + se·ε, ε ~ N(0, 1) drawn independently per (width, layer) from
+        ``generator`` (a ``numpy.random.Generator``), widths ascending and layers in order: a table the
+        measurement could as well have given. Stored bits and everything else are shared. ConfigError when an
+        entry has no standard error."""
+        missing = [n for run in self.widths.values() for n, r in run.rows.items() if r.stderr is None]
+        if missing:
+            raise ConfigError(
+                f"the {self.metric} table has no standard error for {missing[0]}: noise candidates need "
+                "--sensitivity loss measured with per-sample losses"
+            )
+        widths = {}
+        for b, run in sorted(self.widths.items()):
+            eps = generator.standard_normal(len(self.layers))
+            rows = {
+                n: LayerRow(run.rows[n].sensitivity + run.rows[n].stderr * float(e), run.rows[n].stored_bits, 0.0)
+                for n, e in zip(self.layers, eps)
+            }
+            widths[b] = WidthRun(rows, run.fixed_bits, run.metrics, run.stored_bits_per_weight)
+        return SensitivityTable(self.layers, self.weights, self.fixed_weights, widths, self.metric)
 
     @property
     def fixed_bits(self) -> int:
@@ -140,7 +166,7 @@ class SensitivityTable:
             "metric": self.metric,
             "widths": {
                 str(b): {
-                    "rows": {n: [r.sensitivity, r.stored_bits] for n, r in run.rows.items()},
+                    "rows": {n: [r.sensitivity, r.stored_bits, r.stderr] for n, r in run.rows.items()},
                     "fixed_bits": run.fixed_bits,
                     "metrics": run.metrics,
                     "stored_bits_per_weight": run.stored_bits_per_weight,
@@ -153,7 +179,7 @@ class SensitivityTable:
     def from_json(cls, obj: Mapping[str, Any]) -> SensitivityTable:
         widths = {
             int(b): WidthRun(
-                {n: LayerRow(float(s), int(c)) for n, (s, c) in w["rows"].items()},
+                {n: LayerRow(float(s), int(c), None if e is None else float(e)) for n, (s, c, e) in w["rows"].items()},
                 int(w["fixed_bits"]),
                 dict(w["metrics"]),
                 w.get("stored_bits_per_weight"),
