@@ -131,6 +131,7 @@ class HessianOperator:
             device=self.device,
             graph_budget=self.graph_budget,
         )
+
     def restricted(self, names: Sequence[str]) -> HessianOperator:
         """The operator of the parameter block ``names`` (the diagonal block H_BB; the rest held fixed), sharing
         this one's device-resident batches."""
