@@ -8,26 +8,30 @@ when the running mean changes by less than ``tol``·|mean| (tol 1e-3, at most 10
 data loader recomputes forward + backward(create_graph) + backward for every batch and every product
 (``HessianOperator(method="double", graph_budget=0)`` here, the same autograd calls); its single-batch mode keeps
 the one batch's graph (shown as "PyHessian single batch", for when the whole probe set fits in memory as one
-batch). losslab's side is ``HessianOperator(method="auto")``: batches of ``--batch-size`` with each batch's
-first-order graph kept across products (within its memory budget), with :func:`lanczos_eigenvalues` /
-:func:`hutch_plus_plus`.
+batch). losslab's side is what ``losslab landscape`` runs: ``HessianOperator(method="auto")`` over batches of
+``--batch-size`` with each batch's first-order graph kept across products (within its memory budget), strata of
+``--stratum`` images; :func:`losslab.landscape.probes.probe_eig` (Lanczos from the warm start of the first
+``--warm`` images, stopping on the estimated eigenvalue error) and :func:`hutch_plus_plus` with one probe vector per
+stratum (``HessianOperator.stratified_quadratic``).
 
 Two comparisons, each printed:
 
-- **as shipped**: each method with its own stopping rule at tolerance ``--accuracy`` (PyHessian's above;
-  Lanczos: residual ‖Hv − θv‖ ≤ 1e-3·θ; Hutch++: standard error ≤ 1e-3·|trace|, capped at ``--pilot``
-  samples), CPU seconds measured, and the error each reached against the reference; and Lanczos under PyHessian's
-  rule (two consecutive top Ritz values within 1e-3), from its Ritz values;
+- **as shipped**: each method with its own stopping rule at tolerance ``--accuracy`` (PyHessian's above; losslab's:
+  estimated eigenvalue error min(r, r²/δ) ≤ 1e-3·θ; Hutch++: standard error ≤ 1e-3·|trace|, capped at ``--pilot``
+  samples), CPU seconds measured from a fresh operator (graph building and the warm stage included), and the error
+  each reached against the reference;
 - **oracle stop** (a stopping rule neither has in practice): eigenvalue: the products until the estimate is within
-  1e-3 (and 1e-5) of a long converged Lanczos run (residual ≤ 1e-7·λ) and stays there, from the same start
-  vector, times each side's CPU seconds per product; trace: the products each estimator needs for a standard
-  error ≤ 1e-3·|trace|, from its per-sample variance measured on ``--pilot`` samples (Hutchinson:
-  (σ/(1e-3·|tr|))²; Hutch++: 2·rank + (σ_deflated/(1e-3·|tr|))²), times the seconds per product.
+  1e-3 (and 1e-5) of a long converged Lanczos run and stays there, times each side's CPU seconds per product (for
+  losslab plus the warm stage's measured CPU seconds and the graph building of the first product), Lanczos from the
+  warm start and from a random one; trace: the products each estimator needs for a standard error ≤ 1e-3·|trace|,
+  from its per-sample variance measured on ``--pilot`` samples (Hutchinson: (σ/(1e-3·|tr|))²; Hutch++ per stratum:
+  2·rank + (σ_deflated/(1e-3·|tr|))²; Hutchinson per stratum likewise), times the seconds per product.
 
 Run with one thread (the machine is shared)::
 
     .venv/bin/python benchmarks/bench_landscape.py                 # 2,048 random CIFAR-shaped images, at init
-    .venv/bin/python benchmarks/bench_landscape.py --quick         # 128 images, 8 pilot samples
+    .venv/bin/python benchmarks/bench_landscape.py --lean --skip-shipped-trace --pilot 4   # the same, CPU-sized
+    .venv/bin/python benchmarks/bench_landscape.py --quick         # 128 images in batches of 16, 8 pilot samples
     .venv/bin/python benchmarks/bench_landscape.py --trained 4     # ResNet-20 after 4 epochs on digits at 32 px
     .venv/bin/python benchmarks/bench_landscape.py --device cuda
     .venv/bin/python benchmarks/bench_landscape.py --run runs/digits-small_cnn-root-s0   # a trained losslab run
@@ -45,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab.landscape import HessianOperator, hutch_plus_plus, hutchinson, lanczos_eigenvalues
+from losslab.landscape import HessianOperator, ProbeSettings, hutch_plus_plus, hutchinson, lanczos_eigenvalues
+from losslab.landscape.probes import probe_eig, warm_start
 from losslab.models import create_model
 
 #: Eigenvalue accuracies reported (relative error to the converged reference); the first is the target's.
@@ -168,7 +173,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 images, 8 pilot samples")
     parser.add_argument("--images", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 (--quick: 16)")
+    parser.add_argument("--stratum", type=int, default=None, help="images per trace stratum (default: the batch size)")
+    parser.add_argument("--warm", type=int, default=None, help="images of the warm start (default 256; --quick 16)")
+    parser.add_argument("--skip-shipped-trace", action="store_true", help="skip PyHessian's own trace loop")
+    parser.add_argument(
+        "--lean", action="store_true", help="skip forward-over-reverse, block and single-batch timings (big sets)"
+    )
     parser.add_argument("--accuracy", type=float, default=1e-3)
     parser.add_argument("--pilot", type=int, default=None, help="samples to measure each trace estimator's variance")
     parser.add_argument("--rank", type=int, default=10, help="Hutch++ deflation rank")
@@ -180,10 +191,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pilot = args.pilot or (8 if args.quick else 30)
+    args.batch_size = args.batch_size or (16 if args.quick else 256)
+    args.stratum = args.stratum or args.batch_size
+    args.warm = args.warm if args.warm is not None else (16 if args.quick else 256)
     dev = torch.device(args.device)
     model, batches, n, what = problem(args, dev)
     budget = int(args.budget_gib * 2**30)
-    ours = HessianOperator(model, F.cross_entropy, batches, device=dev, graph_budget=budget)
+    ours = operator(model, batches, dev, budget, args.stratum)
     theirs = HessianOperator(model, F.cross_entropy, batches, method="double", device=dev, graph_budget=0)
     func = HessianOperator(model, F.cross_entropy, batches, method="func", device=dev)
     print(f"{what}: {n} images, {ours.dim:,} parameters, device {dev}, {torch.get_num_threads()} thread(s)")
@@ -192,27 +206,31 @@ def main() -> None:
     v = torch.randn(ours.dim, device=dev)
     _, t_first = timed(lambda: ours.hvp(v))  # auto: double backward, keeping each batch's graph if it fits
     kept = ours.graph.batch(0) is not None
-    t_ours, t_theirs, t_func = cpu_seconds(ours.hvp, v), cpu_seconds(theirs.hvp, v), cpu_seconds(func.hvp, v)
+    t_ours, t_theirs = cpu_seconds(ours.hvp, v), cpu_seconds(theirs.hvp, v)
+    t_func = float("nan") if args.lean else cpu_seconds(func.hvp, v)
     print(
         f"one product (CPU s): PyHessian data loader (recompute) {t_theirs:.3f}; losslab {ours.method}, graph "
         f"{'kept' if kept else 'not kept'} ({ours.graph.bytes / 2**20:,.0f} MiB saved tensors) {t_ours:.3f} "
         f"(first, building it: {t_first:.3f}); forward-over-reverse {t_func:.3f}; "
         f"per-product speed-up {t_theirs / t_ours:.2f}x"
     )
-    if kept:
+    if kept and not args.lean:
         block = torch.randn(BLOCK, ours.dim, device=dev)
         t_block = cpu_seconds(block_hvp, ours, block) / BLOCK
         print(f"block of {BLOCK} vectors through the kept graph (vmap over tangents): {t_block:.3f} per vector")
-    single = HessianOperator(
-        model,
-        F.cross_entropy,
-        [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))],
-        method="double",
-        device=dev,
-        graph_budget=budget,
+    single = (
+        None
+        if args.lean
+        else HessianOperator(
+            model,
+            F.cross_entropy,
+            [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))],
+            method="double",
+            device=dev,
+            graph_budget=budget,
+        )
     )
-    single.hvp(v)
-    if single.graph.batch(0) is not None:
+    if single is not None and single.hvp(v) is not None and single.graph.batch(0) is not None:
         print(f"PyHessian single batch (all {n} images, graph kept): {cpu_seconds(single.hvp, v):.3f} per product")
     del single
 
@@ -224,75 +242,95 @@ def main() -> None:
     before = theirs.hvp_count
     shipped_power, t_power = timed(lambda: power_iteration(theirs, 100, 0, tol=acc))
     n_power_shipped = theirs.hvp_count - before
-    before = ours.hvp_count
-    own, t_lanczos = timed(
-        lambda: lanczos_eigenvalues(
-            ours.hvp, ours.dim, k=1, tol=acc, max_steps=100, seed=0, dtype=ours.dtype, device=dev
-        )
-    )
-    n_lanczos_shipped = ours.hvp_count - before
+    settings = ProbeSettings(probes=("eig",), top_k=1, eig_tol=acc, eig_warm=args.warm, seed=0)
+    fresh = operator(model, batches, dev, budget, args.stratum)  # as shipped: the graphs are built inside
+    own, t_lanczos = timed(lambda: probe_eig(fresh, settings))
+    warm_products = fresh.hvp_count - own["lanczos_steps"]
     print(
         f"as shipped, eigenvalue: PyHessian power iteration (tol {acc:g}) {n_power_shipped} products, "
-        f"{t_power:.1f} CPU s, error {abs(shipped_power[-1] - lam) / abs(lam):.1e}; losslab Lanczos (residual <= "
-        f"{acc:g}·λ) {n_lanczos_shipped} products, {t_lanczos:.1f} CPU s, "
-        f"error {abs(own.values[0] - lam) / abs(lam):.1e} -> speed-up {t_power / t_lanczos:.1f}x"
+        f"{t_power:.1f} CPU s, error {abs(shipped_power[-1] - lam) / abs(lam):.1e}; losslab (warm start on "
+        f"{args.warm} images: {warm_products} products; Lanczos on all {n}, estimated eigenvalue error <= {acc:g}·λ) "
+        f"{own['lanczos_steps']} products, {t_lanczos:.1f} CPU s in all (graphs built included), "
+        f"error {abs(own['eigenvalues'][0] - lam) / abs(lam):.1e} -> speed-up {t_power / t_lanczos:.1f}x"
     )
-    power = power_iteration(theirs, 100, 0, ref=lam)
+    del fresh
+    power = power_iteration(theirs, 30 if args.lean else 100, 0, ref=lam)
+    fresh = operator(model, batches, dev, budget, args.stratum)
+    warm, t_warm = timed(lambda: warm_start(fresh, settings, "largest"))
     ritz: list[list[float]] = []
-    lanczos_eigenvalues(
-        ours.hvp, ours.dim, k=1, tol=0.0, max_steps=20, seed=0, dtype=ours.dtype, device=dev, history=ritz
-    )
-    tops = [h[0] for h in ritz]
-    same = next((j for j in range(1, len(tops)) if abs(tops[j] - tops[j - 1]) / (abs(tops[j - 1]) + 1e-6) < acc), None)
-    if same is not None:
-        print(
-            f"same stopping rule (PyHessian's, tol {acc:g}): power iteration {n_power_shipped} products, error "
-            f"{abs(shipped_power[-1] - lam) / abs(lam):.1e}; Lanczos {same + 1} products, error "
-            f"{abs(tops[same] - lam) / abs(lam):.1e} -> speed-up "
-            f"{(n_power_shipped * t_theirs) / ((same + 1) * t_ours):.1f}x"
-        )
+    kw = {
+        "k": 1,
+        "tol": 0.0,
+        "max_steps": 8 if args.lean else 12,
+        "seed": 0,
+        "dtype": ours.dtype,
+        "device": dev,
+        "measure": False,
+    }
+    lanczos_eigenvalues(ours.hvp, ours.dim, history=ritz, **kw, **warm)
+    cold: list[list[float]] = []
+    lanczos_eigenvalues(ours.hvp, ours.dim, history=cold, **kw)
+    tops, colds = [h[0] for h in ritz], [h[0] for h in cold]
+    print(f"warm stage: {t_warm:.1f} CPU s ({fresh.hvp_count} products on {args.warm} images, graph built included)")
     for accuracy in ACCURACIES:
         n_power = first_within(power, lam, accuracy)
-        n_lanczos = first_within(tops, lam, accuracy)
-        line = f"oracle stop, eigenvalue within {accuracy:g}: power iteration {n_power} products, Lanczos {n_lanczos}"
-        if n_power is not None and n_lanczos is not None:
-            line += f" -> speed-up {(n_power * t_theirs) / (n_lanczos * t_ours):.1f}x"
+        n_warm, n_cold = first_within(tops, lam, accuracy), first_within(colds, lam, accuracy)
+        line = (
+            f"oracle stop, eigenvalue within {accuracy:g}: power iteration {n_power} products; Lanczos from the warm "
+            f"start {n_warm} (+ the warm stage), from a random start {n_cold}"
+        )
+        if n_power is not None and n_warm is not None and n_cold is not None:
+            build = t_first - t_ours  # the first product of a fresh operator builds its graphs
+            line += (
+                f" -> speed-up {(n_power * t_theirs) / (t_warm + build + n_warm * t_ours):.1f}x warm, "
+                f"{(n_power * t_theirs) / (build + n_cold * t_ours):.1f}x cold"
+            )
         print(line)
 
     # ---------------------------------------------------------------- trace
+    strat = {"quadratic": ours.stratified_quadratic}
     (hpp, t_hpp) = timed(
         lambda: hutch_plus_plus(
-            ours.hvp,
-            ours.dim,
-            rank=args.rank,
-            samples=pilot,
-            seed=0,
-            tol=acc,
-            min_samples=pilot,
-            dtype=ours.dtype,
-            device=dev,
+            ours.hvp, ours.dim, rank=args.rank, samples=pilot, seed=0, tol=acc, min_samples=pilot, **strat
         )
     )
     hut = hutchinson(theirs.hvp, theirs.dim, samples=pilot, seed=0, dtype=theirs.dtype, device=dev)
+    shut = hutchinson(ours.hvp, ours.dim, samples=pilot, seed=0, dtype=ours.dtype, device=dev, **strat)
     tr = hpp.trace
+    strata = len(set(ours.strata))
     print(
-        f"trace {tr:.4f} ± {hpp.stderr:.4f} (Hutch++, {hpp.matvecs} products), Hutchinson {hut.trace:.4f} ± "
-        f"{hut.stderr:.4f} ({pilot} samples each)"
+        f"trace {tr:.4f} ± {hpp.stderr:.4f} (Hutch++ rank {args.rank}, one vector per stratum: {strata} strata of "
+        f"{args.stratum} images; {hpp.matvecs} products, {t_hpp:.1f} CPU s); Hutchinson {hut.trace:.4f} ± "
+        f"{hut.stderr:.4f}; Hutchinson with one vector per stratum {shut.trace:.4f} ± {shut.stderr:.4f} "
+        f"({pilot} samples each)"
     )
-    shipped, t_shipped = timed(lambda: pyhessian_trace(theirs, 100, acc, seed=1))
-    t = torch.tensor(shipped, dtype=torch.float64)
-    err = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
-    print(
-        f"as shipped, trace: PyHessian Hutchinson (tol {acc:g} on the running mean) {len(shipped)} products, "
-        f"{t_shipped:.1f} CPU s, trace {float(t.mean()):.4f}, its standard error {err:.4f} "
-        f"({err / abs(tr):.1e} relative), off the Hutch++ estimate by {abs(float(t.mean()) - tr) / abs(tr):.1e}; "
-        f"losslab Hutch++ stopped at {hpp.matvecs} products ({t_hpp:.1f} CPU s), standard error "
-        f"{hpp.stderr / abs(tr):.1e} relative"
-    )
+    if not args.skip_shipped_trace:
+        shipped, t_shipped = timed(lambda: pyhessian_trace(theirs, 100, acc, seed=1))
+        t = torch.tensor(shipped, dtype=torch.float64)
+        err = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
+        print(
+            f"as shipped, trace: PyHessian Hutchinson (tol {acc:g} on the running mean) {len(shipped)} products, "
+            f"{t_shipped:.1f} CPU s, trace {float(t.mean()):.4f}, its standard error {err:.4f} "
+            f"({err / abs(tr):.1e} relative), off the Hutch++ estimate by {abs(float(t.mean()) - tr) / abs(tr):.1e}"
+        )
+    t_strat = cpu_seconds(lambda: ours.stratified_quadratic(lambda: torch.randn(ours.dim, device=dev), lambda u: u))
     need_hpp = 2 * args.rank + (hpp.stderr * math.sqrt(hpp.samples) / (acc * abs(tr))) ** 2
+    need_shut = (shut.stderr * math.sqrt(pilot) / (acc * abs(tr))) ** 2
     need_hut = (hut.stderr * math.sqrt(pilot) / (acc * abs(tr))) ** 2
-    print(f"oracle stop, products for stderr <= {acc:g}·|trace|: Hutch++ {need_hpp:,.0f}, Hutchinson {need_hut:,.0f}")
-    print(f"trace speed-up: {(need_hut * t_theirs) / (need_hpp * t_ours):.1f}x (target >= 2x)")
+    print(
+        f"oracle stop, products for stderr <= {acc:g}·|trace|: Hutch++ per stratum {need_hpp:,.0f}, Hutchinson per "
+        f"stratum {need_shut:,.0f}, Hutchinson {need_hut:,.0f}; CPU s per stratified sample {t_strat:.3f}"
+    )
+    cost_hpp = 2 * args.rank * t_ours + (need_hpp - 2 * args.rank) * t_strat
+    print(
+        f"trace speed-up: {(need_hut * t_theirs) / cost_hpp:.1f}x Hutch++ per stratum, "
+        f"{(need_hut * t_theirs) / (need_shut * t_strat):.1f}x Hutchinson per stratum (target >= 2x)"
+    )
+
+
+def operator(model: torch.nn.Module, batches: list, dev: torch.device, budget: int, stratum: int) -> HessianOperator:
+    """losslab's operator as ``losslab landscape`` builds it: graphs kept within ``budget``, strata of ``stratum``."""
+    return HessianOperator(model, F.cross_entropy, batches, device=dev, graph_budget=budget, stratum=stratum)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,11 @@ def test_eigenvalues_trace_and_cache(run_dir: Path, capsys: pytest.CaptureFixtur
     exact = torch.linalg.eigvalsh(block_hessian(run_dir, names, 300)).flip(0)
     got = torch.tensor(result["eigenvalues"], dtype=torch.float64)
     assert (got[:-1] >= got[1:]).all()
-    # float32 model, Lanczos stopped at residual <= 1e-3·λ_max: eigenvalues within that
+    # float32 model, Lanczos stopped at an estimated eigenvalue error <= 1e-3·λ_max: eigenvalues within that
     torch.testing.assert_close(got, exact[:3], rtol=2e-3, atol=2e-3 * float(exact[0]))
-    assert max(result["eigen_residuals"]) <= 1e-3 * float(exact[0]) * 1.01
+    # each reported residual r = ‖Hy − θy‖ bounds the distance from θ to an eigenvalue (here the i-th)
+    for value, want, r in zip(result["eigenvalues"], exact[:3].tolist(), result["eigen_residuals"]):
+        assert abs(value - want) <= r + 1e-6 * float(exact[0])
     assert abs(result["trace"] - float(exact.sum())) <= 4 * result["trace_stderr"] + 1e-3 * abs(float(exact.sum()))
     assert "eigenvalue 1" in out and "landscape.json" in out
 

@@ -48,7 +48,13 @@ def test_probe_lm_top_eigenvalue() -> None:
     result = probe_lm(model, w, ProbeSettings(probes=("eig", "trace"), top_k=1, eig_tol=1e-6, trace_samples=4))
     op = HessianOperator(LogitsOf(model), next_token_loss, [(b, b) for b in w.split(4)])
     lam, res = result["eigenvalues"][0], result["eigen_residuals"][0]
-    assert res <= 1e-5 * abs(lam)
+    # the eigenvalue to the asked 1e-6 (against ARPACK converged to 1e-12 on the same float64 products), and the
+    # reported residual bounds its distance to the spectrum
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    matvec = LinearOperator((op.dim, op.dim), matvec=lambda v: op.hvp(torch.from_numpy(v.reshape(-1))).numpy())
+    top = float(eigsh(matvec, k=1, which="LA", tol=1e-12)[0][0])
+    assert abs(lam - top) <= 1e-6 * abs(top) and abs(lam - top) <= res
     # no unit vector has a larger Rayleigh quotient: a few random ones and a power step from each stay below λ
     for seed in range(3):
         v = torch.randn(op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -58,7 +58,7 @@ def probe_lm(
         )
     wrapped = LogitsOf(model.eval()).to(device or "cpu")
     batches = [(w, w) for w in windows.split(batch_size)]
-    op = HessianOperator(wrapped, next_token_loss, batches, device=device)
+    op = HessianOperator(wrapped, next_token_loss, batches, device=device, stratum=settings.trace_stratum)
     result = run_probes(op, settings, model=model, on_probe=on_probe)
     result |= {"windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "seed": settings.seed}
     result["hvps"] = op.hvp_count

@@ -13,6 +13,12 @@ tensors it saves fit ``graph_budget`` bytes, so a product after the first is one
 per batch instead of forward + backward + backward (about 1.6× cheaper on ResNet-20 and the digits small_cnn). The
 graph is rebuilt when a probed parameter changes in place (``set_theta``, an optimizer step) and dropped, for
 recomputation per product, as soon as it would exceed the budget.
+
+Strata (``stratum`` samples each, cut by sample index, so independent of the batch size: a batch that crosses a
+stratum boundary is split there) let a trace estimator draw an independent probe vector per stratum
+(:meth:`HessianOperator.stratified_quadratic`): tr(H) = Σ_s w_s·tr(H_s), each term estimated by its own vector, for
+the cost of one product. :meth:`HessianOperator.head` is the operator of the first n samples (a cheap start for
+Lanczos on the whole set).
 """
 
 from __future__ import annotations
@@ -65,7 +71,8 @@ class HessianOperator:
     ``"double"`` (double backward) or ``"auto"``: double backward when its first-order graphs fit the budget, else
     the faster of the two on the first product (``self.method`` says which; double backward when the model refuses
     forward-mode AD). ``graph_budget``: bytes of saved tensors double backward may keep across products (module
-    docstring; 0 recomputes every product).
+    docstring; 0 recomputes every product). ``stratum``: samples per stratum of :meth:`stratified_quadratic`
+    (None: the whole probe set is one stratum).
     """
 
     def __init__(
@@ -77,9 +84,12 @@ class HessianOperator:
         method: str = "auto",
         device: torch.device | str | None = None,
         graph_budget: int = DEFAULT_GRAPH_BUDGET,
+        stratum: int | None = None,
     ) -> None:
         if method not in ("auto", "func", "double"):
             raise ConfigError(f"method={method!r}: choose auto, func or double")
+        if stratum is not None and stratum < 1:
+            raise ConfigError(f"stratum={stratum}: pass a positive number of samples per stratum, or None")
         self.model = model
         self.loss_fn = loss_fn
         self.params = dict(params) if params is not None else select_parameters(model)
@@ -90,15 +100,37 @@ class HessianOperator:
         first = next(iter(self.params.values()))
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = first.dtype
-        self.batches = [(_to(x, self.device), _to(y, self.device)) for x, y in batches]
-        if not self.batches:
+        placed = [(_to(x, self.device), _to(y, self.device)) for x, y in batches]
+        if not placed:
             raise ConfigError("the probe set is empty: pass at least one batch (--samples >= 1)")
+        self.batches, self.strata = _cut_strata(placed, stratum)
         counts = [len(y) for _, y in self.batches]
         self.weights = [n / sum(counts) for n in counts]
         self.samples = sum(counts)
         self.method = method
         self.hvp_count = 0
+        self.graph_budget = graph_budget
         self.graph = _KeptGraph(self.params, graph_budget)
+
+    def head(self, samples: int) -> HessianOperator:
+        """The operator of the first ``samples`` samples of the probe set (same parameters, loss and method; its
+        own kept graphs, one stratum)."""
+        batches, left = [], samples
+        for x, y in self.batches:
+            if left <= 0:
+                break
+            take = min(left, len(y))
+            batches.append((_take(x, take), y[:take]))
+            left -= take
+        return HessianOperator(
+            self.model,
+            self.loss_fn,
+            batches,
+            params=self.params,
+            method=self.method,
+            device=self.device,
+            graph_budget=self.graph_budget,
+        )
 
     def restricted(self, names: Sequence[str]) -> HessianOperator:
         """The operator of the parameter block ``names`` (the diagonal block H_BB; the rest held fixed), sharing
@@ -208,6 +240,24 @@ class HessianOperator:
                 total.add_(self.flatten(one(tangent, x, y, i)), alpha=w)
         return total
 
+    def stratified_quadratic(self, draw: Callable[[], Tensor], project: Callable[[Tensor], Tensor]) -> float:
+        """One sample of Σ_s w_s·u_sᵀH_s·u_s with u_s = project(draw()) drawn afresh for each stratum s (w_s: its
+        share of the samples, H_s: the Hessian of its mean loss). Unbiased for tr(PHP) when draw() has identity
+        covariance and project is the symmetric P; its variance is Σ_s w_s²·Var(u_sᵀH_s u_s) instead of
+        Var(uᵀHu): about 1/strata of it when the strata's Hessians are alike. Costs one product."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        one = self._hvp_func if self.method == "func" else self._hvp_double
+        total, u, current = 0.0, None, -1
+        self.hvp_count += 1
+        with sdpa_kernel(SDPBackend.MATH):
+            for i, (w, (x, y)) in enumerate(zip(self.weights, self.batches)):
+                if self.strata[i] != current:  # a new stratum: a new vector
+                    current, u = self.strata[i], project(draw()).to(device=self.device, dtype=self.dtype)
+                hu = self.flatten(one(self.unflatten(u), x, y, i))
+                total += w * float(u.double() @ hu.double())
+        return total
+
     def _hvp_func(self, tangent: list[Tensor], x: Any, y: Tensor, _: int) -> list[Tensor]:
         from torch.func import functional_call, grad, jvp
 
@@ -311,6 +361,46 @@ class _KeptGraph:
             self.over = True
             return
         self.grads.append(grads)
+
+
+def _take(obj: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch's inputs (a tensor, or a dict/tuple of tensors, along dim 0)."""
+    if isinstance(obj, Tensor):
+        return obj[:n]
+    if isinstance(obj, dict):
+        return {k: _take(v, n) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_take(v, n) for v in obj)
+    return obj
+
+
+def _drop(obj: Any, n: int) -> Any:
+    """A batch's inputs without their first ``n`` samples (as :func:`_take`)."""
+    if isinstance(obj, Tensor):
+        return obj[n:]
+    if isinstance(obj, dict):
+        return {k: _drop(v, n) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_drop(v, n) for v in obj)
+    return obj
+
+
+def _cut_strata(batches: list[Batch], stratum: int | None) -> tuple[list[Batch], list[int]]:
+    """(batches, the stratum of each): batches split where they cross a multiple of ``stratum`` samples (counted
+    from the probe set's first sample); None: one stratum, batches unchanged."""
+    if stratum is None:
+        return batches, [0] * len(batches)
+    out: list[Batch] = []
+    strata: list[int] = []
+    start = 0
+    for x, y in batches:
+        while len(y):
+            room = stratum - start % stratum
+            take = min(room, len(y))
+            out.append((_take(x, take), y[:take]))
+            strata.append(start // stratum)
+            x, y, start = _drop(x, take), y[take:], start + take
+    return out, strata
 
 
 def _to(obj: Any, device: torch.device) -> Any:

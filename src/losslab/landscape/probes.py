@@ -45,6 +45,9 @@ class ProbeSettings:
     seed: int = 0
     eig_tol: float = 1e-3
     eig_steps: int = 100
+    eig_warm: int = 256
+    eig_measure: bool = False
+    trace_stratum: int | None = 256
     trace_rank: int = 10
     trace_samples: int = 50
     trace_tol: float = 2e-2
@@ -94,8 +97,24 @@ def module_groups(op: HessianOperator) -> dict[str, list[str]]:
     return groups
 
 
+def warm_start(op: HessianOperator, s: ProbeSettings, which: str) -> dict[str, Any]:
+    """Lanczos's start on the whole probe set from its first ``s.eig_warm`` samples (when the set has at least 4×
+    as many; else nothing): the sum of that subsample Hessian's k wanted Ritz vectors, and its next Ritz value as
+    the gap hint of the ``value`` criterion (:func:`lanczos_eigenvalues`)."""
+    if s.eig_warm <= 0 or op.samples < 4 * s.eig_warm:
+        return {}
+    head = op.head(s.eig_warm)
+    kw = {"tol": s.eig_tol, "max_steps": s.eig_steps, "seed": s.seed, "dtype": op.dtype, "device": op.device}
+    sub = lanczos_eigenvalues(
+        head.hvp, head.dim, k=s.top_k, which=which, criterion="value", measure=False, others=1, **kw
+    )
+    op.hvp_count += head.hvp_count
+    return {"start": sub.vectors.sum(0), "hints": sub.others}
+
+
 def probe_eig(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
-    """Top-k eigenvalues (descending) with residuals, and the k smallest (ascending) with ``s.smallest``."""
+    """Top-k eigenvalues (descending) with residuals, and the k smallest (ascending) with ``s.smallest``: Lanczos
+    with the ``value`` stopping rule (eigenvalues to ``eig_tol``·max|θ|) from :func:`warm_start`."""
     most = min(s.eig_steps, op.dim)
     if s.top_k > most:
         raise ConfigError(
@@ -103,10 +122,11 @@ def probe_eig(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
             f"eigenvalues; pass --top-k <= {most:,}"
         )
     kw = {"tol": s.eig_tol, "max_steps": s.eig_steps, "seed": s.seed, "dtype": op.dtype, "device": op.device}
-    top = lanczos_eigenvalues(op.hvp, op.dim, k=s.top_k, **kw)
+    kw |= {"criterion": "value", "measure": s.eig_measure}
+    top = lanczos_eigenvalues(op.hvp, op.dim, k=s.top_k, **kw, **warm_start(op, s, "largest"))
     out: dict[str, Any] = {"eigenvalues": top.values, "eigen_residuals": top.residuals, "lanczos_steps": top.steps}
     if s.smallest:
-        low = lanczos_eigenvalues(op.hvp, op.dim, k=s.top_k, which="smallest", **kw)
+        low = lanczos_eigenvalues(op.hvp, op.dim, k=s.top_k, which="smallest", **kw, **warm_start(op, s, "smallest"))
         out |= {"smallest_eigenvalues": low.values, "smallest_residuals": low.residuals, "smallest_steps": low.steps}
     return out
 
@@ -114,6 +134,7 @@ def probe_eig(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
 def probe_trace(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
     """Hutch++ trace with its standard error (and with ``trace_compare`` Hutchinson's, same number of products)."""
     kw = {"seed": s.seed, "dtype": op.dtype, "device": op.device}
+    kw["quadratic"] = op.stratified_quadratic
     pp = hutch_plus_plus(op.hvp, op.dim, rank=s.trace_rank, samples=s.trace_samples, tol=s.trace_tol, **kw)
     out = {"trace": pp.trace, "trace_stderr": pp.stderr, "trace_matvecs": pp.matvecs}
     if s.trace_compare:

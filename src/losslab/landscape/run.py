@@ -146,7 +146,9 @@ def probe_run(
     out = run_dir / RESULT_NAME
     batches, n = probe_batches(loaded.config, samples, split, settings.seed, batch_size)
     done = _reusable(out, key, overwrite) if write else None
-    op = HessianOperator(model, loss_fn, batches, params=params, device=dev, graph_budget=graph_budget)
+    op = HessianOperator(
+        model, loss_fn, batches, params=params, device=dev, graph_budget=graph_budget, stratum=settings.trace_stratum
+    )
     op.check_finite()
     bar = _bar(len(settings.probes), progress, run_dir.name)
     try:

@@ -8,7 +8,16 @@ twice against the stored basis), seeded Gaussian start. After each step the Ritz
 come with the residual bound |β_j·s_{j,i}| = ‖Hy_i − θ_i·y_i‖ (exact under full reorthogonalization); it stops
 when the k wanted ones are below ``tol``·max|θ|. A breakdown (β ≈ 0: an invariant subspace) restarts from a new
 random vector orthogonal to the basis, so multiple and isolated eigenvalues are found too. The returned residuals
-are measured, ‖Hy − θy‖, with one extra product per eigenvalue.
+are ‖Hy − θy‖: measured with one extra product per eigenvalue (``measure=True``), or the Lanczos relation's
+|β_j·s_{j,i}|, equal to it up to rounding under full reorthogonalization, for free.
+
+Two stopping rules. ``criterion="residual"``: every wanted residual ≤ ``tol``·max|θ| (ARPACK's). ``"value"``: every
+wanted eigenvalue's estimated error ≤ ``tol``·max|θ|, the estimate being min(r, r²/δ) with r the residual and δ the
+distance from θ to the nearest other Ritz value or ``hints`` entry (|λ − θ| ≤ r always; ≈ r²/gap once the
+neighbouring eigenvalue is separated, as in the Kato–Temple bound), so an eigenvalue accurate to 1e-3 needs a
+residual of about √(1e-3·gap·λ), not 1e-3·λ. ``start`` replaces the random start vector: the top Ritz vectors of
+the Hessian of a subsample (:meth:`~losslab.landscape.operator.HessianOperator.head`) make a start that is already
+close, and their next Ritz values are the ``hints``.
 
 :func:`spectral_density`: SLQ (Lin, Saad & Yang 2016; Ghorbani et al. 2019). For each of ``starts`` Rademacher
 vectors v, m Lanczos steps from v/‖v‖ give nodes θ_j (eigenvalues of T_m) and weights τ_j = (first component of
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,13 +47,14 @@ __all__ = ["Eigen", "lanczos_eigenvalues", "spectral_density", "tridiagonal"]
 
 @dataclass
 class Eigen:
-    """Eigenvalues (descending for ``largest``, ascending for ``smallest``), their measured residuals ‖Hv − λv‖,
-    the eigenvectors (rows, flat) and the number of Lanczos steps."""
+    """Eigenvalues (descending for ``largest``, ascending for ``smallest``), their residuals ‖Hv − λv‖, the
+    eigenvectors (rows, flat), the number of Lanczos steps and the next ``others`` Ritz values (same order)."""
 
     values: list[float]
     residuals: list[float]
     vectors: Tensor
     steps: int
+    others: list[float] = field(default_factory=list)
 
 
 def tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
@@ -72,20 +82,30 @@ def lanczos_eigenvalues(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     history: list[list[float]] | None = None,
+    criterion: str = "residual",
+    start: Tensor | None = None,
+    hints: list[float] | None = None,
+    measure: bool = True,
+    others: int = 0,
 ) -> Eigen:
     """The ``k`` algebraically largest (or smallest) eigenvalues of the symmetric operator ``matvec`` of size ``dim``.
 
-    Stops when every wanted Ritz pair's residual bound is at most ``tol``·max|θ|, after ``max_steps`` steps, or
-    when the Krylov space is the whole space. ``history``, if given, receives the wanted Ritz values of each step.
+    Stops when every wanted Ritz pair meets ``criterion`` at ``tol`` (module docstring), after ``max_steps`` steps,
+    or when the Krylov space is the whole space. ``history``, if given, receives the wanted Ritz values of each
+    step. ``start``: the first Lanczos vector (default: seeded Gaussian); ``hints``: other eigenvalue estimates for
+    the gaps of ``"value"``; ``measure``: residuals measured (k products) or from the Lanczos relation (free);
+    ``others``: how many further Ritz values (beyond the k) to return in ``Eigen.others``.
     """
     check_range("k", k, low=1)
     if which not in ("largest", "smallest"):
         raise ValueError(f"which={which!r}: choose largest or smallest")
+    if criterion not in ("residual", "value"):
+        raise ValueError(f"criterion={criterion!r}: choose residual or value")
     device = torch.device(device)
     k = min(k, dim)
     gen = seeded_generator(seed, device)
     basis = torch.empty(min(max_steps, dim) + 1, dim, dtype=dtype, device=device)
-    basis[0] = _random_unit(dim, gen, None, dtype, device)
+    basis[0] = _random_unit(dim, gen, None, dtype, device) if start is None else start.to(dtype) / start.norm()
     alphas: list[float] = []
     betas: list[float] = []
     steps = min(max_steps, dim)
@@ -101,7 +121,10 @@ def lanczos_eigenvalues(
         if history is not None:
             history.append([float(theta[i]) for i in pick])
         scale = max(float(theta.abs().max()), 1e-300)
-        if len(alphas) >= k and all(abs(beta * float(s[-1, i])) <= tol * scale for i in pick):
+        bounds = [abs(beta * float(s[-1, i])) for i in pick]
+        if criterion == "value":
+            bounds = [_value_error(r, float(theta[i]), theta, i, hints) for r, i in zip(bounds, pick)]
+        if len(alphas) >= k and all(b <= tol * scale for b in bounds):
             break
         if j + 1 == steps:
             break
@@ -117,8 +140,20 @@ def lanczos_eigenvalues(
     n = len(alphas)
     vectors = (s[:, pick].T.to(dtype) @ basis[:n]) if pick else basis[:0]
     values = [float(theta[i]) for i in pick]
-    residuals = [float((matvec(v).to(dtype) - lam * v).norm()) for lam, v in zip(values, vectors)]
-    return Eigen(values=values, residuals=residuals, vectors=vectors, steps=n)
+    if measure:
+        residuals = [float((matvec(v).to(dtype) - lam * v).norm()) for lam, v in zip(values, vectors)]
+    else:
+        residuals = [abs(beta * float(s[-1, i])) for i in pick]
+    rest = [float(theta[i]) for i in _wanted(theta, k + others, which)[len(pick) :]]
+    return Eigen(values=values, residuals=residuals, vectors=vectors, steps=n, others=rest)
+
+
+def _value_error(r: float, value: float, theta: Tensor, index: int, hints: list[float] | None) -> float:
+    """min(r, r²/δ): the error estimate of the Ritz value ``value`` with residual ``r``, δ the distance to the nearest
+    other Ritz value or hint (r alone when there is none)."""
+    near = [abs(value - float(t)) for j, t in enumerate(theta) if j != index] + [abs(value - h) for h in hints or []]
+    near = [d for d in near if d > 0]
+    return min(r, r * r / min(near)) if near else r
 
 
 def _wanted(theta: Tensor, k: int, which: str) -> list[int]:

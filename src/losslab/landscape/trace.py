@@ -9,6 +9,11 @@ tr((I−QQᵀ)H(I−QQᵀ)), the first exact, the second by Hutchinson on the de
 estimator's (conditional on Q; Hutch++ is unbiased because each part is). Deflating the few dominant eigenvalues
 of a network Hessian removes most of the variance. Sampling stops early once the standard error is at most
 ``tol``·|estimate| (the absolute value, so a negative trace stops too), after ``min_samples``.
+
+``quadratic`` replaces the sample vᵀHv by any unbiased one from fresh vectors: for a Hessian that is a weighted sum
+over strata of the probe set, :meth:`~losslab.landscape.operator.HessianOperator.stratified_quadratic` draws one
+vector per stratum (Σ_s w_s·v_sᵀH_s v_s) for the same cost and a variance about 1/strata as large when the strata's
+Hessians are alike (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from torch import Tensor
 from losslab.errors import check_range
 
 MatVec = Callable[[Tensor], Tensor]
+#: One unbiased sample of tr(P·H·P) from fresh vectors: ``quadratic(draw, project)`` with ``draw()`` a Rademacher
+#: vector and ``project`` the symmetric P (the identity for plain Hutchinson).
+Quadratic = Callable[[Callable[[], Tensor], Callable[[Tensor], Tensor]], float]
 
 __all__ = ["TraceEstimate", "hutch_plus_plus", "hutchinson"]
 
@@ -47,8 +55,19 @@ def rademacher(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype,
     return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype).mul_(2).sub_(1)
 
 
+def _plain(matvec: MatVec) -> Quadratic:
+    """The sample uᵀHu with u = project(draw()): Hutchinson's."""
+
+    def quadratic(draw: Callable[[], Tensor], project: Callable[[Tensor], Tensor]) -> float:
+        u = project(draw())
+        return float(u @ matvec(u).to(u.dtype))
+
+    return quadratic
+
+
 def _sampled(
-    quad: Callable[[Tensor], float],
+    quad: Quadratic,
+    project: Callable[[Tensor], Tensor],
     dim: int,
     gen: torch.Generator,
     samples: int,
@@ -58,10 +77,11 @@ def _sampled(
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[float, float, int]:
-    """(offset + mean, stderr, n) of quad(v) over Rademacher v, stopping when stderr <= tol·|offset + mean|."""
+    """(offset + mean, stderr, n) of quad(draw, project) over Rademacher draws, stopping when stderr <=
+    tol·|offset + mean|."""
     values: list[float] = []
     for _ in range(samples):
-        values.append(quad(rademacher((dim,), gen, dtype, device)))
+        values.append(quad(lambda: rademacher((dim,), gen, dtype, device), project))
         n = len(values)
         if tol is not None and n >= max(min_samples, 2):
             mean, err = _mean_stderr(values)
@@ -85,12 +105,15 @@ def hutchinson(
     min_samples: int = 10,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    quadratic: Quadratic | None = None,
 ) -> TraceEstimate:
-    """Hutchinson's estimate of tr(H) with at most ``samples`` products (module docstring)."""
+    """Hutchinson's estimate of tr(H) with at most ``samples`` products (module docstring; ``quadratic``: the
+    sample, default vᵀHv)."""
     check_range("samples", samples, low=1)
     device = torch.device(device)
     gen = seeded_generator(seed, device)
-    trace, err, n = _sampled(lambda v: float(v @ matvec(v)), dim, gen, samples, tol, min_samples, 0.0, dtype, device)
+    quad = quadratic or _plain(matvec)
+    trace, err, n = _sampled(quad, lambda v: v, dim, gen, samples, tol, min_samples, 0.0, dtype, device)
     return TraceEstimate(trace, err, n, n)
 
 
@@ -104,8 +127,10 @@ def hutch_plus_plus(
     min_samples: int = 10,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    quadratic: Quadratic | None = None,
 ) -> TraceEstimate:
-    """Hutch++ estimate of tr(H): exact on the span of H·S (``rank`` columns), Hutchinson on the rest.
+    """Hutch++ estimate of tr(H): exact on the span of H·S (``rank`` columns), Hutchinson on the rest (each sample
+    from ``quadratic``, default vᵀHv, with the deflation as its projection).
 
     With ``rank`` ≥ ``dim`` the deflation covers the whole space and the trace is exact (stderr 0).
     """
@@ -120,9 +145,9 @@ def hutch_plus_plus(
     if r == dim:
         return TraceEstimate(exact, 0.0, 0, 2 * r)
 
-    def deflated(v: Tensor) -> float:
-        v = v - q @ (q.T @ v)
-        return float(v @ matvec(v).to(dtype))
+    def deflate(v: Tensor) -> Tensor:
+        return v - q @ (q.T @ v)
 
-    trace, err, n = _sampled(deflated, dim, gen, samples, tol, min_samples, exact, dtype, device)
+    quad = quadratic or _plain(matvec)
+    trace, err, n = _sampled(quad, deflate, dim, gen, samples, tol, min_samples, exact, dtype, device)
     return TraceEstimate(trace, err, n, 2 * r + n)
