@@ -18,10 +18,12 @@ from losslab.quant import GPFQ
 from losslab.quant.gpfq import (
     GPFQStats,
     add_pair_gram,
+    gpfq_alphabet,
+    gpfq_gram_codes,
     gpfq_weight,
     gpfq_weight_from_stats,
     gpfq_weight_sample_form,
-    pair_blocks,
+    pair_block,
     stacked_transposes,
 )
 from losslab.quant.result import SCALE_BITS, storage_bits_total
@@ -89,6 +91,25 @@ def test_codes_equal_a_float64_reference_loop(grid: str, group: int | None) -> N
     ):
         assert torch.equal(wq.codes.to(F64), want)
         assert wq.storage_bits == 3 and wq.grid == grid
+
+
+@pytest.mark.parametrize(
+    ("grid", "group"), [("asym", None), ("sym", 8), ("narrow", None), ("asym", 12), ("gpfq", None)]
+)
+def test_rounding_rows_step_is_the_generic_step_bit_for_bit_in_float32(grid: str, group: int | None) -> None:
+    """The plain-rounding step (preallocated rows, per-group row grids) against the generic step, which replays the
+    recursion with the fast path's codes forced in: identical arguments bit for bit in float32 (a dead column
+    included), and each code is the alphabet's rounding of its argument."""
+    w, x, xt = (t.float() for t in _pair(300, n=32, d=40, seed=5))
+    xt[:, 7] = 0  # a dead column: H̃_tt = 0 keeps its argument at 0
+    stats = GPFQStats(40, dtype=torch.float32, solve_only=True)
+    stats.update(x, xt)
+    gram = stats.finalize()
+    alphabet = gpfq_alphabet(w, 3, grid=grid, group_size=group)
+    codes, args = gpfq_gram_codes(w, gram, alphabet, inner=6)
+    _, forced_args = gpfq_gram_codes(w, gram, alphabet, inner=6, forced_codes=codes)
+    assert torch.equal(args, forced_args) and not args[:, 7].any()
+    assert torch.equal(codes, alphabet.encode(args))
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -194,20 +215,19 @@ def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: in
 
 @pytest.mark.parametrize("d", [40, 144, 300, 700])
 def test_pair_gram_fills_both_block_triangles_in_one_product_per_block(d: int) -> None:
-    """add_pair_gram against the definitions X̃ᵀX̃ and X̃ᵀX (float64): acc[:, :d]ᵀ holds X̃ᵀX̃ on and below the block
-    diagonal, acc[:, d:] holds X̃ᵀX there; nothing is written outside those blocks."""
+    """add_pair_gram against the definitions X̃ᵀX̃ and X̃ᵀX (float64): acc[:d] holds X̃ᵀX̃ on and below the block
+    diagonal, acc[d:]ᵀ holds X̃ᵀX there; nothing is written outside those blocks; blocks are 16·j columns."""
     _, x, xt = _pair(60, d=d)
-    acc = torch.zeros(d, 2 * d, dtype=F64)
+    acc = torch.zeros(2 * d, d, dtype=F64)
     add_pair_gram(acc, torch.cat([xt.T, x.T]), d)
-    h_tilde, g = acc[:, :d].T, acc[:, d:]
-    k = pair_blocks(d)
-    block = -(-d // k)
+    h_tilde, g = acc[:d], acc[d:].T
+    block = pair_block(d)
     blocks = torch.arange(d) // block
     written = blocks[:, None] >= blocks[None, :]  # on or below the block diagonal
     for got, want in ((h_tilde, xt.T @ xt), (g, xt.T @ x)):
         torch.testing.assert_close(got[written], want[written], rtol=1e-12, atol=1e-10)
         assert not got[~written].any()
-    assert k == 1 or not written.all()
+    assert block % 16 == 0 and -(-d // block) <= 8 and not written.all()
 
 
 def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise() -> None:
