@@ -16,6 +16,7 @@ from torch import Tensor
 from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ
 from losslab.quant.gpfq import (
+    ROW_CHECK_RATIO,
     GPFQStats,
     add_pair_gram,
     gpfq_alphabet,
@@ -195,6 +196,9 @@ def test_stochastic_rounding_on_a_range_grid_gram_equals_sample_form(grid: str) 
 
 @pytest.mark.parametrize("d", [40, 300])
 def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: int) -> None:
+    """Two batches of 250 rows: at d = 40 through the scratch product (reused, overwritten), at d = 300 straight into
+    the accumulator (250 < ROW_CHECK_RATIO·d); both against the float64 definitions X̃ᵀX and X̃ᵀX̃."""
+    assert (ROW_CHECK_RATIO * d > 250) == (d == 300)
     w, x, xt = _pair(500, n=16, d=d)
     full, lower = GPFQStats(d), GPFQStats(d, solve_only=True)
     for rows in range(0, 500, 250):
@@ -241,12 +245,15 @@ def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise()
     assert torch.equal(swapped, torch.cat([x.T, xt.T]))
 
 
+@pytest.mark.parametrize("rows", [64, 40])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float) -> None:
-    """The solve-only path checks each batch through its Gram diagonals (no pass over the rows): a NaN/±inf in X, in
-    X̃ or in X̃ = X is refused with its count, before the accumulators change; a finite batch whose products
-    overflow float32 passes update and its statistics are refused by the quantizer."""
-    _, x, xt = _pair(64, d=16)
+def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float, rows: int) -> None:
+    """The solve-only path checks each batch through its Gram diagonals (64 rows ≥ ROW_CHECK_RATIO·d: the scratch
+    product) or by one pass over the rows (40 < 3·16: straight into the accumulator): a NaN/±inf in X, in X̃ or in
+    X̃ = X is refused with its count, before the accumulators change; a finite batch whose products overflow
+    float32 passes update and its statistics are refused by the quantizer."""
+    assert (rows < ROW_CHECK_RATIO * 16) == (rows == 40)
+    _, x, xt = _pair(rows, d=16)
     x, xt = x.float(), xt.float()
     for which in ("x", "x_tilde", "same"):
         stats = GPFQStats(16, dtype=torch.float32, solve_only=True)
@@ -258,7 +265,7 @@ def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: fl
         name = "x_tilde" if which == "x_tilde" else "x"
         with pytest.raises(LosslabError, match=rf"GPFQStats.update: {name} holds 1 NaN/inf"):
             stats.update(*args)
-        assert stats.count == 64 and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
+        assert stats.count == rows and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
     huge = GPFQStats(16, dtype=torch.float32, solve_only=True)
     huge.update(x * 1e20, xt)  # large but finite inputs whose products stay finite: accepted
     loud = GPFQStats(16, dtype=torch.float32, solve_only=True)

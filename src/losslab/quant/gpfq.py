@@ -250,6 +250,9 @@ class GPFQGram:
 PAIR_ALIGN = 16
 #: About this many column blocks per product: the blocks' diagonal squares cost d/k of the d² ideal.
 PAIR_BLOCKS = 8
+#: The fast statistics check a CPU batch of m rows by one pass over them when m < this·d (cheaper than a [2d, d]
+#: scratch product, its diagonal check and its addition), else from the scratch product's diagonals.
+ROW_CHECK_RATIO = 3
 
 
 def stacked_transposes(x_tilde: Tensor, x: Tensor) -> Tensor:
@@ -272,7 +275,7 @@ def pair_block(d: int) -> int:
     return PAIR_ALIGN * max(1, -(-d // per))
 
 
-def add_pair_gram(acc: Tensor, pair: Tensor, d: int) -> None:
+def add_pair_gram(acc: Tensor, pair: Tensor, d: int, beta: float = 1.0) -> None:
     """Both GPFQ products in k ≈ ``PAIR_BLOCKS`` GEMMs at (d + b)/2d of their flops (b = :func:`pair_block`):
     ``pair`` = [Aᵀ; Bᵀ] ``[2d, m]`` (or ``[d, m]``, Aᵀ alone) and, for column blocks I = [i0, i1) of ``acc``
     ``[2d, d]`` (or ``[d, d]``),
@@ -282,13 +285,14 @@ def add_pair_gram(acc: Tensor, pair: Tensor, d: int) -> None:
     so acc[:d] holds AᵀA on and below the block diagonal and acc[d:] holds BᵀA on and above it (its transpose: AᵀB
     on and below). Column block I reads the window [i0, d + i1) of ``pair``, one contiguous slice, as the GEMM's
     tall operand and its own b rows as the narrow one (the shape that keeps the CPU kernels at full speed for
-    b = 16·j). The entries outside both block triangles stay untouched."""
+    b = 16·j). ``beta=0`` overwrites the blocks instead (whatever they held, NaN included). The entries outside both
+    block triangles stay untouched."""
     rows = min(pair.shape[0], acc.shape[0])
     block = pair_block(d)
     for i0 in range(0, d, block):
         i1 = min(i0 + block, d)
         stop = min(d + i1, rows)
-        acc[i0:stop, i0:i1].addmm_(pair[i0:stop], pair[i0:i1].T)
+        acc[i0:stop, i0:i1].addmm_(pair[i0:stop], pair[i0:i1].T, beta=beta)
 
 
 @dataclass
@@ -317,6 +321,7 @@ class GPFQStats:
     h_tilde: Tensor = field(init=False)
     xx: Tensor | None = field(init=False)
     count: int = field(init=False, default=0)
+    _scratch: Tensor | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         def zeros(cols: int) -> Tensor:
@@ -347,11 +352,7 @@ class GPFQStats:
             self.h_tilde.add_(lower)
             self.g.add_(lower)
         elif fast:
-            batch = torch.zeros_like(self._pair)
-            add_pair_gram(batch, stacked_transposes(x_tilde, x).to(self.dtype), self.dim)  # type: ignore[arg-type]
-            check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(batch))  # type: ignore[arg-type]
-            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(batch[self.dim :]))
-            self._pair.add_(batch)
+            self._add_pair(x, x_tilde)  # type: ignore[arg-type]
         else:
             xs = x.to(self.dtype)
             if same:
@@ -364,6 +365,25 @@ class GPFQStats:
                 self.h_tilde.addmm_(xt.T, xt)
                 self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
         self.count += x.shape[0]
+
+    def _add_pair(self, x: Tensor, x_tilde: Tensor) -> None:
+        """The fast path's product for a batch of two streams. Few rows (m < ``ROW_CHECK_RATIO``·d) on the CPU: one
+        finiteness pass over the rows, then the blocks go straight into the accumulator; many rows: the blocks go
+        into a scratch ``[2d, d]`` (kept: its entries outside the blocks stay 0), whose diagonals are checked before
+        it is added, so a refused batch leaves the accumulator as it was either way. On an accelerator the blocks
+        always go straight in (no per-batch check: the accumulated statistics are checked before solving)."""
+        pair = stacked_transposes(x_tilde, x).to(self.dtype)
+        if x.device.type != "cpu" or x.shape[0] < ROW_CHECK_RATIO * self.dim:
+            check_rows_input("GPFQStats.update: x", x)
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde)
+            add_pair_gram(self._pair, pair, self.dim)
+            return
+        if self._scratch is None:
+            self._scratch = torch.zeros_like(self._pair)
+        add_pair_gram(self._scratch, pair, self.dim, beta=0.0)
+        check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(self._scratch))
+        check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(self._scratch[self.dim :]))
+        self._pair.add_(self._scratch)
 
     def finalize(self) -> GPFQGram:
         """The accumulated statistics (contiguous copies)."""
