@@ -248,7 +248,10 @@ class GPFQGram:
 #: Columns per block of :func:`add_pair_gram` grow with d in steps of this width (the CPU GEMM kernels' width: a
 #: block of 16·j columns runs near full speed, one of 36 columns at half of it).
 PAIR_ALIGN = 16
-#: About this many column blocks per product: the blocks' diagonal squares cost d/k of the d² ideal.
+#: Up to this d, blocks of 16, 32 or 48 columns (one per 96 of d): the fastest widths measured on the ResNet shapes
+#: d = 27…1024 (BENCHMARKS.md); above it, about ``PAIR_BLOCKS`` blocks (their diagonal squares cost d/k of the d²
+#: ideal, and wider blocks keep the GEMMs at full speed when few rows remain per batch).
+PAIR_NARROW_UP_TO = 1024
 PAIR_BLOCKS = 8
 #: The fast statistics check a CPU batch of m rows by one pass over them when m < this·d (cheaper than a [2d, d]
 #: scratch product, its diagonal check and its addition), else from the scratch product's diagonals.
@@ -270,13 +273,15 @@ def stacked_transposes(x_tilde: Tensor, x: Tensor) -> Tensor:
 
 
 def pair_block(d: int) -> int:
-    """Columns per block of :func:`add_pair_gram`: the multiple of ``PAIR_ALIGN`` nearest above d/``PAIR_BLOCKS``."""
-    per = PAIR_ALIGN * PAIR_BLOCKS
-    return PAIR_ALIGN * max(1, -(-d // per))
+    """Columns per block of :func:`add_pair_gram`, a multiple of ``PAIR_ALIGN``: 16·min(3, ⌈d/96⌉) up to
+    ``PAIR_NARROW_UP_TO``, else the multiple nearest above d/``PAIR_BLOCKS``."""
+    if d <= PAIR_NARROW_UP_TO:
+        return PAIR_ALIGN * min(3, -(-d // 96))
+    return PAIR_ALIGN * -(-d // (PAIR_ALIGN * PAIR_BLOCKS))
 
 
 def add_pair_gram(acc: Tensor, pair: Tensor, d: int, beta: float = 1.0) -> None:
-    """Both GPFQ products in k ≈ ``PAIR_BLOCKS`` GEMMs at (d + b)/2d of their flops (b = :func:`pair_block`):
+    """Both GPFQ products in k = ⌈d/b⌉ GEMMs at (d + b)/2d of their flops (b = :func:`pair_block`):
     ``pair`` = [Aᵀ; Bᵀ] ``[2d, m]`` (or ``[d, m]``, Aᵀ alone) and, for column blocks I = [i0, i1) of ``acc``
     ``[2d, d]`` (or ``[d, d]``),
 
