@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import torch
@@ -107,6 +108,11 @@ def print_row(
     print(f"{bits:>4}  {label:<34}{seconds:>9.2f}{seconds / base:>7.2f}{bpw_text:>8}{acc:>8.2f}{err:>16.3e}")
 
 
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages (the VM is shared: CPU seconds move with the other jobs' load)."""
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the issue's setup: cifar_resnet18, 256 images")
@@ -127,7 +133,7 @@ def main() -> None:
         ref = model(x_test)
     calib = list(x_train[:images].split(32))
     float_acc, _ = evaluate(model, ref, x_test, y_test)
-    print(f"model={name} images={images} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"model={name} images={images} threads={torch.get_num_threads()} torch={torch.__version__} {load_average()}")
     print(f"float top-1 {float_acc:.2f}")
     print(f"{'bits':>4}  {'method':<34}{'seconds':>9}{'/GPTQ':>7}{'bits/w':>8}{'top-1':>8}{'rel. logit err':>16}")
     for bits in args.bits:
@@ -144,6 +150,7 @@ def main() -> None:
             else:
                 label = "brevitas GPFQ per-channel narrow"
                 print_row(bits, label, seconds, base, None, evaluate(qmodel, ref, x_test, y_test))
+    print(f"done: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,28 @@ def test_small_models_segments_equal_prefix(name: str, chans: int, side: int, me
     assert new.calibration["walk"] == "segments"
 
 
+@pytest.mark.parametrize("method", [GPTQ(bits=4), GPFQ(bits=4)], ids=lambda m: m.describe())
+def test_a_pre_hook_that_edits_the_input_in_place_runs_once_per_call(method: QuantMethod) -> None:
+    """The segment walk hands a layer's cached input to the statistics without a copy only where nothing runs before
+    the capture; a pre-hook that doubles the input in place must see a copy, or the layer's real call would get 4x.
+    Checked against the prefix walk (a fresh forward per capture) and against the unhooked model with 2x inputs."""
+    model = timm.create_model("small_cnn", in_chans=1, num_classes=10).eval()
+    name, layer = quant_layers(model)[1]
+
+    def double(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        args[0].mul_(2.0)
+
+    layer.register_forward_pre_hook(double)
+    old, new = _both(model, method, _calib(1, 8), fold_bn=True)
+    _assert_identical(old, new)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        hooked = new.model(x)
+        for handle in list(new.model.get_submodule(name)._forward_pre_hooks):
+            del new.model.get_submodule(name)._forward_pre_hooks[handle]
+        assert not torch.equal(hooked, new.model(x))  # the hook is live in the quantized model
+
+
 @pytest.mark.parametrize("metrics", [True, False])
 def test_overrides_skip_and_act_bits(metrics: bool) -> None:
     model = timm.create_model("cifar_resnet20", num_classes=10).eval()

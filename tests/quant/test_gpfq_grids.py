@@ -16,12 +16,15 @@ from torch import Tensor
 from losslab.errors import ConfigError, LosslabError
 from losslab.quant import GPFQ
 from losslab.quant.gpfq import (
+    ROW_CHECK_RATIO,
     GPFQStats,
     add_pair_gram,
+    gpfq_alphabet,
+    gpfq_gram_codes,
     gpfq_weight,
     gpfq_weight_from_stats,
     gpfq_weight_sample_form,
-    pair_blocks,
+    pair_block,
     stacked_transposes,
 )
 from losslab.quant.result import SCALE_BITS, storage_bits_total
@@ -89,6 +92,25 @@ def test_codes_equal_a_float64_reference_loop(grid: str, group: int | None) -> N
     ):
         assert torch.equal(wq.codes.to(F64), want)
         assert wq.storage_bits == 3 and wq.grid == grid
+
+
+@pytest.mark.parametrize(
+    ("grid", "group"), [("asym", None), ("sym", 8), ("narrow", None), ("asym", 12), ("gpfq", None)]
+)
+def test_rounding_rows_step_is_the_generic_step_bit_for_bit_in_float32(grid: str, group: int | None) -> None:
+    """The plain-rounding step (preallocated rows, per-group row grids) against the generic step, which replays the
+    recursion with the fast path's codes forced in: identical arguments bit for bit in float32 (a dead column
+    included), and each code is the alphabet's rounding of its argument."""
+    w, x, xt = (t.float() for t in _pair(300, n=32, d=40, seed=5))
+    xt[:, 7] = 0  # a dead column: H̃_tt = 0 keeps its argument at 0
+    stats = GPFQStats(40, dtype=torch.float32, solve_only=True)
+    stats.update(x, xt)
+    gram = stats.finalize()
+    alphabet = gpfq_alphabet(w, 3, grid=grid, group_size=group)
+    codes, args = gpfq_gram_codes(w, gram, alphabet, inner=6)
+    _, forced_args = gpfq_gram_codes(w, gram, alphabet, inner=6, forced_codes=codes)
+    assert torch.equal(args, forced_args) and not args[:, 7].any()
+    assert torch.equal(codes, alphabet.encode(args))
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -174,6 +196,9 @@ def test_stochastic_rounding_on_a_range_grid_gram_equals_sample_form(grid: str) 
 
 @pytest.mark.parametrize("d", [40, 300])
 def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: int) -> None:
+    """Two batches of 250 rows: at d = 40 through the scratch product (reused, overwritten), at d = 300 straight into
+    the accumulator (250 < ROW_CHECK_RATIO·d); both against the float64 definitions X̃ᵀX and X̃ᵀX̃."""
+    assert (ROW_CHECK_RATIO * d > 250) == (d == 300)
     w, x, xt = _pair(500, n=16, d=d)
     full, lower = GPFQStats(d), GPFQStats(d, solve_only=True)
     for rows in range(0, 500, 250):
@@ -194,20 +219,19 @@ def test_solve_only_stats_hold_the_lower_triangles_and_give_the_same_codes(d: in
 
 @pytest.mark.parametrize("d", [40, 144, 300, 700])
 def test_pair_gram_fills_both_block_triangles_in_one_product_per_block(d: int) -> None:
-    """add_pair_gram against the definitions X̃ᵀX̃ and X̃ᵀX (float64): acc[:, :d]ᵀ holds X̃ᵀX̃ on and below the block
-    diagonal, acc[:, d:] holds X̃ᵀX there; nothing is written outside those blocks."""
+    """add_pair_gram against the definitions X̃ᵀX̃ and X̃ᵀX (float64): acc[:d] holds X̃ᵀX̃ on and below the block
+    diagonal, acc[d:]ᵀ holds X̃ᵀX there; nothing is written outside those blocks; blocks are 16·j columns."""
     _, x, xt = _pair(60, d=d)
-    acc = torch.zeros(d, 2 * d, dtype=F64)
+    acc = torch.zeros(2 * d, d, dtype=F64)
     add_pair_gram(acc, torch.cat([xt.T, x.T]), d)
-    h_tilde, g = acc[:, :d].T, acc[:, d:]
-    k = pair_blocks(d)
-    block = -(-d // k)
+    h_tilde, g = acc[:d], acc[d:].T
+    block = pair_block(d)
     blocks = torch.arange(d) // block
     written = blocks[:, None] >= blocks[None, :]  # on or below the block diagonal
     for got, want in ((h_tilde, xt.T @ xt), (g, xt.T @ x)):
         torch.testing.assert_close(got[written], want[written], rtol=1e-12, atol=1e-10)
         assert not got[~written].any()
-    assert k == 1 or not written.all()
+    assert block % 16 == 0 and not written.all()
 
 
 def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise() -> None:
@@ -221,12 +245,15 @@ def test_stacked_transposes_is_a_view_of_an_adjacent_pair_and_a_copy_otherwise()
     assert torch.equal(swapped, torch.cat([x.T, xt.T]))
 
 
+@pytest.mark.parametrize("rows", [64, 40])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float) -> None:
-    """The solve-only path checks each batch through its Gram diagonals (no pass over the rows): a NaN/±inf in X, in
-    X̃ or in X̃ = X is refused with its count, before the accumulators change; a finite batch whose products
-    overflow float32 passes update and its statistics are refused by the quantizer."""
-    _, x, xt = _pair(64, d=16)
+def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: float, rows: int) -> None:
+    """The solve-only path checks each batch through its Gram diagonals (64 rows ≥ ROW_CHECK_RATIO·d: the scratch
+    product) or by one pass over the rows (40 < 3·16: straight into the accumulator): a NaN/±inf in X, in X̃ or in
+    X̃ = X is refused with its count, before the accumulators change; a finite batch whose products overflow
+    float32 passes update and its statistics are refused by the quantizer."""
+    assert (rows < ROW_CHECK_RATIO * 16) == (rows == 40)
+    _, x, xt = _pair(rows, d=16)
     x, xt = x.float(), xt.float()
     for which in ("x", "x_tilde", "same"):
         stats = GPFQStats(16, dtype=torch.float32, solve_only=True)
@@ -238,7 +265,7 @@ def test_fast_statistics_refuse_nonfinite_batches_from_the_gram_diagonal(bad: fl
         name = "x_tilde" if which == "x_tilde" else "x"
         with pytest.raises(LosslabError, match=rf"GPFQStats.update: {name} holds 1 NaN/inf"):
             stats.update(*args)
-        assert stats.count == 64 and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
+        assert stats.count == rows and torch.equal(stats.g, before[0]) and torch.equal(stats.h_tilde, before[1])
     huge = GPFQStats(16, dtype=torch.float32, solve_only=True)
     huge.update(x * 1e20, xt)  # large but finite inputs whose products stay finite: accepted
     loud = GPFQStats(16, dtype=torch.float32, solve_only=True)

@@ -80,7 +80,7 @@ __all__ = [
     "gpfq_weight",
     "gpfq_weight_from_stats",
     "gpfq_weight_sample_form",
-    "pair_blocks",
+    "pair_block",
     "stacked_transposes",
 ]
 
@@ -217,6 +217,23 @@ def _column_alphabets(alphabet: Alphabet, transpose: bool) -> Callable[[int], Al
     return lambda t: shared_alpha
 
 
+def _rounding_rows(alphabet: Alphabet, n_in: int) -> list[UniformGrid] | None:
+    """Column t's grid with params ``[out]`` (row views made once per grid) where 𝒬 is plain nearest rounding on a
+    uniform grid (a range grid without the L1 threshold, or the seed's uniform alphabet); ``None`` otherwise."""
+    if isinstance(alphabet, RangeAlphabet):
+        grid, index = alphabet.grid, alphabet.group_index
+    elif isinstance(alphabet, UniformGrid):
+        grid, index = alphabet, None
+    else:
+        return None
+    zero = grid.zero.T if isinstance(grid.zero, Tensor) else None
+    scales = grid.scale.T.contiguous().unbind(0)  # one [out] row per group (or per grid)
+    zeros = zero.contiguous().unbind(0) if zero is not None else [grid.zero] * len(scales)
+    rows = [grid.with_params(sc, z) for sc, z in zip(scales, zeros, strict=True)]
+    groups = index.tolist() if index is not None else [0] * n_in
+    return [rows[k] for k in groups]
+
+
 @dataclass(frozen=True)
 class GPFQGram:
     """Finalized GPFQ statistics: G = X̃ᵀX, H̃ = X̃ᵀX̃, XᵀX (all ``[in, in]``; XᵀX ``None`` when not tracked) and the
@@ -228,8 +245,17 @@ class GPFQGram:
     count: int
 
 
-PAIR_BLOCK = 96
-MAX_PAIR_BLOCKS = 8
+#: Columns per block of :func:`add_pair_gram` grow with d in steps of this width (the CPU GEMM kernels' width: a
+#: block of 16·j columns runs near full speed, one of 36 columns at half of it).
+PAIR_ALIGN = 16
+#: Up to this d, blocks of 16, 32 or 48 columns (one per 96 of d): the fastest widths measured on the ResNet shapes
+#: d = 27…1024 (BENCHMARKS.md); above it, about ``PAIR_BLOCKS`` blocks (their diagonal squares cost d/k of the d²
+#: ideal, and wider blocks keep the GEMMs at full speed when few rows remain per batch).
+PAIR_NARROW_UP_TO = 1024
+PAIR_BLOCKS = 8
+#: The fast statistics check a CPU batch of m rows by one pass over them when m < this·d (cheaper than a [2d, d]
+#: scratch product, its diagonal check and its addition), else from the scratch product's diagonals.
+ROW_CHECK_RATIO = 3
 
 
 def stacked_transposes(x_tilde: Tensor, x: Tensor) -> Tensor:
@@ -246,27 +272,32 @@ def stacked_transposes(x_tilde: Tensor, x: Tensor) -> Tensor:
     return x_tilde.as_strided((2 * d, m), (m, 1)) if adjacent else torch.cat([x_tilde.T, x.T])
 
 
-def pair_blocks(d: int) -> int:
-    """Row blocks k of :func:`add_pair_gram`: about ``PAIR_BLOCK`` rows each, at most ``MAX_PAIR_BLOCKS``."""
-    return max(1, min(MAX_PAIR_BLOCKS, round(d / PAIR_BLOCK)))
+def pair_block(d: int) -> int:
+    """Columns per block of :func:`add_pair_gram`, a multiple of ``PAIR_ALIGN``: 16·min(3, ⌈d/96⌉) up to
+    ``PAIR_NARROW_UP_TO``, else the multiple nearest above d/``PAIR_BLOCKS``."""
+    if d <= PAIR_NARROW_UP_TO:
+        return PAIR_ALIGN * min(3, -(-d // 96))
+    return PAIR_ALIGN * -(-d // (PAIR_ALIGN * PAIR_BLOCKS))
 
 
-def add_pair_gram(acc: Tensor, pair: Tensor, d: int) -> None:
-    """Both GPFQ products in k GEMMs at (k + 1)/2k of their flops: ``pair`` = [Aᵀ; Bᵀ] ``[2d, m]`` (or ``[d, m]``,
-    Aᵀ alone) and, for row blocks I = [i0, i1) of ``acc`` ``[d, 2d]`` (or ``[d, d]``),
+def add_pair_gram(acc: Tensor, pair: Tensor, d: int, beta: float = 1.0) -> None:
+    """Both GPFQ products in k = ⌈d/b⌉ GEMMs at (d + b)/2d of their flops (b = :func:`pair_block`):
+    ``pair`` = [Aᵀ; Bᵀ] ``[2d, m]`` (or ``[d, m]``, Aᵀ alone) and, for column blocks I = [i0, i1) of ``acc``
+    ``[2d, d]`` (or ``[d, d]``),
 
-        acc[I, i0 : d + i1] += Aᵀ[I]·[Aᵀ[i0:]; Bᵀ[:i1]]ᵀ,
+        acc[i0 : d + i1, I] += [Aᵀ[i0:]; Bᵀ[:i1]]·Aᵀ[I]ᵀ,
 
-    so acc[:, :d] holds AᵀA on and above the block diagonal (its transpose: the lower triangle of the symmetric
-    AᵀA) and acc[:, d:] holds AᵀB on and below it. Row block I reads the window [i0, d + i1) of ``pair``, one
-    contiguous slice: one GEMM per block with about d + d/k columns, instead of two triangles of small GEMMs. The
-    entries outside both block triangles stay untouched."""
-    width = min(pair.shape[0], acc.shape[1])
-    block = -(-d // pair_blocks(d))
+    so acc[:d] holds AᵀA on and below the block diagonal and acc[d:] holds BᵀA on and above it (its transpose: AᵀB
+    on and below). Column block I reads the window [i0, d + i1) of ``pair``, one contiguous slice, as the GEMM's
+    tall operand and its own b rows as the narrow one (the shape that keeps the CPU kernels at full speed for
+    b = 16·j). ``beta=0`` overwrites the blocks instead (whatever they held, NaN included). The entries outside both
+    block triangles stay untouched."""
+    rows = min(pair.shape[0], acc.shape[0])
+    block = pair_block(d)
     for i0 in range(0, d, block):
         i1 = min(i0 + block, d)
-        stop = min(d + i1, width)
-        acc[i0:i1, i0:stop].addmm_(pair[i0:i1], pair[i0:stop].T)
+        stop = min(d + i1, rows)
+        acc[i0:stop, i0:i1].addmm_(pair[i0:stop], pair[i0:i1].T, beta=beta)
 
 
 @dataclass
@@ -274,10 +305,10 @@ class GPFQStats:
     """Streams G = X̃ᵀX, H̃ = X̃ᵀX̃ and XᵀX over batches of paired rows (float64 by default; float32 optional).
 
     ``solve_only=True`` accumulates only what the column solve reads (the fast path of the range grids): the lower
-    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), both from one ``[d, 2d]`` accumulator
-    filled by :func:`add_pair_gram` (``g`` and ``h_tilde`` are views of it), and no XᵀX, which only serves the
-    residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: (k + 1)/2k of two GEMMs per batch
-    instead of three. CPU batches with NaN/inf are refused at ``update`` (the fast path reads the batch's Gram
+    triangles of G and H̃ (P = W·tril(G)ᵀ and the feedback H̃[t+1:, t]), both from one ``[2d, d]`` accumulator
+    filled by :func:`add_pair_gram` (``h_tilde`` and ``g``ᵀ are views of its halves), and no XᵀX, which only
+    serves the residual report ‖u_d‖² (and ‖U‖_F/‖XWᵀ‖_F), so no residual is reported: (d + b)/2d of two GEMMs per
+    batch instead of three. CPU batches with NaN/inf are refused at ``update`` (the fast path reads the batch's Gram
     diagonals, :func:`losslab.quant.blocked_solve.check_gram_diagonal`, instead of a pass over the rows); on an
     accelerator :func:`gpfq_weight_from_stats` refuses the accumulated statistics instead (no per-batch sync).
 
@@ -295,14 +326,17 @@ class GPFQStats:
     h_tilde: Tensor = field(init=False)
     xx: Tensor | None = field(init=False)
     count: int = field(init=False, default=0)
+    _scratch: Tensor | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         def zeros(cols: int) -> Tensor:
             return torch.zeros(self.dim, cols, dtype=self.dtype, device=self.device)
 
         if self.solve_only:
-            self._pair = zeros(2 * self.dim)  # [H̃ upper | G lower]
-            self.g, self.h_tilde, self.xx = self._pair[:, self.dim :], self._pair[:, : self.dim].T, None
+            self._pair = torch.zeros(
+                2 * self.dim, self.dim, dtype=self.dtype, device=self.device
+            )  # [H̃ lower; Gᵀ upper]
+            self.g, self.h_tilde, self.xx = self._pair[self.dim :].T, self._pair[: self.dim], None
         else:
             self.g, self.h_tilde, self.xx = zeros(self.dim), zeros(self.dim), zeros(self.dim)
 
@@ -317,17 +351,13 @@ class GPFQStats:
                 raise LosslabError(f"x_tilde must have the shape of x {tuple(x.shape)}, got {tuple(x_tilde.shape)}")  # type: ignore[union-attr]
             check_rows_input("GPFQStats.update: x_tilde", x_tilde, self.dim, finite=False if fast else None)  # type: ignore[arg-type]
         if fast and same:
-            upper = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.g.device)
-            add_pair_gram(upper, x.T.to(self.dtype), self.dim)
-            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(upper))
-            self._pair[:, : self.dim].add_(upper)
-            self.g.add_(upper.T)
+            lower = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.g.device)
+            add_pair_gram(lower, x.T.to(self.dtype), self.dim)
+            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(lower))
+            self.h_tilde.add_(lower)
+            self.g.add_(lower)
         elif fast:
-            batch = torch.zeros_like(self._pair)
-            add_pair_gram(batch, stacked_transposes(x_tilde, x).to(self.dtype), self.dim)  # type: ignore[arg-type]
-            check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(batch))  # type: ignore[arg-type]
-            check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(batch[:, self.dim :]))
-            self._pair.add_(batch)
+            self._add_pair(x, x_tilde)  # type: ignore[arg-type]
         else:
             xs = x.to(self.dtype)
             if same:
@@ -341,10 +371,32 @@ class GPFQStats:
                 self.xx.addmm_(xs.T, xs)  # type: ignore[union-attr]
         self.count += x.shape[0]
 
+    def _add_pair(self, x: Tensor, x_tilde: Tensor) -> None:
+        """The fast path's product for a batch of two streams. Few rows (m < ``ROW_CHECK_RATIO``·d) on the CPU: one
+        finiteness pass over the rows, then the blocks go straight into the accumulator; many rows: the blocks go
+        into a scratch ``[2d, d]`` (kept: its entries outside the blocks stay 0), whose diagonals are checked before
+        it is added, so a refused batch leaves the accumulator as it was either way. On an accelerator the blocks
+        always go straight in (no per-batch check: the accumulated statistics are checked before solving)."""
+        pair = stacked_transposes(x_tilde, x).to(self.dtype)
+        if x.device.type != "cpu" or x.shape[0] < ROW_CHECK_RATIO * self.dim:
+            check_rows_input("GPFQStats.update: x", x)
+            check_rows_input("GPFQStats.update: x_tilde", x_tilde)
+            add_pair_gram(self._pair, pair, self.dim)
+            return
+        if self._scratch is None:
+            self._scratch = torch.zeros_like(self._pair)
+        add_pair_gram(self._scratch, pair, self.dim, beta=0.0)
+        check_gram_diagonal("GPFQStats.update: x_tilde", x_tilde, torch.diagonal(self._scratch))
+        check_gram_diagonal("GPFQStats.update: x", x, torch.diagonal(self._scratch[self.dim :]))
+        self._pair.add_(self._scratch)
+
     def finalize(self) -> GPFQGram:
-        """The accumulated statistics (copies)."""
-        xx = None if self.xx is None else self.xx.clone()
-        return GPFQGram(self.g.clone(), self.h_tilde.clone(), xx, self.count)
+        """The accumulated statistics (contiguous copies)."""
+        g, h, xx = (
+            None if t is None else t.clone(memory_format=torch.contiguous_format)
+            for t in (self.g, self.h_tilde, self.xx)
+        )
+        return GPFQGram(g, h, xx, self.count)  # type: ignore[arg-type]
 
 
 def check_sparsity(
@@ -512,6 +564,18 @@ def gpfq_gram_codes(
         codes[t : t + 1] = c
         return alpha.decode(c)[0]
 
+    rounding = None if stochastic or forced_codes is not None or lam else _rounding_rows(alphabet, n_in)
+    if solver != "loop" and rounding is not None:
+        c_rows, a_rows = codes.unbind(0), args.unbind(0)  # row views, made once
+
+        def step(t: int, p: Tensor, f: Tensor) -> None:  # the arithmetic of quantize(), in preallocated rows
+            if hdiag[t] != 0:
+                torch.div(p, hdiag[t], out=a_rows[t])
+            g = rounding[t]
+            g.decode(g.encode(a_rows[t], out=c_rows[t]), out=f).neg_()  # feedback −q_t through C = H̃ᵀ
+
+        blocked_feedback(pt, h.T, step, blocksize=blocksize, inner=inner)
+        return codes.T, args.T
     if solver != "loop":
 
         def step(t: int, p: Tensor, f: Tensor) -> None:

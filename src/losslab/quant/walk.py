@@ -429,9 +429,14 @@ class Walker:
         if stream not in self.streams:
             raise LosslabError(f"walk: stream {stream!r} was not requested when the walk started")
         root = self.roots[stream]
-        a, k = _clone(args)
+        module, target = root.get_submodule(name), root.get_submodule(layer)
+        # the cached inputs are copied unless nothing can touch them before the hook: the call is the layer's own and
+        # no other pre-hook runs first (the caller only reads the captured input)
+        hooks = target._forward_pre_hooks or nn.modules.module._global_forward_pre_hooks
+        untouched = module is target and not hooks
+        a, k = args if untouched else _clone(args)
         with torch.no_grad():
-            return capture_input(root.get_submodule(name), root.get_submodule(layer), *a, **k)
+            return capture_input(module, target, *a, **k)
 
     def _interpret(
         self, name: str, graph: fx.Graph, modules: Mapping[str, nn.Module], inputs: Streams
