@@ -15,40 +15,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import ddp_runs
+from ddp_runs import needs_torchrun, rows, weights
 from losslab.lm.config import FinetuneConfig
 from losslab.lm.data import eval_windows, tokenize_text, training_blocks
 from losslab.lm.finetune import CausalLMTask, StepBatches, eval_batches
 from losslab.lm.offline import byte_tokenizer, tiny_opt
 from losslab.objectives.token import count_predicted_tokens
 from losslab.runs.loop import Precision, evaluate, load_task_state
-from losslab.serialization import load_torch_file
-
-TESTS = Path(__file__).resolve().parents[1]
-SRC = TESTS.parent / "src"
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-TIMING = ("per_s", "seconds", "_time")
-
-needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun")
 
 
 def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
     """tests/ddp_script.py lm ARGS in one process (nproc 1) or under torchrun; writes by ranks > 0 refused."""
-    env = {**os.environ, "PYTHONPATH": f"{TESTS / 'ddp_guard'}{os.pathsep}{SRC}", "OMP_NUM_THREADS": "1",
-           "LOSSLAB_TEST_NO_WRITES_UNDER": str(tmp_path / "runs")}  # fmt: skip
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOSSLAB_RUN_WORK_DIR"):
-        env.pop(name, None)
-    prefix = [sys.executable] if nproc == 1 else [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc)]
-    cmd = [*prefix, str(TESTS / "ddp_script.py"), "lm", *args, "--data", str(tmp_path)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return ddp_runs.launch(tmp_path, nproc, "lm", (*args, "--data", str(tmp_path)), tmp_path / "runs")
 
 
 @pytest.fixture
@@ -59,15 +44,6 @@ def data(tmp_path: Path, corpus: dict[str, str]) -> Path:
     tok = byte_tokenizer()
     assert training_blocks(tokenize_text(tok, corpus["train"][:940]), 32, tok.pad_token_id)["input_ids"].shape[0] == 30
     return tmp_path
-
-
-def rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)}
-            for row in json.loads((run / "history.json").read_text())]  # fmt: skip
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_torch_file(run / "checkpoints" / "last.ckpt", what="checkpoint")["state_dict"]
 
 
 @pytest.mark.slow

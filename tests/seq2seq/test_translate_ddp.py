@@ -14,52 +14,28 @@ under the run's folder raise.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import ddp_runs
+from ddp_runs import needs_torchrun, rows, weights
 from losslab.runs.loop import Precision, evaluate, load_task_state
 from losslab.seq2seq.config import TranslateConfig
 from losslab.seq2seq.task import EvalBatches, TranslationTask
 from losslab.seq2seq.tokenizer import SubwordTokenizer
 from losslab.seq2seq.toy import toy_corpus
 from losslab.seq2seq.train import build_model
-from losslab.serialization import load_torch_file
-
-TESTS = Path(__file__).resolve().parents[1]
-SRC = TESTS.parent / "src"
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-TIMING = ("per_s", "seconds", "_time")
-
-needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="no torchrun")
 
 
 def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
     """tests/ddp_script.py translate ARGS in one process (nproc 1) or under torchrun; writes by ranks > 0 refused."""
-    env = {**os.environ, "PYTHONPATH": f"{TESTS / 'ddp_guard'}{os.pathsep}{SRC}", "OMP_NUM_THREADS": "1",
-           "LOSSLAB_TEST_NO_WRITES_UNDER": str(tmp_path)}  # fmt: skip
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOSSLAB_RUN_WORK_DIR"):
-        env.pop(name, None)
-    prefix = [sys.executable] if nproc == 1 else [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc)]
-    cmd = [*prefix, str(TESTS / "ddp_script.py"), "translate", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return ddp_runs.launch(tmp_path, nproc, "translate", args, tmp_path)
 
 
 EVAL = ("--eval-batch", "20")  # one evaluation batch per split: rank 1's shares are empty
-
-
-def rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)}
-            for row in json.loads((run / "history.json").read_text())]  # fmt: skip
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_torch_file(run / "checkpoints" / "last.ckpt", what="checkpoint")["state_dict"]
 
 
 @pytest.mark.slow
@@ -149,8 +125,8 @@ def test_rank_shares_partition_the_single_process_batches() -> None:
             assert a["step_tokens"] == b["step_tokens"] == single["tokens"] == a["tokens"] + b["tokens"]
             assert len(a["src"]) == (len(single["src"]) + 1) // 2 and len(b["src"]) == len(single["src"]) // 2
             for key in ("src", "tgt_in", "labels"):  # rows r::2 of the single batch, padded to the share's longest
-                for share, rows in ((a, single[key][0::2]), (b, single[key][1::2])):
-                    assert torch.equal(share[key], rows[:, : share[key].shape[1]])
+                for share, want in ((a, single[key][0::2]), (b, single[key][1::2])):
+                    assert torch.equal(share[key], want[:, : share[key].shape[1]])
     with pytest.raises(ConfigError, match="fewer than 2 sentences"):
         longest = max(max(len(s), len(t) + 1) for s, t in zip(src, tgt, strict=True))  # fits 2 x M, not twice
         TrainBatches(src, tgt, (longest + 1) // 2, seed=5, max_updates=None, rank=0, world=2)
