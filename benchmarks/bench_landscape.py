@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--stratum", type=int, default=None, help="images per trace stratum (default: the batch size)")
     parser.add_argument("--warm", type=int, default=None, help="images of the warm start (default 256; --quick 16)")
     parser.add_argument("--skip-shipped-trace", action="store_true", help="skip PyHessian's own trace loop")
+    parser.add_argument("--eig-only", action="store_true", help="the eigenvalue as shipped only (no oracle, no trace)")
     parser.add_argument(
         "--lean", action="store_true", help="skip forward-over-reverse, block and single-batch timings (big sets)"
     )
@@ -254,6 +255,8 @@ def main() -> None:
         f"error {abs(own['eigenvalues'][0] - lam) / abs(lam):.1e} -> speed-up {t_power / t_lanczos:.1f}x"
     )
     del fresh
+    if args.eig_only:
+        return
     power = power_iteration(theirs, 30 if args.lean else 100, 0, ref=lam)
     fresh = operator(model, batches, dev, budget, args.stratum)
     warm, t_warm = timed(lambda: warm_start(fresh, settings, "largest"))
