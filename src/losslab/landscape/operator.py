@@ -248,15 +248,16 @@ class HessianOperator:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         one = self._hvp_func if self.method == "func" else self._hvp_double
-        total, u, current = 0.0, None, -1
+        total = torch.zeros((), device=self.device, dtype=torch.float64)  # summed on the device: one sync at the end
+        u, current = None, -1
         self.hvp_count += 1
         with sdpa_kernel(SDPBackend.MATH):
             for i, (w, (x, y)) in enumerate(zip(self.weights, self.batches)):
                 if self.strata[i] != current:  # a new stratum: a new vector
                     current, u = self.strata[i], project(draw()).to(device=self.device, dtype=self.dtype)
-                hu = self.flatten(one(self.unflatten(u), x, y, i))
-                total += w * float(u.double() @ hu.double())
-        return total
+                hu = self.flatten(one(self.unflatten(u), x, y, i))  # [dim] = H_b·u_s
+                total += w * (u.double() @ hu.double())
+        return float(total)
 
     def _hvp_func(self, tangent: list[Tensor], x: Any, y: Tensor, _: int) -> list[Tensor]:
         from torch.func import functional_call, grad, jvp
@@ -363,26 +364,25 @@ class _KeptGraph:
         self.grads.append(grads)
 
 
-def _take(obj: Any, n: int) -> Any:
-    """The first ``n`` samples of a batch's inputs (a tensor, or a dict/tuple of tensors, along dim 0)."""
+def _map(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to every tensor of a batch's inputs (a tensor, or a dict/list/tuple of them)."""
     if isinstance(obj, Tensor):
-        return obj[:n]
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _take(v, n) for k, v in obj.items()}
+        return {k: _map(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_take(v, n) for v in obj)
+        return type(obj)(_map(v, fn) for v in obj)
     return obj
+
+
+def _take(obj: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch's inputs (along dim 0)."""
+    return _map(obj, lambda t: t[:n])
 
 
 def _drop(obj: Any, n: int) -> Any:
-    """A batch's inputs without their first ``n`` samples (as :func:`_take`)."""
-    if isinstance(obj, Tensor):
-        return obj[n:]
-    if isinstance(obj, dict):
-        return {k: _drop(v, n) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_drop(v, n) for v in obj)
-    return obj
+    """A batch's inputs without their first ``n`` samples."""
+    return _map(obj, lambda t: t[n:])
 
 
 def _cut_strata(batches: list[Batch], stratum: int | None) -> tuple[list[Batch], list[int]]:
@@ -405,10 +405,4 @@ def _cut_strata(batches: list[Batch], stratum: int | None) -> tuple[list[Batch],
 
 def _to(obj: Any, device: torch.device) -> Any:
     """``obj`` (a tensor, or a dict/tuple of tensors) on ``device``."""
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
+    return _map(obj, lambda t: t.to(device))
