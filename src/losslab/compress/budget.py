@@ -290,6 +290,29 @@ def _stored_bits(result: Any) -> int:
     return sum(storage_bits_total(wq) for wqs in result.weights.values() for wq in wqs)
 
 
+def solve_plans(
+    table: SensitivityTable,
+    groups: list[list[str]],
+    budget: BudgetOptions,
+    quantize: Callable[[Allocation], tuple[Any, Any]],
+    scorer: Any,
+    seed: int,
+) -> list[tuple[Allocation, Any]]:
+    """``(plan, payload)`` per budget: the knapsack plan (payload None), or with ``budget.refine`` > 1 the best of
+    :func:`losslab.quant.budget.search.refine`'s plans by the calibration loss of ``scorer``, scored on the model
+    ``quantize(plan)`` returns as ``(model, payload)`` (``quantized``) or stitched from the table's runs; the
+    quantized payload is kept so the chosen plan is not quantized twice. Shared by ``quantize`` and ``lm quantize``."""
+    if budget.refine <= 1:
+        return [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
+    quantized = budget.refine_score == "quantized"
+    evaluate = quantized_loss(quantize, scorer) if quantized else stitched_loss(table, scorer)
+    found = [
+        refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, seed)
+        for b in budget.budgets
+    ]
+    return [(r.allocation, r.payload) for r in found]
+
+
 def budget_points(
     run: Any, method: QuantMethod, budget: BudgetOptions, opts: QuantizeOptions, calib: Any, echo: Any = print
 ) -> tuple[SensitivityTable, list[list[str]], Iterator[tuple[Allocation, Any, int]]]:
@@ -308,17 +331,7 @@ def budget_points(
         (point,) = quantize_points(run, [method], calib, opts, {**alloc.overrides(method), **opts.overrides})
         return point
 
-    plans: list[tuple[Allocation, Any]] = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
-    if budget.refine > 1:
-        if budget.refine_score == "quantized":
-            evaluate = quantized_loss(lambda alloc: _model_and_point(quantize(alloc)), scorer)
-        else:
-            evaluate = stitched_loss(table, scorer)
-        found = [
-            refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, opts.calib_seed)
-            for b in budget.budgets
-        ]
-        plans = [(r.allocation, r.payload) for r in found]
+    plans = solve_plans(table, groups, budget, lambda alloc: _model_and_point(quantize(alloc)), scorer, opts.calib_seed)
 
     def points() -> Iterator[tuple[Allocation, Any, int]]:
         for alloc, point in plans:

@@ -18,17 +18,20 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from losslab.compress.budget import BudgetOptions, allocation_table, budget_entry, cached_table, check_budget_request
+from losslab.compress.budget import (
+    BudgetOptions,
+    allocation_table,
+    budget_entry,
+    cached_table,
+    check_budget_request,
+    solve_plans,
+)
 from losslab.compress.quantize_run import method_label
 from losslab.errors import ConfigError, LosslabError
 from losslab.io import check_output, write_json_atomic
 from losslab.quant.budget import (
     TableCache,
-    allocate,
     default_ties,
-    quantized_loss,
-    refine,
-    stitched_loss,
     tie_groups,
 )
 from losslab.quant.methods import QuantMethod
@@ -202,19 +205,12 @@ def quantize_lm_budget(job: LmBudgetJob, method: QuantMethod, budget: BudgetOpti
     for path in packed:
         check_output(path, overwrite=job.overwrite, what="packed model", flag="--save-packed")
     table, groups, probe = _lm_table(job, method, budget, echo)
-    plans = [(allocate(table, b, budget.solver, groups), None) for b in budget.budgets]
-    if budget.refine > 1:
-        if budget.refine_score == "quantized":
-            evaluate = quantized_loss(lambda a: _model_and_result(_quantize_plan(job, method, a)), probe)
-        else:
-            evaluate = stitched_loss(table, probe)
-        found = [
-            refine(table, b, evaluate, budget.refine, budget.solver, groups, budget.refine_noise, job.seed)
-            for b in budget.budgets
-        ]
-        plans = [(r.allocation, r.payload) for r in found]
-        for r in found:
-            r.allocation.search["score"] = budget.refine_score
+    plans = solve_plans(
+        table, groups, budget, lambda a: _model_and_result(_quantize_plan(job, method, a)), probe, job.seed
+    )
+    for alloc, _ in plans:
+        if alloc.search is not None:
+            alloc.search["score"] = budget.refine_score
     allocations = [a for a, _ in plans]
     entries = [_lm_point(job, method, table, a, path, res) for (a, res), path in zip(plans, packed)]
     texts = [_lm_text(table, a, e, budget.sensitivity) for a, e in zip(allocations, entries)]
