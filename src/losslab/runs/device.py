@@ -115,13 +115,15 @@ def join_torchrun(device: Any) -> bool:
 def torchrun_group(device: Any) -> Iterator[Any]:
     """``with torchrun_group(device) as device:`` this process's device, inside the ``torchrun`` process group
     (:func:`join_torchrun`; without torchrun, ``device`` and no group); the group is left at the end."""
+    import torch.distributed as dist
+
     started = join_torchrun(device)
     try:
         yield torchrun_device(device)
+        if started:  # every rank leaves together: a rank that tears gloo down while another still talks aborts
+            dist.barrier()
     finally:
         if started:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
